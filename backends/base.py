@@ -1,0 +1,69 @@
+"""The backend plug-in contract: complete a config, create instances that execute batches."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from inferd.repository.config import ModelConfig, ModelConfigProto
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    kind: str  # "cpu" | "gpu"
+    index: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """Server-wide knobs a backend may read (Triton's --backend-config and friends)."""
+
+    default_max_batch_size: int = 4
+    auto_complete: bool = True
+    total_cpu_instances: int = 1  # CPU instances of this model, to share threads among them
+
+
+class ModelInstance(ABC):
+    """One copy of one model version on one device.
+
+    Every method is called from the instance's own thread, never concurrently; concurrency
+    comes from more instances. Framework calls should release the GIL.
+    """
+
+    @abstractmethod
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batching models get inputs already concatenated along the batch dim and return
+        outputs with that leading dim; non-batching models get one request's tensors."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the framework session and its memory."""
+
+
+class Backend(ABC):
+    """A framework adapter, found by name (config `backend:`) or platform (config `platform:`)."""
+
+    name: ClassVar[str]
+    platforms: ClassVar[tuple[str, ...]] = ()
+    default_model_filename: ClassVar[str]
+
+    @classmethod
+    def complete_config(
+        cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
+    ) -> None:
+        """Fill in what the model file tells (inputs, outputs, max_batch_size), and check
+        that what the config says agrees with the model. Default: nothing to infer."""
+
+    @classmethod
+    @abstractmethod
+    def create_instance(
+        cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
+    ) -> ModelInstance:
+        """Load the model on `device`. Runs on a loader thread, never on the event loop."""

@@ -1,0 +1,29 @@
+"""Merge the inputs of a batch along the batch dim, and cut the outputs back per request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def concat_inputs(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One request passes through untouched (no copy); several are concatenated per input."""
+    if len(requests) == 1:
+        return dict(requests[0])
+    return {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+
+
+def split_outputs(
+    outputs: Mapping[str, np.ndarray], batch_sizes: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
+    """Views into the batch outputs, one dict per request, in batch order."""
+    if len(batch_sizes) == 1:
+        return [dict(outputs)]
+    result: list[dict[str, np.ndarray]] = []
+    start = 0
+    for size in batch_sizes:
+        end = start + size
+        result.append({name: array[start:end] for name, array in outputs.items()})
+        start = end
+    return result

@@ -1,0 +1,335 @@
+"""config.pbtxt: strict parsing into Triton's own ModelConfig message, normalisation, typed view.
+
+The protobuf message (from the compiled modules tritonclient ships) stays the source of truth
+for what the config endpoint prints; the frozen dataclasses are what the data plane reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from tritonclient.grpc import model_config_pb2 as pb
+
+from inferd.server.errors import invalid
+from inferd.server.types import DataType
+
+ModelConfigProto = pb.ModelConfig
+CONFIG_FILENAME = "config.pbtxt"
+
+# Scheduling and features that a config may ask for but inferd does not run yet: loading such a
+# model must fail loudly rather than serve it with different semantics.
+_UNSUPPORTED_FIELDS = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
+
+
+class DeviceKind(str, Enum):
+    AUTO = "KIND_AUTO"
+    GPU = "KIND_GPU"
+    CPU = "KIND_CPU"
+    MODEL = "KIND_MODEL"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]  # without the batch dim; -1 = variable
+    optional: bool = False
+    allow_ragged_batch: bool = False
+    label_filename: str = ""
+
+    @property
+    def variable(self) -> bool:
+        return -1 in self.dims
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    name: str
+    kind: DeviceKind
+    count: int
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    delay_on_timeout: bool = False  # timeout_action DELAY (else REJECT)
+    default_timeout_us: int = 0  # 0 = no timeout
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0  # 0 = unbounded
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicBatching:
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int = 0
+    preserve_ordering: bool = False
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = QueuePolicy()
+    priority_queue_policy: Mapping[int, QueuePolicy] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    kind: str  # "latest" | "all" | "specific"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int  # 0 = the model does not batch; inputs carry no batch dim
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    instance_groups: tuple[InstanceGroup, ...]
+    dynamic_batching: DynamicBatching | None
+    version_policy: VersionPolicy
+    parameters: Mapping[str, str]
+    default_model_filename: str
+    proto: ModelConfigProto  # normalised message, for the config endpoint
+    input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
+
+
+def parse_config_text(text: str, source: str) -> ModelConfigProto:
+    """Strict text-format parse: an unknown or misspelt field is an error naming it and the file."""
+    config = ModelConfigProto()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise invalid(f"failed to parse {source}: {exc}") from None
+    return config
+
+
+def read_config(model_dir: Path) -> ModelConfigProto:
+    """The model's config.pbtxt, or an empty config for the backend to complete."""
+    path = model_dir / CONFIG_FILENAME
+    if not path.is_file():
+        return ModelConfigProto()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise invalid(f"failed to read {path}: {exc}") from None
+    return parse_config_text(text, str(path))
+
+
+def config_from_json(text: str | bytes, source: str) -> ModelConfigProto:
+    """A ModelConfig given as JSON (the load API's `config` parameter), parsed as Triton does."""
+    config = ModelConfigProto()
+    try:
+        json_format.Parse(text, config, ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        raise invalid(f"failed to parse {source}: {exc}") from None
+    return config
+
+
+def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None:
+    """Fill the defaults Triton fills after auto-complete (core NormalizeModelConfig)."""
+    if not config.name:
+        config.name = model_name
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    elif config.version_policy.HasField("latest") and config.version_policy.latest.num_versions == 0:
+        config.version_policy.latest.num_versions = 1
+    if config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size:
+        if config.max_batch_size > 0:
+            config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    if not config.instance_group:
+        group = config.instance_group.add()
+        group.kind = pb.ModelInstanceGroup.KIND_AUTO
+    for index, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = f"{config.name}_{index}"
+        if group.count == 0:
+            group.count = 1
+        if group.kind == pb.ModelInstanceGroup.KIND_AUTO:
+            group.kind = (
+                pb.ModelInstanceGroup.KIND_GPU if gpu_count > 0 else pb.ModelInstanceGroup.KIND_CPU
+            )
+        if group.kind == pb.ModelInstanceGroup.KIND_GPU and not group.gpus:
+            group.gpus.extend(range(gpu_count))
+
+
+def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
+    """Reject configs inferd cannot serve faithfully; messages name the field and the model."""
+    where = f"model '{model_name}' ({source})"
+    if config.name != model_name:
+        raise invalid(f"{where}: config name '{config.name}' must match the folder name")
+    for field in _UNSUPPORTED_FIELDS:
+        if _is_set(config, field):
+            raise invalid(f"{where}: '{field}' is not supported by inferd yet")
+    if config.max_batch_size < 0:
+        raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    if not config.input:
+        raise invalid(f"{where}: the model has no inputs (and none could be auto-completed)")
+    if not config.output:
+        raise invalid(f"{where}: the model has no outputs (and none could be auto-completed)")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        seen: set[str] = set()
+        for tensor in tensors:
+            _validate_tensor(where, kind, tensor, seen)
+    if config.HasField("dynamic_batching"):
+        _validate_batching(where, config)
+    for group in config.instance_group:
+        if group.count < 1:
+            raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
+        if group.kind == pb.ModelInstanceGroup.KIND_MODEL:
+            raise invalid(f"{where}: instance_group kind KIND_MODEL is not supported")
+
+
+def _is_set(config: ModelConfigProto, field: str) -> bool:
+    value = getattr(config, field)
+    return bool(len(value)) if hasattr(value, "__len__") else config.HasField(field)
+
+
+def _validate_tensor(where: str, kind: str, tensor: Any, seen: set[str]) -> None:
+    if not tensor.name:
+        raise invalid(f"{where}: an {kind} has no name")
+    if tensor.name in seen:
+        raise invalid(f"{where}: duplicate {kind} name '{tensor.name}'")
+    seen.add(tensor.name)
+    if tensor.data_type == pb.TYPE_INVALID:
+        raise invalid(f"{where}: {kind} '{tensor.name}' has no data_type")
+    if not tensor.dims:
+        raise invalid(f"{where}: {kind} '{tensor.name}' must have at least one dim")
+    if any(d < -1 or d == 0 for d in tensor.dims):
+        raise invalid(f"{where}: {kind} '{tensor.name}' dims {list(tensor.dims)} must be > 0 or -1")
+    if tensor.HasField("reshape"):
+        raise invalid(f"{where}: {kind} '{tensor.name}': 'reshape' is not supported by inferd yet")
+
+
+def _validate_batching(where: str, config: ModelConfigProto) -> None:
+    batching = config.dynamic_batching
+    if config.max_batch_size == 0:
+        raise invalid(f"{where}: dynamic_batching needs max_batch_size > 0")
+    for size in batching.preferred_batch_size:
+        if not 0 < size <= config.max_batch_size:
+            raise invalid(
+                f"{where}: preferred_batch_size {size} must be in 1..{config.max_batch_size}"
+            )
+    if batching.default_priority_level > batching.priority_levels:
+        raise invalid(
+            f"{where}: default_priority_level {batching.default_priority_level} exceeds "
+            f"priority_levels {batching.priority_levels}"
+        )
+    if batching.priority_levels > 0 and batching.default_priority_level == 0:
+        raise invalid(f"{where}: default_priority_level must be set when priority_levels > 0")
+
+
+def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
+    """The typed, read-only view of a normalised and validated config."""
+    inputs = tuple(_tensor(t, is_input=True) for t in config.input)
+    return ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=backend,
+        max_batch_size=config.max_batch_size,
+        inputs=inputs,
+        outputs=tuple(_tensor(t, is_input=False) for t in config.output),
+        instance_groups=tuple(
+            InstanceGroup(
+                name=g.name,
+                kind=DeviceKind(pb.ModelInstanceGroup.Kind.Name(g.kind)),
+                count=g.count,
+                gpus=tuple(g.gpus),
+            )
+            for g in config.instance_group
+        ),
+        dynamic_batching=_batching(config) if config.HasField("dynamic_batching") else None,
+        version_policy=_version_policy(config.version_policy),
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+        default_model_filename=config.default_model_filename,
+        proto=config,
+        input_by_name={t.name: t for t in inputs},
+    )
+
+
+def _tensor(tensor: Any, *, is_input: bool) -> TensorConfig:
+    return TensorConfig(
+        name=tensor.name,
+        datatype=DataType.from_config_name(pb.DataType.Name(tensor.data_type)),
+        dims=tuple(tensor.dims),
+        optional=is_input and tensor.optional,
+        allow_ragged_batch=is_input and tensor.allow_ragged_batch,
+        label_filename="" if is_input else tensor.label_filename,
+    )
+
+
+def _queue_policy(policy: Any) -> QueuePolicy:
+    return QueuePolicy(
+        delay_on_timeout=policy.timeout_action == pb.ModelQueuePolicy.DELAY,
+        default_timeout_us=policy.default_timeout_microseconds,
+        allow_timeout_override=policy.allow_timeout_override,
+        max_queue_size=policy.max_queue_size,
+    )
+
+
+def _batching(config: ModelConfigProto) -> DynamicBatching:
+    batching = config.dynamic_batching
+    return DynamicBatching(
+        preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
+        max_queue_delay_us=batching.max_queue_delay_microseconds,
+        preserve_ordering=batching.preserve_ordering,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        default_queue_policy=_queue_policy(batching.default_queue_policy),
+        priority_queue_policy={
+            level: _queue_policy(p) for level, p in batching.priority_queue_policy.items()
+        },
+    )
+
+
+def _version_policy(policy: Any) -> VersionPolicy:
+    if policy.HasField("all"):
+        return VersionPolicy("all")
+    if policy.HasField("specific"):
+        return VersionPolicy("specific", versions=tuple(policy.specific.versions))
+    return VersionPolicy("latest", num_versions=policy.latest.num_versions or 1)
+
+
+def config_to_json(config: ModelConfigProto) -> dict[str, Any]:
+    """The config as Triton prints it: field names as in the proto, defaults included,
+    enums by name and 64-bit integers as JSON numbers (protobuf's JSON would quote them)."""
+    data = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _int64_to_numbers(config.DESCRIPTOR, data)
+    return data
+
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _int64_to_numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.type in _INT64_TYPES:
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            message = field.message_type
+            if message.GetOptions().map_entry:
+                value_field = message.fields_by_name["value"]
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    for item in value.values():
+                        _int64_to_numbers(value_field.message_type, item)
+            elif isinstance(value, list):
+                for item in value:
+                    _int64_to_numbers(message, item)
+            else:
+                _int64_to_numbers(message, value)

@@ -1,0 +1,167 @@
+"""Wiring and process lifecycle: build every component explicitly, start, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from inferd.backends.base import BackendSettings
+from inferd.backends.registry import BackendRegistry
+from inferd.repository.manager import ModelRepository, RepositorySettings
+from inferd.server.core import CoreSettings, InferenceCore
+from inferd.server.http_app import HttpFrontDoor, HttpSettings
+from inferd.server.settings import Settings, bundled_examples
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start (bad repository path, port in use, fatal model failure)."""
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the App owns signals and shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind {address}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class App:
+    """One inferd server process: repository, core and front doors on one event loop."""
+
+    def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
+        self.settings = settings
+        self._registry = registry or BackendRegistry()
+        self._repository: ModelRepository | None = None
+        self.core: InferenceCore | None = None
+        self._http: _UvicornServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._sockets: list[socket.socket] = []
+        self.http_port = 0
+
+    async def start(self) -> None:
+        settings = self.settings
+        roots = settings.model_repositories or (bundled_examples(),)
+        for root in roots:
+            if not root.is_dir():
+                raise StartupError(f"model repository {root} is not a directory")
+        if settings.model_control_mode == "poll":
+            raise StartupError("--model-control-mode=poll is not supported yet (use none or explicit)")
+        loop = asyncio.get_running_loop()
+        self._repository = ModelRepository(
+            RepositorySettings(
+                roots=tuple(roots),
+                backend=BackendSettings(
+                    default_max_batch_size=settings.default_max_batch_size,
+                    auto_complete=settings.auto_complete_config,
+                ),
+                gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
+            ),
+            self._registry,
+            loop,
+        )
+        self.core = InferenceCore(
+            self._repository, CoreSettings(strict_readiness=settings.strict_readiness)
+        )
+        if settings.allow_http:
+            await self._start_http(self.core)
+        # Front doors come up first so that liveness answers while models load.
+        await self._repository.load_all(self._startup_models())
+        failed = [e for e in self._repository.index() if e.state == "UNAVAILABLE"]
+        if failed and settings.exit_on_error:
+            await self.stop()
+            names = ", ".join(sorted({e.name for e in failed}))
+            raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
+        self.core.mark_started()
+        log.info("inferd is ready: HTTP on port %s", self.http_port if settings.allow_http else "-")
+
+    def _startup_models(self) -> set[str] | None:
+        """None = every model; explicit mode loads only the --load-model ones."""
+        if self.settings.model_control_mode != "explicit":
+            return None
+        names = set(self.settings.load_models)
+        return None if "*" in names else names
+
+    async def _start_http(self, core: InferenceCore) -> None:
+        settings = self.settings
+        sock = _bind(settings.http_address, settings.http_port)
+        self._sockets.append(sock)
+        self.http_port = sock.getsockname()[1]
+        app = HttpFrontDoor(core, HttpSettings(max_input_size=settings.http_max_input_size))
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.exit_timeout_secs),
+        )
+        self._http = _UvicornServer(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise StartupError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, then unload every model."""
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+            self._http = None
+        if self._repository is not None:
+            await self._repository.close()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    async def serve_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("shutting down: draining in-flight requests")
+        finally:
+            await self.stop()
+
+
+def run(settings: Settings) -> int:
+    """Run a server until SIGINT/SIGTERM; the exit code for the CLI."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional (not on Windows)
+        runner = asyncio.run
+    try:
+        runner(App(settings).serve_until_signalled())
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

@@ -1,0 +1,162 @@
+"""`inferd serve ...`: Triton's flag spellings, each also settable as an INFERD_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from inferd.server.settings import Settings
+
+ENV_PREFIX = "INFERD_"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+class _Parser:
+    """Adds flags whose default comes from the matching INFERD_* variable."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+        self.parser = parser
+        self.environ = environ
+
+    def add(
+        self, flag: str, *aliases: str, type: Callable[[str], Any] = str, default: Any = None,
+        help: str, multiple: bool = False, **kwargs: Any,
+    ) -> None:
+        env = _env_name(flag)
+        raw = self.environ.get(env)
+        if raw is not None:
+            try:
+                default = [type(v) for v in raw.split(",") if v] if multiple else type(raw)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                self.parser.error(f"{env}={raw!r}: {exc}")
+        shown = f"{help} [env {env}; default: {default if default not in (None, []) else 'none'}]"
+        if multiple:
+            kwargs.setdefault("action", "append")
+        if type is parse_bool:
+            kwargs.setdefault("nargs", "?")
+            kwargs.setdefault("const", True)
+        self.parser.add_argument(flag, *aliases, type=type, default=default, help=shown, **kwargs)
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inferd",
+        description="A GPU-optimized inference server for Triton model repositories, speaking "
+        "the KServe v2 / Triton HTTP protocol.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model repository (default: the bundled examples)",
+        description="Serve one or more Triton-layout model repositories. Flags are spelt as "
+        "Triton's; booleans take true/false.",
+    )
+    p = _Parser(serve, dict(os.environ if environ is None else environ))
+    d = Settings()
+    p.add("--model-repository", "--model-store", dest="model_repository", type=Path,
+          multiple=True, help="model repository root (repeatable); none = the bundled examples")
+    p.add("--http-address", default=d.http_address, help="HTTP bind address")
+    p.add("--http-port", type=int, default=d.http_port, help="HTTP port (0 = any free port)")
+    p.add("--grpc-address", default=d.grpc_address, help="gRPC bind address")
+    p.add("--grpc-port", type=int, default=d.grpc_port, help="gRPC port")
+    p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
+    p.add("--allow-http", type=parse_bool, default=d.allow_http, help="serve HTTP")
+    p.add("--allow-grpc", type=parse_bool, default=d.allow_grpc, help="serve gRPC")
+    p.add("--allow-metrics", type=parse_bool, default=d.allow_metrics, help="serve metrics")
+    p.add("--model-control-mode", choices=["none", "explicit", "poll"],
+          default=d.model_control_mode,
+          help="none: load every model at start; explicit: load only --load-model models")
+    p.add("--load-model", multiple=True, help="explicit mode: model to load at start ('*' = all)")
+    p.add("--strict-readiness", type=parse_bool, default=d.strict_readiness,
+          help="ready only when every model is ready (false: ready once the server is up)")
+    p.add("--exit-on-error", type=parse_bool, default=d.exit_on_error,
+          help="exit if a model fails to load at start-up")
+    p.add("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
+          help="on shutdown, wait this long for in-flight requests")
+    p.add("--disable-auto-complete-config", type=parse_bool, default=False,
+          help="do not complete configs from the model files")
+    p.add("--strict-model-config", type=parse_bool, default=False,
+          help="deprecated spelling of --disable-auto-complete-config")
+    p.add("--backend-config", multiple=True,
+          help="BACKEND,SETTING=VALUE (e.g. onnxruntime,default-max-batch-size=8)")
+    p.add("--gpu-fallback", choices=["none", "cpu"], default="none",
+          help="KIND_GPU models with no usable GPU: fail to load (none) or run on the CPU")
+    p.add("--http-max-input-size", type=int, default=d.http_max_input_size,
+          help="largest accepted HTTP request body, in bytes")
+    p.add("--log-level", choices=["debug", "info", "warning", "error"], default=d.log_level,
+          help="log level")
+    p.add("--log-verbose", type=int, default=0, help="Triton spelling: > 0 means --log-level=debug")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    backend_config: dict[str, dict[str, str]] = {}
+    for item in args.backend_config or []:
+        backend, _, setting = item.partition(",")
+        key, eq, value = setting.partition("=")
+        if not eq:
+            backend, key, value = "", *item.split("=", 1)  # Triton allows a global SETTING=VALUE
+        backend_config.setdefault(backend, {})[key] = value
+    max_batch = backend_config.get("", {}).get("default-max-batch-size") or backend_config.get(
+        "onnxruntime", {}
+    ).get("default-max-batch-size", "4")
+    return Settings(
+        model_repositories=tuple(args.model_repository or ()),
+        http_address=args.http_address,
+        http_port=args.http_port,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        allow_metrics=args.allow_metrics,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model or ()),
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        exit_timeout_secs=args.exit_timeout_secs,
+        auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
+        default_max_batch_size=int(max_batch),
+        gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
+        http_max_input_size=args.http_max_input_size,
+        log_level="debug" if args.log_verbose > 0 else args.log_level,
+        backend_config=backend_config,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv.insert(0, "serve")  # `inferd --model-repository=...` as one would call tritonserver
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from inferd.server.app import run  # imported late: `--help` stays instant
+
+    return run(settings)

@@ -1,0 +1,207 @@
+"""The protocol-neutral data plane: what HTTP and gRPC both call, so that they answer alike."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import inferd
+from inferd.repository.config import TensorConfig, config_to_json
+from inferd.repository.manager import ModelRepository, ModelVersion
+from inferd.server.classification import classify
+from inferd.server.errors import InferdError, invalid
+from inferd.server.types import (
+    DataType,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
+
+SERVER_NAME = "inferd"
+# Only what is implemented end to end on every front door that has it.
+EXTENSIONS = ("classification", "model_configuration", "binary_tensor_data", "parameters")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    strict_readiness: bool = True
+
+
+class InferenceCore:
+    def __init__(self, repository: ModelRepository, settings: CoreSettings) -> None:
+        self._repository = repository
+        self._settings = settings
+        self._started = False
+
+    def mark_started(self) -> None:
+        """The start-up load finished; readiness may now be reported."""
+        self._started = True
+
+    # ---- health and metadata ---------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not self._started:
+            return False
+        return not self._settings.strict_readiness or self._repository.all_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self._repository.get(name, version)
+        except InferdError:
+            return False
+        return True
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, inferd.__version__, EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self._repository.get(name, version)
+        config = model.config
+        assert config is not None
+        if version:
+            versions: tuple[str, ...] = (version,)
+        else:
+            ready = self._repository.model_versions(name)
+            versions = tuple(str(v.version) for v in ready if v.ready)
+        batch = (-1,) if config.max_batch_size > 0 else ()
+        return ModelMetadata(
+            name=name,
+            versions=versions,
+            platform=config.platform or config.backend,
+            inputs=tuple(_metadata(t, batch) for t in config.inputs),
+            outputs=tuple(_metadata(t, batch) for t in config.outputs),
+        )
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        config = self._repository.get(name, version).config
+        assert config is not None
+        return config_to_json(config.proto)
+
+    def raw_input(self, name: str, version: str = "") -> tuple[TensorConfig, int]:
+        """The single input (and max_batch_size) for a raw binary request body."""
+        config = self._repository.get(name, version).config
+        assert config is not None
+        if len(config.inputs) != 1:
+            raise invalid(
+                f"raw binary request body needs a model with exactly one input; "
+                f"model '{name}' has {len(config.inputs)}"
+            )
+        return config.inputs[0], config.max_batch_size
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        return self._repository.index(ready_only)
+
+    # ---- inference -------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        model = self._repository.get(request.model_name, request.model_version)
+        batch_size, shape_key = validate_request(request, model)
+        scheduler = model.scheduler
+        assert scheduler is not None
+        outputs = await scheduler.submit(request.inputs, batch_size, shape_key, request.arrival_ns)
+        return _response(request, model, outputs)
+
+
+def _metadata(tensor: TensorConfig, batch: tuple[int, ...]) -> TensorMetadata:
+    return TensorMetadata(tensor.name, tensor.datatype, batch + tensor.dims)
+
+
+def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, Hashable]:
+    """Check the request against the model config; return its batch size and shape key."""
+    config = model.config
+    assert config is not None
+    specs = config.input_by_name
+    batching = config.max_batch_size > 0
+    batch_size = 1
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (name, array) in enumerate(request.inputs.items()):
+        spec = specs.get(name)
+        if spec is None:
+            raise invalid(f"unexpected inference input '{name}' for model '{config.name}'")
+        if array.dtype != spec.datatype.numpy:
+            got = DataType.from_numpy(array.dtype).value
+            raise invalid(
+                f"inference input '{name}' data-type is '{got}', but model '{config.name}' "
+                f"expects '{spec.datatype.value}'"
+            )
+        shape = array.shape
+        dims = shape
+        if batching:
+            if not shape or shape[0] < 1:
+                raise invalid(
+                    f"input '{name}' for model '{config.name}' needs a batch dim of at least 1, "
+                    f"got shape {list(shape)}"
+                )
+            if index == 0:
+                batch_size = shape[0]
+            elif shape[0] != batch_size:
+                raise invalid(
+                    f"input '{name}' batch size {shape[0]} differs from the batch size "
+                    f"{batch_size} of the other inputs"
+                )
+            dims = shape[1:]
+        if len(dims) != len(spec.dims) or any(
+            want not in (-1, got) for want, got in zip(spec.dims, dims, strict=True)
+        ):
+            expected = [-1, *spec.dims] if batching else list(spec.dims)
+            raise invalid(
+                f"unexpected shape for input '{name}' for model '{config.name}'. "
+                f"Expected {expected}, got {list(shape)}"
+            )
+        shapes[name] = dims
+    if batching and batch_size > config.max_batch_size:
+        raise invalid(
+            f"inference request batch-size must be <= {config.max_batch_size} for "
+            f"'{config.name}', got {batch_size}"
+        )
+    if len(shapes) != len(specs):
+        missing = [t.name for t in config.inputs if t.name not in shapes and not t.optional]
+        if missing:
+            raise invalid(
+                f"expected {len(config.inputs)} inputs but got {len(shapes)} inputs for model "
+                f"'{config.name}'. Got input(s) {sorted(shapes)}, but missing required "
+                f"input(s) {missing}. Please provide all required input(s)."
+            )
+    if request.outputs is not None:
+        known = {t.name for t in config.outputs}
+        for output in request.outputs:
+            if output.name not in known:
+                raise invalid(f"unexpected inference output '{output.name}' for model '{config.name}'")
+    return batch_size, model.shape_key(shapes)
+
+
+def _response(
+    request: InferRequest, model: ModelVersion, outputs: dict[str, np.ndarray]
+) -> InferResponse:
+    config = model.config
+    assert config is not None
+    result: list[tuple[str, DataType, np.ndarray]] = []
+    if request.outputs is None:
+        for tensor in config.outputs:
+            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
+    else:
+        types = {t.name: t.datatype for t in config.outputs}
+        for wanted in request.outputs:
+            array = outputs[wanted.name]
+            if wanted.classification > 0:
+                labels = model.labels.get(wanted.name, ())
+                batched = config.max_batch_size > 0
+                array = classify(array, wanted.classification, labels, batched=batched)
+                result.append((wanted.name, DataType.BYTES, array))
+            else:
+                result.append((wanted.name, types[wanted.name], array))
+    return InferResponse(
+        model_name=request.model_name,
+        model_version=str(model.version),
+        outputs=result,
+        id=request.id,
+    )

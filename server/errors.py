@@ -1,0 +1,48 @@
+"""One exception type with a protocol-neutral code; each front door maps codes through one table."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(Enum):
+    INVALID_ARG = "INVALID_ARG"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNSUPPORTED = "UNSUPPORTED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    CANCELLED = "CANCELLED"
+    TOO_LARGE = "TOO_LARGE"
+    INTERNAL = "INTERNAL"
+
+
+class InferdError(Exception):
+    """Every failure a client may see. `str(error)` is the message sent on the wire."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"InferdError({self.code.name}, {self.message!r})"
+
+
+def invalid(message: str) -> InferdError:
+    return InferdError(ErrorCode.INVALID_ARG, message)
+
+
+def not_found(message: str) -> InferdError:
+    return InferdError(ErrorCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> InferdError:
+    return InferdError(ErrorCode.UNAVAILABLE, message)
+
+
+def unsupported(message: str) -> InferdError:
+    return InferdError(ErrorCode.UNSUPPORTED, message)
+
+
+def internal(message: str) -> InferdError:
+    return InferdError(ErrorCode.INTERNAL, message)

@@ -1,0 +1,349 @@
+"""The HTTP front door: KServe v2 / Triton HTTP routes over the protocol-neutral core.
+
+`/infer` is served by a lean ASGI path in front of the Starlette router (routing costs about a
+fifth of the throughput on the hot path); everything else goes through ordinary routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from inferd.server.core import InferenceCore
+from inferd.server.errors import ErrorCode, InferdError, invalid
+from inferd.server.http_codec import (
+    OutputEncoding,
+    decode_infer_request,
+    decode_raw_input,
+    encode_error,
+    encode_infer_response,
+)
+from inferd.server.types import InferRequest
+
+log = logging.getLogger(__name__)
+
+# One table from error codes to HTTP status (Triton's mapping; 413 for over-size bodies).
+HTTP_STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.INVALID_ARG: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.UNSUPPORTED: 501,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.CANCELLED: 499,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.INTERNAL: 500,
+}
+
+MODELS_PREFIX = "/v2/models/"
+INFER_SUFFIX = "/infer"
+JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(error: InferdError) -> Response:
+    return Response(
+        encode_error(error.message), HTTP_STATUS[error.code], media_type="application/json"
+    )
+
+
+class HttpFrontDoor:
+    """The ASGI application."""
+
+    def __init__(self, core: InferenceCore, settings: HttpSettings) -> None:
+        self._core = core
+        self._max_input_size = settings.max_input_size
+        self._router = Starlette(
+            routes=_routes(core, self._infer_route),
+            exception_handlers={
+                HTTPException: _http_exception,
+                InferdError: _inferd_error,
+                Exception: _unexpected_error,
+            },
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
+                target = _parse_infer_path(path)
+                if target is not None:
+                    await self._infer(scope, receive, send, *target)
+                    return
+        await self._router(scope, receive, send)
+
+    async def _infer_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Reached only for paths the fast path rejects: Starlette then answers 404/405.
+        raise HTTPException(404, "Not Found")
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
+        headers = _headers(scope)
+        try:
+            body = await self._read_body(receive, headers)
+            request, encoding = self._decode(body, headers, model, version)
+            response = await self._core.infer(request)
+            payload, header_length = encode_infer_response(response, encoding)
+        except InferdError as error:
+            await _send(send, HTTP_STATUS[error.code], encode_error(error.message), JSON, headers)
+            return
+        except Exception as exc:
+            log.exception("inference on model '%s' failed unexpectedly", model)
+            await _send(send, 500, encode_error(f"internal error: {exc}"), JSON, headers)
+            return
+        if header_length is None:
+            await _send(send, 200, payload, JSON, headers)
+        else:
+            await _send(send, 200, payload, OCTET_STREAM, headers, header_length)
+
+    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        limit = self._max_input_size
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = headers.get(b"content-encoding")
+        if encoding:
+            body = _decompress(body, encoding, limit)
+        return body
+
+    def _decode(
+        self, body: bytes, headers: dict[bytes, bytes], model: str, version: str
+    ) -> tuple[InferRequest, OutputEncoding]:
+        raw_length = headers.get(b"inference-header-content-length")
+        if raw_length is None:
+            return decode_infer_request(body, None, model, version)
+        if not raw_length.strip().isdigit():
+            raise invalid(
+                f"Inference-Header-Content-Length must be a non-negative integer, got "
+                f"'{raw_length.decode('latin-1')}'"
+            )
+        header_length = int(raw_length)
+        if header_length > 0:
+            return decode_infer_request(body, header_length, model, version)
+        spec, max_batch_size = self._core.raw_input(model, version)
+        array = decode_raw_input(body, spec.name, spec.datatype, spec.dims, max_batch_size)
+        return InferRequest(model, version, {spec.name: array}), OutputEncoding(binary_default=True)
+
+
+def _parse_infer_path(path: str) -> tuple[str, str] | None:
+    """`/v2/models/M/infer` or `/v2/models/M/versions/V/infer` -> (M, V); None if neither."""
+    middle = path[len(MODELS_PREFIX) : -len(INFER_SUFFIX)]
+    if "/" not in middle:
+        return (middle, "") if middle else None
+    model, sep, version = middle.partition("/versions/")
+    if sep and model and "/" not in model and version.isdigit():
+        return model, version
+    return None
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+def _too_large(limit: int) -> InferdError:
+    return InferdError(
+        ErrorCode.TOO_LARGE, f"request body is larger than the limit of {limit} bytes"
+    )
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    name = encoding.strip().lower()
+    if name in (b"identity", b""):
+        return body
+    if name == b"gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif name == b"deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise invalid(f"unsupported Content-Encoding '{encoding.decode('latin-1')}'")
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)  # bounded: no decompression bombs
+    except zlib.error as exc:
+        raise invalid(f"failed to decompress the {name.decode()} request body: {exc}") from None
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise invalid(f"the {name.decode()} request body is truncated")
+    return data
+
+
+def _compress(body: bytes, accept: bytes | None) -> tuple[bytes, bytes | None]:
+    """Compress the response when the client accepts gzip or deflate, as Triton does."""
+    if not accept:
+        return body, None
+    accepted = {part.split(b";")[0].strip().lower() for part in accept.split(b",")}
+    if b"gzip" in accepted:
+        compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        return compressor.compress(body) + compressor.flush(), b"gzip"
+    if b"deflate" in accepted:
+        return zlib.compress(body), b"deflate"
+    return body, None
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    request_headers: dict[bytes, bytes],
+    header_length: int | None = None,
+) -> None:
+    body, content_encoding = _compress(body, request_headers.get(b"accept-encoding"))
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if header_length is not None:
+        headers.append((b"inference-header-content-length", str(header_length).encode()))
+    if content_encoding is not None:
+        headers.append((b"content-encoding", content_encoding))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the ordinary routes -------------------------------------------------------------------
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return Response(encode_error(exc.detail), exc.status_code, media_type="application/json")
+
+
+async def _inferd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferdError)
+    return error_response(exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("request %s %s failed unexpectedly", request.method, request.url.path)
+    return Response(encode_error(f"internal error: {exc}"), 500, media_type="application/json")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _routes(core: InferenceCore, infer: Callable[[Scope, Receive, Send], Awaitable[None]]) -> list[Route]:
+    async def server_metadata(request: Request) -> Response:
+        meta = core.server_metadata()
+        return JSONResponse(
+            {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+        )
+
+    async def live(request: Request) -> Response:
+        if core.live():
+            return Response(status_code=200)
+        return Response(encode_error("Server is not live"), 400, media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        if core.ready():
+            return Response(status_code=200)
+        return Response(encode_error("Server is not ready"), 400, media_type="application/json")
+
+    async def model_ready(request: Request) -> Response:
+        name, version = _model_path(request)
+        if core.model_ready(name, version):
+            return Response(status_code=200)
+        return Response(encode_error("Model version not ready"), 400, media_type="application/json")
+
+    async def model_metadata(request: Request) -> Response:
+        meta = core.model_metadata(*_model_path(request))
+        return JSONResponse(
+            {
+                "name": meta.name,
+                "versions": list(meta.versions),
+                "platform": meta.platform,
+                "inputs": [_tensor_json(t) for t in meta.inputs],
+                "outputs": [_tensor_json(t) for t in meta.outputs],
+            }
+        )
+
+    async def model_config(request: Request) -> Response:
+        return JSONResponse(core.model_config(*_model_path(request)))
+
+    async def repository_index(request: Request) -> Response:
+        ready_only = await _ready_flag(request)
+        entries = core.repository_index(ready_only)
+        return JSONResponse(
+            [
+                {"name": e.name}
+                if not e.state
+                else {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+                for e in entries
+            ]
+        )
+
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version:int}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/{repository}/index", repository_index, methods=["POST"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(model + "/ready", model_ready, methods=["GET"]),
+        Route(versioned + "/ready", model_ready, methods=["GET"]),
+        Route(model + "/config", model_config, methods=["GET"]),
+        Route(versioned + "/config", model_config, methods=["GET"]),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+    ]
+
+
+def _model_path(request: Request) -> tuple[str, str]:
+    version = request.path_params.get("version")
+    return request.path_params["model"], "" if version is None else str(version)
+
+
+def _tensor_json(tensor: Any) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype.value, "shape": list(tensor.shape)}
+
+
+async def _ready_flag(request: Request) -> bool:
+    body = await request.body()
+    if not body.strip():
+        return False
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid("the repository index request body must be a JSON object")
+    flag = data.get("ready", False)
+    if not isinstance(flag, bool):
+        raise invalid("'ready' must be a boolean")
+    return flag

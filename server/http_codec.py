@@ -1,0 +1,486 @@
+"""HTTP/JSON wire codec for KServe v2 inference: body bytes <-> protocol-neutral types.
+
+Pure functions, no I/O. Layout facts (binary data extension): the body is a JSON header, then
+binary tensor chunks in the order their tensors appear in the JSON, with no padding. BYTES
+elements are a 4-byte little-endian length followed by the raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inferd.server.errors import internal, invalid
+from inferd.server.types import (
+    DATATYPES,
+    DataType,
+    InferRequest,
+    InferResponse,
+    Params,
+    RequestedOutput,
+)
+
+_LENGTH = struct.Struct("<I")
+_FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
+# Python types a JSON `data` element may have, per datatype (bool is not an int here).
+_INT_TYPES: frozenset[type] = frozenset({int})
+_FLOAT_TYPES: frozenset[type] = frozenset({int, float})
+_BOOL_TYPES: frozenset[type] = frozenset({bool})
+_BYTES_TYPES: frozenset[type] = frozenset({str})
+_JSON_NAMES: dict[type, str] = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "list",
+    type(None): "null",
+}
+
+
+@dataclass(slots=True)
+class OutputEncoding:
+    """How the client wants outputs encoded (HTTP-only concern)."""
+
+    binary_default: bool = False  # request parameter binary_data_output
+    binary: dict[str, bool] = field(default_factory=dict)  # per-output parameters.binary_data
+
+
+# ---------------------------------------------------------------------------------------------
+# Request decoding
+
+
+def decode_infer_request(
+    body: bytes | bytearray | memoryview,
+    header_length: int | None,
+    model_name: str,
+    model_version: str,
+) -> tuple[InferRequest, OutputEncoding]:
+    """Decode an inference request body.
+
+    header_length None = the whole body is JSON; N > 0 = the first N bytes are JSON and the
+    binary tensor chunks follow.
+    """
+    view = memoryview(body).cast("B")
+    if header_length is None:
+        header_length = len(view)
+    elif header_length <= 0:
+        raise invalid(f"Inference-Header-Content-Length must be positive, got {header_length}")
+    elif header_length > len(view):
+        raise invalid(
+            f"Inference-Header-Content-Length {header_length} exceeds the request body "
+            f"size {len(view)}"
+        )
+    doc = _load_json_object(view[:header_length])
+
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid(f"request 'id' must be a string, got {_json_name(request_id)}")
+    encoding = OutputEncoding()
+    parameters = _request_parameters(doc.get("parameters"), encoding)
+    inputs = _decode_inputs(doc.get("inputs"), view, header_length)
+    outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        id=request_id,
+        parameters=parameters,
+        outputs=outputs,
+    )
+    return request, encoding
+
+
+def _load_json_object(data: memoryview) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise invalid(f"failed to parse the request JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"the request JSON must be an object, got {_json_name(doc)}")
+    return doc
+
+
+def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
+    params = _parameters_object(raw, "request")
+    out: Params = {}
+    for key, value in params.items():
+        if key.startswith("triton_"):
+            raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
+        if key == "binary_data_output":
+            encoding.binary_default = _bool_param(value, "request parameter 'binary_data_output'")
+        elif isinstance(value, bool | int | float | str):
+            out[key] = value
+        else:
+            raise invalid(
+                f"request parameter '{key}' must be a boolean, number or string, "
+                f"got {_json_name(value)}"
+            )
+    return out
+
+
+def _decode_inputs(raw: object, view: memoryview, header_length: int) -> dict[str, np.ndarray]:
+    if not isinstance(raw, list):
+        raise invalid("the request must have an 'inputs' list")
+    if not raw:
+        raise invalid("the request 'inputs' list is empty")
+    inputs: dict[str, np.ndarray] = {}
+    cursor = header_length  # next unread byte of the binary section
+    for item in raw:
+        if not isinstance(item, dict):
+            raise invalid(f"each entry of 'inputs' must be an object, got {_json_name(item)}")
+        name, datatype, shape, params = _tensor_header(item)
+        if name in inputs:
+            raise invalid(f"input '{name}' appears more than once")
+        size = params.get("binary_data_size")
+        if size is None:
+            if "data" not in item:
+                raise invalid(f"input '{name}' has neither 'data' nor binary_data_size")
+            inputs[name] = _from_json(item["data"], name, datatype, shape)
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
+        if "data" in item:
+            raise invalid(f"input '{name}' has both 'data' and binary_data_size")
+        if cursor + size > len(view):
+            raise invalid(
+                f"binary data for input '{name}' extends past the end of the request body "
+                f"({size} bytes at offset {cursor}, body is {len(view)} bytes)"
+            )
+        inputs[name] = _from_binary(view, cursor, size, name, datatype, shape)
+        cursor += size
+    if cursor != len(view):
+        raise invalid(
+            f"the request body has {len(view) - cursor} bytes after the last binary input"
+        )
+    return inputs
+
+
+def _tensor_header(
+    item: dict[str, Any],
+) -> tuple[str, DataType, tuple[int, ...], dict[str, Any]]:
+    """Validate one `inputs` entry's name, datatype, shape and parameters."""
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise invalid("an input is missing its 'name' (a string)")
+    raw_type = item.get("datatype")
+    if not isinstance(raw_type, str):
+        raise invalid(f"input '{name}' is missing its 'datatype' (a string)")
+    datatype = DATATYPES.get(raw_type)
+    if datatype is None:
+        raise invalid(f"input '{name}': unknown datatype '{raw_type}'")
+    raw_shape = item.get("shape")
+    if not isinstance(raw_shape, list) or not all(type(d) is int and d >= 0 for d in raw_shape):
+        raise invalid(
+            f"input '{name}': 'shape' must be a list of non-negative integers, got {raw_shape!r}"
+        )
+    params = _parameters_object(item.get("parameters"), f"input '{name}'")
+    _reject_shared_memory(params, f"input '{name}'")
+    return name, datatype, tuple(raw_shape), params
+
+
+def _decode_outputs(raw: object, encoding: OutputEncoding) -> list[RequestedOutput]:
+    if not isinstance(raw, list):
+        raise invalid(f"the request 'outputs' must be a list, got {_json_name(raw)}")
+    outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid("each entry of 'outputs' must be an object with a 'name' string")
+        name: str = item["name"]
+        if name in seen:
+            raise invalid(f"output '{name}' is requested more than once")
+        seen.add(name)
+        what = f"output '{name}'"
+        params = _parameters_object(item.get("parameters"), what)
+        _reject_shared_memory(params, what)
+        if "binary_data" in params:
+            encoding.binary[name] = _bool_param(params["binary_data"], f"{what}: binary_data")
+        classification = params.get("classification", 0)
+        if type(classification) is not int or classification < 0:
+            raise invalid(f"{what}: classification must be a non-negative integer")
+        outputs.append(RequestedOutput(name, classification))
+    return outputs
+
+
+def _parameters_object(raw: object, what: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise invalid(f"{what}: 'parameters' must be an object, got {_json_name(raw)}")
+    return raw
+
+
+def _reject_shared_memory(params: dict[str, Any], what: str) -> None:
+    if any(key.startswith("shared_memory_") for key in params):
+        raise invalid(f"{what}: shared memory is not supported yet; send the data in the body")
+
+
+def _bool_param(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise invalid(f"{what} must be a boolean, got {_json_name(value)}")
+    return value
+
+
+def _json_name(value: object) -> str:
+    return _JSON_NAMES.get(type(value), "object")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor data: binary chunks
+
+
+def _from_binary(
+    view: memoryview, offset: int, size: int, name: str, datatype: DataType, shape: tuple[int, ...]
+) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype is DataType.BYTES:
+        return _bytes_elements(view[offset : offset + size], count, name).reshape(shape)
+    expected = count * datatype.itemsize
+    if size != expected:
+        raise invalid(
+            f"input '{name}': expected {expected} bytes for shape {list(shape)} of "
+            f"{datatype.value}, got {size}"
+        )
+    # Zero copy: the array views the request body.
+    return np.frombuffer(view, datatype.numpy, count, offset).reshape(shape)
+
+
+def _bytes_elements(chunk: memoryview, count: int, name: str) -> np.ndarray:
+    """Split length-prefixed BYTES elements into a flat object array of `bytes`."""
+    raw = bytes(chunk)  # one copy; slicing bytes is cheaper per element than memoryview slices
+    end = len(raw)
+    unpack = _LENGTH.unpack_from
+    elements: list[bytes] = []
+    offset = 0
+    for index in range(count):
+        if offset + 4 > end:
+            raise invalid(f"input '{name}': BYTES data holds {index} elements, expected {count}")
+        (length,) = unpack(raw, offset)
+        offset += 4
+        if offset + length > end:
+            raise invalid(
+                f"input '{name}': BYTES element {index} has length {length}, which runs past "
+                f"the end of its data"
+            )
+        elements.append(raw[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise invalid(
+            f"input '{name}': BYTES data has {end - offset} bytes after its {count} elements"
+        )
+    return _object_array(elements)
+
+
+def _object_array(items: list[bytes]) -> np.ndarray:
+    # Filling a preallocated array keeps numpy from treating the items as sequences.
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor data: JSON
+
+
+def _from_json(data: object, name: str, datatype: DataType, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(data, list):
+        raise invalid(f"input '{name}': 'data' must be a list, got {_json_name(data)}")
+    types = set(map(type, data))
+    if list in types:
+        data = _flatten(data)
+        types = set(map(type, data))
+    count = math.prod(shape)
+    if len(data) != count:
+        raise invalid(
+            f"input '{name}': 'data' has {len(data)} elements, expected {count} for shape "
+            f"{list(shape)}"
+        )
+    if datatype is DataType.BYTES:
+        _check_types(types, _BYTES_TYPES, name, datatype)
+        return _object_array([s.encode() for s in data]).reshape(shape)
+    if datatype is DataType.BOOL:
+        _check_types(types, _BOOL_TYPES, name, datatype)
+        return np.asarray(data, dtype=np.bool_).reshape(shape)
+    if datatype in _FLOATS:
+        _check_types(types, _FLOAT_TYPES, name, datatype)
+        with np.errstate(over="ignore"):  # overflow shows up as inf, checked below
+            array = np.asarray(data, dtype=datatype.numpy)
+        if not np.isfinite(array).all():
+            raise invalid(f"input '{name}': a value is out of range for {datatype.value}")
+        return array.reshape(shape)
+    _check_types(types, _INT_TYPES, name, datatype)
+    try:
+        return np.asarray(data, dtype=datatype.numpy).reshape(shape)
+    except OverflowError:
+        raise invalid(f"input '{name}': a value is out of range for {datatype.value}") from None
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Row-major flatten of nested lists of any depth."""
+    flat: list[Any] = []
+    for item in data:
+        if type(item) is list:
+            flat.extend(_flatten(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+def _check_types(found: set[type], allowed: frozenset[type], name: str, datatype: DataType) -> None:
+    wrong = found - allowed
+    if wrong:
+        kinds = " or ".join(sorted(_JSON_NAMES[t] for t in allowed))
+        got = ", ".join(sorted({_JSON_NAMES.get(t, "object") for t in wrong}))
+        raise invalid(
+            f"input '{name}': {datatype.value} 'data' elements must be {kinds} values, got {got}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw binary request (Inference-Header-Content-Length: 0)
+
+
+def decode_raw_input(
+    body: bytes, name: str, datatype: DataType, dims: tuple[int, ...], max_batch_size: int
+) -> np.ndarray:
+    """Inference-Header-Content-Length: 0 — the body is the data of the model's only input.
+
+    dims excludes the batch dim; if max_batch_size > 0 the result gets a leading batch dim of 1.
+    At most one -1 in dims; it is solved from the byte length (BYTES: dims must resolve to one
+    element, i.e. shape [1]; the body is one 4-byte-length-prefixed element).
+    """
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        raise invalid(
+            f"input '{name}': a raw binary request needs a shape with at most one variable "
+            f"dimension, the model has {list(dims)}"
+        )
+    if datatype is DataType.BYTES:
+        shape = _raw_bytes_shape(name, dims)
+        array = _bytes_elements(memoryview(body), 1, name).reshape(shape)
+    else:
+        shape = _raw_numeric_shape(len(body), name, datatype, dims)
+        array = np.frombuffer(body, datatype.numpy).reshape(shape)
+    return array.reshape((1, *shape)) if max_batch_size > 0 else array
+
+
+def _raw_bytes_shape(name: str, dims: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(1 if d == -1 else d for d in dims)
+    if math.prod(shape) != 1:
+        raise invalid(
+            f"input '{name}': a raw binary BYTES input must have exactly one element, "
+            f"the model shape is {list(dims)}"
+        )
+    return shape
+
+
+def _raw_numeric_shape(
+    nbytes: int, name: str, datatype: DataType, dims: tuple[int, ...]
+) -> tuple[int, ...]:
+    fixed = math.prod(d for d in dims if d != -1) * datatype.itemsize
+    if -1 not in dims:
+        if nbytes != fixed:
+            raise invalid(
+                f"input '{name}': expected {fixed} bytes for shape {list(dims)} of "
+                f"{datatype.value}, got {nbytes}"
+            )
+        return dims
+    if fixed == 0 or nbytes % fixed:
+        raise invalid(
+            f"input '{name}': {nbytes} bytes do not fit shape {list(dims)} of {datatype.value}"
+        )
+    return tuple(nbytes // fixed if d == -1 else d for d in dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# Response encoding
+
+
+def encode_infer_response(
+    response: InferResponse, encoding: OutputEncoding
+) -> tuple[bytes, int | None]:
+    """Returns (body, json_header_length).
+
+    json_header_length is None when every output is JSON (then body is pure JSON), else the
+    length of the JSON header that precedes the binary chunks.
+    """
+    header: dict[str, Any] = {}
+    if response.id:
+        header["id"] = response.id
+    header["model_name"] = response.model_name
+    header["model_version"] = response.model_version
+    if response.parameters:
+        header["parameters"] = response.parameters
+    entries: list[dict[str, Any]] = []
+    chunks: list[memoryview] = []
+    any_binary = False
+    for name, datatype, array in response.outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
+        if encoding.binary.get(name, encoding.binary_default):
+            any_binary = True
+            chunk = _to_binary(name, datatype, array)
+            entry["parameters"] = {"binary_data_size": chunk.nbytes}
+            if chunk.nbytes:
+                chunks.append(chunk)
+        else:
+            entry["data"] = _to_json(name, datatype, array)
+        entries.append(entry)
+    header["outputs"] = entries
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not any_binary:
+        return head, None
+    return b"".join([head, *chunks]), len(head)
+
+
+def _to_binary(name: str, datatype: DataType, array: np.ndarray) -> memoryview:
+    """The output's wire bytes (a view of the array when no conversion is needed)."""
+    if datatype is DataType.BYTES:
+        return memoryview(_pack_bytes(name, array))
+    # Native little-endian, row-major; no copy when the array already is.
+    return np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8).data
+
+
+def _pack_bytes(name: str, array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    pack = _LENGTH.pack
+    for item in array.ravel().tolist():
+        data = _element_bytes(name, item)
+        parts.append(pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _element_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    raise internal(f"output '{name}': BYTES element of type {type(item).__name__}")
+
+
+def _to_json(name: str, datatype: DataType, array: np.ndarray) -> object:
+    if datatype is DataType.BYTES:
+        return [_element_text(name, item) for item in array.ravel().tolist()]
+    # orjson serializes flat native contiguous arrays directly; it has no bfloat16.
+    wire = np.float32 if datatype is DataType.BF16 else datatype.numpy
+    return np.ascontiguousarray(array, dtype=wire).reshape(-1)
+
+
+def _element_text(name: str, item: object) -> str:
+    if isinstance(item, str):
+        return item
+    try:
+        return _element_bytes(name, item).decode()
+    except UnicodeDecodeError:
+        raise invalid(
+            f"output '{name}' holds bytes that are not valid UTF-8; request it with "
+            f"binary_data=true"
+        ) from None
+
+
+def encode_error(message: str) -> bytes:
+    return orjson.dumps({"error": message})

@@ -1,0 +1,151 @@
+"""Protocol-neutral vocabulary of the data plane: datatypes, requests, responses.
+
+Leaf module: front doors decode into these, backends only ever see numpy arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+# A request or response parameter value, as both protocols can carry it.
+ParamValue = bool | int | float | str
+Params = dict[str, ParamValue]
+
+
+class DataType(str, Enum):
+    """The v2 protocol datatype names (HTTP and gRPC spell them the same)."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+    BF16 = "BF16"
+
+    @property
+    def numpy(self) -> np.dtype[Any]:
+        return _TO_NUMPY[self]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element on the wire; 0 for BYTES (variable length)."""
+        return 0 if self is DataType.BYTES else _TO_NUMPY[self].itemsize
+
+    @property
+    def config_name(self) -> str:
+        """The `data_type` enum name used in config.pbtxt (TYPE_STRING for BYTES)."""
+        return "TYPE_STRING" if self is DataType.BYTES else f"TYPE_{self.value}"
+
+    @classmethod
+    def from_config_name(cls, name: str) -> DataType:
+        if name == "TYPE_STRING":
+            return cls.BYTES
+        return cls(name.removeprefix("TYPE_"))
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:
+        try:
+            return _FROM_NUMPY[np.dtype(dtype)]
+        except KeyError:
+            if dtype.kind in "OSU":
+                return cls.BYTES
+            raise
+
+
+_TO_NUMPY: dict[DataType, np.dtype[Any]] = {
+    DataType.BOOL: np.dtype(np.bool_),
+    DataType.UINT8: np.dtype(np.uint8),
+    DataType.UINT16: np.dtype(np.uint16),
+    DataType.UINT32: np.dtype(np.uint32),
+    DataType.UINT64: np.dtype(np.uint64),
+    DataType.INT8: np.dtype(np.int8),
+    DataType.INT16: np.dtype(np.int16),
+    DataType.INT32: np.dtype(np.int32),
+    DataType.INT64: np.dtype(np.int64),
+    DataType.FP16: np.dtype(np.float16),
+    DataType.FP32: np.dtype(np.float32),
+    DataType.FP64: np.dtype(np.float64),
+    DataType.BYTES: np.dtype(np.object_),
+    DataType.BF16: np.dtype(ml_dtypes.bfloat16),
+}
+_FROM_NUMPY: dict[np.dtype[Any], DataType] = {
+    dt: name for name, dt in _TO_NUMPY.items() if name is not DataType.BYTES
+}
+
+# Wire datatype string -> DataType, for decoders (faster and clearer than Enum lookup by value).
+DATATYPES: dict[str, DataType] = {d.value: d for d in DataType}
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asked for, with the protocol-neutral options."""
+
+    name: str
+    classification: int = 0  # top-k classification extension; 0 = return the tensor
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str  # "" = let the version policy choose
+    inputs: dict[str, np.ndarray]
+    id: str = ""
+    parameters: Params = field(default_factory=dict)
+    # None = every output of the model, in config order.
+    outputs: list[RequestedOutput] | None = None
+    arrival_ns: int = field(default_factory=time.monotonic_ns)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    # Ordered: requested order, else config order. Front doors emit them in this order.
+    outputs: list[tuple[str, DataType, np.ndarray]]
+    id: str = ""
+    parameters: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: DataType
+    shape: tuple[int, ...]  # full shape as clients see it: -1 for the batch dim and variable dims
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIndexEntry:
+    name: str
+    version: str = ""
+    state: str = ""
+    reason: str = ""
