@@ -156,8 +156,8 @@ class ModelRepository:
             )
             prepared.versions.append(version)
             try:
-                devices = self._devices(config)
-                version.devices = _describe(devices)
+                devices, note = self._devices(config)
+                version.devices, version.reason = _describe(devices), note
                 prepared.instances[number] = self._create_instances(
                     backend, config, available[number] / filename, devices
                 )
@@ -184,8 +184,10 @@ class ModelRepository:
             )
         return guessed
 
-    def _devices(self, config: ModelConfig) -> list[Device]:
+    def _devices(self, config: ModelConfig) -> tuple[list[Device], str]:
+        """Where each instance runs, and a note for the model status if GPU fell back to CPU."""
         devices: list[Device] = []
+        note = ""
         for group in config.instance_groups:
             if group.kind is DeviceKind.GPU:
                 if self._settings.gpu_count == 0 or not group.gpus:
@@ -200,11 +202,12 @@ class ModelRepository:
                         group.name,
                     )
                     devices += [Device("cpu")] * group.count
+                    note = "KIND_GPU instances run on the CPU: no GPU available (--gpu-fallback=cpu)"
                 else:
                     devices += [Device("gpu", g) for g in group.gpus for _ in range(group.count)]
             else:
                 devices += [Device("cpu")] * group.count
-        return devices
+        return devices, note
 
     def _create_instances(
         self, backend: type[Backend], config: ModelConfig, path: Path, devices: Sequence[Device]

@@ -15,6 +15,7 @@ from inferd.backends.base import BackendSettings
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.server.core import CoreSettings, InferenceCore
+from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.settings import Settings, bundled_examples
 
@@ -58,7 +59,9 @@ class App:
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._sockets: list[socket.socket] = []
+        self._grpc: GrpcServer | None = None
         self.http_port = 0
+        self.grpc_port = 0
 
     async def start(self) -> None:
         settings = self.settings
@@ -86,6 +89,9 @@ class App:
         )
         if settings.allow_http:
             await self._start_http(self.core)
+        if settings.allow_grpc:
+            self._grpc = await start_grpc_server(self.core, grpc_settings(settings))
+            self.grpc_port = self._grpc.port
         # Front doors come up first so that liveness answers while models load.
         await self._repository.load_all(self._startup_models())
         failed = [e for e in self._repository.index() if e.state == "UNAVAILABLE"]
@@ -94,7 +100,11 @@ class App:
             names = ", ".join(sorted({e.name for e in failed}))
             raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
         self.core.mark_started()
-        log.info("inferd is ready: HTTP on port %s", self.http_port if settings.allow_http else "-")
+        log.info(
+            "inferd is ready: HTTP on port %s, gRPC on port %s",
+            self.http_port if settings.allow_http else "off",
+            self.grpc_port if settings.allow_grpc else "off",
+        )
 
     def _startup_models(self) -> set[str] | None:
         """None = every model; explicit mode loads only the --load-model ones."""
@@ -128,6 +138,9 @@ class App:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then unload every model."""
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.exit_timeout_secs)
+            self._grpc = None
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task

@@ -1,0 +1,101 @@
+"""Shared fixtures: real inferd servers on ephemeral ports, driven by real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from inferd.server.app import App
+from inferd.server.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO_ROOT / "examples"
+
+
+@dataclass
+class RunningServer:
+    app: App
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.app.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.app.grpc_port}"
+
+    def call(self, coro: object, timeout: float = 30) -> object:
+        """Run a coroutine on the server's loop from the test thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.call(self.app.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def start_server(settings: Settings) -> RunningServer:
+    """Start a real server (uvicorn + grpc.aio on one loop) in a background thread."""
+    loop = asyncio.new_event_loop()
+    app = App(settings)
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            try:
+                await app.start()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                started.set()
+
+        loop.create_task(boot())
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="inferd-test-server", daemon=True)
+    thread.start()
+    started.wait(60)
+    if failure:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        raise failure[0]
+    return RunningServer(app, loop, thread)
+
+
+TEST_SETTINGS = Settings(
+    http_address="127.0.0.1", http_port=0, grpc_address="127.0.0.1", grpc_port=0, metrics_port=0
+)
+
+
+@pytest.fixture(scope="session")
+def examples_server() -> Iterator[RunningServer]:
+    """One server on the bundled examples, shared by read-only tests."""
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(EXAMPLES,)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with custom settings; all are stopped at the end of the test."""
+    servers: list[RunningServer] = []
+
+    def make(**overrides: object) -> RunningServer:
+        server = start_server(replace(TEST_SETTINGS, **overrides))  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

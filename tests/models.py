@@ -1,0 +1,57 @@
+"""Tiny real ONNX models and Triton repositories for tests, written with the onnx helper API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+
+def identity_model(
+    dtype: int = TensorProto.FLOAT, shape: tuple[str | int, ...] = ("batch", 4)
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "identity",
+        [helper.make_tensor_value_info("INPUT0", dtype, list(shape))],
+        [helper.make_tensor_value_info("OUTPUT0", dtype, list(shape))],
+    )
+    return _finish(graph)
+
+
+def reshape_model() -> onnx.ModelProto:
+    """FP32 ["batch", "n"] -> Reshape to [-1, 4]: fails at execution unless n*batch % 4 == 0."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 4])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["INPUT0", "shape"], ["OUTPUT0"])],
+        "reshape",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["rows", 4])],
+        initializer=[shape],
+    )
+    return _finish(graph)
+
+
+def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_model(
+    repo: Path,
+    name: str,
+    model: onnx.ModelProto,
+    config: str | None = None,
+    versions: tuple[int, ...] = (1,),
+) -> Path:
+    """Write <repo>/<name>/<v>/model.onnx for each version, and config.pbtxt if given."""
+    model_dir = repo / name
+    for version in versions:
+        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+        onnx.save(model, model_dir / str(version) / "model.onnx")
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
+    return model_dir

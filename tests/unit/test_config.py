@@ -1,0 +1,167 @@
+"""config.pbtxt parsing, normalisation, validation and the JSON Triton prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferd.repository.config import (
+    DeviceKind,
+    config_to_json,
+    normalize,
+    parse_config_text,
+    to_model_config,
+    validate,
+)
+from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.types import DataType
+
+# Written in Triton's documented syntax (model_configuration.md), including comments,
+# list and repeated-field forms, enums and nested policies.
+TRITON_DOC_CONFIG = """
+# A model as Triton's documentation writes it.
+name: "doc_model"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy: { specific: { versions: [ 1, 3 ] } }
+input [
+  {
+    name: "INPUT0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  },
+  {
+    name: "INPUT1"
+    data_type: TYPE_STRING
+    dims: [ -1 ]
+    optional: true
+  }
+]
+output {
+  name: "OUTPUT0"
+  data_type: TYPE_FP32
+  dims: [ 16 ]
+  label_filename: "labels.txt"
+}
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 100
+  default_queue_policy {
+    timeout_action: DELAY
+    default_timeout_microseconds: 50000
+    allow_timeout_override: true
+    max_queue_size: 64
+  }
+}
+parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
+"""
+
+
+def parsed(text: str = TRITON_DOC_CONFIG, name: str = "doc_model", gpus: int = 0):  # type: ignore[no-untyped-def]
+    config = parse_config_text(text, "config.pbtxt")
+    normalize(config, name, gpus)
+    validate(config, name, "config.pbtxt")
+    return config
+
+
+def test_triton_documented_syntax_parses_into_typed_config() -> None:
+    config = to_model_config(parsed(), "onnxruntime")
+    assert config.max_batch_size == 8
+    assert [(t.name, t.datatype, t.dims) for t in config.inputs] == [
+        ("INPUT0", DataType.FP32, (16,)),
+        ("INPUT1", DataType.BYTES, (-1,)),
+    ]
+    assert config.inputs[1].optional and config.inputs[1].variable
+    assert config.outputs[0].label_filename == "labels.txt"
+    assert config.instance_groups[0].kind is DeviceKind.CPU
+    assert config.instance_groups[0].count == 2
+    assert config.version_policy.kind == "specific"
+    assert config.version_policy.versions == (1, 3)
+    batching = config.dynamic_batching
+    assert batching is not None
+    assert batching.preferred_batch_sizes == (4, 8)
+    assert batching.max_queue_delay_us == 100
+    assert batching.default_queue_policy.delay_on_timeout
+    assert batching.default_queue_policy.max_queue_size == 64
+    assert config.parameters == {"intra_op_thread_count": "2"}
+
+
+def test_misspelt_field_names_the_field_and_the_file() -> None:
+    with pytest.raises(InferdError) as info:
+        parse_config_text('name: "m"\nmax_batch_sise: 4\n', "/repo/m/config.pbtxt")
+    assert info.value.code is ErrorCode.INVALID_ARG
+    assert "max_batch_sise" in info.value.message
+    assert "/repo/m/config.pbtxt" in info.value.message
+    assert "2:1" in info.value.message  # line and column
+
+
+def test_normalize_fills_triton_defaults() -> None:
+    config = parsed(
+        'max_batch_size: 4\ninput [{name: "x" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "y" data_type: TYPE_FP32 dims: [2]}]\ndynamic_batching {}',
+        name="m",
+    )
+    assert config.name == "m"
+    assert config.version_policy.latest.num_versions == 1
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert len(config.instance_group) == 1
+    group = config.instance_group[0]
+    assert (group.name, group.count) == ("m_0", 1)
+    assert to_model_config(config, "onnxruntime").instance_groups[0].kind is DeviceKind.CPU
+
+
+def test_kind_auto_picks_gpu_when_there_is_one() -> None:
+    config = parsed(
+        'input [{name: "x" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "y" data_type: TYPE_FP32 dims: [2]}]\n'
+        "instance_group [{count: 2}]",
+        name="m",
+        gpus=2,
+    )
+    typed = to_model_config(config, "onnxruntime")
+    assert typed.instance_groups[0].kind is DeviceKind.GPU
+    assert typed.instance_groups[0].gpus == (0, 1)
+
+
+BAD_CONFIGS = [
+    ('name: "other"', "must match the folder name"),
+    ("max_batch_size: -1", "max_batch_size"),
+    ("sequence_batching {}", "sequence_batching"),
+    ('input [{name: "x" data_type: TYPE_FP32 dims: [2]}, {name: "x" data_type: TYPE_FP32 '
+     "dims: [2]}]", "duplicate input name 'x'"),
+    ('input [{name: "z" dims: [2]}]', "input 'z' has no data_type"),
+    ('input [{name: "z" data_type: TYPE_FP32}]', "at least one dim"),
+    ('input [{name: "z" data_type: TYPE_FP32 dims: [0]}]', "must be > 0 or -1"),
+    ("dynamic_batching {}", "needs max_batch_size > 0"),
+    ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "1..4"),
+    ("instance_group [{kind: KIND_MODEL}]", "KIND_MODEL"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle"), BAD_CONFIGS)
+def test_invalid_configs_are_rejected_with_a_reason(extra: str, needle: str) -> None:
+    base = (
+        'input [{name: "a" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "b" data_type: TYPE_FP32 dims: [2]}]\n'
+    )
+    text = extra if extra.startswith("input") else base + extra
+    if extra.startswith("input"):
+        text += '\noutput [{name: "b" data_type: TYPE_FP32 dims: [2]}]'
+    with pytest.raises(InferdError) as info:
+        parsed(text, name="m")
+    assert needle in info.value.message
+    assert "'m'" in info.value.message
+
+
+def test_config_json_prints_int64_as_numbers_and_enums_by_name() -> None:
+    data = config_to_json(parsed())
+    assert data["input"][0]["dims"] == [16]
+    assert data["input"][0]["data_type"] == "TYPE_FP32"
+    assert data["version_policy"] == {"specific": {"versions": [1, 3]}}
+    policy = data["dynamic_batching"]["default_queue_policy"]
+    assert policy["default_timeout_microseconds"] == 50000
+    assert policy["timeout_action"] == "DELAY"
+    assert data["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+    assert data["instance_group"][0]["kind"] == "KIND_CPU"
+    assert data["parameters"] == {"intra_op_thread_count": {"string_value": "2"}}
+    assert data["max_batch_size"] == 8 and data["backend"] == ""  # defaults are printed

@@ -1,0 +1,64 @@
+"""decide(): every batching rule, with plain numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import pytest
+
+from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
+
+
+@dataclass
+class Item:
+    batch_size: int = 1
+    enqueued_ns: int = 0
+    shape_key: Hashable = None
+
+
+def queue(*sizes: int, at: int = 0) -> list[Item]:
+    return [Item(size, at) for size in sizes]
+
+
+MS = 1_000_000
+DEFAULT = BatchPolicy(max_batch_size=8)  # dynamic_batching {}: preferred = [max], no delay
+PREFERRED = BatchPolicy(max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_ns=MS)
+DELAYED = BatchPolicy(max_batch_size=8, max_queue_delay_ns=MS)
+
+CASES = [
+    # name, queue, now, policy, free instances, expected
+    ("empty queue waits for an event", [], 0, DEFAULT, 1, Wait(None)),
+    ("no free instance waits", queue(1, 1), 0, DEFAULT, 0, Wait(None)),
+    ("no delay: send what is queued", queue(1, 1, 1), 0, DEFAULT, 1, Dispatch(3)),
+    ("full batch at max", queue(*[1] * 10), 0, DEFAULT, 1, Dispatch(8)),
+    ("next request would overflow", queue(5, 4), 0, DEFAULT, 1, Dispatch(1)),
+    ("request batch sizes add up", queue(2, 3, 3), 0, DEFAULT, 1, Dispatch(3)),
+    ("non-batching model: one at a time", queue(1, 1), 0, BatchPolicy(0), 1, Dispatch(1)),
+    ("preferred size reached: send it now", queue(1, 1, 1, 1, 1), 0, PREFERRED, 1, Dispatch(4)),
+    ("largest preferred size wins", queue(*[1] * 9), 0, PREFERRED, 1, Dispatch(8)),
+    ("below preferred: wait for the delay", queue(1, 1), 0, PREFERRED, 1, Wait(MS)),
+    ("delay counts from the oldest", [Item(1, 5), Item(1, 9)], 6, PREFERRED, 1, Wait(5 + MS)),
+    ("delay expired: send what is there", queue(1, 1), MS, PREFERRED, 1, Dispatch(2)),
+    ("delay without preferred sizes", queue(1, 1), MS - 1, DELAYED, 1, Wait(MS)),
+    ("full batch does not wait for the delay", queue(*[1] * 8), 0, DELAYED, 1, Dispatch(8)),
+    ("overflow does not wait for the delay", queue(7, 2), 0, DELAYED, 1, Dispatch(1)),
+]
+
+
+@pytest.mark.parametrize(
+    ("items", "now", "policy", "free", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_decide(
+    items: list[Item], now: int, policy: BatchPolicy, free: int, expected: Dispatch | Wait
+) -> None:
+    assert decide(items, now, policy, free) == expected
+
+
+def test_different_variable_shapes_are_not_merged() -> None:
+    items = [Item(1, 0, (3,)), Item(1, 0, (3,)), Item(1, 0, (5,)), Item(1, 0, (3,))]
+    assert decide(items, 0, DEFAULT, 1) == Dispatch(2)
+    # Cut by a shape change, the pending batch cannot grow: no waiting for the delay.
+    assert decide(items, 0, DELAYED, 1) == Dispatch(2)
