@@ -42,7 +42,9 @@ def _datatype(node: Any, model_path: Path) -> DataType:
     try:
         return _ORT_TYPES[node.type]
     except KeyError:
-        raise unsupported(f"{model_path}: tensor '{node.name}' has unsupported type {node.type}")
+        raise unsupported(
+            f"{model_path}: tensor '{node.name}' has unsupported type {node.type}"
+        ) from None
 
 
 def _dims(shape: Sequence[Any]) -> list[int]:
@@ -129,7 +131,10 @@ class OnnxRuntimeBackend(Backend):
 
 
 def _complete_max_batch_size(
-    config: ModelConfigProto, inputs: Sequence[Any], outputs: Sequence[Any], settings: BackendSettings
+    config: ModelConfigProto,
+    inputs: Sequence[Any],
+    outputs: Sequence[Any],
+    settings: BackendSettings,
 ) -> None:
     """As Triton: a model whose every input and output starts with a variable dim can batch;
     when the config leaves tensors to auto-complete, batch up to the default max batch size."""

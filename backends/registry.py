@@ -61,7 +61,9 @@ class BackendRegistry:
             return self._loaded[name]
         target = self._targets.get(name)
         if target is None:
-            raise unsupported(f"unknown backend '{name}'; available backends: {', '.join(self.names)}")
+            raise unsupported(
+                f"unknown backend '{name}'; available backends: {', '.join(self.names)}"
+            )
         module_name, _, attr = target.partition(":")
         try:
             backend: type[Backend] = getattr(importlib.import_module(module_name), attr)

@@ -67,7 +67,10 @@ def decide(
         preferred_count = 1
     if can_grow:
         for item in items:
-            if item.shape_key != oldest.shape_key or total + item.batch_size > policy.max_batch_size:
+            if (
+                item.shape_key != oldest.shape_key
+                or total + item.batch_size > policy.max_batch_size
+            ):
                 can_grow = False
                 break
             total += item.batch_size

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -19,7 +19,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 from inferd.server.errors import invalid
 from inferd.server.types import DataType
 
-ModelConfigProto = pb.ModelConfig
+# tritonclient ships no type stubs for its generated messages, so to mypy they are Any.
+ModelConfigProto: TypeAlias = Any
 CONFIG_FILENAME = "config.pbtxt"
 
 # Scheduling and features that a config may ask for but inferd does not run yet: loading such a
@@ -27,7 +28,7 @@ CONFIG_FILENAME = "config.pbtxt"
 _UNSUPPORTED_FIELDS = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
 
 
-class DeviceKind(str, Enum):
+class DeviceKind(StrEnum):
     AUTO = "KIND_AUTO"
     GPU = "KIND_GPU"
     CPU = "KIND_CPU"
@@ -101,7 +102,7 @@ class ModelConfig:
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
     """Strict text-format parse: an unknown or misspelt field is an error naming it and the file."""
-    config = ModelConfigProto()
+    config = pb.ModelConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
@@ -113,7 +114,7 @@ def read_config(model_dir: Path) -> ModelConfigProto:
     """The model's config.pbtxt, or an empty config for the backend to complete."""
     path = model_dir / CONFIG_FILENAME
     if not path.is_file():
-        return ModelConfigProto()
+        return pb.ModelConfig()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -123,7 +124,7 @@ def read_config(model_dir: Path) -> ModelConfigProto:
 
 def config_from_json(text: str | bytes, source: str) -> ModelConfigProto:
     """A ModelConfig given as JSON (the load API's `config` parameter), parsed as Triton does."""
-    config = ModelConfigProto()
+    config = pb.ModelConfig()
     try:
         json_format.Parse(text, config, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
@@ -135,13 +136,13 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
     """Fill the defaults Triton fills after auto-complete (core NormalizeModelConfig)."""
     if not config.name:
         config.name = model_name
-    if not config.HasField("version_policy"):
+    if not config.HasField("version_policy") or (
+        config.version_policy.HasField("latest") and config.version_policy.latest.num_versions == 0
+    ):
         config.version_policy.latest.num_versions = 1
-    elif config.version_policy.HasField("latest") and config.version_policy.latest.num_versions == 0:
-        config.version_policy.latest.num_versions = 1
-    if config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size:
-        if config.max_batch_size > 0:
-            config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    batching = config.dynamic_batching if config.HasField("dynamic_batching") else None
+    if batching is not None and not batching.preferred_batch_size and config.max_batch_size > 0:
+        batching.preferred_batch_size.append(config.max_batch_size)
     if not config.instance_group:
         group = config.instance_group.add()
         group.kind = pb.ModelInstanceGroup.KIND_AUTO
@@ -298,7 +299,7 @@ def _version_policy(policy: Any) -> VersionPolicy:
 def config_to_json(config: ModelConfigProto) -> dict[str, Any]:
     """The config as Triton prints it: field names as in the proto, defaults included,
     enums by name and 64-bit integers as JSON numbers (protobuf's JSON would quote them)."""
-    data = json_format.MessageToDict(
+    data: dict[str, Any] = json_format.MessageToDict(
         config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     _int64_to_numbers(config.DESCRIPTOR, data)

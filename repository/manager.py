@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
@@ -29,7 +29,7 @@ from inferd.server.types import ModelIndexEntry
 log = logging.getLogger(__name__)
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     UNKNOWN = "UNKNOWN"
     LOADING = "LOADING"
     READY = "READY"
@@ -40,7 +40,7 @@ class ModelState(str, Enum):
 @dataclass(frozen=True, slots=True)
 class RepositorySettings:
     roots: tuple[Path, ...]
-    backend: BackendSettings = BackendSettings()
+    backend: BackendSettings = field(default_factory=BackendSettings)
     gpu_count: int = 0
     gpu_fallback_to_cpu: bool = False  # KIND_GPU without a GPU: run on CPU (logged) or fail
 
@@ -202,7 +202,9 @@ class ModelRepository:
                         group.name,
                     )
                     devices += [Device("cpu")] * group.count
-                    note = "KIND_GPU instances run on the CPU: no GPU available (--gpu-fallback=cpu)"
+                    note = (
+                        "KIND_GPU instances run on the CPU: no GPU available (--gpu-fallback=cpu)"
+                    )
                 else:
                     devices += [Device("gpu", g) for g in group.gpus for _ in range(group.count)]
             else:
@@ -250,7 +252,9 @@ class ModelRepository:
         if version:
             found = versions.get(int(version)) if version.isdigit() else None
             if found is None:
-                raise not_found(f"Request for unknown model: '{name}' version {version} is not found")
+                raise not_found(
+                    f"Request for unknown model: '{name}' version {version} is not found"
+                )
             if not found.ready:
                 raise unavailable(
                     f"Request for model '{name}' version {version} which is not at ready state"
@@ -277,9 +281,7 @@ class ModelRepository:
 
     def all_ready(self) -> bool:
         """Every model found is serving (the strict readiness rule)."""
-        return all(
-            any(v.ready for v in versions.values()) for versions in self._models.values()
-        )
+        return all(any(v.ready for v in versions.values()) for versions in self._models.values())
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         entries: list[ModelIndexEntry] = []

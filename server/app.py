@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+import uvloop
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.registry import BackendRegistry
@@ -70,7 +71,9 @@ class App:
             if not root.is_dir():
                 raise StartupError(f"model repository {root} is not a directory")
         if settings.model_control_mode == "poll":
-            raise StartupError("--model-control-mode=poll is not supported yet (use none or explicit)")
+            raise StartupError(
+                "--model-control-mode=poll is not supported yet (use none or explicit)"
+            )
         loop = asyncio.get_running_loop()
         self._repository = ModelRepository(
             RepositorySettings(
@@ -167,13 +170,7 @@ class App:
 def run(settings: Settings) -> int:
     """Run a server until SIGINT/SIGTERM; the exit code for the CLI."""
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop is optional (not on Windows)
-        runner = asyncio.run
-    try:
-        runner(App(settings).serve_until_signalled())
+        uvloop.run(App(settings).serve_until_signalled())
     except StartupError as exc:
         log.error("%s", exc)
         return 1

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def classify(
-    array: np.ndarray, k: int, labels: Sequence[str], *, batched: bool
-) -> np.ndarray:
+def classify(array: np.ndarray, k: int, labels: Sequence[str], *, batched: bool) -> np.ndarray:
     """Top-k per batch item (or over the whole tensor for non-batching models), as BYTES."""
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(k, rows.shape[1])

@@ -175,7 +175,9 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
         known = {t.name for t in config.outputs}
         for output in request.outputs:
             if output.name not in known:
-                raise invalid(f"unexpected inference output '{output.name}' for model '{config.name}'")
+                raise invalid(
+                    f"unexpected inference output '{output.name}' for model '{config.name}'"
+                )
     return batch_size, model.shape_key(shapes)
 
 

@@ -99,7 +99,9 @@ class HttpFrontDoor:
         # Reached only for paths the fast path rejects: Starlette then answers 404/405.
         raise HTTPException(404, "Not Found")
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str
+    ) -> None:
         headers = _headers(scope)
         try:
             body = await self._read_body(receive, headers)
@@ -255,7 +257,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _routes(core: InferenceCore, infer: Callable[[Scope, Receive, Send], Awaitable[None]]) -> list[Route]:
+def _routes(
+    core: InferenceCore, infer: Callable[[Scope, Receive, Send], Awaitable[None]]
+) -> list[Route]:
     async def server_metadata(request: Request) -> Response:
         meta = core.server_metadata()
         return JSONResponse(

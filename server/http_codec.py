@@ -8,14 +8,20 @@ elements are a 4-byte little-endian length followed by the raw bytes.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from inferd.server.errors import internal, invalid
+from inferd.server.errors import invalid
+from inferd.server.tensor_codec import (
+    bytes_elements,
+    element_bytes,
+    object_array,
+    pack_bytes,
+    tensor_from_bytes,
+)
 from inferd.server.types import (
     DATATYPES,
     DataType,
@@ -25,7 +31,6 @@ from inferd.server.types import (
     RequestedOutput,
 )
 
-_LENGTH = struct.Struct("<I")
 _FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
 # Python types a JSON `data` element may have, per datatype (bool is not an int here).
 _INT_TYPES: frozenset[type] = frozenset({int})
@@ -151,7 +156,8 @@ def _decode_inputs(raw: object, view: memoryview, header_length: int) -> dict[st
                 f"binary data for input '{name}' extends past the end of the request body "
                 f"({size} bytes at offset {cursor}, body is {len(view)} bytes)"
             )
-        inputs[name] = _from_binary(view, cursor, size, name, datatype, shape)
+        # Zero copy: fixed-size arrays view the request body.
+        inputs[name] = tensor_from_bytes(view[cursor : cursor + size], name, datatype, shape)
         cursor += size
     if cursor != len(view):
         raise invalid(
@@ -231,59 +237,6 @@ def _json_name(value: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensor data: binary chunks
-
-
-def _from_binary(
-    view: memoryview, offset: int, size: int, name: str, datatype: DataType, shape: tuple[int, ...]
-) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype is DataType.BYTES:
-        return _bytes_elements(view[offset : offset + size], count, name).reshape(shape)
-    expected = count * datatype.itemsize
-    if size != expected:
-        raise invalid(
-            f"input '{name}': expected {expected} bytes for shape {list(shape)} of "
-            f"{datatype.value}, got {size}"
-        )
-    # Zero copy: the array views the request body.
-    return np.frombuffer(view, datatype.numpy, count, offset).reshape(shape)
-
-
-def _bytes_elements(chunk: memoryview, count: int, name: str) -> np.ndarray:
-    """Split length-prefixed BYTES elements into a flat object array of `bytes`."""
-    raw = bytes(chunk)  # one copy; slicing bytes is cheaper per element than memoryview slices
-    end = len(raw)
-    unpack = _LENGTH.unpack_from
-    elements: list[bytes] = []
-    offset = 0
-    for index in range(count):
-        if offset + 4 > end:
-            raise invalid(f"input '{name}': BYTES data holds {index} elements, expected {count}")
-        (length,) = unpack(raw, offset)
-        offset += 4
-        if offset + length > end:
-            raise invalid(
-                f"input '{name}': BYTES element {index} has length {length}, which runs past "
-                f"the end of its data"
-            )
-        elements.append(raw[offset : offset + length])
-        offset += length
-    if offset != end:
-        raise invalid(
-            f"input '{name}': BYTES data has {end - offset} bytes after its {count} elements"
-        )
-    return _object_array(elements)
-
-
-def _object_array(items: list[bytes]) -> np.ndarray:
-    # Filling a preallocated array keeps numpy from treating the items as sequences.
-    array = np.empty(len(items), dtype=np.object_)
-    array[:] = items
-    return array
-
-
-# ---------------------------------------------------------------------------------------------
 # Tensor data: JSON
 
 
@@ -302,7 +255,7 @@ def _from_json(data: object, name: str, datatype: DataType, shape: tuple[int, ..
         )
     if datatype is DataType.BYTES:
         _check_types(types, _BYTES_TYPES, name, datatype)
-        return _object_array([s.encode() for s in data]).reshape(shape)
+        return object_array([s.encode() for s in data]).reshape(shape)
     if datatype is DataType.BOOL:
         _check_types(types, _BOOL_TYPES, name, datatype)
         return np.asarray(data, dtype=np.bool_).reshape(shape)
@@ -361,7 +314,7 @@ def decode_raw_input(
         )
     if datatype is DataType.BYTES:
         shape = _raw_bytes_shape(name, dims)
-        array = _bytes_elements(memoryview(body), 1, name).reshape(shape)
+        array = bytes_elements(body, 1, name).reshape(shape)
     else:
         shape = _raw_numeric_shape(len(body), name, datatype, dims)
         array = np.frombuffer(body, datatype.numpy).reshape(shape)
@@ -439,27 +392,9 @@ def encode_infer_response(
 def _to_binary(name: str, datatype: DataType, array: np.ndarray) -> memoryview:
     """The output's wire bytes (a view of the array when no conversion is needed)."""
     if datatype is DataType.BYTES:
-        return memoryview(_pack_bytes(name, array))
+        return memoryview(pack_bytes(name, array))
     # Native little-endian, row-major; no copy when the array already is.
     return np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8).data
-
-
-def _pack_bytes(name: str, array: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    pack = _LENGTH.pack
-    for item in array.ravel().tolist():
-        data = _element_bytes(name, item)
-        parts.append(pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def _element_bytes(name: str, item: object) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode()
-    raise internal(f"output '{name}': BYTES element of type {type(item).__name__}")
 
 
 def _to_json(name: str, datatype: DataType, array: np.ndarray) -> object:
@@ -474,7 +409,7 @@ def _element_text(name: str, item: object) -> str:
     if isinstance(item, str):
         return item
     try:
-        return _element_bytes(name, item).decode()
+        return element_bytes(name, item).decode()
     except UnicodeDecodeError:
         raise invalid(
             f"output '{name}' holds bytes that are not valid UTF-8; request it with "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import ml_dtypes
@@ -18,7 +18,7 @@ ParamValue = bool | int | float | str
 Params = dict[str, ParamValue]
 
 
-class DataType(str, Enum):
+class DataType(StrEnum):
     """The v2 protocol datatype names (HTTP and gRPC spell them the same)."""
 
     BOOL = "BOOL"

@@ -59,8 +59,9 @@ def start_server(settings: Settings) -> RunningServer:
             finally:
                 started.set()
 
-        loop.create_task(boot())
+        boot_task = loop.create_task(boot())
         loop.run_forever()
+        del boot_task
         loop.close()
 
     thread = threading.Thread(target=run, name="inferd-test-server", daemon=True)

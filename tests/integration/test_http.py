@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -118,7 +119,9 @@ def test_repository_index(client: httpclient.InferenceServerClient, http: httpx.
 @pytest.mark.parametrize("binary", [True, False])
 def test_infer_simple(client: httpclient.InferenceServerClient, binary: bool) -> None:
     inputs, a, b = simple_inputs(batch=2, binary=binary)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")]
+    outputs = [
+        httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")
+    ]
     result = client.infer("simple", inputs, outputs=outputs, request_id="req-7")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
@@ -204,7 +207,9 @@ def test_compressed_request_and_response(
 
 
 def test_response_is_compressed_when_accepted(http: httpx.Client) -> None:
-    body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    body = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]
+    }
     raw = http.post(
         "/v2/models/identity_fp32/infer", json=body, headers={"Accept-Encoding": "gzip"}
     )
@@ -249,7 +254,7 @@ def _json_error(response: httpx.Response, status: int, *needles: str) -> None:
         assert needle in message, message
 
 
-SIMPLE_OK = {
+SIMPLE_OK: dict[str, Any] = {
     "inputs": [
         {"name": n, "shape": [1, 16], "datatype": "INT32", "data": [0] * 16}
         for n in ("INPUT0", "INPUT1")
@@ -257,29 +262,58 @@ SIMPLE_OK = {
 }
 
 
-def _simple(**changes: object) -> dict[str, object]:
-    inputs = [dict(i) for i in SIMPLE_OK["inputs"]]
+def _simple(**changes: object) -> dict[str, Any]:
+    inputs: list[dict[str, Any]] = [dict(i) for i in SIMPLE_OK["inputs"]]
     inputs[0].update(changes)
     return {"inputs": inputs}
 
 
-BAD_REQUESTS: list[tuple[str, str, dict[str, object] | bytes, int, tuple[str, ...]]] = [
+BAD_REQUESTS: list[tuple[str, str, Any, int, tuple[str, ...]]] = [
     ("unknown model", "/v2/models/nope/infer", SIMPLE_OK, 404, ("nope",)),
     ("unknown version", "/v2/models/simple/versions/9/infer", SIMPLE_OK, 404, ("version 9",)),
     ("malformed json", "/v2/models/simple/infer", b'{"inputs": [', 400, ("JSON",)),
-    ("missing input", "/v2/models/simple/infer", {"inputs": SIMPLE_OK["inputs"][:1]}, 400,
-     ("INPUT1",)),
+    (
+        "missing input",
+        "/v2/models/simple/infer",
+        {"inputs": SIMPLE_OK["inputs"][:1]},
+        400,
+        ("INPUT1",),
+    ),
     ("unexpected input", "/v2/models/simple/infer", _simple(name="INPUT9"), 400, ("INPUT9",)),
-    ("wrong datatype", "/v2/models/simple/infer", _simple(datatype="FP32", data=[0.5] * 16), 400,
-     ("INPUT0", "FP32", "INT32")),
-    ("wrong shape", "/v2/models/simple/infer", _simple(shape=[1, 8], data=[0] * 8), 400,
-     ("INPUT0", "[-1, 16]")),
+    (
+        "wrong datatype",
+        "/v2/models/simple/infer",
+        _simple(datatype="FP32", data=[0.5] * 16),
+        400,
+        ("INPUT0", "FP32", "INT32"),
+    ),
+    (
+        "wrong shape",
+        "/v2/models/simple/infer",
+        _simple(shape=[1, 8], data=[0] * 8),
+        400,
+        ("INPUT0", "[-1, 16]"),
+    ),
     ("data length", "/v2/models/simple/infer", _simple(data=[0] * 15), 400, ("INPUT0",)),
-    ("batch too large", "/v2/models/simple/infer",
-     {"inputs": [{"name": n, "shape": [9, 16], "datatype": "INT32", "data": [0] * 144}
-                 for n in ("INPUT0", "INPUT1")]}, 400, ("<= 8",)),
-    ("unknown output", "/v2/models/simple/infer", {**SIMPLE_OK, "outputs": [{"name": "X"}]}, 400,
-     ("'X'",)),
+    (
+        "batch too large",
+        "/v2/models/simple/infer",
+        {
+            "inputs": [
+                {"name": n, "shape": [9, 16], "datatype": "INT32", "data": [0] * 144}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        },
+        400,
+        ("<= 8",),
+    ),
+    (
+        "unknown output",
+        "/v2/models/simple/infer",
+        {**SIMPLE_OK, "outputs": [{"name": "X"}]},
+        400,
+        ("'X'",),
+    ),
 ]
 
 
@@ -314,8 +348,16 @@ def test_binary_header_longer_than_body(http: httpx.Client) -> None:
 
 def test_binary_data_beyond_body(http: httpx.Client) -> None:
     header = json.dumps(
-        {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 16}}]}
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16},
+                }
+            ]
+        }
     ).encode()
     response = http.post(
         "/v2/models/identity_fp32/infer",
@@ -328,8 +370,16 @@ def test_binary_data_beyond_body(http: httpx.Client) -> None:
 def test_corrupt_bytes_prefix(http: httpx.Client) -> None:
     payload = struct.pack("<I", 1000) + b"abc"
     header = json.dumps(
-        {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BYTES",
-                     "parameters": {"binary_data_size": len(payload)}}]}
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(payload)},
+                }
+            ]
+        }
     ).encode()
     response = http.post(
         "/v2/models/bytes_identity/infer",
@@ -395,11 +445,15 @@ def test_body_over_limit_is_413(
 ) -> None:
     server = server_factory(model_repositories=(EXAMPLES,), http_max_input_size=1024)
     with httpx.Client(base_url=f"http://{server.http_url}") as http:
-        big = {"inputs": [{"name": "INPUT0", "shape": [1, 1000], "datatype": "FP32",
-                           "data": [0.0] * 1000}]}
+        big = {
+            "inputs": [
+                {"name": "INPUT0", "shape": [1, 1000], "datatype": "FP32", "data": [0.0] * 1000}
+            ]
+        }
         _json_error(http.post("/v2/models/identity_fp32/infer", json=big), 413, "1024")
-        small = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32",
-                             "data": [1, 2]}]}
+        small = {
+            "inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]
+        }
         assert http.post("/v2/models/identity_fp32/infer", json=small).status_code == 200
 
 
@@ -409,9 +463,13 @@ def test_backend_failure_is_500_and_next_request_works(
     write_model(tmp_path, "reshape", reshape_model())
     server = server_factory(model_repositories=(tmp_path,))
     with httpx.Client(base_url=f"http://{server.http_url}") as http:
+
         def call(n: int) -> httpx.Response:
-            body = {"inputs": [{"name": "INPUT0", "shape": [1, n], "datatype": "FP32",
-                                "data": [1.0] * n}]}
+            body = {
+                "inputs": [
+                    {"name": "INPUT0", "shape": [1, n], "datatype": "FP32", "data": [1.0] * n}
+                ]
+            }
             return http.post("/v2/models/reshape/infer", json=body)
 
         _json_error(call(3), 500, "reshape")

@@ -1,4 +1,4 @@
-"""Loading real repositories: auto-complete, versions and policies, broken models next to good ones."""
+"""Loading real repositories: auto-complete, versions, policies, broken models beside good ones."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def index(server: RunningServer) -> dict[tuple[str, str], tuple[str, str]]:
         entries = client.get_model_repository_index()
     finally:
         client.close()
-    return {(e["name"], e.get("version", "")): (e.get("state", ""), e.get("reason", "")) for e in entries}
+    return {
+        (e["name"], e.get("version", "")): (e.get("state", ""), e.get("reason", ""))
+        for e in entries
+    }
 
 
 def infer_identity(server: RunningServer, model: str, version: str = "") -> httpclient.InferResult:
@@ -42,7 +45,9 @@ def infer_identity(server: RunningServer, model: str, version: str = "") -> http
         client.close()
 
 
-def test_config_is_autocompleted_from_the_onnx_graph(tmp_path: Path, server_factory: Factory) -> None:
+def test_config_is_autocompleted_from_the_onnx_graph(
+    tmp_path: Path, server_factory: Factory
+) -> None:
     write_model(tmp_path, "auto", identity_model())  # no config.pbtxt at all
     server = server_factory(model_repositories=(tmp_path,))
     client = httpclient.InferenceServerClient(server.http_url)
@@ -103,18 +108,31 @@ def test_broken_models_are_unavailable_and_others_serve(
     write_model(tmp_path, "good", identity_model(), IDENTITY_CONFIG)
     write_model(tmp_path, "typo", identity_model(), IDENTITY_CONFIG + "max_batch_sise: 3")
     write_model(
-        tmp_path, "wrong_type", identity_model(),
-        IDENTITY_CONFIG.replace("TYPE_FP32 dims: [ 4 ] }]\noutput", "TYPE_INT32 dims: [ 4 ] }]\noutput"),
+        tmp_path,
+        "wrong_type",
+        identity_model(),
+        IDENTITY_CONFIG.replace(
+            "TYPE_FP32 dims: [ 4 ] }]\noutput", "TYPE_INT32 dims: [ 4 ] }]\noutput"
+        ),
     )
-    write_model(tmp_path, "wrong_name", identity_model(), IDENTITY_CONFIG.replace('"INPUT0"', '"X"'))
-    write_model(tmp_path, "wrong_dims", identity_model(), IDENTITY_CONFIG.replace("[ 4 ] }]\nout", "[ 5 ] }]\nout"))
+    write_model(
+        tmp_path, "wrong_name", identity_model(), IDENTITY_CONFIG.replace('"INPUT0"', '"X"')
+    )
+    write_model(
+        tmp_path,
+        "wrong_dims",
+        identity_model(),
+        IDENTITY_CONFIG.replace("[ 4 ] }]\nout", "[ 5 ] }]\nout"),
+    )
     (tmp_path / "no_versions").mkdir()
     (tmp_path / "corrupt" / "1").mkdir(parents=True)
     (tmp_path / "corrupt" / "1" / "model.onnx").write_bytes(b"not an onnx file")
     server = server_factory(model_repositories=(tmp_path,), strict_readiness=False)
     states = index(server)
     assert states[("good", "1")] == ("READY", "")
-    reasons = {name: reason for (name, _), (state, reason) in states.items() if state == "UNAVAILABLE"}
+    reasons = {
+        name: reason for (name, _), (state, reason) in states.items() if state == "UNAVAILABLE"
+    }
     assert "max_batch_sise" in reasons["typo"] and "config.pbtxt" in reasons["typo"]
     assert "TYPE_INT32" in reasons["wrong_type"] and "TYPE_FP32" in reasons["wrong_type"]
     assert "'X'" in reasons["wrong_name"] and "INPUT0" in reasons["wrong_name"]
@@ -190,7 +208,9 @@ def test_explicit_mode_loads_only_named_models(server_factory: Factory) -> None:
 def test_kind_gpu_without_gpu_follows_the_fallback_setting(
     tmp_path: Path, server_factory: Factory
 ) -> None:
-    write_model(tmp_path, "gpu", identity_model(), IDENTITY_CONFIG + "instance_group [{kind: KIND_GPU}]")
+    write_model(
+        tmp_path, "gpu", identity_model(), IDENTITY_CONFIG + "instance_group [{kind: KIND_GPU}]"
+    )
     refused = index(server_factory(model_repositories=(tmp_path,), strict_readiness=False))
     assert refused[("gpu", "1")][0] == "UNAVAILABLE"
     assert "no GPU is available" in refused[("gpu", "1")][1]

@@ -127,8 +127,11 @@ BAD_CONFIGS = [
     ('name: "other"', "must match the folder name"),
     ("max_batch_size: -1", "max_batch_size"),
     ("sequence_batching {}", "sequence_batching"),
-    ('input [{name: "x" data_type: TYPE_FP32 dims: [2]}, {name: "x" data_type: TYPE_FP32 '
-     "dims: [2]}]", "duplicate input name 'x'"),
+    (
+        'input [{name: "x" data_type: TYPE_FP32 dims: [2]}, {name: "x" data_type: TYPE_FP32 '
+        "dims: [2]}]",
+        "duplicate input name 'x'",
+    ),
     ('input [{name: "z" dims: [2]}]', "input 'z' has no data_type"),
     ('input [{name: "z" data_type: TYPE_FP32}]', "at least one dim"),
     ('input [{name: "z" data_type: TYPE_FP32 dims: [0]}]', "must be > 0 or -1"),

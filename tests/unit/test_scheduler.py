@@ -51,7 +51,9 @@ async def wait_entered(instance: GatedInstance) -> None:
 
 async def test_requests_queued_while_busy_form_one_batch() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler("m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop())
+    scheduler = Scheduler(
+        "m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop()
+    )
     first = submit(scheduler, 1)
     await wait_entered(instance)
     rest = [submit(scheduler, v) for v in (2, 3, 4)]
@@ -82,7 +84,9 @@ async def test_instances_run_batches_concurrently_on_their_own_threads() -> None
 
 async def test_a_failing_batch_fails_only_its_requests() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler("m", BatchPolicy(max_batch_size=0), [instance], asyncio.get_running_loop())
+    scheduler = Scheduler(
+        "m", BatchPolicy(max_batch_size=0), [instance], asyncio.get_running_loop()
+    )
     bad, good = submit(scheduler, -1), submit(scheduler, 5)
     instance.gate.set()
     with pytest.raises(InferdError) as info:
@@ -95,7 +99,9 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
 
 async def test_cancelled_requests_are_dropped_before_execution() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler("m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop())
+    scheduler = Scheduler(
+        "m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop()
+    )
     first = submit(scheduler, 1)
     await wait_entered(instance)
     cancelled, kept = submit(scheduler, 2), submit(scheduler, 3)
@@ -109,7 +115,9 @@ async def test_cancelled_requests_are_dropped_before_execution() -> None:
 
 async def test_close_drains_queued_work_then_refuses_new_requests() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler("m", BatchPolicy(max_batch_size=2), [instance], asyncio.get_running_loop())
+    scheduler = Scheduler(
+        "m", BatchPolicy(max_batch_size=2), [instance], asyncio.get_running_loop()
+    )
     futures = [submit(scheduler, v) for v in (1, 2, 3, 4, 5)]
     await wait_entered(instance)
     closing = asyncio.create_task(scheduler.close())

@@ -1,0 +1,250 @@
+"""gRPC wire codec for KServe v2 / Triton inference: protobuf messages <-> protocol-neutral types.
+
+Pure functions, no I/O. Conventions (grpc_service.proto, Triton's infer handler):
+- inputs carry their data either all in `raw_input_contents` (one entry per input, in input
+  order, laid out as in the HTTP binary extension) or each in its typed `contents`; never mixed.
+- answers carry one `raw_output_contents` entry per output, in output order: tritonclient reads
+  outputs only from there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from inferd.server.errors import InferdError, invalid
+from inferd.server.tensor_codec import object_array, pack_bytes, tensor_from_bytes
+from inferd.server.types import (
+    DATATYPES,
+    DataType,
+    InferRequest,
+    InferResponse,
+    Params,
+    ParamValue,
+    RequestedOutput,
+)
+
+# The InferTensorContents field that holds each datatype; FP16 and BF16 have none (raw only).
+_TYPED_FIELDS: Mapping[DataType, str] = {
+    DataType.BOOL: "bool_contents",
+    DataType.INT8: "int_contents",
+    DataType.INT16: "int_contents",
+    DataType.INT32: "int_contents",
+    DataType.INT64: "int64_contents",
+    DataType.UINT8: "uint_contents",
+    DataType.UINT16: "uint_contents",
+    DataType.UINT32: "uint_contents",
+    DataType.UINT64: "uint64_contents",
+    DataType.FP32: "fp32_contents",
+    DataType.FP64: "fp64_contents",
+    DataType.BYTES: "bytes_contents",
+}
+_INT64_MAX = 2**63 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    tensors = message.inputs
+    if not tensors:
+        raise invalid("the request 'inputs' list is empty")
+    raws = message.raw_input_contents
+    if raws:
+        inputs = _raw_inputs(tensors, raws, message.model_name)
+    else:
+        inputs = _typed_inputs(tensors)
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        inputs=inputs,
+        id=message.id,
+        parameters=decode_parameters(message.parameters) if message.parameters else {},
+        # No requested outputs means every output, as over HTTP without an 'outputs' key.
+        outputs=_requested_outputs(message.outputs) if message.outputs else None,
+    )
+
+
+def _raw_inputs(tensors: Sequence[Any], raws: Sequence[bytes], model: str) -> dict[str, np.ndarray]:
+    if len(raws) != len(tensors):
+        raise _raw_count_error(tensors, len(raws))
+    inputs: dict[str, np.ndarray] = {}
+    for tensor, raw in zip(tensors, raws, strict=True):
+        name, datatype, shape = _tensor_header(tensor, inputs)
+        if tensor.HasField("contents"):
+            raise invalid(
+                f"contents field must not be specified when using raw_input_contents for "
+                f"input '{name}' for model '{model}'"
+            )
+        # Zero copy: fixed-size arrays view the message's bytes.
+        inputs[name] = tensor_from_bytes(raw, name, datatype, shape)
+    return inputs
+
+
+def _raw_count_error(tensors: Sequence[Any], count: int) -> InferdError:
+    if count < len(tensors):
+        return invalid(
+            f"input '{tensors[count].name}' has no raw_input_contents entry: the request has "
+            f"{len(tensors)} inputs but {count} raw_input_contents entries"
+        )
+    return invalid(
+        f"the request has {count} raw_input_contents entries but only {len(tensors)} inputs"
+    )
+
+
+def _typed_inputs(tensors: Sequence[Any]) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        name, datatype, shape = _tensor_header(tensor, inputs)
+        inputs[name] = _from_contents(tensor.contents, name, datatype, shape)
+    return inputs
+
+
+def _tensor_header(
+    tensor: Any, seen: Mapping[str, object]
+) -> tuple[str, DataType, tuple[int, ...]]:
+    name: str = tensor.name
+    if name in seen:
+        raise invalid(f"input '{name}' appears more than once")
+    datatype = DATATYPES.get(tensor.datatype)
+    if datatype is None:
+        raise invalid(f"input '{name}': unknown datatype '{tensor.datatype}'")
+    shape = tuple(tensor.shape)
+    if min(shape, default=0) < 0:
+        raise invalid(f"input '{name}': 'shape' must be non-negative integers, got {list(shape)}")
+    if tensor.parameters:
+        _reject_shared_memory(tensor.parameters, f"input '{name}'")
+    return name, datatype, shape
+
+
+def _from_contents(
+    contents: Any, name: str, datatype: DataType, shape: tuple[int, ...]
+) -> np.ndarray:
+    field = _TYPED_FIELDS.get(datatype)
+    if field is None:
+        raise invalid(
+            f"input '{name}': {datatype.value} has no typed contents field; send it in "
+            f"raw_input_contents"
+        )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise invalid(
+            f"input '{name}': expected {count} values in contents.{field} for shape "
+            f"{list(shape)}, got {len(values)}"
+        )
+    if datatype is DataType.BYTES:
+        return object_array(list(values)).reshape(shape)
+    try:
+        return np.array(values, dtype=datatype.numpy).reshape(shape)
+    except OverflowError:  # e.g. 300 in int_contents for an INT8 input
+        raise invalid(f"input '{name}': a value is out of range for {datatype.value}") from None
+
+
+def _requested_outputs(outputs: Sequence[Any]) -> list[RequestedOutput]:
+    requested: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for output in outputs:
+        name: str = output.name
+        if name in seen:
+            raise invalid(f"output '{name}' is requested more than once")
+        seen.add(name)
+        classification = 0
+        params = output.parameters
+        if params:
+            what = f"output '{name}'"
+            _reject_shared_memory(params, what)
+            if "classification" in params:
+                classification = _classification(params["classification"], what)
+        requested.append(RequestedOutput(name, classification))
+    return requested
+
+
+def _classification(param: pb.InferParameter, what: str) -> int:
+    kind = param.WhichOneof("parameter_choice")
+    value = getattr(param, kind) if kind in ("int64_param", "uint64_param") else -1
+    if value < 0:
+        raise invalid(f"{what}: classification must be a non-negative integer")
+    return int(value)
+
+
+def _reject_shared_memory(params: Mapping[str, Any], what: str) -> None:
+    if any(key.startswith("shared_memory_") for key in params):
+        raise invalid(f"{what}: shared memory is not supported yet; send the data in the request")
+
+
+def decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
+    """Request parameters, any of the oneof kinds, as plain values (uint64 becomes int)."""
+    decoded: Params = {}
+    for key, param in params.items():
+        if key.startswith("triton_"):
+            raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
+        kind = param.WhichOneof("parameter_choice")
+        if kind is None:
+            raise invalid(f"request parameter '{key}' has no value")
+        value: ParamValue = getattr(param, kind)
+        decoded[key] = value
+    return decoded
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse()
+    _fill_response(message, response)
+    return message
+
+
+def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
+    message = pb.ModelStreamInferResponse()
+    _fill_response(message.infer_response, response)  # in place: no copy of the tensors
+    return message
+
+
+def encode_stream_error(request_id: str, message: str) -> pb.ModelStreamInferResponse:
+    """A failed request on a stream: the error text, and of the response only the id."""
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
+    )
+
+
+def _fill_response(message: pb.ModelInferResponse, response: InferResponse) -> None:
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    if response.id:
+        message.id = response.id
+    add_output = message.outputs.add
+    add_raw = message.raw_output_contents.append
+    for name, datatype, array in response.outputs:
+        add_output(name=name, datatype=datatype.value, shape=array.shape)
+        add_raw(_tensor_bytes(name, datatype, array))
+    for key, value in response.parameters.items():
+        encode_parameter(message.parameters[key], value)
+
+
+def _tensor_bytes(name: str, datatype: DataType, array: np.ndarray) -> bytes:
+    if datatype is DataType.BYTES:
+        return pack_bytes(name, array)
+    # Row-major, native little-endian; one copy, into the message.
+    return array.astype(datatype.numpy, copy=False).tobytes()
+
+
+def encode_parameter(param: pb.InferParameter, value: ParamValue) -> None:
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        param.bool_param = value
+    elif isinstance(value, int):
+        if value > _INT64_MAX:
+            param.uint64_param = value
+        else:
+            param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = value

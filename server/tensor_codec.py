@@ -1,0 +1,85 @@
+"""Tensor bytes shared by the HTTP binary extension and gRPC `raw_*_contents`.
+
+Both wire formats lay a tensor out the same way: row-major, native little-endian, no padding;
+BYTES elements are each a 4-byte little-endian length followed by the raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from inferd.server.errors import internal, invalid
+from inferd.server.types import DataType
+
+_LENGTH = struct.Struct("<I")
+
+
+def tensor_from_bytes(
+    data: bytes | memoryview, name: str, datatype: DataType, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The input tensor held in `data`; fixed-size types view `data` without a copy."""
+    count = math.prod(shape)
+    if datatype is DataType.BYTES:
+        return bytes_elements(data, count, name).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(data) != expected:
+        raise invalid(
+            f"input '{name}': expected {expected} bytes for shape {list(shape)} of "
+            f"{datatype.value}, got {len(data)}"
+        )
+    return np.frombuffer(data, datatype.numpy, count).reshape(shape)
+
+
+def bytes_elements(data: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    """Split `count` length-prefixed BYTES elements into a flat object array of `bytes`."""
+    raw = bytes(data)  # no copy for bytes; slicing bytes is cheaper than memoryview slices
+    end = len(raw)
+    unpack = _LENGTH.unpack_from
+    elements: list[bytes] = []
+    offset = 0
+    for index in range(count):
+        if offset + 4 > end:
+            raise invalid(f"input '{name}': BYTES data holds {index} elements, expected {count}")
+        (length,) = unpack(raw, offset)
+        offset += 4
+        if offset + length > end:
+            raise invalid(
+                f"input '{name}': BYTES element {index} has length {length}, which runs past "
+                f"the end of its data"
+            )
+        elements.append(raw[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise invalid(
+            f"input '{name}': BYTES data has {end - offset} bytes after its {count} elements"
+        )
+    return object_array(elements)
+
+
+def object_array(items: list[bytes]) -> np.ndarray:
+    # Filling a preallocated array keeps numpy from treating the items as sequences.
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def pack_bytes(name: str, array: np.ndarray) -> bytes:
+    """A BYTES output tensor as length-prefixed elements."""
+    parts: list[bytes] = []
+    pack = _LENGTH.pack
+    for item in array.ravel().tolist():
+        data = element_bytes(name, item)
+        parts.append(pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def element_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    raise internal(f"output '{name}': BYTES element of type {type(item).__name__}")
