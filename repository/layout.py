@@ -21,8 +21,8 @@ def find_models(roots: Sequence[Path]) -> dict[str, ModelLocation]:
     models: dict[str, ModelLocation] = {}
     for root in roots:
         for entry in sorted(root.iterdir()):
-            if not entry.is_dir() or entry.name.startswith("."):
-                continue
+            if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
+                continue  # hidden folders and Python's byte-code cache are never models
             if entry.name in models:
                 first = models[entry.name].path.parent
                 models[entry.name] = ModelLocation(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import inferd
-from inferd.repository.config import TensorConfig, config_to_json
+from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.server.classification import classify
 from inferd.server.errors import InferdError, invalid
@@ -85,6 +85,12 @@ class InferenceCore:
         config = self._repository.get(name, version).config
         assert config is not None
         return config_to_json(config.proto)
+
+    def model_config_proto(self, name: str, version: str = "") -> ModelConfigProto:
+        """The normalised config message itself (what gRPC sends; HTTP sends its JSON)."""
+        config = self._repository.get(name, version).config
+        assert config is not None
+        return config.proto
 
     def raw_input(self, name: str, version: str = "") -> tuple[TensorConfig, int]:
         """The single input (and max_batch_size) for a raw binary request body."""

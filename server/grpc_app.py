@@ -1,40 +1,374 @@
-"""PLACEHOLDER: the gRPC front door (being written; see issue 4)."""
+"""The gRPC front door: `inference.GRPCInferenceService` (Triton / KServe v2) on grpc.aio.
+
+It runs on the same event loop as the HTTP front door and makes the same core calls, so both
+answer alike; it also serves `grpc.health.v1.Health` and server reflection. Messages come from
+the compiled modules that tritonclient ships (no .proto compiling at build time).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
-from tritonclient.grpc import service_pb2_grpc
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.core import InferenceCore
+from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.grpc_codec import (
+    decode_infer_request,
+    encode_infer_response,
+    encode_stream_error,
+    encode_stream_response,
+)
 from inferd.server.settings import Settings
+from inferd.server.types import TensorMetadata
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+MAX_MESSAGE_SIZE = 2**31 - 1  # Triton's and tritonclient's limit (INT32_MAX), not gRPC's 4 MiB
+
+# One table from error codes to gRPC status codes (Triton's mapping).
+GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARG: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class GrpcSettings:
+    """Bind address and channel arguments; keepalive defaults are gRPC's (as in Triton)."""
+
     address: str = "0.0.0.0"
     port: int = 8001
+    max_message_size: int = MAX_MESSAGE_SIZE
+    keepalive_time_ms: int = 7_200_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    http2_max_ping_strikes: int = 2
+    max_connection_age_ms: int = 0  # 0 = unlimited
+    max_connection_age_grace_ms: int = 0  # 0 = unlimited
+    max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        options = [
+            ("grpc.max_send_message_length", self.max_message_size),
+            ("grpc.max_receive_message_length", self.max_message_size),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", self.http2_max_pings_without_data),
+            (
+                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                self.http2_min_recv_ping_interval_without_data_ms,
+            ),
+            ("grpc.http2.max_ping_strikes", self.http2_max_ping_strikes),
+            # gRPC turns SO_REUSEPORT on by default: a second server on the port would then
+            # start silently instead of failing (Triton also leaves it off by default).
+            ("grpc.so_reuseport", 0),
+        ]
+        optional = [
+            ("grpc.max_connection_age_ms", self.max_connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_ms),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+        ]
+        return options + [(key, value) for key, value in optional if value > 0]
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
-    return GrpcSettings(address=settings.grpc_address, port=settings.grpc_port)
+    return GrpcSettings(
+        address=settings.grpc_address,
+        port=settings.grpc_port,
+        max_message_size=settings.grpc_max_message_size,
+        keepalive_time_ms=settings.grpc_keepalive_time_ms,
+        keepalive_timeout_ms=settings.grpc_keepalive_timeout_ms,
+        keepalive_permit_without_calls=settings.grpc_keepalive_permit_without_calls,
+        http2_max_pings_without_data=settings.grpc_http2_max_pings_without_data,
+        http2_min_recv_ping_interval_without_data_ms=(
+            settings.grpc_http2_min_recv_ping_interval_without_data_ms
+        ),
+        http2_max_ping_strikes=settings.grpc_http2_max_ping_strikes,
+        max_connection_age_ms=settings.grpc_max_connection_age_ms,
+        max_connection_age_grace_ms=settings.grpc_max_connection_age_grace_ms,
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+    )
+
+
+# ---- inference.GRPCInferenceService ---------------------------------------------------------
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # it always raises
+
+
+def _guarded(name: str, method: Callable[[Any], Any]) -> Callable[..., Any]:
+    """A unary handler for `method` (request -> response) with the one error mapping."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return method(request)
+        except InferdError as error:
+            code, message = GRPC_STATUS[error.code], error.message
+        except Exception as exc:
+            log.exception("gRPC %s failed unexpectedly", name)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+        await _abort(context, code, message)
+
+    return handler
+
+
+class InferenceService:
+    """Each RPC as a core call; inference handlers are coroutines, the rest plain functions."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self._core = core
+
+    def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._core.live())
+
+    def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._core.ready())
+
+    def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._core.model_ready(request.name, request.version))
+
+    def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        meta = self._core.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
+
+    def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        meta = self._core.model_metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[_tensor_metadata(t) for t in meta.inputs],
+            outputs=[_tensor_metadata(t) for t in meta.outputs],
+        )
+
+    def model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        config = self._core.model_config_proto(request.name, request.version)
+        return pb.ModelConfigResponse(config=config)
+
+    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        # Like HTTP, the repository name is ignored: every repository root is one namespace.
+        entries = self._core.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        # The hot path: inlined error handling, no logging, no extra awaits or tasks.
+        try:
+            response = await self._core.infer(decode_infer_request(request))
+            return encode_infer_response(response)
+        except InferdError as error:
+            code, message = GRPC_STATUS[error.code], error.message
+        except Exception as exc:
+            log.exception("gRPC inference on model '%s' failed unexpectedly", request.model_name)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+        await _abort(context, code, message)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Requests run concurrently; each answer is written as soon as it is ready.
+
+        Failures travel as responses with `error_message` set, so the stream stays open.
+        """
+        write_lock = asyncio.Lock()  # gRPC allows one pending write per call
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            reply = await self._stream_reply(request)
+            async with write_lock:
+                await context.write(reply)
+
+        try:
+            async for request in requests:
+                task = asyncio.create_task(answer(request))
+                pending.add(task)
+                task.add_done_callback(_finished(pending))
+            while pending:  # the client is done sending: finish what it already sent
+                await asyncio.wait(set(pending))
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _stream_reply(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self._core.infer(decode_infer_request(request))
+            return encode_stream_response(response)
+        except InferdError as error:
+            return encode_stream_error(request.id, error.message)
+        except Exception as exc:
+            log.exception("gRPC stream inference on model '%s' failed", request.model_name)
+            return encode_stream_error(request.id, f"internal error: {exc}")
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """A handler for every RPC of the service; those not implemented yet say so."""
+        unary: dict[str, Callable[..., Any]] = {
+            "ServerLive": _guarded("ServerLive", self.server_live),
+            "ServerReady": _guarded("ServerReady", self.server_ready),
+            "ModelReady": _guarded("ModelReady", self.model_ready),
+            "ServerMetadata": _guarded("ServerMetadata", self.server_metadata),
+            "ModelMetadata": _guarded("ModelMetadata", self.model_metadata),
+            "ModelConfig": _guarded("ModelConfig", self.model_config),
+            "RepositoryIndex": _guarded("RepositoryIndex", self.repository_index),
+            "ModelInfer": self.model_infer,
+        }
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for method in _SERVICE.methods:
+            parse = message_factory.GetMessageClass(method.input_type).FromString
+            serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+            if method.name == "ModelStreamInfer":
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                    self.model_stream_infer, parse, serialize
+                )
+            elif method.name in unary:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    unary[method.name], parse, serialize
+                )
+            else:  # every other RPC is unary; its request is not even parsed
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    _unimplemented(method.name)
+                )
+        return handlers
+
+
+def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=tensor.name, datatype=tensor.datatype.value, shape=tensor.shape
+    )
+
+
+def _finished(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        # Only a write can fail (the call ended under it); the stream is gone then anyway.
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a ModelStreamInfer response was not sent: %r", task.exception())
+
+    return done
+
+
+def _unimplemented(name: str) -> Callable[..., Any]:
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> NoReturn:
+        await _abort(
+            context, grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by inferd yet"
+        )
+
+    return handler
+
+
+# ---- grpc.health.v1 -------------------------------------------------------------------------
+
+
+class HealthService:
+    """grpc.health.v1.Health answered from core readiness, so it is never stale.
+
+    The overall service ("") and the inference service are SERVING exactly when the core is
+    ready. Watch streams poll; they end with NOT_SERVING when the server shuts down.
+    """
+
+    def __init__(self, core: InferenceCore, poll_interval: float = 1.0) -> None:
+        self._core = core
+        self._poll_interval = poll_interval
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def _status(self, service: str) -> int:
+        if service not in ("", SERVICE_NAME):
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        if self._core.ready() and not self._closing.is_set():
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    # Named as the RPCs: the generated registration looks the methods up by these names.
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if self._closing.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._poll_interval)
+
+
+# ---- the server -----------------------------------------------------------------------------
 
 
 class GrpcServer:
-    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+    def __init__(self, server: grpc.aio.Server, port: int, health: HealthService) -> None:
         self.server = server
         self.port = port
+        self._health = health
 
     async def stop(self, grace: float) -> None:
+        """Refuse new calls, give in-flight ones `grace` seconds, then cancel them."""
+        self._health.close()
         await self.server.stop(grace)
 
 
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
-    server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        service_pb2_grpc.GRPCInferenceServiceServicer(), server
+    server = grpc.aio.server(options=settings.channel_options())
+    handlers = InferenceService(core).handlers()
+    # Registered methods are matched by path in gRPC core, without the generic per-call lookup.
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    health = HealthService(core)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     port = server.add_insecure_port(f"{settings.address}:{settings.port}")
     await server.start()
-    return GrpcServer(server, port)
+    return GrpcServer(server, port, health)

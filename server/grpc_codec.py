@@ -44,6 +44,10 @@ _TYPED_FIELDS: Mapping[DataType, str] = {
     DataType.BYTES: "bytes_contents",
 }
 _INT64_MAX = 2**63 - 1
+# The one 'triton_' request parameter Triton accepts (perf_analyzer always sends it). It asks
+# decoupled models for an empty final response; a model here answers each request once, so
+# it is accepted and dropped.
+_EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,10 +59,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     if not tensors:
         raise invalid("the request 'inputs' list is empty")
     raws = message.raw_input_contents
-    if raws:
-        inputs = _raw_inputs(tensors, raws, message.model_name)
-    else:
-        inputs = _typed_inputs(tensors)
+    inputs = _raw_inputs(tensors, raws, message.model_name) if raws else _typed_inputs(tensors)
     return InferRequest(
         model_name=message.model_name,
         model_version=message.model_version,
@@ -182,9 +183,13 @@ def decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
     """Request parameters, any of the oneof kinds, as plain values (uint64 becomes int)."""
     decoded: Params = {}
     for key, param in params.items():
-        if key.startswith("triton_"):
-            raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
         kind = param.WhichOneof("parameter_choice")
+        if key.startswith("triton_"):
+            if key != _EMPTY_FINAL_RESPONSE:
+                raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
+            if kind != "bool_param":
+                raise invalid(f"request parameter '{key}' must be a bool_param")
+            continue
         if kind is None:
             raise invalid(f"request parameter '{key}' has no value")
         value: ParamValue = getattr(param, kind)

@@ -26,6 +26,17 @@ class Settings:
     default_max_batch_size: int = 4
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
+    # gRPC channel arguments. Keepalive defaults are gRPC's own, as in Triton; times in ms.
+    grpc_max_message_size: int = 2**31 - 1  # send and receive; Triton's INT32_MAX
+    grpc_keepalive_time_ms: int = 7_200_000
+    grpc_keepalive_timeout_ms: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_max_pings_without_data: int = 2
+    grpc_http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    grpc_http2_max_ping_strikes: int = 2
+    grpc_max_connection_age_ms: int = 0  # 0 = unlimited
+    grpc_max_connection_age_grace_ms: int = 0  # 0 = unlimited
+    grpc_max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
     log_level: str = "info"
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -1,0 +1,144 @@
+"""The command line: Triton's flag spellings, INFERD_* variables, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inferd.server.cli import build_parser, main, settings_from_args
+from tests.conftest import EXAMPLES
+
+
+def settings_for(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return settings_from_args(build_parser(environ or {}).parse_args(argv))
+
+
+def test_triton_flag_spellings() -> None:
+    settings = settings_for(
+        [
+            "serve",
+            "--model-repository=/a",
+            "--model-repository",
+            "/b",
+            "--http-port=9000",
+            "--model-control-mode=explicit",
+            "--load-model=simple",
+            "--load-model",
+            "digits",
+            "--strict-readiness=false",
+            "--exit-on-error",
+            "--strict-model-config=true",
+            "--backend-config=onnxruntime,default-max-batch-size=16",
+            "--log-verbose=1",
+        ]
+    )
+    assert settings.model_repositories == (Path("/a"), Path("/b"))
+    assert settings.http_port == 9000
+    assert settings.model_control_mode == "explicit"
+    assert settings.load_models == ("simple", "digits")
+    assert settings.strict_readiness is False
+    assert settings.exit_on_error is True
+    assert settings.auto_complete_config is False
+    assert settings.default_max_batch_size == 16
+    assert settings.log_level == "debug"
+
+
+def test_defaults_are_tritons_ports() -> None:
+    settings = settings_for(["serve"])
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
+    assert settings.model_repositories == ()
+
+
+def test_environment_variables_set_defaults_and_flags_win() -> None:
+    env = {
+        "INFERD_HTTP_PORT": "9100",
+        "INFERD_MODEL_REPOSITORY": "/x,/y",
+        "INFERD_STRICT_READINESS": "false",
+    }
+    settings = settings_for(["serve"], env)
+    assert settings.http_port == 9100
+    assert settings.model_repositories == (Path("/x"), Path("/y"))
+    assert settings.strict_readiness is False
+    assert settings_for(["serve", "--http-port=9200"], env).http_port == 9200
+
+
+def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        settings_for(["serve", "--strict-readiness=maybe"])
+    assert info.value.code == 2
+    assert "expected true or false" in capsys.readouterr().err
+
+
+def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model-repository", "--model-control-mode", "--load-model", "--exit-on-error"):
+        assert flag in text
+    assert "INFERD_HTTP_PORT" in text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited during start-up"
+        try:
+            if httpx.get(url + "/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server did not become ready")
+
+
+@pytest.mark.slow
+def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm() -> None:
+    http_port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferd", "serve", "--http-address=127.0.0.1",
+         f"--http-port={http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "INFERD_LOG_LEVEL": "info"},
+    )
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        wait_ready(url, process)
+        index = httpx.post(url + "/v2/repository/index").json()
+        assert {m["name"] for m in index} == {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    log = output.decode()
+    assert "model 'digits' version 1 is READY on 1 x cpu" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_a_bad_repository_path_fails_with_a_clear_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inferd", "--model-repository=/does/not/exist",
+         f"--http-port={free_port()}", f"--grpc-port={free_port()}"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert b"/does/not/exist is not a directory" in result.stderr
+    assert b"Traceback" not in result.stderr
