@@ -1,13 +1,15 @@
 """Batch forming as a pure function: no clock, no asyncio, every timing rule testable with numbers.
 
-Semantics follow Triton's dynamic batcher (shared/reference/PROTOCOL.md 3.2): arrival order,
-cut at the largest preferred size reachable, wait at most max_queue_delay for the oldest
-request, never merge requests whose variable-dim shapes differ.
+Semantics follow Triton's dynamic batcher (shared/reference/PROTOCOL.md 3.2): requests in
+priority then arrival order, cut at the largest preferred size reachable, wait at most
+max_queue_delay for the oldest request, never merge requests whose variable-dim shapes differ.
+inferd adds a latency objective: a request may carry a deadline, and the batch is cut as soon as
+waiting longer (or growing it further) would make its earliest deadline unreachable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +34,8 @@ class Queued(Protocol):
     def enqueued_ns(self) -> int: ...
     @property
     def shape_key(self) -> Hashable: ...
+    @property
+    def deadline_ns(self) -> int | None: ...  # latency objective: respond by then
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,36 +49,49 @@ class Wait:
 
 
 WAIT_FOR_EVENT = Wait(None)
+# Expected execution time of a batch of n items, in ns (0 when nothing is known yet).
+ExecEstimate = Callable[[int], int]
+
+
+def _no_estimate(items: int) -> int:
+    return 0
 
 
 def decide(
-    queue: Iterable[Queued], now_ns: int, policy: BatchPolicy, free_instances: int
+    queue: Iterable[Queued],
+    now_ns: int,
+    policy: BatchPolicy,
+    free_instances: int,
+    estimate: ExecEstimate = _no_estimate,
 ) -> Dispatch | Wait:
     if free_instances <= 0:
         return WAIT_FOR_EVENT
     items = iter(queue)
-    oldest = next(items, None)
-    if oldest is None:
+    first = next(items, None)
+    if first is None:
         return WAIT_FOR_EVENT
     if policy.max_batch_size == 0:
         return Dispatch(1)
 
     preferred = policy.preferred_batch_sizes
     largest = policy.largest_preferred
-    total, count, preferred_count = oldest.batch_size, 1, 0
+    total, count = first.batch_size, 1
+    preferred_count = 1 if total in preferred else 0
+    oldest = first.enqueued_ns
+    deadline = first.deadline_ns
     can_grow = total < largest
-    if total in preferred:
-        preferred_count = 1
     if can_grow:
         for item in items:
-            if (
-                item.shape_key != oldest.shape_key
-                or total + item.batch_size > policy.max_batch_size
-            ):
+            grown = total + item.batch_size
+            if item.shape_key != first.shape_key or grown > policy.max_batch_size:
                 can_grow = False
                 break
-            total += item.batch_size
-            count += 1
+            item_deadline = _earliest(deadline, item.deadline_ns)
+            if item_deadline is not None and now_ns + estimate(grown) > item_deadline:
+                can_grow = False  # a bigger batch would run past someone's objective
+                break
+            total, count, deadline = grown, count + 1, item_deadline
+            oldest = min(oldest, item.enqueued_ns)
             if total in preferred:
                 preferred_count = count
             if total >= largest:
@@ -83,7 +100,15 @@ def decide(
 
     if preferred_count:
         return Dispatch(preferred_count)
-    deadline = oldest.enqueued_ns + policy.max_queue_delay_ns
-    if not can_grow or now_ns >= deadline:
+    until = oldest + policy.max_queue_delay_ns
+    if deadline is not None:
+        until = min(until, deadline - estimate(total))
+    if not can_grow or now_ns >= until:
         return Dispatch(count)
-    return Wait(deadline)
+    return Wait(until)
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

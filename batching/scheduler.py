@@ -1,5 +1,5 @@
-"""Per model-version scheduler: a queue on the event loop, `decide()` to form batches, and one
-OS thread per model instance to execute them.
+"""Per model-version scheduler: priority queues on the event loop, `decide()` to form batches,
+and one OS thread per model instance to execute them.
 
 Hand-offs are per batch, not per request: the loop puts a whole batch on an instance thread's
 queue, and the thread wakes the loop once with every request's result.
@@ -8,25 +8,57 @@ queue, and the thread wakes the loop once with every request's result.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from inferd.backends.base import ModelInstance
+from inferd.batching.estimator import ExecTimeEstimator
 from inferd.batching.policy import BatchPolicy, Dispatch, decide
 from inferd.batching.stats import BatchStats, ModelStats
-from inferd.batching.tensors import concat_inputs, split_outputs
-from inferd.server.errors import InferdError, internal, unavailable
+from inferd.batching.worker import Timings, Worker
+from inferd.repository.config import QueuePolicy
+from inferd.server.errors import InferdError, internal, invalid, unavailable
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+Outcome = list[Outputs] | BaseException
+
+# Failure reasons, as Triton's nv_inference_request_failure labels them.
+REJECTED, CANCELED, BACKEND = "REJECTED", "CANCELED", "BACKEND"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    batch: BatchPolicy
+    priority_levels: int = 0  # 0 = a single queue
+    default_priority: int = 0
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    level_queue_policies: dict[int, QueuePolicy] = field(default_factory=dict)
+    preserve_ordering: bool = False
+    latency_slo_ns: int = 0  # the model's latency objective; 0 = none
+
+    def queue_policy(self, level: int) -> QueuePolicy:
+        return self.level_queue_policies.get(level, self.default_queue_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """Per-request scheduling parameters (already parsed from the protocol's parameters)."""
+
+    priority: int = 0  # 0 = the model's default level
+    timeout_us: int = 0  # queue timeout override; 0 = the policy's
+    latency_slo_ns: int = 0  # 0 = the model's objective
+
+
+DEFAULT_OPTIONS = RequestOptions()
 
 
 @dataclass(slots=True, eq=False)
@@ -36,66 +68,13 @@ class Pending:
     shape_key: Hashable
     arrival_ns: int
     future: asyncio.Future[Outputs]
+    level: int = 0  # queue index: 0 is the highest priority
+    deadline_ns: int | None = None  # latency objective
+    timeout_ns: int | None = None  # queue timeout, absolute
+    delay_on_timeout: bool = False
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
-
-
-@dataclass(slots=True)
-class _Timings:
-    dispatched_ns: int
-    input_ns: int = 0
-    infer_ns: int = 0
-    output_ns: int = 0
-
-
-class _Worker:
-    """One model instance and the only thread that ever touches it."""
-
-    def __init__(self, scheduler: Scheduler, instance: ModelInstance, name: str) -> None:
-        self.instance = instance
-        self._scheduler = scheduler
-        self._jobs: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, batch: list[Pending]) -> None:
-        self._jobs.put(batch)
-
-    def stop(self) -> None:
-        """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (batch := self._jobs.get()) is not None:
-            timings = _Timings(dispatched_ns=time.monotonic_ns())
-            result: list[Outputs] | BaseException
-            try:
-                result = self._execute(batch, timings)
-            except BaseException as exc:  # reported per request; the thread lives on
-                result = exc
-            try:
-                self._scheduler.loop.call_soon_threadsafe(
-                    self._scheduler.finish, self, batch, result, timings
-                )
-            except RuntimeError:  # the loop is gone (process exit); nobody waits any more
-                return
-        try:
-            self.instance.close()
-        except Exception:
-            log.exception("closing an instance of %s failed", self._scheduler.model)
-
-    def _execute(self, batch: list[Pending], timings: _Timings) -> list[Outputs]:
-        start = time.perf_counter_ns()
-        inputs = concat_inputs([p.inputs for p in batch])
-        infer_start = time.perf_counter_ns()
-        outputs = self.instance.execute(inputs)
-        infer_end = time.perf_counter_ns()
-        per_request = split_outputs(outputs, [p.batch_size for p in batch])
-        end = time.perf_counter_ns()
-        timings.input_ns = infer_start - start
-        timings.infer_ns = infer_end - infer_start
-        timings.output_ns = end - infer_end
-        return per_request
+    queued: bool = True
+    outcome: Outputs | BaseException | None = None  # held back for preserve_ordering
 
 
 class Scheduler:
@@ -104,7 +83,7 @@ class Scheduler:
     def __init__(
         self,
         model: str,
-        policy: BatchPolicy,
+        config: SchedulerConfig,
         instances: Sequence[ModelInstance],
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
@@ -112,10 +91,22 @@ class Scheduler:
         self.model = model
         self.loop = loop
         self.stats = stats or ModelStats()
-        self._policy = policy
-        self._queue: deque[Pending] = deque()
-        self._workers = [_Worker(self, inst, f"{model}-{i}") for i, inst in enumerate(instances)]
-        self._idle: list[_Worker] = list(self._workers)
+        self.estimator = ExecTimeEstimator()
+        self._config = config
+        self._policy = config.batch
+        # One queue per priority level, then requests whose timeout moved them to the back.
+        self._queues: list[deque[Pending]] = [
+            deque() for _ in range(max(1, config.priority_levels))
+        ]
+        self._delayed: deque[Pending] = deque()
+        self._timeouts: list[tuple[int, int, Pending]] = []  # heap of (timeout, seq, pending)
+        self._seq = itertools.count()
+        self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
+        self._queued = 0
+        self._workers = [
+            Worker(inst, f"{model}-{i}", loop, self._finish) for i, inst in enumerate(instances)
+        ]
+        self._idle: list[Worker] = list(self._workers)
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -123,87 +114,208 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Requests waiting for an instance (the pending-request gauge)."""
+        return self._queued
 
     @property
     def busy(self) -> int:
         return len(self._workers) - len(self._idle)
 
+    @property
+    def instances(self) -> int:
+        return len(self._workers)
+
+    # ---- submitting ------------------------------------------------------------------------
+
     def submit(
-        self, inputs: dict[str, np.ndarray], batch_size: int, shape_key: Hashable, arrival_ns: int
+        self,
+        inputs: dict[str, np.ndarray],
+        batch_size: int,
+        shape_key: Hashable,
+        arrival_ns: int,
+        options: RequestOptions = DEFAULT_OPTIONS,
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
+        level = self._level(options.priority)
+        policy = self._config.queue_policy(level + 1)
+        queue = self._queues[level]
+        now = time.monotonic_ns()
+        if policy.max_queue_size and len(queue) >= policy.max_queue_size:
+            self.stats.fail_request(now - arrival_ns, REJECTED)
+            raise unavailable(
+                f"Exceeds maximum queue size of {policy.max_queue_size}: the queue of model "
+                f"'{self.model}' is full"
+            )
+        slo_ns = options.latency_slo_ns or self._config.latency_slo_ns
+        deadline = arrival_ns + slo_ns if slo_ns else None
+        if deadline is not None and now + self._expected_wait(batch_size) > deadline:
+            self.stats.fail_request(now - arrival_ns, REJECTED)
+            raise _slo_error(self.model, slo_ns)
         future: asyncio.Future[Outputs] = self.loop.create_future()
-        self._queue.append(Pending(inputs, batch_size, shape_key, arrival_ns, future))
-        if self._idle and not self._scheduled:
+        pending = Pending(inputs, batch_size, shape_key, arrival_ns, future, level, deadline)
+        pending.enqueued_ns = now
+        timeout_us = _timeout_us(policy, options.timeout_us)
+        if timeout_us:
+            pending.timeout_ns = now + timeout_us * 1000
+            pending.delay_on_timeout = policy.delay_on_timeout
+            heapq.heappush(self._timeouts, (pending.timeout_ns, next(self._seq), pending))
+        queue.append(pending)
+        self._queued += 1
+        if self._ordered is not None:
+            self._ordered.append(pending)
+        if not self._scheduled:
             # Deciding on the next loop turn lets requests that arrived together batch together.
             self._scheduled = True
             self.loop.call_soon(self._schedule)
         return future
+
+    def _level(self, priority: int) -> int:
+        levels = self._config.priority_levels
+        if levels == 0:
+            return 0  # no priority levels configured: Triton ignores the parameter
+        if priority == 0:
+            priority = self._config.default_priority
+        if not 1 <= priority <= levels:
+            raise invalid(
+                f"invalid priority {priority} for model '{self.model}': it has priority levels "
+                f"1..{levels}"
+            )
+        return priority - 1
+
+    def _expected_wait(self, batch_size: int) -> int:
+        """A rough queueing forecast: the batches ahead, shared among the instances."""
+        size = max(1, self._policy.max_batch_size)
+        batches_ahead = -(-self._queued // size)
+        return (batches_ahead * self.estimator(size)) // len(self._workers) + self.estimator(
+            batch_size
+        )
+
+    # ---- forming batches -------------------------------------------------------------------
+
+    def _waiting(self) -> Iterator[Pending]:
+        for queue in self._queues:
+            yield from queue
+        yield from self._delayed
+
+    def _pop(self) -> Pending:
+        for queue in self._queues:
+            if queue:
+                return queue.popleft()
+        return self._delayed.popleft()
 
     def _schedule(self) -> None:
         self._scheduled = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        queue_ = self._queue
-        while self._idle and queue_:
-            while queue_ and queue_[0].future.done():  # cancelled by the client
-                queue_.popleft()
-            now = time.monotonic_ns()
-            decision = decide(queue_, now, self._policy, len(self._idle))
-            if isinstance(decision, Dispatch):
-                batch = [queue_.popleft() for _ in range(decision.count)]
-                batch = [p for p in batch if not p.future.done()]
-                if batch:
-                    self._idle.pop().submit(batch)
-                continue
-            if decision.until_ns is not None:
-                delay = max(0.0, (decision.until_ns - now) / 1e9)
-                self._timer = self.loop.call_later(delay, self._schedule)
-            break
+        now = time.monotonic_ns()
+        self._expire(now)
+        wake_at: int | None = None
+        while self._idle and self._queued:
+            decision = decide(self._waiting(), now, self._policy, len(self._idle), self.estimator)
+            if not isinstance(decision, Dispatch):
+                wake_at = decision.until_ns
+                break
+            batch: list[Pending] = []
+            for _ in range(decision.count):
+                pending = self._pop()
+                pending.queued = False
+                self._queued -= 1
+                if not pending.future.done():  # a cancelled request is simply dropped
+                    batch.append(pending)
+            batch = self._drop_hopeless(batch, now)
+            if batch:
+                self._idle.pop().submit(batch)
+        if self._timeouts:
+            # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
+            wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
+        if wake_at is not None:
+            self._timer = self.loop.call_later(max(0.0, (wake_at - now) / 1e9), self._schedule)
         self._check_drained()
 
-    def finish(
-        self,
-        worker: _Worker,
-        batch: list[Pending],
-        result: list[Outputs] | BaseException,
-        timings: _Timings,
-    ) -> None:
-        """Runs on the loop, once per executed batch."""
+    def _expire(self, now: int) -> None:
+        """Queue timeouts: REJECT fails the request, DELAY moves it behind everything else."""
+        while self._timeouts and self._timeouts[0][0] <= now:
+            _, _, pending = heapq.heappop(self._timeouts)
+            if not pending.queued or pending.future.done():
+                continue
+            self._queues[pending.level].remove(pending)
+            if pending.delay_on_timeout:
+                self._delayed.append(pending)
+                continue
+            pending.queued = False
+            self._queued -= 1
+            self.stats.fail_request(now - pending.arrival_ns, REJECTED)
+            self._complete(pending, unavailable("Request timeout expired"))
+
+    def _drop_hopeless(self, batch: list[Pending], now: int) -> list[Pending]:
+        """Reject requests this batch would finish too late for, instead of spending a slot."""
+        if all(p.deadline_ns is None for p in batch):
+            return batch
+        finish = now + self.estimator(sum(p.batch_size for p in batch))
+        kept: list[Pending] = []
+        for pending in batch:
+            if pending.deadline_ns is not None and finish > pending.deadline_ns:
+                self.stats.fail_request(now - pending.arrival_ns, REJECTED)
+                slo = pending.deadline_ns - pending.arrival_ns
+                self._complete(pending, _slo_error(self.model, slo))
+            else:
+                kept.append(pending)
+        return kept
+
+    # ---- results (on the loop, once per batch) ---------------------------------------------
+
+    def _finish(self, worker: Worker, batch: list[Pending], result: Outcome, t: Timings) -> None:
         self._idle.append(worker)
         now = time.monotonic_ns()
         stats = self.stats
         if isinstance(result, BaseException):
-            error = result if isinstance(result, InferdError) else _execution_error(self, result)
+            error = result if isinstance(result, InferdError) else self._execution_error(result)
             for pending in batch:
-                stats.fail.add(now - pending.arrival_ns)
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+                stats.fail_request(now - pending.arrival_ns, BACKEND)
+                self._complete(pending, error)
         else:
-            self._record_batch(batch, timings)
+            self.estimator.observe(sum(p.batch_size for p in batch), t.total_ns)
+            self._record_batch(batch, t)
             for pending, outputs in zip(batch, result, strict=True):
-                stats.success.add(now - pending.arrival_ns)
-                if not pending.future.done():
-                    pending.future.set_result(outputs)
-        if self._queue:
+                elapsed = now - pending.arrival_ns
+                stats.success.add(elapsed)
+                stats.request_us.observe(elapsed / 1000)
+                self._complete(pending, outputs)
+        if self._queued:
             self._schedule()
         else:
             self._check_drained()
 
-    def _record_batch(self, batch: list[Pending], t: _Timings) -> None:
+    def _complete(self, pending: Pending, outcome: Outputs | BaseException) -> None:
+        if self._ordered is None:
+            _resolve(pending.future, outcome)
+            return
+        pending.outcome = outcome  # released in arrival order
+        ordered = self._ordered
+        while ordered and (ordered[0].outcome is not None or ordered[0].future.done()):
+            head = ordered.popleft()
+            if head.outcome is not None:
+                _resolve(head.future, head.outcome)
+                head.outcome = None
+
+    def _record_batch(self, batch: list[Pending], t: Timings) -> None:
         stats = self.stats
         n = len(batch)
+        compute_us = (t.input_ns + t.infer_ns + t.output_ns) / 1000
         for pending in batch:
-            stats.queue.add(t.dispatched_ns - pending.enqueued_ns)
+            queue_ns = t.dispatched_ns - pending.enqueued_ns
+            stats.queue.add(queue_ns)
+            stats.queue_us.observe(queue_ns / 1000)
+            stats.compute_us.observe(compute_us)
         stats.compute_input.add(t.input_ns * n, n)
         stats.compute_infer.add(t.infer_ns * n, n)
         stats.compute_output.add(t.output_ns * n, n)
         size = sum(p.batch_size for p in batch)
         stats.inference_count += size
         stats.execution_count += 1
+        stats.batch_size.observe(size)
         stats.last_inference_ms = time.time_ns() // 1_000_000
         per_size = stats.batches.get(size)
         if per_size is None:
@@ -212,22 +324,47 @@ class Scheduler:
         per_size.compute_infer.add(t.infer_ns)
         per_size.compute_output.add(t.output_ns)
 
+    def _execution_error(self, exc: BaseException) -> InferdError:
+        log.warning("model '%s' failed to execute a batch: %s", self.model, exc)
+        return internal(f"model '{self.model}' failed to execute: {exc}")
+
+    # ---- shutdown --------------------------------------------------------------------------
+
     def _check_drained(self) -> None:
-        if self._closing and not self._queue and len(self._idle) == len(self._workers):
+        if self._closing and not self._queued and len(self._idle) == len(self._workers):
             self._drained.set()
 
     async def close(self) -> None:
         """Refuse new work, let queued and running requests finish, then free the instances."""
         self._closing = True
-        self._check_drained()
-        if self._queue and self._idle and not self._scheduled:
+        if self._queued and not self._scheduled:
             self._schedule()
+        self._check_drained()
         await self._drained.wait()
         if self._timer is not None:
             self._timer.cancel()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
 
 
-def _execution_error(scheduler: Scheduler, exc: BaseException) -> InferdError:
-    log.warning("model '%s' failed to execute a batch: %s", scheduler.model, exc)
-    return internal(f"model '{scheduler.model}' failed to execute: {exc}")
+def _resolve(future: asyncio.Future[Outputs], outcome: Outputs | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _timeout_us(policy: QueuePolicy, requested_us: int) -> int:
+    """A request may lower the policy's timeout when the policy allows overriding it."""
+    default = policy.default_timeout_us
+    if requested_us and policy.allow_timeout_override:
+        return min(requested_us, default) if default else requested_us
+    return default
+
+
+def _slo_error(model: str, slo_ns: int) -> InferdError:
+    return unavailable(
+        f"Request for model '{model}' cannot meet its latency objective of "
+        f"{slo_ns / 1e6:g} ms: rejected before execution"
+    )

@@ -1,8 +1,35 @@
-"""Per model-version statistics in Triton's shape (statistics extension), updated on the loop."""
+"""Per model-version statistics, updated on the event loop only (no locks on the hot path).
+
+Counters follow Triton's statistics extension; the histograms are inferd's addition for
+autoscalers and dashboards, exported by the metrics endpoint.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+
+# Latency bucket upper bounds in microseconds: 100 µs .. 10 s, roughly x2.5 per step, which
+# covers CPU models of tens of µs and GPU batches of hundreds of ms alike.
+LATENCY_BUCKETS_US: tuple[float, ...] = (
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(slots=True)
@@ -13,6 +40,26 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Non-cumulative bucket counts (the last one is +Inf) and the sum of observations."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+def _latency() -> Histogram:
+    return Histogram(LATENCY_BUCKETS_US)
 
 
 @dataclass(slots=True)
@@ -34,3 +81,15 @@ class ModelStats:
     execution_count: int = 0  # backend executions
     last_inference_ms: int = 0  # wall clock, ms since the epoch
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    # Failures by Triton's metric reason: REJECTED (queue full, timeout, SLA), CANCELED, BACKEND.
+    failures: dict[str, int] = field(default_factory=dict)
+    # Histograms in microseconds (request = arrival to response ready) and items per batch.
+    request_us: Histogram = field(default_factory=_latency)
+    queue_us: Histogram = field(default_factory=_latency)
+    compute_us: Histogram = field(default_factory=_latency)
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
+
+    def fail_request(self, duration_ns: int, reason: str) -> None:
+        self.fail.add(duration_ns)
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self.request_us.observe(duration_ns / 1000)

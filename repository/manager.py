@@ -13,7 +13,7 @@ from pathlib import Path
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.policy import BatchPolicy
-from inferd.batching.scheduler import Scheduler
+from inferd.batching.scheduler import Scheduler, SchedulerConfig
 from inferd.repository.config import (
     DeviceKind,
     ModelConfig,
@@ -75,6 +75,7 @@ class _Prepared:
     """What a loader thread hands back to the loop for one model."""
 
     config: ModelConfig | None
+    scheduling: SchedulerConfig | None
     versions: list[ModelVersion]
     instances: dict[int, list[ModelInstance]]
 
@@ -124,8 +125,9 @@ class ModelRepository:
             if instances is None:
                 continue
             assert version.config is not None
+            assert prepared.scheduling is not None
             version.scheduler = Scheduler(
-                f"{name}:{version.version}", batch_policy(version.config), instances, self._loop
+                f"{name}:{version.version}", prepared.scheduling, instances, self._loop
             )
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)
@@ -149,7 +151,7 @@ class ModelRepository:
         shape_key_inputs = tuple(
             t.name for t in config.inputs if t.variable and not t.allow_ragged_batch
         )
-        prepared = _Prepared(config, [], {})
+        prepared = _Prepared(config, scheduler_config(config), [], {})
         for number in _wanted_versions(config, available, prepared):
             version = ModelVersion(
                 name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
@@ -279,6 +281,14 @@ class ModelRepository:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         return sorted(versions.values(), key=lambda v: v.version)
 
+    def ready_versions(self) -> list[ModelVersion]:
+        return [
+            v
+            for name in sorted(self._models)
+            for v in sorted(self._models[name].values(), key=lambda v: v.version)
+            if v.ready
+        ]
+
     def all_ready(self) -> bool:
         """Every model found is serving (the strict readiness rule)."""
         return all(any(v.ready for v in versions.values()) for versions in self._models.values())
@@ -304,16 +314,42 @@ class ModelRepository:
         return entries
 
 
-def batch_policy(config: ModelConfig) -> BatchPolicy:
-    """No dynamic_batching = each request runs alone (Triton's default scheduler)."""
+LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
+
+
+def scheduler_config(config: ModelConfig) -> SchedulerConfig:
+    """No dynamic_batching = each request runs alone with no queue policy (Triton's default
+    scheduler); the latency objective applies either way."""
+    slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
     batching = config.dynamic_batching
     if batching is None or config.max_batch_size == 0:
-        return BatchPolicy(max_batch_size=0)
-    return BatchPolicy(
-        max_batch_size=config.max_batch_size,
-        preferred_batch_sizes=batching.preferred_batch_sizes,
-        max_queue_delay_ns=batching.max_queue_delay_us * 1000,
+        return SchedulerConfig(BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns)
+    return SchedulerConfig(
+        BatchPolicy(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_delay_ns=batching.max_queue_delay_us * 1000,
+        ),
+        priority_levels=batching.priority_levels,
+        default_priority=batching.default_priority_level,
+        default_queue_policy=batching.default_queue_policy,
+        level_queue_policies=dict(batching.priority_queue_policy or {}),
+        preserve_ordering=batching.preserve_ordering,
+        latency_slo_ns=slo_ns,
     )
+
+
+def latency_slo_ns(value: object, where: str) -> int:
+    """A latency objective in ms (config string or request parameter) as ns; 0 = none."""
+    if value in ("", None):
+        return 0
+    try:
+        ms = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ms = -1.0
+    if isinstance(value, bool) or not ms > 0:
+        raise invalid(f"{LATENCY_SLO_PARAMETER} for '{where}' must be a positive number of ms")
+    return int(ms * 1_000_000)
 
 
 def _wanted_versions(

@@ -10,22 +10,37 @@ import numpy as np
 
 import inferd
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
-from inferd.repository.manager import ModelRepository, ModelVersion
+from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions
+from inferd.repository.manager import (
+    LATENCY_SLO_PARAMETER,
+    ModelRepository,
+    ModelVersion,
+    latency_slo_ns,
+)
 from inferd.server.classification import classify
 from inferd.server.errors import InferdError, invalid
+from inferd.server.statistics import model_stats_document
 from inferd.server.types import (
     DataType,
     InferRequest,
     InferResponse,
     ModelIndexEntry,
     ModelMetadata,
+    Params,
     ServerMetadata,
     TensorMetadata,
 )
 
 SERVER_NAME = "inferd"
 # Only what is implemented end to end on every front door that has it.
-EXTENSIONS = ("classification", "model_configuration", "binary_tensor_data", "parameters")
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "schedule_policy",
+    "statistics",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,21 @@ class InferenceCore:
             )
         return config.inputs[0], config.max_batch_size
 
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Statistics of the ready versions asked for: every model when `name` is empty."""
+        if name and version:
+            models = [self._repository.get(name, version)]
+        elif name:
+            self._repository.get(name)  # raises for unknown or unready models
+            models = [v for v in self._repository.model_versions(name) if v.ready]
+        else:
+            models = self._repository.ready_versions()
+        return [
+            model_stats_document(m.name, str(m.version), m.scheduler.stats)
+            for m in models
+            if m.scheduler is not None
+        ]
+
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self._repository.index(ready_only)
 
@@ -113,8 +143,26 @@ class InferenceCore:
         batch_size, shape_key = validate_request(request, model)
         scheduler = model.scheduler
         assert scheduler is not None
-        outputs = await scheduler.submit(request.inputs, batch_size, shape_key, request.arrival_ns)
-        return _response(request, model, outputs)
+        options = _options(request.parameters, request.model_name) if request.parameters else None
+        future = scheduler.submit(
+            request.inputs, batch_size, shape_key, request.arrival_ns, options or DEFAULT_OPTIONS
+        )
+        return _response(request, model, await future)
+
+
+def _options(parameters: Params, model: str) -> RequestOptions | None:
+    """The scheduling parameters of a request (Triton's reserved `priority` and `timeout`, and
+    inferd's latency objective); None when it has none."""
+    priority = parameters.get("priority", 0)
+    timeout = parameters.get("timeout", 0)
+    slo = parameters.get(LATENCY_SLO_PARAMETER)
+    if not priority and not timeout and slo is None:
+        return None
+    for name, value in (("priority", priority), ("timeout", timeout)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise invalid(f"parameter '{name}' must be a non-negative integer, got {value!r}")
+    assert isinstance(priority, int) and isinstance(timeout, int)
+    return RequestOptions(priority, timeout, latency_slo_ns(slo, model))
 
 
 def _metadata(tensor: TensorConfig, batch: tuple[int, ...]) -> TensorMetadata:

@@ -297,6 +297,12 @@ def _routes(
     async def model_config(request: Request) -> Response:
         return JSONResponse(core.model_config(*_model_path(request)))
 
+    async def statistics(request: Request) -> Response:
+        name = request.path_params.get("model", "")
+        version = request.path_params.get("version")
+        documents = core.model_statistics(name, "" if version is None else str(version))
+        return JSONResponse({"model_stats": documents})
+
     async def repository_index(request: Request) -> Response:
         ready_only = await _ready_flag(request)
         entries = core.repository_index(ready_only)
@@ -317,12 +323,15 @@ def _routes(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/{repository}/index", repository_index, methods=["POST"]),
+        Route("/v2/models/stats", statistics, methods=["GET"]),  # before the {model} routes
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
         Route(model + "/ready", model_ready, methods=["GET"]),
         Route(versioned + "/ready", model_ready, methods=["GET"]),
         Route(model + "/config", model_config, methods=["GET"]),
         Route(versioned + "/config", model_config, methods=["GET"]),
+        Route(model + "/stats", statistics, methods=["GET"]),
+        Route(versioned + "/stats", statistics, methods=["GET"]),
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
     ]

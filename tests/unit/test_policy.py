@@ -15,6 +15,7 @@ class Item:
     batch_size: int = 1
     enqueued_ns: int = 0
     shape_key: Hashable = None
+    deadline_ns: int | None = None
 
 
 def queue(*sizes: int, at: int = 0) -> list[Item]:
@@ -62,3 +63,24 @@ def test_different_variable_shapes_are_not_merged() -> None:
     assert decide(items, 0, DEFAULT, 1) == Dispatch(2)
     # Cut by a shape change, the pending batch cannot grow: no waiting for the delay.
     assert decide(items, 0, DELAYED, 1) == Dispatch(2)
+
+
+def per_item(ns: int):  # type: ignore[no-untyped-def]
+    return lambda items: items * ns
+
+
+def test_latency_objective_cuts_the_wait_short() -> None:
+    items = [Item(1, 0, None, 500_000), Item(1, 0, None, 900_000)]
+    estimate = per_item(100_000)  # 2 items: 200 us
+    assert decide(items, 0, DELAYED, 1, estimate) == Wait(300_000)
+    assert decide(items, 300_000, DELAYED, 1, estimate) == Dispatch(2)
+
+
+def test_latency_objective_stops_the_batch_growing_past_a_deadline() -> None:
+    items = [Item(1, 0, None, 250_000)] + [Item(1, 0) for _ in range(5)]
+    assert decide(items, 0, DELAYED, 1, per_item(100_000)) == Dispatch(2)
+
+
+def test_delay_counts_from_the_oldest_in_the_batch() -> None:
+    items = [Item(1, 50), Item(1, 10)]  # a high-priority request queued after a lower one
+    assert decide(items, 20, DELAYED, 1) == Wait(10 + MS)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.policy import BatchPolicy
-from inferd.batching.scheduler import Scheduler
+from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions, Scheduler, SchedulerConfig
+from inferd.repository.config import QueuePolicy
 from inferd.server.errors import ErrorCode, InferdError
 
 
@@ -20,6 +23,7 @@ class GatedInstance(ModelInstance):
 
     def __init__(self, gated: bool = False) -> None:
         self.batches: list[int] = []
+        self.values: list[float] = []
         self.threads: set[str] = set()
         self.gate = threading.Event()
         self.entered = threading.Semaphore(0)
@@ -35,14 +39,23 @@ class GatedInstance(ModelInstance):
         if (x < 0).any():
             raise ValueError("negative input")
         self.batches.append(len(x))
+        self.values.extend(x.ravel().tolist())
         return {"y": x * 2}
 
     def close(self) -> None:
         self.closed = True
 
 
-def submit(scheduler: Scheduler, value: float) -> asyncio.Future[dict[str, np.ndarray]]:
-    return scheduler.submit({"x": np.array([[value]], np.float32)}, 1, None, 0)
+def make(instances: list[GatedInstance], max_batch_size: int, **config: Any) -> Scheduler:
+    scheduling = SchedulerConfig(BatchPolicy(max_batch_size=max_batch_size), **config)
+    return Scheduler("m", scheduling, instances, asyncio.get_running_loop())
+
+
+def submit(
+    scheduler: Scheduler, value: float, options: RequestOptions = DEFAULT_OPTIONS
+) -> asyncio.Future[dict[str, np.ndarray]]:
+    x = np.array([[value]], np.float32)
+    return scheduler.submit({"x": x}, 1, None, time.monotonic_ns(), options)
 
 
 async def wait_entered(instance: GatedInstance) -> None:
@@ -51,9 +64,7 @@ async def wait_entered(instance: GatedInstance) -> None:
 
 async def test_requests_queued_while_busy_form_one_batch() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler(
-        "m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop()
-    )
+    scheduler = make([instance], max_batch_size=8)
     first = submit(scheduler, 1)
     await wait_entered(instance)
     rest = [submit(scheduler, v) for v in (2, 3, 4)]
@@ -71,7 +82,7 @@ async def test_requests_queued_while_busy_form_one_batch() -> None:
 
 async def test_instances_run_batches_concurrently_on_their_own_threads() -> None:
     instances = [GatedInstance(gated=True), GatedInstance(gated=True)]
-    scheduler = Scheduler("m", BatchPolicy(max_batch_size=0), instances, asyncio.get_running_loop())
+    scheduler = make(instances, max_batch_size=0)
     futures = [submit(scheduler, 1), submit(scheduler, 2)]
     for instance in instances:  # both are inside execute() at the same time
         await wait_entered(instance)
@@ -84,9 +95,7 @@ async def test_instances_run_batches_concurrently_on_their_own_threads() -> None
 
 async def test_a_failing_batch_fails_only_its_requests() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler(
-        "m", BatchPolicy(max_batch_size=0), [instance], asyncio.get_running_loop()
-    )
+    scheduler = make([instance], max_batch_size=0)
     bad, good = submit(scheduler, -1), submit(scheduler, 5)
     instance.gate.set()
     with pytest.raises(InferdError) as info:
@@ -99,9 +108,7 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
 
 async def test_cancelled_requests_are_dropped_before_execution() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler(
-        "m", BatchPolicy(max_batch_size=8), [instance], asyncio.get_running_loop()
-    )
+    scheduler = make([instance], max_batch_size=8)
     first = submit(scheduler, 1)
     await wait_entered(instance)
     cancelled, kept = submit(scheduler, 2), submit(scheduler, 3)
@@ -115,9 +122,7 @@ async def test_cancelled_requests_are_dropped_before_execution() -> None:
 
 async def test_close_drains_queued_work_then_refuses_new_requests() -> None:
     instance = GatedInstance(gated=True)
-    scheduler = Scheduler(
-        "m", BatchPolicy(max_batch_size=2), [instance], asyncio.get_running_loop()
-    )
+    scheduler = make([instance], max_batch_size=2)
     futures = [submit(scheduler, v) for v in (1, 2, 3, 4, 5)]
     await wait_entered(instance)
     closing = asyncio.create_task(scheduler.close())
@@ -129,3 +134,116 @@ async def test_close_drains_queued_work_then_refuses_new_requests() -> None:
     await closing
     assert [f.result()["y"].item() for f in futures] == [2, 4, 6, 8, 10]
     assert instance.closed
+
+
+# ---- priorities, queue policies, ordering, latency objective -------------------------------
+
+
+async def busy_with_first(scheduler: Scheduler, instance: GatedInstance) -> asyncio.Future[Any]:
+    first = submit(scheduler, 0)
+    await wait_entered(instance)
+    return first
+
+
+async def test_higher_priority_runs_first() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], 1, priority_levels=2, default_priority=2)
+    first = await busy_with_first(scheduler, instance)
+    low = [submit(scheduler, v, RequestOptions(priority=2)) for v in (1, 2)]
+    default = submit(scheduler, 3)  # priority 0 = the default level (2)
+    high = submit(scheduler, 4, RequestOptions(priority=1))
+    instance.gate.set()
+    await asyncio.gather(first, *low, default, high)
+    assert instance.values == [0, 4, 1, 2, 3]
+    with pytest.raises(InferdError) as info:
+        submit(scheduler, 5, RequestOptions(priority=3))
+    assert info.value.code is ErrorCode.INVALID_ARG and "1..2" in info.value.message
+    await scheduler.close()
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], 1, default_queue_policy=QueuePolicy(max_queue_size=1))
+    first = await busy_with_first(scheduler, instance)
+    queued = submit(scheduler, 1)
+    with pytest.raises(InferdError) as info:
+        submit(scheduler, 2)
+    assert info.value.code is ErrorCode.UNAVAILABLE
+    assert "Exceeds maximum queue size" in info.value.message
+    instance.gate.set()
+    await asyncio.gather(first, queued)
+    assert scheduler.stats.failures == {"REJECTED": 1}
+    await scheduler.close()
+
+
+async def test_queue_timeout_rejects_while_the_instance_is_still_busy() -> None:
+    instance = GatedInstance(gated=True)
+    policy = QueuePolicy(default_timeout_us=2_000)
+    scheduler = make([instance], 1, default_queue_policy=policy)
+    first = await busy_with_first(scheduler, instance)
+    late = submit(scheduler, 1)
+    with pytest.raises(InferdError) as info:
+        await asyncio.wait_for(late, 5)  # the gate is still closed
+    assert (info.value.code, info.value.message) == (
+        ErrorCode.UNAVAILABLE,
+        "Request timeout expired",
+    )
+    instance.gate.set()
+    await first
+    await scheduler.close()
+
+
+async def test_timeout_override_may_only_lower_the_default() -> None:
+    instance = GatedInstance(gated=True)
+    policy = QueuePolicy(default_timeout_us=60_000_000, allow_timeout_override=True)
+    scheduler = make([instance], 1, default_queue_policy=policy)
+    first = await busy_with_first(scheduler, instance)
+    short = submit(scheduler, 1, RequestOptions(timeout_us=1_000))
+    with pytest.raises(InferdError):
+        await asyncio.wait_for(short, 5)
+    instance.gate.set()
+    await first
+    await scheduler.close()
+
+
+async def test_delay_action_moves_expired_requests_behind_the_others() -> None:
+    instance = GatedInstance(gated=True)
+    policy = QueuePolicy(delay_on_timeout=True, allow_timeout_override=True)
+    scheduler = make([instance], 1, default_queue_policy=policy)
+    first = await busy_with_first(scheduler, instance)
+    expired = submit(scheduler, 1, RequestOptions(timeout_us=1_000))
+    await asyncio.sleep(0.01)
+    fresh = submit(scheduler, 2)  # no timeout
+    instance.gate.set()
+    await asyncio.gather(first, expired, fresh)
+    assert instance.values == [0, 2, 1]  # the expired request was delayed, not rejected
+    await scheduler.close()
+
+
+async def test_preserve_ordering_releases_responses_in_arrival_order() -> None:
+    slow, fast = GatedInstance(gated=True), GatedInstance(gated=True)
+    scheduler = make([fast, slow], 1, preserve_ordering=True)
+    first = submit(scheduler, 1)  # goes to the last idle instance: `slow`
+    await wait_entered(slow)
+    second = submit(scheduler, 2)
+    await wait_entered(fast)
+    fast.gate.set()
+    await asyncio.sleep(0.05)
+    assert not second.done()  # finished, but held back behind the first request
+    slow.gate.set()
+    assert (await first)["y"].item() == 2 and (await second)["y"].item() == 4
+    await scheduler.close()
+
+
+async def test_latency_objective_rejects_requests_that_cannot_make_it() -> None:
+    instance = GatedInstance()
+    scheduler = make([instance], 4, latency_slo_ns=10_000_000)
+    scheduler.estimator.observe(1, 50_000_000)  # the model takes 50 ms: 10 ms is hopeless
+    with pytest.raises(InferdError) as info:
+        submit(scheduler, 1)
+    assert info.value.code is ErrorCode.UNAVAILABLE
+    assert "latency objective of 10 ms" in info.value.message
+    relaxed = submit(scheduler, 2, RequestOptions(latency_slo_ns=200_000_000))
+    assert (await relaxed)["y"].item() == 4
+    assert scheduler.stats.failures == {"REJECTED": 1}
+    await scheduler.close()

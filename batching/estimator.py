@@ -1,0 +1,26 @@
+"""A running estimate of a model's execution time per batch size, for the latency objective."""
+
+from __future__ import annotations
+
+
+class ExecTimeEstimator:
+    """Exponentially weighted mean per observed batch size; sizes never seen are scaled
+    linearly from the nearest size that was (a batch rarely costs less per item when larger,
+    so this errs on the side of caution)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._mean: dict[int, float] = {}
+
+    def observe(self, items: int, ns: int) -> None:
+        mean = self._mean.get(items)
+        self._mean[items] = ns if mean is None else mean + self._weight * (ns - mean)
+
+    def __call__(self, items: int) -> int:
+        mean = self._mean.get(items)
+        if mean is not None:
+            return int(mean)
+        if not self._mean:
+            return 0
+        nearest = min(self._mean, key=lambda size: abs(size - items))
+        return int(self._mean[nearest] * items / nearest)

@@ -1,0 +1,95 @@
+"""One model instance and the only OS thread that ever touches it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from inferd.backends.base import ModelInstance
+from inferd.batching.tensors import concat_inputs, split_outputs
+
+log = logging.getLogger(__name__)
+
+
+class BatchItem(Protocol):
+    inputs: dict[str, np.ndarray]
+    batch_size: int
+
+
+@dataclass(slots=True)
+class Timings:
+    dispatched_ns: int
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+    @property
+    def total_ns(self) -> int:
+        return self.input_ns + self.infer_ns + self.output_ns
+
+
+# finish(worker, batch, per-request outputs or the exception, timings), called on the loop.
+FinishCallback = Callable[["Worker", Any, Any, Timings], None]
+
+
+class Worker:
+    """Executes whole batches on its own thread and reports each one to the loop once."""
+
+    def __init__(
+        self,
+        instance: ModelInstance,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        finish: FinishCallback,
+    ) -> None:
+        self.instance = instance
+        self._loop = loop
+        self._finish = finish
+        self._jobs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[Any]) -> None:
+        self._jobs.put(batch)
+
+    def stop(self) -> None:
+        """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (batch := self._jobs.get()) is not None:
+            timings = Timings(dispatched_ns=time.monotonic_ns())
+            result: list[dict[str, np.ndarray]] | BaseException
+            try:
+                result = self._execute(batch, timings)
+            except BaseException as exc:  # reported per request; the thread lives on
+                result = exc
+            try:
+                self._loop.call_soon_threadsafe(self._finish, self, batch, result, timings)
+            except RuntimeError:  # the loop is gone (process exit): nobody waits any more
+                return
+        try:
+            self.instance.close()
+        except Exception:
+            log.exception("closing model instance %s failed", self._thread.name)
+
+    def _execute(self, batch: list[BatchItem], timings: Timings) -> list[dict[str, np.ndarray]]:
+        start = time.perf_counter_ns()
+        inputs = concat_inputs([p.inputs for p in batch])
+        infer_start = time.perf_counter_ns()
+        outputs = self.instance.execute(inputs)
+        infer_end = time.perf_counter_ns()
+        per_request = split_outputs(outputs, [p.batch_size for p in batch])
+        timings.input_ns = infer_start - start
+        timings.infer_ns = infer_end - infer_start
+        timings.output_ns = time.perf_counter_ns() - infer_end
+        return per_request
