@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 import inferd
-from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions
+from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import (
     LATENCY_SLO_PARAMETER,
     ModelRepository,
