@@ -20,6 +20,7 @@ import numpy as np
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import ExecTimeEstimator
+from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, decide
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.worker import Timings, Worker
@@ -87,6 +88,7 @@ class Scheduler:
         instances: Sequence[ModelInstance],
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
+        padding: PaddingSpec | None = None,
     ) -> None:
         self.model = model
         self.loop = loop
@@ -104,7 +106,8 @@ class Scheduler:
         self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
         self._queued = 0
         self._workers = [
-            Worker(inst, f"{model}-{i}", loop, self._finish) for i, inst in enumerate(instances)
+            Worker(inst, f"{model}-{i}", loop, self._finish, padding)
+            for i, inst in enumerate(instances)
         ]
         self._idle: list[Worker] = list(self._workers)
         self._scheduled = False

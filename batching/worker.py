@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from inferd.backends.base import ModelInstance
+from inferd.batching.padding import PaddingSpec, pad_batch, unpad
 from inferd.batching.tensors import concat_inputs, split_outputs
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ class Worker:
         name: str,
         loop: asyncio.AbstractEventLoop,
         finish: FinishCallback,
+        padding: PaddingSpec | None = None,
     ) -> None:
         self.instance = instance
+        self._padding = padding  # shape buckets: None = plain concat/split, nothing extra
         self._loop = loop
         self._finish = finish
         self._jobs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
@@ -84,11 +87,17 @@ class Worker:
 
     def _execute(self, batch: list[BatchItem], timings: Timings) -> list[dict[str, np.ndarray]]:
         start = time.perf_counter_ns()
-        inputs = concat_inputs([p.inputs for p in batch])
+        padding = self._padding
+        requests = [p.inputs for p in batch]
+        inputs = concat_inputs(requests) if padding is None else pad_batch(padding, requests)
         infer_start = time.perf_counter_ns()
         outputs = self.instance.execute(inputs)
         infer_end = time.perf_counter_ns()
         per_request = split_outputs(outputs, [p.batch_size for p in batch])
+        if padding is not None:
+            per_request = [
+                unpad(padding, out, req) for out, req in zip(per_request, requests, strict=True)
+            ]
         timings.input_ns = infer_start - start
         timings.infer_ns = infer_end - infer_start
         timings.output_ns = time.perf_counter_ns() - infer_end

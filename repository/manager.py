@@ -12,6 +12,7 @@ from pathlib import Path
 
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.registry import BackendRegistry
+from inferd.batching.padding import PaddingSpec, padding_spec
 from inferd.batching.policy import BatchPolicy
 from inferd.batching.scheduler import Scheduler, SchedulerConfig
 from inferd.repository.config import (
@@ -57,7 +58,7 @@ class ModelVersion:
     scheduler: Scheduler | None = None
     labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
     devices: str = ""  # where the instances run, for logs and status
-    # Inputs whose shape must agree for requests to share a batch (variable, not ragged).
+    # Inputs whose shape (or absence) must agree for requests to share a batch.
     shape_key_inputs: tuple[str, ...] = ()
 
     @property
@@ -78,6 +79,7 @@ class _Prepared:
     scheduling: SchedulerConfig | None
     versions: list[ModelVersion]
     instances: dict[int, list[ModelInstance]]
+    padding: PaddingSpec | None = None  # shape buckets, when the config opts in
 
 
 class ModelRepository:
@@ -127,7 +129,11 @@ class ModelRepository:
             assert version.config is not None
             assert prepared.scheduling is not None
             version.scheduler = Scheduler(
-                f"{name}:{version.version}", prepared.scheduling, instances, self._loop
+                f"{name}:{version.version}",
+                prepared.scheduling,
+                instances,
+                self._loop,
+                padding=prepared.padding,
             )
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)
@@ -148,10 +154,16 @@ class ModelRepository:
         validate(proto, name, str(model_dir / "config.pbtxt"))
         config = to_model_config(proto, backend_name)
         labels = _read_labels(config, model_dir)
+        padding = padding_spec(config)
+        padded = padding.by_name if padding is not None else {}
+        # Requests share a batch only when these agree: variable dims (unless ragged or padded)
+        # and whether each optional input is present at all.
         shape_key_inputs = tuple(
-            t.name for t in config.inputs if t.variable and not t.allow_ragged_batch
+            t.name
+            for t in config.inputs
+            if t.optional or (t.variable and not t.allow_ragged_batch and t.name not in padded)
         )
-        prepared = _Prepared(config, scheduler_config(config), [], {})
+        prepared = _Prepared(config, scheduler_config(config), [], {}, padding)
         for number in _wanted_versions(config, available, prepared):
             version = ModelVersion(
                 name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs

@@ -11,14 +11,17 @@ from collections.abc import Iterator
 
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.server.core import CoreSettings, InferenceCore
-from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
+from inferd.server.grpc_app import GrpcBindError, GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
+from inferd.server.metrics import MetricsApp, MetricsExporter
 from inferd.server.settings import Settings, bundled_examples
+from inferd.server.system_metrics import SystemMetrics, system_metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,29 @@ def _bind(address: str, port: int) -> socket.socket:
     return sock
 
 
+async def _serve(
+    app: ASGIApp, sock: socket.socket, graceful_s: float, what: str
+) -> tuple[_UvicornServer, asyncio.Task[None]]:
+    """Run a uvicorn server for `app` on the running loop, on an already bound socket."""
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(graceful_s),
+    )
+    server = _UvicornServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise StartupError(f"the {what} server stopped during start-up")
+        await asyncio.sleep(0.005)
+    return server, task
+
+
 class App:
     """One inferd server process: repository, core and front doors on one event loop."""
 
@@ -63,6 +89,11 @@ class App:
         self._grpc: GrpcServer | None = None
         self.http_port = 0
         self.grpc_port = 0
+        self._metrics: MetricsExporter | None = None
+        self._system: SystemMetrics | None = None
+        self._metrics_http: _UvicornServer | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self.metrics_port = 0
 
     async def start(self) -> None:
         settings = self.settings
@@ -90,10 +121,27 @@ class App:
         self.core = InferenceCore(
             self._repository, CoreSettings(strict_readiness=settings.strict_readiness)
         )
+        if settings.allow_metrics:
+            if settings.metrics_interval_ms <= 0:
+                raise StartupError("--metrics-interval-ms must be a positive number of ms")
+            self._system = system_metrics(settings)
+            self._metrics = MetricsExporter(self.core.loaded_versions, self._system)
         if settings.allow_http:
             await self._start_http(self.core)
+        if self._metrics is not None:
+            try:
+                await self._start_metrics(self._metrics)
+            except StartupError:
+                await self.stop()
+                raise
+        if self._system is not None:
+            self._system.start()
         if settings.allow_grpc:
-            self._grpc = await start_grpc_server(self.core, grpc_settings(settings))
+            try:
+                self._grpc = await start_grpc_server(self.core, grpc_settings(settings))
+            except GrpcBindError as exc:
+                await self.stop()
+                raise StartupError(str(exc)) from None
             self.grpc_port = self._grpc.port
         # Front doors come up first so that liveness answers while models load.
         await self._repository.load_all(self._startup_models())
@@ -104,9 +152,10 @@ class App:
             raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
         self.core.mark_started()
         log.info(
-            "inferd is ready: HTTP on port %s, gRPC on port %s",
+            "inferd is ready: HTTP on port %s, gRPC on port %s, metrics on port %s",
             self.http_port if settings.allow_http else "off",
             self.grpc_port if settings.allow_grpc else "off",
+            self.metrics_port if settings.allow_metrics else "off",
         )
 
     def _startup_models(self) -> set[str] | None:
@@ -121,23 +170,20 @@ class App:
         sock = _bind(settings.http_address, settings.http_port)
         self._sockets.append(sock)
         self.http_port = sock.getsockname()[1]
-        app = HttpFrontDoor(core, HttpSettings(max_input_size=settings.http_max_input_size))
-        config = uvicorn.Config(
-            app,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=int(settings.exit_timeout_secs),
+        app = HttpFrontDoor(
+            core, HttpSettings(max_input_size=settings.http_max_input_size), self._metrics
         )
-        self._http = _UvicornServer(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise StartupError("the HTTP server stopped during start-up")
-            await asyncio.sleep(0.005)
+        self._http, self._http_task = await _serve(app, sock, settings.exit_timeout_secs, "HTTP")
+
+    async def _start_metrics(self, exporter: MetricsExporter) -> None:
+        """Triton's metrics port: a second uvicorn server on the same loop."""
+        settings = self.settings
+        sock = _bind(settings.metrics_address or settings.http_address, settings.metrics_port)
+        self._sockets.append(sock)
+        self.metrics_port = sock.getsockname()[1]
+        self._metrics_http, self._metrics_task = await _serve(
+            MetricsApp(exporter), sock, 1.0, "metrics"
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then unload every model."""
@@ -150,6 +196,14 @@ class App:
             self._http = None
         if self._repository is not None:
             await self._repository.close()
+        # Metrics go last, so that scrapes can watch the drain.
+        if self._metrics_http is not None and self._metrics_task is not None:
+            self._metrics_http.should_exit = True
+            await self._metrics_task
+            self._metrics_http = None
+        if self._system is not None:
+            await asyncio.to_thread(self._system.stop)
+            self._system = None
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()

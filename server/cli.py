@@ -81,7 +81,16 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
     p.add("--allow-http", type=parse_bool, default=d.allow_http, help="serve HTTP")
     p.add("--allow-grpc", type=parse_bool, default=d.allow_grpc, help="serve gRPC")
-    p.add("--allow-metrics", type=parse_bool, default=d.allow_metrics, help="serve metrics")
+    p.add("--allow-metrics", type=parse_bool, default=d.allow_metrics,
+          help="serve Prometheus metrics on --metrics-port and at /metrics on the HTTP port")
+    p.add("--allow-gpu-metrics", type=parse_bool, default=d.allow_gpu_metrics,
+          help="export GPU metrics read through NVML (needs nvidia-ml-py)")
+    p.add("--allow-cpu-metrics", type=parse_bool, default=d.allow_cpu_metrics,
+          help="export CPU utilization and memory metrics")
+    p.add("--metrics-address", default=d.metrics_address,
+          help="metrics bind address (empty: the --http-address)")
+    p.add("--metrics-interval-ms", type=int, default=d.metrics_interval_ms,
+          help="how often CPU and GPU metrics are sampled, in ms")
     p.add("--model-control-mode", choices=["none", "explicit", "poll"],
           default=d.model_control_mode,
           help="none: load every model at start; explicit: load only --load-model models")
@@ -153,6 +162,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics,
+        metrics_address=args.metrics_address,
+        allow_gpu_metrics=args.allow_gpu_metrics,
+        allow_cpu_metrics=args.allow_cpu_metrics,
+        metrics_interval_ms=args.metrics_interval_ms,
         model_control_mode=args.model_control_mode,
         load_models=tuple(args.load_model or ()),
         strict_readiness=args.strict_readiness,

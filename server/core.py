@@ -136,6 +136,10 @@ class InferenceCore:
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self._repository.index(ready_only)
 
+    def loaded_versions(self) -> list[ModelVersion]:
+        """The ready versions, read by the metrics collector at scrape time."""
+        return [v for v in self._repository.ready_versions() if v.scheduler is not None]
+
     # ---- inference -------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import message_factory
+from google.protobuf import json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
@@ -33,8 +33,8 @@ from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME: str = _SERVICE.full_name  # "inference.GRPCInferenceService"
 MAX_MESSAGE_SIZE = 2**31 - 1  # Triton's and tritonclient's limit (INT32_MAX), not gRPC's 4 MiB
 
 # One table from error codes to gRPC status codes (Triton's mapping).
@@ -172,6 +172,11 @@ class InferenceService:
         config = self._core.model_config_proto(request.name, request.version)
         return pb.ModelConfigResponse(config=config)
 
+    def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        # The statistics document's keys are the protobuf field names: one builder, two doors.
+        documents = self._core.model_statistics(request.name, request.version)
+        return json_format.ParseDict({"model_stats": documents}, pb.ModelStatisticsResponse())
+
     def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         # Like HTTP, the repository name is ignored: every repository root is one namespace.
         entries = self._core.repository_index(request.ready)
@@ -207,6 +212,7 @@ class InferenceService:
         """
         write_lock = asyncio.Lock()  # gRPC allows one pending write per call
         pending: set[asyncio.Task[None]] = set()
+        finished = _finished(pending)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             reply = await self._stream_reply(request)
@@ -217,7 +223,7 @@ class InferenceService:
             async for request in requests:
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
-                task.add_done_callback(_finished(pending))
+                task.add_done_callback(finished)
             while pending:  # the client is done sending: finish what it already sent
                 await asyncio.wait(set(pending))
         finally:
@@ -244,6 +250,7 @@ class InferenceService:
             "ModelMetadata": _guarded("ModelMetadata", self.model_metadata),
             "ModelConfig": _guarded("ModelConfig", self.model_config),
             "RepositoryIndex": _guarded("RepositoryIndex", self.repository_index),
+            "ModelStatistics": _guarded("ModelStatistics", self.model_statistics),
             "ModelInfer": self.model_infer,
         }
         handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -292,6 +299,10 @@ def _unimplemented(name: str) -> Callable[..., Any]:
 
 # ---- grpc.health.v1 -------------------------------------------------------------------------
 
+_SERVING: int = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
 
 class HealthService:
     """grpc.health.v1.Health answered from core readiness, so it is never stale.
@@ -310,17 +321,17 @@ class HealthService:
 
     def _status(self, service: str) -> int:
         if service not in ("", SERVICE_NAME):
-            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            return _SERVICE_UNKNOWN
         if self._core.ready() and not self._closing.is_set():
-            return health_pb2.HealthCheckResponse.SERVING
-        return health_pb2.HealthCheckResponse.NOT_SERVING
+            return _SERVING
+        return _NOT_SERVING
 
     # Named as the RPCs: the generated registration looks the methods up by these names.
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         status = self._status(request.service)
-        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+        if status == _SERVICE_UNKNOWN:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -342,16 +353,20 @@ class HealthService:
 # ---- the server -----------------------------------------------------------------------------
 
 
+class GrpcBindError(Exception):
+    """The gRPC port could not be bound."""
+
+
 class GrpcServer:
     def __init__(self, server: grpc.aio.Server, port: int, health: HealthService) -> None:
-        self.server = server
+        self._server = server
         self.port = port
         self._health = health
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, give in-flight ones `grace` seconds, then cancel them."""
         self._health.close()
-        await self.server.stop(grace)
+        await self._server.stop(grace)
 
 
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
@@ -369,6 +384,11 @@ async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> Grpc
         ),
         server,
     )
-    port = server.add_insecure_port(f"{settings.address}:{settings.port}")
+    try:
+        port = server.add_insecure_port(f"{settings.address}:{settings.port}")
+    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+        raise GrpcBindError(
+            f"cannot bind gRPC to {settings.address}:{settings.port}: {exc}"
+        ) from None
     await server.start()
     return GrpcServer(server, port, health)

@@ -17,7 +17,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.errors import InferdError, invalid
-from inferd.server.tensor_codec import object_array, pack_bytes, tensor_from_bytes
+from inferd.server.tensor_codec import (
+    object_array,
+    pack_bytes,
+    skip_reserved_parameter,
+    tensor_from_bytes,
+)
 from inferd.server.types import (
     DATATYPES,
     DataType,
@@ -44,10 +49,6 @@ _TYPED_FIELDS: Mapping[DataType, str] = {
     DataType.BYTES: "bytes_contents",
 }
 _INT64_MAX = 2**63 - 1
-# The one 'triton_' request parameter Triton accepts (perf_analyzer always sends it). It asks
-# decoupled models for an empty final response; a model here answers each request once, so
-# it is accepted and dropped.
-_EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         model_version=message.model_version,
         inputs=inputs,
         id=message.id,
-        parameters=decode_parameters(message.parameters) if message.parameters else {},
+        parameters=_decode_parameters(message.parameters) if message.parameters else {},
         # No requested outputs means every output, as over HTTP without an 'outputs' key.
         outputs=_requested_outputs(message.outputs) if message.outputs else None,
     )
@@ -179,21 +180,16 @@ def _reject_shared_memory(params: Mapping[str, Any], what: str) -> None:
         raise invalid(f"{what}: shared memory is not supported yet; send the data in the request")
 
 
-def decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
+def _decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
     """Request parameters, any of the oneof kinds, as plain values (uint64 becomes int)."""
     decoded: Params = {}
     for key, param in params.items():
         kind = param.WhichOneof("parameter_choice")
-        if key.startswith("triton_"):
-            if key != _EMPTY_FINAL_RESPONSE:
-                raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
-            if kind != "bool_param":
-                raise invalid(f"request parameter '{key}' must be a bool_param")
-            continue
         if kind is None:
             raise invalid(f"request parameter '{key}' has no value")
         value: ParamValue = getattr(param, kind)
-        decoded[key] = value
+        if not skip_reserved_parameter(key, value):
+            decoded[key] = value
     return decoded
 
 
@@ -231,7 +227,7 @@ def _fill_response(message: pb.ModelInferResponse, response: InferResponse) -> N
         add_output(name=name, datatype=datatype.value, shape=array.shape)
         add_raw(_tensor_bytes(name, datatype, array))
     for key, value in response.parameters.items():
-        encode_parameter(message.parameters[key], value)
+        _encode_parameter(message.parameters[key], value)
 
 
 def _tensor_bytes(name: str, datatype: DataType, array: np.ndarray) -> bytes:
@@ -241,7 +237,7 @@ def _tensor_bytes(name: str, datatype: DataType, array: np.ndarray) -> bytes:
     return array.astype(datatype.numpy, copy=False).tobytes()
 
 
-def encode_parameter(param: pb.InferParameter, value: ParamValue) -> None:
+def _encode_parameter(param: pb.InferParameter, value: ParamValue) -> None:
     if isinstance(value, bool):  # before int: bool is an int subclass
         param.bool_param = value
     elif isinstance(value, int):

@@ -29,6 +29,7 @@ from inferd.server.http_codec import (
     encode_error,
     encode_infer_response,
 )
+from inferd.server.metrics import MetricsExporter
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,16 @@ def error_response(error: InferdError) -> Response:
 class HttpFrontDoor:
     """The ASGI application."""
 
-    def __init__(self, core: InferenceCore, settings: HttpSettings) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        settings: HttpSettings,
+        metrics: MetricsExporter | None = None,
+    ) -> None:
         self._core = core
         self._max_input_size = settings.max_input_size
         self._router = Starlette(
-            routes=_routes(core, self._infer_route),
+            routes=_routes(core, self._infer_route, metrics),
             exception_handlers={
                 HTTPException: _http_exception,
                 InferdError: _inferd_error,
@@ -258,7 +264,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _routes(
-    core: InferenceCore, infer: Callable[[Scope, Receive, Send], Awaitable[None]]
+    core: InferenceCore,
+    infer: Callable[[Scope, Receive, Send], Awaitable[None]],
+    metrics: MetricsExporter | None = None,
 ) -> list[Route]:
     async def server_metadata(request: Request) -> Response:
         meta = core.server_metadata()
@@ -315,9 +323,16 @@ def _routes(
             ]
         )
 
+    async def prometheus_metrics(request: Request) -> Response:
+        assert metrics is not None
+        return metrics.response()  # async: the stats are read on the loop that updates them
+
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version:int}"
+    # Knative exposes a single port, so the metrics are on the HTTP port too.
+    metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []
     return [
+        *metrics_routes,
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),

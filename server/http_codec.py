@@ -20,6 +20,7 @@ from inferd.server.tensor_codec import (
     element_bytes,
     object_array,
     pack_bytes,
+    skip_reserved_parameter,
     tensor_from_bytes,
 )
 from inferd.server.types import (
@@ -114,8 +115,8 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
     params = _parameters_object(raw, "request")
     out: Params = {}
     for key, value in params.items():
-        if key.startswith("triton_"):
-            raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
+        if skip_reserved_parameter(key, value):
+            continue
         if key == "binary_data_output":
             encoding.binary_default = _bool_param(value, "request parameter 'binary_data_output'")
         elif isinstance(value, bool | int | float | str):

@@ -14,6 +14,10 @@ class Settings:
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     metrics_port: int = 8002
+    metrics_address: str = ""  # empty = the HTTP address, as in Triton
+    allow_gpu_metrics: bool = True
+    allow_cpu_metrics: bool = True
+    metrics_interval_ms: int = 2000  # CPU and GPU sampling period
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True

@@ -33,6 +33,25 @@ def reshape_model() -> onnx.ModelProto:
     return _finish(graph)
 
 
+def double_model() -> onnx.ModelProto:
+    """FP32 ["batch", "n"]: OUTPUT0 = 2 * INPUT0, OUTPUT1 = INPUT0 (shows what the model saw)."""
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["INPUT0", "two"], ["OUTPUT0"]),
+            helper.make_node("Identity", ["INPUT0"], ["OUTPUT1"]),
+        ],
+        "double",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", "n"])],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", "n"]),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", "n"]),
+        ],
+        initializer=[two],
+    )
+    return _finish(graph)
+
+
 def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -74,6 +74,8 @@ def test_server_metadata_names_only_implemented_extensions(
         "model_configuration",
         "binary_tensor_data",
         "parameters",
+        "schedule_policy",
+        "statistics",
     }
 
 

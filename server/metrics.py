@@ -1,0 +1,286 @@
+"""Prometheus metrics: Triton's families, names and labels, plus inferd's latency histograms and
+saturation gauges for autoscalers.
+
+Everything is read from the schedulers' statistics when a scrape arrives, on the event loop
+that updates them, so the request path does no metrics work and an unloaded model's series
+disappear with it. The text is rendered here rather than by prometheus_client, for two
+reasons: Triton's counters carry no `_total` suffix, and some scrapers (perf_analyzer's regex)
+misread exponent notation, so every number is written in plain decimal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from functools import cache
+
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from inferd.batching.scheduler import Scheduler
+from inferd.batching.stats import Histogram, ModelStats
+from inferd.repository.manager import ModelVersion
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's, always all four
+MODEL_LABELS = ["model", "version"]
+
+# Triton's cumulative counters; durations in µs from the nanosecond totals, rounded down.
+_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (a batch of n counts n)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (batches)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (successful requests)",
+        lambda s: s.success.ns // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+)
+
+# (name, help, histogram, divisor from the recorded unit to the exported one)
+_HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], int], ...] = (
+    (
+        "inferd_request_duration_seconds",
+        "Request latency, arrival to response ready, in seconds (successful and failed)",
+        lambda s: s.request_us,
+        1_000_000,
+    ),
+    (
+        "inferd_queue_duration_seconds",
+        "Time a request waited in the queue, in seconds",
+        lambda s: s.queue_us,
+        1_000_000,
+    ),
+    (
+        "inferd_compute_duration_seconds",
+        "Execution time of the batch that served a request (input, infer, output), in seconds",
+        lambda s: s.compute_us,
+        1_000_000,
+    ),
+    (
+        "inferd_batch_size",
+        "Inferences per executed batch (sum of the requests' batch sizes)",
+        lambda s: s.batch_size,
+        1,
+    ),
+)
+
+
+def _inflight(scheduler: Scheduler) -> float:
+    """Queued requests plus those in executing batches. The scheduler keeps no count of the
+    latter, so it is estimated as busy instances x mean requests per batch so far."""
+    stats = scheduler.stats
+    per_batch = stats.queue.count / stats.execution_count if stats.execution_count else 1.0
+    return scheduler.queued + scheduler.busy * max(1.0, per_batch)
+
+
+_GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
+    (
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        lambda s: s.queued,
+    ),
+    (
+        "inferd_queue_depth",
+        "Requests waiting in the model's queues for an instance",
+        lambda s: s.queued,
+    ),
+    (
+        "inferd_inflight_requests",
+        "Requests queued or executing (executing ones estimated from the mean batch)",
+        _inflight,
+    ),
+    (
+        "inferd_instances",
+        "Model instances (each executes one batch at a time)",
+        lambda s: s.instances,
+    ),
+    (
+        "inferd_instance_busy_ratio",
+        "Fraction of the model's instances executing a batch right now (instantaneous: "
+        "average it, or use rate(inferd_instance_busy_seconds_total) / inferd_instances)",
+        lambda s: s.busy / s.instances if s.instances else 0.0,
+    ),
+)
+
+
+def _busy_seconds(stats: ModelStats) -> float:
+    """Instance time spent executing batches: the per-batch-size compute totals are recorded
+    once per batch, so their sum is busy time (failed executions are not included)."""
+    ns = 0
+    for batch in stats.batches.values():
+        ns += batch.compute_input.ns + batch.compute_infer.ns + batch.compute_output.ns
+    return ns / 1e9
+
+
+class ModelCollector:
+    """Per model-version families over the versions that are ready when the scrape comes."""
+
+    def __init__(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
+        self._versions = versions
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = [
+            ({"model": v.name, "version": str(v.version)}, v.scheduler)
+            for v in self._versions()
+            if v.scheduler is not None
+        ]
+        if not loaded:
+            return
+        for name, doc, count in _COUNTERS:
+            yield _family(name, doc, "counter", [(lb, count(s.stats)) for lb, s in loaded])
+        yield _failures(loaded)
+        for name, doc, gauge in _GAUGES:
+            yield _family(name, doc, "gauge", [(lb, gauge(s)) for lb, s in loaded])
+        yield _family(
+            "inferd_instance_busy_seconds_total",
+            "Instance time spent executing batches, in seconds",
+            "counter",
+            [(lb, _busy_seconds(s.stats)) for lb, s in loaded],
+        )
+        for name, doc, histogram, divisor in _HISTOGRAMS:
+            histograms = HistogramMetricFamily(name, doc, labels=MODEL_LABELS)
+            for labels, scheduler in loaded:
+                h = histogram(scheduler.stats)
+                histograms.add_metric(
+                    [labels["model"], labels["version"]], _buckets(h, divisor), h.total / divisor
+                )
+            yield histograms
+
+
+def _family(name: str, doc: str, typ: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+    family = Metric(name, doc, typ)
+    for labels, value in samples:
+        family.add_sample(name, labels, value)
+    return family
+
+
+def _failures(loaded: list[tuple[dict[str, str], Scheduler]]) -> Metric:
+    name = "nv_inference_request_failure"
+    family = Metric(name, "Number of failed inference requests, all batch sizes", "counter")
+    for labels, scheduler in loaded:
+        failures = scheduler.stats.failures
+        for reason in (*FAILURE_REASONS, *(r for r in failures if r not in FAILURE_REASONS)):
+            family.add_sample(name, {**labels, "reason": reason}, failures.get(reason, 0))
+    return family
+
+
+def _buckets(histogram: Histogram, divisor: int) -> list[tuple[str, float]]:
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for le, count in zip(_le_labels(histogram.bounds, divisor), histogram.counts, strict=True):
+        cumulative += count
+        buckets.append((le, cumulative))
+    return buckets
+
+
+@cache
+def _le_labels(bounds: tuple[float, ...], divisor: int) -> tuple[str, ...]:
+    # Division, not multiplication by 1e-6: it is correctly rounded, so 100 µs is "0.0001".
+    return (*(_number(bound / divisor) for bound in bounds), "+Inf")
+
+
+# ---- text exposition -----------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    """Plain decimal: integers without a fraction, floats without an exponent."""
+    if isinstance(value, int):
+        return str(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer():
+        return str(int(value))
+    # repr is the shortest text that reads back as the same float; Decimal drops its exponent.
+    return format(Decimal(repr(value)), "f")
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format 0.0.4; families without samples are left out."""
+    out: list[str] = []
+    for family in registry.collect():
+        if not family.samples:
+            continue
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} {family.type}\n")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sample.labels.items())
+            text = f"{{{labels}}}" if labels else ""
+            out.append(f"{sample.name}{text} {_number(sample.value)}\n")
+    return "".join(out).encode()
+
+
+class MetricsExporter:
+    """The server's own registry (never prometheus_client's global one) and its text."""
+
+    def __init__(
+        self, versions: Callable[[], Iterable[ModelVersion]], *collectors: Collector
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ModelCollector(versions))
+        for collector in collectors:
+            self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return render(self.registry)
+
+    def response(self) -> Response:
+        return Response(self.render(), media_type=CONTENT_TYPE)
+
+
+class MetricsApp:
+    """The ASGI application of the metrics port: GET /metrics, as Triton's port 8002."""
+
+    def __init__(self, exporter: MetricsExporter) -> None:
+        self._exporter = exporter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            response: Response = PlainTextResponse("Not Found", 404)
+        elif scope["method"] not in ("GET", "HEAD"):
+            response = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "GET"})
+        else:
+            response = self._exporter.response()
+        await response(scope, receive, send)

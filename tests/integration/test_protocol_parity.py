@@ -1,0 +1,126 @@
+"""HTTP and gRPC answer alike: the same bad requests fail with the same message, and their
+status codes map to the same core error code through the two front doors' tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from inferd.server.errors import ErrorCode
+from inferd.server.grpc_app import GRPC_STATUS
+from inferd.server.http_app import HTTP_STATUS
+from tests.conftest import RunningServer
+
+GOOD = np.zeros((1, 16), dtype=np.int32)
+
+
+def test_status_tables_cover_every_error_code() -> None:
+    assert set(HTTP_STATUS) == set(ErrorCode)
+    assert set(GRPC_STATUS) == set(ErrorCode)
+    # Distinct HTTP statuses, so that a status names one code (the parity check relies on it).
+    assert len(set(HTTP_STATUS.values())) == len(ErrorCode)
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str = "simple"
+    version: str = ""
+    inputs: tuple[tuple[str, np.ndarray], ...] = (("INPUT0", GOOD), ("INPUT1", GOOD))
+    outputs: tuple[str, ...] = field(default=())
+
+
+CASES = {
+    "unknown model": Case(model="no_such_model"),
+    "unknown version": Case(version="7"),
+    "wrong input name": Case(inputs=(("INPUT0", GOOD), ("INPUTX", GOOD))),
+    "wrong datatype": Case(inputs=(("INPUT0", GOOD), ("INPUT1", GOOD.astype(np.float32)))),
+    "wrong shape": Case(inputs=(("INPUT0", GOOD), ("INPUT1", np.zeros((1, 15), np.int32)))),
+    "batch too large": Case(
+        inputs=(("INPUT0", np.zeros((9, 16), np.int32)), ("INPUT1", np.zeros((9, 16), np.int32)))
+    ),
+    "missing input": Case(inputs=(("INPUT0", GOOD),)),
+    "unknown output": Case(outputs=("OUTPUT0", "OUTPUT9")),
+}
+
+
+def datatype(array: np.ndarray) -> str:
+    return {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32"}[array.dtype]
+
+
+def http_error(client: httpclient.InferenceServerClient, case: Case) -> InferenceServerException:
+    inputs = []
+    for name, array in case.inputs:
+        tensor = httpclient.InferInput(name, list(array.shape), datatype(array))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(name) for name in case.outputs] or None
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(case.model, inputs, model_version=case.version, outputs=outputs)
+    return error.value
+
+
+def grpc_error(client: grpcclient.InferenceServerClient, case: Case) -> InferenceServerException:
+    inputs = []
+    for name, array in case.inputs:
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype(array))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    outputs = [grpcclient.InferRequestedOutput(name) for name in case.outputs] or None
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(case.model, inputs, model_version=case.version, outputs=outputs)
+    return error.value
+
+
+@pytest.fixture(scope="module")
+def clients(
+    examples_server: RunningServer,
+) -> Iterator[tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient]]:
+    http = httpclient.InferenceServerClient(examples_server.http_url)
+    grpc = grpcclient.InferenceServerClient(examples_server.grpc_url)
+    yield http, grpc
+    http.close()
+    grpc.close()
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_request_fails_alike(
+    clients: tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient],
+    case: Case,
+) -> None:
+    http, grpc = clients
+    over_http, over_grpc = http_error(http, case), grpc_error(grpc, case)
+    code = {status: code for code, status in HTTP_STATUS.items()}[int(over_http.status())]
+    assert over_grpc.status() == str(GRPC_STATUS[code])  # e.g. "StatusCode.INVALID_ARGUMENT"
+    assert over_grpc.message() == over_http.message()
+
+
+def test_metadata_config_and_index_alike(
+    clients: tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient],
+) -> None:
+    http, grpc = clients
+    assert grpc.get_server_metadata(as_json=True) == http.get_server_metadata()
+    for model in ("simple", "digits", "bytes_identity", "identity_fp32"):
+        over_grpc = grpc.get_model_metadata(model)
+        over_http = http.get_model_metadata(model)
+        assert over_grpc.name == over_http["name"]
+        assert list(over_grpc.versions) == over_http["versions"]
+        assert over_grpc.platform == over_http["platform"]
+        for kind in ("inputs", "outputs"):
+            assert [
+                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                for t in getattr(over_grpc, kind)
+            ] == over_http[kind]
+        config = json_format.ParseDict(http.get_model_config(model), model_config_pb2.ModelConfig())
+        assert grpc.get_model_config(model).config == config
+    index = grpc.get_model_repository_index().models
+    assert [
+        {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index
+    ] == http.get_model_repository_index()
