@@ -57,7 +57,7 @@ class Backend(ABC):
     @classmethod
     def complete_config(
         cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
-    ) -> None:  # noqa: B027 - optional hook
+    ) -> None:
         """Fill in what the model file tells (inputs, outputs, max_batch_size), and check
         that what the config says agrees with the model. Default: nothing to infer."""
 

@@ -105,6 +105,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
         self._queued = 0
+        self._executing = 0  # requests handed to instances and not finished yet
         self._workers = [
             Worker(inst, f"{model}-{i}", loop, self._finish, padding)
             for i, inst in enumerate(instances)
@@ -119,6 +120,11 @@ class Scheduler:
     def queued(self) -> int:
         """Requests waiting for an instance (the pending-request gauge)."""
         return self._queued
+
+    @property
+    def inflight(self) -> int:
+        """Requests queued or executing."""
+        return self._queued + self._executing
 
     @property
     def busy(self) -> int:
@@ -229,6 +235,7 @@ class Scheduler:
                     batch.append(pending)
             batch = self._drop_hopeless(batch, now)
             if batch:
+                self._executing += len(batch)
                 self._idle.pop().submit(batch)
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
@@ -271,6 +278,7 @@ class Scheduler:
 
     def _finish(self, worker: Worker, batch: list[Pending], result: Outcome, t: Timings) -> None:
         self._idle.append(worker)
+        self._executing -= len(batch)
         now = time.monotonic_ns()
         stats = self.stats
         if isinstance(result, BaseException):

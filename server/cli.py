@@ -38,8 +38,14 @@ class _Parser:
         self.environ = environ
 
     def add(
-        self, flag: str, *aliases: str, type: Callable[[str], Any] = str, default: Any = None,
-        help: str, multiple: bool = False, **kwargs: Any,
+        self,
+        flag: str,
+        *aliases: str,
+        type: Callable[[str], Any] = str,
+        default: Any = None,
+        help: str,
+        multiple: bool = False,
+        **kwargs: Any,
     ) -> None:
         env = _env_name(flag)
         raw = self.environ.get(env)
@@ -72,8 +78,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     )
     p = _Parser(serve, dict(os.environ if environ is None else environ))
     d = Settings()
-    p.add("--model-repository", "--model-store", dest="model_repository", type=Path,
-          multiple=True, help="model repository root (repeatable); none = the bundled examples")
+    p.add(
+        "--model-repository",
+        "--model-store",
+        dest="model_repository",
+        type=Path,
+        multiple=True,
+        help="model repository root (repeatable); none = the bundled examples",
+    )
     p.add("--http-address", default=d.http_address, help="HTTP bind address")
     p.add("--http-port", type=int, default=d.http_port, help="HTTP port (0 = any free port)")
     p.add("--grpc-address", default=d.grpc_address, help="gRPC bind address")
@@ -81,77 +93,184 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
     p.add("--allow-http", type=parse_bool, default=d.allow_http, help="serve HTTP")
     p.add("--allow-grpc", type=parse_bool, default=d.allow_grpc, help="serve gRPC")
-    p.add("--allow-metrics", type=parse_bool, default=d.allow_metrics,
-          help="serve Prometheus metrics on --metrics-port and at /metrics on the HTTP port")
-    p.add("--allow-gpu-metrics", type=parse_bool, default=d.allow_gpu_metrics,
-          help="export GPU metrics read through NVML (needs nvidia-ml-py)")
-    p.add("--allow-cpu-metrics", type=parse_bool, default=d.allow_cpu_metrics,
-          help="export CPU utilization and memory metrics")
-    p.add("--metrics-address", default=d.metrics_address,
-          help="metrics bind address (empty: the --http-address)")
-    p.add("--metrics-interval-ms", type=int, default=d.metrics_interval_ms,
-          help="how often CPU and GPU metrics are sampled, in ms")
-    p.add("--model-control-mode", choices=["none", "explicit", "poll"],
-          default=d.model_control_mode,
-          help="none: load every model at start; explicit: load only --load-model models")
+    p.add(
+        "--allow-metrics",
+        type=parse_bool,
+        default=d.allow_metrics,
+        help="serve Prometheus metrics on --metrics-port and at /metrics on the HTTP port",
+    )
+    p.add(
+        "--allow-gpu-metrics",
+        type=parse_bool,
+        default=d.allow_gpu_metrics,
+        help="export GPU metrics read through NVML (needs nvidia-ml-py)",
+    )
+    p.add(
+        "--allow-cpu-metrics",
+        type=parse_bool,
+        default=d.allow_cpu_metrics,
+        help="export CPU utilization and memory metrics",
+    )
+    p.add(
+        "--metrics-address",
+        default=d.metrics_address,
+        help="metrics bind address (empty: the --http-address)",
+    )
+    p.add(
+        "--metrics-interval-ms",
+        type=int,
+        default=d.metrics_interval_ms,
+        help="how often CPU and GPU metrics are sampled, in ms",
+    )
+    p.add(
+        "--model-control-mode",
+        choices=["none", "explicit", "poll"],
+        default=d.model_control_mode,
+        help="none: load every model at start; explicit: load only --load-model models",
+    )
     p.add("--load-model", multiple=True, help="explicit mode: model to load at start ('*' = all)")
-    p.add("--strict-readiness", type=parse_bool, default=d.strict_readiness,
-          help="ready only when every model is ready (false: ready once the server is up)")
-    p.add("--exit-on-error", type=parse_bool, default=d.exit_on_error,
-          help="exit if a model fails to load at start-up")
-    p.add("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
-          help="on shutdown, wait this long for in-flight requests")
-    p.add("--disable-auto-complete-config", type=parse_bool, default=False,
-          help="do not complete configs from the model files")
-    p.add("--strict-model-config", type=parse_bool, default=False,
-          help="deprecated spelling of --disable-auto-complete-config")
-    p.add("--backend-config", multiple=True,
-          help="BACKEND,SETTING=VALUE (e.g. onnxruntime,default-max-batch-size=8)")
-    p.add("--gpu-fallback", choices=["none", "cpu"], default="none",
-          help="KIND_GPU models with no usable GPU: fail to load (none) or run on the CPU")
-    p.add("--http-max-input-size", type=int, default=d.http_max_input_size,
-          help="largest accepted HTTP request body, in bytes")
-    p.add("--grpc-max-message-size", type=int, default=d.grpc_max_message_size,
-          help="largest gRPC message received or sent, in bytes")
-    p.add("--grpc-keepalive-time", type=int, default=d.grpc_keepalive_time_ms,
-          help="gRPC: ms between keepalive pings on a transport")
-    p.add("--grpc-keepalive-timeout", type=int, default=d.grpc_keepalive_timeout_ms,
-          help="gRPC: ms to wait for a keepalive ping's acknowledgement before closing")
-    p.add("--grpc-keepalive-permit-without-calls", type=parse_bool,
-          default=d.grpc_keepalive_permit_without_calls,
-          help="gRPC: allow keepalive pings when no call is in flight")
-    p.add("--grpc-http2-max-pings-without-data", type=int,
-          default=d.grpc_http2_max_pings_without_data,
-          help="gRPC: pings allowed without data/header frames (0 = no limit)")
-    p.add("--grpc-http2-min-recv-ping-interval-without-data", type=int,
-          default=d.grpc_http2_min_recv_ping_interval_without_data_ms,
-          help="gRPC: shortest ms between received pings without data before a ping strike")
-    p.add("--grpc-http2-max-ping-strikes", type=int, default=d.grpc_http2_max_ping_strikes,
-          help="gRPC: bad pings tolerated before GOAWAY (0 = any number)")
-    p.add("--grpc-max-connection-age", type=int, default=d.grpc_max_connection_age_ms,
-          help="gRPC: ms a connection may live (0 = unlimited)")
-    p.add("--grpc-max-connection-age-grace", type=int,
-          default=d.grpc_max_connection_age_grace_ms,
-          help="gRPC: ms granted to calls after the connection's max age (0 = unlimited)")
-    p.add("--grpc-max-concurrent-streams", type=int, default=d.grpc_max_concurrent_streams,
-          help="gRPC: concurrent calls per connection (0 = gRPC's default)")
-    p.add("--log-level", choices=["debug", "info", "warning", "error"], default=d.log_level,
-          help="log level")
+    p.add(
+        "--strict-readiness",
+        type=parse_bool,
+        default=d.strict_readiness,
+        help="ready only when every model is ready (false: ready once the server is up)",
+    )
+    p.add(
+        "--exit-on-error",
+        type=parse_bool,
+        default=d.exit_on_error,
+        help="exit if a model fails to load at start-up",
+    )
+    p.add(
+        "--exit-timeout-secs",
+        type=float,
+        default=d.exit_timeout_secs,
+        help="on shutdown, wait this long for in-flight requests",
+    )
+    p.add(
+        "--disable-auto-complete-config",
+        type=parse_bool,
+        default=False,
+        help="do not complete configs from the model files",
+    )
+    p.add(
+        "--strict-model-config",
+        type=parse_bool,
+        default=False,
+        help="deprecated spelling of --disable-auto-complete-config",
+    )
+    p.add(
+        "--backend-config",
+        multiple=True,
+        help="BACKEND,SETTING=VALUE (e.g. onnxruntime,default-max-batch-size=8)",
+    )
+    p.add(
+        "--gpu-fallback",
+        choices=["none", "cpu"],
+        default="none",
+        help="KIND_GPU models with no usable GPU: fail to load (none) or run on the CPU",
+    )
+    p.add(
+        "--http-max-input-size",
+        type=int,
+        default=d.http_max_input_size,
+        help="largest accepted HTTP request body, in bytes",
+    )
+    p.add(
+        "--grpc-max-message-size",
+        type=int,
+        default=d.grpc_max_message_size,
+        help="largest gRPC message received or sent, in bytes",
+    )
+    p.add(
+        "--grpc-keepalive-time",
+        type=int,
+        default=d.grpc_keepalive_time_ms,
+        help="gRPC: ms between keepalive pings on a transport",
+    )
+    p.add(
+        "--grpc-keepalive-timeout",
+        type=int,
+        default=d.grpc_keepalive_timeout_ms,
+        help="gRPC: ms to wait for a keepalive ping's acknowledgement before closing",
+    )
+    p.add(
+        "--grpc-keepalive-permit-without-calls",
+        type=parse_bool,
+        default=d.grpc_keepalive_permit_without_calls,
+        help="gRPC: allow keepalive pings when no call is in flight",
+    )
+    p.add(
+        "--grpc-http2-max-pings-without-data",
+        type=int,
+        default=d.grpc_http2_max_pings_without_data,
+        help="gRPC: pings allowed without data/header frames (0 = no limit)",
+    )
+    p.add(
+        "--grpc-http2-min-recv-ping-interval-without-data",
+        type=int,
+        default=d.grpc_http2_min_recv_ping_interval_without_data_ms,
+        help="gRPC: shortest ms between received pings without data before a ping strike",
+    )
+    p.add(
+        "--grpc-http2-max-ping-strikes",
+        type=int,
+        default=d.grpc_http2_max_ping_strikes,
+        help="gRPC: bad pings tolerated before GOAWAY (0 = any number)",
+    )
+    p.add(
+        "--grpc-max-connection-age",
+        type=int,
+        default=d.grpc_max_connection_age_ms,
+        help="gRPC: ms a connection may live (0 = unlimited)",
+    )
+    p.add(
+        "--grpc-max-connection-age-grace",
+        type=int,
+        default=d.grpc_max_connection_age_grace_ms,
+        help="gRPC: ms granted to calls after the connection's max age (0 = unlimited)",
+    )
+    p.add(
+        "--grpc-max-concurrent-streams",
+        type=int,
+        default=d.grpc_max_concurrent_streams,
+        help="gRPC: concurrent calls per connection (0 = gRPC's default)",
+    )
+    p.add(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=d.log_level,
+        help="log level",
+    )
     p.add("--log-verbose", type=int, default=0, help="Triton spelling: > 0 means --log-level=debug")
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    backend_config: dict[str, dict[str, str]] = {}
-    for item in args.backend_config or []:
-        backend, _, setting = item.partition(",")
+def parse_backend_config(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Triton's `--backend-config=BACKEND,SETTING=VALUE` (or a global `SETTING=VALUE`)."""
+    config: dict[str, dict[str, str]] = {}
+    for item in items:
+        backend, comma, setting = item.partition(",")
+        if not comma:
+            backend, setting = "", item
         key, eq, value = setting.partition("=")
-        if not eq:
-            backend, key, value = "", *item.split("=", 1)  # Triton allows a global SETTING=VALUE
-        backend_config.setdefault(backend, {})[key] = value
-    max_batch = backend_config.get("", {}).get("default-max-batch-size") or backend_config.get(
-        "onnxruntime", {}
-    ).get("default-max-batch-size", "4")
+        if not eq or not key:
+            raise ValueError(f"--backend-config={item!r}: expected [BACKEND,]SETTING=VALUE")
+        config.setdefault(backend, {})[key] = value
+    return config
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Raises ValueError for values argparse cannot check on its own."""
+    backend_config = parse_backend_config(args.backend_config or [])
+    raw_max_batch = backend_config.get("onnxruntime", {}).get(
+        "default-max-batch-size", backend_config.get("", {}).get("default-max-batch-size", "4")
+    )
+    if not raw_max_batch.isdigit():
+        raise ValueError(
+            f"default-max-batch-size must be a non-negative integer: {raw_max_batch!r}"
+        )
+    max_batch = int(raw_max_batch)
     return Settings(
         model_repositories=tuple(args.model_repository or ()),
         http_address=args.http_address,
@@ -172,7 +291,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         exit_on_error=args.exit_on_error,
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
-        default_max_batch_size=int(max_batch),
+        default_max_batch_size=max_batch,
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
         grpc_max_message_size=args.grpc_max_message_size,
@@ -201,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -100,14 +100,6 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], int], ...]
 )
 
 
-def _inflight(scheduler: Scheduler) -> float:
-    """Queued requests plus those in executing batches. The scheduler keeps no count of the
-    latter, so it is estimated as busy instances x mean requests per batch so far."""
-    stats = scheduler.stats
-    per_batch = stats.queue.count / stats.execution_count if stats.execution_count else 1.0
-    return scheduler.queued + scheduler.busy * max(1.0, per_batch)
-
-
 _GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
     (
         "nv_inference_pending_request_count",
@@ -121,8 +113,8 @@ _GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
     ),
     (
         "inferd_inflight_requests",
-        "Requests queued or executing (executing ones estimated from the mean batch)",
-        _inflight,
+        "Requests queued or executing",
+        lambda s: s.inflight,
     ),
     (
         "inferd_instances",
@@ -232,6 +224,8 @@ def _number(value: float) -> str:
 
 
 def _label_value(value: str) -> str:
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value  # the common case, and the cost of a scrape is mostly here
     return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
 

@@ -75,6 +75,14 @@ def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None
         settings_for(["serve", "--strict-readiness=maybe"])
     assert info.value.code == 2
     assert "expected true or false" in capsys.readouterr().err
+    for bad in (
+        "--backend-config=novalue",
+        "--backend-config=onnxruntime,default-max-batch-size=x",
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", bad])
+        assert info.value.code == 2
+        assert "usage:" in capsys.readouterr().err
 
 
 def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,10 +116,19 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
 
 @pytest.mark.slow
 def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm() -> None:
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "inferd", "serve", "--http-address=127.0.0.1",
-         f"--http-port={http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}"],
+        [
+            sys.executable,
+            "-m",
+            "inferd",
+            "serve",
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics_port}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "INFERD_LOG_LEVEL": "info"},
@@ -134,8 +151,15 @@ def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm(
 @pytest.mark.slow
 def test_a_bad_repository_path_fails_with_a_clear_message() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "inferd", "--model-repository=/does/not/exist",
-         f"--http-port={free_port()}", f"--grpc-port={free_port()}"],
+        [
+            sys.executable,
+            "-m",
+            "inferd",
+            "--model-repository=/does/not/exist",
+            f"--http-port={free_port()}",
+            f"--grpc-port={free_port()}",
+            f"--metrics-port={free_port()}",
+        ],
         capture_output=True,
         timeout=60,
     )

@@ -348,7 +348,9 @@ def test_model_statistics_match_http(
     with httpx.Client(base_url=f"http://{examples_server.http_url}") as http:
         over_http = http.get("/v2/models/simple/stats").json()["model_stats"][0]
     assert stats[0].inference_count == over_http["inference_count"] >= 1
-    assert stats[0].inference_stats.success.count == over_http["inference_stats"]["success"]["count"]
+    assert (
+        stats[0].inference_stats.success.count == over_http["inference_stats"]["success"]["count"]
+    )
     assert stats[0].inference_stats.queue.ns == over_http["inference_stats"]["queue"]["ns"]
     assert [b.batch_size for b in stats[0].batch_stats] == [
         b["batch_size"] for b in over_http["batch_stats"]
