@@ -60,6 +60,7 @@ class Backend(ABC):
     ) -> None:
         """Fill in what the model file tells (inputs, outputs, max_batch_size), and check
         that what the config says agrees with the model. Default: nothing to infer."""
+        return
 
     @classmethod
     @abstractmethod

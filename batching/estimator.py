@@ -14,7 +14,11 @@ class ExecTimeEstimator:
 
     def observe(self, items: int, ns: int) -> None:
         mean = self._mean.get(items)
-        self._mean[items] = ns if mean is None else mean + self._weight * (ns - mean)
+        if mean is None:
+            self._mean[items] = ns
+            return
+        # A single outlier (a paused process, a cold cache) moves the mean at most to 3x.
+        self._mean[items] = mean + self._weight * (min(ns, 3 * mean) - mean)
 
     def __call__(self, items: int) -> int:
         mean = self._mean.get(items)

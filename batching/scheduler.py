@@ -73,6 +73,7 @@ class Pending:
     deadline_ns: int | None = None  # latency objective
     timeout_ns: int | None = None  # queue timeout, absolute
     delay_on_timeout: bool = False
+    probe: bool = False  # admitted despite the estimate, to measure it again
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
     queued: bool = True
     outcome: Outputs | BaseException | None = None  # held back for preserve_ordering
@@ -106,6 +107,8 @@ class Scheduler:
         self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
         self._queued = 0
         self._executing = 0  # requests handed to instances and not finished yet
+        self._queued_items = 0  # sum of the queued requests' batch sizes
+        self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
         self._workers = [
             Worker(inst, f"{model}-{i}", loop, self._finish, padding)
             for i, inst in enumerate(instances)
@@ -158,11 +161,18 @@ class Scheduler:
             )
         slo_ns = options.latency_slo_ns or self._config.latency_slo_ns
         deadline = arrival_ns + slo_ns if slo_ns else None
-        if deadline is not None and now + self._expected_wait(batch_size) > deadline:
-            self.stats.fail_request(now - arrival_ns, REJECTED)
-            raise _slo_error(self.model, slo_ns)
+        probe = False
+        if deadline is not None and self._forecast(now, batch_size) > deadline:
+            if self._idle and not self._queued:
+                # Nothing else to do: run it anyway, so that an estimate made stale by a hiccup
+                # (a pause, a noisy neighbour) is measured again instead of locking the model out.
+                probe = True
+            else:
+                self.stats.fail_request(now - arrival_ns, REJECTED)
+                raise _slo_error(self.model, slo_ns)
         future: asyncio.Future[Outputs] = self.loop.create_future()
         pending = Pending(inputs, batch_size, shape_key, arrival_ns, future, level, deadline)
+        pending.probe = probe
         pending.enqueued_ns = now
         timeout_us = _timeout_us(policy, options.timeout_us)
         if timeout_us:
@@ -171,6 +181,7 @@ class Scheduler:
             heapq.heappush(self._timeouts, (pending.timeout_ns, next(self._seq), pending))
         queue.append(pending)
         self._queued += 1
+        self._queued_items += batch_size
         if self._ordered is not None:
             self._ordered.append(pending)
         if not self._scheduled:
@@ -192,13 +203,14 @@ class Scheduler:
             )
         return priority - 1
 
-    def _expected_wait(self, batch_size: int) -> int:
-        """A rough queueing forecast: the batches ahead, shared among the instances."""
+    def _forecast(self, now: int, batch_size: int) -> int:
+        """When a request arriving now would finish: once an instance frees up (if none is
+        idle), the queued items and this one run in full batches shared among the instances."""
         size = max(1, self._policy.max_batch_size)
-        batches_ahead = -(-self._queued // size)
-        return (batches_ahead * self.estimator(size)) // len(self._workers) + self.estimator(
-            batch_size
-        )
+        full, rest = divmod(self._queued_items + batch_size, size)
+        work = full * self.estimator(size) + (self.estimator(rest) if rest else 0)
+        start = now if self._idle else max(now, min(self._busy_until.values()))
+        return start + work // len(self._workers)
 
     # ---- forming batches -------------------------------------------------------------------
 
@@ -231,12 +243,15 @@ class Scheduler:
                 pending = self._pop()
                 pending.queued = False
                 self._queued -= 1
+                self._queued_items -= pending.batch_size
                 if not pending.future.done():  # a cancelled request is simply dropped
                     batch.append(pending)
             batch = self._drop_hopeless(batch, now)
             if batch:
                 self._executing += len(batch)
-                self._idle.pop().submit(batch)
+                worker = self._idle.pop()
+                self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in batch))
+                worker.submit(batch)
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
@@ -256,6 +271,7 @@ class Scheduler:
                 continue
             pending.queued = False
             self._queued -= 1
+            self._queued_items -= pending.batch_size
             self.stats.fail_request(now - pending.arrival_ns, REJECTED)
             self._complete(pending, unavailable("Request timeout expired"))
 
@@ -266,7 +282,7 @@ class Scheduler:
         finish = now + self.estimator(sum(p.batch_size for p in batch))
         kept: list[Pending] = []
         for pending in batch:
-            if pending.deadline_ns is not None and finish > pending.deadline_ns:
+            if pending.deadline_ns is not None and finish > pending.deadline_ns and not pending.probe:
                 self.stats.fail_request(now - pending.arrival_ns, REJECTED)
                 slo = pending.deadline_ns - pending.arrival_ns
                 self._complete(pending, _slo_error(self.model, slo))
@@ -278,6 +294,7 @@ class Scheduler:
 
     def _finish(self, worker: Worker, batch: list[Pending], result: Outcome, t: Timings) -> None:
         self._idle.append(worker)
+        self._busy_until.pop(worker, None)
         self._executing -= len(batch)
         now = time.monotonic_ns()
         stats = self.stats

@@ -7,6 +7,7 @@ fifth of the throughput on the hot path); everything else goes through ordinary 
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -108,10 +109,12 @@ class HttpFrontDoor:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str
     ) -> None:
+        arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
         headers = _headers(scope)
         try:
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
+            request.arrival_ns = arrival_ns
             response = await self._core.infer(request)
             payload, header_length = encode_infer_response(response, encoding)
         except InferdError as error:

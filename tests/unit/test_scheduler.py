@@ -236,14 +236,42 @@ async def test_preserve_ordering_releases_responses_in_arrival_order() -> None:
 
 
 async def test_latency_objective_rejects_requests_that_cannot_make_it() -> None:
-    instance = GatedInstance()
+    instance = GatedInstance(gated=True)
     scheduler = make([instance], 4, latency_slo_ns=10_000_000)
     scheduler.estimator.observe(1, 50_000_000)  # the model takes 50 ms: 10 ms is hopeless
+    relaxed = RequestOptions(latency_slo_ns=200_000_000)
+    first = submit(scheduler, 1, relaxed)
+    await wait_entered(instance)
     with pytest.raises(InferdError) as info:
-        submit(scheduler, 1)
+        submit(scheduler, 2)
     assert info.value.code is ErrorCode.UNAVAILABLE
     assert "latency objective of 10 ms" in info.value.message
-    relaxed = submit(scheduler, 2, RequestOptions(latency_slo_ns=200_000_000))
-    assert (await relaxed)["y"].item() == 4
+    second = submit(scheduler, 3, relaxed)
+    instance.gate.set()
+    assert (await first)["y"].item() == 2 and (await second)["y"].item() == 6
     assert scheduler.stats.failures == {"REJECTED": 1}
     await scheduler.close()
+
+
+async def test_a_stale_estimate_cannot_lock_the_model_out() -> None:
+    instance = GatedInstance()
+    scheduler = make([instance], 4, latency_slo_ns=10_000_000)
+    scheduler.estimator.observe(1, 50_000_000)  # one hiccup made it look hopeless
+    busy = submit(scheduler, 1, RequestOptions(latency_slo_ns=10_000_000_000))
+    with pytest.raises(InferdError):  # while another request runs, the estimate decides
+        submit(scheduler, 2)
+    await busy
+    probe = submit(scheduler, 3)  # idle and nothing queued: admitted to measure again
+    assert (await probe)["y"].item() == 6
+    await scheduler.close()
+
+
+def test_estimator_caps_outliers_and_scales_unseen_sizes() -> None:
+    from inferd.batching.estimator import ExecTimeEstimator
+
+    estimate = ExecTimeEstimator(weight=0.5)
+    assert estimate(4) == 0  # nothing known yet: optimistic
+    estimate.observe(2, 1_000)
+    assert estimate(4) == 2_000  # scaled linearly from the nearest known size
+    estimate.observe(2, 1_000_000)  # an outlier moves the mean only towards 3x
+    assert estimate(2) == 2_000
