@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from inferd.backends.gpu import GpuInfo
 from inferd.repository.config import ModelConfig, ModelConfigProto
 
 
@@ -29,6 +32,17 @@ class BackendSettings:
     default_max_batch_size: int = 4
     auto_complete: bool = True
     total_cpu_instances: int = 1  # CPU instances of this model, to share threads among them
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where backends keep what they build (e.g. TensorRT engines): the XDG cache folder, or
+    the temporary folder for a user without a home (containers run with any uid)."""
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "inferd"
+    if environ.get("HOME"):
+        return Path(environ["HOME"]) / ".cache" / "inferd"
+    return Path(tempfile.gettempdir()) / "inferd-cache"
 
 
 class ModelInstance(ABC):
@@ -61,6 +75,13 @@ class Backend(ABC):
         """Fill in what the model file tells (inputs, outputs, max_batch_size), and check
         that what the config says agrees with the model. Default: nothing to infer."""
         return
+
+    @classmethod
+    def gpu_unavailable_reason(cls, gpus: GpuInfo) -> str:
+        """Why this backend cannot run KIND_GPU instances in this process ('' = it can).
+        Asked only when GPUs are present; it must be cheap (no model, no device work).
+        A backend runs on GPUs only if it says so here, as Triton backends declare it."""
+        return f"backend '{cls.name}' does not run on GPUs"
 
     @classmethod
     @abstractmethod

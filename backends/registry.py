@@ -15,6 +15,12 @@ ENTRY_POINT_GROUP = "inferd.backends"
 # so that start-up only pays for the frameworks the repository uses.
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "onnxruntime": "inferd.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "inferd.backends.tensorrt:TensorRtBackend",
+}
+
+# What to install when a built-in backend's framework is missing.
+INSTALL_HINTS: Mapping[str, str] = {
+    "onnxruntime": "install the inferd[cpu] extra (onnxruntime) or inferd[gpu] (onnxruntime-gpu)",
 }
 
 # Triton's platform names for the backends (config `platform:`).
@@ -68,7 +74,8 @@ class BackendRegistry:
         try:
             backend: type[Backend] = getattr(importlib.import_module(module_name), attr)
         except ImportError as exc:
-            raise unsupported(f"backend '{name}' is not installed: {exc}") from None
+            hint = f"; {INSTALL_HINTS[name]}" if name in INSTALL_HINTS else ""
+            raise unsupported(f"backend '{name}' is not installed: {exc}{hint}") from None
         self._loaded[name] = backend
         return backend
 

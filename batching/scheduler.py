@@ -282,8 +282,10 @@ class Scheduler:
         finish = now + self.estimator(sum(p.batch_size for p in batch))
         kept: list[Pending] = []
         for pending in batch:
-            if pending.deadline_ns is not None and finish > pending.deadline_ns and not pending.probe:
+            late = pending.deadline_ns is not None and finish > pending.deadline_ns
+            if late and not pending.probe:
                 self.stats.fail_request(now - pending.arrival_ns, REJECTED)
+                assert pending.deadline_ns is not None
                 slo = pending.deadline_ns - pending.arrival_ns
                 self._complete(pending, _slo_error(self.model, slo))
             else:

@@ -14,8 +14,10 @@ import uvloop
 from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
+from inferd.backends.gpu import detect_gpus
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
+from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.grpc_app import GrpcBindError, GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
@@ -82,6 +84,7 @@ class App:
         self.settings = settings
         self._registry = registry or BackendRegistry()
         self._repository: ModelRepository | None = None
+        self._poller: RepositoryPoller | None = None
         self.core: InferenceCore | None = None
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -101,11 +104,11 @@ class App:
         for root in roots:
             if not root.is_dir():
                 raise StartupError(f"model repository {root} is not a directory")
-        if settings.model_control_mode == "poll":
-            raise StartupError(
-                "--model-control-mode=poll is not supported yet (use none or explicit)"
-            )
+        if settings.model_control_mode == "poll" and not settings.repository_poll_secs > 0:
+            raise StartupError("--repository-poll-secs must be > 0 in poll mode")
         loop = asyncio.get_running_loop()
+        gpus = await asyncio.to_thread(detect_gpus)
+        log.info("GPUs: %s", gpus.describe())
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
@@ -113,13 +116,18 @@ class App:
                     default_max_batch_size=settings.default_max_batch_size,
                     auto_complete=settings.auto_complete_config,
                 ),
+                gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
             ),
             self._registry,
             loop,
         )
         self.core = InferenceCore(
-            self._repository, CoreSettings(strict_readiness=settings.strict_readiness)
+            self._repository,
+            CoreSettings(
+                strict_readiness=settings.strict_readiness,
+                model_control_mode=settings.model_control_mode,
+            ),
         )
         if settings.allow_metrics:
             if settings.metrics_interval_ms <= 0:
@@ -143,14 +151,19 @@ class App:
                 await self.stop()
                 raise StartupError(str(exc)) from None
             self.grpc_port = self._grpc.port
+        if settings.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self._repository, settings.repository_poll_secs)
+            await self._poller.snapshot()  # before loading: a change during the load is seen
         # Front doors come up first so that liveness answers while models load.
         await self._repository.load_all(self._startup_models())
-        failed = [e for e in self._repository.index() if e.state == "UNAVAILABLE"]
+        failed = [e for e in await self._repository.index() if e.state == "UNAVAILABLE"]
         if failed and settings.exit_on_error:
             await self.stop()
             names = ", ".join(sorted({e.name for e in failed}))
             raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
         self.core.mark_started()
+        if self._poller is not None:
+            self._poller.start()
         log.info(
             "inferd is ready: HTTP on port %s, gRPC on port %s, metrics on port %s",
             self.http_port if settings.allow_http else "off",
@@ -194,6 +207,9 @@ class App:
             self._http.should_exit = True
             await self._http_task
             self._http = None
+        if self._poller is not None:
+            await self._poller.stop()
+            self._poller = None
         if self._repository is not None:
             await self._repository.close()
         # Metrics go last, so that scrapes can watch the drain.

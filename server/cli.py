@@ -126,7 +126,15 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--model-control-mode",
         choices=["none", "explicit", "poll"],
         default=d.model_control_mode,
-        help="none: load every model at start; explicit: load only --load-model models",
+        help="none: load every model at start; poll: also reload what changes on disk every "
+        "--repository-poll-secs; explicit: load only --load-model models, then what the "
+        "repository API asks",
+    )
+    p.add(
+        "--repository-poll-secs",
+        type=float,
+        default=d.repository_poll_secs,
+        help="poll mode: seconds between repository rescans (fractions allowed)",
     )
     p.add("--load-model", multiple=True, help="explicit mode: model to load at start ('*' = all)")
     p.add(
@@ -286,6 +294,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_cpu_metrics=args.allow_cpu_metrics,
         metrics_interval_ms=args.metrics_interval_ms,
         model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model or ()),
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

@@ -18,7 +18,7 @@ from inferd.repository.manager import (
     latency_slo_ns,
 )
 from inferd.server.classification import classify
-from inferd.server.errors import InferdError, invalid
+from inferd.server.errors import InferdError, invalid, unavailable
 from inferd.server.statistics import model_stats_document
 from inferd.server.types import (
     DataType,
@@ -35,6 +35,8 @@ SERVER_NAME = "inferd"
 # Only what is implemented end to end on every front door that has it.
 EXTENSIONS = (
     "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
     "parameters",
@@ -46,6 +48,7 @@ EXTENSIONS = (
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
     strict_readiness: bool = True
+    model_control_mode: str = "none"  # the repository API may load and unload in "explicit"
 
 
 class InferenceCore:
@@ -133,8 +136,29 @@ class InferenceCore:
             if m.scheduler is not None
         ]
 
-    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
-        return self._repository.index(ready_only)
+    async def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        return await self._repository.index(ready_only)
+
+    async def load_model(
+        self, name: str, config: str | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """Load or reload; returns when the model is ready or has failed (and then raises)."""
+        self._require_model_control()
+        await self._repository.load(name, config, files)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        """Returns once the model's in-flight requests are done and its instances are freed."""
+        self._require_model_control()
+        await self._repository.unload(name, unload_dependents)
+
+    def _require_model_control(self) -> None:
+        mode = self._settings.model_control_mode
+        if mode != "explicit":
+            # Triton answers both none and poll mode with this message and code.
+            raise unavailable(
+                "explicit model load / unload is not allowed if polling is enabled "
+                f"(--model-control-mode={mode}; use explicit)"
+            )
 
     def loaded_versions(self) -> list[ModelVersion]:
         """The ready versions, read by the metrics collector at scrape time."""

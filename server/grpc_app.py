@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.core import InferenceCore
-from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.errors import ErrorCode, InferdError, unsupported
 from inferd.server.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
     encode_stream_error,
     encode_stream_response,
 )
+from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import Settings
 from inferd.server.types import TensorMetadata
 
@@ -122,11 +124,13 @@ async def _abort(
 
 
 def _guarded(name: str, method: Callable[[Any], Any]) -> Callable[..., Any]:
-    """A unary handler for `method` (request -> response) with the one error mapping."""
+    """A unary handler for `method` (request -> response, or a coroutine of it) with the one
+    error mapping."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(request)
+            response = method(request)
+            return await response if inspect.isawaitable(response) else response
         except InferdError as error:
             code, message = GRPC_STATUS[error.code], error.message
         except Exception as exc:
@@ -177,9 +181,11 @@ class InferenceService:
         documents = self._core.model_statistics(request.name, request.version)
         return json_format.ParseDict({"model_stats": documents}, pb.ModelStatisticsResponse())
 
-    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest
+    ) -> pb.RepositoryIndexResponse:
         # Like HTTP, the repository name is ignored: every repository root is one namespace.
-        entries = self._core.repository_index(request.ready)
+        entries = await self._core.repository_index(request.ready)
         return pb.RepositoryIndexResponse(
             models=[
                 pb.RepositoryIndexResponse.ModelIndex(
@@ -188,6 +194,22 @@ class InferenceService:
                 for e in entries
             ]
         )
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest
+    ) -> pb.RepositoryModelLoadResponse:
+        _refuse_named_repository(request.repository_name)
+        config, files = grpc_load_parameters(request.parameters)
+        await self._core.load_model(request.model_name, config, files)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        _refuse_named_repository(request.repository_name)
+        unload_dependents = grpc_unload_dependents(request.parameters)
+        await self._core.unload_model(request.model_name, unload_dependents)
+        return pb.RepositoryModelUnloadResponse()
 
     async def model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -250,6 +272,10 @@ class InferenceService:
             "ModelMetadata": _guarded("ModelMetadata", self.model_metadata),
             "ModelConfig": _guarded("ModelConfig", self.model_config),
             "RepositoryIndex": _guarded("RepositoryIndex", self.repository_index),
+            "RepositoryModelLoad": _guarded("RepositoryModelLoad", self.repository_model_load),
+            "RepositoryModelUnload": _guarded(
+                "RepositoryModelUnload", self.repository_model_unload
+            ),
             "ModelStatistics": _guarded("ModelStatistics", self.model_statistics),
             "ModelInfer": self.model_infer,
         }
@@ -270,6 +296,11 @@ class InferenceService:
                     _unimplemented(method.name)
                 )
         return handlers
+
+
+def _refuse_named_repository(repository: str) -> None:
+    if repository:  # Triton answers UNIMPLEMENTED too
+        raise unsupported("'repository_name' is not supported: leave it empty")
 
 
 def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -6,6 +6,7 @@ fifth of the throughput on the hot path); everything else goes through ordinary 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -22,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from inferd.server.core import InferenceCore
-from inferd.server.errors import ErrorCode, InferdError, invalid
+from inferd.server.errors import ErrorCode, InferdError, invalid, unsupported
 from inferd.server.http_codec import (
     OutputEncoding,
     decode_infer_request,
@@ -31,6 +32,7 @@ from inferd.server.http_codec import (
     encode_infer_response,
 )
 from inferd.server.metrics import MetricsExporter
+from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -316,7 +318,7 @@ def _routes(
 
     async def repository_index(request: Request) -> Response:
         ready_only = await _ready_flag(request)
-        entries = core.repository_index(ready_only)
+        entries = await core.repository_index(ready_only)
         return JSONResponse(
             [
                 {"name": e.name}
@@ -325,6 +327,19 @@ def _routes(
                 for e in entries
             ]
         )
+
+    async def load_model(request: Request) -> Response:
+        _refuse_named_repository(request)
+        # Off the loop: model files can be large, and base64 decoding them takes a while.
+        config, files = await asyncio.to_thread(http_load_parameters, await request.body())
+        await core.load_model(request.path_params["model"], config, files)
+        return Response(status_code=200)
+
+    async def unload_model(request: Request) -> Response:
+        _refuse_named_repository(request)
+        unload_dependents = http_unload_dependents(await request.body())
+        await core.unload_model(request.path_params["model"], unload_dependents)
+        return Response(status_code=200)
 
     async def prometheus_metrics(request: Request) -> Response:
         assert metrics is not None
@@ -341,6 +356,10 @@ def _routes(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/{repository}/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", load_model, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", unload_model, methods=["POST"]),
+        Route("/v2/repository/{repository}/models/{model}/load", load_model, methods=["POST"]),
+        Route("/v2/repository/{repository}/models/{model}/unload", unload_model, methods=["POST"]),
         Route("/v2/models/stats", statistics, methods=["GET"]),  # before the {model} routes
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
@@ -353,6 +372,11 @@ def _routes(
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
     ]
+
+
+def _refuse_named_repository(request: Request) -> None:
+    if "repository" in request.path_params:  # Triton answers 501 too
+        raise unsupported("loading or unloading from a named repository is not supported")
 
 
 def _model_path(request: Request) -> tuple[str, str]:

@@ -164,6 +164,16 @@ class ModelCollector:
             "counter",
             [(lb, _busy_seconds(s.stats)) for lb, s in loaded],
         )
+        yield _family(
+            "inferd_gpu_fallback",
+            "1 when the version's KIND_GPU instances run on the CPU (--gpu-fallback=cpu), else 0",
+            "gauge",
+            [
+                ({"model": v.name, "version": str(v.version)}, int(v.gpu_fallback))
+                for v in self._versions()
+                if v.scheduler is not None
+            ],
+        )
         for name, doc, histogram, divisor in _HISTOGRAMS:
             histograms = HistogramMetricFamily(name, doc, labels=MODEL_LABELS)
             for labels, scheduler in loaded:

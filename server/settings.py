@@ -21,7 +21,8 @@ class Settings:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
-    model_control_mode: str = "none"  # none | explicit (poll: later)
+    model_control_mode: str = "none"  # none | poll | explicit
+    repository_poll_secs: float = 15.0  # poll mode: seconds between rescans (fractions allowed)
     load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)
     strict_readiness: bool = True
     exit_on_error: bool = False  # Triton defaults to true; see README

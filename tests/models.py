@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 
 def identity_model(
@@ -48,6 +49,30 @@ def double_model() -> onnx.ModelProto:
             helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", "n"]),
         ],
         initializer=[two],
+    )
+    return _finish(graph)
+
+
+def conv_model(seed: int = 0) -> onnx.ModelProto:
+    """FP32 "input" ["batch", 3, 16, 16] -> Conv 3x3 (8 channels) -> Relu -> global average
+    pool -> Gemm -> "output" ["batch", 10], random weights: real GPU kernels to compare."""
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+        for name, shape in (("w", (8, 3, 3, 3)), ("b", (8,)), ("fc", (8, 10)), ("fb", (10,)))
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["conv"], ["relu"]),
+            helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+            helper.make_node("Flatten", ["pool"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "fc", "fb"], ["output"]),
+        ],
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        initializer=weights,
     )
     return _finish(graph)
 

@@ -51,6 +51,12 @@ def test_triton_flag_spellings() -> None:
     assert settings.log_level == "debug"
 
 
+def test_poll_mode_flags() -> None:
+    settings = settings_for(["serve", "--model-control-mode=poll", "--repository-poll-secs=0.5"])
+    assert (settings.model_control_mode, settings.repository_poll_secs) == ("poll", 0.5)
+    assert settings_for(["serve"]).repository_poll_secs == 15  # Triton's default
+
+
 def test_defaults_are_tritons_ports() -> None:
     settings = settings_for(["serve"])
     assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)

@@ -215,14 +215,12 @@ async def test_stream_error_keeps_only_the_id(examples_server: RunningServer) ->
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.load_model("simple"),
-        lambda c: c.unload_model("simple"),
         lambda c: c.get_system_shared_memory_status(),
         lambda c: c.get_cuda_shared_memory_status(),
         lambda c: c.get_trace_settings(),
         lambda c: c.get_log_settings(),
     ],
-    ids=["load", "unload", "shm", "cuda-shm", "trace", "log"],
+    ids=["shm", "cuda-shm", "trace", "log"],
 )
 def test_later_rpcs_are_unimplemented(
     client: grpcclient.InferenceServerClient, call: Callable[[Any], Any]

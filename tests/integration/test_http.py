@@ -71,6 +71,8 @@ def test_server_metadata_names_only_implemented_extensions(
     assert meta["name"] == "inferd"
     assert set(meta["extensions"]) == {
         "classification",
+        "model_repository",
+        "model_repository(unload_dependents)",
         "model_configuration",
         "binary_tensor_data",
         "parameters",

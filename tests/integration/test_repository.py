@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,3 +219,5 @@ def test_kind_gpu_without_gpu_follows_the_fallback_setting(
     state, reason = index(fallback)[("gpu", "1")]
     assert state == "READY" and "run on the CPU" in reason
     assert infer_identity(fallback, "gpu").as_numpy("OUTPUT0").shape == (1, 4)
+    with urllib.request.urlopen(f"http://{fallback.http_url}/metrics") as response:
+        assert 'inferd_gpu_fallback{model="gpu",version="1"} 1\n' in response.read().decode()

@@ -1,0 +1,1 @@
+"""Load-test harness and benchmarks, installed as ``inferd.benchmarks`` by ``inferd[bench]``."""

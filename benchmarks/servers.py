@@ -1,0 +1,105 @@
+"""How to start inferd and each peer server on given ports (the peers from $PEERS)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferd.benchmarks.peers import require
+from inferd.benchmarks.procs import LOCALHOST, Probe
+
+# The peers' models: tiny is [batch, 16] FP32 -> [batch, 16]; the bundled `simple` adds two INT32s.
+TINY = Probe.of("tiny", {"input": ("FP32", (1, 16))})
+SIMPLE = Probe.of("simple", {"INPUT0": ("INT32", (1, 16)), "INPUT1": ("INT32", (1, 16))})
+
+
+@dataclass(frozen=True)
+class Server:
+    """A launchable server: HTTP on ``base_port``, gRPC on +1, metrics (if any) on +2."""
+
+    name: str
+    argv: list[str]
+    cwd: Path
+    base_port: int
+    probe: Probe = TINY
+    env: dict[str, str] = field(default_factory=dict)
+    # MLServer's REST API has no binary tensor extension: perf_analyzer must send JSON.
+    http_json: bool = False
+
+    @property
+    def http_url(self) -> str:
+        return f"{LOCALHOST}:{self.base_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOCALHOST}:{self.base_port + 1}"
+
+
+def inferd(
+    base_port: int, workdir: Path, *, repository: Path | None, extra_args: Sequence[str] = ()
+) -> Server:
+    """inferd from this interpreter's environment; no repository = the bundled examples."""
+    argv = [sys.executable, "-m", "inferd", "serve"]
+    if repository is not None:
+        argv += ["--model-repository", str(repository)]
+    argv += ["--http-address", LOCALHOST, "--http-port", str(base_port)]
+    argv += ["--grpc-address", LOCALHOST, "--grpc-port", str(base_port + 1)]
+    argv += ["--metrics-address", LOCALHOST, "--metrics-port", str(base_port + 2), *extra_args]
+    name = "inferd" if repository is not None else "inferd-examples"
+    return Server(name, argv, workdir, base_port, TINY if repository is not None else SIMPLE)
+
+
+def triton_py(peers: Path, base_port: int, workdir: Path) -> Server:
+    """Bare tritonserver 2.51 (python backend running onnxruntime, dynamic batching)."""
+    script = require(peers / "scripts" / "triton_py_serve.sh")
+    env = {"PEERS": str(peers), "PORT": str(base_port)}
+    return Server("triton-py", [str(script)], workdir, base_port, env=env)
+
+
+def kserve(peers: Path, base_port: int, workdir: Path) -> Server:
+    """KServe 0.21 ModelServer (one Python process, no batching)."""
+    python = require(peers / "venv-kserve" / "bin" / "python")
+    script = require(peers / "scripts" / "kserve_serve.py")
+    argv = [str(python), str(script), str(peers / "models")]
+    return Server("kserve", argv, workdir, base_port, env={"KS_PORT": str(base_port)})
+
+
+def mlserver(peers: Path, base_port: int, workdir: Path) -> Server:
+    """MLServer 1.7 (default settings); its ports live in settings.json, so it runs on a copy."""
+    python = require(peers / "venv-mlserver" / "bin" / "python")
+    script = require(peers / "scripts" / "mlserver_start.py")
+    repo = workdir / "mlserver-repo"
+    shutil.copytree(require(peers / "mlserver-repo"), repo, dirs_exist_ok=True)
+    settings = json.loads((repo / "settings.json").read_text())
+    settings.update(http_port=base_port, grpc_port=base_port + 1, metrics_port=base_port + 2)
+    (repo / "settings.json").write_text(json.dumps(settings, indent=1))
+    return Server("mlserver", [str(python), str(script), "."], repo, base_port, http_json=True)
+
+
+PEERS: dict[str, Callable[[Path, int, Path], Server]] = {
+    "triton-py": triton_py,
+    "kserve": kserve,
+    "mlserver": mlserver,
+}
+
+
+def build(
+    name: str, peers: Path | None, base_port: int, workdir: Path, inferd_args: Sequence[str] = ()
+) -> Server:
+    """inferd (on $PEERS/models/repo), inferd-examples (bundled examples) or a peer by name."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if name == "inferd-examples":
+        return inferd(base_port, workdir, repository=None, extra_args=inferd_args)
+    if peers is None:
+        raise ValueError(f"{name} needs the peers directory")
+    if name == "inferd":
+        repo = require(peers / "models" / "repo")
+        return inferd(base_port, workdir, repository=repo, extra_args=inferd_args)
+    return PEERS[name](peers, base_port, workdir)
+
+
+NAMES = ["inferd", "inferd-examples", *PEERS]

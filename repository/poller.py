@@ -1,0 +1,93 @@
+"""Poll mode: rescan the repository roots every interval and hand what changed to the manager.
+
+A model changed when any file or folder under it was added, removed, resized or touched
+(mtime), so a new version folder, an edited config.pbtxt or a replaced label file all count.
+Hidden entries and `__pycache__` are ignored: a Python model's byte-code cache is not a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferd.repository.layout import find_models
+from inferd.repository.manager import ModelRepository
+
+log = logging.getLogger(__name__)
+
+Fingerprint = tuple[object, ...]
+
+
+def scan(roots: Sequence[Path]) -> dict[str, Fingerprint]:
+    """Every model's fingerprint (blocking: run it off the event loop)."""
+    return {
+        name: (location.error, *_entries(location.path))
+        for name, location in find_models(roots).items()
+    }
+
+
+def _entries(model_dir: Path) -> list[tuple[str, int, int]]:
+    entries: list[tuple[str, int, int]] = []
+    for folder, dirs, files in os.walk(model_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in [*dirs, *(f for f in files if not f.startswith("."))]:
+            path = os.path.join(folder, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue  # removed while scanning: the next scan sees it gone
+            entries.append((os.path.relpath(path, model_dir), stat.st_size, stat.st_mtime_ns))
+    entries.sort()
+    return entries
+
+
+class RepositoryPoller:
+    def __init__(self, repository: ModelRepository, interval_s: float) -> None:
+        self._repository = repository
+        self._roots = repository.roots
+        self._interval_s = interval_s
+        self._seen: dict[str, Fingerprint] = {}
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def snapshot(self) -> None:
+        """Take the state the start-up load sees (call it before that load)."""
+        self._seen = await asyncio.to_thread(scan, self._roots)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inferd-repository-poller")
+
+    async def stop(self) -> None:
+        """Stop polling; a poll under way finishes first, so no load is cut in half."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def poll(self) -> None:
+        current = await asyncio.to_thread(scan, self._roots)
+        changed = {name for name, fp in current.items() if self._seen.get(name) != fp}
+        removed = set(self._seen) - set(current)
+        self._seen = current
+        if changed or removed:
+            log.info(
+                "repository poll: %s changed or added, %s removed",
+                sorted(changed) or "none",
+                sorted(removed) or "none",
+            )
+            await self._repository.apply_changes(changed, removed)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                return  # stop() was called
+            except TimeoutError:
+                pass
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("repository poll failed; trying again in %g s", self._interval_s)

@@ -1,0 +1,139 @@
+"""Smoke tests of the load-test harness (inferd.benchmarks): short runs, no timing asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.benchmarks import report, tensors
+from inferd.benchmarks.perf_sweep import Cell, SweepOptions, sweep
+from tests.conftest import RunningServer
+
+PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None,
+    reason="locust is not installed (the test extra has it)",
+)
+def test_locust_runs(examples_server: RunningServer, tmp_path: Path) -> None:
+    # Subprocesses (locust monkey-patches its interpreter with gevent), all four at once so
+    # that the 2-second runs cost 2 seconds.
+    runs = {}
+    for protocol in ("http", "grpc", "http-json", "grpc-stream"):
+        url = examples_server.grpc_url if protocol.startswith("grpc") else examples_server.http_url
+        command = [sys.executable, "-m", "inferd.benchmarks.loadgen", "--protocol", protocol]
+        command += ["--host", url, "--model", "simple", "--users", "2", "--duration", "2s"]
+        command += ["--quiet", "--summary", str(tmp_path / f"{protocol}.json")]
+        runs[protocol] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    try:
+        for protocol, run in runs.items():
+            output, _ = run.communicate(timeout=90)
+            assert run.returncode == 0, f"{protocol}:\n{output[-4000:]}"
+            totals = json.loads((tmp_path / f"{protocol}.json").read_text())
+            assert totals["requests"] > 0, protocol
+            assert totals["failures"] == 0, (protocol, totals["errors"])
+    finally:
+        for run in runs.values():  # the others, when one failed
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+
+@pytest.mark.skipif(PERF_ANALYZER is None, reason="perf_analyzer not found: set PERF_ANALYZER")
+def test_perf_analyzer_sweep(examples_server: RunningServer) -> None:
+    assert PERF_ANALYZER is not None
+    opts = SweepOptions(
+        perf_analyzer=PERF_ANALYZER,
+        model="simple",
+        concurrency=[1, 2],
+        interval_ms=250,
+        stability_pct=1000,
+        max_trials=3,
+        timeout_s=60,
+    )
+    urls = {"http": examples_server.http_url, "grpc": examples_server.grpc_url}
+    cells = sweep(opts, urls, server="inferd", log=lambda _: None)
+    assert [(c.protocol, c.concurrency) for c in cells] == [
+        ("http", 1),
+        ("http", 2),
+        ("grpc", 1),
+        ("grpc", 2),
+    ]
+    for cell in cells:
+        assert cell.error is None, cell.command
+        assert cell.infer_per_s and cell.infer_per_s > 0
+        assert cell.p50_ms is not None and cell.p99_ms is not None and cell.p50_ms <= cell.p99_ms
+    assert "| inferd | grpc | simple | 2 |" in report.perf_table(cells)
+
+
+def test_tensor_encodings(tmp_path: Path) -> None:
+    data = tmp_path / "input.json"
+    data.write_text(json.dumps({"data": [{"x": [1.5, -2.0], "s": {"content": ["ab", "c"]}}]}))
+    shapes = tensors.request_shapes(
+        [
+            {"name": "x", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "s", "datatype": "BYTES", "shape": [2]},
+        ],
+        tensors.parse_shapes([]),
+    )
+    (sample,) = tensors.file_samples(data, shapes)
+    body, header_length = tensors.http_binary(sample)
+    header = json.loads(body[:header_length])
+    assert [i["parameters"]["binary_data_size"] for i in header["inputs"]] == [8, 11]
+    assert body[header_length:] == (
+        np.array([1.5, -2.0], np.float32).tobytes() + b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+    )
+    assert json.loads(tensors.http_json(sample))["inputs"][1]["data"] == ["ab", "c"]
+    request = tensors.grpc_request(sample, "m", "")
+    assert list(request.inputs[0].shape) == [1, 2]
+    assert request.raw_input_contents[1] == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+
+
+def _cells() -> list[Cell]:
+    cells = [
+        Cell(
+            "http",
+            "binary",
+            "tiny",
+            c,
+            server="a",
+            infer_per_s=100.0 * c,
+            p50_ms=1.0,
+            p99_ms=2.0,
+            server_cpu_cores=0.5,
+            other_cpu_cores=0.4 if c == 4 else 0.0,
+        )
+        for c in (1, 4)
+    ]
+    return [*cells, Cell("grpc", "binary", "tiny", 1, server="b", error="boom")]
+
+
+def test_report_tables() -> None:
+    table = report.perf_table(_cells())
+    assert "| a | http | tiny | 4 | 400 | 1.00 | 2.00 | 0.50 |" in table
+    assert "0.40 ⚠" in table
+    assert "| b | grpc | tiny | 1 | FAIL |" in table
+    runs: list[dict[str, float | None]] = [
+        {"ready_s": 1.0, "first_infer_s": 1.5},
+        {"ready_s": 2.0, "first_infer_s": None},
+        {"ready_s": 3.0, "first_infer_s": 2.5},
+    ]
+    assert "| a | 3 | 2.00 | 2.00 | 1.50, FAIL, 2.50 |" in report.startup_table({"a": runs})
+
+
+def test_report_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is in the bench extra only")
+    paths = report.write_plots(_cells(), tmp_path)
+    assert [p.name for p in paths] == ["throughput_vs_concurrency.png", "latency_vs_throughput.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)

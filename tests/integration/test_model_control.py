@@ -1,0 +1,238 @@
+"""The model repository extension through real tritonclients (HTTP and gRPC): load, unload,
+reload, config override, file upload, and the errors for bad requests and other modes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import RunningServer
+from tests.models import identity_model, write_model
+
+Factory = Callable[..., RunningServer]
+Client = Any  # tritonclient.http or tritonclient.grpc InferenceServerClient: same method names
+
+IDENTITY_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
+"""
+
+# Each protocol's spelling of the error codes the tests expect.
+STATUS = {
+    "http": {"invalid": "400", "not_found": "404", "unavailable": "503", "unsupported": "501"},
+    "grpc": {
+        "invalid": "StatusCode.INVALID_ARGUMENT",
+        "not_found": "StatusCode.NOT_FOUND",
+        "unavailable": "StatusCode.UNAVAILABLE",
+        "unsupported": "StatusCode.UNIMPLEMENTED",
+    },
+}
+
+
+def connect(server: RunningServer, protocol: str) -> Client:
+    if protocol == "http":
+        return httpclient.InferenceServerClient(server.http_url)
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@pytest.fixture(params=["http", "grpc"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def explicit(
+    tmp_path: Path, server_factory: Factory, protocol: str
+) -> Iterator[tuple[Client, Path]]:
+    """An explicit-mode server on an empty repository, and a client of the protocol."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = server_factory(model_repositories=(repo,), model_control_mode="explicit")
+    client = connect(server, protocol)
+    yield client, repo
+    client.close()
+
+
+def states(client: Client) -> dict[tuple[str, str], tuple[str, str]]:
+    index = client.get_model_repository_index()
+    entries = (
+        index
+        if isinstance(index, list)
+        else [
+            {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+            for m in index.models
+        ]
+    )
+    return {
+        (e["name"], e.get("version", "")): (e.get("state", ""), e.get("reason", ""))
+        for e in entries
+    }
+
+
+def infer(client: Client, model: str) -> Any:
+    module = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
+    tensor = module.InferInput("INPUT0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+    return client.infer(model, [tensor])
+
+
+def as_json(client: Client, call: str, *args: Any) -> Any:
+    """A getter's answer as JSON from either client (gRPC answers protobufs by default)."""
+    if isinstance(client, httpclient.InferenceServerClient):
+        return getattr(client, call)(*args)
+    return getattr(client, call)(*args, as_json=True)
+
+
+def fails(call: Callable[[], Any], protocol: str, code: str, *words: str) -> None:
+    with pytest.raises(InferenceServerException) as error:
+        call()
+    assert error.value.status() == STATUS[protocol][code], error.value.message()
+    for word in words:
+        assert word in error.value.message()
+
+
+def test_load_unload_and_reload(explicit: tuple[Client, Path], protocol: str) -> None:
+    client, repo = explicit
+    write_model(repo, "m", identity_model(), IDENTITY_CONFIG)
+    assert states(client) == {("m", ""): ("", "")}  # found, never loaded: name only
+    client.load_model("m")
+    assert states(client) == {("m", "1"): ("READY", "")}
+    assert client.is_model_ready("m") and client.is_server_ready()
+    assert infer(client, "m").as_numpy("OUTPUT0").tolist() == [[0, 1, 2, 3]]
+
+    client.unload_model("m")
+    assert states(client) == {("m", "1"): ("UNAVAILABLE", "unloaded")}  # as Triton
+    assert not client.is_model_ready("m")
+    assert client.is_server_ready()  # an unloaded model does not count against readiness
+    fails(lambda: infer(client, "m"), protocol, "unavailable", "unloaded")
+    client.unload_model("m")  # unloading again is harmless, as in Triton
+
+    client.load_model("m")
+    write_model(repo, "m", identity_model(), versions=(2,))
+    client.load_model("m")  # loading a loaded model reloads it: version 2 replaces version 1
+    assert states(client) == {("m", "2"): ("READY", "")}
+    assert as_json(client, "get_model_metadata", "m")["versions"] == ["2"]
+
+
+def model_config(client: Client, name: str) -> dict[str, Any]:
+    answer = as_json(client, "get_model_config", name)
+    return dict(answer.get("config", answer))  # gRPC wraps it in ModelConfigResponse
+
+
+def test_config_override_and_model_files(
+    explicit: tuple[Client, Path], protocol: str, tmp_path: Path
+) -> None:
+    client, repo = explicit
+    write_model(repo, "m", identity_model(), IDENTITY_CONFIG)
+    # `config` replaces config.pbtxt; what it leaves out is auto-completed from the model.
+    client.load_model("m", config=json.dumps({"max_batch_size": 2}))
+    assert model_config(client, "m")["max_batch_size"] == 2
+    assert infer(client, "m").as_numpy("OUTPUT0").shape == (1, 4)
+
+    # A model that is not in any repository at all, its files sent with the request.
+    model = identity_model().SerializeToString()
+    config = json.dumps({"name": "sent", "backend": "onnxruntime", "max_batch_size": 3})
+    files = {"file:1/model.onnx": model, "file:2/model.onnx": model}
+    client.load_model("sent", config=config, files=files)
+    assert states(client)[("sent", "2")] == ("READY", "")
+    assert model_config(client, "sent")["max_batch_size"] == 3
+    assert infer(client, "sent").as_numpy("OUTPUT0").tolist() == [[0, 1, 2, 3]]
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]  # nothing written into the repo
+
+    # Reloading without files serves from the repository again, which has no "sent".
+    fails(lambda: client.load_model("sent"), protocol, "not_found", "sent")
+    assert states(client)[("sent", "2")] == ("READY", "")  # the failed load changed nothing
+    client.unload_model("sent")
+    assert states(client)[("sent", "2")] == ("UNAVAILABLE", "unloaded")
+
+
+def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
+    client, repo = explicit
+    write_model(repo, "good", identity_model(), IDENTITY_CONFIG)
+    write_model(repo, "typo", identity_model(), IDENTITY_CONFIG + "max_batch_sise: 2")
+    (repo / "empty").mkdir()
+    client.load_model("good")
+    model = identity_model().SerializeToString()
+
+    fails(lambda: client.load_model("nowhere"), protocol, "not_found", "'nowhere'")
+    fails(lambda: client.load_model("typo"), protocol, "invalid", "max_batch_sise")
+    fails(lambda: client.load_model("empty"), protocol, "invalid", "no version folders")
+    typo_state, typo_reason = states(client)[("typo", "")]
+    assert typo_state == "UNAVAILABLE" and "max_batch_sise" in typo_reason
+    assert states(client)[("empty", "")][0] == "UNAVAILABLE"
+
+    config = json.dumps({"backend": "onnxruntime"})
+    for path in ("../escape.onnx", "1/../../escape.onnx", "/etc/escape.onnx"):
+        files = {f"file:{path}": model}
+        fails(
+            lambda: client.load_model("x", config=config, files=files),  # noqa: B023
+            protocol,
+            "invalid",
+            f"file:{path}",
+        )
+    fails(
+        lambda: client.load_model("x", files={"file:1/model.onnx": model}),
+        protocol,
+        "invalid",
+        "'config'",
+    )
+    fails(lambda: client.load_model("good", config="{not json"), protocol, "invalid", "config")
+    fails(
+        lambda: client.load_model("good", config=json.dumps({"max_batch_sise": 2})),
+        protocol,
+        "invalid",
+        "max_batch_sise",
+    )
+    # A config that parses but cannot be served: the reload fails, the loaded model serves on.
+    fails(
+        lambda: client.load_model("good", config=json.dumps({"name": "other"})),
+        protocol,
+        "invalid",
+        "'other'",
+    )
+    assert states(client)[("good", "1")] == ("READY", "")
+    assert infer(client, "good").as_numpy("OUTPUT0").shape == (1, 4)
+    assert not any(p.name == "x" for p in repo.iterdir())
+
+    fails(lambda: client.unload_model("never"), protocol, "invalid", "has not been served")
+    fails(lambda: client.unload_model("typo_"), protocol, "invalid", "has not been served")
+    assert not client.is_server_ready()  # "typo" and "empty" were asked for and failed
+    client.unload_model("typo")
+    client.unload_model("empty")
+    assert client.is_server_ready()
+
+
+@pytest.mark.parametrize("mode", ["none", "poll"])
+def test_load_and_unload_are_refused_outside_explicit_mode(
+    tmp_path: Path, server_factory: Factory, protocol: str, mode: str
+) -> None:
+    write_model(tmp_path, "m", identity_model(), IDENTITY_CONFIG)
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode=mode)
+    client = connect(server, protocol)
+    try:
+        for call in (lambda: client.load_model("m"), lambda: client.unload_model("m")):
+            # Triton's answer in both modes: UNAVAILABLE, with this message.
+            fails(call, protocol, "unavailable", "explicit model load / unload is not allowed")
+        assert states(client) == {("m", "1"): ("READY", "")}
+    finally:
+        client.close()
+
+
+def test_named_repository_is_unsupported(examples_server: RunningServer) -> None:
+    import httpx
+
+    with httpx.Client(base_url=f"http://{examples_server.http_url}") as http:
+        for action in ("load", "unload"):
+            response = http.post(f"/v2/repository/models_repo/models/simple/{action}")
+            assert response.status_code == 501
+            assert "named repository" in response.json()["error"]
