@@ -7,102 +7,27 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
-from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
-from inferd.batching.padding import PaddingSpec, padding_spec
-from inferd.batching.policy import BatchPolicy
-from inferd.batching.scheduler import Scheduler, SchedulerConfig
-from inferd.batching.stats import ModelStats
-from inferd.repository.config import (
-    CONFIG_FILENAME,
-    DeviceKind,
-    InstanceGroup,
-    ModelConfig,
-    ModelConfigProto,
-    config_from_json,
-    normalize,
-    read_config,
-    to_model_config,
-    validate,
-)
-from inferd.repository.layout import ModelLocation, find_models, select_versions, version_dirs
+from inferd.batching.scheduler import Scheduler
+from inferd.repository.config import ModelConfigProto, config_from_json
+from inferd.repository.layout import ModelLocation, find_models
+from inferd.repository.loader import ModelLoader, RepositorySettings, close_all
 from inferd.repository.overrides import (
     check_file_paths,
     check_model_name,
     remove_override,
     write_override,
 )
-from inferd.repository.warmup import run_warmup, warmup_samples
+from inferd.repository.versions import UNLOADED, ModelState, ModelVersion
 from inferd.server.errors import InferdError, invalid, not_found, unavailable
 from inferd.server.types import ModelIndexEntry
 
+__all__ = ["ModelRepository", "ModelState", "ModelVersion", "RepositorySettings"]
+
 log = logging.getLogger(__name__)
-
-UNLOADED = "unloaded"  # the reason of a version unloaded on purpose (Triton's word)
-
-
-class ModelState(StrEnum):
-    UNKNOWN = "UNKNOWN"
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass(frozen=True, slots=True)
-class RepositorySettings:
-    roots: tuple[Path, ...]
-    backend: BackendSettings = field(default_factory=BackendSettings)
-    gpus: GpuInfo = field(default_factory=GpuInfo)  # what detection found (server/app.py)
-    gpu_fallback_to_cpu: bool = False  # KIND_GPU without a GPU: run on CPU (logged) or fail
-
-    @property
-    def gpu_count(self) -> int:
-        return self.gpus.count
-
-
-@dataclass(slots=True)
-class ModelVersion:
-    """One version of one model: its state, and when READY, its config and scheduler."""
-
-    name: str
-    version: int
-    state: ModelState = ModelState.UNKNOWN
-    reason: str = ""
-    config: ModelConfig | None = None
-    scheduler: Scheduler | None = None
-    labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    devices: str = ""  # where the instances run, for logs and status
-    gpu_fallback: bool = False  # KIND_GPU instances run on the CPU (--gpu-fallback=cpu)
-    # Inputs whose shape (or absence) must agree for requests to share a batch.
-    shape_key_inputs: tuple[str, ...] = ()
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY
-
-    def shape_key(self, shapes: Mapping[str, tuple[int, ...]]) -> Hashable:
-        if not self.shape_key_inputs:
-            return None
-        return tuple(shapes.get(name) for name in self.shape_key_inputs)
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """What a loader thread hands back to the loop for one model."""
-
-    config: ModelConfig | None
-    scheduling: SchedulerConfig | None
-    versions: list[ModelVersion]
-    instances: dict[int, list[ModelInstance]]
-    padding: PaddingSpec | None = None  # shape buckets, when the config opts in
-    stats: dict[int, ModelStats] = field(default_factory=dict)  # warmup already counted
 
 
 class ModelRepository:
@@ -113,7 +38,7 @@ class ModelRepository:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._settings = settings
-        self._registry = registry
+        self._loader = ModelLoader(settings, registry)
         self._loop = loop
         self._locations: dict[str, ModelLocation] = {}
         # name -> version -> ModelVersion, for every model the repository has seen.
@@ -248,7 +173,7 @@ class ModelRepository:
         try:
             if location.error:
                 raise invalid(location.error)
-            prepared = await asyncio.to_thread(self._prepare, location, override)
+            prepared = await asyncio.to_thread(self._loader.prepare, location, override)
         except Exception as exc:
             reason = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
             log.error("model '%s' failed to load: %s", name, reason)
@@ -263,7 +188,7 @@ class ModelRepository:
         if failed and serving:
             log.error("model '%s' failed to reload; the loaded versions keep serving", name)
             await asyncio.gather(
-                *(asyncio.to_thread(_close_all, i) for i in prepared.instances.values())
+                *(asyncio.to_thread(close_all, i) for i in prepared.instances.values())
             )
             return False, failed
         for version in prepared.versions:
@@ -301,132 +226,6 @@ class ModelRepository:
                 UNLOADED,
                 None,
             )
-
-    def _prepare(self, location: ModelLocation, override: ModelConfigProto | None) -> _Prepared:
-        """Runs on a loader thread: read and complete the config, create and warm up every
-        instance."""
-        name, model_dir = location.name, location.path
-        if override is None:
-            proto, source = read_config(model_dir), str(model_dir / CONFIG_FILENAME)
-        else:
-            proto, source = override, "the load request's 'config' parameter"
-        available = version_dirs(model_dir)
-        if not available:
-            raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
-        backend_name = self._backend_name(proto, model_dir, available)
-        backend = self._registry.get(backend_name)
-        filename = proto.default_model_filename or backend.default_model_filename
-        latest = available[max(available)]
-        backend.complete_config(proto, latest / filename, self._settings.backend)
-        gpu_reason = self._gpu_unavailable_reason(backend)
-        if gpu_reason and self._settings.gpu_count and _asks_auto(proto):
-            log.warning("model '%s': KIND_AUTO instances run on the CPU: %s", name, gpu_reason)
-        normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
-        validate(proto, name, source)
-        config = to_model_config(proto, backend_name)
-        labels = _read_labels(config, model_dir)
-        warmups = warmup_samples(proto, config, model_dir)
-        padding = padding_spec(config)
-        padded = padding.by_name if padding is not None else {}
-        # Requests share a batch only when these agree: variable dims (unless ragged or padded)
-        # and whether each optional input is present at all.
-        shape_key_inputs = tuple(
-            t.name
-            for t in config.inputs
-            if t.optional or (t.variable and not t.allow_ragged_batch and t.name not in padded)
-        )
-        prepared = _Prepared(config, scheduler_config(config), [], {}, padding)
-        for number in _wanted_versions(config, available, prepared):
-            version = ModelVersion(
-                name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
-            )
-            prepared.versions.append(version)
-            try:
-                devices, note = self._devices(config, gpu_reason)
-                version.devices, version.reason = _describe(devices), note
-                version.gpu_fallback = bool(note)
-                instances = self._create_instances(
-                    backend, config, available[number] / filename, devices
-                )
-                stats = ModelStats()
-                try:
-                    run_warmup(warmups, instances, stats)
-                except BaseException:
-                    _close_all(instances)
-                    raise
-                prepared.instances[number] = instances
-                prepared.stats[number] = stats
-                version.state = ModelState.LOADING
-            except Exception as exc:
-                version.state = ModelState.UNAVAILABLE
-                version.reason = exc.message if isinstance(exc, InferdError) else str(exc)
-                log.error("model '%s' version %d failed to load: %s", name, number, version.reason)
-        return prepared
-
-    def _backend_name(self, proto: object, model_dir: Path, available: Mapping[int, Path]) -> str:
-        backend: str = getattr(proto, "backend", "")
-        platform: str = getattr(proto, "platform", "")
-        if backend:
-            return backend
-        if platform:
-            return self._registry.backend_for_platform(platform)
-        files = {p.name for p in available[max(available)].iterdir()}
-        guessed = self._registry.guess_backend(files)
-        if guessed is None:
-            raise invalid(
-                f"model '{model_dir.name}': the config names no backend or platform and no "
-                f"known model file was found in {available[max(available)]}"
-            )
-        return guessed
-
-    def _gpu_unavailable_reason(self, backend: type[Backend]) -> str:
-        """Why KIND_GPU instances of this backend cannot run here ('' = they can); KIND_AUTO
-        means GPU only when this is ''."""
-        gpus = self._settings.gpus
-        if gpus.count == 0:
-            return gpus.reason
-        return backend.gpu_unavailable_reason(gpus)
-
-    def _devices(self, config: ModelConfig, gpu_reason: str) -> tuple[list[Device], str]:
-        """Where each instance runs, and a note for the model status if GPU fell back to CPU."""
-        devices: list[Device] = []
-        note = ""
-        for group in config.instance_groups:
-            if group.kind is not DeviceKind.GPU:
-                devices += [Device("cpu")] * group.count
-            elif not gpu_reason:
-                devices += _gpu_devices(group, self._settings.gpu_count)
-            elif self._settings.gpu_fallback_to_cpu:
-                log.warning(
-                    "model '%s': instance group '%s' falls back to CPU: %s",
-                    config.name,
-                    group.name,
-                    gpu_reason,
-                )
-                devices += [Device("cpu")] * group.count
-                note = f"KIND_GPU instances run on the CPU ({gpu_reason}; --gpu-fallback=cpu)"
-            else:
-                raise unavailable(
-                    f"instance group '{group.name}' asks for KIND_GPU, but {gpu_reason} "
-                    "(start with --gpu-fallback=cpu to run it on the CPU)"
-                )
-        return devices, note
-
-    def _create_instances(
-        self, backend: type[Backend], config: ModelConfig, path: Path, devices: Sequence[Device]
-    ) -> list[ModelInstance]:
-        settings = replace(
-            self._settings.backend, total_cpu_instances=sum(1 for d in devices if d.kind == "cpu")
-        )
-        instances: list[ModelInstance] = []
-        try:
-            for device in devices:
-                instances.append(backend.create_instance(config, path, device, settings))
-        except BaseException:
-            for instance in instances:
-                instance.close()
-            raise
-        return instances
 
     async def close(self) -> None:
         """Drain every scheduler, free the instances, delete the private model folders."""
@@ -512,105 +311,3 @@ class ModelRepository:
                     )
                 )
         return entries
-
-
-LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
-
-
-def scheduler_config(config: ModelConfig) -> SchedulerConfig:
-    """No dynamic_batching = each request runs alone with no queue policy (Triton's default
-    scheduler); the latency objective applies either way."""
-    slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
-    batching = config.dynamic_batching
-    if batching is None or config.max_batch_size == 0:
-        return SchedulerConfig(BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns)
-    return SchedulerConfig(
-        BatchPolicy(
-            max_batch_size=config.max_batch_size,
-            preferred_batch_sizes=batching.preferred_batch_sizes,
-            max_queue_delay_ns=batching.max_queue_delay_us * 1000,
-        ),
-        priority_levels=batching.priority_levels,
-        default_priority=batching.default_priority_level,
-        default_queue_policy=batching.default_queue_policy,
-        level_queue_policies=dict(batching.priority_queue_policy or {}),
-        preserve_ordering=batching.preserve_ordering,
-        latency_slo_ns=slo_ns,
-    )
-
-
-def latency_slo_ns(value: object, where: str) -> int:
-    """A latency objective in ms (config string or request parameter) as ns; 0 = none."""
-    if value in ("", None):
-        return 0
-    try:
-        ms = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        ms = -1.0
-    if isinstance(value, bool) or not ms > 0:
-        raise invalid(f"{LATENCY_SLO_PARAMETER} for '{where}' must be a positive number of ms")
-    return int(ms * 1_000_000)
-
-
-def _wanted_versions(
-    config: ModelConfig, available: Mapping[int, Path], prepared: _Prepared
-) -> list[int]:
-    wanted = select_versions(available, config.version_policy)
-    for missing in sorted(set(config.version_policy.versions) - set(available)):
-        prepared.versions.append(
-            ModelVersion(
-                config.name,
-                missing,
-                ModelState.UNAVAILABLE,
-                f"version {missing} named by the version policy has no folder",
-                config=config,
-            )
-        )
-    if not wanted and not prepared.versions:
-        raise invalid(f"model '{config.name}': the version policy selects no version")
-    return wanted
-
-
-def _read_labels(config: ModelConfig, model_dir: Path) -> dict[str, list[str]]:
-    labels: dict[str, list[str]] = {}
-    for output in config.outputs:
-        if not output.label_filename:
-            continue
-        path = model_dir / output.label_filename
-        try:
-            labels[output.name] = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise invalid(f"output '{output.name}': cannot read label file {path}: {exc}") from None
-    return labels
-
-
-def _close_all(instances: Iterable[ModelInstance]) -> None:
-    for instance in instances:
-        try:
-            instance.close()
-        except Exception:
-            log.exception("closing a model instance failed")
-
-
-def _asks_auto(proto: ModelConfigProto) -> bool:
-    groups = proto.instance_group
-    return not groups or any(g.kind == g.KIND_AUTO for g in groups)
-
-
-def _gpu_devices(group: InstanceGroup, gpu_count: int) -> list[Device]:
-    """`count` instances on each listed GPU (normalize lists every GPU when the config
-    names none), as Triton places them."""
-    for gpu in group.gpus:
-        if not 0 <= gpu < gpu_count:
-            raise invalid(
-                f"instance group '{group.name}' names GPU {gpu}, but this process sees "
-                f"{gpu_count} GPU(s) (ids 0..{gpu_count - 1}; see CUDA_VISIBLE_DEVICES)"
-            )
-    return [Device("gpu", gpu) for gpu in group.gpus for _ in range(group.count)]
-
-
-def _describe(devices: Sequence[Device]) -> str:
-    counts: dict[str, int] = {}
-    for device in devices:
-        counts[str(device)] = counts.get(str(device), 0) + 1
-    return ", ".join(f"{n} x {d}" for d, n in counts.items())

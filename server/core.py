@@ -11,12 +11,8 @@ import numpy as np
 import inferd
 from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
-from inferd.repository.manager import (
-    LATENCY_SLO_PARAMETER,
-    ModelRepository,
-    ModelVersion,
-    latency_slo_ns,
-)
+from inferd.repository.manager import ModelRepository, ModelVersion
+from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
 from inferd.server.errors import InferdError, invalid, unavailable
 from inferd.server.statistics import model_stats_document

@@ -1,0 +1,256 @@
+"""Preparing a model on a loader thread: read and complete its config, place and create its
+instances, warm them up. Nothing here touches the event loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.backends.gpu import GpuInfo
+from inferd.backends.registry import BackendRegistry
+from inferd.batching.padding import PaddingSpec, padding_spec
+from inferd.batching.scheduler import SchedulerConfig
+from inferd.batching.stats import ModelStats
+from inferd.repository.config import (
+    CONFIG_FILENAME,
+    DeviceKind,
+    InstanceGroup,
+    ModelConfig,
+    ModelConfigProto,
+    normalize,
+    read_config,
+    to_model_config,
+    validate,
+)
+from inferd.repository.layout import ModelLocation, select_versions, version_dirs
+from inferd.repository.scheduling import scheduler_config
+from inferd.repository.versions import ModelState, ModelVersion
+from inferd.repository.warmup import run_warmup, warmup_samples
+from inferd.server.errors import InferdError, invalid, unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositorySettings:
+    roots: tuple[Path, ...]
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    gpus: GpuInfo = field(default_factory=GpuInfo)  # what detection found (server/app.py)
+    gpu_fallback_to_cpu: bool = False  # KIND_GPU without a GPU: run on CPU (logged) or fail
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus.count
+
+
+@dataclass(slots=True)
+class PreparedModel:
+    """What a loader thread hands back to the loop for one model."""
+
+    config: ModelConfig | None
+    scheduling: SchedulerConfig | None
+    versions: list[ModelVersion]
+    instances: dict[int, list[ModelInstance]]
+    padding: PaddingSpec | None = None  # shape buckets, when the config opts in
+    stats: dict[int, ModelStats] = field(default_factory=dict)  # warmup already counted
+
+
+class ModelLoader:
+    """Turns a model folder (or an override config) into ready-to-serve versions."""
+
+    def __init__(self, settings: RepositorySettings, registry: BackendRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+
+    def prepare(self, location: ModelLocation, override: ModelConfigProto | None) -> PreparedModel:
+        """Runs on a loader thread: read and complete the config, create and warm up every
+        instance."""
+        name, model_dir = location.name, location.path
+        if override is None:
+            proto, source = read_config(model_dir), str(model_dir / CONFIG_FILENAME)
+        else:
+            proto, source = override, "the load request's 'config' parameter"
+        available = version_dirs(model_dir)
+        if not available:
+            raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
+        backend_name = self._backend_name(proto, model_dir, available)
+        backend = self._registry.get(backend_name)
+        filename = proto.default_model_filename or backend.default_model_filename
+        latest = available[max(available)]
+        backend.complete_config(proto, latest / filename, self._settings.backend)
+        gpu_reason = self._gpu_unavailable_reason(backend)
+        if gpu_reason and self._settings.gpu_count and _asks_auto(proto):
+            log.warning("model '%s': KIND_AUTO instances run on the CPU: %s", name, gpu_reason)
+        normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
+        validate(proto, name, source)
+        config = to_model_config(proto, backend_name)
+        labels = _read_labels(config, model_dir)
+        warmups = warmup_samples(proto, config, model_dir)
+        padding = padding_spec(config)
+        padded = padding.by_name if padding is not None else {}
+        # Requests share a batch only when these agree: variable dims (unless ragged or padded)
+        # and whether each optional input is present at all.
+        shape_key_inputs = tuple(
+            t.name
+            for t in config.inputs
+            if t.optional or (t.variable and not t.allow_ragged_batch and t.name not in padded)
+        )
+        prepared = PreparedModel(config, scheduler_config(config), [], {}, padding)
+        for number in _wanted_versions(config, available, prepared):
+            version = ModelVersion(
+                name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
+            )
+            prepared.versions.append(version)
+            try:
+                devices, note = self._devices(config, gpu_reason)
+                version.devices, version.reason = _describe(devices), note
+                version.gpu_fallback = bool(note)
+                instances = self._create_instances(
+                    backend, config, available[number] / filename, devices
+                )
+                stats = ModelStats()
+                try:
+                    run_warmup(warmups, instances, stats)
+                except BaseException:
+                    close_all(instances)
+                    raise
+                prepared.instances[number] = instances
+                prepared.stats[number] = stats
+                version.state = ModelState.LOADING
+            except Exception as exc:
+                version.state = ModelState.UNAVAILABLE
+                version.reason = exc.message if isinstance(exc, InferdError) else str(exc)
+                log.error("model '%s' version %d failed to load: %s", name, number, version.reason)
+        return prepared
+
+    def _backend_name(self, proto: object, model_dir: Path, available: Mapping[int, Path]) -> str:
+        backend: str = getattr(proto, "backend", "")
+        platform: str = getattr(proto, "platform", "")
+        if backend:
+            return backend
+        if platform:
+            return self._registry.backend_for_platform(platform)
+        files = {p.name for p in available[max(available)].iterdir()}
+        guessed = self._registry.guess_backend(files)
+        if guessed is None:
+            raise invalid(
+                f"model '{model_dir.name}': the config names no backend or platform and no "
+                f"known model file was found in {available[max(available)]}"
+            )
+        return guessed
+
+    def _gpu_unavailable_reason(self, backend: type[Backend]) -> str:
+        """Why KIND_GPU instances of this backend cannot run here ('' = they can); KIND_AUTO
+        means GPU only when this is ''."""
+        gpus = self._settings.gpus
+        if gpus.count == 0:
+            return gpus.reason
+        return backend.gpu_unavailable_reason(gpus)
+
+    def _devices(self, config: ModelConfig, gpu_reason: str) -> tuple[list[Device], str]:
+        """Where each instance runs, and a note for the model status if GPU fell back to CPU."""
+        devices: list[Device] = []
+        note = ""
+        for group in config.instance_groups:
+            if group.kind is not DeviceKind.GPU:
+                devices += [Device("cpu")] * group.count
+            elif not gpu_reason:
+                devices += _gpu_devices(group, self._settings.gpu_count)
+            elif self._settings.gpu_fallback_to_cpu:
+                log.warning(
+                    "model '%s': instance group '%s' falls back to CPU: %s",
+                    config.name,
+                    group.name,
+                    gpu_reason,
+                )
+                devices += [Device("cpu")] * group.count
+                note = f"KIND_GPU instances run on the CPU ({gpu_reason}; --gpu-fallback=cpu)"
+            else:
+                raise unavailable(
+                    f"instance group '{group.name}' asks for KIND_GPU, but {gpu_reason} "
+                    "(start with --gpu-fallback=cpu to run it on the CPU)"
+                )
+        return devices, note
+
+    def _create_instances(
+        self, backend: type[Backend], config: ModelConfig, path: Path, devices: Sequence[Device]
+    ) -> list[ModelInstance]:
+        settings = replace(
+            self._settings.backend, total_cpu_instances=sum(1 for d in devices if d.kind == "cpu")
+        )
+        instances: list[ModelInstance] = []
+        try:
+            for device in devices:
+                instances.append(backend.create_instance(config, path, device, settings))
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
+        return instances
+
+
+def _wanted_versions(
+    config: ModelConfig, available: Mapping[int, Path], prepared: PreparedModel
+) -> list[int]:
+    wanted = select_versions(available, config.version_policy)
+    for missing in sorted(set(config.version_policy.versions) - set(available)):
+        prepared.versions.append(
+            ModelVersion(
+                config.name,
+                missing,
+                ModelState.UNAVAILABLE,
+                f"version {missing} named by the version policy has no folder",
+                config=config,
+            )
+        )
+    if not wanted and not prepared.versions:
+        raise invalid(f"model '{config.name}': the version policy selects no version")
+    return wanted
+
+
+def _read_labels(config: ModelConfig, model_dir: Path) -> dict[str, list[str]]:
+    labels: dict[str, list[str]] = {}
+    for output in config.outputs:
+        if not output.label_filename:
+            continue
+        path = model_dir / output.label_filename
+        try:
+            labels[output.name] = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise invalid(f"output '{output.name}': cannot read label file {path}: {exc}") from None
+    return labels
+
+
+def close_all(instances: Iterable[ModelInstance]) -> None:
+    for instance in instances:
+        try:
+            instance.close()
+        except Exception:
+            log.exception("closing a model instance failed")
+
+
+def _asks_auto(proto: ModelConfigProto) -> bool:
+    groups = proto.instance_group
+    return not groups or any(g.kind == g.KIND_AUTO for g in groups)
+
+
+def _gpu_devices(group: InstanceGroup, gpu_count: int) -> list[Device]:
+    """`count` instances on each listed GPU (normalize lists every GPU when the config
+    names none), as Triton places them."""
+    for gpu in group.gpus:
+        if not 0 <= gpu < gpu_count:
+            raise invalid(
+                f"instance group '{group.name}' names GPU {gpu}, but this process sees "
+                f"{gpu_count} GPU(s) (ids 0..{gpu_count - 1}; see CUDA_VISIBLE_DEVICES)"
+            )
+    return [Device("gpu", gpu) for gpu in group.gpus for _ in range(group.count)]
+
+
+def _describe(devices: Sequence[Device]) -> str:
+    counts: dict[str, int] = {}
+    for device in devices:
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return ", ".join(f"{n} x {d}" for d, n in counts.items())

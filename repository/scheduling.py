@@ -1,0 +1,45 @@
+"""From a model config to its scheduler's settings (batching, queue policies, latency objective)."""
+
+from __future__ import annotations
+
+from inferd.batching.policy import BatchPolicy
+from inferd.batching.scheduler import SchedulerConfig
+from inferd.repository.config import ModelConfig
+from inferd.server.errors import invalid
+
+LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
+
+
+def scheduler_config(config: ModelConfig) -> SchedulerConfig:
+    """No dynamic_batching = each request runs alone with no queue policy (Triton's default
+    scheduler); the latency objective applies either way."""
+    slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
+    batching = config.dynamic_batching
+    if batching is None or config.max_batch_size == 0:
+        return SchedulerConfig(BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns)
+    return SchedulerConfig(
+        BatchPolicy(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_delay_ns=batching.max_queue_delay_us * 1000,
+        ),
+        priority_levels=batching.priority_levels,
+        default_priority=batching.default_priority_level,
+        default_queue_policy=batching.default_queue_policy,
+        level_queue_policies=dict(batching.priority_queue_policy or {}),
+        preserve_ordering=batching.preserve_ordering,
+        latency_slo_ns=slo_ns,
+    )
+
+
+def latency_slo_ns(value: object, where: str) -> int:
+    """A latency objective in ms (config string or request parameter) as ns; 0 = none."""
+    if value in ("", None):
+        return 0
+    try:
+        ms = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ms = -1.0
+    if isinstance(value, bool) or not ms > 0:
+        raise invalid(f"{LATENCY_SLO_PARAMETER} for '{where}' must be a positive number of ms")
+    return int(ms * 1_000_000)

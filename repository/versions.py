@@ -1,0 +1,46 @@
+"""A model version as the repository tracks it: state, reason, and when READY its scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from inferd.batching.scheduler import Scheduler
+from inferd.repository.config import ModelConfig
+
+UNLOADED = "unloaded"  # the reason of a version unloaded on purpose (Triton's word)
+
+
+class ModelState(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    """One version of one model: its state, and when READY, its config and scheduler."""
+
+    name: str
+    version: int
+    state: ModelState = ModelState.UNKNOWN
+    reason: str = ""
+    config: ModelConfig | None = None
+    scheduler: Scheduler | None = None
+    labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    devices: str = ""  # where the instances run, for logs and status
+    gpu_fallback: bool = False  # KIND_GPU instances run on the CPU (--gpu-fallback=cpu)
+    # Inputs whose shape (or absence) must agree for requests to share a batch.
+    shape_key_inputs: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def shape_key(self, shapes: Mapping[str, tuple[int, ...]]) -> Hashable:
+        if not self.shape_key_inputs:
+            return None
+        return tuple(shapes.get(name) for name in self.shape_key_inputs)
