@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid, unsupported
 from inferd.server.http_codec import (
+    HeaderCache,
     OutputEncoding,
     decode_infer_request,
     decode_raw_input,
@@ -85,6 +86,7 @@ class HttpFrontDoor:
     ) -> None:
         self._core = core
         self._max_input_size = settings.max_input_size
+        self._headers = HeaderCache()
         self._router = Starlette(
             routes=_routes(core, self._infer_route, metrics),
             exception_handlers={
@@ -167,7 +169,7 @@ class HttpFrontDoor:
             )
         header_length = int(raw_length)
         if header_length > 0:
-            return decode_infer_request(body, header_length, model, version)
+            return decode_infer_request(body, header_length, model, version, self._headers)
         spec, max_batch_size = self._core.raw_input(model, version)
         array = decode_raw_input(body, spec.name, spec.datatype, spec.dims, max_batch_size)
         return InferRequest(model, version, {spec.name: array}), OutputEncoding(binary_default=True)

@@ -60,16 +60,58 @@ class OutputEncoding:
 # Request decoding
 
 
+@dataclass(frozen=True, slots=True)
+class _BinaryInput:
+    name: str
+    datatype: DataType
+    shape: tuple[int, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderPlan:
+    """A decoded JSON header whose inputs are all binary: the same header bytes always decode
+    to the same request apart from the tensor bytes, so the JSON work is done once."""
+
+    request_id: str
+    parameters: Params
+    outputs: tuple[RequestedOutput, ...] | None
+    encoding: OutputEncoding  # shared by the requests of this plan: read-only
+    inputs: tuple[_BinaryInput, ...]
+    binary_size: int
+
+
+class HeaderCache:
+    """Decoded binary-request headers by their bytes. Clients send the same header request
+    after request (same model, shapes and options); bounded, cleared when full."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._plans: dict[bytes, _HeaderPlan] = {}
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, header: bytes) -> _HeaderPlan | None:
+        return self._plans.get(header)
+
+    def put(self, header: bytes, plan: _HeaderPlan) -> None:
+        if len(self._plans) >= self._capacity:
+            self._plans.clear()
+        self._plans[header] = plan
+
+
 def decode_infer_request(
     body: bytes | bytearray | memoryview,
     header_length: int | None,
     model_name: str,
     model_version: str,
+    cache: HeaderCache | None = None,
 ) -> tuple[InferRequest, OutputEncoding]:
     """Decode an inference request body.
 
     header_length None = the whole body is JSON; N > 0 = the first N bytes are JSON and the
-    binary tensor chunks follow.
+    binary tensor chunks follow. With a cache, binary requests reuse decoded headers.
     """
     view = memoryview(body).cast("B")
     if header_length is None:
@@ -81,6 +123,12 @@ def decode_infer_request(
             f"Inference-Header-Content-Length {header_length} exceeds the request body "
             f"size {len(view)}"
         )
+    key = None
+    if cache is not None and header_length < len(view):
+        key = bytes(view[:header_length])
+        plan = cache.get(key)
+        if plan is not None and plan.binary_size == len(view) - header_length:
+            return _from_plan(plan, view, header_length, model_name, model_version)
     doc = _load_json_object(view[:header_length])
 
     request_id = doc.get("id", "")
@@ -88,7 +136,7 @@ def decode_infer_request(
         raise invalid(f"request 'id' must be a string, got {_json_name(request_id)}")
     encoding = OutputEncoding()
     parameters = _request_parameters(doc.get("parameters"), encoding)
-    inputs = _decode_inputs(doc.get("inputs"), view, header_length)
+    inputs, binary = _decode_inputs(doc.get("inputs"), view, header_length)
     outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
     request = InferRequest(
         model_name=model_name,
@@ -98,7 +146,39 @@ def decode_infer_request(
         parameters=parameters,
         outputs=outputs,
     )
+    if key is not None and binary is not None:
+        assert cache is not None
+        plan = _HeaderPlan(
+            request_id,
+            dict(parameters),
+            None if outputs is None else tuple(outputs),
+            encoding,
+            tuple(binary),
+            sum(b.size for b in binary),
+        )
+        cache.put(key, plan)
     return request, encoding
+
+
+def _from_plan(
+    plan: _HeaderPlan, view: memoryview, offset: int, model_name: str, model_version: str
+) -> tuple[InferRequest, OutputEncoding]:
+    inputs: dict[str, np.ndarray] = {}
+    for spec in plan.inputs:
+        end = offset + spec.size
+        inputs[spec.name] = tensor_from_bytes(
+            view[offset:end], spec.name, spec.datatype, spec.shape
+        )
+        offset = end
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        id=plan.request_id,
+        parameters=dict(plan.parameters),
+        outputs=None if plan.outputs is None else list(plan.outputs),
+    )
+    return request, plan.encoding
 
 
 def _load_json_object(data: memoryview) -> dict[str, Any]:
@@ -129,12 +209,16 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
     return out
 
 
-def _decode_inputs(raw: object, view: memoryview, header_length: int) -> dict[str, np.ndarray]:
+def _decode_inputs(
+    raw: object, view: memoryview, header_length: int
+) -> tuple[dict[str, np.ndarray], list[_BinaryInput] | None]:
+    """The inputs, and their binary layout when every one of them is binary."""
     if not isinstance(raw, list):
         raise invalid("the request must have an 'inputs' list")
     if not raw:
         raise invalid("the request 'inputs' list is empty")
     inputs: dict[str, np.ndarray] = {}
+    binary: list[_BinaryInput] | None = []
     cursor = header_length  # next unread byte of the binary section
     for item in raw:
         if not isinstance(item, dict):
@@ -147,6 +231,7 @@ def _decode_inputs(raw: object, view: memoryview, header_length: int) -> dict[st
             if "data" not in item:
                 raise invalid(f"input '{name}' has neither 'data' nor binary_data_size")
             inputs[name] = _from_json(item["data"], name, datatype, shape)
+            binary = None
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
@@ -159,12 +244,14 @@ def _decode_inputs(raw: object, view: memoryview, header_length: int) -> dict[st
             )
         # Zero copy: fixed-size arrays view the request body.
         inputs[name] = tensor_from_bytes(view[cursor : cursor + size], name, datatype, shape)
+        if binary is not None:
+            binary.append(_BinaryInput(name, datatype, shape, size))
         cursor += size
     if cursor != len(view):
         raise invalid(
             f"the request body has {len(view) - cursor} bytes after the last binary input"
         )
-    return inputs
+    return inputs, binary
 
 
 def _tensor_header(

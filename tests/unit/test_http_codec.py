@@ -14,6 +14,7 @@ from tritonclient.http._utils import _get_inference_request
 
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.http_codec import (
+    HeaderCache,
     OutputEncoding,
     decode_infer_request,
     decode_raw_input,
@@ -580,3 +581,57 @@ def test_bad_framing(body: bytes, header_length: int | None, fragment: str) -> N
     with pytest.raises(InferdError) as error:
         decode_infer_request(body, header_length, "m", "1")
     assert_invalid(error, fragment)
+
+
+# ---- the header cache ------------------------------------------------------------------------
+
+
+def _binary_body(values: np.ndarray, **request: Any) -> tuple[bytes, int]:
+    header = orjson.dumps(
+        {
+            **request,
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(values.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": values.nbytes},
+                }
+            ],
+        }
+    )
+    return header + values.tobytes(), len(header)
+
+
+def test_header_cache_reuses_a_decoded_header_for_new_tensor_bytes() -> None:
+    cache = HeaderCache()
+    first_body, length = _binary_body(np.zeros((1, 4), np.float32), id="a")
+    second_body, _ = _binary_body(np.arange(4, dtype=np.float32).reshape(1, 4), id="a")
+    first, _ = decode_infer_request(first_body, length, "m", "", cache)
+    second, encoding = decode_infer_request(second_body, length, "m", "2", cache)
+    assert first.inputs["x"].tolist() == [[0, 0, 0, 0]]
+    assert second.inputs["x"].tolist() == [[0, 1, 2, 3]]  # the new bytes, not the cached ones
+    assert (second.id, second.model_version, encoding.binary_default) == ("a", "2", False)
+    second.parameters["changed"] = 1  # each request gets its own parameters
+    third, _ = decode_infer_request(first_body, length, "m", "", cache)
+    assert third.parameters == {}
+
+
+def test_header_cache_checks_the_body_size_and_skips_json_data() -> None:
+    cache = HeaderCache()
+    body, length = _binary_body(np.zeros((1, 4), np.float32))
+    decode_infer_request(body, length, "m", "", cache)
+    with pytest.raises(InferdError, match="extends past the end"):
+        decode_infer_request(body[:-4], length, "m", "", cache)
+    json_body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    )
+    assert decode_infer_request(json_body, None, "m", "", cache)[0].inputs["x"].tolist() == [1.0]
+
+
+def test_header_cache_is_bounded() -> None:
+    cache = HeaderCache(capacity=2)
+    for request_id in "abc":
+        body, length = _binary_body(np.zeros((1, 1), np.float32), id=request_id)
+        assert decode_infer_request(body, length, "m", "", cache)[0].id == request_id
+    assert len(cache) == 1  # cleared when full, then the newest added
