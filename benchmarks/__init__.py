@@ -1,1 +1,1 @@
-"""Load-test harness and benchmarks, installed as ``inferd.benchmarks`` by ``inferd[bench]``."""
+"""Load-test harness and benchmarks, installed as ``inferd.benchmarks``; their dependencies come with ``inferd[cpu,bench]``."""

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from inferd.server.settings import Settings
+from inferd.server.settings import GrpcChannel, Settings
 
 ENV_PREFIX = "INFERD_"
 _TRUE = {"true", "1", "yes", "on"}
@@ -77,7 +77,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "Triton's; booleans take true/false.",
     )
     p = _Parser(serve, dict(os.environ if environ is None else environ))
-    d = Settings()
+    d, g = Settings(), GrpcChannel()
     p.add(
         "--model-repository",
         "--model-store",
@@ -187,61 +187,61 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add(
         "--grpc-max-message-size",
         type=int,
-        default=d.grpc_max_message_size,
+        default=g.max_message_size,
         help="largest gRPC message received or sent, in bytes",
     )
     p.add(
         "--grpc-keepalive-time",
         type=int,
-        default=d.grpc_keepalive_time_ms,
+        default=g.keepalive_time_ms,
         help="gRPC: ms between keepalive pings on a transport",
     )
     p.add(
         "--grpc-keepalive-timeout",
         type=int,
-        default=d.grpc_keepalive_timeout_ms,
+        default=g.keepalive_timeout_ms,
         help="gRPC: ms to wait for a keepalive ping's acknowledgement before closing",
     )
     p.add(
         "--grpc-keepalive-permit-without-calls",
         type=parse_bool,
-        default=d.grpc_keepalive_permit_without_calls,
+        default=g.keepalive_permit_without_calls,
         help="gRPC: allow keepalive pings when no call is in flight",
     )
     p.add(
         "--grpc-http2-max-pings-without-data",
         type=int,
-        default=d.grpc_http2_max_pings_without_data,
+        default=g.http2_max_pings_without_data,
         help="gRPC: pings allowed without data/header frames (0 = no limit)",
     )
     p.add(
         "--grpc-http2-min-recv-ping-interval-without-data",
         type=int,
-        default=d.grpc_http2_min_recv_ping_interval_without_data_ms,
+        default=g.http2_min_recv_ping_interval_without_data_ms,
         help="gRPC: shortest ms between received pings without data before a ping strike",
     )
     p.add(
         "--grpc-http2-max-ping-strikes",
         type=int,
-        default=d.grpc_http2_max_ping_strikes,
+        default=g.http2_max_ping_strikes,
         help="gRPC: bad pings tolerated before GOAWAY (0 = any number)",
     )
     p.add(
         "--grpc-max-connection-age",
         type=int,
-        default=d.grpc_max_connection_age_ms,
+        default=g.max_connection_age_ms,
         help="gRPC: ms a connection may live (0 = unlimited)",
     )
     p.add(
         "--grpc-max-connection-age-grace",
         type=int,
-        default=d.grpc_max_connection_age_grace_ms,
+        default=g.max_connection_age_grace_ms,
         help="gRPC: ms granted to calls after the connection's max age (0 = unlimited)",
     )
     p.add(
         "--grpc-max-concurrent-streams",
         type=int,
-        default=d.grpc_max_concurrent_streams,
+        default=g.max_concurrent_streams,
         help="gRPC: concurrent calls per connection (0 = gRPC's default)",
     )
     p.add(
@@ -303,18 +303,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_max_batch_size=max_batch,
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
-        grpc_max_message_size=args.grpc_max_message_size,
-        grpc_keepalive_time_ms=args.grpc_keepalive_time,
-        grpc_keepalive_timeout_ms=args.grpc_keepalive_timeout,
-        grpc_keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
-        grpc_http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
-        grpc_http2_min_recv_ping_interval_without_data_ms=(
-            args.grpc_http2_min_recv_ping_interval_without_data
+        grpc_channel=GrpcChannel(
+            max_message_size=args.grpc_max_message_size,
+            keepalive_time_ms=args.grpc_keepalive_time,
+            keepalive_timeout_ms=args.grpc_keepalive_timeout,
+            keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+            http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
+            http2_min_recv_ping_interval_without_data_ms=(
+                args.grpc_http2_min_recv_ping_interval_without_data
+            ),
+            http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
+            max_connection_age_ms=args.grpc_max_connection_age,
+            max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
+            max_concurrent_streams=args.grpc_max_concurrent_streams,
         ),
-        grpc_http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
-        grpc_max_connection_age_ms=args.grpc_max_connection_age,
-        grpc_max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
-        grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
         log_level="debug" if args.log_verbose > 0 else args.log_level,
         backend_config=backend_config,
     )

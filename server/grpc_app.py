@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -30,14 +30,13 @@ from inferd.server.grpc_codec import (
     encode_stream_response,
 )
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
-from inferd.server.settings import Settings
+from inferd.server.settings import GrpcChannel, Settings
 from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME: str = _SERVICE.full_name  # "inference.GRPCInferenceService"
-MAX_MESSAGE_SIZE = 2**31 - 1  # Triton's and tritonclient's limit (INT32_MAX), not gRPC's 4 MiB
 
 # One table from error codes to gRPC status codes (Triton's mapping).
 GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
@@ -54,63 +53,13 @@ GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
 
 @dataclass(frozen=True, slots=True)
 class GrpcSettings:
-    """Bind address and channel arguments; keepalive defaults are gRPC's (as in Triton)."""
-
     address: str = "0.0.0.0"
     port: int = 8001
-    max_message_size: int = MAX_MESSAGE_SIZE
-    keepalive_time_ms: int = 7_200_000
-    keepalive_timeout_ms: int = 20_000
-    keepalive_permit_without_calls: bool = False
-    http2_max_pings_without_data: int = 2
-    http2_min_recv_ping_interval_without_data_ms: int = 300_000
-    http2_max_ping_strikes: int = 2
-    max_connection_age_ms: int = 0  # 0 = unlimited
-    max_connection_age_grace_ms: int = 0  # 0 = unlimited
-    max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        options = [
-            ("grpc.max_send_message_length", self.max_message_size),
-            ("grpc.max_receive_message_length", self.max_message_size),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
-            ("grpc.http2.max_pings_without_data", self.http2_max_pings_without_data),
-            (
-                "grpc.http2.min_recv_ping_interval_without_data_ms",
-                self.http2_min_recv_ping_interval_without_data_ms,
-            ),
-            ("grpc.http2.max_ping_strikes", self.http2_max_ping_strikes),
-            # gRPC turns SO_REUSEPORT on by default: a second server on the port would then
-            # start silently instead of failing (Triton also leaves it off by default).
-            ("grpc.so_reuseport", 0),
-        ]
-        optional = [
-            ("grpc.max_connection_age_ms", self.max_connection_age_ms),
-            ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_ms),
-            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
-        ]
-        return options + [(key, value) for key, value in optional if value > 0]
+    channel: GrpcChannel = field(default_factory=GrpcChannel)
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
-    return GrpcSettings(
-        address=settings.grpc_address,
-        port=settings.grpc_port,
-        max_message_size=settings.grpc_max_message_size,
-        keepalive_time_ms=settings.grpc_keepalive_time_ms,
-        keepalive_timeout_ms=settings.grpc_keepalive_timeout_ms,
-        keepalive_permit_without_calls=settings.grpc_keepalive_permit_without_calls,
-        http2_max_pings_without_data=settings.grpc_http2_max_pings_without_data,
-        http2_min_recv_ping_interval_without_data_ms=(
-            settings.grpc_http2_min_recv_ping_interval_without_data_ms
-        ),
-        http2_max_ping_strikes=settings.grpc_http2_max_ping_strikes,
-        max_connection_age_ms=settings.grpc_max_connection_age_ms,
-        max_connection_age_grace_ms=settings.grpc_max_connection_age_grace_ms,
-        max_concurrent_streams=settings.grpc_max_concurrent_streams,
-    )
+    return GrpcSettings(settings.grpc_address, settings.grpc_port, settings.grpc_channel)
 
 
 # ---- inference.GRPCInferenceService ---------------------------------------------------------
@@ -401,7 +350,7 @@ class GrpcServer:
 
 
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
-    server = grpc.aio.server(options=settings.channel_options())
+    server = grpc.aio.server(options=settings.channel.options())
     handlers = InferenceService(core).handlers()
     # Registered methods are matched by path in gRPC core, without the generic per-call lookup.
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -7,6 +7,46 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcChannel:
+    """gRPC channel arguments. Keepalive defaults are gRPC's own, as in Triton; times in ms."""
+
+    max_message_size: int = 2**31 - 1  # send and receive: Triton's INT32_MAX, not gRPC's 4 MiB
+    keepalive_time_ms: int = 7_200_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    http2_max_ping_strikes: int = 2
+    max_connection_age_ms: int = 0  # 0 = unlimited
+    max_connection_age_grace_ms: int = 0  # 0 = unlimited
+    max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
+
+    def options(self) -> list[tuple[str, int]]:
+        options = [
+            ("grpc.max_send_message_length", self.max_message_size),
+            ("grpc.max_receive_message_length", self.max_message_size),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", self.http2_max_pings_without_data),
+            (
+                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                self.http2_min_recv_ping_interval_without_data_ms,
+            ),
+            ("grpc.http2.max_ping_strikes", self.http2_max_ping_strikes),
+            # gRPC turns SO_REUSEPORT on by default: a second server on the port would then
+            # start silently instead of failing (Triton also leaves it off by default).
+            ("grpc.so_reuseport", 0),
+        ]
+        optional = [
+            ("grpc.max_connection_age_ms", self.max_connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_ms),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+        ]
+        return options + [(key, value) for key, value in optional if value > 0]
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     model_repositories: tuple[Path, ...] = ()  # empty = the bundled examples
     http_address: str = "0.0.0.0"
@@ -31,17 +71,7 @@ class Settings:
     default_max_batch_size: int = 4
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
-    # gRPC channel arguments. Keepalive defaults are gRPC's own, as in Triton; times in ms.
-    grpc_max_message_size: int = 2**31 - 1  # send and receive; Triton's INT32_MAX
-    grpc_keepalive_time_ms: int = 7_200_000
-    grpc_keepalive_timeout_ms: int = 20_000
-    grpc_keepalive_permit_without_calls: bool = False
-    grpc_http2_max_pings_without_data: int = 2
-    grpc_http2_min_recv_ping_interval_without_data_ms: int = 300_000
-    grpc_http2_max_ping_strikes: int = 2
-    grpc_max_connection_age_ms: int = 0  # 0 = unlimited
-    grpc_max_connection_age_grace_ms: int = 0  # 0 = unlimited
-    grpc_max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
+    grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
     log_level: str = "info"
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.grpc_app import grpc_settings
+from inferd.server.settings import GrpcChannel
 from tests.conftest import EXAMPLES, RunningServer
 from tests.models import reshape_model, write_model
 
@@ -291,7 +292,9 @@ def test_message_limit_and_backend_failure(
     tmp_path: Path, server_factory: Callable[..., RunningServer]
 ) -> None:
     write_model(tmp_path, "reshape", reshape_model())
-    server = server_factory(model_repositories=(tmp_path,), grpc_max_message_size=1 << 20)
+    server = server_factory(
+        model_repositories=(tmp_path,), grpc_channel=GrpcChannel(max_message_size=1 << 20)
+    )
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         big = np.zeros((1, 1 << 19), dtype=np.float32)  # 2 MiB > 1 MiB
@@ -323,7 +326,7 @@ def test_grpc_flags_and_environment_become_channel_options() -> None:
             "--grpc-max-concurrent-streams=64",
         ]
     )
-    options = dict(grpc_settings(settings_from_args(args)).channel_options())
+    options = dict(grpc_settings(settings_from_args(args)).channel.options())
     assert options["grpc.max_receive_message_length"] == 1 << 20
     assert options["grpc.max_send_message_length"] == 1 << 20
     assert options["grpc.keepalive_time_ms"] == 10_000
