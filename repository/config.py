@@ -7,11 +7,12 @@ for what the config endpoint prints; the frozen dataclasses are what the data pl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import numpy as np
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
@@ -47,6 +48,12 @@ class TensorConfig:
     @property
     def variable(self) -> bool:
         return -1 in self.dims
+
+    # The numpy dtype, kept beside the datatype: requests are checked against it.
+    dtype: np.dtype[Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", self.datatype.numpy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +171,9 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
     where = f"model '{model_name}' ({source})"
     if config.name != model_name:
         raise invalid(f"{where}: config name '{config.name}' must match the folder name")
-    for field in _UNSUPPORTED_FIELDS:
-        if _is_set(config, field):
-            raise invalid(f"{where}: '{field}' is not supported by inferd yet")
+    for name in _UNSUPPORTED_FIELDS:
+        if _is_set(config, name):
+            raise invalid(f"{where}: '{name}' is not supported by inferd yet")
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:
@@ -316,19 +323,19 @@ _INT64_TYPES = {
 
 
 def _int64_to_numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
-    for field in descriptor.fields:
-        if field.name not in data:
+    for fd in descriptor.fields:
+        if fd.name not in data:
             continue
-        value = data[field.name]
-        if field.type in _INT64_TYPES:
-            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            message = field.message_type
+        value = data[fd.name]
+        if fd.type in _INT64_TYPES:
+            data[fd.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            message = fd.message_type
             if message.GetOptions().map_entry:
-                value_field = message.fields_by_name["value"]
-                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                value_fd = message.fields_by_name["value"]
+                if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
                     for item in value.values():
-                        _int64_to_numbers(value_field.message_type, item)
+                        _int64_to_numbers(value_fd.message_type, item)
             elif isinstance(value, list):
                 for item in value:
                     _int64_to_numbers(message, item)

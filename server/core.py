@@ -205,7 +205,7 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
         spec = specs.get(name)
         if spec is None:
             raise invalid(f"unexpected inference input '{name}' for model '{config.name}'")
-        if array.dtype != spec.datatype.numpy:
+        if array.dtype is not spec.dtype and array.dtype != spec.dtype:
             got = DataType.from_numpy(array.dtype).value
             raise invalid(
                 f"inference input '{name}' data-type is '{got}', but model '{config.name}' "
@@ -227,9 +227,7 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
                     f"{batch_size} of the other inputs"
                 )
             dims = shape[1:]
-        if len(dims) != len(spec.dims) or any(
-            want not in (-1, got) for want, got in zip(spec.dims, dims, strict=True)
-        ):
+        if dims != spec.dims and not _dims_match(spec.dims, dims):
             expected = [-1, *spec.dims] if batching else list(spec.dims)
             raise invalid(
                 f"unexpected shape for input '{name}' for model '{config.name}'. "
@@ -257,6 +255,11 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
                     f"unexpected inference output '{output.name}' for model '{config.name}'"
                 )
     return batch_size, model.shape_key(shapes)
+
+
+def _dims_match(wanted: tuple[int, ...], got: tuple[int, ...]) -> bool:
+    """-1 in the config matches any size."""
+    return len(wanted) == len(got) and all(w in (-1, g) for w, g in zip(wanted, got, strict=True))
 
 
 def _response(

@@ -33,6 +33,8 @@ from inferd.server.types import (
 )
 
 _FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
+# Datatypes whose numpy arrays export the Python buffer protocol (ml_dtypes' bfloat16 does not).
+_BUFFERS = frozenset(DataType) - {DataType.BF16, DataType.BYTES}
 # Python types a JSON `data` element may have, per datatype (bool is not an int here).
 _INT_TYPES: frozenset[type] = frozenset({int})
 _FLOAT_TYPES: frozenset[type] = frozenset({int, float})
@@ -166,9 +168,14 @@ def _from_plan(
     inputs: dict[str, np.ndarray] = {}
     for spec in plan.inputs:
         end = offset + spec.size
-        inputs[spec.name] = tensor_from_bytes(
-            view[offset:end], spec.name, spec.datatype, spec.shape
-        )
+        if spec.datatype is DataType.BYTES:  # element lengths differ request by request
+            inputs[spec.name] = tensor_from_bytes(
+                view[offset:end], spec.name, spec.datatype, spec.shape
+            )
+        else:  # the size was checked against the shape when the plan was made
+            inputs[spec.name] = np.frombuffer(
+                view, spec.datatype.numpy, spec.size // spec.datatype.itemsize, offset
+            ).reshape(spec.shape)
         offset = end
     request = InferRequest(
         model_name=model_name,
@@ -482,7 +489,10 @@ def _to_binary(name: str, datatype: DataType, array: np.ndarray) -> memoryview:
     if datatype is DataType.BYTES:
         return memoryview(pack_bytes(name, array))
     # Native little-endian, row-major; no copy when the array already is.
-    return np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8).data
+    wire = datatype.numpy
+    if array.dtype is wire and array.flags.c_contiguous and array.size and datatype in _BUFFERS:
+        return array.data.cast("B")  # the common case, without numpy's conversion calls
+    return np.ascontiguousarray(array, dtype=wire).reshape(-1).view(np.uint8).data
 
 
 def _to_json(name: str, datatype: DataType, array: np.ndarray) -> object:
