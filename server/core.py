@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -164,10 +165,17 @@ class InferenceCore:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._repository.get(request.model_name, request.model_version)
-        batch_size, shape_key = validate_request(request, model)
         scheduler = model.scheduler
         assert scheduler is not None
-        options = _options(request.parameters, request.model_name) if request.parameters else None
+        try:
+            batch_size, shape_key = validate_request(request, model)
+            options = (
+                _options(request.parameters, request.model_name) if request.parameters else None
+            )
+        except InferdError:
+            # A request the model refuses is a failure of that model (Triton's reason OTHER).
+            scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
+            raise
         future = scheduler.submit(
             request.inputs, batch_size, shape_key, request.arrival_ns, options or DEFAULT_OPTIONS
         )

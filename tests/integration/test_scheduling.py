@@ -144,3 +144,14 @@ def test_perf_analyzer_runs_unchanged(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Throughput:" in result.stdout
     assert "Server:" in result.stdout  # it read our statistics and found them consistent
+
+
+def test_refused_requests_count_as_failures(batching_server: RunningServer) -> None:
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    with httpx.Client(base_url=f"http://{batching_server.http_url}") as http:
+        assert http.post("/v2/models/batched/infer", json=body).status_code == 400
+        stats = http.get("/v2/models/batched/stats").json()["model_stats"][0]
+        metrics = http.get("/metrics").text
+    assert stats["inference_stats"]["fail"]["count"] == 1
+    assert stats["inference_stats"]["success"]["count"] == 0
+    assert 'nv_inference_request_failure{model="batched",version="1",reason="OTHER"} 1' in metrics
