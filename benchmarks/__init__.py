@@ -1,1 +1,4 @@
-"""Load-test harness and benchmarks, installed as ``inferd.benchmarks``; their dependencies come with ``inferd[cpu,bench]``."""
+"""Load-test harness and benchmarks, installed as ``inferd.benchmarks``.
+
+Their dependencies come with ``inferd[cpu,bench]``.
+"""
