@@ -203,6 +203,18 @@ class Scheduler:
             )
         return priority - 1
 
+    def admit(self, arrival_ns: int) -> None:
+        """Early admission against the model's latency objective, before a request is even
+        decoded: a rejection then costs the front door almost nothing. Requests with their own
+        objective are checked again at submit."""
+        slo_ns = self._config.latency_slo_ns
+        if not slo_ns or (self._idle and not self._queued):
+            return
+        now = time.monotonic_ns()
+        if self._forecast(now, 1) > arrival_ns + slo_ns:
+            self.stats.fail_request(now - arrival_ns, REJECTED)
+            raise _slo_error(self.model, slo_ns)
+
     def _forecast(self, now: int, batch_size: int) -> int:
         """When a request arriving now would finish: once an instance frees up (if none is
         idle), the queued items and this one run in full batches shared among the instances."""

@@ -163,6 +163,16 @@ class InferenceCore:
 
     # ---- inference -------------------------------------------------------------------------
 
+    def admit(self, name: str, version: str, arrival_ns: int) -> None:
+        """Refuse a request before decoding it when its model's latency objective cannot be
+        met (the load-shedding fast path); unknown or unready models pass, infer() says why."""
+        try:
+            model = self._repository.get(name, version)
+        except InferdError:
+            return
+        if model.scheduler is not None:
+            model.scheduler.admit(arrival_ns)
+
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._repository.get(request.model_name, request.model_version)
         scheduler = model.scheduler

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -165,6 +166,7 @@ class InferenceService:
     ) -> pb.ModelInferResponse:
         # The hot path: inlined error handling, no logging, no extra awaits or tasks.
         try:
+            self._core.admit(request.model_name, request.model_version, time.monotonic_ns())
             response = await self._core.infer(decode_infer_request(request))
             return encode_infer_response(response)
         except InferdError as error:

@@ -116,6 +116,7 @@ class HttpFrontDoor:
         arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
         headers = _headers(scope)
         try:
+            self._core.admit(model, version, arrival_ns)  # sheds load before any decoding
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
             request.arrival_ns = arrival_ns

@@ -275,3 +275,22 @@ def test_estimator_caps_outliers_and_scales_unseen_sizes() -> None:
     assert estimate(4) == 2_000  # scaled linearly from the nearest known size
     estimate.observe(2, 1_000_000)  # an outlier moves the mean only towards 3x
     assert estimate(2) == 2_000
+
+
+async def test_early_admission_sheds_load_only_when_the_objective_is_out_of_reach() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], 4, latency_slo_ns=10_000_000)
+    scheduler.admit(time.monotonic_ns())  # idle: always admitted
+    scheduler.estimator.observe(1, 50_000_000)
+    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=10_000_000_000))
+    await wait_entered(instance)
+    with pytest.raises(InferdError) as info:
+        scheduler.admit(time.monotonic_ns())
+    assert info.value.code is ErrorCode.UNAVAILABLE
+    assert scheduler.stats.failures == {"REJECTED": 1}
+    plain = make([GatedInstance()], 4)
+    plain.admit(0)  # no objective: nothing to check
+    await plain.close()
+    instance.gate.set()
+    await first
+    await scheduler.close()
