@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.repository.config import ModelConfigProto
@@ -117,3 +118,9 @@ def scalar_items(
     extra = 1 if batched else 0
     ranks = {t.name: len(t.dims) + extra for t in config_tensors}
     return frozenset(s.name for s in specs if len(s.shape) == ranks.get(s.name, len(s.shape)) - 1)
+
+
+def restore_item_dims(outputs: dict[str, np.ndarray], scalar: frozenset[str]) -> None:
+    """Give the model's per-item scalar outputs back the trailing [1] their config declares."""
+    for name in scalar.intersection(outputs):
+        outputs[name] = outputs[name].reshape((*outputs[name].shape, 1))

@@ -16,6 +16,7 @@ from inferd.backends.autocomplete import (
     check_tensors,
     complete_max_batch_size,
     complete_tensors,
+    restore_item_dims,
     scalar_items,
 )
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
@@ -184,8 +185,7 @@ class OnnxRuntimeInstance(ModelInstance):
             feed[name] = array
         results = self._session.run(self._output_names, feed)
         outputs = dict(zip(self._output_names, results, strict=True))
-        for name in self._scalar_items.intersection(outputs):
-            outputs[name] = outputs[name].reshape((*outputs[name].shape, 1))
+        restore_item_dims(outputs, self._scalar_items)
         return outputs
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from inferd.backends.autocomplete import scalar_items
+from inferd.backends.autocomplete import restore_item_dims, scalar_items
 from inferd.backends.onnxruntime import tensor_specs
 from inferd.backends.staging import IoStaging
 from inferd.repository.config import ModelConfig
@@ -128,8 +128,7 @@ class IoBindingRunner:
         except BaseException:
             self._staging.discard()
             raise
-        for name in self._scalar.intersection(outputs):
-            outputs[name] = outputs[name].reshape((*outputs[name].shape, 1))
+        restore_item_dims(outputs, self._scalar)
         return outputs
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from inferd.backends.autocomplete import (
     check_tensors,
     complete_max_batch_size,
     complete_tensors,
+    restore_item_dims,
     scalar_items,
 )
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
@@ -130,8 +131,7 @@ class TensorRtInstance(ModelInstance):
         except BaseException:
             self._staging.discard()
             raise
-        for name in self._scalar.intersection(outputs):
-            outputs[name] = outputs[name].reshape((*outputs[name].shape, 1))
+        restore_item_dims(outputs, self._scalar)
         return outputs
 
     def close(self) -> None:
