@@ -74,7 +74,7 @@ class Pending:
     timeout_ns: int | None = None  # queue timeout, absolute
     delay_on_timeout: bool = False
     probe: bool = False  # admitted despite the estimate, to measure it again
-    enqueued_ns: int = field(default_factory=time.monotonic_ns)
+    enqueued_ns: int = 0
     queued: bool = True
     outcome: Outputs | BaseException | None = None  # held back for preserve_ordering
 
@@ -171,9 +171,17 @@ class Scheduler:
                 self.stats.fail_request(now - arrival_ns, REJECTED)
                 raise _slo_error(self.model, slo_ns)
         future: asyncio.Future[Outputs] = self.loop.create_future()
-        pending = Pending(inputs, batch_size, shape_key, arrival_ns, future, level, deadline)
-        pending.probe = probe
-        pending.enqueued_ns = now
+        pending = Pending(
+            inputs,
+            batch_size,
+            shape_key,
+            arrival_ns,
+            future,
+            level,
+            deadline,
+            probe=probe,
+            enqueued_ns=now,
+        )
         timeout_us = _timeout_us(policy, options.timeout_us)
         if timeout_us:
             pending.timeout_ns = now + timeout_us * 1000

@@ -280,6 +280,17 @@ class ModelRepository:
             if v.ready
         ]
 
+    def failed_models(self) -> list[str]:
+        """Models with a version that failed to load (from memory: no rescan of the roots)."""
+        return sorted(
+            name
+            for name, versions in self._models.items()
+            if any(
+                v.state is ModelState.UNAVAILABLE and v.reason != UNLOADED
+                for v in versions.values()
+            )
+        )
+
     def all_ready(self) -> bool:
         """Triton's strict readiness rule: every version of every model it was asked to load
         is READY, except versions unloaded (or being unloaded) on purpose."""

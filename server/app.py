@@ -159,10 +159,10 @@ class App:
             await self._poller.snapshot()  # before loading: a change during the load is seen
         # Front doors come up first so that liveness answers while models load.
         await self._repository.load_all(self._startup_models())
-        failed = [e for e in await self._repository.index() if e.state == "UNAVAILABLE"]
+        failed = self._repository.failed_models()
         if failed and settings.exit_on_error:
             await self.stop()
-            names = ", ".join(sorted({e.name for e in failed}))
+            names = ", ".join(failed)
             raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
         self.core.mark_started()
         if self._poller is not None:

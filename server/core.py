@@ -163,18 +163,24 @@ class InferenceCore:
 
     # ---- inference -------------------------------------------------------------------------
 
-    def admit(self, name: str, version: str, arrival_ns: int) -> None:
+    def admit(self, name: str, version: str, arrival_ns: int) -> ModelVersion | None:
         """Refuse a request before decoding it when its model's latency objective cannot be
-        met (the load-shedding fast path); unknown or unready models pass, infer() says why."""
+        met (the load-shedding fast path). Returns the model for infer(), so that it is looked
+        up once; None for unknown or unready models, which infer() then explains."""
         try:
             model = self._repository.get(name, version)
         except InferdError:
-            return
+            return None
         if model.scheduler is not None:
             model.scheduler.admit(arrival_ns)
+        return model
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        model = self._repository.get(request.model_name, request.model_version)
+    async def infer(
+        self, request: InferRequest, model: ModelVersion | None = None
+    ) -> InferResponse:
+        """`model`: the version admit() resolved for this request, if the front door asked."""
+        if model is None:
+            model = self._repository.get(request.model_name, request.model_version)
         scheduler = model.scheduler
         assert scheduler is not None
         try:

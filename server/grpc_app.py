@@ -166,8 +166,10 @@ class InferenceService:
     ) -> pb.ModelInferResponse:
         # The hot path: inlined error handling, no logging, no extra awaits or tasks.
         try:
-            self._core.admit(request.model_name, request.model_version, time.monotonic_ns())
-            response = await self._core.infer(decode_infer_request(request))
+            served = self._core.admit(
+                request.model_name, request.model_version, time.monotonic_ns()
+            )
+            response = await self._core.infer(decode_infer_request(request), served)
             return encode_infer_response(response)
         except InferdError as error:
             code, message = GRPC_STATUS[error.code], error.message

@@ -116,11 +116,11 @@ class HttpFrontDoor:
         arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
         headers = _headers(scope)
         try:
-            self._core.admit(model, version, arrival_ns)  # sheds load before any decoding
+            served = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
             request.arrival_ns = arrival_ns
-            response = await self._core.infer(request)
+            response = await self._core.infer(request, served)
             payload, header_length = encode_infer_response(response, encoding)
         except InferdError as error:
             await _send(send, HTTP_STATUS[error.code], encode_error(error.message), JSON, headers)

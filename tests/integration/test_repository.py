@@ -11,6 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 from onnx import TensorProto
 
+from inferd.server.app import StartupError
 from tests.conftest import EXAMPLES, RunningServer
 from tests.models import identity_model, write_model
 
@@ -221,3 +222,12 @@ def test_kind_gpu_without_gpu_follows_the_fallback_setting(
     assert infer_identity(fallback, "gpu").as_numpy("OUTPUT0").shape == (1, 4)
     with urllib.request.urlopen(f"http://{fallback.http_url}/metrics") as response:
         assert 'inferd_gpu_fallback{model="gpu",version="1"} 1\n' in response.read().decode()
+
+
+def test_exit_on_error_makes_a_start_up_load_failure_fatal(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    write_model(tmp_path, "good", identity_model(), IDENTITY_CONFIG)
+    write_model(tmp_path, "typo", identity_model(), "bogus_field: 1")
+    with pytest.raises(StartupError, match=r"failed to load model\(s\) typo"):
+        server_factory(model_repositories=(tmp_path,), exit_on_error=True)
