@@ -1,4 +1,5 @@
-"""A running estimate of a model's execution time per batch size, for the latency objective."""
+"""Running estimates of how long a request takes to finish, for the latency objective: the
+execution time per batch size, and the lag before the event loop hands a finished batch back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ class ExecTimeEstimator:
     def __init__(self, weight: float = 0.2) -> None:
         self._weight = weight
         self._mean: dict[int, float] = {}
+        self._return_lag = 0.0
+
+    @property
+    def return_lag_ns(self) -> int:
+        """How long a finished batch waits for the event loop (it grows when the loop is the
+        bottleneck, which execution times alone never show)."""
+        return int(self._return_lag)
+
+    def observe_return_lag(self, ns: int) -> None:
+        self._return_lag += self._weight * (max(0, ns) - self._return_lag)
 
     def observe(self, items: int, ns: int) -> None:
         mean = self._mean.get(items)

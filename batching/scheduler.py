@@ -230,7 +230,7 @@ class Scheduler:
         full, rest = divmod(self._queued_items + batch_size, size)
         work = full * self.estimator(size) + (self.estimator(rest) if rest else 0)
         start = now if self._idle else max(now, min(self._busy_until.values()))
-        return start + work // len(self._workers)
+        return start + work // len(self._workers) + self.estimator.return_lag_ns
 
     # ---- forming batches -------------------------------------------------------------------
 
@@ -300,6 +300,7 @@ class Scheduler:
         if all(p.deadline_ns is None for p in batch):
             return batch
         finish = now + self.estimator(sum(p.batch_size for p in batch))
+        finish += self.estimator.return_lag_ns
         kept: list[Pending] = []
         for pending in batch:
             late = pending.deadline_ns is not None and finish > pending.deadline_ns
@@ -327,6 +328,7 @@ class Scheduler:
                 self._complete(pending, error)
         else:
             self.estimator.observe(sum(p.batch_size for p in batch), t.total_ns)
+            self.estimator.observe_return_lag(now - t.dispatched_ns - t.total_ns)
             self._record_batch(batch, t)
             for pending, outputs in zip(batch, result, strict=True):
                 elapsed = now - pending.arrival_ns
