@@ -1,0 +1,45 @@
+"""What a gRPC handler sees, whichever stack carries the call.
+
+The gRPC port runs on inferd's own HTTP/2 layer (`grpc_transport`) or on grpc.aio; handlers are
+written once against these types and never touch either stack directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+
+class RpcError(Exception):
+    """Ends a call with a gRPC status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class ServerCall(Protocol):
+    """One call, as its handler sees it."""
+
+    async def write(self, message: Any) -> None:
+        """Send one response message of a streaming call (waits while flow control blocks)."""
+
+
+class MethodKind(enum.Enum):
+    # Handler signatures, with `call` a ServerCall:
+    UNARY_UNARY = "unary_unary"  # async (request, call) -> response
+    UNARY_STREAM = "unary_stream"  # async (request, call) -> None, writing with call.write
+    STREAM_STREAM = "stream_stream"  # async (AsyncIterator[request], call) -> None, likewise
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMethod:
+    kind: MethodKind
+    handler: Callable[..., Any]
+    parse: Callable[[bytes], Any]
+    serialize: Callable[[Any], bytes]
