@@ -19,8 +19,10 @@ from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
-from inferd.server.grpc_app import GrpcBindError, GrpcServer, grpc_settings, start_grpc_server
+from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
+from inferd.server.grpc_stacks import GrpcBindError
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
+from inferd.server.http_protocol import CoalescingHttpToolsProtocol
 from inferd.server.metrics import MetricsApp, MetricsExporter
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.system_metrics import SystemMetrics, system_metrics
@@ -61,7 +63,7 @@ async def _serve(
     config = uvicorn.Config(
         app,
         loop="none",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="off",
         access_log=False,
         log_config=None,

@@ -245,6 +245,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="gRPC: concurrent calls per connection (0 = gRPC's default)",
     )
     p.add(
+        "--grpc-stack",
+        choices=["inferd", "grpcio"],
+        default=d.grpc_stack,
+        help="what carries the gRPC port: inferd's own HTTP/2 layer (fast) or grpc.aio",
+    )
+    p.add(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default=d.log_level,
@@ -317,6 +323,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
             max_concurrent_streams=args.grpc_max_concurrent_streams,
         ),
+        grpc_stack=args.grpc_stack,
         log_level="debug" if args.log_verbose > 0 else args.log_level,
         backend_config=backend_config,
     )

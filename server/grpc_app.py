@@ -1,8 +1,9 @@
-"""The gRPC front door: `inference.GRPCInferenceService` (Triton / KServe v2) on grpc.aio.
+"""The gRPC front door: `inference.GRPCInferenceService` (Triton / KServe v2).
 
 It runs on the same event loop as the HTTP front door and makes the same core calls, so both
 answer alike; it also serves `grpc.health.v1.Health` and server reflection. Messages come from
-the compiled modules that tritonclient ships (no .proto compiling at build time).
+the compiled modules that tritonclient ships (no .proto compiling at build time). The handlers
+are written against `grpc_calls` and carried by either gRPC stack (`grpc_stacks`).
 """
 
 from __future__ import annotations
@@ -18,26 +19,29 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format, message_factory
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, unsupported
+from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod, ServerCall
 from inferd.server.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
     encode_stream_error,
     encode_stream_response,
 )
+from inferd.server.grpc_stacks import GrpcStack, start_stack
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
-from inferd.server.settings import GrpcChannel, Settings
+from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
 from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME: str = _SERVICE.full_name  # "inference.GRPCInferenceService"
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # One table from error codes to gRPC status codes (Triton's mapping).
 GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
@@ -57,36 +61,31 @@ class GrpcSettings:
     address: str = "0.0.0.0"
     port: int = 8001
     channel: GrpcChannel = field(default_factory=GrpcChannel)
+    stack: GrpcStackName = "grpcio"  # TEMP
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
-    return GrpcSettings(settings.grpc_address, settings.grpc_port, settings.grpc_channel)
+    return GrpcSettings(
+        settings.grpc_address, settings.grpc_port, settings.grpc_channel, settings.grpc_stack
+    )
 
 
 # ---- inference.GRPCInferenceService ---------------------------------------------------------
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
-) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # it always raises
 
 
 def _guarded(name: str, method: Callable[[Any], Any]) -> Callable[..., Any]:
     """A unary handler for `method` (request -> response, or a coroutine of it) with the one
     error mapping."""
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, call: ServerCall) -> Any:
         try:
             response = method(request)
             return await response if inspect.isawaitable(response) else response
         except InferdError as error:
-            code, message = GRPC_STATUS[error.code], error.message
+            raise RpcError(GRPC_STATUS[error.code], error.message) from None
         except Exception as exc:
             log.exception("gRPC %s failed unexpectedly", name)
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
-        await _abort(context, code, message)
+            raise RpcError(grpc.StatusCode.INTERNAL, f"internal error: {exc}") from None
 
     return handler
 
@@ -162,7 +161,7 @@ class InferenceService:
         return pb.RepositoryModelUnloadResponse()
 
     async def model_infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
         # The hot path: inlined error handling, no logging, no extra awaits or tasks.
         try:
@@ -172,14 +171,13 @@ class InferenceService:
             response = await self._core.infer(decode_infer_request(request), served)
             return encode_infer_response(response)
         except InferdError as error:
-            code, message = GRPC_STATUS[error.code], error.message
+            raise RpcError(GRPC_STATUS[error.code], error.message) from None
         except Exception as exc:
             log.exception("gRPC inference on model '%s' failed unexpectedly", request.model_name)
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
-        await _abort(context, code, message)
+            raise RpcError(grpc.StatusCode.INTERNAL, f"internal error: {exc}") from None
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[pb.ModelInferRequest], call: ServerCall
     ) -> None:
         """Requests run concurrently; each answer is written as soon as it is ready.
 
@@ -192,7 +190,7 @@ class InferenceService:
         async def answer(request: pb.ModelInferRequest) -> None:
             reply = await self._stream_reply(request)
             async with write_lock:
-                await context.write(reply)
+                await call.write(reply)
 
         try:
             async for request in requests:
@@ -215,8 +213,8 @@ class InferenceService:
             log.exception("gRPC stream inference on model '%s' failed", request.model_name)
             return encode_stream_error(request.id, f"internal error: {exc}")
 
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """A handler for every RPC of the service; those not implemented yet say so."""
+    def methods(self) -> dict[str, RpcMethod]:
+        """Every RPC of the service by path; those not implemented yet say so."""
         unary: dict[str, Callable[..., Any]] = {
             "ServerLive": _guarded("ServerLive", self.server_live),
             "ServerReady": _guarded("ServerReady", self.server_ready),
@@ -232,23 +230,24 @@ class InferenceService:
             "ModelStatistics": _guarded("ModelStatistics", self.model_statistics),
             "ModelInfer": self.model_infer,
         }
-        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        methods: dict[str, RpcMethod] = {}
         for method in _SERVICE.methods:
+            path = f"/{SERVICE_NAME}/{method.name}"
             parse = message_factory.GetMessageClass(method.input_type).FromString
             serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
             if method.name == "ModelStreamInfer":
-                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                    self.model_stream_infer, parse, serialize
+                methods[path] = RpcMethod(
+                    MethodKind.STREAM_STREAM, self.model_stream_infer, parse, serialize
                 )
             elif method.name in unary:
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    unary[method.name], parse, serialize
+                methods[path] = RpcMethod(
+                    MethodKind.UNARY_UNARY, unary[method.name], parse, serialize
                 )
             else:  # every other RPC is unary; its request is not even parsed
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    _unimplemented(method.name)
+                methods[path] = RpcMethod(
+                    MethodKind.UNARY_UNARY, _unimplemented(method.name), _raw, _raw
                 )
-        return handlers
+        return methods
 
 
 def _refuse_named_repository(repository: str) -> None:
@@ -273,12 +272,14 @@ def _finished(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]]
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> NoReturn:
-        await _abort(
-            context, grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by inferd yet"
-        )
+    async def handler(request: bytes, call: ServerCall) -> NoReturn:
+        raise RpcError(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by inferd yet")
 
     return handler
+
+
+def _raw(data: bytes) -> bytes:
+    return data
 
 
 # ---- grpc.health.v1 -------------------------------------------------------------------------
@@ -310,69 +311,83 @@ class HealthService:
             return _SERVING
         return _NOT_SERVING
 
-    # Named as the RPCs: the generated registration looks the methods up by these names.
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    async def check(
+        self, request: health_pb2.HealthCheckRequest, call: ServerCall
     ) -> health_pb2.HealthCheckResponse:
         status = self._status(request.service)
         if status == _SERVICE_UNKNOWN:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+    async def watch(self, request: health_pb2.HealthCheckRequest, call: ServerCall) -> None:
         last = None
         while True:
             status = self._status(request.service)
             if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
+                await call.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
             if self._closing.is_set():
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self._poll_interval)
 
+    def methods(self) -> dict[str, RpcMethod]:
+        parse = health_pb2.HealthCheckRequest.FromString
+        serialize = health_pb2.HealthCheckResponse.SerializeToString
+        return {
+            f"/{HEALTH_SERVICE}/Check": RpcMethod(
+                MethodKind.UNARY_UNARY, self.check, parse, serialize
+            ),
+            f"/{HEALTH_SERVICE}/Watch": RpcMethod(
+                MethodKind.UNARY_STREAM, self.watch, parse, serialize
+            ),
+        }
+
+
+# ---- server reflection ----------------------------------------------------------------------
+
+
+def reflection_methods(service_names: tuple[str, ...]) -> dict[str, RpcMethod]:
+    """grpcio-reflection's servicer, carried like every other handler."""
+    servicer = reflection.aio.ReflectionServicer(service_names)
+
+    async def info(requests: AsyncIterator[Any], call: ServerCall) -> None:
+        async for response in servicer.ServerReflectionInfo(requests, None):
+            await call.write(response)
+
+    return {
+        f"/{reflection.SERVICE_NAME}/ServerReflectionInfo": RpcMethod(
+            MethodKind.STREAM_STREAM,
+            info,
+            reflection_pb2.ServerReflectionRequest.FromString,
+            reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+
 
 # ---- the server -----------------------------------------------------------------------------
 
 
-class GrpcBindError(Exception):
-    """The gRPC port could not be bound."""
-
-
 class GrpcServer:
-    def __init__(self, server: grpc.aio.Server, port: int, health: HealthService) -> None:
-        self._server = server
-        self.port = port
+    def __init__(self, stack: GrpcStack, health: HealthService) -> None:
+        self._stack = stack
+        self.port = stack.port
         self._health = health
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, give in-flight ones `grace` seconds, then cancel them."""
         self._health.close()
-        await self._server.stop(grace)
+        await self._stack.stop(grace)
 
 
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
-    server = grpc.aio.server(options=settings.channel.options())
-    handlers = InferenceService(core).handlers()
-    # Registered methods are matched by path in gRPC core, without the generic per-call lookup.
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health = HealthService(core)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    methods = {
+        **InferenceService(core).methods(),
+        **health.methods(),
+        **reflection_methods((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)),
+    }
+    stack = await start_stack(
+        settings.stack, methods, settings.address, settings.port, settings.channel
     )
-    try:
-        port = server.add_insecure_port(f"{settings.address}:{settings.port}")
-    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
-        raise GrpcBindError(
-            f"cannot bind gRPC to {settings.address}:{settings.port}: {exc}"
-        ) from None
-    await server.start()
-    return GrpcServer(server, port, health)
+    return GrpcServer(stack, health)

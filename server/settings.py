@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+# What carries the gRPC port: inferd's own HTTP/2 layer, or grpc.aio (server/grpc_stacks.py).
+GrpcStackName = Literal["inferd", "grpcio"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Settings:
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
+    grpc_stack: GrpcStackName = "grpcio"  # TEMP until the transport lands
     log_level: str = "info"
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 
