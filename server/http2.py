@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
@@ -161,8 +161,8 @@ class Http2Connection(asyncio.Protocol):
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not derive from asyncio.Transport; they behave as one.
+        self._transport = cast(asyncio.Transport, transport)
         ours = {SETTINGS_ENABLE_PUSH: 0, SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW}
         ours[SETTINGS_MAX_FRAME_SIZE] = MAX_FRAME_SIZE
         if self._options.max_concurrent_streams > 0:

@@ -88,6 +88,24 @@ def test_sync_channel_from_another_thread() -> None:
     asyncio.run(main())
 
 
+def test_on_uvloop() -> None:
+    # Production runs on uvloop, whose transports differ from asyncio's (writelines, types).
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        server = Http2GrpcServer(echo_methods(Recorder()), GrpcChannel())
+        port = await server.start("127.0.0.1", 0)
+        options = [("grpc.http2.bdp_probe", 0)]
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+                assert await channel.unary_unary(UNARY)(b"uv") == b"uv"
+                assert await channel.unary_unary(UNARY)(b"big:%d" % MiB) == b"x" * MiB
+        finally:
+            await server.stop(0)
+
+    uvloop.run(main())
+
+
 async def test_unary_stream(echo: Harness) -> None:
     call = echo.channel().unary_stream(STREAM)
     assert [message async for message in call(b"3")] == [b"0:", b"1:", b"2:"]
