@@ -61,7 +61,7 @@ class GrpcSettings:
     address: str = "0.0.0.0"
     port: int = 8001
     channel: GrpcChannel = field(default_factory=GrpcChannel)
-    stack: GrpcStackName = "grpcio"  # TEMP
+    stack: GrpcStackName = "inferd"
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:

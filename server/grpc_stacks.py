@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import grpc
 
 from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod
+from inferd.server.grpc_transport import Http2GrpcServer
 from inferd.server.settings import GrpcChannel, GrpcStackName
 
 
@@ -36,7 +37,21 @@ async def start_stack(
 ) -> GrpcStack:
     if name == "grpcio":
         return await _start_grpcio(methods, address, port, channel)
-    raise ValueError(f"unknown gRPC stack '{name}'")
+    server = Http2GrpcServer(methods, channel)
+    try:
+        bound = await server.start(address, port)
+    except OSError as exc:  # its message names the address and the reason
+        raise GrpcBindError(exc.strerror or str(exc)) from None
+    return _Http2Stack(server, bound)
+
+
+class _Http2Stack:
+    def __init__(self, server: Http2GrpcServer, port: int) -> None:
+        self._server = server
+        self.port = port
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)
 
 
 # ---- grpc.aio -------------------------------------------------------------------------------

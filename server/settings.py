@@ -76,7 +76,7 @@ class Settings:
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
-    grpc_stack: GrpcStackName = "grpcio"  # TEMP until the transport lands
+    grpc_stack: GrpcStackName = "inferd"
     log_level: str = "info"
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 

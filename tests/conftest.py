@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from inferd.server.app import App
 from inferd.server.settings import Settings
@@ -42,8 +43,8 @@ class RunningServer:
 
 
 def start_server(settings: Settings) -> RunningServer:
-    """Start a real server (uvicorn + grpc.aio on one loop) in a background thread."""
-    loop = asyncio.new_event_loop()
+    """Start a real server (HTTP and gRPC on one loop) in a background thread."""
+    loop = uvloop.new_event_loop()  # the loop `inferd serve` runs on
     app = App(settings)
     started = threading.Event()
     failure: list[BaseException] = []
@@ -83,6 +84,16 @@ TEST_SETTINGS = Settings(
 def examples_server() -> Iterator[RunningServer]:
     """One server on the bundled examples, shared by read-only tests."""
     server = start_server(replace(TEST_SETTINGS, model_repositories=(EXAMPLES,)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def grpcio_examples_server() -> Iterator[RunningServer]:
+    """The same, with grpc.aio carrying the gRPC port instead of inferd's own HTTP/2 layer."""
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(EXAMPLES,), grpc_stack="grpcio")
+    )
     yield server
     server.stop()
 

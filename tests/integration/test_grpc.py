@@ -28,9 +28,17 @@ from tests.models import reshape_model, write_model
 Callback = Callable[[Any, Any], None]
 
 
+@pytest.fixture(scope="module", params=["inferd", "grpcio"])
+def grpc_server(request: pytest.FixtureRequest) -> RunningServer:
+    """Every test here runs over both gRPC stacks (inferd's own HTTP/2 layer and grpc.aio)."""
+    name = "examples_server" if request.param == "inferd" else "grpcio_examples_server"
+    server: RunningServer = request.getfixturevalue(name)
+    return server
+
+
 @pytest.fixture(scope="module")
-def client(examples_server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
-    triton = grpcclient.InferenceServerClient(examples_server.grpc_url)
+def client(grpc_server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
+    triton = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     yield triton
     triton.close()
 
@@ -197,8 +205,8 @@ def test_stream_many_requests_and_a_bad_one(
         client.stop_stream()
 
 
-async def test_stream_error_keeps_only_the_id(examples_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(examples_server.grpc_url) as channel:
+async def test_stream_error_keeps_only_the_id(grpc_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         call = stub.ModelStreamInfer()
         request = pb.ModelInferRequest(model_name="no_such_model", id="x-1")
@@ -235,14 +243,14 @@ def test_later_rpcs_are_unimplemented(
 # ---- plain gRPC: KServe field subset, health, reflection, sizes ----------------------------
 
 
-async def test_kserve_subset_with_plain_stub(examples_server: RunningServer) -> None:
+async def test_kserve_subset_with_plain_stub(grpc_server: RunningServer) -> None:
     """Only the fields KServe's own grpc_predict_v2.proto has: raw contents in, raw out."""
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     request = pb.ModelInferRequest(model_name="simple", model_version="1", id="k")
     for name in ("INPUT0", "INPUT1"):
         request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
         request.raw_input_contents.append(a.tobytes())
-    async with grpc.aio.insecure_channel(examples_server.grpc_url) as channel:
+    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
         assert (await stub.ModelReady(pb.ModelReadyRequest(name="simple"))).ready
@@ -256,8 +264,8 @@ async def test_kserve_subset_with_plain_stub(examples_server: RunningServer) -> 
     assert (response.id, response.model_name) == ("k", "simple")
 
 
-async def test_health_service(examples_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(examples_server.grpc_url) as channel:
+async def test_health_service(grpc_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         serving = health_pb2.HealthCheckResponse.SERVING
         for service in ("", "inference.GRPCInferenceService"):
@@ -271,8 +279,8 @@ async def test_health_service(examples_server: RunningServer) -> None:
         watch.cancel()
 
 
-async def test_reflection_lists_services(examples_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(examples_server.grpc_url) as channel:
+async def test_reflection_lists_services(grpc_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo()
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
@@ -288,12 +296,15 @@ def test_large_messages_pass(client: grpcclient.InferenceServerClient) -> None:
     assert np.array_equal(result.as_numpy("OUTPUT0"), data)
 
 
+@pytest.mark.parametrize("stack", ["inferd", "grpcio"])
 def test_message_limit_and_backend_failure(
-    tmp_path: Path, server_factory: Callable[..., RunningServer]
+    tmp_path: Path, server_factory: Callable[..., RunningServer], stack: str
 ) -> None:
     write_model(tmp_path, "reshape", reshape_model())
     server = server_factory(
-        model_repositories=(tmp_path,), grpc_channel=GrpcChannel(max_message_size=1 << 20)
+        model_repositories=(tmp_path,),
+        grpc_channel=GrpcChannel(max_message_size=1 << 20),
+        grpc_stack=stack,
     )
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -337,7 +348,7 @@ def test_grpc_flags_and_environment_become_channel_options() -> None:
 
 
 def test_model_statistics_match_http(
-    client: grpcclient.InferenceServerClient, examples_server: RunningServer
+    client: grpcclient.InferenceServerClient, grpc_server: RunningServer
 ) -> None:
     a = np.ones((1, 16), np.int32)
     inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
@@ -346,7 +357,7 @@ def test_model_statistics_match_http(
     client.infer("simple", inputs)
     stats = client.get_inference_statistics("simple").model_stats
     assert [(m.name, m.version) for m in stats] == [("simple", "1")]
-    with httpx.Client(base_url=f"http://{examples_server.http_url}") as http:
+    with httpx.Client(base_url=f"http://{grpc_server.http_url}") as http:
         over_http = http.get("/v2/models/simple/stats").json()["model_stats"][0]
     assert stats[0].inference_count == over_http["inference_count"] >= 1
     assert (
