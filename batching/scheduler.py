@@ -21,7 +21,7 @@ import numpy as np
 from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import ExecTimeEstimator
 from inferd.batching.padding import PaddingSpec
-from inferd.batching.policy import BatchPolicy, Dispatch, decide
+from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.worker import Timings, Worker
 from inferd.repository.config import QueuePolicy
@@ -60,6 +60,9 @@ class RequestOptions:
 
 
 DEFAULT_OPTIONS = RequestOptions()
+# uvloop's timers count whole milliseconds (and asyncio's epoll waits do too): a shorter delay
+# fires at once.
+TIMER_RESOLUTION_NS = 1_000_000
 
 
 @dataclass(slots=True, eq=False)
@@ -254,7 +257,16 @@ class Scheduler:
         self._expire(now)
         wake_at: int | None = None
         while self._idle and self._queued:
-            decision = decide(self._waiting(), now, self._policy, len(self._idle), self.estimator)
+            free = len(self._idle)
+            decision = decide(self._waiting(), now, self._policy, free, self.estimator)
+            if isinstance(decision, Wait) and _too_short(decision.until_ns, now):
+                # The loop's timers cannot wait that briefly (they would fire at once, over
+                # and over: a spinning loop). Decide as at the end of the wait instead, which
+                # dispatches a little early and never later than the configured delay.
+                assert decision.until_ns is not None
+                decision = decide(
+                    self._waiting(), decision.until_ns, self._policy, free, self.estimator
+                )
             if not isinstance(decision, Dispatch):
                 wake_at = decision.until_ns
                 break
@@ -276,7 +288,9 @@ class Scheduler:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
         if wake_at is not None:
-            self._timer = self.loop.call_later(max(0.0, (wake_at - now) / 1e9), self._schedule)
+            # Whole timer ticks, rounded down: a wait never overshoots by rounding up.
+            ticks = max(1, (wake_at - now) // TIMER_RESOLUTION_NS)
+            self._timer = self.loop.call_later(ticks * TIMER_RESOLUTION_NS / 1e9, self._schedule)
         self._check_drained()
 
     def _expire(self, now: int) -> None:
@@ -396,6 +410,10 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+
+
+def _too_short(until_ns: int | None, now_ns: int) -> bool:
+    return until_ns is not None and until_ns - now_ns < TIMER_RESOLUTION_NS
 
 
 def _resolve(future: asyncio.Future[Outputs], outcome: Outputs | BaseException) -> None:
