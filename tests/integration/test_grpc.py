@@ -347,6 +347,15 @@ def test_grpc_flags_and_environment_become_channel_options() -> None:
     assert "grpc.max_connection_age_ms" not in options  # 0 = unset: unlimited
 
 
+def test_grpc_stack_is_chosen_by_flag_or_environment() -> None:
+    default = settings_from_args(build_parser({}).parse_args(["serve"]))
+    assert grpc_settings(default).stack == "inferd"
+    env = build_parser({"INFERD_GRPC_STACK": "grpcio"}).parse_args(["serve"])
+    assert grpc_settings(settings_from_args(env)).stack == "grpcio"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown stack
+        build_parser({}).parse_args(["serve", "--grpc-stack=h2o"])
+
+
 def test_model_statistics_match_http(
     client: grpcclient.InferenceServerClient, grpc_server: RunningServer
 ) -> None:
