@@ -20,7 +20,7 @@ from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
-from inferd.server.grpc_stacks import GrpcBindError
+from inferd.server.grpc_transport import GrpcBindError
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_protocol import CoalescingHttpToolsProtocol
 from inferd.server.metrics import MetricsApp, MetricsExporter

@@ -13,12 +13,8 @@ from typing import Any, Protocol
 import grpc
 
 from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod
-from inferd.server.grpc_transport import Http2GrpcServer
+from inferd.server.grpc_transport import GrpcBindError, Http2GrpcServer
 from inferd.server.settings import GrpcChannel, GrpcStackName
-
-
-class GrpcBindError(Exception):
-    """The gRPC port could not be bound."""
 
 
 class GrpcStack(Protocol):
@@ -38,11 +34,7 @@ async def start_stack(
     if name == "grpcio":
         return await _start_grpcio(methods, address, port, channel)
     server = Http2GrpcServer(methods, channel)
-    try:
-        bound = await server.start(address, port)
-    except OSError as exc:  # its message names the address and the reason
-        raise GrpcBindError(exc.strerror or str(exc)) from None
-    return _Http2Stack(server, bound)
+    return _Http2Stack(server, await server.start(address, port))
 
 
 class _Http2Stack:

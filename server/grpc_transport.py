@@ -41,8 +41,8 @@ _PREFIX = struct.Struct(">BI")  # compressed flag, message length
 _NO_REQUEST: Any = object()
 
 
-class GrpcBindError(OSError):
-    """The gRPC port could not be bound."""
+class GrpcBindError(Exception):
+    """The gRPC port could not be bound (whichever stack tried)."""
 
 
 class RequestStream:
@@ -367,9 +367,7 @@ class Http2GrpcServer:
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise GrpcBindError(
-                exc.errno, f"cannot bind gRPC to {address}:{port}: {reason}"
-            ) from exc
+            raise GrpcBindError(f"cannot bind gRPC to {address}:{port}: {reason}") from exc
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 

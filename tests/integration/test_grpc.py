@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.grpc_app import grpc_settings
 from inferd.server.settings import GrpcChannel
@@ -345,6 +346,15 @@ def test_grpc_flags_and_environment_become_channel_options() -> None:
     assert options["grpc.http2.max_ping_strikes"] == 0
     assert options["grpc.max_concurrent_streams"] == 64
     assert "grpc.max_connection_age_ms" not in options  # 0 = unset: unlimited
+
+
+@pytest.mark.parametrize("stack", ["inferd", "grpcio"])
+def test_a_taken_grpc_port_fails_start_up(
+    examples_server: RunningServer, server_factory: Callable[..., RunningServer], stack: str
+) -> None:
+    taken = examples_server.app.grpc_port
+    with pytest.raises(StartupError, match=f"cannot bind gRPC to 127.0.0.1:{taken}"):
+        server_factory(model_repositories=(EXAMPLES,), grpc_port=taken, grpc_stack=stack)
 
 
 def test_grpc_stack_is_chosen_by_flag_or_environment() -> None:
