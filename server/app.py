@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
 
-import uvicorn
 import uvloop
 from starlette.types import ASGIApp
 
@@ -21,8 +18,9 @@ from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.grpc_transport import GrpcBindError
+from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
-from inferd.server.http_protocol import CoalescingHttpToolsProtocol
+from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
 from inferd.server.metrics import MetricsApp, MetricsExporter
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.system_metrics import SystemMetrics, system_metrics
@@ -32,14 +30,6 @@ log = logging.getLogger(__name__)
 
 class StartupError(Exception):
     """The server cannot start (bad repository path, port in use, fatal model failure)."""
-
-
-class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the App owns signals and shutdown order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _bind(address: str, port: int) -> socket.socket:
@@ -56,32 +46,6 @@ def _bind(address: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(
-    app: ASGIApp, sock: socket.socket, graceful_s: float, what: str
-) -> tuple[_UvicornServer, asyncio.Task[None]]:
-    """Run a uvicorn server for `app` on the running loop, on an already bound socket."""
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http=CoalescingHttpToolsProtocol,
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        # No per-request X-Forwarded-* rewriting: nothing here reads the client address, and
-        # the middleware costs a few percent of the request path.
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(graceful_s),
-    )
-    server = _UvicornServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise StartupError(f"the {what} server stopped during start-up")
-        await asyncio.sleep(0.005)
-    return server, task
-
-
 class App:
     """One inferd server process: repository, core and front doors on one event loop."""
 
@@ -91,16 +55,14 @@ class App:
         self._repository: ModelRepository | None = None
         self._poller: RepositoryPoller | None = None
         self.core: InferenceCore | None = None
-        self._http: _UvicornServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: HttpPort | None = None
         self._sockets: list[socket.socket] = []
         self._grpc: GrpcServer | None = None
         self.http_port = 0
         self.grpc_port = 0
         self._metrics: MetricsExporter | None = None
         self._system: SystemMetrics | None = None
-        self._metrics_http: _UvicornServer | None = None
-        self._metrics_task: asyncio.Task[None] | None = None
+        self._metrics_http: HttpPort | None = None
         self.metrics_port = 0
 
     async def start(self) -> None:
@@ -191,26 +153,34 @@ class App:
         app = HttpFrontDoor(
             core, HttpSettings(max_input_size=settings.http_max_input_size), self._metrics
         )
-        self._http, self._http_task = await _serve(app, sock, settings.exit_timeout_secs, "HTTP")
+        self._http = await self._serve(app, sock, app.fast_route)
 
     async def _start_metrics(self, exporter: MetricsExporter) -> None:
-        """Triton's metrics port: a second uvicorn server on the same loop."""
+        """Triton's metrics port: a second HTTP server on the same loop."""
         settings = self.settings
         sock = _bind(settings.metrics_address or settings.http_address, settings.metrics_port)
         self._sockets.append(sock)
         self.metrics_port = sock.getsockname()[1]
-        self._metrics_http, self._metrics_task = await _serve(
-            MetricsApp(exporter), sock, 1.0, "metrics"
-        )
+        self._metrics_http = await self._serve(MetricsApp(exporter), sock)
+
+    async def _serve(
+        self, app: ASGIApp, sock: socket.socket, fast_route: FastRouter | None = None
+    ) -> HttpPort:
+        settings = self.settings
+        try:
+            return await serve_http(
+                settings.http_stack, app, sock, settings.http_max_input_size, fast_route
+            )
+        except HttpStartError as exc:
+            raise StartupError(str(exc)) from None
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then unload every model."""
         if self._grpc is not None:
             await self._grpc.stop(self.settings.exit_timeout_secs)
             self._grpc = None
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
+        if self._http is not None:
+            await self._http.stop(self.settings.exit_timeout_secs)
             self._http = None
         if self._poller is not None:
             await self._poller.stop()
@@ -218,9 +188,8 @@ class App:
         if self._repository is not None:
             await self._repository.close()
         # Metrics go last, so that scrapes can watch the drain.
-        if self._metrics_http is not None and self._metrics_task is not None:
-            self._metrics_http.should_exit = True
-            await self._metrics_task
+        if self._metrics_http is not None:
+            await self._metrics_http.stop(1.0)
             self._metrics_http = None
         if self._system is not None:
             await asyncio.to_thread(self._system.stop)

@@ -185,6 +185,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="largest accepted HTTP request body, in bytes",
     )
     p.add(
+        "--http-stack",
+        choices=["inferd", "uvicorn"],
+        default=d.http_stack,
+        help="what carries the HTTP and metrics ports: inferd's HTTP/1.1 server (fast) or uvicorn",
+    )
+    p.add(
         "--grpc-max-message-size",
         type=int,
         default=g.max_message_size,
@@ -309,6 +315,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_max_batch_size=max_batch,
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
+        http_stack=args.http_stack,
         grpc_channel=GrpcChannel(
             max_message_size=args.grpc_max_message_size,
             keepalive_time_ms=args.grpc_keepalive_time,

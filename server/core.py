@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 import inferd
-from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions
+from inferd.batching.scheduler import DEFAULT_OPTIONS, Outputs, RequestOptions
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
@@ -179,6 +180,14 @@ class InferenceCore:
         self, request: InferRequest, model: ModelVersion | None = None
     ) -> InferResponse:
         """`model`: the version admit() resolved for this request, if the front door asked."""
+        model, outputs = self.submit(request, model)
+        return self.response(request, model, await outputs)
+
+    def submit(
+        self, request: InferRequest, model: ModelVersion | None = None
+    ) -> tuple[ModelVersion, asyncio.Future[Outputs]]:
+        """infer() without awaiting: a front door that answers from a done-callback (no task
+        per request) takes the outputs' future here and builds the answer with response()."""
         if model is None:
             model = self._repository.get(request.model_name, request.model_version)
         scheduler = model.scheduler
@@ -195,7 +204,11 @@ class InferenceCore:
         future = scheduler.submit(
             request.inputs, batch_size, shape_key, request.arrival_ns, options or DEFAULT_OPTIONS
         )
-        return _response(request, model, await future)
+        return model, future
+
+    @staticmethod
+    def response(request: InferRequest, model: ModelVersion, outputs: Outputs) -> InferResponse:
+        return _response(request, model, outputs)
 
 
 def _options(parameters: Params, model: str) -> RequestOptions | None:

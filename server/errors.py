@@ -46,3 +46,9 @@ def unsupported(message: str) -> InferdError:
 
 def internal(message: str) -> InferdError:
     return InferdError(ErrorCode.INTERNAL, message)
+
+
+def body_too_large(limit: int) -> InferdError:
+    return InferdError(
+        ErrorCode.TOO_LARGE, f"request body is larger than the limit of {limit} bytes"
+    )

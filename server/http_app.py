@@ -12,6 +12,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -22,8 +23,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
-from inferd.server.errors import ErrorCode, InferdError, invalid, unsupported
+from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid, unsupported
+from inferd.server.http1 import FastHandler, HttpRequest, Reply
 from inferd.server.http_codec import (
     HeaderCache,
     OutputEncoding,
@@ -110,35 +113,68 @@ class HttpFrontDoor:
         # Reached only for paths the fast path rejects: Starlette then answers 404/405.
         raise HTTPException(404, "Not Found")
 
+    def fast_route(self, method: str, path: str) -> FastHandler | None:
+        """For inferd's HTTP/1.1 server: `/infer`, answered from the outputs' done-callback."""
+        if method == "POST" and path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
+            target = _parse_infer_path(path)
+            if target is not None:
+                return partial(self._infer_now, *target)
+        return None
+
+    def _infer_now(
+        self, model: str, version: str, http: HttpRequest, reply: Reply
+    ) -> asyncio.Future[Outputs] | None:
+        arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
+        headers = dict(http.headers)
+        try:
+            served = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
+            body = _decompressed(http.body, headers, self._max_input_size)
+            request, encoding = self._decode(body, headers, model, version)
+            request.arrival_ns = arrival_ns
+            served, outputs = self._core.submit(request, served)
+        except Exception as exc:
+            reply(*_answer(*_failure(exc, model), JSON, headers))
+            return None
+
+        def answer(done: asyncio.Future[Outputs]) -> None:
+            if done.cancelled():
+                return  # the client left
+            try:
+                response = self._core.response(request, served, done.result())
+                payload, header_length = encode_infer_response(response, encoding)
+            except Exception as exc:
+                reply(*_answer(*_failure(exc, model), JSON, headers))
+                return
+            content_type = JSON if header_length is None else OCTET_STREAM
+            reply(*_answer(200, payload, content_type, headers, header_length))
+
+        outputs.add_done_callback(answer)
+        return outputs
+
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str
     ) -> None:
-        arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
+        """The same for uvicorn's ASGI cycle (`--http-stack=uvicorn`)."""
+        arrival_ns = time.monotonic_ns()
         headers = _headers(scope)
         try:
-            served = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
+            served = self._core.admit(model, version, arrival_ns)
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
             request.arrival_ns = arrival_ns
             response = await self._core.infer(request, served)
             payload, header_length = encode_infer_response(response, encoding)
-        except InferdError as error:
-            await _send(send, HTTP_STATUS[error.code], encode_error(error.message), JSON, headers)
-            return
         except Exception as exc:
-            log.exception("inference on model '%s' failed unexpectedly", model)
-            await _send(send, 500, encode_error(f"internal error: {exc}"), JSON, headers)
+            await _send(send, *_answer(*_failure(exc, model), JSON, headers))
             return
-        if header_length is None:
-            await _send(send, 200, payload, JSON, headers)
-        else:
-            await _send(send, 200, payload, OCTET_STREAM, headers, header_length)
+        content_type = JSON if header_length is None else OCTET_STREAM
+        await _send(send, *_answer(200, payload, content_type, headers, header_length))
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         limit = self._max_input_size
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -147,15 +183,12 @@ class HttpFrontDoor:
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(limit)
+                    raise body_too_large(limit)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = headers.get(b"content-encoding")
-        if encoding:
-            body = _decompress(body, encoding, limit)
-        return body
+        return _decompressed(body, headers, limit)
 
     def _decode(
         self, body: bytes, headers: dict[bytes, bytes], model: str, version: str
@@ -191,13 +224,10 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-def _too_large(limit: int) -> InferdError:
-    return InferdError(
-        ErrorCode.TOO_LARGE, f"request body is larger than the limit of {limit} bytes"
-    )
-
-
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+def _decompressed(body: bytes, headers: dict[bytes, bytes], limit: int) -> bytes:
+    encoding = headers.get(b"content-encoding")
+    if not encoding:
+        return body
     name = encoding.strip().lower()
     if name in (b"identity", b""):
         return body
@@ -213,7 +243,7 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     except zlib.error as exc:
         raise invalid(f"failed to decompress the {name.decode()} request body: {exc}") from None
     if len(data) > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit)
     if not decompressor.eof:
         raise invalid(f"the {name.decode()} request body is truncated")
     return data
@@ -232,20 +262,32 @@ def _compress(body: bytes, accept: bytes | None) -> tuple[bytes, bytes | None]:
     return body, None
 
 
-async def _send(
-    send: Send,
+def _failure(exc: Exception, model: str) -> tuple[int, bytes]:
+    """The status and `{"error"}` body for a failed inference."""
+    if isinstance(exc, InferdError):
+        return HTTP_STATUS[exc.code], encode_error(exc.message)
+    log.exception("inference on model '%s' failed unexpectedly", model)
+    return 500, encode_error(f"internal error: {exc}")
+
+
+def _answer(
     status: int,
     body: bytes,
     content_type: bytes,
     request_headers: dict[bytes, bytes],
     header_length: int | None = None,
-) -> None:
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An inference answer as (status, headers, body), compressed if the client asked."""
     body, content_encoding = _compress(body, request_headers.get(b"accept-encoding"))
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     if header_length is not None:
-        headers.append((b"inference-header-content-length", str(header_length).encode()))
+        headers.append((b"inference-header-content-length", b"%d" % header_length))
     if content_encoding is not None:
         headers.append((b"content-encoding", content_encoding))
+    return status, headers, body
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 # What carries the gRPC port: inferd's own HTTP/2 layer, or grpc.aio (server/grpc_stacks.py).
 GrpcStackName = Literal["inferd", "grpcio"]
+# What carries the HTTP and metrics ports: inferd's HTTP/1.1 server (server/http1.py) or uvicorn.
+HttpStackName = Literal["inferd", "uvicorn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class Settings:
     default_max_batch_size: int = 4
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
+    http_stack: HttpStackName = "inferd"
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
     grpc_stack: GrpcStackName = "inferd"
     log_level: str = "info"

@@ -89,10 +89,15 @@ def examples_server() -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-def grpcio_examples_server() -> Iterator[RunningServer]:
-    """The same, with grpc.aio carrying the gRPC port instead of inferd's own HTTP/2 layer."""
+def alt_stacks_server() -> Iterator[RunningServer]:
+    """The same on the alternative stacks: uvicorn for HTTP, grpc.aio for gRPC."""
     server = start_server(
-        replace(TEST_SETTINGS, model_repositories=(EXAMPLES,), grpc_stack="grpcio")
+        replace(
+            TEST_SETTINGS,
+            model_repositories=(EXAMPLES,),
+            grpc_stack="grpcio",
+            http_stack="uvicorn",
+        )
     )
     yield server
     server.stop()

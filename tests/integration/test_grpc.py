@@ -32,7 +32,7 @@ Callback = Callable[[Any, Any], None]
 @pytest.fixture(scope="module", params=["inferd", "grpcio"])
 def grpc_server(request: pytest.FixtureRequest) -> RunningServer:
     """Every test here runs over both gRPC stacks (inferd's own HTTP/2 layer and grpc.aio)."""
-    name = "examples_server" if request.param == "inferd" else "grpcio_examples_server"
+    name = "examples_server" if request.param == "inferd" else "alt_stacks_server"
     server: RunningServer = request.getfixturevalue(name)
     return server
 

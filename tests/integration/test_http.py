@@ -16,20 +16,29 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from inferd.server.cli import build_parser, settings_from_args
 from tests.conftest import EXAMPLES, RunningServer
 from tests.models import reshape_model, write_model
 
 
+@pytest.fixture(scope="module", params=["inferd", "uvicorn"])
+def http_server(request: pytest.FixtureRequest) -> RunningServer:
+    """Every test here runs over both HTTP stacks (inferd's HTTP/1.1 server and uvicorn)."""
+    name = "examples_server" if request.param == "inferd" else "alt_stacks_server"
+    server: RunningServer = request.getfixturevalue(name)
+    return server
+
+
 @pytest.fixture(scope="module")
-def client(examples_server: RunningServer) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(examples_server.http_url)
+def client(http_server: RunningServer) -> Iterator[httpclient.InferenceServerClient]:
+    triton = httpclient.InferenceServerClient(http_server.http_url)
     yield triton
     triton.close()
 
 
 @pytest.fixture(scope="module")
-def http(examples_server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{examples_server.http_url}", timeout=10) as raw:
+def http(http_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://{http_server.http_url}", timeout=10) as raw:
         yield raw
 
 
@@ -444,10 +453,11 @@ def test_tritonclient_raises_with_the_server_message(
         client.infer("simple", [tensor])
 
 
-def test_body_over_limit_is_413(
-    server_factory: Callable[..., RunningServer],
-) -> None:
-    server = server_factory(model_repositories=(EXAMPLES,), http_max_input_size=1024)
+@pytest.mark.parametrize("stack", ["inferd", "uvicorn"])
+def test_body_over_limit_is_413(stack: str, server_factory: Callable[..., RunningServer]) -> None:
+    server = server_factory(
+        model_repositories=(EXAMPLES,), http_max_input_size=1024, http_stack=stack
+    )
     with httpx.Client(base_url=f"http://{server.http_url}") as http:
         big = {
             "inputs": [
@@ -480,3 +490,19 @@ def test_backend_failure_is_500_and_next_request_works(
         ok = call(8)
         assert ok.status_code == 200
         assert ok.json()["outputs"][0]["shape"] == [2, 4]
+
+
+def test_http_stack_is_chosen_by_flag_or_environment(
+    examples_server: RunningServer, alt_stacks_server: RunningServer
+) -> None:
+    assert settings_from_args(build_parser({}).parse_args(["serve"])).http_stack == "inferd"
+    env = build_parser({"INFERD_HTTP_STACK": "uvicorn"}).parse_args(["serve"])
+    assert settings_from_args(env).http_stack == "uvicorn"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown stack
+        build_parser({}).parse_args(["serve", "--http-stack=hypercorn"])
+    # uvicorn names itself in a Server header; inferd's server sends none.
+    servers = [
+        httpx.get(f"http://{s.http_url}/v2").headers.get("server")
+        for s in (examples_server, alt_stacks_server)
+    ]
+    assert servers == [None, "uvicorn"]
