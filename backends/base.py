@@ -52,6 +52,10 @@ class ModelInstance(ABC):
     comes from more instances. Framework calls should release the GIL.
     """
 
+    # True when execute() may also run on the event loop's thread (no thread-bound state such
+    # as a CUDA stream): batches that take less CPU than a thread hop then run there.
+    runs_on_any_thread: ClassVar[bool] = False
+
     @abstractmethod
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Batching models get inputs already concatenated along the batch dim and return

@@ -157,6 +157,8 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OnnxRuntimeInstance(ModelInstance):
+    runs_on_any_thread = True  # a CPU session may be run from any thread
+
     def __init__(self, config: ModelConfig, model_file: Path, settings: BackendSettings) -> None:
         options = _session_options(config.parameters, settings)
         try:

@@ -23,14 +23,13 @@ from inferd.batching.estimator import ExecTimeEstimator
 from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.stats import BatchStats, ModelStats
-from inferd.batching.worker import Timings, Worker
+from inferd.batching.worker import Outcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
-Outcome = list[Outputs] | BaseException
 
 # Failure reasons, as Triton's nv_inference_request_failure labels them.
 REJECTED, CANCELED, BACKEND = "REJECTED", "CANCELED", "BACKEND"
@@ -45,6 +44,7 @@ class SchedulerConfig:
     level_queue_policies: dict[int, QueuePolicy] = field(default_factory=dict)
     preserve_ordering: bool = False
     latency_slo_ns: int = 0  # the model's latency objective; 0 = none
+    inline_max_ns: int = 0  # batches of at most this CPU time may run on the loop (Worker)
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.level_queue_policies.get(level, self.default_queue_policy)
@@ -113,7 +113,7 @@ class Scheduler:
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
         self._workers = [
-            Worker(inst, f"{model}-{i}", loop, self._finish, padding)
+            Worker(inst, f"{model}-{i}", loop, self._finish, padding, config.inline_max_ns)
             for i, inst in enumerate(instances)
         ]
         self._idle: list[Worker] = list(self._workers)
@@ -282,8 +282,9 @@ class Scheduler:
             if batch:
                 self._executing += len(batch)
                 worker = self._idle.pop()
-                self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in batch))
-                worker.submit(batch)
+                items = sum(p.batch_size for p in batch)
+                self._busy_until[worker] = now + self.estimator(items)
+                worker.submit(batch, items)
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
@@ -341,7 +342,9 @@ class Scheduler:
                 stats.fail_request(now - pending.arrival_ns, BACKEND)
                 self._complete(pending, error)
         else:
-            self.estimator.observe(sum(p.batch_size for p in batch), t.total_ns)
+            items = sum(p.batch_size for p in batch)
+            self.estimator.observe(items, t.total_ns)
+            worker.cpu.observe(items, t.cpu_ns)
             self.estimator.observe_return_lag(now - t.dispatched_ns - t.total_ns)
             self._record_batch(batch, t)
             for pending, outputs in zip(batch, result, strict=True):

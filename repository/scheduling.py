@@ -8,15 +8,21 @@ from inferd.repository.config import ModelConfig
 from inferd.server.errors import invalid
 
 LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
+# Batches of at most this much CPU time run on the event loop (batching/worker.py); 0 = never.
+INLINE_PARAMETER = "inferd.inline_execution_us"
+DEFAULT_INLINE_US = 250
 
 
 def scheduler_config(config: ModelConfig) -> SchedulerConfig:
     """No dynamic_batching = each request runs alone with no queue policy (Triton's default
     scheduler); the latency objective applies either way."""
     slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
+    inline_ns = _inline_us(config) * 1000
     batching = config.dynamic_batching
     if batching is None or config.max_batch_size == 0:
-        return SchedulerConfig(BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns)
+        return SchedulerConfig(
+            BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns, inline_max_ns=inline_ns
+        )
     return SchedulerConfig(
         BatchPolicy(
             max_batch_size=config.max_batch_size,
@@ -29,7 +35,19 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
         level_queue_policies=dict(batching.priority_queue_policy or {}),
         preserve_ordering=batching.preserve_ordering,
         latency_slo_ns=slo_ns,
+        inline_max_ns=inline_ns,
     )
+
+
+def _inline_us(config: ModelConfig) -> int:
+    raw = config.parameters.get(INLINE_PARAMETER, "")
+    if raw == "":
+        return DEFAULT_INLINE_US
+    if not raw.isdigit():
+        raise invalid(
+            f"{INLINE_PARAMETER} for '{config.name}' must be a whole number of µs, got '{raw}'"
+        )
+    return int(raw)
 
 
 def latency_slo_ns(value: object, where: str) -> int:

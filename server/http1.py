@@ -290,6 +290,8 @@ class Http1Connection(asyncio.Protocol):
             lines.append(b"content-length: %d\r\n" % len(body))
         if not keep_alive:
             lines.append(b"connection: close\r\n")
+        elif request.http_version == "1.0":  # 1.0 closes unless told otherwise
+            lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
         if body and request.method != "HEAD":

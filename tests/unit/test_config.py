@@ -12,6 +12,7 @@ from inferd.repository.config import (
     to_model_config,
     validate,
 )
+from inferd.repository.scheduling import scheduler_config
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.types import DataType
 
@@ -168,3 +169,21 @@ def test_config_json_prints_int64_as_numbers_and_enums_by_name() -> None:
     assert data["instance_group"][0]["kind"] == "KIND_CPU"
     assert data["parameters"] == {"intra_op_thread_count": {"string_value": "2"}}
     assert data["max_batch_size"] == 8 and data["backend"] == ""  # defaults are printed
+
+
+@pytest.mark.parametrize(("value", "expected_ns"), [(None, 250_000), ("0", 0), ("40", 40_000)])
+def test_inline_execution_threshold_comes_from_the_parameters(
+    value: str | None, expected_ns: int
+) -> None:
+    extra = (
+        f'parameters {{ key: "inferd.inline_execution_us" value: {{ string_value: "{value}" }} }}'
+    )
+    config = to_model_config(parsed(TRITON_DOC_CONFIG + (extra if value else "")), "onnxruntime")
+    assert scheduler_config(config).inline_max_ns == expected_ns
+
+
+def test_inline_execution_threshold_must_be_whole_microseconds() -> None:
+    extra = 'parameters { key: "inferd.inline_execution_us" value: { string_value: "fast" } }'
+    config = to_model_config(parsed(TRITON_DOC_CONFIG + extra), "onnxruntime")
+    with pytest.raises(InferdError, match=r"inferd\.inline_execution_us for 'doc_model' must be"):
+        scheduler_config(config)

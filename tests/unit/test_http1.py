@@ -200,6 +200,14 @@ async def test_connection_close_and_http_1_0_close_after_the_answer(
         writer.close()
 
 
+async def test_http_1_0_keep_alive_is_confirmed(client: Client) -> None:
+    client.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, _ = await client.response()
+    assert status == 200 and headers[b"connection"] == b"keep-alive"
+    client.send(get("/b"))  # the connection is still open
+    assert orjson.loads((await client.response())[2])["path"] == "/b"
+
+
 async def test_head_answer_has_no_body(client: Client) -> None:
     client.send(get("/x").replace(b"GET", b"HEAD") + get("/next"))
     head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 2)

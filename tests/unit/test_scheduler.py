@@ -313,3 +313,51 @@ async def test_early_admission_sheds_load_only_when_the_objective_is_out_of_reac
     instance.gate.set()
     await first
     await scheduler.close()
+
+
+class AnyThreadInstance(GatedInstance):
+    """May run on the loop's thread; `spin_s` of CPU per execution."""
+
+    runs_on_any_thread = True
+
+    def __init__(self, spin_s: float = 0.0) -> None:
+        super().__init__()
+        self.spin_s = spin_s
+        self.order: list[str] = []
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.order.append(threading.current_thread().name)
+        end = time.thread_time() + self.spin_s
+        while time.thread_time() < end:
+            pass
+        return super().execute(inputs)
+
+
+@pytest.mark.parametrize(
+    ("inline_us", "spin_s", "on_loop"),
+    [(250, 0.0, True), (0, 0.0, False), (250, 0.002, False)],
+    ids=["cheap-runs-on-loop", "turned-off", "costly-stays-on-thread"],
+)
+async def test_cheap_batches_run_on_the_loop_once_measured(
+    inline_us: int, spin_s: float, on_loop: bool
+) -> None:
+    instance = AnyThreadInstance(spin_s)
+    scheduler = make([instance], 4, inline_max_ns=inline_us * 1000)
+    for value in range(1, 5):  # one at a time: every batch has one item
+        assert (await submit(scheduler, value))["y"].item() == 2 * value
+    loop_thread = threading.current_thread().name
+    # The first batch has no measurement yet, so it always runs on the instance's thread.
+    assert instance.order[0] == "m-0"
+    assert all(name == (loop_thread if on_loop else "m-0") for name in instance.order[1:])
+    assert scheduler.stats.execution_count == 4
+    await scheduler.close()
+    assert instance.closed
+
+
+async def test_instances_tied_to_their_thread_never_run_on_the_loop() -> None:
+    instance = GatedInstance()  # runs_on_any_thread is False by default (CUDA streams etc.)
+    scheduler = make([instance], 4, inline_max_ns=10**9)
+    for value in range(3):
+        await submit(scheduler, value)
+    assert instance.threads == {"m-0"}
+    await scheduler.close()
