@@ -208,6 +208,7 @@ class InferenceCore:
 
     @staticmethod
     def response(request: InferRequest, model: ModelVersion, outputs: Outputs) -> InferResponse:
+        """The answer to a request from its model's outputs (requested outputs, classification)."""
         return _response(request, model, outputs)
 
 

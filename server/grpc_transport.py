@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from inferd.server.graceful import stop_serving
 from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod
 from inferd.server.grpc_wire import (
     RESPONSE_HEADERS,
@@ -373,19 +374,12 @@ class Http2GrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let running ones finish for up to `grace` seconds, then cancel them."""
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None
         connections = list(self.connections)
-        for conn in connections:
-            conn.goaway()
-        pending = [conn.closed for conn in connections if not conn.closed.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
-        for conn in connections:
-            conn.abort()
-        tasks = [task for conn in connections for task in conn.tasks]
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await stop_serving(
+            server,
+            connections,
+            GrpcConnection.goaway,
+            lambda: [task for conn in connections for task in conn.tasks],
+            grace,
+        )

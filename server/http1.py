@@ -29,6 +29,7 @@ import httptools
 from starlette.types import ASGIApp, Message
 
 from inferd.server.errors import body_too_large
+from inferd.server.graceful import stop_serving
 from inferd.server.http_codec import encode_error
 
 log = logging.getLogger(__name__)
@@ -102,23 +103,9 @@ class Http1Server:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, answer what was read, close; after `grace` seconds, cut the rest."""
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None
         connections = list(self.connections)
-        for conn in connections:
-            conn.shutdown()
-        pending = [conn.closed for conn in connections if not conn.closed.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
-        for conn in connections:
-            conn.abort()
-        for task in self.tasks:
-            task.cancel()
-        if self.tasks:
-            await asyncio.wait(self.tasks, timeout=1.0)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await stop_serving(server, connections, Http1Connection.shutdown, lambda: self.tasks, grace)
 
 
 class Http1Connection(asyncio.Protocol):

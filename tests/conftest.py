@@ -103,6 +103,15 @@ def alt_stacks_server() -> Iterator[RunningServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module", params=["inferd", "alt"])
+def stacks_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The examples server on inferd's own HTTP and gRPC stacks, then on the alternatives
+    (uvicorn, grpc.aio): every test of a module that uses it runs over both."""
+    name = "examples_server" if request.param == "inferd" else "alt_stacks_server"
+    server: RunningServer = request.getfixturevalue(name)
+    return server
+
+
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., RunningServer]]:
     """Start servers with custom settings; all are stopped at the end of the test."""

@@ -1,4 +1,7 @@
-"""The gRPC front door, driven by the real tritonclient.grpc client and by plain grpc stubs."""
+"""The gRPC front door, driven by the real tritonclient.grpc client and by plain grpc stubs.
+
+Tests on `stacks_server` run over both gRPC stacks (inferd's HTTP/2 layer and grpc.aio).
+"""
 
 from __future__ import annotations
 
@@ -29,17 +32,9 @@ from tests.models import reshape_model, write_model
 Callback = Callable[[Any, Any], None]
 
 
-@pytest.fixture(scope="module", params=["inferd", "grpcio"])
-def grpc_server(request: pytest.FixtureRequest) -> RunningServer:
-    """Every test here runs over both gRPC stacks (inferd's own HTTP/2 layer and grpc.aio)."""
-    name = "examples_server" if request.param == "inferd" else "alt_stacks_server"
-    server: RunningServer = request.getfixturevalue(name)
-    return server
-
-
 @pytest.fixture(scope="module")
-def client(grpc_server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
-    triton = grpcclient.InferenceServerClient(grpc_server.grpc_url)
+def client(stacks_server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
+    triton = grpcclient.InferenceServerClient(stacks_server.grpc_url)
     yield triton
     triton.close()
 
@@ -206,8 +201,8 @@ def test_stream_many_requests_and_a_bad_one(
         client.stop_stream()
 
 
-async def test_stream_error_keeps_only_the_id(grpc_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
+async def test_stream_error_keeps_only_the_id(stacks_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         call = stub.ModelStreamInfer()
         request = pb.ModelInferRequest(model_name="no_such_model", id="x-1")
@@ -244,14 +239,14 @@ def test_later_rpcs_are_unimplemented(
 # ---- plain gRPC: KServe field subset, health, reflection, sizes ----------------------------
 
 
-async def test_kserve_subset_with_plain_stub(grpc_server: RunningServer) -> None:
+async def test_kserve_subset_with_plain_stub(stacks_server: RunningServer) -> None:
     """Only the fields KServe's own grpc_predict_v2.proto has: raw contents in, raw out."""
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     request = pb.ModelInferRequest(model_name="simple", model_version="1", id="k")
     for name in ("INPUT0", "INPUT1"):
         request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
         request.raw_input_contents.append(a.tobytes())
-    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
+    async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
         assert (await stub.ModelReady(pb.ModelReadyRequest(name="simple"))).ready
@@ -265,8 +260,8 @@ async def test_kserve_subset_with_plain_stub(grpc_server: RunningServer) -> None
     assert (response.id, response.model_name) == ("k", "simple")
 
 
-async def test_health_service(grpc_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
+async def test_health_service(stacks_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         serving = health_pb2.HealthCheckResponse.SERVING
         for service in ("", "inference.GRPCInferenceService"):
@@ -280,8 +275,8 @@ async def test_health_service(grpc_server: RunningServer) -> None:
         watch.cancel()
 
 
-async def test_reflection_lists_services(grpc_server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(grpc_server.grpc_url) as channel:
+async def test_reflection_lists_services(stacks_server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo()
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
@@ -367,7 +362,7 @@ def test_grpc_stack_is_chosen_by_flag_or_environment() -> None:
 
 
 def test_model_statistics_match_http(
-    client: grpcclient.InferenceServerClient, grpc_server: RunningServer
+    client: grpcclient.InferenceServerClient, stacks_server: RunningServer
 ) -> None:
     a = np.ones((1, 16), np.int32)
     inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
@@ -376,7 +371,7 @@ def test_model_statistics_match_http(
     client.infer("simple", inputs)
     stats = client.get_inference_statistics("simple").model_stats
     assert [(m.name, m.version) for m in stats] == [("simple", "1")]
-    with httpx.Client(base_url=f"http://{grpc_server.http_url}") as http:
+    with httpx.Client(base_url=f"http://{stacks_server.http_url}") as http:
         over_http = http.get("/v2/models/simple/stats").json()["model_stats"][0]
     assert stats[0].inference_count == over_http["inference_count"] >= 1
     assert (

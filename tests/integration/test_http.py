@@ -1,4 +1,7 @@
-"""The HTTP front door, driven by the real tritonclient.http client and by raw HTTP requests."""
+"""The HTTP front door, driven by the real tritonclient.http client and by raw HTTP requests.
+
+Tests on `stacks_server` run over both HTTP stacks (inferd's HTTP/1.1 server and uvicorn).
+"""
 
 from __future__ import annotations
 
@@ -21,24 +24,16 @@ from tests.conftest import EXAMPLES, RunningServer
 from tests.models import reshape_model, write_model
 
 
-@pytest.fixture(scope="module", params=["inferd", "uvicorn"])
-def http_server(request: pytest.FixtureRequest) -> RunningServer:
-    """Every test here runs over both HTTP stacks (inferd's HTTP/1.1 server and uvicorn)."""
-    name = "examples_server" if request.param == "inferd" else "alt_stacks_server"
-    server: RunningServer = request.getfixturevalue(name)
-    return server
-
-
 @pytest.fixture(scope="module")
-def client(http_server: RunningServer) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(http_server.http_url)
+def client(stacks_server: RunningServer) -> Iterator[httpclient.InferenceServerClient]:
+    triton = httpclient.InferenceServerClient(stacks_server.http_url)
     yield triton
     triton.close()
 
 
 @pytest.fixture(scope="module")
-def http(http_server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{http_server.http_url}", timeout=10) as raw:
+def http(stacks_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://{stacks_server.http_url}", timeout=10) as raw:
         yield raw
 
 

@@ -178,7 +178,8 @@ async def test_full_queue_rejects_at_once() -> None:
 
 async def test_queue_timeout_rejects_while_the_instance_is_still_busy() -> None:
     instance = GatedInstance(gated=True)
-    policy = QueuePolicy(default_timeout_us=2_000)
+    # Long enough that the first request is dispatched before it expires on a loaded machine.
+    policy = QueuePolicy(default_timeout_us=50_000)
     scheduler = make([instance], 1, default_queue_policy=policy)
     first = await busy_with_first(scheduler, instance)
     late = submit(scheduler, 1)
