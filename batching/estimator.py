@@ -39,3 +39,29 @@ class ExecTimeEstimator:
             return 0
         nearest = min(self._mean, key=lambda size: abs(size - items))
         return int(self._mean[nearest] * items / nearest)
+
+
+class LatenessMargin:
+    """The share of a latency objective held back as a safety margin: requests are admitted
+    and batched to finish by `arrival + objective * (1 - margin)`, so that execution-time
+    jitter and time the forecast cannot see leave only about `miss_rate` of them late.
+
+    The margin is a running quantile estimate: every late finish widens it by `step`, every
+    timely one narrows it by `step * miss_rate / (1 - miss_rate)`, so it settles where late
+    finishes are `miss_rate` of all."""
+
+    def __init__(self, step: float = 0.005, limit: float = 0.5, miss_rate: float = 0.01) -> None:
+        self._up = step
+        self._down = step * miss_rate / (1.0 - miss_rate)
+        self._limit = limit
+        self.share = 0.0
+
+    def planned(self, objective_ns: int) -> int:
+        """The part of an objective the scheduler plans with."""
+        return int(objective_ns * (1.0 - self.share))
+
+    def observe(self, late: bool) -> None:
+        if late:
+            self.share = min(self._limit, self.share + self._up)
+        else:
+            self.share = max(0.0, self.share - self._down)

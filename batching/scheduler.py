@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inferd.backends.base import ModelInstance
-from inferd.batching.estimator import ExecTimeEstimator
+from inferd.batching.estimator import ExecTimeEstimator, LatenessMargin
 from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.stats import BatchStats, ModelStats
@@ -73,7 +73,8 @@ class Pending:
     arrival_ns: int
     future: asyncio.Future[Outputs]
     level: int = 0  # queue index: 0 is the highest priority
-    deadline_ns: int | None = None  # latency objective
+    deadline_ns: int | None = None  # latency objective, less the safety margin: planned end
+    due_ns: int | None = None  # latency objective: when the answer is due
     timeout_ns: int | None = None  # queue timeout, absolute
     delay_on_timeout: bool = False
     probe: bool = False  # admitted despite the estimate, to measure it again
@@ -98,6 +99,7 @@ class Scheduler:
         self.loop = loop
         self.stats = stats or ModelStats()
         self.estimator = ExecTimeEstimator()
+        self.margin = LatenessMargin()
         self._config = config
         self._policy = config.batch
         # One queue per priority level, then requests whose timeout moved them to the back.
@@ -163,7 +165,7 @@ class Scheduler:
                 f"'{self.model}' is full"
             )
         slo_ns = options.latency_slo_ns or self._config.latency_slo_ns
-        deadline = arrival_ns + slo_ns if slo_ns else None
+        deadline = arrival_ns + self.margin.planned(slo_ns) if slo_ns else None
         probe = False
         if deadline is not None and self._forecast(now, batch_size) > deadline:
             if self._idle and not self._queued:
@@ -182,6 +184,7 @@ class Scheduler:
             future,
             level,
             deadline,
+            due_ns=arrival_ns + slo_ns if slo_ns else None,
             probe=probe,
             enqueued_ns=now,
         )
@@ -222,7 +225,7 @@ class Scheduler:
         if not slo_ns or (self._idle and not self._queued):
             return
         now = time.monotonic_ns()
-        if self._forecast(now, 1) > arrival_ns + slo_ns:
+        if self._forecast(now, 1) > arrival_ns + self.margin.planned(slo_ns):
             self.stats.fail_request(now - arrival_ns, REJECTED)
             raise _slo_error(self.model, slo_ns)
 
@@ -321,9 +324,8 @@ class Scheduler:
             late = pending.deadline_ns is not None and finish > pending.deadline_ns
             if late and not pending.probe:
                 self.stats.fail_request(now - pending.arrival_ns, REJECTED)
-                assert pending.deadline_ns is not None
-                slo = pending.deadline_ns - pending.arrival_ns
-                self._complete(pending, _slo_error(self.model, slo))
+                assert pending.due_ns is not None
+                self._complete(pending, _slo_error(self.model, pending.due_ns - pending.arrival_ns))
             else:
                 kept.append(pending)
         return kept
@@ -349,6 +351,8 @@ class Scheduler:
             self._record_batch(batch, t)
             for pending, outputs in zip(batch, result, strict=True):
                 elapsed = now - pending.arrival_ns
+                if pending.due_ns is not None:
+                    self.margin.observe(now > pending.due_ns)
                 stats.success.add(elapsed)
                 stats.request_us.observe(elapsed / 1000)
                 self._complete(pending, outputs)

@@ -39,17 +39,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from inferd.benchmarks.http_pool import CONNECTION_LOST, HttpPool, get_request, post_request
+
 FEATURES = 512  # input and output width: FP32 [batch, 512]
 MAX_BATCH = 16
 QUEUE_DELAY_US = 2000
 PLAIN, SLA = "plain", "sla"
-TIMEOUT, UNSENT, CONN_ERROR = -1, -2, 0  # pseudo HTTP statuses of a sample
+TIMEOUT, UNSENT, CONN_ERROR = -1, -2, CONNECTION_LOST  # pseudo HTTP statuses of a sample
 LATE_MS = 2.0  # a request sent this much after its scheduled time counts as late
 CAPACITY_SECONDS = 3.0
 WARMUP_SECONDS = 1.0
@@ -165,8 +166,11 @@ def _tail(log: Path, lines: int = 30) -> str:
 
 
 @contextmanager
-def inferd_server(repository: Path, log: Path) -> Iterator[str]:
-    """One inferd subprocess on 127.0.0.1; yields its HTTP base URL and always stops it."""
+def inferd_server(
+    repository: Path, log: Path, cpus: frozenset[int] | None = None
+) -> Iterator[Server]:
+    """One inferd subprocess on 127.0.0.1 (on `cpus` if given); yields its HTTP address and
+    always stops it."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     command = [
         sys.executable,
@@ -183,11 +187,16 @@ def inferd_server(repository: Path, log: Path) -> Iterator[str]:
         "--log-level=warning",
     ]
     with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )
     try:
         base_url = f"http://127.0.0.1:{http_port}"
         wait_ready(process, base_url, log, limit_s=60)
-        yield base_url
+        yield Server(f"127.0.0.1:{http_port}", ("127.0.0.1", http_port))
     finally:
         stop_process(process)
 
@@ -207,13 +216,17 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Server:
+    host: str  # host:port, for the Host header
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
-    url: str
-    body: bytes
-    headers: dict[str, str]
+    request: bytes  # the whole HTTP request, encoded once
 
 
-def make_target(base_url: str, model: str, objective_ms: float | None = None) -> Target:
+def make_target(server: Server, model: str, objective_ms: float | None = None) -> Target:
     """A pre-encoded binary-extension request: JSON header, then 2 KiB of raw FP32 data.
     `objective_ms` overrides the model's objective (request parameter inferd.latency_slo_ms)."""
     data = np.random.default_rng(1).random((1, FEATURES), np.float32).tobytes()
@@ -232,11 +245,9 @@ def make_target(base_url: str, model: str, objective_ms: float | None = None) ->
     headers = {
         "Content-Type": "application/octet-stream",
         "Inference-Header-Content-Length": str(len(header)),
-        # aiohttp asks for gzip by default, and inferd (like Triton) then compresses every
-        # response: CPU on both sides that this benchmark is not about.
-        "Accept-Encoding": "identity",
     }
-    return Target(f"{base_url}/v2/models/{model}/infer", header + data, headers)
+    path = f"/v2/models/{model}/infer"
+    return Target(post_request(server.host, path, header + data, headers))
 
 
 @dataclass(slots=True)
@@ -246,16 +257,9 @@ class Sample:
     status: int = TIMEOUT  # HTTP status, or TIMEOUT / UNSENT / CONN_ERROR
     latency_ms: float | None = None  # send -> full response; None = no response
 
-
-async def send_one(session: aiohttp.ClientSession, target: Target, sample: Sample) -> None:
-    start = time.perf_counter()
-    try:
-        async with session.post(target.url, data=target.body, headers=target.headers) as reply:
-            await reply.read()
-            sample.status = reply.status
-    except aiohttp.ClientError:
-        sample.status = CONN_ERROR
-    sample.latency_ms = (time.perf_counter() - start) * 1e3
+    def answered(self, status: int, body: bytes, elapsed_s: float) -> None:
+        self.status = status
+        self.latency_ms = elapsed_s * 1e3
 
 
 def poisson_arrivals(rate: float, duration_s: float, seed: int) -> np.ndarray:
@@ -266,66 +270,67 @@ def poisson_arrivals(rate: float, duration_s: float, seed: int) -> np.ndarray:
 
 
 async def open_loop(
-    session: aiohttp.ClientSession,
-    target: Target,
-    arrivals: np.ndarray,
-    max_in_flight: int,
-    grace_s: float,
+    server: Server, target: Target, arrivals: np.ndarray, max_in_flight: int, grace_s: float
 ) -> list[Sample]:
     """Send at the scheduled times whatever happened to earlier requests (no coordinated
-    omission); past the in-flight cap a request is recorded as UNSENT instead of sent late."""
+    omission), each on an idle connection of a pool of `max_in_flight`; with none idle, a
+    request is recorded as UNSENT instead of sent late. Requests unanswered `grace_s` after the
+    last one was sent stay TIMEOUT."""
+    pool = await HttpPool.open(*server.address, max_in_flight)
     samples: list[Sample] = []
-    in_flight: set[asyncio.Task[None]] = set()
-    start = time.perf_counter()
-    for at in arrivals.tolist():
-        delay = start + at - time.perf_counter()
-        if delay > 0.0005:
-            await asyncio.sleep(delay)
-        sample = Sample(at, lag_ms=max(0.0, (time.perf_counter() - start - at) * 1e3))
-        samples.append(sample)
-        if len(in_flight) >= max_in_flight:
-            sample.status = UNSENT
-            continue
-        task = asyncio.create_task(send_one(session, target, sample))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-    await finish_or_cancel(in_flight, grace_s)
+    try:
+        start = time.perf_counter()
+        for at in arrivals.tolist():
+            delay = start + at - time.perf_counter()
+            if delay > 0.0005:
+                await asyncio.sleep(delay)
+            sample = Sample(at, lag_ms=max(0.0, (time.perf_counter() - start - at) * 1e3))
+            samples.append(sample)
+            if not pool.try_send(target.request, sample.answered):
+                sample.status = UNSENT
+        deadline = time.perf_counter() + grace_s
+        while pool.busy and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        pool.close()
     return samples
 
 
-async def finish_or_cancel(tasks: set[asyncio.Task[None]], grace_s: float) -> None:
-    """Requests still unanswered after the grace period stay TIMEOUT."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def closed_loop(
-    session: aiohttp.ClientSession, target: Target, clients: int, seconds: float
-) -> float:
+async def closed_loop(server: Server, target: Target, clients: int, seconds: float) -> float:
     """Successful requests per second with `clients` back-to-back senders."""
+    pool = await HttpPool.open(*server.address, clients)
+    finished = asyncio.get_running_loop().create_future()
     done = 0
     deadline = time.perf_counter() + seconds
 
-    async def client() -> None:
+    def answered(status: int, body: bytes, elapsed_s: float) -> None:
         nonlocal done
-        while time.perf_counter() < deadline:
-            async with session.post(target.url, data=target.body, headers=target.headers) as r:
-                await r.read()
-                done += r.status == 200
+        done += status == 200
+        if time.perf_counter() < deadline and status != CONNECTION_LOST:
+            pool.try_send(target.request, answered)
+        elif not pool.busy and not finished.done():
+            finished.set_result(None)
 
     start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    try:
+        for _ in range(clients):
+            pool.try_send(target.request, answered)
+        await finished
+    finally:
+        pool.close()
     return done / (time.perf_counter() - start)
 
 
-async def model_stats(session: aiohttp.ClientSession, base_url: str, model: str) -> dict[str, Any]:
-    async with session.get(f"{base_url}/v2/models/{model}/stats") as reply:
-        document: dict[str, Any] = (await reply.json())["model_stats"][0]
-        return document
+async def model_stats(server: Server, model: str) -> dict[str, Any]:
+    pool = await HttpPool.open(*server.address, 1)
+    try:
+        status, body = await pool.fetch(get_request(server.host, f"/v2/models/{model}/stats"))
+    finally:
+        pool.close()
+    if status != 200:
+        raise RuntimeError(f"GET /v2/models/{model}/stats answered {status}: {body[:200]!r}")
+    document: dict[str, Any] = json.loads(body)["model_stats"][0]
+    return document
 
 
 def batch_means(document: dict[str, Any]) -> dict[int, float]:
@@ -385,6 +390,7 @@ class Options:
     max_in_flight: int
     grace_s: float
     seed: int
+    client_cpus: int
 
 
 @dataclass(slots=True)
@@ -394,50 +400,41 @@ class Outcome:
     batch_ms: dict[str, dict[int, float]]  # server-side mean compute per batch size, per model
 
 
-async def run_benchmark(base_url: str, options: Options) -> Outcome:
-    connector = aiohttp.TCPConnector(limit=options.max_in_flight)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        targets = {name: make_target(base_url, name) for name in (PLAIN, SLA)}
-        await warm_up(session, base_url, options.concurrency)
-        capacity = await closed_loop(session, targets[PLAIN], options.concurrency, CAPACITY_SECONDS)
-        print(f"capacity of '{PLAIN}': {capacity:.0f} requests/s", flush=True)
-        runs: list[Run] = []
-        for index, load in enumerate(options.loads):
-            arrivals = poisson_arrivals(load * capacity, options.duration_s, options.seed + index)
-            for name in (PLAIN, SLA):
-                await asyncio.sleep(PAUSE_SECONDS)
-                run = Run(name, load, load * capacity, options.duration_s, [])
-                await one_run(session, base_url, targets[name], arrivals, run, options)
-                runs.append(run)
-                print(format_progress(run, options.objective_ms), flush=True)
-        batch_ms = {
-            name: batch_means(await model_stats(session, base_url, name)) for name in targets
-        }
-        return Outcome(capacity, runs, batch_ms)
+async def run_benchmark(server: Server, options: Options) -> Outcome:
+    targets = {name: make_target(server, name) for name in (PLAIN, SLA)}
+    await warm_up(server, options.concurrency)
+    capacity = await closed_loop(server, targets[PLAIN], options.concurrency, CAPACITY_SECONDS)
+    print(f"capacity of '{PLAIN}': {capacity:.0f} requests/s", flush=True)
+    runs: list[Run] = []
+    for index, load in enumerate(options.loads):
+        arrivals = poisson_arrivals(load * capacity, options.duration_s, options.seed + index)
+        for name in (PLAIN, SLA):
+            await asyncio.sleep(PAUSE_SECONDS)
+            run = Run(name, load, load * capacity, options.duration_s, [])
+            await one_run(server, targets[name], arrivals, run, options)
+            runs.append(run)
+            print(format_progress(run, options.objective_ms), flush=True)
+    batch_ms = {name: batch_means(await model_stats(server, name)) for name in targets}
+    return Outcome(capacity, runs, batch_ms)
 
 
-async def warm_up(session: aiohttp.ClientSession, base_url: str, clients: int) -> None:
+async def warm_up(server: Server, clients: int) -> None:
     """Run both models until onnxruntime is warm. The 'sla' warm-up relaxes the objective per
     request so that its execution-time estimator learns from real executions, not only from
     the cold first one (whose outlier alone can make it reject everything, see README)."""
-    targets = (make_target(base_url, PLAIN), make_target(base_url, SLA, WARMUP_OBJECTIVE_MS))
+    targets = (make_target(server, PLAIN), make_target(server, SLA, WARMUP_OBJECTIVE_MS))
     for target in targets:
-        await closed_loop(session, target, 1, WARMUP_SECONDS / 2)
-        await closed_loop(session, target, clients, WARMUP_SECONDS)
+        await closed_loop(server, target, 1, WARMUP_SECONDS / 2)
+        await closed_loop(server, target, clients, WARMUP_SECONDS)
 
 
 async def one_run(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    target: Target,
-    arrivals: np.ndarray,
-    run: Run,
-    options: Options,
+    server: Server, target: Target, arrivals: np.ndarray, run: Run, options: Options
 ) -> None:
     """Fill `run` with the open loop's samples and the server's statistics over it."""
-    before = await model_stats(session, base_url, run.model)
-    run.samples = await open_loop(session, target, arrivals, options.max_in_flight, options.grace_s)
-    after = await model_stats(session, base_url, run.model)
+    before = await model_stats(server, run.model)
+    run.samples = await open_loop(server, target, arrivals, options.max_in_flight, options.grace_s)
+    after = await model_stats(server, run.model)
     run.server = stats_delta(before, after)
 
 
@@ -558,7 +555,8 @@ def header_text(options: Options, exec_ms: dict[int, float], capacity: float) ->
     return (
         f"# SLA benchmark\n\n"
         f"- objective: {options.objective_ms:g} ms; duration per run: {options.duration_s:g} s; "
-        f"seed {options.seed}; max in flight {options.max_in_flight}\n"
+        f"seed {options.seed}; max in flight {options.max_in_flight}; CPUs reserved for the "
+        f"client: {options.client_cpus or 'none'}\n"
         f"- onnxruntime alone (1 thread, median): {_per_batch(exec_ms)}\n"
         f"- capacity of '{PLAIN}' (closed loop, {options.concurrency} clients): "
         f"{capacity:.0f} requests/s\n"
@@ -684,6 +682,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--depth", type=int, default=16, help="MatMul+Relu layers of the benchmark model"
     )
+    parser.add_argument(
+        "--client-cpus",
+        type=int,
+        default=1,
+        help="CPUs reserved for the load generator, the server getting the rest (Linux); 0 lets "
+        "both share every CPU, where a CPU-starved client adds its own lag to every latency",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/sla"), help="results folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     return parser.parse_args(argv)
@@ -697,6 +702,15 @@ def _loads(text: str) -> tuple[float, ...]:
     if not loads or any(load <= 0 for load in loads):
         raise argparse.ArgumentTypeError("load factors must be positive")
     return loads
+
+
+def split_cpus(client_cpus: int) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """Give the load generator the last `client_cpus` CPUs and the server the others, so that
+    neither takes CPU time from the other (0: no pinning, both share every CPU)."""
+    available = sorted(os.sched_getaffinity(0))
+    if client_cpus <= 0 or client_cpus >= len(available):
+        return None, None
+    return frozenset(available[:-client_cpus]), frozenset(available[-client_cpus:])
 
 
 def _sigterm(signum: int, frame: object) -> None:
@@ -713,6 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_in_flight=args.max_in_flight,
         grace_s=args.grace,
         seed=args.seed,
+        client_cpus=args.client_cpus,
     )
     signal.signal(signal.SIGTERM, _sigterm)
     model = build_model(args.width, args.depth)
@@ -724,8 +739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="inferd-sla-bench-") as tmp:
             repository = Path(tmp) / "models"
             write_repository(repository, model, options.objective_ms)
-            with inferd_server(repository, Path(tmp) / "server.log") as base_url:
-                outcome = _run_async(run_benchmark(base_url, options))
+            server_cpus, client_cpus = split_cpus(args.client_cpus)
+            if client_cpus is not None:
+                os.sched_setaffinity(0, client_cpus)
+                print(f"CPUs: server {sorted(server_cpus or ())}, client {sorted(client_cpus)}")
+            with inferd_server(repository, Path(tmp) / "server.log", server_cpus) as server:
+                outcome = _run_async(run_benchmark(server, options))
     except KeyboardInterrupt:
         print("interrupted; the server was stopped", file=sys.stderr)
         return 130

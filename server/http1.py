@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message
 from inferd.server.errors import body_too_large
 from inferd.server.graceful import stop_serving
 from inferd.server.http_codec import encode_error
+from inferd.server.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class HttpRequest:
     body: bytes
     keep_alive: bool
     http_version: str
+    arrival_ns: int = 0  # monotonic; the start of the loop turn that read its first bytes
     # Set when the request cannot be served (malformed, too large): answered, then closed.
     error: tuple[int, str] | None = None
 
@@ -78,6 +80,7 @@ class HttpRequest:
 class _Reading:
     """The request whose bytes are arriving."""
 
+    arrival_ns: int
     url: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
@@ -96,6 +99,13 @@ class Http1Server:
         self.connections: set[Http1Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._clock: TurnClock | None = None
+
+    @property
+    def clock(self) -> TurnClock:
+        if self._clock is None:
+            self._clock = TurnClock(asyncio.get_running_loop())
+        return self._clock
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -114,6 +124,7 @@ class Http1Connection(asyncio.Protocol):
         self._limit = server.options.max_body_size
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
+        self._clock = server.clock
         self._transport: asyncio.Transport | None = None
         self._reading: _Reading | None = None
         self._queue: deque[HttpRequest] = deque()
@@ -174,7 +185,7 @@ class Http1Connection(asyncio.Protocol):
     # ---- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reading = _Reading()
+        self._reading = _Reading(self._clock.now_ns())
 
     def on_url(self, url: bytes) -> None:
         assert self._reading is not None
@@ -226,6 +237,7 @@ class Http1Connection(asyncio.Protocol):
             body=body,
             keep_alive=self._parser.should_keep_alive(),
             http_version=self._parser.get_http_version(),
+            arrival_ns=reading.arrival_ns,
         )
         self._queue.append(request)
         if len(self._queue) > MAX_PIPELINE:

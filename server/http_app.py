@@ -124,7 +124,7 @@ class HttpFrontDoor:
     def _infer_now(
         self, model: str, version: str, http: HttpRequest, reply: Reply
     ) -> asyncio.Future[Outputs] | None:
-        arrival_ns = time.monotonic_ns()  # latency objectives count from here, not from decoding
+        arrival_ns = http.arrival_ns  # latency objectives count from here, not from decoding
         headers = dict(http.headers)
         try:
             served = self._core.admit(model, version, arrival_ns)  # sheds load before decoding

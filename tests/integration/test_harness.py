@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from inferd.benchmarks import report, tensors
+from inferd.benchmarks.http_pool import HttpPool, get_request
 from inferd.benchmarks.perf_sweep import Cell, SweepOptions, sweep
 from tests.conftest import RunningServer
 
@@ -48,6 +50,31 @@ def test_locust_runs(examples_server: RunningServer, tmp_path: Path) -> None:
             if run.poll() is None:
                 run.kill()
                 run.wait()
+
+
+async def test_http_pool_sends_on_idle_connections_only(examples_server: RunningServer) -> None:
+    host, port = examples_server.http_url.rsplit(":", 1)
+    pool = await HttpPool.open(host, int(port), 2)
+    ready = get_request(examples_server.http_url, "/v2/health/ready")
+    answers: list[tuple[int, float]] = []
+    all_answered = asyncio.Event()
+
+    def answered(status: int, body: bytes, elapsed_s: float) -> None:
+        answers.append((status, elapsed_s))
+        if len(answers) == 2:
+            all_answered.set()
+
+    try:
+        assert pool.try_send(ready, answered) and pool.try_send(ready, answered)
+        assert not pool.try_send(ready, answered)  # both connections busy: nothing sent
+        await asyncio.wait_for(all_answered.wait(), 10)
+        assert [status for status, _ in answers] == [200, 200]
+        assert all(elapsed > 0 for _, elapsed in answers)
+        status, body = await pool.fetch(get_request(examples_server.http_url, "/v2/models/x"))
+        assert status == 404 and b"error" in body  # the connections were reused
+        assert pool.busy == 0
+    finally:
+        pool.close()
 
 
 @pytest.mark.skipif(PERF_ANALYZER is None, reason="perf_analyzer not found: set PERF_ANALYZER")

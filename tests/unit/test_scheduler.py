@@ -297,6 +297,52 @@ async def test_a_backed_up_event_loop_counts_towards_the_latency_forecast() -> N
     await scheduler.close()
 
 
+def test_lateness_margin_settles_where_the_miss_rate_is_met() -> None:
+    from inferd.batching.estimator import LatenessMargin
+
+    margin = LatenessMargin(step=0.01, limit=0.5, miss_rate=0.01)
+    assert margin.planned(10_000_000) == 10_000_000  # nothing late yet: the whole objective
+    for _ in range(100):
+        margin.observe(late=True)
+    assert margin.share == 0.5  # capped: half the objective stays for the work itself
+    assert margin.planned(10_000_000) == 5_000_000
+    # Late at 1 % of finishes: one late step undoes 99 timely ones, so the margin holds.
+    for _ in range(10):
+        for _ in range(99):
+            margin.observe(late=False)
+        margin.observe(late=True)
+    assert margin.share == pytest.approx(0.5)
+    for _ in range(99 * 10):  # none late any more: the margin shrinks again
+        margin.observe(late=False)
+    assert margin.share == pytest.approx(0.4)
+
+
+async def test_late_answers_make_admission_plan_with_a_margin() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], 4, latency_slo_ns=100_000_000)
+    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=1_000_000))  # due in 1 ms
+    await wait_entered(instance)
+    time.sleep(0.002)
+    instance.gate.set()
+    await first  # answered, but late
+    assert scheduler.margin.share > 0
+    await scheduler.close()
+
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], 4, latency_slo_ns=100_000_000)
+    scheduler.estimator.observe(1, 30_000_000)  # queued behind one batch: done in 60 ms
+    busy = submit(scheduler, 1, RequestOptions(latency_slo_ns=10_000_000_000))
+    await wait_entered(instance)
+    scheduler.margin.share = 0.5  # the plan now ends at 50 ms
+    with pytest.raises(InferdError):
+        scheduler.admit(time.monotonic_ns())
+    scheduler.margin.share = 0.0
+    scheduler.admit(time.monotonic_ns())
+    instance.gate.set()
+    await busy
+    await scheduler.close()
+
+
 async def test_early_admission_sheds_load_only_when_the_objective_is_out_of_reach() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], 4, latency_slo_ns=10_000_000)
