@@ -119,15 +119,11 @@ class IoBindingRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = next(iter(inputs.values())).shape[0] if self._batched and inputs else 0
         rows, options = self._graph_for(batch)
-        try:
+        with self._staging.batch() as outputs:
             self._bind_inputs(inputs, rows)
             self._bind_outputs(rows)
             self._session.run_with_iobinding(self._binding, options)
             self._download(batch, rows)
-            outputs = self._staging.finish()
-        except BaseException:
-            self._staging.discard()
-            raise
         restore_item_dims(outputs, self._scalar)
         return outputs
 

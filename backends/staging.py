@@ -9,6 +9,8 @@ straight to the framework binding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from math import prod
 from typing import Any
 
@@ -59,6 +61,18 @@ class IoStaging:
         host = self._host_buffer(("out", name), nbytes)
         self._cuda.to_host(host, src, nbytes, self._stream)
         self._pending[name] = host[:nbytes].view(dtype).reshape(shape)
+
+    @contextmanager
+    def batch(self) -> Iterator[dict[str, np.ndarray]]:
+        """One batch's transfers: the block queues uploads, the launch and downloads; on leaving
+        it the yielded dict holds the outputs (`finish`). A failure anywhere discards the batch."""
+        outputs: dict[str, np.ndarray] = {}
+        try:
+            yield outputs
+            outputs.update(self.finish())
+        except BaseException:
+            self.discard()
+            raise
 
     def finish(self) -> dict[str, np.ndarray]:
         """Wait for the batch, then copy the outputs out of the pinned buffers: the next batch

@@ -112,7 +112,7 @@ class TensorRtInstance(ModelInstance):
         if missing:
             raise invalid(f"the TensorRT engine needs input(s) {', '.join(missing)}")
         profile = self._io.select_profile(shapes, self._profile)
-        try:
+        with self._staging.batch() as outputs:
             if profile != self._profile:
                 context.set_optimization_profile_async(profile, stream.ptr)
                 self._profile = profile
@@ -127,10 +127,6 @@ class TensorRtInstance(ModelInstance):
             for name in self._wanted:
                 ptr, shape = bound[name]
                 self._staging.download(name, ptr, shape, self._dtypes[name])
-            outputs = self._staging.finish()
-        except BaseException:
-            self._staging.discard()
-            raise
         restore_item_dims(outputs, self._scalar)
         return outputs
 
