@@ -352,7 +352,12 @@ class Scheduler:
             for pending, outputs in zip(batch, result, strict=True):
                 elapsed = now - pending.arrival_ns
                 if pending.due_ns is not None:
-                    self.margin.observe(now > pending.due_ns)
+                    late = now > pending.due_ns
+                    self.margin.observe(late)
+                    if late:
+                        stats.objective_missed += 1
+                    else:
+                        stats.objective_met += 1
                 stats.success.add(elapsed)
                 stats.request_us.observe(elapsed / 1000)
                 self._complete(pending, outputs)

@@ -83,6 +83,9 @@ class ModelStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
     # Failures by Triton's metric reason: REJECTED (queue full, timeout, SLA), CANCELED, BACKEND.
     failures: dict[str, int] = field(default_factory=dict)
+    # Successful requests with a latency objective, answered by it or after it.
+    objective_met: int = 0
+    objective_missed: int = 0
     # Histograms in microseconds (request = arrival to response ready) and items per batch.
     request_us: Histogram = field(default_factory=_latency)
     queue_us: Histogram = field(default_factory=_latency)

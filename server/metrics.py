@@ -127,6 +127,11 @@ _GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
         "average it, or use rate(inferd_instance_busy_seconds_total) / inferd_instances)",
         lambda s: s.busy / s.instances if s.instances else 0.0,
     ),
+    (
+        "inferd_latency_margin_ratio",
+        "Share of the latency objective the scheduler holds back as a learned safety margin",
+        lambda s: s.margin.share,
+    ),
 )
 
 
@@ -156,6 +161,7 @@ class ModelCollector:
         for name, doc, count in _COUNTERS:
             yield _family(name, doc, "counter", [(lb, count(s.stats)) for lb, s in loaded])
         yield _failures(loaded)
+        yield _objective_answers(loaded)
         for name, doc, gauge in _GAUGES:
             yield _family(name, doc, "gauge", [(lb, gauge(s)) for lb, s in loaded])
         yield _family(
@@ -198,6 +204,17 @@ def _failures(loaded: list[tuple[dict[str, str], Scheduler]]) -> Metric:
         failures = scheduler.stats.failures
         for reason in (*FAILURE_REASONS, *(r for r in failures if r not in FAILURE_REASONS)):
             family.add_sample(name, {**labels, "reason": reason}, failures.get(reason, 0))
+    return family
+
+
+def _objective_answers(loaded: list[tuple[dict[str, str], Scheduler]]) -> Metric:
+    name = "inferd_latency_objective_answers_total"
+    doc = "Successful requests with a latency objective, by outcome: met or missed (answered late)"
+    family = Metric(name, doc, "counter")
+    for labels, scheduler in loaded:
+        stats = scheduler.stats
+        family.add_sample(name, {**labels, "outcome": "met"}, stats.objective_met)
+        family.add_sample(name, {**labels, "outcome": "missed"}, stats.objective_missed)
     return family
 
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.policy import BatchPolicy
-from inferd.batching.scheduler import Scheduler, SchedulerConfig
+from inferd.batching.scheduler import RequestOptions, Scheduler, SchedulerConfig
 from inferd.repository.manager import ModelState, ModelVersion
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.metrics import MetricsExporter
@@ -137,6 +137,31 @@ async def test_saturation_gauges_follow_the_scheduler() -> None:
     assert idle["nv_inference_exec_count" + labels] == 3
     # The busy-seconds counter covers the gated executions (each waited for the gate).
     assert idle["inferd_instance_busy_seconds_total" + labels] > 0
+    await scheduler.close()
+
+
+async def test_latency_objective_answers_are_counted_met_or_missed() -> None:
+    instance = GatedInstance()
+    config = SchedulerConfig(BatchPolicy(max_batch_size=0), latency_slo_ns=10_000_000_000)
+    scheduler = Scheduler("m", config, [instance], asyncio.get_running_loop())
+    version = ModelVersion("m", 1, ModelState.READY, scheduler=scheduler)
+    exporter = MetricsExporter(lambda: [version])
+    x = np.ones((1, 1), np.float32)
+    labels = 'model="m",version="1"'
+    assert values(exporter.render().decode())["inferd_latency_margin_ratio{%s}" % labels] == 0
+    late = scheduler.submit(
+        {"x": x}, 1, None, time.monotonic_ns(), RequestOptions(latency_slo_ns=1_000_000)
+    )
+    on_time = scheduler.submit({"x": x}, 1, None, time.monotonic_ns())
+    assert await asyncio.to_thread(instance.entered.acquire, True, 5)
+    await asyncio.sleep(0.005)  # the first request's 1 ms objective passes while it executes
+    instance.gate.set()
+    await asyncio.gather(on_time, late)
+    found = values(exporter.render().decode())
+    answers = "inferd_latency_objective_answers_total{%s,outcome=\"%s\"}"
+    assert found[answers % (labels, "met")] == 1
+    assert found[answers % (labels, "missed")] == 1
+    assert found["inferd_latency_margin_ratio{%s}" % labels] > 0  # one miss widened it
     await scheduler.close()
 
 
