@@ -320,9 +320,9 @@ def test_lateness_margin_settles_where_the_miss_rate_is_met() -> None:
 async def test_late_answers_make_admission_plan_with_a_margin() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], 4, latency_slo_ns=100_000_000)
-    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=1_000_000))  # due in 1 ms
+    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=50_000_000))  # due in 50 ms
     await wait_entered(instance)
-    time.sleep(0.002)
+    time.sleep(0.1)
     instance.gate.set()
     await first  # answered, but late
     assert scheduler.margin.share > 0
