@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,9 @@ from inferd.server.errors import InferdError, internal, invalid, unavailable
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+# Told of a request's outcome the moment the scheduler resolves its future, on the loop, without
+# the loop turn a done-callback waits for (no callback for a cancelled request).
+OnDone = Callable[[asyncio.Future[Outputs]], None]
 
 # Failure reasons, as Triton's nv_inference_request_failure labels them.
 REJECTED, CANCELED, BACKEND = "REJECTED", "CANCELED", "BACKEND"
@@ -78,6 +81,7 @@ class Pending:
     timeout_ns: int | None = None  # queue timeout, absolute
     delay_on_timeout: bool = False
     probe: bool = False  # admitted despite the estimate, to measure it again
+    on_done: OnDone | None = None
     enqueued_ns: int = 0
     queued: bool = True
     outcome: Outputs | BaseException | None = None  # held back for preserve_ordering
@@ -151,6 +155,7 @@ class Scheduler:
         shape_key: Hashable,
         arrival_ns: int,
         options: RequestOptions = DEFAULT_OPTIONS,
+        on_done: OnDone | None = None,
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
@@ -186,6 +191,7 @@ class Scheduler:
             deadline,
             due_ns=arrival_ns + slo_ns if slo_ns else None,
             probe=probe,
+            on_done=on_done,
             enqueued_ns=now,
         )
         timeout_us = _timeout_us(policy, options.timeout_us)
@@ -368,14 +374,14 @@ class Scheduler:
 
     def _complete(self, pending: Pending, outcome: Outputs | BaseException) -> None:
         if self._ordered is None:
-            _resolve(pending.future, outcome)
+            _resolve(pending, outcome)
             return
         pending.outcome = outcome  # released in arrival order
         ordered = self._ordered
         while ordered and (ordered[0].outcome is not None or ordered[0].future.done()):
             head = ordered.popleft()
             if head.outcome is not None:
-                _resolve(head.future, head.outcome)
+                _resolve(head, head.outcome)
                 head.outcome = None
 
     def _record_batch(self, batch: list[Pending], t: Timings) -> None:
@@ -428,13 +434,19 @@ def _too_short(until_ns: int | None, now_ns: int) -> bool:
     return until_ns is not None and until_ns - now_ns < TIMER_RESOLUTION_NS
 
 
-def _resolve(future: asyncio.Future[Outputs], outcome: Outputs | BaseException) -> None:
+def _resolve(pending: Pending, outcome: Outputs | BaseException) -> None:
+    future = pending.future
     if future.done():
-        return
+        return  # cancelled: the requester left
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+    if pending.on_done is not None:
+        try:
+            pending.on_done(future)
+        except Exception:  # one requester's failure must not cut the batch's other answers
+            log.exception("answering a request of a finished batch failed")
 
 
 def _timeout_us(policy: QueuePolicy, requested_us: int) -> int:

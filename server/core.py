@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 import inferd
-from inferd.batching.scheduler import DEFAULT_OPTIONS, Outputs, RequestOptions
+from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
@@ -184,10 +184,14 @@ class InferenceCore:
         return self.response(request, model, await outputs)
 
     def submit(
-        self, request: InferRequest, model: ModelVersion | None = None
+        self,
+        request: InferRequest,
+        model: ModelVersion | None = None,
+        on_done: OnDone | None = None,
     ) -> tuple[ModelVersion, asyncio.Future[Outputs]]:
-        """infer() without awaiting: a front door that answers from a done-callback (no task
-        per request) takes the outputs' future here and builds the answer with response()."""
+        """infer() without awaiting: a front door that answers from a callback (no task per
+        request) takes the outputs' future here, or passes `on_done`, which the scheduler calls
+        as it resolves the future, and builds the answer with response()."""
         if model is None:
             model = self._repository.get(request.model_name, request.model_version)
         scheduler = model.scheduler
@@ -202,7 +206,12 @@ class InferenceCore:
             scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
         future = scheduler.submit(
-            request.inputs, batch_size, shape_key, request.arrival_ns, options or DEFAULT_OPTIONS
+            request.inputs,
+            batch_size,
+            shape_key,
+            request.arrival_ns,
+            options or DEFAULT_OPTIONS,
+            on_done,
         )
         return model, future
 

@@ -126,19 +126,10 @@ class HttpFrontDoor:
     ) -> asyncio.Future[Outputs] | None:
         arrival_ns = http.arrival_ns  # latency objectives count from here, not from decoding
         headers = dict(http.headers)
-        try:
-            served = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
-            body = _decompressed(http.body, headers, self._max_input_size)
-            request, encoding = self._decode(body, headers, model, version)
-            request.arrival_ns = arrival_ns
-            served, outputs = self._core.submit(request, served)
-        except Exception as exc:
-            reply(*_answer(*_failure(exc, model), JSON, headers))
-            return None
 
         def answer(done: asyncio.Future[Outputs]) -> None:
-            if done.cancelled():
-                return  # the client left
+            # Called by the scheduler as the batch's results come in: answered in the same loop
+            # turn, before the loop reads more requests. Never for a cancelled request.
             try:
                 response = self._core.response(request, served, done.result())
                 payload, header_length = encode_infer_response(response, encoding)
@@ -148,7 +139,15 @@ class HttpFrontDoor:
             content_type = JSON if header_length is None else OCTET_STREAM
             reply(*_answer(200, payload, content_type, headers, header_length))
 
-        outputs.add_done_callback(answer)
+        try:
+            admitted = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
+            body = _decompressed(http.body, headers, self._max_input_size)
+            request, encoding = self._decode(body, headers, model, version)
+            request.arrival_ns = arrival_ns
+            served, outputs = self._core.submit(request, admitted, answer)
+        except Exception as exc:
+            reply(*_answer(*_failure(exc, model), JSON, headers))
+            return None
         return outputs
 
     async def _infer(

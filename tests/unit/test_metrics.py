@@ -148,7 +148,8 @@ async def test_latency_objective_answers_are_counted_met_or_missed() -> None:
     exporter = MetricsExporter(lambda: [version])
     x = np.ones((1, 1), np.float32)
     labels = 'model="m",version="1"'
-    assert values(exporter.render().decode())["inferd_latency_margin_ratio{%s}" % labels] == 0
+    margin = "inferd_latency_margin_ratio{" + labels + "}"
+    assert values(exporter.render().decode())[margin] == 0
     late = scheduler.submit(
         {"x": x}, 1, None, time.monotonic_ns(), RequestOptions(latency_slo_ns=50_000_000)
     )
@@ -158,10 +159,10 @@ async def test_latency_objective_answers_are_counted_met_or_missed() -> None:
     instance.gate.set()
     await asyncio.gather(on_time, late)
     found = values(exporter.render().decode())
-    answers = "inferd_latency_objective_answers_total{%s,outcome=\"%s\"}"
-    assert found[answers % (labels, "met")] == 1
-    assert found[answers % (labels, "missed")] == 1
-    assert found["inferd_latency_margin_ratio{%s}" % labels] > 0  # one miss widened it
+    answers = "inferd_latency_objective_answers_total{" + labels + ',outcome="%s"}'
+    assert found[answers % "met"] == 1
+    assert found[answers % "missed"] == 1
+    assert found[margin] > 0  # one miss widened it
     await scheduler.close()
 
 

@@ -120,6 +120,37 @@ async def test_cancelled_requests_are_dropped_before_execution() -> None:
     await scheduler.close()
 
 
+async def test_on_done_answers_as_the_batch_finishes() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], max_batch_size=8)
+    events: list[str] = []
+
+    def on_done(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        value = done.result()["y"].item()
+        if value == 4:
+            raise RuntimeError("a requester's own bug")
+        events.append(f"answered {value:g}")
+
+    def request(value: float) -> asyncio.Future[dict[str, np.ndarray]]:
+        x = {"x": np.array([[value]], np.float32)}
+        future = scheduler.submit(x, 1, None, time.monotonic_ns(), DEFAULT_OPTIONS, on_done)
+        future.add_done_callback(lambda _: events.append(f"callback {value * 2:g}"))
+        return future
+
+    first = request(1)
+    await wait_entered(instance)
+    batch = [request(2), request(3), request(4)]
+    batch[2].cancel()  # the requester left: never told
+    instance.gate.set()
+    await asyncio.gather(first, *batch[:2])
+    # on_done runs as the scheduler resolves each future, before any done-callback (a loop
+    # turn later); a failing on_done does not keep the rest of its batch from being answered.
+    assert events.index("answered 2") < events.index("callback 2")
+    assert events.index("answered 6") < min(events.index("callback 4"), events.index("callback 6"))
+    assert "answered 8" not in events
+    await scheduler.close()
+
+
 async def test_close_drains_queued_work_then_refuses_new_requests() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], max_batch_size=2)
