@@ -334,8 +334,9 @@ async def model_stats(server: Server, model: str) -> dict[str, Any]:
     return document
 
 
-async def objective_answers(server: Server, model: str) -> tuple[int, int]:
-    """(met, missed) of the model's latency objective, from the server's /metrics."""
+async def objective_answers(server: Server, model: str) -> tuple[int, int, float]:
+    """(met, missed, margin) of the model's latency objective, from the server's /metrics:
+    answers by and after the objective, and the share of it held back as a safety margin."""
     pool = await HttpPool.open(*server.address, 1)
     try:
         status, body = await pool.fetch(get_request(server.host, "/metrics"))
@@ -344,12 +345,16 @@ async def objective_answers(server: Server, model: str) -> tuple[int, int]:
     if status != 200:
         raise RuntimeError(f"GET /metrics answered {status}: {body[:200]!r}")
     counts = {"met": 0, "missed": 0}
+    margin = 0.0
     for family in text_string_to_metric_families(body.decode()):
-        if family.name == "inferd_latency_objective_answers":
-            for sample in family.samples:
-                if sample.labels.get("model") == model and sample.name.endswith("_total"):
-                    counts[sample.labels["outcome"]] = int(sample.value)
-    return counts["met"], counts["missed"]
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "inferd_latency_objective_answers_total":
+                counts[sample.labels["outcome"]] = int(sample.value)
+            elif sample.name == "inferd_latency_margin_ratio":
+                margin = sample.value
+    return counts["met"], counts["missed"], margin
 
 
 def batch_means(document: dict[str, Any]) -> dict[int, float]:
@@ -452,14 +457,15 @@ async def one_run(
 ) -> None:
     """Fill `run` with the open loop's samples and the server's statistics over it."""
     before = await model_stats(server, run.model)
-    met_before, missed_before = await objective_answers(server, run.model)
+    met_before, missed_before, _ = await objective_answers(server, run.model)
     run.samples = await open_loop(server, target, arrivals, options.max_in_flight, options.grace_s)
     after = await model_stats(server, run.model)
-    met, missed = await objective_answers(server, run.model)
+    met, missed, margin = await objective_answers(server, run.model)
     run.server = stats_delta(before, after)
     met, missed = met - met_before, missed - missed_before
     # Answered after the objective, as the server measures (no objective: nothing to miss).
     run.server["late_pct"] = _pct(missed, met + missed) if met + missed else -1.0
+    run.server["margin_pct"] = 100.0 * margin
 
 
 def summarize(run: Run, objective_ms: float) -> dict[str, Any]:
@@ -523,6 +529,7 @@ SERVER_COLUMNS = (
     "mean queue ms",
     "mean ok ms",
     "late % (server)",
+    "margin % (end)",
 )
 
 
@@ -555,6 +562,7 @@ def server_row(summary: dict[str, Any]) -> list[str]:
         f"{server['mean_queue_ms']:.1f}",
         f"{server['mean_success_ms']:.1f}",
         f"{server['late_pct']:.1f}" if server["late_pct"] >= 0 else "n/a",
+        f"{server['margin_pct']:.0f}",
     ]
 
 
