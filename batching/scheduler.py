@@ -293,7 +293,10 @@ class Scheduler:
                 worker = self._idle.pop()
                 items = sum(p.batch_size for p in batch)
                 self._busy_until[worker] = now + self.estimator(items)
-                worker.submit(batch, items)
+                ran = worker.submit(batch, items)
+                if ran is not None:  # on this thread: answered now, before the loop reads on
+                    self._finish(worker, batch, *ran, schedule=False)
+                    now = time.monotonic_ns()
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
@@ -338,7 +341,14 @@ class Scheduler:
 
     # ---- results (on the loop, once per batch) ---------------------------------------------
 
-    def _finish(self, worker: Worker, batch: list[Pending], result: Outcome, t: Timings) -> None:
+    def _finish(
+        self,
+        worker: Worker,
+        batch: list[Pending],
+        result: Outcome,
+        t: Timings,
+        schedule: bool = True,  # False when _schedule itself reports a batch it ran inline
+    ) -> None:
         self._idle.append(worker)
         self._busy_until.pop(worker, None)
         self._executing -= len(batch)
@@ -367,7 +377,7 @@ class Scheduler:
                 stats.success.add(elapsed)
                 stats.request_us.observe(elapsed / 1000)
                 self._complete(pending, outputs)
-        if self._queued:
+        if schedule and self._queued:
             self._schedule()
         else:
             self._check_drained()

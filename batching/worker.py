@@ -74,14 +74,14 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, batch: list[Any], items: int) -> None:
-        """Run `batch` (of `items` in all); never called while a batch is running."""
+    def submit(self, batch: list[Any], items: int) -> tuple[Outcome, Timings] | None:
+        """Run `batch` (of `items` in all); never called while a batch is running. A batch
+        run on the loop returns its outcome, for the caller to report; one handed to the
+        instance thread returns None and is reported through `finish`."""
         if self._inline_max_ns and 0 < self.cpu(items) <= self._inline_max_ns:
-            result, timings = self._run_batch(batch)
-            # Reported on the next loop turn, exactly as from the thread.
-            self._loop.call_soon(self._finish, self, batch, result, timings)
-            return
+            return self._run_batch(batch)
         self._jobs.put(batch)
+        return None
 
     def stop(self) -> None:
         """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
