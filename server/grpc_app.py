@@ -23,9 +23,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tritonclient.grpc import service_pb2 as pb
 
+from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, unsupported
-from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod, ServerCall
+from inferd.server.grpc_calls import MethodKind, Respond, RpcError, RpcMethod, ServerCall
 from inferd.server.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
@@ -170,11 +171,31 @@ class InferenceService:
             )
             response = await self._core.infer(decode_infer_request(request), served)
             return encode_infer_response(response)
-        except InferdError as error:
-            raise RpcError(GRPC_STATUS[error.code], error.message) from None
         except Exception as exc:
-            log.exception("gRPC inference on model '%s' failed unexpectedly", request.model_name)
-            raise RpcError(grpc.StatusCode.INTERNAL, f"internal error: {exc}") from None
+            raise _infer_error(exc, request.model_name) from None
+
+    def model_infer_now(
+        self, request: pb.ModelInferRequest, respond: Respond
+    ) -> asyncio.Future[Outputs] | None:
+        """model_infer for inferd's own gRPC stack: no task; answered as the scheduler resolves
+        the batch (the HTTP/1.1 fast route's way)."""
+        model = request.model_name
+
+        def answer(done: asyncio.Future[Outputs]) -> None:
+            try:
+                response = self._core.response(decoded, served, done.result())
+                respond(encode_infer_response(response))
+            except Exception as exc:
+                respond(_infer_error(exc, model))
+
+        try:
+            admitted = self._core.admit(model, request.model_version, time.monotonic_ns())
+            decoded = decode_infer_request(request)
+            served, outputs = self._core.submit(decoded, admitted, answer)
+        except Exception as exc:
+            respond(_infer_error(exc, model))
+            return None
+        return outputs
 
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], call: ServerCall
@@ -228,7 +249,6 @@ class InferenceService:
                 "RepositoryModelUnload", self.repository_model_unload
             ),
             "ModelStatistics": _guarded("ModelStatistics", self.model_statistics),
-            "ModelInfer": self.model_infer,
         }
         methods: dict[str, RpcMethod] = {}
         for method in _SERVICE.methods:
@@ -239,6 +259,10 @@ class InferenceService:
                 methods[path] = RpcMethod(
                     MethodKind.STREAM_STREAM, self.model_stream_infer, parse, serialize
                 )
+            elif method.name == "ModelInfer":
+                methods[path] = RpcMethod(
+                    MethodKind.UNARY_UNARY, self.model_infer, parse, serialize, self.model_infer_now
+                )
             elif method.name in unary:
                 methods[path] = RpcMethod(
                     MethodKind.UNARY_UNARY, unary[method.name], parse, serialize
@@ -248,6 +272,15 @@ class InferenceService:
                     MethodKind.UNARY_UNARY, _unimplemented(method.name), _raw, _raw
                 )
         return methods
+
+
+def _infer_error(exc: Exception, model: str) -> RpcError:
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, InferdError):
+        return RpcError(GRPC_STATUS[exc.code], exc.message)
+    log.exception("gRPC inference on model '%s' failed unexpectedly", model, exc_info=exc)
+    return RpcError(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
 
 def _refuse_named_repository(repository: str) -> None:

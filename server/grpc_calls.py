@@ -6,6 +6,7 @@ written once against these types and never touch either stack directly.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +38,18 @@ class MethodKind(enum.Enum):
     STREAM_STREAM = "stream_stream"  # async (AsyncIterator[request], call) -> None, likewise
 
 
+# How a callback-style unary handler answers: the response message, or an RpcError. Once.
+Respond = Callable[[Any], None]
+# (request, respond) -> a future that cancelling the call cancels, or None when answered already.
+AnswerNow = Callable[[Any, Respond], "asyncio.Future[Any] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class RpcMethod:
     kind: MethodKind
     handler: Callable[..., Any]
     parse: Callable[[bytes], Any]
     serialize: Callable[[Any], bytes]
+    # The same unary method without a task per call, for a stack that can take it (inferd's
+    # own): answered from a callback. grpc.aio always runs `handler`.
+    answer_now: AnswerNow | None = None

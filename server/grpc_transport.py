@@ -91,6 +91,7 @@ class GrpcCall:
         "_headers_sent",
         "_max",
         "_method",
+        "_pending",
         "_request",
         "_requests",
         "_stream",
@@ -109,6 +110,7 @@ class GrpcCall:
         self._request: Any = _NO_REQUEST
         self._requests: RequestStream | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None  # an answer_now handler's work
         self._done = False
         self._headers_sent = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -188,7 +190,10 @@ class GrpcCall:
         elif self._request is _NO_REQUEST:
             self.finish(grpc.StatusCode.INTERNAL, "no request message on a unary call")
         elif self._method.kind is MethodKind.UNARY_UNARY:
-            self._start(self._run_unary(self._request))
+            if self._method.answer_now is not None:
+                self._pending = self._method.answer_now(self._request, self._respond)
+            else:
+                self._start(self._run_unary(self._request))
         else:
             self._start(self._run_stream(self._request))
         self._request = None  # the handler holds it now
@@ -201,9 +206,21 @@ class GrpcCall:
         task.add_done_callback(self._conn.tasks.discard)
 
     async def _run_unary(self, request: Any) -> None:
-        method = self._method
         try:
-            body = method.serialize(await method.handler(request, self))
+            response = await self._method.handler(request, self)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._respond(response)
+
+    def _respond(self, response: Any) -> None:
+        """The one answer of a unary call: a message, or an RpcError."""
+        self._pending = None
+        if isinstance(response, RpcError):
+            self._fail(response)
+            return
+        try:
+            body = self._method.serialize(response)
         except Exception as exc:
             self._fail(exc)
             return
@@ -290,6 +307,9 @@ class GrpcCall:
             self._deadline = None
 
     def _cancel_task(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()  # the scheduler drops a cancelled request before it runs
+            self._pending = None
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()

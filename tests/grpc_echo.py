@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod, ServerCall
+from inferd.server.grpc_calls import MethodKind, Respond, RpcError, RpcMethod, ServerCall
 
 UNARY = "/test.Echo/Unary"
 STREAM = "/test.Echo/Stream"
 BIDI = "/test.Echo/Bidi"
+NOW = "/test.Echo/Now"  # unary, answered from a callback (answer_now), no task
 ERROR_DETAILS = "bad input: ünïcødé 100% ✓"
 
 
@@ -69,8 +70,29 @@ def echo_methods(recorder: Recorder) -> dict[str, RpcMethod]:
                 await wait(float(request[6:]))
             await call.write(b"echo:" + request)
 
+    def now(request: bytes, respond: Respond) -> asyncio.Future[None] | None:
+        if request == b"error":
+            respond(RpcError(grpc.StatusCode.INVALID_ARGUMENT, ERROR_DETAILS))
+            return None
+        if not request.startswith(b"later:"):
+            respond(request)
+            return None
+        recorder.started.set()
+        work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        work.add_done_callback(lambda f: recorder.cancelled.set() if f.cancelled() else None)
+
+        def done() -> None:
+            if not work.done():
+                work.set_result(None)
+                recorder.finished.set()
+                respond(b"done:" + request)
+
+        asyncio.get_running_loop().call_later(float(request[6:]), done)
+        return work
+
     return {
         UNARY: RpcMethod(MethodKind.UNARY_UNARY, unary, _parse, _identity),
+        NOW: RpcMethod(MethodKind.UNARY_UNARY, unary, _parse, _identity, now),
         STREAM: RpcMethod(MethodKind.UNARY_STREAM, stream, _parse, _identity),
         BIDI: RpcMethod(MethodKind.STREAM_STREAM, bidi, _parse, _identity),
     }

@@ -12,7 +12,7 @@ import pytest
 
 from inferd.server.grpc_transport import GrpcBindError, Http2GrpcServer
 from inferd.server.settings import GrpcChannel
-from tests.grpc_echo import BIDI, ERROR_DETAILS, STREAM, UNARY, Recorder, echo_methods
+from tests.grpc_echo import BIDI, ERROR_DETAILS, NOW, STREAM, UNARY, Recorder, echo_methods
 
 MiB = 1 << 20
 Options = Sequence[tuple[str, Any]]
@@ -191,6 +191,24 @@ async def test_client_cancel_cancels_handler(echo: Harness) -> None:
     await call.write(b"sleep:30")
     await asyncio.wait_for(echo.recorder.started.wait(), 2)
     call.cancel()
+    await asyncio.wait_for(echo.recorder.cancelled.wait(), 2)
+    assert not echo.recorder.finished.is_set()
+
+
+async def test_answer_now_methods_answer_from_a_callback(echo: Harness) -> None:
+    now = echo.unary(echo.channel(), NOW)
+    assert await now(b"at once") == b"at once"
+    assert await now(b"later:0.05") == b"done:later:0.05"  # from a timer: no task held it
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await now(b"error")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == ERROR_DETAILS
+
+
+async def test_deadline_cancels_the_pending_answer(echo: Harness) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await echo.unary(echo.channel(), NOW)(b"later:30", timeout=0.2)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.wait_for(echo.recorder.cancelled.wait(), 2)
     assert not echo.recorder.finished.is_set()
 
