@@ -175,7 +175,7 @@ class InferenceService:
             raise _infer_error(exc, request.model_name) from None
 
     def model_infer_now(
-        self, request: pb.ModelInferRequest, respond: Respond
+        self, request: pb.ModelInferRequest, respond: Respond, arrival_ns: int
     ) -> asyncio.Future[Outputs] | None:
         """model_infer for inferd's own gRPC stack: no task; answered as the scheduler resolves
         the batch (the HTTP/1.1 fast route's way)."""
@@ -189,8 +189,9 @@ class InferenceService:
                 respond(_infer_error(exc, model))
 
         try:
-            admitted = self._core.admit(model, request.model_version, time.monotonic_ns())
+            admitted = self._core.admit(model, request.model_version, arrival_ns)
             decoded = decode_infer_request(request)
+            decoded.arrival_ns = arrival_ns
             served, outputs = self._core.submit(decoded, admitted, answer)
         except Exception as exc:
             respond(_infer_error(exc, model))

@@ -35,6 +35,7 @@ from inferd.server.grpc_wire import (
 )
 from inferd.server.http2 import ConnectionOptions, Http2Connection, Http2Stream
 from inferd.server.settings import GrpcChannel
+from inferd.server.turn_clock import TurnClock
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class GrpcCall:
     """One call: request framing and parsing, the handler's task, and the response."""
 
     __slots__ = (
+        "_arrival_ns",
         "_buf",
         "_conn",
         "_deadline",
@@ -111,6 +113,7 @@ class GrpcCall:
         self._requests: RequestStream | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: asyncio.Future[Any] | None = None  # an answer_now handler's work
+        self._arrival_ns = conn.clock.now_ns()
         self._done = False
         self._headers_sent = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -191,7 +194,8 @@ class GrpcCall:
             self.finish(grpc.StatusCode.INTERNAL, "no request message on a unary call")
         elif self._method.kind is MethodKind.UNARY_UNARY:
             if self._method.answer_now is not None:
-                self._pending = self._method.answer_now(self._request, self._respond)
+                answer_now = self._method.answer_now
+                self._pending = answer_now(self._request, self._respond, self._arrival_ns)
             else:
                 self._start(self._run_unary(self._request))
         else:
@@ -323,6 +327,7 @@ class GrpcConnection(Http2Connection):
         self.loop = self._loop
         self.max_message_size = server.max_message_size
         self.tasks: set[asyncio.Task[None]] = set()
+        self.clock = server.clock
         self._methods = server.methods
         self._server = server
 
@@ -372,6 +377,7 @@ class Http2GrpcServer:
         )
         self.connections: set[GrpcConnection] = set()
         self._server: asyncio.Server | None = None
+        self.clock = TurnClock()  # arrival stamps of the calls
 
     async def start(self, address: str, port: int) -> int:
         """Listen; returns the bound port (an ephemeral one for port 0)."""

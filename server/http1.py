@@ -99,13 +99,7 @@ class Http1Server:
         self.connections: set[Http1Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
-        self._clock: TurnClock | None = None
-
-    @property
-    def clock(self) -> TurnClock:
-        if self._clock is None:
-            self._clock = TurnClock(asyncio.get_running_loop())
-        return self._clock
+        self.clock = TurnClock()  # arrival stamps of the requests
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

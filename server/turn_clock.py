@@ -12,8 +12,9 @@ import time
 
 
 class TurnClock:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    """One per server; called on its event loop only."""
+
+    def __init__(self) -> None:
         self._stamp = 0
 
     def now_ns(self) -> int:
@@ -21,7 +22,7 @@ class TurnClock:
         if not self._stamp:
             self._stamp = time.monotonic_ns()
             # Callbacks run after this turn's I/O callbacks, before the loop polls again.
-            self._loop.call_soon(self._new_turn)
+            asyncio.get_running_loop().call_soon(self._new_turn)
         return self._stamp
 
     def _new_turn(self) -> None:

@@ -70,7 +70,7 @@ def echo_methods(recorder: Recorder) -> dict[str, RpcMethod]:
                 await wait(float(request[6:]))
             await call.write(b"echo:" + request)
 
-    def now(request: bytes, respond: Respond) -> asyncio.Future[None] | None:
+    def now(request: bytes, respond: Respond, arrival_ns: int) -> asyncio.Future[None] | None:
         if request == b"error":
             respond(RpcError(grpc.StatusCode.INVALID_ARGUMENT, ERROR_DETAILS))
             return None

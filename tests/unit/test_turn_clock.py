@@ -9,7 +9,7 @@ from inferd.server.turn_clock import TurnClock
 
 
 async def test_one_turn_one_stamp_and_the_next_turn_a_new_one() -> None:
-    clock = TurnClock(asyncio.get_running_loop())
+    clock = TurnClock()
     first = clock.now_ns()
     time.sleep(0.002)  # handling the turn's first request takes a while
     assert clock.now_ns() == first  # the next one waited for it: its arrival is the turn's start
