@@ -114,7 +114,7 @@ class HttpFrontDoor:
         raise HTTPException(404, "Not Found")
 
     def fast_route(self, method: str, path: str) -> FastHandler | None:
-        """For inferd's HTTP/1.1 server: `/infer`, answered from the outputs' done-callback."""
+        """For inferd's HTTP/1.1 server: `/infer`, answered as the scheduler resolves the batch."""
         if method == "POST" and path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
             target = _parse_infer_path(path)
             if target is not None:
