@@ -1,8 +1,8 @@
 """inferd's own gRPC server: gRPC calls over the HTTP/2 connection protocol in `http2`.
 
-One task per call runs its handler, except for methods with an `answer_now` callback
-(ModelInfer), which answer as their result comes in; everything else (framing, message
-parsing, deadlines, flow control) happens in the connection's callbacks. A unary call's response headers, message and
+One task per call runs its handler, except for methods with an `answer_now` callback (ModelInfer),
+which answer as their result comes in; everything else (framing, message parsing, deadlines, flow
+control) happens in the connection's callbacks. A unary call's response headers, message and
 trailers leave in one write. Handlers see the `grpc_calls` types only.
 
 Ping-abuse policy (GrpcChannel's keepalive_permit_without_calls, http2_max_pings_without_data,

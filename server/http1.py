@@ -2,10 +2,10 @@
 
 uvicorn turns every request into an ASGI scope, a task and a handful of message dicts; on small
 inferences that cycle is a quarter of the event loop's time (measured: the same ORT-inline probe
-answers about 1.4x as many requests on a bare httptools protocol as on uvicorn's ASGI cycle).
-Here a front door can claim a request as a *fast route*: a plain callback that answers through
-`reply` (from a callback as the batch's results come in, no task), which `/infer` uses. Every
-other request goes to an ASGI application through a small bridge, so Starlette still routes the rest of the API.
+answers about 1.4x as many requests on a bare httptools protocol as on uvicorn's ASGI cycle). Here a
+front door can claim a request as a *fast route*: a plain callback that answers through `reply`
+(from a callback as the batch's results come in, no task), which `/infer` uses. Every other request
+goes to an ASGI application through a small bridge, so Starlette still routes the rest of the API.
 
 HTTP/1.1 as clients use it: keep-alive, pipelining (answered in order, one at a time), chunked
 request bodies, `Expect: 100-continue`, a body size limit (413), an idle timeout, and a graceful
