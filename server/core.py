@@ -164,14 +164,12 @@ class InferenceCore:
 
     # ---- inference -------------------------------------------------------------------------
 
-    def admit(self, name: str, version: str, arrival_ns: int) -> ModelVersion | None:
-        """Refuse a request before decoding it when its model's latency objective cannot be
-        met (the load-shedding fast path). Returns the model for infer(), so that it is looked
-        up once; None for unknown or unready models, which infer() then explains."""
-        try:
-            model = self._repository.get(name, version)
-        except InferdError:
-            return None
+    def admit(self, name: str, version: str, arrival_ns: int) -> ModelVersion:
+        """Look the model up and refuse a request before decoding it when the model's latency
+        objective cannot be met (the load-shedding fast path). Returns the model for submit(),
+        so that it is looked up once. An unknown or unready model fails here, before the body is
+        parsed: Triton, too, names the missing model rather than a fault in the body."""
+        model = self._repository.get(name, version)
         if model.scheduler is not None:
             model.scheduler.admit(arrival_ns)
         return model

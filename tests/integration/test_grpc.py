@@ -260,6 +260,19 @@ async def test_kserve_subset_with_plain_stub(stacks_server: RunningServer) -> No
     assert (response.id, response.model_name) == ("k", "simple")
 
 
+async def test_unknown_model_is_named_before_the_request_is_checked(
+    stacks_server: RunningServer,
+) -> None:
+    request = pb.ModelInferRequest(model_name="nope")
+    request.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 16])  # and no contents
+    async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ModelInfer(request)
+    assert error.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in (error.value.details() or "")
+
+
 async def test_health_service(stacks_server: RunningServer) -> None:
     async with grpc.aio.insecure_channel(stacks_server.grpc_url) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -278,6 +278,8 @@ def _simple(**changes: object) -> dict[str, Any]:
 
 BAD_REQUESTS: list[tuple[str, str, Any, int, tuple[str, ...]]] = [
     ("unknown model", "/v2/models/nope/infer", SIMPLE_OK, 404, ("nope",)),
+    # The model is looked up before the body is read, as Triton does: the error names the model.
+    ("unknown model, malformed body", "/v2/models/nope/infer", b"{}", 404, ("nope",)),
     ("unknown version", "/v2/models/simple/versions/9/infer", SIMPLE_OK, 404, ("version 9",)),
     ("malformed json", "/v2/models/simple/infer", b'{"inputs": [', 400, ("JSON",)),
     (
