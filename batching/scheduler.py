@@ -402,7 +402,7 @@ class Scheduler:
             queue_ns = t.dispatched_ns - pending.enqueued_ns
             stats.queue.add(queue_ns)
             stats.queue_us.observe(queue_ns / 1000)
-            stats.compute_us.observe(compute_us)
+        stats.compute_us.observe(compute_us, n)  # the batch's compute time, once per request
         stats.compute_input.add(t.input_ns * n, n)
         stats.compute_infer.add(t.infer_ns * n, n)
         stats.compute_output.add(t.output_ns * n, n)

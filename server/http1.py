@@ -121,6 +121,7 @@ class Http1Connection(asyncio.Protocol):
         self._clock = server.clock
         self._transport: asyncio.Transport | None = None
         self._reading: _Reading | None = None
+        self._headers: list[tuple[bytes, bytes]] = []  # the reading request's, as they come
         self._queue: deque[HttpRequest] = deque()
         self._current: HttpRequest | None = None  # the request being answered
         self._cancel: asyncio.Future[Any] | None = None  # its future, cancelled on disconnect
@@ -179,15 +180,15 @@ class Http1Connection(asyncio.Protocol):
     # ---- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reading = _Reading(self._clock.now_ns())
+        self._reading = reading = _Reading(self._clock.now_ns())
+        self._headers = reading.headers
 
     def on_url(self, url: bytes) -> None:
         assert self._reading is not None
         self._reading.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._reading is not None
-        self._reading.headers.append((name.lower(), value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         assert self._reading is not None

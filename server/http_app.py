@@ -58,6 +58,7 @@ INFER_SUFFIX = "/infer"
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
+MAX_FAST_ROUTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class HttpFrontDoor:
         self._core = core
         self._max_input_size = settings.max_input_size
         self._headers = HeaderCache()
+        self._fast_routes: dict[str, FastHandler] = {}  # by path: parsed once, not per request
         self._router = Starlette(
             routes=_routes(core, self._infer_route, metrics),
             exception_handlers={
@@ -115,11 +117,19 @@ class HttpFrontDoor:
 
     def fast_route(self, method: str, path: str) -> FastHandler | None:
         """For inferd's HTTP/1.1 server: `/infer`, answered as the scheduler resolves the batch."""
-        if method == "POST" and path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
+        if method != "POST":
+            return None
+        handler = self._fast_routes.get(path)
+        if handler is None:
+            if not (path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX)):
+                return None
             target = _parse_infer_path(path)
-            if target is not None:
-                return partial(self._infer_now, *target)
-        return None
+            if target is None:
+                return None
+            if len(self._fast_routes) >= MAX_FAST_ROUTES:  # paths come from clients: bounded
+                self._fast_routes.clear()
+            handler = self._fast_routes[path] = partial(self._infer_now, *target)
+        return handler
 
     def _infer_now(
         self, model: str, version: str, http: HttpRequest, reply: Reply

@@ -249,3 +249,22 @@ async def test_stop_answers_what_was_accepted_then_closes(
     status, headers, body = await client.response()
     assert (status, body, headers[b"connection"]) == (200, b"fast:late", b"close")
     await stopping
+
+
+def test_infer_routes_are_parsed_once_per_path_and_the_cache_stays_bounded() -> None:
+    from functools import partial
+    from typing import cast
+
+    from inferd.server.core import InferenceCore
+    from inferd.server.http_app import MAX_FAST_ROUTES, HttpFrontDoor, HttpSettings
+
+    door = HttpFrontDoor(cast(InferenceCore, None), HttpSettings())  # routing needs no core
+    first = door.fast_route("POST", "/v2/models/m/versions/2/infer")
+    assert isinstance(first, partial) and first.args == ("m", "2")
+    assert door.fast_route("POST", "/v2/models/m/versions/2/infer") is first
+    assert door.fast_route("GET", "/v2/models/m/infer") is None
+    assert door.fast_route("POST", "/v2/models/m/versions/x/infer") is None
+    assert door.fast_route("POST", "/v2/models/m/ready") is None
+    for index in range(2 * MAX_FAST_ROUTES):  # clients choose paths: the cache must not grow
+        assert door.fast_route("POST", f"/v2/models/m{index}/infer") is not None
+    assert len(door._fast_routes) <= MAX_FAST_ROUTES

@@ -412,3 +412,13 @@ def test_hpa_targets_the_metrics_the_adapter_defines() -> None:
     targeted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
     assert targeted <= defined
     assert hpa["spec"]["minReplicas"] >= 1  # an HPA cannot scale to zero
+
+
+def test_a_histogram_takes_one_value_for_several_requests() -> None:
+    from inferd.batching.stats import Histogram
+
+    histogram = Histogram((1.0, 10.0))
+    histogram.observe(5.0, 3)  # one batch's compute time, for each of its 3 requests
+    histogram.observe(0.5)
+    assert histogram.counts == [1, 3, 0]
+    assert histogram.total == 15.5
