@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -503,3 +505,12 @@ def test_http_stack_is_chosen_by_flag_or_environment(
         for s in (examples_server, alt_stacks_server)
     ]
     assert servers == [None, "uvicorn"]
+
+
+def test_the_default_stacks_never_import_uvicorn() -> None:
+    # uvicorn (with click under it) costs a tenth of start-up; only --http-stack=uvicorn needs it.
+    probe = "import sys, inferd.server.app, inferd.server.cli; print('uvicorn' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
