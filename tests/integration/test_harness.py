@@ -164,3 +164,14 @@ def test_report_plots(tmp_path: Path) -> None:
     paths = report.write_plots(_cells(), tmp_path)
     assert [p.name for p in paths] == ["throughput_vs_concurrency.png", "latency_vs_throughput.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_inferd_is_byte_compiled_before_a_measured_launch() -> None:
+    import importlib.util
+
+    from inferd.benchmarks.servers import byte_compile_inferd
+
+    byte_compile_inferd()
+    spec = importlib.util.find_spec("inferd.server.app")
+    assert spec is not None and spec.origin is not None
+    assert Path(importlib.util.cache_from_source(spec.origin)).is_file()
