@@ -50,7 +50,7 @@ class LatenessMargin:
     timely one narrows it by `step * miss_rate / (1 - miss_rate)`, so it settles where late
     finishes are `miss_rate` of all."""
 
-    def __init__(self, step: float = 0.005, limit: float = 0.5, miss_rate: float = 0.01) -> None:
+    def __init__(self, step: float = 0.005, limit: float = 0.5, miss_rate: float = 0.0025) -> None:
         self._up = step
         self._down = step * miss_rate / (1.0 - miss_rate)
         self._limit = limit

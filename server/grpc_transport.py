@@ -410,3 +410,4 @@ class Http2GrpcServer:
             lambda: [task for conn in connections for task in conn.tasks],
             grace,
         )
+        self.clock.close()

@@ -110,6 +110,7 @@ class Http1Server:
         server, self._server = self._server, None
         connections = list(self.connections)
         await stop_serving(server, connections, Http1Connection.shutdown, lambda: self.tasks, grace)
+        self.clock.close()
 
 
 class Http1Connection(asyncio.Protocol):

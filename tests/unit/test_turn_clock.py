@@ -1,11 +1,18 @@
-"""Arrival stamps: requests read in one event-loop turn arrived when that turn began."""
+"""Arrival stamps: requests read in one event-loop turn arrived when that turn began, or earlier
+when the loop was busy since the turn before."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 
+import pytest
+
 from inferd.server.turn_clock import TurnClock
+
+_HAS_SCHEDSTAT = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat")
 
 
 async def test_one_turn_one_stamp_and_the_next_turn_a_new_one() -> None:
@@ -15,3 +22,23 @@ async def test_one_turn_one_stamp_and_the_next_turn_a_new_one() -> None:
     assert clock.now_ns() == first  # the next one waited for it: its arrival is the turn's start
     await asyncio.sleep(0)
     assert clock.now_ns() >= first + 2_000_000
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.skipif(not _HAS_SCHEDSTAT, reason="needs Linux's per-thread schedstat")
+async def test_a_turn_after_a_busy_one_dates_back_to_the_busy_turn() -> None:
+    clock = TurnClock()
+    first = clock.now_ns()
+    _spin(0.005)  # the loop never polls: bytes that came meanwhile wait unread
+    await asyncio.sleep(0)
+    second = clock.now_ns()
+    assert second < first + 1_000_000  # read now, but they may have waited since the busy turn
+    await asyncio.sleep(0.005)  # the loop sleeps in its poll: the next request woke it
+    third = clock.now_ns()
+    assert third >= first + 10_000_000
+    clock.close()
