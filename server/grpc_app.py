@@ -40,6 +40,10 @@ from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
 
+# Requests of one ModelStreamInfer call in progress at once (perf_analyzer's --streaming keeps
+# its concurrency in flight on one stream).
+MAX_STREAM_INFLIGHT = 256
+
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME: str = _SERVICE.full_name  # "inference.GRPCInferenceService"
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -201,7 +205,9 @@ class InferenceService:
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], call: ServerCall
     ) -> None:
-        """Requests run concurrently; each answer is written as soon as it is ready.
+        """Requests run concurrently (up to MAX_STREAM_INFLIGHT at once: a client that sends
+        faster than it reads answers is held back, not buffered without end); each answer is
+        written as soon as it is ready.
 
         Failures travel as responses with `error_message` set, so the stream stays open.
         """
@@ -219,6 +225,8 @@ class InferenceService:
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
                 task.add_done_callback(finished)
+                if len(pending) >= MAX_STREAM_INFLIGHT:  # read on once one is answered
+                    await asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)
             while pending:  # the client is done sending: finish what it already sent
                 await asyncio.wait(set(pending))
         finally:

@@ -17,7 +17,8 @@ import logging
 import struct
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import grpc
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct(">BI")  # compressed flag, message length
 _NO_REQUEST: Any = object()
+# Parsed requests of a streaming call its handler may fall behind by before the sender is held
+# back: with the stream's window (http2.STREAM_WINDOW) this bounds what one stream holds.
+STREAM_BACKLOG = 16
 
 
 class GrpcBindError(Exception):
@@ -49,17 +53,26 @@ class GrpcBindError(Exception):
 
 
 class RequestStream:
-    """The requests of a client-streaming call, as an async iterator ending at END_STREAM."""
+    """The requests of a client-streaming call, as an async iterator ending at END_STREAM.
 
-    __slots__ = ("_ended", "_items", "_waiter")
+    When the handler falls `STREAM_BACKLOG` requests behind, `hold(True)` stops the sender
+    (the stream's flow-control window is no longer given back); `hold(False)` resumes it once
+    the handler has caught up by half."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_ended", "_held", "_hold", "_items", "_waiter")
+
+    def __init__(self, hold: Callable[[bool], None]) -> None:
         self._items: deque[Any] = deque()
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
+        self._hold = hold
+        self._held = False
 
     def put(self, item: Any) -> None:
         self._items.append(item)
+        if not self._held and len(self._items) >= STREAM_BACKLOG:
+            self._held = True
+            self._hold(True)
         self._wake()
 
     def end(self) -> None:
@@ -79,6 +92,9 @@ class RequestStream:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+        if self._held and len(self._items) <= STREAM_BACKLOG // 2:
+            self._held = False
+            self._hold(False)
         return self._items.popleft()
 
 
@@ -121,7 +137,7 @@ class GrpcCall:
         if head.timeout is not None:
             self._deadline = conn.loop.call_later(head.timeout, self._expire)
         if self._method.kind is MethodKind.STREAM_STREAM:
-            self._requests = RequestStream()
+            self._requests = RequestStream(partial(conn.hold, stream))
             self._start(self._run_stream(self._requests))
 
     # ---- requests in ---------------------------------------------------------------------------

@@ -90,20 +90,26 @@ class Http2Stream:
 
     __slots__ = (
         "call",
+        "held",
         "out",
         "out_bytes",
         "recv_window",
         "remote_closed",
+        "returnable",
         "send_window",
         "sid",
         "trailers",
         "waiter",
+        "withheld",
     )
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
         self.send_window = send_window
         self.recv_window = STREAM_WINDOW
+        self.returnable = 0  # received and handled: given back to the peer in a WINDOW_UPDATE
+        self.held = False  # the owner is behind: received data is not given back yet
+        self.withheld = 0  # received while held
         self.remote_closed = False
         self.out: deque[memoryview] = deque()  # data held back by flow control
         self.out_bytes = 0
@@ -313,10 +319,29 @@ class Http2Connection(asyncio.Protocol):
         end_stream = bool(flags & END_STREAM)
         if end_stream:
             stream.remote_closed = True
-        elif stream.recv_window < STREAM_WINDOW // 2:
-            self._emit(frame(WINDOW_UPDATE, 0, sid, U32.pack(STREAM_WINDOW - stream.recv_window)))
-            stream.recv_window = STREAM_WINDOW
+        elif stream.held:
+            stream.withheld += size
+        else:
+            self._give_back(stream, size)
         self.stream_data(stream, data, end_stream)
+
+    def hold(self, stream: Http2Stream, held: bool) -> None:
+        """Stop (or resume) giving a stream's receive window back to the peer: a stream whose
+        owner falls behind then stops the sender after one window, not after all its memory."""
+        if held == stream.held:
+            return
+        stream.held = held
+        if not held:
+            withheld, stream.withheld = stream.withheld, 0
+            if not stream.remote_closed and stream.sid in self._streams:
+                self._give_back(stream, withheld)
+
+    def _give_back(self, stream: Http2Stream, size: int) -> None:
+        stream.returnable += size
+        if stream.recv_window < STREAM_WINDOW // 2 and stream.returnable:
+            self._emit(frame(WINDOW_UPDATE, 0, stream.sid, U32.pack(stream.returnable)))
+            stream.recv_window += stream.returnable
+            stream.returnable = 0
 
     def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:

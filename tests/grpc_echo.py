@@ -24,6 +24,7 @@ class Recorder:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends a bidi "hold"
 
 
 def _identity(data: bytes) -> bytes:
@@ -68,6 +69,9 @@ def echo_methods(recorder: Recorder) -> dict[str, RpcMethod]:
         async for request in requests:
             if request.startswith(b"sleep:"):
                 await wait(float(request[6:]))
+            if request == b"hold":
+                recorder.started.set()
+                await recorder.release.wait()
             await call.write(b"echo:" + request)
 
     def now(request: bytes, respond: Respond, arrival_ns: int) -> asyncio.Future[None] | None:

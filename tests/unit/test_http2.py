@@ -164,6 +164,48 @@ async def test_outbound_flow_control_queues_and_resumes(client: RawClient) -> No
     assert trailers[1] & w.END_STREAM
 
 
+async def test_a_stream_whose_handler_falls_behind_stops_the_sender(
+    server: tuple[Http2GrpcServer, int, Recorder], client: RawClient
+) -> None:
+    recorder = server[2]
+    most = 2**31 - 1  # the client takes every answer at once: only inbound flow matters here
+    client.send(
+        w.frame(w.SETTINGS, 0, 0, w.settings_payload({w.SETTINGS_INITIAL_WINDOW_SIZE: most})),
+        w.frame(w.WINDOW_UPDATE, 0, 0, struct.pack(">I", most - w.DEFAULT_WINDOW)),
+        client.headers(1, request_headers(BIDI)),
+        w.frame(w.DATA, 0, 1, message(b"hold")),
+    )
+    await asyncio.wait_for(recorder.started.wait(), 2)
+    chunk = message(b"z" * 200_000)
+    for _ in range(40):  # 8 MB, within the stream's window; the handler reads none of it
+        client.send(w.frame(w.DATA, 0, 1, chunk))
+    await client.writer.drain()
+
+    answers = bytearray()
+
+    async def stream_window_updates(seconds: float) -> int:
+        updates = 0
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    ftype, _, sid, payload = await client.frame()
+                    updates += ftype == w.WINDOW_UPDATE and sid == 1
+                    if ftype == w.DATA and sid == 1:
+                        answers.extend(payload)
+        except TimeoutError:
+            pass
+        return updates
+
+    # Past STREAM_BACKLOG unread requests the window stays spent: the sender is held back
+    # (without the hold, half a window read would already have been given back).
+    assert await stream_window_updates(0.5) == 0
+    recorder.release.set()
+    assert await stream_window_updates(1.0) >= 1  # caught up: the window comes back
+    client.send(w.frame(w.DATA, w.END_STREAM, 1, message(b"last")))
+    _, body = await client.response(1)
+    assert (answers + body).count(b"echo:") == 42  # nothing held back was lost
+
+
 async def test_client_reset_cancels_handler(
     client: RawClient, server: tuple[Http2GrpcServer, int, Recorder]
 ) -> None:
