@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ from tritonclient.utils import InferenceServerException
 
 from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, settings_from_args
-from inferd.server.grpc_app import grpc_settings
+from inferd.server.grpc_app import MAX_STREAM_INFLIGHT, grpc_settings
 from inferd.server.settings import GrpcChannel
 from tests.conftest import EXAMPLES, RunningServer
-from tests.models import reshape_model, write_model
+from tests.models import identity_model, reshape_model, write_model
 
 Callback = Callable[[Any, Any], None]
 
@@ -199,6 +200,50 @@ def test_stream_many_requests_and_a_bad_one(
         assert result.get_response().id == "after"
     finally:
         client.stop_stream()
+
+
+HELD_CONFIG = """
+name: "held"
+backend: "onnxruntime"
+max_batch_size: 1024
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+dynamic_batching { preferred_batch_size: [ 1024 ] max_queue_delay_microseconds: 1000000 }
+"""
+
+
+def pending_requests(server: RunningServer, model: str) -> float:
+    text = httpx.get(f"http://{server.http_url}/metrics").text
+    prefix = f'nv_inference_pending_request_count{{model="{model}",version="1"}} '
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.parametrize("stack", ["inferd", "grpcio"])
+def test_a_stream_has_at_most_max_inflight_requests_in_progress(
+    tmp_path: Path, server_factory: Callable[..., RunningServer], stack: str
+) -> None:
+    write_model(tmp_path, "held", identity_model(), HELD_CONFIG)
+    server = server_factory(model_repositories=(tmp_path,), grpc_stack=stack)
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(collector(results))
+    try:
+        data = np.ones((1, 4), np.float32)
+        total = MAX_STREAM_INFLIGHT + 50
+        for i in range(total):  # requests wait up to a second in the queue for a full batch
+            client.async_stream_infer("held", [tensor("INPUT0", data, "FP32")], request_id=str(i))
+        deadline = time.monotonic() + 0.8
+        while pending_requests(server, "held") < MAX_STREAM_INFLIGHT:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert pending_requests(server, "held") == MAX_STREAM_INFLIGHT  # the rest wait unread
+        answers = [results.get(timeout=10) for _ in range(total)]  # nothing was lost
+        assert all(error is None for _, error in answers)
+        assert sorted(int(result.get_response().id) for result, _ in answers) == list(range(total))
+    finally:
+        client.stop_stream()
+        client.close()
 
 
 async def test_stream_error_keeps_only_the_id(stacks_server: RunningServer) -> None:
