@@ -5,9 +5,9 @@ which answer as their result comes in; everything else (framing, message parsing
 control) happens in the connection's callbacks. A unary call's response headers, message and
 trailers leave in one write. Handlers see the `grpc_calls` types only.
 
-Ping-abuse policy (GrpcChannel's keepalive_permit_without_calls, http2_max_pings_without_data,
-http2_min_recv_ping_interval_without_data_ms, http2_max_ping_strikes) is accepted and not
-enforced: every client PING is answered.
+The ping policy (GrpcChannel's keepalive_permit_without_calls, http2_max_pings_without_data,
+http2_min_recv_ping_interval_without_data_ms, http2_max_ping_strikes) is grpc core's: a client
+that pings too often gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings".
 """
 
 from __future__ import annotations
@@ -391,6 +391,10 @@ class Http2GrpcServer:
             keepalive_timeout=channel.keepalive_timeout_ms / 1000,
             max_age=channel.max_connection_age_ms / 1000 or None,
             max_age_grace=channel.max_connection_age_grace_ms / 1000 or None,
+            permit_without_calls=channel.keepalive_permit_without_calls,
+            max_pings_without_data=channel.http2_max_pings_without_data,
+            min_recv_ping_interval=channel.http2_min_recv_ping_interval_without_data_ms / 1000,
+            max_ping_strikes=channel.http2_max_ping_strikes,
         )
         self.connections: set[GrpcConnection] = set()
         self._server: asyncio.Server | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
@@ -77,6 +78,11 @@ class ConnectionOptions:
     keepalive_timeout: float = 20.0  # close when a PING goes unanswered this long
     max_age: float | None = None  # GOAWAY after this long
     max_age_grace: float | None = None  # then close after this long (None: when streams end)
+    # gRPC's ping policy, as grpc core applies it on a server:
+    permit_without_calls: bool = False  # pings (ours and the client's) with no call open
+    max_pings_without_data: int = 2  # our keepalive PINGs in a row with nothing sent; 0: any
+    min_recv_ping_interval: float = 300.0  # a client PING sooner than this is a strike...
+    max_ping_strikes: int = 2  # ...and more strikes than this end the connection; 0: never
 
 
 class _ConnectionError(Exception):
@@ -147,6 +153,10 @@ class Http2Connection(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._age_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
+        # Ping policy; sending headers or data resets both counts, as in grpc core.
+        self._last_ping_received = -math.inf
+        self._ping_strikes = 0
+        self._pings_without_data = 0
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ---- hooks for the subclass ------------------------------------------------------------
@@ -451,10 +461,36 @@ class Http2Connection(asyncio.Protocol):
         if len(payload) != 8:
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING length")
         if not flags & ACK:
+            if self._too_many_pings():
+                logger.info("closing HTTP/2 connection: too many pings")
+                debug = b"too_many_pings"  # grpc clients then slow their keepalive down
+                goaway = GOAWAY_HEAD.pack(self._last_sid, ErrorCode.ENHANCE_YOUR_CALM) + debug
+                self._emit(frame(GOAWAY, 0, 0, goaway))
+                self._dead = True
+                return
             self._emit(frame(PING, ACK, 0, payload))
         elif payload == _KEEPALIVE_PAYLOAD and self._ping_deadline is not None:
             self._ping_deadline.cancel()
             self._ping_deadline = None
+
+    def _too_many_pings(self) -> bool:
+        """A client PING too soon after the last one is a strike (grpc core's ping-abuse rule;
+        with no call open and pings not permitted without calls, "too soon" is two hours)."""
+        options = self._options
+        now = self._loop.time()
+        idle = not options.permit_without_calls and not self._streams
+        allowed = self._last_ping_received + (7200.0 if idle else options.min_recv_ping_interval)
+        self._last_ping_received = now
+        if allowed <= now:
+            return False
+        self._ping_strikes += 1
+        return options.max_ping_strikes != 0 and self._ping_strikes > options.max_ping_strikes
+
+    def _sent_payload(self) -> None:
+        """Headers or data went out: the peer's pings are welcome again, and ours may go."""
+        self._last_ping_received = -math.inf
+        self._ping_strikes = 0
+        self._pings_without_data = 0
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -501,6 +537,7 @@ class Http2Connection(asyncio.Protocol):
     def send_data(self, stream: Http2Stream, *chunks: bytes) -> None:
         """Body bytes; what the windows do not allow yet is held and sent on WINDOW_UPDATE."""
         size = sum(map(len, chunks))
+        self._sent_payload()
         if (
             not stream.out
             and size <= stream.send_window
@@ -558,6 +595,7 @@ class Http2Connection(asyncio.Protocol):
         return list(self._streams.values())
 
     def _emit_headers(self, sid: int, block: bytes, end_stream: bool) -> None:
+        self._sent_payload()
         flags = END_STREAM if end_stream else 0
         limit = self._peer_max_frame
         if len(block) <= limit:
@@ -663,13 +701,20 @@ class Http2Connection(asyncio.Protocol):
     def _keepalive(self) -> None:
         if self._dead:
             return
-        self._emit(frame(PING, 0, 0, _KEEPALIVE_PAYLOAD))
-        if self._ping_deadline is None:
-            self._ping_deadline = self._loop.call_later(
-                self._options.keepalive_timeout, self._keepalive_expired
-            )
-        assert self._options.keepalive_time is not None
-        self._keepalive_timer = self._loop.call_later(self._options.keepalive_time, self._keepalive)
+        options = self._options
+        # As grpc core: no keepalive PING with no call open unless permitted, and at most
+        # max_pings_without_data of them before something else is sent.
+        allowed = options.permit_without_calls or self._streams
+        limit = options.max_pings_without_data
+        if allowed and (limit == 0 or self._pings_without_data < limit):
+            self._pings_without_data += 1
+            self._emit(frame(PING, 0, 0, _KEEPALIVE_PAYLOAD))
+            if self._ping_deadline is None:
+                self._ping_deadline = self._loop.call_later(
+                    options.keepalive_timeout, self._keepalive_expired
+                )
+        assert options.keepalive_time is not None
+        self._keepalive_timer = self._loop.call_later(options.keepalive_time, self._keepalive)
 
     def _keepalive_expired(self) -> None:
         logger.info("closing HTTP/2 connection: keepalive PING unanswered")

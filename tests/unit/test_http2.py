@@ -309,7 +309,10 @@ def test_hpack_integers_and_literals() -> None:
 
 async def test_keepalive_unanswered_closes() -> None:
     server = Http2GrpcServer(
-        echo_methods(Recorder()), GrpcChannel(keepalive_time_ms=50, keepalive_timeout_ms=100)
+        echo_methods(Recorder()),
+        GrpcChannel(
+            keepalive_time_ms=50, keepalive_timeout_ms=100, keepalive_permit_without_calls=True
+        ),
     )
     port = await server.start("127.0.0.1", 0)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -318,5 +321,59 @@ async def test_keepalive_unanswered_closes() -> None:
     ping = await client.until(w.PING)
     assert ping[1] == 0  # a server PING, which this client never answers
     assert await client.closed()
+    writer.close()
+    await server.stop(0)
+
+
+async def test_a_client_that_pings_too_often_is_told_to_calm_down(client: RawClient) -> None:
+    for _ in range(3):  # no call open: one PING per two hours is allowed, two strikes forgiven
+        client.send(w.frame(w.PING, 0, 0, b"pingpong"))
+        assert await client.until(w.PING) == (w.PING, w.ACK, 0, b"pingpong")
+    client.send(w.frame(w.PING, 0, 0, b"pingpong"))
+    _, _, _, payload = await client.until(w.GOAWAY)
+    assert w.GOAWAY_HEAD.unpack_from(payload)[1] == w.ErrorCode.ENHANCE_YOUR_CALM
+    assert payload[w.GOAWAY_HEAD.size :] == b"too_many_pings"
+    assert await client.closed()
+
+
+async def test_pings_between_answers_are_no_strikes(client: RawClient) -> None:
+    for sid in (1, 3, 5, 7, 9):  # each answer (headers, data) forgives the pings before it
+        client.send(
+            w.frame(w.PING, 0, 0, b"pingpong"),
+            client.headers(sid, request_headers()),
+            w.frame(w.DATA, w.END_STREAM, sid, message(b"hi")),
+        )
+        _, body = await client.response(sid)
+        assert body == message(b"hi")
+
+
+async def test_server_keepalive_pings_only_with_a_call_and_at_most_two_without_data() -> None:
+    recorder = Recorder()
+    server = Http2GrpcServer(
+        echo_methods(recorder), GrpcChannel(keepalive_time_ms=20, keepalive_timeout_ms=5000)
+    )
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = RawClient(reader, writer)
+    client.send(w.PREFACE, w.frame(w.SETTINGS, 0, 0))
+
+    async def server_pings(seconds: float) -> int:
+        pings = 0
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    ftype, flags, _, payload = await client.frame()
+                    if ftype == w.PING and not flags & w.ACK:
+                        pings += 1
+                        client.send(w.frame(w.PING, w.ACK, 0, payload))
+        except TimeoutError:
+            pass
+        return pings
+
+    assert await server_pings(0.2) == 0  # no call open: no keepalive (permit_without_calls)
+    client.send(client.headers(1, request_headers(BIDI)), w.frame(w.DATA, 0, 1, message(b"hold")))
+    assert await server_pings(0.3) == 2  # a call, but nothing sent on it: two PINGs, no more
+    recorder.release.set()
+    client.send(w.frame(w.DATA, w.END_STREAM, 1, message(b"x")))
     writer.close()
     await server.stop(0)
