@@ -47,6 +47,17 @@ class RawClient:
         payload = await asyncio.wait_for(self.reader.readexactly(length), 2)
         return head[3], head[4], int.from_bytes(head[5:], "big") & w.STREAM_ID_MASK, payload
 
+    async def frames_for(self, seconds: float) -> list[Frame]:
+        """Every frame that comes within `seconds`."""
+        frames: list[Frame] = []
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    frames.append(await self.frame())
+        except TimeoutError:
+            pass
+        return frames
+
     async def until(self, ftype: int, sid: int | None = None) -> Frame:
         while True:
             got = await self.frame()
@@ -184,17 +195,9 @@ async def test_a_stream_whose_handler_falls_behind_stops_the_sender(
     answers = bytearray()
 
     async def stream_window_updates(seconds: float) -> int:
-        updates = 0
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    ftype, _, sid, payload = await client.frame()
-                    updates += ftype == w.WINDOW_UPDATE and sid == 1
-                    if ftype == w.DATA and sid == 1:
-                        answers.extend(payload)
-        except TimeoutError:
-            pass
-        return updates
+        frames = [f for f in await client.frames_for(seconds) if f[2] == 1]
+        answers.extend(b"".join(payload for ftype, _, _, payload in frames if ftype == w.DATA))
+        return sum(ftype == w.WINDOW_UPDATE for ftype, _, _, _ in frames)
 
     # Past STREAM_BACKLOG unread requests the window stays spent: the sender is held back
     # (without the hold, half a window read would already have been given back).
@@ -358,17 +361,8 @@ async def test_server_keepalive_pings_only_with_a_call_and_at_most_two_without_d
     client.send(w.PREFACE, w.frame(w.SETTINGS, 0, 0))
 
     async def server_pings(seconds: float) -> int:
-        pings = 0
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    ftype, flags, _, payload = await client.frame()
-                    if ftype == w.PING and not flags & w.ACK:
-                        pings += 1
-                        client.send(w.frame(w.PING, w.ACK, 0, payload))
-        except TimeoutError:
-            pass
-        return pings
+        frames = await client.frames_for(seconds)  # within the keepalive timeout: no ACK owed
+        return sum(ftype == w.PING and not flags & w.ACK for ftype, flags, _, _ in frames)
 
     assert await server_pings(0.2) == 0  # no call open: no keepalive (permit_without_calls)
     client.send(client.headers(1, request_headers(BIDI)), w.frame(w.DATA, 0, 1, message(b"hold")))
