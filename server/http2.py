@@ -153,10 +153,12 @@ class Http2Connection(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._age_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
-        # Ping policy; sending headers or data resets both counts, as in grpc core.
+        # Ping policy; sending headers or data resets the counts, as in grpc core. Sends only
+        # raise a flag: the counts are reset when a PING next comes or goes.
         self._last_ping_received = -math.inf
         self._ping_strikes = 0
         self._pings_without_data = 0
+        self._payload_sent = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ---- hooks for the subclass ------------------------------------------------------------
@@ -476,6 +478,7 @@ class Http2Connection(asyncio.Protocol):
     def _too_many_pings(self) -> bool:
         """A client PING too soon after the last one is a strike (grpc core's ping-abuse rule;
         with no call open and pings not permitted without calls, "too soon" is two hours)."""
+        self._forgive_pings()
         options = self._options
         now = self._loop.time()
         idle = not options.permit_without_calls and not self._streams
@@ -486,11 +489,14 @@ class Http2Connection(asyncio.Protocol):
         self._ping_strikes += 1
         return options.max_ping_strikes != 0 and self._ping_strikes > options.max_ping_strikes
 
-    def _sent_payload(self) -> None:
-        """Headers or data went out: the peer's pings are welcome again, and ours may go."""
-        self._last_ping_received = -math.inf
-        self._ping_strikes = 0
-        self._pings_without_data = 0
+    def _forgive_pings(self) -> None:
+        """Headers or data went out since the last PING: the peer's pings are welcome again,
+        and ours may go."""
+        if self._payload_sent:
+            self._payload_sent = False
+            self._last_ping_received = -math.inf
+            self._ping_strikes = 0
+            self._pings_without_data = 0
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -537,7 +543,7 @@ class Http2Connection(asyncio.Protocol):
     def send_data(self, stream: Http2Stream, *chunks: bytes) -> None:
         """Body bytes; what the windows do not allow yet is held and sent on WINDOW_UPDATE."""
         size = sum(map(len, chunks))
-        self._sent_payload()
+        self._payload_sent = True
         if (
             not stream.out
             and size <= stream.send_window
@@ -595,7 +601,7 @@ class Http2Connection(asyncio.Protocol):
         return list(self._streams.values())
 
     def _emit_headers(self, sid: int, block: bytes, end_stream: bool) -> None:
-        self._sent_payload()
+        self._payload_sent = True
         flags = END_STREAM if end_stream else 0
         limit = self._peer_max_frame
         if len(block) <= limit:
@@ -701,6 +707,7 @@ class Http2Connection(asyncio.Protocol):
     def _keepalive(self) -> None:
         if self._dead:
             return
+        self._forgive_pings()
         options = self._options
         # As grpc core: no keepalive PING with no call open unless permitted, and at most
         # max_pings_without_data of them before something else is sent.
