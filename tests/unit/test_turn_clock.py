@@ -22,6 +22,7 @@ async def test_one_turn_one_stamp_and_the_next_turn_a_new_one() -> None:
     assert clock.now_ns() == first  # the next one waited for it: its arrival is the turn's start
     await asyncio.sleep(0)
     assert clock.now_ns() >= first + 2_000_000
+    clock.close()
 
 
 def _spin(seconds: float) -> None:
