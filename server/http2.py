@@ -592,9 +592,12 @@ class Http2Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close now; open streams are reset (their calls cancelled through stream_reset)."""
-        if self._transport is not None and not self._transport.is_closing():
+        transport = self._transport
+        if transport is None or self.closed.done():
+            return
+        if not transport.is_closing():
             self._flush()
-            self._transport.abort()
+        transport.abort()  # also ends a close still waiting on a peer that stopped reading
 
     @property
     def open_streams(self) -> list[Http2Stream]:
@@ -676,28 +679,35 @@ class Http2Connection(asyncio.Protocol):
 
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write what is pending in one call, then close once the connection is done. Never
+        hands `writelines` an empty chunk: asyncio's own transport (3.12+) keeps it buffered
+        forever, and the connection then never closes (CPython gh-155888)."""
         self._flush_scheduled = False
         out = self._out
-        if not out:
-            return
-        self._out = []
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            self._out = []
+            return
+        if out:
+            self._out = []
             transport.writelines(out)
-            if self._dead:
-                transport.close()
+        if self._dead:
+            transport.close()
 
     # ---- connection management ---------------------------------------------------------------
 
     def _close_if_idle(self) -> None:
         if (self._goaway_sent or self._peer_goaway) and not self._streams and not self._dead:
             self._dead = True
-            self._emit(b"")  # the flush writes what is pending, then closes
+            self._schedule_flush()  # the flush writes what is pending, then closes
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
         logger.info("closing HTTP/2 connection: %s (%s)", reason, code.name)

@@ -24,6 +24,8 @@ class CoalescingTransport:
         self._held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
+        if not data:  # asyncio's writelines (3.12+) never drains an empty chunk (gh-155888)
+            return
         if not self._held:
             self._loop.call_soon(self._flush)
         self._held.append(data)

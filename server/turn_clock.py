@@ -37,6 +37,8 @@ class TurnClock:
     def now_ns(self) -> int:
         """The arrival stamp of requests read in this loop turn (the next turn starts anew)."""
         if not self._stamp:
+            if self._schedstat is None:  # opened on the loop's thread; not inside a gap
+                self._schedstat = _open_schedstat()
             now = time.monotonic_ns()
             self._stamp = now - self._unseen_wait(now)
             # Callbacks run after this turn's I/O callbacks, before the loop polls again.
@@ -61,9 +63,7 @@ class TurnClock:
     def _sample(self) -> tuple[int, int] | None:
         """(time on a CPU, time runnable but waiting for one) of the loop's thread, in ns."""
         fd = self._schedstat
-        if fd is None:
-            fd = self._schedstat = _open_schedstat()
-        if fd < 0:
+        if fd is None or fd < 0:
             return None
         try:
             # schedstat's own run time lags while the thread runs (the kernel updates it when

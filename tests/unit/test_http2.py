@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -301,6 +302,37 @@ async def test_stop_sends_goaway_with_last_stream(
     assert body == message(b"sleep:0.2") and blocks[-1][b"grpc-status"] == b"0"
     await stopping
     assert await client.closed()
+
+
+async def test_stop_ends_a_connection_whose_peer_stopped_reading(
+    server: tuple[Http2GrpcServer, int, Recorder],
+) -> None:
+    """Stopping closes the idle connection, but its last answer cannot leave while the peer
+    reads nothing: past the grace the close is cut, or the connection would stay forever (and
+    on Python 3.12+ `stop()` with it)."""
+    grpc_server, port, _ = server
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    client = RawClient(reader, writer)
+    window = 2**25  # the answer may all be sent at once: more than kernel buffers hold
+    setting = w.SETTING.pack(w.SETTINGS_INITIAL_WINDOW_SIZE, window)
+    client.send(w.PREFACE, w.frame(w.SETTINGS, 0, 0, setting))
+    client.send(w.frame(w.WINDOW_UPDATE, 0, 0, w.U32.pack(window)))
+    client.send(
+        client.headers(1, request_headers()),
+        w.frame(w.DATA, w.END_STREAM, 1, message(b"big:16000000")),
+    )
+    async with asyncio.timeout(5):
+        while not grpc_server.connections:
+            await asyncio.sleep(0.01)
+        (conn,) = grpc_server.connections
+        while conn.open_streams:  # until the answer is written: the connection is idle
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(grpc_server.stop(0), 5)
+    assert conn.closed.done()
+    writer.close()
 
 
 def test_hpack_integers_and_literals() -> None:
