@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.ort_providers import CUDA_EP
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, ModelVersion, RepositorySettings
 from tests import fake_cupy, fake_ort_gpu, fake_tensorrt
@@ -62,6 +64,9 @@ def write_plan_model(repo: Path, name: str, config: str) -> None:
     (repo / name / "config.pbtxt").write_text(config)
 
 
+@pytest.mark.skipif(
+    CUDA_EP in ort.get_available_providers(), reason="about the CPU onnxruntime wheel"
+)
 async def test_onnxruntime_without_its_cuda_provider_fails_or_falls_back(
     tmp_path: Path, load: Loader
 ) -> None:

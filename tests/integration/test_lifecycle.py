@@ -209,7 +209,7 @@ def _threads() -> tuple[int, int]:
     """(Python threads, OS threads) without the pools that grow on their own under load: the
     event loops' executor threads (when loader calls overlap) and gRPC's event-engine threads
     (when a busy machine delays its work). OS threads include ONNX Runtime's."""
-    pool = sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_"))
+    pool = sum(1 for t in threading.enumerate() if t.name.startswith(("asyncio_", "uvloop_")))
     grpc_threads = 0
     for task in os.listdir("/proc/self/task"):
         try:
