@@ -63,6 +63,18 @@ class _Parser:
         self.parser.add_argument(flag, *aliases, type=type, default=default, help=shown, **kwargs)
 
 
+def _knative_port(p: _Parser) -> int | None:
+    """The port Knative (or Cloud Run) tells the container to serve on, from $PORT: the HTTP
+    port's default, below INFERD_HTTP_PORT and the flag."""
+    raw = p.environ.get("PORT")
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        p.parser.error(f"PORT={raw!r}: not a port number")
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferd",
@@ -87,7 +99,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="model repository root (repeatable); none = the bundled examples",
     )
     p.add("--http-address", default=d.http_address, help="HTTP bind address")
-    p.add("--http-port", type=int, default=d.http_port, help="HTTP port (0 = any free port)")
+    p.add(
+        "--http-port",
+        type=int,
+        default=_knative_port(p) or d.http_port,
+        help="HTTP port (0 = any free port; $PORT, which Knative sets, stands for Triton's 8000)",
+    )
     p.add("--grpc-address", default=d.grpc_address, help="gRPC bind address")
     p.add("--grpc-port", type=int, default=d.grpc_port, help="gRPC port")
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")

@@ -76,11 +76,22 @@ def test_environment_variables_set_defaults_and_flags_win() -> None:
     assert settings_for(["serve", "--http-port=9200"], env).http_port == 9200
 
 
+def test_knatives_port_variable_is_the_http_ports_default() -> None:
+    assert settings_for(["serve"], {"PORT": "8080"}).http_port == 8080
+    assert settings_for(["serve"], {"PORT": "8080", "INFERD_HTTP_PORT": "9100"}).http_port == 9100
+    assert settings_for(["serve", "--http-port=8000"], {"PORT": "8080"}).http_port == 8000
+    assert settings_for(["serve"], {"PORT": "8080"}).grpc_port == 8001  # only HTTP follows it
+
+
 def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         settings_for(["serve", "--strict-readiness=maybe"])
     assert info.value.code == 2
     assert "expected true or false" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        settings_for(["serve"], {"PORT": "http"})
+    assert info.value.code == 2
+    assert "PORT='http': not a port number" in capsys.readouterr().err
     for bad in (
         "--backend-config=novalue",
         "--backend-config=onnxruntime,default-max-batch-size=x",
