@@ -1,7 +1,6 @@
 # inferd's server image: `docker build -t REGISTRY/inferd:TAG .` (CPU). For GPU nodes,
-# `--build-arg EXTRA=gpu --build-arg BASE_IMAGE=<an image with Python 3.11+, CUDA 13 and
-# cuDNN 9 libraries>`: onnxruntime-gpu loads those libraries; the node's NVIDIA runtime adds
-# only the driver.
+# `--build-arg EXTRA=gpu,cuda-libs`: CUDA 13 and cuDNN 9 come as NVIDIA's wheels, and the node's
+# NVIDIA runtime adds only the driver (EXTRA=gpu alone on a BASE_IMAGE that has those libraries).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG EXTRA=cpu

@@ -21,6 +21,7 @@ from inferd.backends.ort_providers import (
     cuda_unavailable_reason,
     gpu_providers,
     ort_cuda_version,
+    preload_cuda_libraries,
     trt_cache_dir,
 )
 from inferd.backends.staging import IoStaging
@@ -49,6 +50,7 @@ class OrtGpuInstance(ModelInstance):
         reason = cuda_unavailable_reason(available, ort_cuda_version(), None)
         if reason:
             raise unavailable(reason)
+        preload_cuda_libraries()
         cuda = CudaRuntime.load()
         self._cuda, self._device = cuda, device.index
         cuda.use_device(device.index)

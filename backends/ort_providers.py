@@ -4,8 +4,11 @@ really runs on them (ORT falls back to the CPU silently when a GPU provider fail
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from onnxruntime.capi import build_and_package_info
 
 from inferd.repository.config import ModelConfig
 from inferd.server.errors import invalid, unavailable
+
+log = logging.getLogger(__name__)
 
 CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
@@ -75,10 +80,26 @@ def cuda_unavailable_reason(
     return ""
 
 
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu's cuda and
+    cudnn extras, or PyTorch's) before a CUDA session starts: they are not on the loader's path,
+    and without them the CUDA provider does not start. Libraries already loaded cost nothing.
+    onnxruntime prints what it could not load; that goes to the log instead of stdout."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None or CUDA_EP not in ort.get_available_providers():
+        return
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        preload()
+    if printed.getvalue().strip():
+        log.warning("onnxruntime's CUDA library preload: %s", " ".join(printed.getvalue().split()))
+
+
 def cuda_start_problem() -> str:
     """Why onnxruntime's CUDA provider does not start here ('' = it does), found by starting
     it on a tiny model: when its CUDA or cuDNN libraries cannot load, ORT falls back to the CPU
     with only an ERROR log line, so asking is the only way to know."""
+    preload_cuda_libraries()
     session = ort.InferenceSession(_PROBE_MODEL, providers=[CUDA_EP, "CPUExecutionProvider"])
     if session.get_providers()[0] == CUDA_EP:
         return ""

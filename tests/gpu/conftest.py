@@ -8,6 +8,7 @@ import importlib.util
 
 import pytest
 
+from inferd.backends.ort_providers import preload_cuda_libraries
 from tests.models import identity_model
 
 
@@ -20,6 +21,7 @@ def cuda_unavailable() -> str:
         return "onnxruntime has no CUDA execution provider (onnxruntime-gpu is not installed)"
     if importlib.util.find_spec("cupy") is None:
         return "cupy is not installed"
+    preload_cuda_libraries()  # as the server does before its first CUDA session
     session = ort.InferenceSession(
         identity_model().SerializeToString(),
         providers=["CUDAExecutionProvider", "CPUExecutionProvider"],

@@ -17,6 +17,7 @@ from inferd.backends.ort_providers import (
     check_active,
     cuda_unavailable_reason,
     gpu_providers,
+    preload_cuda_libraries,
     trt_cache_dir,
 )
 from inferd.repository.config import ModelConfig, normalize, parse_config_text, to_model_config
@@ -52,6 +53,13 @@ def test_the_reason_names_what_the_installed_onnxruntime_lacks() -> None:
     else:
         assert reason.startswith("onnxruntime's CUDA execution provider does not start")
         assert "CUDA or cuDNN libraries are missing" in reason
+
+
+def test_preloading_the_cuda_libraries_writes_nothing_to_stdout(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    preload_cuda_libraries()  # onnxruntime-gpu prints what it cannot load; the log gets it
+    assert capfd.readouterr().out == ""
 
 
 def test_a_driver_older_than_onnxruntimes_cuda_is_named() -> None:
