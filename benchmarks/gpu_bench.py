@@ -173,6 +173,9 @@ def gpu_problem(model: bytes | None, device: int) -> str:
         )
     if model is None:
         return ""
+    from inferd.backends.ort_providers import preload_cuda_libraries
+
+    preload_cuda_libraries()  # as the server does: NVIDIA's library wheels, for the raw runs too
     session = ort.InferenceSession(
         model, providers=[("CUDAExecutionProvider", {"device_id": str(device)})]
     )
