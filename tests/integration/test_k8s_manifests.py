@@ -1,6 +1,7 @@
-"""The Knative and KServe manifests in k8s/ and the Dockerfile: valid for their CRDs and
-Knative's rules, consistent with the server's own flags, and what they tell the server to do
-works: the real `inferd serve` with each container's arguments answers the probes."""
+"""The Knative, KServe and plain Deployment manifests in k8s/ and the Dockerfile: valid for
+their schemas and admission rules, consistent with the server's own flags, and what they tell
+the server to do works: the real `inferd serve` with each container's arguments answers the
+probes."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from tests.integration.test_cli import free_port, wait_ready
 from tests.k8s_validation import validate_files, validator
 
 K8S = REPO_ROOT / "k8s"
-KNATIVE, KSERVE = K8S / "knative", K8S / "kserve"
+KNATIVE, KSERVE, DEPLOYMENT = K8S / "knative", K8S / "kserve", K8S / "deployment"
+FOLDERS = (KNATIVE, KSERVE, DEPLOYMENT)
 EXAMPLES = REPO_ROOT / "examples"
 METRICS_PORT = 8002
 
@@ -59,6 +61,13 @@ def service_container(name: str) -> dict[str, Any]:
     return container
 
 
+def deployment_container() -> dict[str, Any]:
+    pod = one(DEPLOYMENT / "deployment.yaml")["spec"]["template"]["spec"]
+    containers: list[dict[str, Any]] = pod["containers"]
+    (container,) = containers
+    return container
+
+
 def runtime_container() -> dict[str, Any]:
     containers: list[dict[str, Any]] = one(KSERVE / "servingruntime.yaml")["spec"]["containers"]
     (container,) = containers
@@ -69,16 +78,16 @@ def runtime_container() -> dict[str, Any]:
 
 
 def test_every_manifest_is_valid_for_its_schema_and_knatives_rules() -> None:
-    files = sorted(KNATIVE.glob("*.yaml")) + sorted(KSERVE.glob("*.yaml"))
+    files = [f for folder in FOLDERS for f in sorted(folder.glob("*.yaml"))]
     files = [f for f in files if f.name != "kustomization.yaml"]
-    assert len(files) == 6
+    assert len(files) == 8
     # The Services use exactly the pod fields the feature patch enables.
     assert validate_files(files, features=enabled_features()) == []
     assert validate_files([KNATIVE / "service-http.yaml"]) != []
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("folder", [KNATIVE, KSERVE])
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_kustomize_renders_each_folder_with_the_image_set(folder: Path) -> None:
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True
@@ -126,6 +135,32 @@ def test_kserve_runtime_ports_match_the_inference_services() -> None:
     model = one(KSERVE / "inferenceservice-grpc.yaml")["spec"]["predictor"]["model"]
     assert model["ports"][0]["containerPort"] == settings.grpc_port
     assert settings.model_repositories == (Path("/mnt/models"),)  # where storageUri lands
+
+
+def test_the_deployment_serves_tritons_ports_behind_its_service() -> None:
+    container = deployment_container()
+    settings = settings_of(container["args"])
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert declared == {
+        "http": settings.http_port,
+        "grpc": settings.grpc_port,
+        "metrics": settings.metrics_port,
+    }
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
+    service = one(DEPLOYMENT / "service.yaml")["spec"]
+    assert {(p["port"], p["targetPort"]) for p in service["ports"]} == {
+        (number, name) for name, number in declared.items()
+    }
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in declared
+    deployment = one(DEPLOYMENT / "deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"] == deployment["spec"]["selector"]["matchLabels"] == labels
+    # The autoscaling examples in k8s/monitoring scale this Deployment.
+    hpa = one(K8S / "monitoring" / "hpa.yaml")["spec"]["scaleTargetRef"]
+    keda = one(K8S / "monitoring" / "keda-scaledobject.yaml")["spec"]["scaleTargetRef"]
+    assert (hpa["kind"], hpa["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert keda["name"] == deployment["metadata"]["name"]
 
 
 def test_scale_to_zero_is_on_everywhere() -> None:
@@ -271,3 +306,16 @@ def test_the_grpc_service_answers_its_probes() -> None:
         assert serving_status == health_pb2.HealthCheckResponse.SERVING
         assert "nv_inference_count" in metrics_text(ports["metrics"])
         assert not is_open(ports["http"])
+
+
+@pytest.mark.slow
+def test_the_deployment_answers_both_protocols_and_its_probes() -> None:
+    container = deployment_container()
+    with serving(container["args"]) as (ports, process):
+        url = f"http://127.0.0.1:{ports['http']}"
+        wait_ready(url, process)
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200
+        serving_status = wait_serving(f"127.0.0.1:{ports['grpc']}", "", process)
+        assert serving_status == health_pb2.HealthCheckResponse.SERVING
+        assert "nv_inference_count" in metrics_text(ports["metrics"])
