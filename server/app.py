@@ -175,13 +175,11 @@ class App:
             raise StartupError(str(exc)) from None
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, then unload every model."""
-        if self._grpc is not None:
-            await self._grpc.stop(self.settings.exit_timeout_secs)
-            self._grpc = None
-        if self._http is not None:
-            await self._http.stop(self.settings.exit_timeout_secs)
-            self._http = None
+        """Stop accepting, let in-flight requests finish, then unload every model. Both front
+        doors stop accepting at once and drain together, within one --exit-timeout-secs."""
+        doors = [door for door in (self._grpc, self._http) if door is not None]
+        self._grpc = self._http = None
+        await asyncio.gather(*(door.stop(self.settings.exit_timeout_secs) for door in doors))
         if self._poller is not None:
             await self._poller.stop()
             self._poller = None

@@ -3,9 +3,11 @@ draining on unload, no leaks over load/unload cycles, and poll mode picking up c
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -198,6 +201,33 @@ def test_unload_drains_queued_and_running_requests(
     assert states(client)["queued"] == ("UNAVAILABLE", "unloaded")
     with pytest.raises(InferenceServerException, match="unloaded"):
         infer(server, "queued")
+
+
+def test_stop_closes_both_front_doors_at_once_and_drains_what_they_accepted(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    config = IDENTITY_CONFIG.replace("max_batch_size: 4", "max_batch_size: 8") + (
+        "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 400000 }"
+    )
+    write_model(tmp_path, "queued", identity_model(), config)
+    server = server_factory(model_repositories=(tmp_path,))
+    http_port = server.app.http_port
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(client.infer, "queued", [tensor])
+        time.sleep(0.15)  # the gRPC request waits in the queue for the 400 ms delay
+        stopping = asyncio.run_coroutine_threadsafe(server.app.stop(), server.loop)
+        time.sleep(0.1)
+        # HTTP refuses new connections while gRPC still drains (Kubernetes sends SIGTERM
+        # to a pod still in some endpoints: neither protocol should take more work).
+        assert not stopping.done()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+        assert queued.result(5).as_numpy("OUTPUT0").shape == (1, 4)
+    stopping.result(10)
+    client.close()
 
 
 def _open_sessions() -> int:
