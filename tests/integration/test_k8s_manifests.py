@@ -174,6 +174,22 @@ def test_scale_to_zero_is_on_everywhere() -> None:
         assert isvc["spec"]["predictor"]["minReplicas"] == 0
 
 
+def test_every_pod_is_ready_only_through_inferds_own_readiness() -> None:
+    """Not the open port, which inferd has before its models are loaded: a request woken from
+    zero would reach a server still loading."""
+    http_ready = {"httpGet": {"path": "/v2/health/ready"}}
+    assert service_container("service-http.yaml")["readinessProbe"] == http_ready
+    assert (
+        one(KSERVE / "inferenceservice.yaml")["spec"]["predictor"]["model"]["readinessProbe"]
+        == http_ready
+    )
+    assert deployment_container()["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    grpc_model = one(KSERVE / "inferenceservice-grpc.yaml")["spec"]["predictor"]["model"]
+    for container in (service_container("service-grpc.yaml"), grpc_model):
+        (port,) = container["ports"]
+        assert container["readinessProbe"] == {"grpc": {"port": port["containerPort"]}}
+
+
 def test_podmonitor_scrapes_the_metrics_port_of_knative_pods() -> None:
     monitor = one(K8S / "monitoring" / "podmonitor.yaml")
     (knative,) = [e for e in monitor["spec"]["podMetricsEndpoints"] if e["port"] == "user-port"]
@@ -319,3 +335,11 @@ def test_the_deployment_answers_both_protocols_and_its_probes() -> None:
         serving_status = wait_serving(f"127.0.0.1:{ports['grpc']}", "", process)
         assert serving_status == health_pb2.HealthCheckResponse.SERVING
         assert "nv_inference_count" in metrics_text(ports["metrics"])
+
+
+@pytest.mark.slow
+def test_the_kserve_runtime_answers_the_probes_of_both_inference_services() -> None:
+    with serving(runtime_container()["args"]) as (ports, process):
+        wait_ready(f"http://127.0.0.1:{ports['http']}", process)  # the REST one's probe
+        serving_status = wait_serving(f"127.0.0.1:{ports['grpc']}", "", process)
+        assert serving_status == health_pb2.HealthCheckResponse.SERVING  # the gRPC one's
