@@ -156,6 +156,10 @@ def test_the_deployment_serves_tritons_ports_behind_its_service() -> None:
     deployment = one(DEPLOYMENT / "deployment.yaml")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["selector"] == deployment["spec"]["selector"]["matchLabels"] == labels
+    # Kubernetes kills the pod after the grace period: it must cover the pause and the drain.
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > pause + settings.exit_timeout_secs
     # The autoscaling examples in k8s/monitoring scale this Deployment.
     hpa = one(K8S / "monitoring" / "hpa.yaml")["spec"]["scaleTargetRef"]
     keda = one(K8S / "monitoring" / "keda-scaledobject.yaml")["spec"]["scaleTargetRef"]
