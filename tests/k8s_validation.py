@@ -53,11 +53,6 @@ def validator() -> ManifestValidator:
     return ManifestValidator.load(folder)
 
 
-def validate(documents: Sequence[Doc], features: Collection[str] = ()) -> list[str]:
-    """validator().validate: every error as 'Kind/name: field.path: message'."""
-    return validator().validate(documents, features)
-
-
 def validate_files(paths: Iterable[str | Path], features: Collection[str] = ()) -> list[str]:
     """validator().validate_files: errors start with the file name."""
     return validator().validate_files(paths, features)

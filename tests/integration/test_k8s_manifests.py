@@ -55,23 +55,22 @@ def settings_of(args: list[str]) -> Settings:
     return settings_from_args(build_parser({}).parse_args(args))
 
 
-def service_container(name: str) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = one(KNATIVE / name)["spec"]["template"]["spec"]["containers"]
+def only_container(spec: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = spec["containers"]
     (container,) = containers
     return container
+
+
+def service_container(name: str) -> dict[str, Any]:
+    return only_container(one(KNATIVE / name)["spec"]["template"]["spec"])
 
 
 def deployment_container() -> dict[str, Any]:
-    pod = one(DEPLOYMENT / "deployment.yaml")["spec"]["template"]["spec"]
-    containers: list[dict[str, Any]] = pod["containers"]
-    (container,) = containers
-    return container
+    return only_container(one(DEPLOYMENT / "deployment.yaml")["spec"]["template"]["spec"])
 
 
 def runtime_container() -> dict[str, Any]:
-    containers: list[dict[str, Any]] = one(KSERVE / "servingruntime.yaml")["spec"]["containers"]
-    (container,) = containers
-    return container
+    return only_container(one(KSERVE / "servingruntime.yaml")["spec"])
 
 
 # ---- valid for the cluster ------------------------------------------------------------------
@@ -284,14 +283,18 @@ def metrics_text(port: int) -> str:
     return response.text
 
 
+def assert_http_probes_answer(url: str, container: dict[str, Any]) -> None:
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200
+
+
 @pytest.mark.slow
 def test_the_http_service_answers_its_probes() -> None:
     container = service_container("service-http.yaml")
     with serving(container["args"]) as (ports, process):
         url = f"http://127.0.0.1:{ports['http']}"
         wait_ready(url, process)
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200
+        assert_http_probes_answer(url, container)
         assert "nv_inference_count" in metrics_text(ports["metrics"])
         assert not is_open(ports["grpc"])
 
@@ -334,8 +337,7 @@ def test_the_deployment_answers_both_protocols_and_its_probes() -> None:
     with serving(container["args"]) as (ports, process):
         url = f"http://127.0.0.1:{ports['http']}"
         wait_ready(url, process)
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200
+        assert_http_probes_answer(url, container)
         serving_status = wait_serving(f"127.0.0.1:{ports['grpc']}", "", process)
         assert serving_status == health_pb2.HealthCheckResponse.SERVING
         assert "nv_inference_count" in metrics_text(ports["metrics"])
