@@ -23,6 +23,7 @@ from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
 from inferd.server.metrics import MetricsApp, MetricsExporter
 from inferd.server.settings import Settings, bundled_examples
+from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class App:
                 strict_readiness=settings.strict_readiness,
                 model_control_mode=settings.model_control_mode,
             ),
+            SharedMemoryRegistry(allow_client=settings.allow_client_shm),
         )
         if settings.allow_metrics:
             if settings.metrics_interval_ms <= 0:
@@ -185,6 +187,8 @@ class App:
             self._poller = None
         if self._repository is not None:
             await self._repository.close()
+        if self.core is not None:
+            self.core.shared_memory.close()
         # Metrics go last, so that scrapes can watch the drain.
         if self._metrics_http is not None:
             await self._metrics_http.stop(1.0)

@@ -161,6 +161,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="ready only when every model is ready (false: ready once the server is up)",
     )
     p.add(
+        "--allow-client-shm",
+        type=parse_bool,
+        default=d.allow_client_shm,
+        help="let clients register system shared-memory regions and pass tensors through them",
+    )
+    p.add(
         "--exit-on-error",
         type=parse_bool,
         default=d.exit_on_error,
@@ -326,6 +332,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model or ()),
         strict_readiness=args.strict_readiness,
+        allow_client_shm=args.allow_client_shm,
         exit_on_error=args.exit_on_error,
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),

@@ -17,6 +17,7 @@ from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
 from inferd.server.errors import InferdError, invalid, unavailable
+from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
 from inferd.server.types import (
     DataType,
@@ -25,6 +26,7 @@ from inferd.server.types import (
     ModelIndexEntry,
     ModelMetadata,
     Params,
+    RequestedOutput,
     ServerMetadata,
     TensorMetadata,
 )
@@ -36,6 +38,7 @@ EXTENSIONS = (
     "model_repository",
     "model_repository(unload_dependents)",
     "model_configuration",
+    "system_shared_memory",
     "binary_tensor_data",
     "parameters",
     "schedule_policy",
@@ -50,9 +53,16 @@ class CoreSettings:
 
 
 class InferenceCore:
-    def __init__(self, repository: ModelRepository, settings: CoreSettings) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: CoreSettings,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self._repository = repository
         self._settings = settings
+        # Client shared-memory regions; without a registry, registration is refused.
+        self.shared_memory = shared_memory or SharedMemoryRegistry(allow_client=False)
         self._started = False
 
     def mark_started(self) -> None:
@@ -196,6 +206,8 @@ class InferenceCore:
         assert scheduler is not None
         try:
             batch_size, shape_key = validate_request(request, model)
+            if request.outputs:
+                self._check_output_regions(request.outputs)
             options = (
                 _options(request.parameters, request.model_name) if request.parameters else None
             )
@@ -213,10 +225,33 @@ class InferenceCore:
         )
         return model, future
 
-    @staticmethod
-    def response(request: InferRequest, model: ModelVersion, outputs: Outputs) -> InferResponse:
-        """The answer to a request from its model's outputs (requested outputs, classification)."""
-        return _response(request, model, outputs)
+    def response(
+        self, request: InferRequest, model: ModelVersion, outputs: Outputs
+    ) -> InferResponse:
+        """The answer to a request from its model's outputs (requested outputs, classification);
+        outputs asked for in shared memory are written there."""
+        response = _response(request, model, outputs)
+        if request.outputs:
+            self._write_output_regions(request.outputs, response)
+        return response
+
+    def _check_output_regions(self, outputs: list[RequestedOutput]) -> None:
+        """Refuse a request whose output regions are missing before running it."""
+        for output in outputs:
+            if output.shared_memory is not None:
+                self.shared_memory.region(output.shared_memory)
+
+    def _write_output_regions(
+        self, requested: list[RequestedOutput], response: InferResponse
+    ) -> None:
+        refs = {o.name: o.shared_memory for o in requested if o.shared_memory is not None}
+        if not refs:
+            return
+        for name, datatype, array in response.outputs:
+            ref = refs.get(name)
+            if ref is not None:
+                self.shared_memory.write_output(ref, name, datatype, array)
+        response.in_shared_memory = frozenset(refs)
 
 
 def _options(parameters: Params, model: str) -> RequestOptions | None:

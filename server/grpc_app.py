@@ -36,6 +36,7 @@ from inferd.server.grpc_codec import (
 from inferd.server.grpc_stacks import GrpcStack, start_stack
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
+from inferd.server.shared_memory_codec import grpc_system_status
 from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,25 @@ class InferenceService:
         await self._core.unload_model(request.model_name, unload_dependents)
         return pb.RepositoryModelUnloadResponse()
 
+    def system_shm_status(
+        self, request: pb.SystemSharedMemoryStatusRequest
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return grpc_system_status(self._core.shared_memory.system_status(request.name))
+
+    def system_shm_register(
+        self, request: pb.SystemSharedMemoryRegisterRequest
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._core.shared_memory.register_system(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def system_shm_unregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._core.shared_memory.unregister_system(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     async def model_infer(
         self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
@@ -173,7 +193,8 @@ class InferenceService:
             served = self._core.admit(
                 request.model_name, request.model_version, time.monotonic_ns()
             )
-            response = await self._core.infer(decode_infer_request(request), served)
+            decoded = decode_infer_request(request, self._core.shared_memory)
+            response = await self._core.infer(decoded, served)
             return encode_infer_response(response)
         except Exception as exc:
             raise _infer_error(exc, request.model_name) from None
@@ -194,7 +215,7 @@ class InferenceService:
 
         try:
             admitted = self._core.admit(model, request.model_version, arrival_ns)
-            decoded = decode_infer_request(request)
+            decoded = decode_infer_request(request, self._core.shared_memory)
             decoded.arrival_ns = arrival_ns
             served, outputs = self._core.submit(decoded, admitted, answer)
         except Exception as exc:
@@ -235,7 +256,8 @@ class InferenceService:
 
     async def _stream_reply(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._core.infer(decode_infer_request(request))
+            decoded = decode_infer_request(request, self._core.shared_memory)
+            response = await self._core.infer(decoded)
             return encode_stream_response(response)
         except InferdError as error:
             return encode_stream_error(request.id, error.message)
@@ -258,6 +280,15 @@ class InferenceService:
                 "RepositoryModelUnload", self.repository_model_unload
             ),
             "ModelStatistics": _guarded("ModelStatistics", self.model_statistics),
+            "SystemSharedMemoryStatus": _guarded(
+                "SystemSharedMemoryStatus", self.system_shm_status
+            ),
+            "SystemSharedMemoryRegister": _guarded(
+                "SystemSharedMemoryRegister", self.system_shm_register
+            ),
+            "SystemSharedMemoryUnregister": _guarded(
+                "SystemSharedMemoryUnregister", self.system_shm_unregister
+            ),
         }
         methods: dict[str, RpcMethod] = {}
         for method in _SERVICE.methods:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.server.errors import InferdError, invalid
+from inferd.server.errors import InferdError, invalid, unsupported
+from inferd.server.shared_memory import SharedMemoryRegistry, shared_memory_ref
 from inferd.server.tensor_codec import (
     object_array,
     pack_bytes,
@@ -49,18 +50,28 @@ _TYPED_FIELDS: Mapping[DataType, str] = {
     DataType.BYTES: "bytes_contents",
 }
 _INT64_MAX = 2**63 - 1
+_NOT_YET = np.empty(0)  # an input slot filled once the inputs outside shared memory are read
 
 
 # ---------------------------------------------------------------------------------------------
 # Requests
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+def decode_infer_request(
+    message: pb.ModelInferRequest, shared_memory: SharedMemoryRegistry | None = None
+) -> InferRequest:
+    """Inputs in shared memory are read from `shared_memory`'s regions (a request naming a
+    region without a registry is refused)."""
     tensors = message.inputs
     if not tensors:
         raise invalid("the request 'inputs' list is empty")
     raws = message.raw_input_contents
-    inputs = _raw_inputs(tensors, raws, message.model_name) if raws else _typed_inputs(tensors)
+    if any(tensor.parameters for tensor in tensors):
+        inputs = _inputs(tensors, raws, message.model_name, shared_memory)
+    elif raws:
+        inputs = _raw_inputs(tensors, raws, message.model_name)
+    else:
+        inputs = _typed_inputs(tensors)
     return InferRequest(
         model_name=message.model_name,
         model_version=message.model_version,
@@ -85,6 +96,40 @@ def _raw_inputs(tensors: Sequence[Any], raws: Sequence[bytes], model: str) -> di
             )
         # Zero copy: fixed-size arrays view the message's bytes.
         inputs[name] = tensor_from_bytes(raw, name, datatype, shape)
+    return inputs
+
+
+def _inputs(
+    tensors: Sequence[Any],
+    raws: Sequence[bytes],
+    model: str,
+    shared: SharedMemoryRegistry | None,
+) -> dict[str, np.ndarray]:
+    """The general case, inputs with parameters: `raw_input_contents` then holds one entry
+    per input that is not in shared memory, in input order."""
+    inputs: dict[str, np.ndarray] = {}
+    unshared: list[Any] = []
+    for tensor in tensors:
+        name, datatype, shape = _tensor_header(tensor, inputs)
+        ref = shared_memory_ref(_parameter_values(tensor.parameters), f"input '{name}'")
+        if ref is None:
+            inputs[name] = _NOT_YET  # keeps the input order
+            unshared.append(tensor)
+            continue
+        if tensor.HasField("contents"):
+            raise invalid(
+                f"unexpected 'content' provided when using shared memory for input '{name}' "
+                f"for model '{model}'"
+            )
+        if shared is None:
+            raise unsupported(f"input '{name}': shared memory is not available here")
+        inputs[name] = shared.read_input(ref, name, datatype, shape)
+    if raws and len(raws) != len(unshared):
+        raise invalid(
+            f"the request has {len(raws)} raw_input_contents entries for {len(unshared)} "
+            f"inputs not in shared memory"
+        )
+    inputs.update(_raw_inputs(unshared, raws, model) if raws else _typed_inputs(unshared))
     return inputs
 
 
@@ -119,8 +164,6 @@ def _tensor_header(
     shape = tuple(tensor.shape)
     if min(shape, default=0) < 0:
         raise invalid(f"input '{name}': 'shape' must be non-negative integers, got {list(shape)}")
-    if tensor.parameters:
-        _reject_shared_memory(tensor.parameters, f"input '{name}'")
     return name, datatype, shape
 
 
@@ -157,13 +200,18 @@ def _requested_outputs(outputs: Sequence[Any]) -> list[RequestedOutput]:
             raise invalid(f"output '{name}' is requested more than once")
         seen.add(name)
         classification = 0
+        ref = None
         params = output.parameters
         if params:
             what = f"output '{name}'"
-            _reject_shared_memory(params, what)
+            ref = shared_memory_ref(_parameter_values(params), what)
             if "classification" in params:
+                if ref is not None:
+                    raise invalid(
+                        f"{what} can't set both 'shared_memory_region' and 'classification'"
+                    )
                 classification = _classification(params["classification"], what)
-        requested.append(RequestedOutput(name, classification))
+        requested.append(RequestedOutput(name, classification, ref))
     return requested
 
 
@@ -175,9 +223,14 @@ def _classification(param: pb.InferParameter, what: str) -> int:
     return int(value)
 
 
-def _reject_shared_memory(params: Mapping[str, Any], what: str) -> None:
-    if any(key.startswith("shared_memory_") for key in params):
-        raise invalid(f"{what}: shared memory is not supported yet; send the data in the request")
+def _parameter_values(params: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
+    """A tensor's parameters as plain values (unset ones left out)."""
+    values: dict[str, ParamValue] = {}
+    for key, param in params.items():
+        kind = param.WhichOneof("parameter_choice")
+        if kind is not None:
+            values[key] = getattr(param, kind)
+    return values
 
 
 def _decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
@@ -223,9 +276,11 @@ def _fill_response(message: pb.ModelInferResponse, response: InferResponse) -> N
         message.id = response.id
     add_output = message.outputs.add
     add_raw = message.raw_output_contents.append
+    shared = response.in_shared_memory
     for name, datatype, array in response.outputs:
         add_output(name=name, datatype=datatype.value, shape=array.shape)
-        add_raw(_tensor_bytes(name, datatype, array))
+        # An output in the client's shared memory keeps its (empty) entry, as in Triton.
+        add_raw(b"" if shared and name in shared else _tensor_bytes(name, datatype, array))
     for key, value in response.parameters.items():
         _encode_parameter(message.parameters[key], value)
 

@@ -37,6 +37,7 @@ from inferd.server.http_codec import (
 )
 from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
+from inferd.server.shared_memory_codec import http_system_register, http_system_status
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,9 @@ class HttpFrontDoor:
         self, body: bytes, headers: dict[bytes, bytes], model: str, version: str
     ) -> tuple[InferRequest, OutputEncoding]:
         raw_length = headers.get(b"inference-header-content-length")
+        shared = self._core.shared_memory
         if raw_length is None:
-            return decode_infer_request(body, None, model, version)
+            return decode_infer_request(body, None, model, version, None, shared)
         if not raw_length.strip().isdigit():
             raise invalid(
                 f"Inference-Header-Content-Length must be a non-negative integer, got "
@@ -212,7 +214,7 @@ class HttpFrontDoor:
             )
         header_length = int(raw_length)
         if header_length > 0:
-            return decode_infer_request(body, header_length, model, version, self._headers)
+            return decode_infer_request(body, header_length, model, version, self._headers, shared)
         spec, max_batch_size = self._core.raw_input(model, version)
         array = decode_raw_input(body, spec.name, spec.datatype, spec.dims, max_batch_size)
         return InferRequest(model, version, {spec.name: array}), OutputEncoding(binary_default=True)
@@ -395,12 +397,27 @@ def _routes(
         await core.unload_model(request.path_params["model"], unload_dependents)
         return Response(status_code=200)
 
+    async def system_shm_status(request: Request) -> Response:
+        regions = core.shared_memory.system_status(request.path_params.get("region", ""))
+        return JSONResponse(http_system_status(regions))
+
+    async def system_shm_register(request: Request) -> Response:
+        key, offset, byte_size = http_system_register(await request.body())
+        core.shared_memory.register_system(request.path_params["region"], key, offset, byte_size)
+        return Response(status_code=200)
+
+    async def system_shm_unregister(request: Request) -> Response:
+        core.shared_memory.unregister_system(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
     async def prometheus_metrics(request: Request) -> Response:
         assert metrics is not None
         return metrics.response()  # async: the stats are read on the loop that updates them
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version:int}"
+    system_shm = "/v2/systemsharedmemory"
+    system_region = system_shm + "/region/{region}"
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []
     return [
@@ -414,6 +431,11 @@ def _routes(
         Route("/v2/repository/models/{model}/unload", unload_model, methods=["POST"]),
         Route("/v2/repository/{repository}/models/{model}/load", load_model, methods=["POST"]),
         Route("/v2/repository/{repository}/models/{model}/unload", unload_model, methods=["POST"]),
+        Route(system_shm + "/status", system_shm_status, methods=["GET"]),
+        Route(system_region + "/status", system_shm_status, methods=["GET"]),
+        Route(system_region + "/register", system_shm_register, methods=["POST"]),
+        Route(system_shm + "/unregister", system_shm_unregister, methods=["POST"]),
+        Route(system_region + "/unregister", system_shm_unregister, methods=["POST"]),
         Route("/v2/models/stats", statistics, methods=["GET"]),  # before the {model} routes
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),

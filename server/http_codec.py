@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferd.server.errors import invalid
+from inferd.server.errors import invalid, unsupported
+from inferd.server.shared_memory import SharedMemoryRegistry, shared_memory_ref
 from inferd.server.tensor_codec import (
     bytes_elements,
     element_bytes,
@@ -109,11 +110,14 @@ def decode_infer_request(
     model_name: str,
     model_version: str,
     cache: HeaderCache | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> tuple[InferRequest, OutputEncoding]:
     """Decode an inference request body.
 
     header_length None = the whole body is JSON; N > 0 = the first N bytes are JSON and the
-    binary tensor chunks follow. With a cache, binary requests reuse decoded headers.
+    binary tensor chunks follow. With a cache, binary requests reuse decoded headers. Inputs
+    in shared memory are read from `shared_memory`'s regions (a request naming a region
+    without a registry is refused).
     """
     view = memoryview(body).cast("B")
     if header_length is None:
@@ -138,8 +142,10 @@ def decode_infer_request(
         raise invalid(f"request 'id' must be a string, got {_json_name(request_id)}")
     encoding = OutputEncoding()
     parameters = _request_parameters(doc.get("parameters"), encoding)
-    inputs, binary = _decode_inputs(doc.get("inputs"), view, header_length)
+    inputs, binary = _decode_inputs(doc.get("inputs"), view, header_length, shared_memory)
     outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
+    if outputs is not None and any(o.shared_memory for o in outputs):
+        binary = None  # such a request is checked against the regions each time: no plan
     request = InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -217,7 +223,7 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
 
 
 def _decode_inputs(
-    raw: object, view: memoryview, header_length: int
+    raw: object, view: memoryview, header_length: int, shared: SharedMemoryRegistry | None
 ) -> tuple[dict[str, np.ndarray], list[_BinaryInput] | None]:
     """The inputs, and their binary layout when every one of them is binary."""
     if not isinstance(raw, list):
@@ -234,6 +240,18 @@ def _decode_inputs(
         if name in inputs:
             raise invalid(f"input '{name}' appears more than once")
         size = params.get("binary_data_size")
+        ref = shared_memory_ref(params, f"input '{name}'")
+        if ref is not None:
+            if "data" in item or size is not None:
+                raise invalid(
+                    f"input '{name}' must set only one of 'data', 'binary_data_size' or "
+                    f"'shared_memory_region'"
+                )
+            if shared is None:
+                raise unsupported(f"input '{name}': shared memory is not available here")
+            inputs[name] = shared.read_input(ref, name, datatype, shape)
+            binary = None
+            continue
         if size is None:
             if "data" not in item:
                 raise invalid(f"input '{name}' has neither 'data' nor binary_data_size")
@@ -280,7 +298,6 @@ def _tensor_header(
             f"input '{name}': 'shape' must be a list of non-negative integers, got {raw_shape!r}"
         )
     params = _parameters_object(item.get("parameters"), f"input '{name}'")
-    _reject_shared_memory(params, f"input '{name}'")
     return name, datatype, tuple(raw_shape), params
 
 
@@ -298,13 +315,17 @@ def _decode_outputs(raw: object, encoding: OutputEncoding) -> list[RequestedOutp
         seen.add(name)
         what = f"output '{name}'"
         params = _parameters_object(item.get("parameters"), what)
-        _reject_shared_memory(params, what)
+        ref = shared_memory_ref(params, what)
+        if ref is not None:  # tritonclient sends binary_data false along: that is fine
+            for other in ("binary_data", "classification"):
+                if params.get(other, False) not in (False, 0):
+                    raise invalid(f"{what} can't set both 'shared_memory_region' and '{other}'")
         if "binary_data" in params:
             encoding.binary[name] = _bool_param(params["binary_data"], f"{what}: binary_data")
         classification = params.get("classification", 0)
         if type(classification) is not int or classification < 0:
             raise invalid(f"{what}: classification must be a non-negative integer")
-        outputs.append(RequestedOutput(name, classification))
+        outputs.append(RequestedOutput(name, classification, ref))
     return outputs
 
 
@@ -314,11 +335,6 @@ def _parameters_object(raw: object, what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise invalid(f"{what}: 'parameters' must be an object, got {_json_name(raw)}")
     return raw
-
-
-def _reject_shared_memory(params: dict[str, Any], what: str) -> None:
-    if any(key.startswith("shared_memory_") for key in params):
-        raise invalid(f"{what}: shared memory is not supported yet; send the data in the body")
 
 
 def _bool_param(value: object, what: str) -> bool:
@@ -466,9 +482,12 @@ def encode_infer_response(
     entries: list[dict[str, Any]] = []
     chunks: list[memoryview] = []
     any_binary = False
+    shared = response.in_shared_memory
     for name, datatype, array in response.outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
-        if encoding.binary.get(name, encoding.binary_default):
+        if shared and name in shared:
+            pass  # the data is in the client's region already
+        elif encoding.binary.get(name, encoding.binary_default):
             any_binary = True
             chunk = _to_binary(name, datatype, array)
             entry["parameters"] = {"binary_data_size": chunk.nbytes}

@@ -71,6 +71,7 @@ class Settings:
     repository_poll_secs: float = 15.0  # poll mode: seconds between rescans (fractions allowed)
     load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)
     strict_readiness: bool = True
+    allow_client_shm: bool = False  # as Triton since 26.04: clients may not map server memory
     exit_on_error: bool = False  # Triton defaults to true; see README
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True

@@ -90,12 +90,22 @@ _FROM_NUMPY: dict[np.dtype[Any], DataType] = {
 DATATYPES: dict[str, DataType] = {d.value: d for d in DataType}
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """Where a tensor lies in a registered shared-memory region (the shared-memory extension)."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
 @dataclass(slots=True)
 class RequestedOutput:
     """An output the client asked for, with the protocol-neutral options."""
 
     name: str
     classification: int = 0  # top-k classification extension; 0 = return the tensor
+    shared_memory: SharedMemoryRef | None = None  # write it there instead of answering it
 
 
 @dataclass(slots=True)
@@ -118,6 +128,8 @@ class InferResponse:
     outputs: list[tuple[str, DataType, np.ndarray]]
     id: str = ""
     parameters: Params = field(default_factory=dict)
+    # Outputs already written to the client's shared memory: answered without their data.
+    in_shared_memory: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

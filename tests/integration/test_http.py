@@ -80,6 +80,7 @@ def test_server_metadata_names_only_implemented_extensions(
         "model_repository",
         "model_repository(unload_dependents)",
         "model_configuration",
+        "system_shared_memory",
         "binary_tensor_data",
         "parameters",
         "schedule_policy",

@@ -308,10 +308,16 @@ def test_duplicate_outputs_and_shared_memory() -> None:
     invalid(message, "output 'o' is requested more than once")
     message = two_inputs()
     message.outputs.add(name="o").parameters["shared_memory_region"].string_param = "r"
-    invalid(message, "output 'o': shared memory is not supported yet")
+    invalid(message, "output 'o': 'shared_memory_region' and 'shared_memory_byte_size'")
     message = two_inputs()
     message.inputs[0].parameters["shared_memory_region"].string_param = "r"
-    invalid(message, "input 'a': shared memory is not supported yet")
+    invalid(message, "input 'a': 'shared_memory_region' and 'shared_memory_byte_size'")
+    message = two_inputs()
+    output = message.outputs.add(name="o")
+    output.parameters["shared_memory_region"].string_param = "r"
+    output.parameters["shared_memory_byte_size"].int64_param = 8
+    output.parameters["classification"].int64_param = 2
+    invalid(message, "output 'o' can't set both 'shared_memory_region' and 'classification'")
 
 
 # ---- responses read by tritonclient --------------------------------------------------------

@@ -401,6 +401,13 @@ def binary_input(size: Any) -> dict[str, Any]:
     return doc
 
 
+SHM = {"shared_memory_region": "r", "shared_memory_byte_size": 8}
+
+
+def shm_input(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": [2], "datatype": "INT32", "parameters": parameters}]}
+
+
 def without(key: str) -> dict[str, Any]:
     doc = one_input()
     del doc["inputs"][0][key]
@@ -432,7 +439,27 @@ BAD_DOCUMENTS: list[tuple[str, Any, tuple[str, ...]]] = [
         ("binary_data_output",),
     ),
     ("input-params-not-object", one_input(parameters=5), ("'x'", "'parameters'")),
-    ("input-shm", one_input(parameters={"shared_memory_region": "r"}), ("'x'", "shared memory")),
+    (
+        "input-shm-without-size",
+        one_input(parameters={"shared_memory_region": "r"}),
+        ("'x'", "'shared_memory_byte_size'", "together"),
+    ),
+    (
+        "input-shm-and-data",
+        one_input(parameters={"shared_memory_region": "r", "shared_memory_byte_size": 8}),
+        ("'x'", "only one of"),
+    ),
+    (
+        "input-shm-and-binary",
+        shm_input({**SHM, "binary_data_size": 8}),
+        ("'x'", "only one of"),
+    ),
+    (
+        "input-shm-offset-negative",
+        shm_input({**SHM, "shared_memory_offset": -1}),
+        ("'x'", "'shared_memory_offset'", "non-negative integer"),
+    ),
+    ("input-shm-region-empty", shm_input({**SHM, "shared_memory_region": ""}), ("'x'", "name")),
     ("data-not-list", one_input(data=5), ("'x'", "list")),
     ("count-mismatch", one_input(data=[1, 2, 3]), ("'x'", "3 elements", "expected 2")),
     ("nested-count", one_input(data=[[1], [2, 3]]), ("'x'", "3 elements")),
@@ -477,9 +504,35 @@ BAD_DOCUMENTS: list[tuple[str, Any, tuple[str, ...]]] = [
         ("'y'", "classification"),
     ),
     (
-        "output-shm",
+        "output-shm-without-size",
         {**one_input(), "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r"}}]},
-        ("'y'", "shared memory"),
+        ("'y'", "together"),
+    ),
+    (
+        "output-shm-and-binary",
+        {**one_input(), "outputs": [{"name": "y", "parameters": {**SHM, "binary_data": True}}]},
+        ("'y'", "can't set both", "'binary_data'"),
+    ),
+    (
+        "output-shm-and-classification",
+        {**one_input(), "outputs": [{"name": "y", "parameters": {**SHM, "classification": 2}}]},
+        ("'y'", "can't set both", "'classification'"),
+    ),
+    (
+        "output-shm-size-string",
+        {
+            **one_input(),
+            "outputs": [{"name": "y", "parameters": {**SHM, "shared_memory_byte_size": "8"}}],
+        },
+        ("'y'", "'shared_memory_byte_size'", "non-negative integer"),
+    ),
+    (
+        "output-shm-offset-negative",
+        {
+            **one_input(),
+            "outputs": [{"name": "y", "parameters": {**SHM, "shared_memory_offset": -1}}],
+        },
+        ("'y'", "'shared_memory_offset'", "non-negative integer"),
     ),
     ("binary-size-negative", binary_input(-1), ("'x'", "binary_data_size")),
     ("binary-size-bool", binary_input(True), ("'x'", "binary_data_size")),

@@ -1,0 +1,53 @@
+"""The shared-memory registration APIs on the wire: HTTP bodies and gRPC messages <-> the
+registry's terms. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from tritonclient.grpc import service_pb2 as pb
+
+from inferd.server.errors import invalid
+from inferd.server.shared_memory import SystemRegionStatus
+
+
+def http_system_register(body: bytes) -> tuple[str, int, int]:
+    """`{"key", "offset", "byte_size"}` -> (key, offset, byte_size); offset defaults to 0."""
+    try:
+        doc = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("a shared memory register request needs a JSON object body")
+    key = doc.get("key")
+    if not isinstance(key, str):
+        raise invalid("Shared memory register request has no 'key' field (a string)")
+    if "byte_size" not in doc:
+        raise invalid("Shared memory register request has no 'byte_size' field")
+    return key, _size(doc, "offset", 0), _size(doc, "byte_size", 0)
+
+
+def _size(doc: dict[str, Any], field: str, default: int) -> int:
+    value = doc.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(f"'{field}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def http_system_status(regions: list[SystemRegionStatus]) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+        for r in regions
+    ]
+
+
+def grpc_system_status(regions: list[SystemRegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    response = pb.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        status = response.regions[r.name]
+        status.name = r.name
+        status.key = r.key
+        status.offset = r.offset
+        status.byte_size = r.byte_size
+    return response
