@@ -64,6 +64,16 @@ class LibCuda:
         self._check(self._lib.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
         return count.value
 
+    def address_range(self, pointer: int) -> tuple[int, int]:
+        """The (base, size) of the device allocation holding `pointer`, in the calling
+        thread's current context."""
+        base, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+        code = self._lib.cuMemGetAddressRange_v2(
+            ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(pointer)
+        )
+        self._check(code, "cuMemGetAddressRange")
+        return base.value, size.value
+
     def _check(self, code: int, call: str) -> None:
         if code == _CUDA_SUCCESS:
             return

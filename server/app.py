@@ -16,6 +16,7 @@ from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
+from inferd.server.cuda_shared_memory import CudaIpc
 from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.grpc_transport import GrpcBindError
 from inferd.server.http1 import FastRouter
@@ -96,7 +97,10 @@ class App:
                 strict_readiness=settings.strict_readiness,
                 model_control_mode=settings.model_control_mode,
             ),
-            SharedMemoryRegistry(allow_client=settings.allow_client_shm),
+            SharedMemoryRegistry(
+                allow_client=settings.allow_client_shm,
+                cuda=CudaIpc.load if gpus.count else None,
+            ),
         )
         if settings.allow_metrics:
             if settings.metrics_interval_ms <= 0:

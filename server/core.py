@@ -87,7 +87,11 @@ class InferenceCore:
         return True
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, inferd.__version__, EXTENSIONS)
+        extensions: tuple[str, ...] = EXTENSIONS
+        if self.shared_memory.supports_cuda:  # after system_shared_memory, as Triton lists it
+            at = EXTENSIONS.index("system_shared_memory") + 1
+            extensions = (*EXTENSIONS[:at], "cuda_shared_memory", *EXTENSIONS[at:])
+        return ServerMetadata(SERVER_NAME, inferd.__version__, extensions)
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self._repository.get(name, version)

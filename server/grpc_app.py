@@ -36,7 +36,7 @@ from inferd.server.grpc_codec import (
 from inferd.server.grpc_stacks import GrpcStack, start_stack
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
-from inferd.server.shared_memory_codec import grpc_system_status
+from inferd.server.shared_memory_codec import grpc_cuda_status, grpc_system_status
 from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,25 @@ class InferenceService:
         self._core.shared_memory.unregister_system(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    def cuda_shm_status(
+        self, request: pb.CudaSharedMemoryStatusRequest
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        return grpc_cuda_status(self._core.shared_memory.cuda_status(request.name))
+
+    def cuda_shm_register(
+        self, request: pb.CudaSharedMemoryRegisterRequest
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        self._core.shared_memory.register_cuda(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    def cuda_shm_unregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        self._core.shared_memory.unregister_cuda(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     async def model_infer(
         self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
@@ -288,6 +307,13 @@ class InferenceService:
             ),
             "SystemSharedMemoryUnregister": _guarded(
                 "SystemSharedMemoryUnregister", self.system_shm_unregister
+            ),
+            "CudaSharedMemoryStatus": _guarded("CudaSharedMemoryStatus", self.cuda_shm_status),
+            "CudaSharedMemoryRegister": _guarded(
+                "CudaSharedMemoryRegister", self.cuda_shm_register
+            ),
+            "CudaSharedMemoryUnregister": _guarded(
+                "CudaSharedMemoryUnregister", self.cuda_shm_unregister
             ),
         }
         methods: dict[str, RpcMethod] = {}

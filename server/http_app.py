@@ -37,7 +37,12 @@ from inferd.server.http_codec import (
 )
 from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
-from inferd.server.shared_memory_codec import http_system_register, http_system_status
+from inferd.server.shared_memory_codec import (
+    http_cuda_register,
+    http_cuda_status,
+    http_system_register,
+    http_system_status,
+)
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -410,6 +415,21 @@ def _routes(
         core.shared_memory.unregister_system(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def cuda_shm_status(request: Request) -> Response:
+        regions = core.shared_memory.cuda_status(request.path_params.get("region", ""))
+        return JSONResponse(http_cuda_status(regions))
+
+    async def cuda_shm_register(request: Request) -> Response:
+        handle, device_id, byte_size = http_cuda_register(await request.body())
+        core.shared_memory.register_cuda(
+            request.path_params["region"], handle, device_id, byte_size
+        )
+        return Response(status_code=200)
+
+    async def cuda_shm_unregister(request: Request) -> Response:
+        core.shared_memory.unregister_cuda(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
     async def prometheus_metrics(request: Request) -> Response:
         assert metrics is not None
         return metrics.response()  # async: the stats are read on the loop that updates them
@@ -418,6 +438,8 @@ def _routes(
     versioned = "/v2/models/{model}/versions/{version:int}"
     system_shm = "/v2/systemsharedmemory"
     system_region = system_shm + "/region/{region}"
+    cuda_shm = "/v2/cudasharedmemory"
+    cuda_region = cuda_shm + "/region/{region}"
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []
     return [
@@ -436,6 +458,11 @@ def _routes(
         Route(system_region + "/register", system_shm_register, methods=["POST"]),
         Route(system_shm + "/unregister", system_shm_unregister, methods=["POST"]),
         Route(system_region + "/unregister", system_shm_unregister, methods=["POST"]),
+        Route(cuda_shm + "/status", cuda_shm_status, methods=["GET"]),
+        Route(cuda_region + "/status", cuda_shm_status, methods=["GET"]),
+        Route(cuda_region + "/register", cuda_shm_register, methods=["POST"]),
+        Route(cuda_shm + "/unregister", cuda_shm_unregister, methods=["POST"]),
+        Route(cuda_region + "/unregister", cuda_shm_unregister, methods=["POST"]),
         Route("/v2/models/stats", statistics, methods=["GET"]),  # before the {model} routes
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),

@@ -4,9 +4,10 @@ A client creates a POSIX shared-memory object, registers it under a name, and th
 region instead of sending tensor bytes: inputs are read where they lie and outputs written
 there. Region names share one namespace across system and CUDA regions, as in Triton.
 
-The registry is used from the event loop only. Input tensors are read-only numpy views of the
-mapping, so nothing is copied on the way in; an instance thread may still hold such a view
-after the region is unregistered, and then the mapping lives on until the view is gone.
+The registry is used from the event loop only. Inputs in system regions are read-only numpy
+views of the mapping, so nothing is copied on the way in; an instance thread may still hold
+such a view after the region is unregistered, and then the mapping lives on until the view is
+gone. CUDA regions are in `cuda_shared_memory`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from inferd.server.cuda_shared_memory import CudaIpc, CudaRegion, CudaRegionStatus
 from inferd.server.errors import ErrorCode, InferdError, invalid, not_found, unsupported
 from inferd.server.tensor_codec import pack_bytes, tensor_from_bytes
 from inferd.server.types import DataType, SharedMemoryRef
@@ -38,13 +40,6 @@ class SystemRegionStatus:
     name: str
     key: str
     offset: int
-    byte_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class CudaRegionStatus:
-    name: str
-    device_id: int
     byte_size: int
 
 
@@ -136,16 +131,28 @@ def shared_memory_ref(params: Mapping[str, object], what: str) -> SharedMemoryRe
 
 
 class SharedMemoryRegistry:
-    """The regions clients registered, by name."""
+    """The regions clients registered, by name.
 
-    def __init__(self, allow_client: bool, directory: Path = POSIX_SHM_DIR) -> None:
+    `cuda`: how to reach CUDA (called at the first CUDA registration), or None on a server
+    without GPUs, which then refuses CUDA regions.
+    """
+
+    def __init__(
+        self,
+        allow_client: bool,
+        directory: Path = POSIX_SHM_DIR,
+        cuda: Callable[[], CudaIpc] | None = None,
+    ) -> None:
         self._allow = allow_client
         self._directory = directory
+        self._load_cuda = cuda
+        self._cuda_ipc: CudaIpc | None = None
         self._system: dict[str, SystemRegion] = {}
+        self._cuda: dict[str, CudaRegion] = {}
 
     @property
-    def enabled(self) -> bool:
-        return self._allow
+    def supports_cuda(self) -> bool:
+        return self._load_cuda is not None
 
     # ---- registration --------------------------------------------------------------------
 
@@ -170,22 +177,50 @@ class SharedMemoryRegistry:
         """Unregister one region, or every system region when `name` is empty; a name that is
         not registered is not an error (Triton's behaviour)."""
         self._require_allowed()
-        names = [name] if name else list(self._system)
-        for key in names:
+        for key in [name] if name else list(self._system):
             region = self._system.pop(key, None)
             if region is not None:
                 region.close()
 
+    def register_cuda(self, name: str, handle: bytes, device_id: int, byte_size: int) -> None:
+        self._check_new(name)
+        if device_id < 0:
+            raise invalid(f"CUDA shared memory region '{name}': device_id must not be negative")
+        if byte_size <= 0:
+            raise invalid(f"CUDA shared memory region '{name}': byte_size must be positive")
+        if self._load_cuda is None:
+            raise unsupported("CUDA shared memory needs a GPU; this server has none")
+        if self._cuda_ipc is None:
+            self._cuda_ipc = self._load_cuda()
+        status = CudaRegionStatus(name, device_id, byte_size)
+        self._cuda[name] = CudaRegion(status, handle, self._cuda_ipc)
+
+    def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
+        if not name:
+            return [region.status for region in self._cuda.values()]
+        region = self._cuda.get(name)
+        if region is None:
+            raise not_found(f"Unable to find cuda shared memory region: '{name}'")
+        return [region.status]
+
+    def unregister_cuda(self, name: str = "") -> None:
+        self._require_allowed()
+        for key in [name] if name else list(self._cuda):
+            region = self._cuda.pop(key, None)
+            if region is not None:
+                region.close()
+
     def close(self) -> None:
-        for region in self._system.values():
-            region.close()
-        self._system.clear()
+        for regions in (self._system, self._cuda):
+            for region in regions.values():
+                region.close()
+            regions.clear()
 
     def _check_new(self, name: str) -> None:
         self._require_allowed()
         if not name:
             raise invalid("a shared memory region needs a name")
-        if name in self._system:
+        if name in self._system or name in self._cuda:  # one namespace for both kinds
             raise InferdError(
                 ErrorCode.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
             )
@@ -198,7 +233,7 @@ class SharedMemoryRegistry:
 
     def region(self, ref: SharedMemoryRef) -> Region:
         """The region `ref` names, after checking that `ref` lies inside it."""
-        region: Region | None = self._system.get(ref.region)
+        region: Region | None = self._system.get(ref.region) or self._cuda.get(ref.region)
         if region is None:
             if not self._allow:
                 raise unsupported(DISABLED)

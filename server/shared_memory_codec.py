@@ -3,29 +3,54 @@ registry's terms. Pure functions, no I/O."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 
+from inferd.server.cuda_shared_memory import CudaRegionStatus
 from inferd.server.errors import invalid
 from inferd.server.shared_memory import SystemRegionStatus
 
 
 def http_system_register(body: bytes) -> tuple[str, int, int]:
     """`{"key", "offset", "byte_size"}` -> (key, offset, byte_size); offset defaults to 0."""
-    try:
-        doc = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("a shared memory register request needs a JSON object body")
+    doc = _object(body)
     key = doc.get("key")
     if not isinstance(key, str):
         raise invalid("Shared memory register request has no 'key' field (a string)")
     if "byte_size" not in doc:
         raise invalid("Shared memory register request has no 'byte_size' field")
     return key, _size(doc, "offset", 0), _size(doc, "byte_size", 0)
+
+
+def http_cuda_register(body: bytes) -> tuple[bytes, int, int]:
+    """`{"raw_handle": {"b64"}, "device_id", "byte_size"}` -> (handle, device_id, byte_size)."""
+    doc = _object(body)
+    raw = doc.get("raw_handle")
+    encoded = raw.get("b64") if isinstance(raw, dict) else None
+    if not isinstance(encoded, str):
+        raise invalid("Shared memory register request has no 'raw_handle' field ({'b64': ...})")
+    try:
+        handle = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise invalid("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t") from None
+    for field in ("device_id", "byte_size"):
+        if field not in doc:
+            raise invalid(f"Shared memory register request has no '{field}' field")
+    return handle, _size(doc, "device_id", 0), _size(doc, "byte_size", 0)
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("a shared memory register request needs a JSON object body")
+    return doc
 
 
 def _size(doc: dict[str, Any], field: str, default: int) -> int:
@@ -49,5 +74,19 @@ def grpc_system_status(regions: list[SystemRegionStatus]) -> pb.SystemSharedMemo
         status.name = r.name
         status.key = r.key
         status.offset = r.offset
+        status.byte_size = r.byte_size
+    return response
+
+
+def http_cuda_status(regions: list[CudaRegionStatus]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions]
+
+
+def grpc_cuda_status(regions: list[CudaRegionStatus]) -> pb.CudaSharedMemoryStatusResponse:
+    response = pb.CudaSharedMemoryStatusResponse()
+    for r in regions:
+        status = response.regions[r.name]
+        status.name = r.name
+        status.device_id = r.device_id
         status.byte_size = r.byte_size
     return response

@@ -27,9 +27,27 @@ class Record:
     device_allocations: list[tuple[int, int]] = field(default_factory=list)  # (device, bytes)
     pinned_allocations: list[int] = field(default_factory=list)  # bytes
     copies: list[tuple[int, int]] = field(default_factory=list)  # (kind, bytes)
+    # CUDA IPC: allocations "exported" by a client, by handle; handles opened, by address.
+    exported: dict[bytes, tuple[int, np.ndarray]] = field(default_factory=dict)
+    opened: dict[int, int] = field(default_factory=dict)  # address -> device
 
     def device(self) -> int:
         return getattr(self.current, "device", 0)
+
+    def export(self, handle: bytes, device: int, nbytes: int) -> np.ndarray:
+        """What a client's cudaMalloc + cudaIpcGetMemHandle would make: memory the server
+        can open by `handle` on `device` (host memory here, returned for the test to fill)."""
+        memory = np.zeros(nbytes, np.uint8)
+        self.exported[handle] = (device, memory)
+        return memory
+
+    def address_range(self, pointer: int) -> tuple[int, int]:
+        """cuMemGetAddressRange: the allocation that holds `pointer`."""
+        for _, memory in self.exported.values():
+            base = memory.ctypes.data
+            if base <= pointer < base + memory.nbytes:
+                return base, memory.nbytes
+        raise RuntimeError("CUDA_ERROR_NOT_FOUND")
 
 
 class FakeStream:
@@ -86,6 +104,22 @@ def install(monkeypatch: pytest.MonkeyPatch, compute_capability: str = "90") -> 
         record.copies.append((kind, nbytes))
         ctypes.memmove(dst, src, nbytes)
 
+    def memcpy(dst: int, src: int, nbytes: int, kind: int) -> None:
+        record.copies.append((kind, nbytes))
+        ctypes.memmove(dst, src, nbytes)
+
+    def ipc_open_mem_handle(handle: bytes) -> int:
+        if handle not in record.exported:
+            raise RuntimeError("cudaErrorInvalidResourceHandle: invalid resource handle")
+        device, memory = record.exported[handle]
+        if device != record.device():
+            raise RuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        record.opened[memory.ctypes.data] = device
+        return memory.ctypes.data
+
+    def ipc_close_mem_handle(pointer: int) -> None:
+        del record.opened[pointer]
+
     def empty_pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         array = np.empty(shape, dtype)
         record.pinned_allocations.append(array.nbytes)
@@ -93,7 +127,10 @@ def install(monkeypatch: pytest.MonkeyPatch, compute_capability: str = "90") -> 
 
     runtime = types.SimpleNamespace(
         setDevice=set_device,
+        memcpy=memcpy,
         memcpyAsync=memcpy_async,
+        ipcOpenMemHandle=ipc_open_mem_handle,
+        ipcCloseMemHandle=ipc_close_mem_handle,
         memcpyHostToDevice=1,
         memcpyDeviceToHost=2,
     )

@@ -1,11 +1,13 @@
-"""The system shared-memory extension, driven by tritonclient's own shared-memory utilities
-and by perf_analyzer, over both protocols and both stacks of each."""
+"""The shared-memory extensions, driven by tritonclient's own shared-memory utilities and by
+perf_analyzer, over both protocols and both stacks of each (CUDA regions with a fake cupy)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +18,9 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
+from inferd.server.cuda_shared_memory import CudaIpc
+from inferd.server.shared_memory import SharedMemoryRegistry
+from tests import fake_cupy
 from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
 from tests.integration.test_harness import PERF_ANALYZER
 
@@ -204,3 +209,46 @@ def test_perf_analyzer_runs_with_system_shared_memory(server: RunningServer, pro
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Throughput:" in run.stdout
+
+
+def test_cuda_regions_over_both_protocols(
+    server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA register/status/unregister APIs and CUDA inputs and outputs on the wire, with
+    a fake cupy standing in for the GPU this machine lacks."""
+    record = fake_cupy.install(monkeypatch)
+    server = server_factory(model_repositories=(EXAMPLES,), allow_client_shm=True)
+    assert server.app.core is not None
+    server.app.core.shared_memory = SharedMemoryRegistry(
+        allow_client=True, cuda=lambda: CudaIpc(sys.modules["cupy"], record.address_range)
+    )
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 4, dtype=np.int32)
+    http = httpclient.InferenceServerClient(server.http_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    assert "cuda_shared_memory" in http.get_server_metadata()["extensions"]
+    for client, handle in ((http, bytes(range(64))), (grpc, bytes(range(1, 65)))):
+        memory = record.export(handle, 0, 4 * a.nbytes)
+        memory[: a.nbytes] = a.view(np.uint8).ravel()
+        memory[a.nbytes : 2 * a.nbytes] = b.view(np.uint8).ravel()
+        # tritonclient takes the handle base64-encoded (cudashm.get_raw_handle's form).
+        client.register_cuda_shared_memory("g", base64.b64encode(handle), 0, 4 * a.nbytes)
+        mod = module_of(client)
+        in0 = mod.InferInput("INPUT0", [1, 16], "INT32")
+        in1 = mod.InferInput("INPUT1", [1, 16], "INT32")
+        in0.set_shared_memory("g", a.nbytes)
+        in1.set_shared_memory("g", b.nbytes, offset=a.nbytes)
+        out = mod.InferRequestedOutput("OUTPUT0")
+        out.set_shared_memory("g", a.nbytes, offset=2 * a.nbytes)
+        client.infer("simple", [in0, in1], outputs=[out])
+        got = memory[2 * a.nbytes : 3 * a.nbytes].view(np.int32)
+        np.testing.assert_array_equal(got, (a + b).ravel())
+
+        status = client.get_cuda_shared_memory_status()
+        if isinstance(status, list):
+            assert status == [{"name": "g", "device_id": 0, "byte_size": 4 * a.nbytes}]
+        else:
+            assert status.regions["g"].byte_size == 4 * a.nbytes
+        client.unregister_cuda_shared_memory()
+        assert record.opened == {}
+    grpc.close()
