@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -14,12 +14,16 @@ import numpy as np
 
 from inferd.backends.gpu import GpuInfo
 from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.server.types import ParamValue
 
 
 @dataclass(frozen=True, slots=True)
 class Device:
     kind: str  # "cpu" | "gpu"
     index: int = 0
+    # The instance's name as Triton gives it, "<instance group>_<n>" (the loader fills it in);
+    # a label only, so not part of equality.
+    name: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
@@ -45,6 +49,21 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     return Path(tempfile.gettempdir()) / "inferd-cache"
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceRequest:
+    """One request as an instance that takes requests one by one sees it."""
+
+    inputs: Mapping[str, np.ndarray]  # this request's own tensors, its own batch dim included
+    id: str = ""
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    outputs: tuple[str, ...] | None = None  # the outputs the client asked for; None = all
+
+
+# A request's outcome from execute_requests(): its outputs, or why it alone failed (an
+# InferdError carries the code the client sees; any other exception is an internal error).
+RequestOutcome = dict[str, np.ndarray] | Exception
+
+
 class ModelInstance(ABC):
     """One copy of one model version on one device.
 
@@ -55,11 +74,21 @@ class ModelInstance(ABC):
     # True when execute() may also run on the event loop's thread (no thread-bound state such
     # as a CUDA stream): batches that take less CPU than a thread hop then run there.
     runs_on_any_thread: ClassVar[bool] = False
+    # True when a batch goes to execute_requests() as its requests, each with its own tensors,
+    # id and parameters, instead of to execute() concatenated (Triton's python backend hands
+    # a model the request list). The worker picks the path once, at start; execute() still
+    # serves single requests (warmup).
+    takes_requests: ClassVar[bool] = False
 
     @abstractmethod
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Batching models get inputs already concatenated along the batch dim and return
         outputs with that leading dim; non-batching models get one request's tensors."""
+
+    def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        """One outcome per request, in order (only called when `takes_requests`). Raising
+        fails every request of the batch with that error."""
+        raise NotImplementedError(f"{type(self).__name__} does not take requests one by one")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the framework session and its memory."""

@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "inferd.backends"
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "onnxruntime": "inferd.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "inferd.backends.tensorrt:TensorRtBackend",
+    "python": "inferd.backends.python:PythonBackend",
 }
 
 # What to install when a built-in backend's framework is missing.

@@ -23,9 +23,10 @@ from inferd.batching.estimator import ExecTimeEstimator, LatenessMargin
 from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.stats import BatchStats, ModelStats
-from inferd.batching.worker import Outcome, Timings, Worker
+from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
+from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class Pending:
     enqueued_ns: int = 0
     queued: bool = True
     outcome: Outputs | BaseException | None = None  # held back for preserve_ordering
+    # The request itself, for instances that take requests one by one (id, parameters,
+    # requested outputs); a reference only, nothing is built from it on the batched path.
+    request: InferRequest | None = None
 
 
 class Scheduler:
@@ -156,6 +160,7 @@ class Scheduler:
         arrival_ns: int,
         options: RequestOptions = DEFAULT_OPTIONS,
         on_done: OnDone | None = None,
+        request: InferRequest | None = None,
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
@@ -193,6 +198,7 @@ class Scheduler:
             probe=probe,
             on_done=on_done,
             enqueued_ns=now,
+            request=request,
         )
         timeout_us = _timeout_us(policy, options.timeout_us)
         if timeout_us:
@@ -365,16 +371,33 @@ class Scheduler:
             worker.cpu.observe(items, t.cpu_ns)
             self.estimator.observe_return_lag(now - t.dispatched_ns - t.total_ns)
             self._record_batch(batch, t)
-            for pending, outputs in zip(batch, result, strict=True):
-                elapsed = now - pending.arrival_ns
-                stats.success.add(elapsed)
-                stats.request_us.observe(elapsed / 1000)
-                self._complete(pending, outputs)
+            if isinstance(result, PerRequestOutcome):
+                self._complete_each(batch, result, now)
+            else:
+                for pending, outputs in zip(batch, result, strict=True):
+                    elapsed = now - pending.arrival_ns
+                    stats.success.add(elapsed)
+                    stats.request_us.observe(elapsed / 1000)
+                    self._complete(pending, outputs)
             self._judge_objectives(batch)
         if schedule and self._queued:
             self._schedule()
         else:
             self._check_drained()
+
+    def _complete_each(self, batch: list[Pending], outcome: PerRequestOutcome, now: int) -> None:
+        """A batch that ran, some of whose requests failed on their own."""
+        stats = self.stats
+        for pending, result in zip(batch, outcome.results, strict=True):
+            elapsed = now - pending.arrival_ns
+            if isinstance(result, BaseException):
+                stats.fail_request(elapsed, BACKEND)
+                error = result if isinstance(result, InferdError) else self._execution_error(result)
+                self._complete(pending, error)
+            else:
+                stats.success.add(elapsed)
+                stats.request_us.observe(elapsed / 1000)
+                self._complete(pending, result)
 
     def _judge_objectives(self, batch: list[Pending]) -> None:
         """Count answers by and after their objective once the whole batch is answered: the

@@ -9,14 +9,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from inferd.backends.base import ModelInstance
+from inferd.backends.base import InstanceRequest, ModelInstance, RequestOutcome
 from inferd.batching.estimator import ExecTimeEstimator
 from inferd.batching.padding import PaddingSpec, pad_batch, unpad
 from inferd.batching.tensors import concat_inputs, split_outputs
+from inferd.server.errors import internal
+from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 class BatchItem(Protocol):
     inputs: dict[str, np.ndarray]
     batch_size: int
+    request: InferRequest | None  # what instances that take requests one by one see of it
 
 
 @dataclass(slots=True)
@@ -39,7 +42,17 @@ class Timings:
         return self.input_ns + self.infer_ns + self.output_ns
 
 
-Outcome = list[dict[str, np.ndarray]] | BaseException
+@dataclass(slots=True)
+class PerRequestOutcome:
+    """A batch whose requests failed one by one: each request's outputs or its error. Only
+    instances that take requests one by one produce it, and only when some request failed, so
+    the common path stays a plain list."""
+
+    results: list[RequestOutcome]
+
+
+BatchResult = list[dict[str, np.ndarray]] | PerRequestOutcome
+Outcome = BatchResult | BaseException
 # finish(worker, batch, per-request outputs or the exception, timings), called on the loop.
 FinishCallback = Callable[["Worker", Any, Any, Timings], None]
 
@@ -68,6 +81,11 @@ class Worker:
         self._loop = loop
         self._finish = finish
         self._inline_max_ns = inline_max_ns if instance.runs_on_any_thread else 0
+        # Chosen once, so that batched instances pay nothing per batch for the other path.
+        # Requests handed over one by one are never concatenated, so padding does not apply.
+        self._execute: Callable[[list[Any], Timings], BatchResult] = (
+            self._execute_each if instance.takes_requests else self._execute_concat
+        )
         # CPU time per batch size, observed on the loop (scheduler._finish) from the timings.
         self.cpu = ExecTimeEstimator()
         self._jobs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
@@ -111,7 +129,9 @@ class Worker:
         timings.cpu_ns = time.thread_time_ns() - cpu_start
         return result, timings
 
-    def _execute(self, batch: list[BatchItem], timings: Timings) -> list[dict[str, np.ndarray]]:
+    def _execute_concat(
+        self, batch: list[BatchItem], timings: Timings
+    ) -> list[dict[str, np.ndarray]]:
         start = time.perf_counter_ns()
         padding = self._padding
         requests = [p.inputs for p in batch]
@@ -128,3 +148,30 @@ class Worker:
         timings.infer_ns = infer_end - infer_start
         timings.output_ns = time.perf_counter_ns() - infer_end
         return per_request
+
+    def _execute_each(self, batch: list[BatchItem], timings: Timings) -> BatchResult:
+        start = time.perf_counter_ns()
+        requests = [instance_request(item) for item in batch]
+        infer_start = time.perf_counter_ns()
+        results = self.instance.execute_requests(requests)
+        infer_end = time.perf_counter_ns()
+        if len(results) != len(batch):
+            raise internal(
+                f"model instance {self._thread.name} returned {len(results)} results for "
+                f"{len(batch)} requests"
+            )
+        timings.input_ns = infer_start - start
+        timings.infer_ns = infer_end - infer_start
+        timings.output_ns = time.perf_counter_ns() - infer_end
+        if any(isinstance(result, BaseException) for result in results):
+            return PerRequestOutcome(results)
+        return cast(list[dict[str, np.ndarray]], results)
+
+
+def instance_request(item: BatchItem) -> InstanceRequest:
+    """What an instance that takes requests one by one sees of a queued request."""
+    request = item.request
+    if request is None:  # submitted without it: tensors only, every output, no id
+        return InstanceRequest(item.inputs)
+    outputs = None if request.outputs is None else tuple(o.name for o in request.outputs)
+    return InstanceRequest(item.inputs, request.id, request.parameters, outputs)

@@ -174,6 +174,13 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
     for name in _UNSUPPORTED_FIELDS:
         if _is_set(config, name):
             raise invalid(f"{where}: '{name}' is not supported by inferd yet")
+    if config.model_transaction_policy.decoupled:
+        # A decoupled model may answer a request with any number of responses, streamed; the
+        # data plane here answers each request exactly once.
+        raise invalid(
+            f"{where}: model_transaction_policy {{ decoupled: true }} is not supported by inferd "
+            "(it sends exactly one response per request)"
+        )
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:

@@ -156,9 +156,9 @@ class ModelLoader:
         note = ""
         for group in config.instance_groups:
             if group.kind is not DeviceKind.GPU:
-                devices += [Device("cpu")] * group.count
+                devices += _named(group, [Device("cpu")] * group.count)
             elif not gpu_reason:
-                devices += _gpu_devices(group, self._settings.gpu_count)
+                devices += _named(group, _gpu_devices(group, self._settings.gpu_count))
             elif self._settings.gpu_fallback_to_cpu:
                 log.warning(
                     "model '%s': instance group '%s' falls back to CPU: %s",
@@ -166,7 +166,7 @@ class ModelLoader:
                     group.name,
                     gpu_reason,
                 )
-                devices += [Device("cpu")] * group.count
+                devices += _named(group, [Device("cpu")] * group.count)
                 note = f"KIND_GPU instances run on the CPU ({gpu_reason}; --gpu-fallback=cpu)"
             else:
                 raise unavailable(
@@ -247,6 +247,11 @@ def _gpu_devices(group: InstanceGroup, gpu_count: int) -> list[Device]:
                 f"{gpu_count} GPU(s) (ids 0..{gpu_count - 1}; see CUDA_VISIBLE_DEVICES)"
             )
     return [Device("gpu", gpu) for gpu in group.gpus for _ in range(group.count)]
+
+
+def _named(group: InstanceGroup, devices: Sequence[Device]) -> list[Device]:
+    """Triton's instance names: the group's name and the instance's index within the group."""
+    return [replace(device, name=f"{group.name}_{i}") for i, device in enumerate(devices)]
 
 
 def _describe(devices: Sequence[Device]) -> str:

@@ -226,6 +226,7 @@ class InferenceCore:
             request.arrival_ns,
             options or DEFAULT_OPTIONS,
             on_done,
+            request=request,
         )
         return model, future
 

@@ -265,11 +265,10 @@ async def test_stream_error_keeps_only_the_id(stacks_server: RunningServer) -> N
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.get_cuda_shared_memory_status(),
         lambda c: c.get_trace_settings(),
         lambda c: c.get_log_settings(),
     ],
-    ids=["cuda-shm", "trace", "log"],
+    ids=["trace", "log"],
 )
 def test_later_rpcs_are_unimplemented(
     client: grpcclient.InferenceServerClient, call: Callable[[Any], Any]

@@ -1,0 +1,279 @@
+"""The python backend: models written against Triton's python-backend API (model.py with a
+TritonPythonModel class, config `backend: "python"`), run unchanged.
+
+Triton runs every instance in a stub process of its own and hands `execute()` the list of
+requests of a batch. Here every instance loads model.py as a module object of its own (no
+globals shared between instances or models) and runs on its instance thread; batches arrive
+request by request (`takes_requests`), each with its own tensors, id and parameters.
+
+GPUs: Triton runs python models on the CPU and only tells the model its device
+(args["model_instance_kind"], args["model_instance_device_id"]); the model decides what to put
+on that GPU. inferd does the same, so KIND_GPU (and KIND_AUTO on a GPU machine) is accepted
+wherever GPUs are present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.backends import python_api as api
+from inferd.backends.base import (
+    Backend,
+    BackendSettings,
+    Device,
+    InstanceRequest,
+    ModelInstance,
+    RequestOutcome,
+)
+from inferd.backends.gpu import GpuInfo
+from inferd.backends.python_autocomplete import run_auto_complete
+from inferd.backends.python_module import (
+    MODEL_CLASS,
+    describe,
+    load_model_module,
+    model_class,
+    unload_model_module,
+)
+from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
+from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
+from inferd.server.types import DataType, ParamValue
+
+log = logging.getLogger(__name__)
+
+# Triton's python-backend parameter for a packed conda environment: inferd runs models in its
+# own environment, so a model that asks for another one would run with different code.
+EXECUTION_ENV_PATH = "EXECUTION_ENV_PATH"
+
+# Request parameters Triton consumes itself: a model never sees them in parameters().
+_RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", LATENCY_SLO_PARAMETER}
+)
+
+_ERROR_CODES: Mapping[int, ErrorCode] = {
+    api.TritonError.INVALID_ARG: ErrorCode.INVALID_ARG,
+    api.TritonError.NOT_FOUND: ErrorCode.NOT_FOUND,
+    api.TritonError.UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    api.TritonError.UNSUPPORTED: ErrorCode.UNSUPPORTED,
+    api.TritonError.ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
+    api.TritonError.CANCELLED: ErrorCode.CANCELLED,
+}
+
+
+def to_inferd_error(error: Any) -> InferdError:
+    """A model's TritonError (or anything with message()) as the error the client gets; codes
+    inferd has no match for (UNKNOWN, INTERNAL) are internal errors."""
+    code = error.code() if isinstance(error, api.TritonError) else api.TritonError.INTERNAL
+    message = error.message() if callable(getattr(error, "message", None)) else str(error)
+    return InferdError(_ERROR_CODES.get(code, ErrorCode.INTERNAL), str(message))
+
+
+class PythonBackend(Backend):
+    name = "python"
+    default_model_filename = "model.py"
+
+    @classmethod
+    def complete_config(
+        cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
+    ) -> None:
+        if not config.platform and not config.backend:
+            config.backend = "python"  # found by its model.py: the config endpoint says so
+        if EXECUTION_ENV_PATH in config.parameters:
+            raise unsupported(
+                f"parameter {EXECUTION_ENV_PATH} is not supported by inferd: python models run "
+                "in the server's own environment (install their packages there instead)"
+            )
+        if not settings.auto_complete:
+            return
+        model_name = config.name or model_path.parent.parent.name
+        module = load_model_module(model_path, model_name)
+        try:
+            run_auto_complete(config, model_class(module, model_path), model_name, model_path)
+        finally:
+            unload_model_module(module)
+
+    @classmethod
+    def gpu_unavailable_reason(cls, gpus: GpuInfo) -> str:
+        return ""  # the model itself uses the device it is told (see the module docstring)
+
+    @classmethod
+    def create_instance(
+        cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
+    ) -> ModelInstance:
+        return PythonInstance(config, model_path, device)
+
+
+def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> dict[str, str]:
+    """The `args` of TritonPythonModel.initialize(), all strings as in Triton."""
+    return {
+        "model_config": json.dumps(config_to_json(config.proto)),
+        "model_instance_kind": "GPU" if device.kind == "gpu" else "CPU",
+        "model_instance_name": device.name or f"{config.name}_0",
+        "model_instance_device_id": str(device.index),
+        "model_repository": str(model_file.parent.parent),
+        "model_version": model_file.parent.name,
+        "model_name": config.name,
+    }
+
+
+class PythonInstance(ModelInstance):
+    """One TritonPythonModel object. Not `runs_on_any_thread`: model code may keep thread-bound
+    state and take any time, so it never runs on the event loop."""
+
+    takes_requests = True
+
+    def __init__(self, config: ModelConfig, model_file: Path, device: Device) -> None:
+        self._name = config.name
+        self._file = model_file
+        self._outputs = {t.name: t for t in config.outputs}
+        self._all_outputs = tuple(self._outputs)
+        self._module = load_model_module(model_file, config.name)
+        step = f"{MODEL_CLASS}()"
+        try:
+            model = model_class(self._module, model_file)()
+            initialize = getattr(model, "initialize", None)
+            if initialize is not None:
+                step = "initialize()"
+                initialize(initialize_args(config, model_file, device))
+        except InferdError:
+            unload_model_module(self._module)
+            raise
+        except (Exception, SystemExit) as exc:
+            unload_model_module(self._module)
+            raise invalid(f"{model_file}: {step} failed: {describe(exc)}") from None
+        self._model: Any = model
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request (warmup): its outputs, or its error raised."""
+        outcome = self.execute_requests([InstanceRequest(inputs)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        assert self._model is not None, "execute() after close()"
+        batch = [self._request(r) for r in requests]
+        try:
+            responses = self._model.execute(batch)
+        except Exception as exc:  # fails the whole batch, as in Triton
+            log.warning("model '%s': execute() raised", self._name, exc_info=exc)
+            raise internal(f"model '{self._name}' failed to execute: {describe(exc)}") from None
+        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+            got = (
+                len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+            )
+            raise internal(
+                f"model '{self._name}': execute() must return a list of one InferenceResponse "
+                f"per request ({len(requests)}), got {got}"
+            )
+        return [self._outcome(resp, req) for resp, req in zip(responses, requests, strict=True)]
+
+    def close(self) -> None:
+        model, self._model = self._model, None
+        try:
+            finalize = getattr(model, "finalize", None)
+            if finalize is not None:
+                finalize()
+        except Exception as exc:
+            raise internal(f"{self._file}: finalize() failed: {describe(exc)}") from exc
+        finally:
+            unload_model_module(self._module)
+
+    def _request(self, request: InstanceRequest) -> api.InferenceRequest:
+        params = request.parameters
+        correlation_id: ParamValue = 0
+        flags = 0
+        custom: dict[str, ParamValue] = {}
+        if params:
+            correlation_id = params.get("sequence_id", 0)
+            if params.get("sequence_start"):
+                flags |= api.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+            if params.get("sequence_end"):
+                flags |= api.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
+            custom = {k: v for k, v in params.items() if k not in _RESERVED_PARAMETERS}
+        timeout = params.get("timeout", 0) if params else 0
+        return api.InferenceRequest(
+            model_name=self._name,
+            inputs=[api.Tensor(name, array) for name, array in request.inputs.items()],
+            requested_output_names=list(request.outputs or self._all_outputs),
+            correlation_id=correlation_id if isinstance(correlation_id, int | str) else 0,
+            request_id=request.id,
+            flags=flags,
+            timeout=timeout if isinstance(timeout, int) else 0,
+            parameters=custom,
+        )
+
+    def _outcome(self, response: object, request: InstanceRequest) -> RequestOutcome:
+        if not isinstance(response, api.InferenceResponse):
+            return internal(
+                f"model '{self._name}': execute() returned a {type(response).__name__} where an "
+                "InferenceResponse belongs"
+            )
+        if response.has_error():
+            return to_inferd_error(response.error())
+        given: dict[str, np.ndarray] = {}
+        for tensor in response.output_tensors():
+            if not isinstance(tensor, api.Tensor):
+                return internal(
+                    f"model '{self._name}': an InferenceResponse holds a "
+                    f"{type(tensor).__name__} where a Tensor belongs"
+                )
+            given[tensor.name()] = tensor.as_numpy()
+        outputs: dict[str, np.ndarray] = {}
+        # Outputs the client did not ask for are dropped, as Triton does.
+        for name in request.outputs or self._all_outputs:
+            array = given.get(name)
+            if array is None:
+                returned = ", ".join(sorted(given)) or "none"
+                return internal(
+                    f"model '{self._name}' did not return output '{name}' (it returned: {returned})"
+                )
+            try:
+                outputs[name] = conform_output(array, self._outputs[name])
+            except InferdError as exc:
+                return internal(f"model '{self._name}': {exc.message}")
+        return outputs
+
+
+def conform_output(array: np.ndarray, spec: TensorConfig) -> np.ndarray:
+    """The model's array for an output, checked against the config's data type. BYTES may come
+    as an np.bytes_ array or as objects (bytes, str, or anything else, sent as its str())."""
+    if spec.datatype is DataType.BYTES:
+        if array.dtype.kind == "S":
+            return _objects([bytes(item) for item in array.ravel()], array.shape)
+        if array.dtype.kind != "O":
+            raise invalid(
+                f"output '{spec.name}' must hold bytes (np.object_ or np.bytes_) for its "
+                f"config's TYPE_STRING, got {array.dtype}"
+            )
+        items = array.ravel().tolist()
+        if all(isinstance(item, bytes | str) for item in items):
+            return array
+        return _objects(
+            [item if isinstance(item, bytes | str) else str(item) for item in items], array.shape
+        )
+    if array.dtype != spec.dtype:
+        raise invalid(
+            f"output '{spec.name}' has type {_type_name(array)}, but the config declares "
+            f"{spec.datatype.config_name}"
+        )
+    return array
+
+
+def _objects(items: list[Any], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _type_name(array: np.ndarray) -> str:
+    try:
+        return DataType.from_numpy(array.dtype).config_name
+    except KeyError:
+        return f"numpy {array.dtype}"

@@ -1,0 +1,406 @@
+"""inferd's `triton_python_backend_utils`: the API that Triton python-backend models import as
+`pb_utils`, implemented over numpy so that their model.py runs unchanged.
+
+The python backend (python.py) registers this module under Triton's name when a python model
+loads; nothing here runs at import time and nothing here holds state, so one module serves
+every model. What inferd cannot do (decoupled response senders, BLS calls to other models,
+DLPack/GPU tensors, custom metrics) raises TritonModelException naming the feature, never an
+AttributeError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from typing import Any, ClassVar, NoReturn
+
+import ml_dtypes
+import numpy as np
+
+from inferd.backends.python_autocomplete import AutoCompleteConfig
+
+__all__ = [
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
+    "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
+    "InferenceRequest",
+    "InferenceResponse",
+    "LogLevel",
+    "Logger",
+    "Metric",
+    "MetricFamily",
+    "ModelConfig",
+    "Tensor",
+    "TritonError",
+    "TritonModelException",
+    "deserialize_bytes_tensor",
+    "get_input_config_by_name",
+    "get_input_tensor_by_name",
+    "get_output_config_by_name",
+    "get_output_tensor_by_name",
+    "numpy_to_triton_type",
+    "serialize_byte_tensor",
+    "triton_string_to_numpy",
+    "triton_to_numpy_type",
+    "using_decoupled_model_transaction_policy",
+]
+
+log = logging.getLogger(__name__)
+
+# The object a model's auto_complete_config() receives, under the name Triton gives it.
+ModelConfig = AutoCompleteConfig
+
+# Request flags (TRITONSERVER_RequestFlag) and the final-response flag of Triton's C API.
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+# config.pbtxt data_type names -> numpy scalar types, as models look them up.
+TRITON_STRING_TO_NUMPY: Mapping[str, type[Any]] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+    "TYPE_BF16": ml_dtypes.bfloat16,
+}
+
+# TRITONSERVER_DataType codes, in enum order (0 is TRITONSERVER_TYPE_INVALID).
+_TYPE_CODES: tuple[type[Any], ...] = (
+    np.bool_,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.object_,
+    ml_dtypes.bfloat16,
+)
+_BYTES_CODE = 13
+_LENGTH = struct.Struct("<I")
+
+
+def triton_string_to_numpy(triton_type_string: str) -> type[Any]:
+    return TRITON_STRING_TO_NUMPY[triton_type_string]
+
+
+def triton_to_numpy_type(data_type: int) -> type[Any] | None:
+    return _TYPE_CODES[data_type - 1] if 1 <= data_type <= len(_TYPE_CODES) else None
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    """The TRITONSERVER_DataType code of a numpy dtype or scalar type (None when it has none)."""
+    dtype = np.dtype(data_type)
+    if dtype.kind in "OS":
+        return _BYTES_CODE
+    for code, scalar in enumerate(_TYPE_CODES, start=1):
+        if dtype == np.dtype(scalar):
+            return code
+    return None
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> bytes:
+    """BYTES elements, row-major, each as a 4-byte little-endian length and its bytes."""
+    parts: list[bytes] = []
+    for item in input_tensor.ravel().tolist():
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts += (_LENGTH.pack(len(data)), data)
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """The inverse of serialize_byte_tensor: a flat object array of bytes."""
+    data = bytes(encoded_tensor)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        items.append(data[offset : offset + length])
+        offset += length
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def _unsupported(what: str) -> NoReturn:
+    raise TritonModelException(f"{what} is not supported by inferd's python backend")
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class TritonError(Exception):
+    """An error a model reports, for one response (`InferenceResponse(error=...)`) or raised.
+    The code decides the protocol status the client sees."""
+
+    UNKNOWN: ClassVar[int] = 0
+    INTERNAL: ClassVar[int] = 1
+    NOT_FOUND: ClassVar[int] = 2
+    INVALID_ARG: ClassVar[int] = 3
+    UNAVAILABLE: ClassVar[int] = 4
+    UNSUPPORTED: ClassVar[int] = 5
+    ALREADY_EXISTS: ClassVar[int] = 6
+    CANCELLED: ClassVar[int] = 7
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):
+    """Raised by the API (and by models) for a failure; an internal error for the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self._message = message
+
+    def message(self) -> str:
+        return self._message
+
+
+# ---- tensors, requests, responses --------------------------------------------------------------
+
+
+class Tensor:
+    """A named tensor in CPU memory, holding a numpy array (no copy)."""
+
+    __slots__ = ("_array", "_name")
+
+    def __init__(self, name: str, numpy_array: Any) -> None:
+        # Anything numpy can view as an array is accepted, as Triton's binding does.
+        array = np.asarray(numpy_array)
+        if array.dtype.kind in "UV":
+            raise TritonModelException(
+                f"tensor '{name}': numpy dtype {array.dtype} is not supported; hold strings as "
+                "bytes in an np.object_ array"
+            )
+        self._name = name
+        self._array = array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def is_cpu(self) -> bool:
+        return True  # inferd hands python models host memory only
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int | None:
+        return numpy_to_triton_type(self._array.dtype)
+
+    def to_dlpack(self) -> NoReturn:
+        _unsupported("Tensor.to_dlpack() (DLPack tensors)")
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> NoReturn:
+        _unsupported("Tensor.from_dlpack() (DLPack/GPU tensors)")
+
+    def __repr__(self) -> str:
+        return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
+
+
+class InferenceRequest:
+    """A request handed to `execute()`. Models may also build one, as for a BLS call to another
+    model, but inferd cannot run it: exec() says so."""
+
+    def __init__(
+        self,
+        model_name: str = "",
+        inputs: Sequence[Tensor] = (),
+        requested_output_names: Sequence[str] = (),
+        correlation_id: int | str = 0,
+        request_id: str = "",
+        flags: int = 0,
+        timeout: int = 0,
+        parameters: Mapping[str, Any] | str | None = None,
+        **_bls_options: Any,  # model_version, preferred_memory, trace: BLS only
+    ) -> None:
+        self._model_name = model_name
+        self._inputs = list(inputs)
+        self._requested = list(requested_output_names)
+        self._correlation_id = correlation_id
+        self._request_id = request_id
+        self._flags = flags
+        self._timeout = timeout
+        self._parameters = parameters or {}
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def timeout(self) -> int:
+        return self._timeout
+
+    def parameters(self) -> str:
+        """The request's own parameters as a JSON object (Triton's reserved ones left out)."""
+        if isinstance(self._parameters, str):
+            return self._parameters
+        return json.dumps(dict(self._parameters))
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def is_cancelled(self) -> bool:
+        return False  # a request that reached execute() is answered
+
+    def get_response_sender(self) -> NoReturn:
+        _unsupported("InferenceRequest.get_response_sender() (decoupled models)")
+
+    def exec(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _unsupported("InferenceRequest.exec() (business logic scripting, BLS)")
+
+    async def async_exec(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _unsupported("InferenceRequest.async_exec() (business logic scripting, BLS)")
+
+    def set_release_flags(self, flags: int) -> NoReturn:
+        _unsupported("InferenceRequest.set_release_flags() (request rescheduling)")
+
+
+class InferenceResponse:
+    """The answer to one request: output tensors, or an error for that request alone."""
+
+    def __init__(
+        self,
+        output_tensors: Sequence[Tensor] | None = None,
+        error: TritonError | None = None,
+        parameters: Mapping[str, Any] | str | None = None,
+    ) -> None:
+        if output_tensors is not None and not isinstance(output_tensors, list | tuple):
+            raise TritonModelException('"output_tensors" must be a list.')
+        if parameters:  # the data plane has no place for them: refuse rather than drop them
+            _unsupported("InferenceResponse parameters")
+        self._outputs = list(output_tensors or ())
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return "{}"
+
+
+def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in inference_request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(inference_response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in inference_response.output_tensors() if t.name() == name), None)
+
+
+# ---- the model config (a dict parsed from args["model_config"]) -------------------------------
+
+
+def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
+    return next((t for t in model_config.get("input", ()) if t["name"] == name), None)
+
+
+def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
+    return next((t for t in model_config.get("output", ()) if t["name"] == name), None)
+
+
+def using_decoupled_model_transaction_policy(model_config: Mapping[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+# ---- logging and metrics -----------------------------------------------------------------------
+
+
+class LogLevel(IntEnum):
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+_LOGGING_LEVELS = {
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+    LogLevel.VERBOSE: logging.DEBUG,
+}
+
+
+class Logger:
+    """Triton's model logger, writing to Python logging (the server's log)."""
+
+    @staticmethod
+    def log(message: str, level: LogLevel = LogLevel.INFO) -> None:
+        log.log(_LOGGING_LEVELS.get(LogLevel(level), logging.INFO), "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        log.info("%s", message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        log.warning("%s", message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        log.error("%s", message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        log.debug("%s", message)
+
+
+class MetricFamily:
+    """Custom metrics: not supported (a model that defines them fails to load, loudly)."""
+
+    COUNTER: ClassVar[int] = 0
+    GAUGE: ClassVar[int] = 1
+    HISTOGRAM: ClassVar[int] = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _unsupported("pb_utils.MetricFamily (custom metrics)")
+
+
+class Metric:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _unsupported("pb_utils.Metric (custom metrics)")

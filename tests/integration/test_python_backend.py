@@ -1,0 +1,322 @@
+"""Triton python-backend models served unchanged: a repository of model.py files behind a real
+server, driven by the real tritonclient over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from inferd.backends.gpu import GpuInfo
+from inferd.backends.registry import BackendRegistry
+from inferd.repository.manager import ModelRepository, RepositorySettings
+from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.python_models import (
+    ADD_SUB,
+    ADD_SUB_CONFIG,
+    AUTO,
+    BATCHER,
+    BATCHER_CONFIG,
+    FINALIZER,
+    IDENTITY_CONFIG,
+    INFO,
+    INFO_CONFIG,
+    RAISER,
+    REVERSE,
+    REVERSE_CONFIG,
+    config_named,
+    write_python_model,
+)
+
+PROTOCOLS = ("http", "grpc")
+# The status each front door gives an error code (the protocol parity tables).
+STATUS = {
+    "http": {"invalid": "400", "internal": "500", "unavailable": "503"},
+    "grpc": {
+        "invalid": "StatusCode.INVALID_ARGUMENT",
+        "internal": "StatusCode.INTERNAL",
+        "unavailable": "StatusCode.UNAVAILABLE",
+    },
+}
+
+BROKEN = {
+    "syntax_error": (
+        "class TritonPythonModel:\n    def execute(self, requests)\n",
+        IDENTITY_CONFIG,
+    ),
+    "no_model_class": ("class Model:\n    pass\n", IDENTITY_CONFIG),
+    "initialize_fails": (
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise FileNotFoundError('weights.bin')\n"
+        "    def execute(self, requests):\n"
+        "        return []\n",
+        IDENTITY_CONFIG,
+    ),
+    "decoupled": (ADD_SUB, IDENTITY_CONFIG + "model_transaction_policy { decoupled: true }"),
+}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("python_models")
+    write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    write_python_model(root, "reverse", REVERSE, REVERSE_CONFIG)
+    write_python_model(root, "auto", AUTO)  # no config.pbtxt
+    write_python_model(root, "info", INFO, INFO_CONFIG)
+    write_python_model(root, "batcher", BATCHER, BATCHER_CONFIG)
+    write_python_model(root, "raiser", RAISER, IDENTITY_CONFIG)
+    # default_model_filename names the file in place of model.py.
+    (root / "renamed" / "1").mkdir(parents=True)
+    (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
+    renamed = config_named(ADD_SUB_CONFIG, "renamed") + 'default_model_filename: "add_sub.py"'
+    (root / "renamed" / "config.pbtxt").write_text(renamed)
+    for name, (source, config) in BROKEN.items():
+        write_python_model(root, name, source, config)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,)))
+    yield running
+    running.stop()
+
+
+def infer(
+    server: RunningServer,
+    protocol: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None = None,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """One inference with the real client of `protocol`; the outputs by name."""
+    module: Any = httpclient if protocol == "http" else grpcclient
+    url = server.http_url if protocol == "http" else server.grpc_url
+    client = module.InferenceServerClient(url)
+    try:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        wanted = [module.InferRequestedOutput(name) for name in outputs] if outputs else None
+        result = client.infer(model, tensors, outputs=wanted, **options)
+        response = result.get_response() if protocol == "http" else result.get_response(True)
+        names = outputs or [o["name"] for o in response["outputs"]]
+        return {name: result.as_numpy(name) for name in names}
+    finally:
+        client.close()
+
+
+def fails(call: Callable[[], Any], protocol: str, code: str) -> str:
+    """The message of the error `call` must raise with `code`'s status."""
+    with pytest.raises(InferenceServerException) as error:
+        call()
+    assert error.value.status() == STATUS[protocol][code], error.value.message()
+    return str(error.value.message())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_add_sub(server: RunningServer, protocol: str) -> None:
+    a = np.array([1, 2, 3, 4], np.float32)
+    b = np.array([10, 20, 30, 40], np.float32)
+    out = infer(server, protocol, "add_sub", {"INPUT0": a, "INPUT1": b})
+    assert out["OUTPUT0"].tolist() == [11, 22, 33, 44]
+    assert out["OUTPUT1"].tolist() == [-9, -18, -27, -36]
+    assert out["OUTPUT0"].dtype == np.float32
+    only = infer(server, protocol, "add_sub", {"INPUT0": a, "INPUT1": b}, outputs=["OUTPUT1"])
+    assert list(only) == ["OUTPUT1"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bytes_model(server: RunningServer, protocol: str) -> None:
+    text = np.array([[b"inferd"], ["caf\u00e9".encode()]], dtype=np.object_)
+    out = infer(server, protocol, "reverse", {"TEXT": text})
+    assert out["REVERSED"].tolist() == [[b"drefni"], ["caf\u00e9".encode()[::-1]]]
+
+
+def test_default_model_filename_is_respected(server: RunningServer) -> None:
+    x = np.ones(4, np.float32)
+    assert (
+        infer(server, "http", "renamed", {"INPUT0": x, "INPUT1": x})["OUTPUT0"].tolist() == [2] * 4
+    )
+
+
+def test_model_metadata_and_config(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        metadata = client.get_model_metadata("add_sub")
+        config = client.get_model_config("auto")
+    finally:
+        client.close()
+    assert metadata["platform"] == "python"
+    assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
+        ("INPUT0", "FP32", [4]),
+        ("INPUT1", "FP32", [4]),
+    ]
+    # "auto" has no config.pbtxt: its auto_complete_config() wrote all of this.
+    assert (config["backend"], config["max_batch_size"]) == ("python", 4)
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("INPUT0", "TYPE_FP32", [2])
+    ]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [
+        ("OUTPUT0", "TYPE_FP32", [2])
+    ]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+
+
+def test_auto_completed_model_serves(server: RunningServer) -> None:
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    assert infer(server, "grpc", "auto", {"INPUT0": x})["OUTPUT0"].tolist() == [[2, 4], [6, 8]]
+
+
+def test_initialize_gets_tritons_args(server: RunningServer, repo: Path) -> None:
+    out = infer(server, "http", "info", {"INPUT0": np.array([1], np.int32)}, outputs=["ARGS"])
+    args = json.loads(out["ARGS"][0])
+    assert json.loads(args.pop("model_config"))["name"] == "info"
+    assert args == {
+        "model_name": "info",
+        "model_repository": str(repo / "info"),
+        "model_version": "1",
+        "model_instance_kind": "CPU",
+        "model_instance_name": "info_0_0",
+        "model_instance_device_id": "0",
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_id_and_parameters_reach_the_model(server: RunningServer, protocol: str) -> None:
+    out = infer(
+        server,
+        protocol,
+        "info",
+        {"INPUT0": np.array([1], np.int32)},
+        outputs=["REQUEST"],
+        request_id="req-7",
+        parameters={"tenant": "a"},
+    )
+    seen = json.loads(out["REQUEST"][0])
+    assert (seen["request_id"], seen["parameters"]) == ("req-7", {"tenant": "a"})
+    assert seen["requested"] == ["REQUEST"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_dynamic_batch_reaches_one_execute_and_an_error_fails_only_its_request(
+    server: RunningServer, protocol: str
+) -> None:
+    values = [1.0, -1.0, 2.0, 3.0]  # preferred_batch_size 4: one batch, after all four
+
+    def one(value: float) -> dict[str, np.ndarray] | str:
+        x = np.array([[value]], np.float32)
+        try:
+            return infer(server, protocol, "batcher", {"INPUT0": x})
+        except InferenceServerException as exc:
+            assert exc.status() == STATUS[protocol]["invalid"]
+            return str(exc.message())
+
+    with ThreadPoolExecutor(len(values)) as pool:
+        results = list(pool.map(one, values))
+    assert results[1] == "negative input"  # the model's own message and code
+    for value, result in zip(values, results, strict=True):
+        if value >= 0:
+            assert isinstance(result, dict)
+            assert result["Y"].tolist() == [[2 * value]]
+            assert result["COUNT"].tolist() == [[4]]  # execute() got all four requests
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_exception_in_execute_fails_the_request_with_its_message(
+    server: RunningServer, protocol: str
+) -> None:
+    x = {"INPUT0": np.zeros(4, np.float32)}
+    message = fails(lambda: infer(server, protocol, "raiser", x), protocol, "internal")
+    assert message == "model 'raiser' failed to execute: ValueError: cannot compute this batch"
+
+
+def test_broken_models_are_unavailable_with_a_reason_and_the_others_serve(
+    server: RunningServer, repo: Path
+) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        index = {e["name"]: e for e in client.get_model_repository_index()}
+    finally:
+        client.close()
+    for name in BROKEN:
+        assert index[name]["state"] == "UNAVAILABLE", name
+    reasons = {name: index[name]["reason"] for name in BROKEN}
+    assert str(repo / "syntax_error" / "1" / "model.py") in reasons["syntax_error"]
+    assert "SyntaxError" in reasons["syntax_error"]
+    assert "defines no class TritonPythonModel" in reasons["no_model_class"]
+    assert "initialize() failed: FileNotFoundError: weights.bin" in reasons["initialize_fails"]
+    assert "decoupled: true } is not supported" in reasons["decoupled"]
+    message = fails(
+        lambda: infer(server, "grpc", "syntax_error", {"INPUT0": np.zeros(4, np.float32)}),
+        "grpc",
+        "unavailable",
+    )
+    assert "SyntaxError" in message
+    x = np.ones(4, np.float32)
+    assert (
+        infer(server, "grpc", "add_sub", {"INPUT0": x, "INPUT1": x})["OUTPUT0"].tolist() == [2] * 4
+    )
+
+
+def test_unload_runs_finalize(tmp_path: Path, server_factory: Callable[..., RunningServer]) -> None:
+    write_python_model(
+        tmp_path, "final", FINALIZER, IDENTITY_CONFIG + "instance_group [{ count: 2 }]"
+    )
+    write_python_model(tmp_path, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", load_models=("*",)
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        x = {"INPUT0": np.arange(4, dtype=np.float32)}
+        assert infer(server, "http", "final", x)["OUTPUT0"].tolist() == [0, 1, 2, 3]
+        assert not list(tmp_path.glob("final/finalized_*"))
+        client.unload_model("final")  # returns once the instances are closed
+    finally:
+        client.close()
+    markers = sorted(p.name for p in (tmp_path / "final").glob("finalized_*"))
+    assert markers == ["finalized_final_0_0", "finalized_final_0_1"]
+    assert infer(server, "http", "add_sub", {"INPUT0": x["INPUT0"], "INPUT1": x["INPUT0"]})
+
+
+async def test_gpu_instances_are_told_their_device(tmp_path: Path) -> None:
+    # As Triton: the model runs in the server process and is told its device, to use as it will.
+    config = INFO_CONFIG + "instance_group [{ kind: KIND_GPU gpus: [ 1 ] }]"
+    write_python_model(tmp_path, "info", INFO, config)
+    for gpus in (GpuInfo(count=2, reason="", driver_cuda=(13, 0)), GpuInfo()):
+        settings = RepositorySettings(roots=(tmp_path,), gpus=gpus)
+        repository = ModelRepository(settings, BackendRegistry(), asyncio.get_running_loop())
+        await repository.load_all()
+        try:
+            (version,) = repository.model_versions("info")
+            if not gpus.count:  # no GPU: the loader's rule for every backend
+                assert version.state == "UNAVAILABLE"
+                assert "asks for KIND_GPU, but no GPU is available" in version.reason
+                continue
+            assert (version.state, version.devices) == ("READY", "1 x gpu:1")
+            assert version.scheduler is not None
+            outputs = await version.scheduler.submit(
+                {"INPUT0": np.array([1], np.int32)}, 1, None, time.monotonic_ns()
+            )
+        finally:
+            await repository.close()
+        args = json.loads(outputs["ARGS"][0])
+        assert args["model_instance_kind"] == "GPU"
+        assert args["model_instance_device_id"] == "1"
+        assert args["model_instance_name"] == "info_0_0"

@@ -1,0 +1,228 @@
+"""Tiny Triton python-backend models for tests: model.py sources written against the
+`triton_python_backend_utils` API, their configs, and a writer for repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Triton's canonical example: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, with the
+# output types read from the config the way Triton's own example does.
+ADD_SUB = """
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.dtypes = {
+            name: pb_utils.triton_string_to_numpy(
+                pb_utils.get_output_config_by_name(config, name)["data_type"]
+            )
+            for name in ("OUTPUT0", "OUTPUT1")
+        }
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            sum_ = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(self.dtypes["OUTPUT0"]))
+            diff = pb_utils.Tensor("OUTPUT1", (in0 - in1).astype(self.dtypes["OUTPUT1"]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[sum_, diff]))
+        return responses
+
+    def finalize(self):
+        pb_utils.Logger.log_info("add_sub: finalize")
+"""
+
+ADD_SUB_CONFIG = """
+name: "add_sub"
+backend: "python"
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+instance_group [{ kind: KIND_CPU }]
+"""
+
+# BYTES in and out: each string reversed.
+REVERSE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            flipped = np.array([item[::-1] for item in text.ravel()], dtype=np.object_)
+            out = pb_utils.Tensor("REVERSED", flipped.reshape(text.shape))
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
+REVERSE_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }]
+output [{ name: "REVERSED" data_type: TYPE_STRING dims: [ 1 ] }]
+"""
+
+# No config at all: auto_complete_config() says everything. OUTPUT0 = 2 * INPUT0.
+AUTO = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        auto_complete_model_config.set_max_batch_size(4)
+        auto_complete_model_config.add_input(
+            {"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [2]}
+        )
+        auto_complete_model_config.add_output(
+            {"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [2]}
+        )
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", 2 * x)]))
+        return responses
+"""
+
+# Tells what it was given: its initialize() args, and per request what the request says.
+INFO = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = dict(args)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seen = {
+                "request_id": request.request_id(),
+                "parameters": json.loads(request.parameters()),
+                "correlation_id": request.correlation_id(),
+                "flags": request.flags(),
+                "requested": request.requested_output_names(),
+            }
+            outputs = [
+                pb_utils.Tensor(name, np.array([json.dumps(value).encode()], dtype=np.object_))
+                for name, value in (("ARGS", self.args), ("REQUEST", seen))
+                if name in request.requested_output_names()
+            ]
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+"""
+
+INFO_CONFIG = """
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [
+  { name: "ARGS" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "REQUEST" data_type: TYPE_STRING dims: [ 1 ] }
+]
+"""
+
+# Dynamic batching: every request learns how many requests its execute() call got (COUNT);
+# a request with a negative value fails alone, with an INVALID_ARG error.
+BATCHER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if (x < 0).any():
+                error = pb_utils.TritonError("negative input", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            count = np.full((x.shape[0], 1), len(requests), dtype=np.int32)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("Y", x * 2), pb_utils.Tensor("COUNT", count)]
+                )
+            )
+        return responses
+"""
+
+BATCHER_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]
+output [
+  { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] }
+]
+dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 5000000 }
+"""
+
+RAISER = """
+class TritonPythonModel:
+    def execute(self, requests):
+        raise ValueError("cannot compute this batch")
+"""
+
+# finalize() leaves a file named after the instance in the model's folder.
+FINALIZER = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marker = f"{args['model_repository']}/finalized_{args['model_instance_name']}"
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())])
+            for r in requests
+        ]
+
+    def finalize(self):
+        with open(self.marker, "w") as marker:
+            marker.write("done")
+"""
+
+IDENTITY_CONFIG = """
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
+"""
+
+
+def config_named(config: str, name: str) -> str:
+    """The add_sub config for a model folder of another name."""
+    return config.replace('name: "add_sub"', f'name: "{name}"')
+
+
+def write_python_model(
+    repo: Path, name: str, source: str, config: str | None = None, versions: tuple[int, ...] = (1,)
+) -> Path:
+    """Write <repo>/<name>/<v>/model.py for each version, and config.pbtxt if given."""
+    model_dir = repo / name
+    for version in versions:
+        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+        (model_dir / str(version) / "model.py").write_text(source)
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
+    return model_dir
