@@ -23,7 +23,8 @@ from pathlib import Path
 from inferd.benchmarks import peers, perf_sweep, procs, report, servers
 from inferd.benchmarks.perf_sweep import Cell, SweepOptions
 
-ALL_SERVERS = ["inferd", *servers.PEERS]  # inferd-examples has no tiny model to compare
+# inferd-examples has no tiny model to compare; inferd-py serves triton-py's own repository.
+ALL_SERVERS = ["inferd", "inferd-py", *servers.PEERS]
 
 
 def run_server(

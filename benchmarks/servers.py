@@ -42,7 +42,12 @@ class Server:
 
 
 def inferd(
-    base_port: int, workdir: Path, *, repository: Path | None, extra_args: Sequence[str] = ()
+    base_port: int,
+    workdir: Path,
+    *,
+    repository: Path | None,
+    extra_args: Sequence[str] = (),
+    name: str = "",
 ) -> Server:
     """inferd from this interpreter's environment; no repository = the bundled examples."""
     byte_compile_inferd()
@@ -52,7 +57,7 @@ def inferd(
     argv += ["--http-address", LOCALHOST, "--http-port", str(base_port)]
     argv += ["--grpc-address", LOCALHOST, "--grpc-port", str(base_port + 1)]
     argv += ["--metrics-address", LOCALHOST, "--metrics-port", str(base_port + 2), *extra_args]
-    name = "inferd" if repository is not None else "inferd-examples"
+    name = name or ("inferd" if repository is not None else "inferd-examples")
     return Server(name, argv, workdir, base_port, TINY if repository is not None else SIMPLE)
 
 
@@ -113,7 +118,8 @@ PEERS: dict[str, Callable[[Path, int, Path], Server]] = {
 def build(
     name: str, peers: Path | None, base_port: int, workdir: Path, inferd_args: Sequence[str] = ()
 ) -> Server:
-    """inferd (on $PEERS/models/repo), inferd-examples (bundled examples) or a peer by name."""
+    """inferd (on $PEERS/models/repo), inferd-py (on triton-py's python-backend repository,
+    $PEERS/models/repo-py, unchanged), inferd-examples (bundled examples) or a peer by name."""
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "inferd-examples":
         return inferd(base_port, workdir, repository=None, extra_args=inferd_args)
@@ -122,7 +128,10 @@ def build(
     if name == "inferd":
         repo = require(peers / "models" / "repo")
         return inferd(base_port, workdir, repository=repo, extra_args=inferd_args)
+    if name == "inferd-py":
+        repo = require(peers / "models" / "repo-py")
+        return inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
     return PEERS[name](peers, base_port, workdir)
 
 
-NAMES = ["inferd", "inferd-examples", *PEERS]
+NAMES = ["inferd", "inferd-py", "inferd-examples", *PEERS]
