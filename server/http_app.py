@@ -211,7 +211,7 @@ class HttpFrontDoor:
         raw_length = headers.get(b"inference-header-content-length")
         shared = self._core.shared_memory
         if raw_length is None:
-            return decode_infer_request(body, None, model, version, None, shared)
+            return decode_infer_request(body, None, model, version, self._headers, shared)
         if not raw_length.strip().isdigit():
             raise invalid(
                 f"Inference-Header-Content-Length must be a non-negative integer, got "

@@ -31,6 +31,7 @@ from inferd.server.types import (
     InferResponse,
     Params,
     RequestedOutput,
+    SharedMemoryRef,
 )
 
 _FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
@@ -41,6 +42,9 @@ _INT_TYPES: frozenset[type] = frozenset({int})
 _FLOAT_TYPES: frozenset[type] = frozenset({int, float})
 _BOOL_TYPES: frozenset[type] = frozenset({bool})
 _BYTES_TYPES: frozenset[type] = frozenset({str})
+# A JSON-only body up to this size is looked up in the header cache: all its tensors may be in
+# shared memory. Larger ones carry their data in the JSON, and copying them for a key is waste.
+_SMALL_JSON = 4096
 _JSON_NAMES: dict[type, str] = {
     bool: "boolean",
     int: "integer",
@@ -68,13 +72,15 @@ class _BinaryInput:
     name: str
     datatype: DataType
     shape: tuple[int, ...]
-    size: int
+    size: int  # bytes in the body; 0 for an input in shared memory
+    shared: SharedMemoryRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _HeaderPlan:
-    """A decoded JSON header whose inputs are all binary: the same header bytes always decode
-    to the same request apart from the tensor bytes, so the JSON work is done once."""
+    """A decoded JSON header whose inputs are all binary or in shared memory: the same header
+    bytes always decode to the same request apart from the tensor bytes, so the JSON work is
+    done once. (Regions are looked up by name for each request: they may change between.)"""
 
     request_id: str
     parameters: Params
@@ -115,9 +121,10 @@ def decode_infer_request(
     """Decode an inference request body.
 
     header_length None = the whole body is JSON; N > 0 = the first N bytes are JSON and the
-    binary tensor chunks follow. With a cache, binary requests reuse decoded headers. Inputs
-    in shared memory are read from `shared_memory`'s regions (a request naming a region
-    without a registry is refused).
+    binary tensor chunks follow. With a cache, requests whose tensors are all binary or in
+    shared memory reuse decoded headers (a pure JSON body only when it is small: one whose
+    tensors are in shared memory is). Inputs in shared memory are read from `shared_memory`'s
+    regions (a request naming a region without a registry is refused).
     """
     view = memoryview(body).cast("B")
     if header_length is None:
@@ -130,11 +137,11 @@ def decode_infer_request(
             f"size {len(view)}"
         )
     key = None
-    if cache is not None and header_length < len(view):
+    if cache is not None and (header_length < len(view) or header_length <= _SMALL_JSON):
         key = bytes(view[:header_length])
         plan = cache.get(key)
         if plan is not None and plan.binary_size == len(view) - header_length:
-            return _from_plan(plan, view, header_length, model_name, model_version)
+            return _from_plan(plan, view, header_length, model_name, model_version, shared_memory)
     doc = _load_json_object(view[:header_length])
 
     request_id = doc.get("id", "")
@@ -144,8 +151,6 @@ def decode_infer_request(
     parameters = _request_parameters(doc.get("parameters"), encoding)
     inputs, binary = _decode_inputs(doc.get("inputs"), view, header_length, shared_memory)
     outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
-    if outputs is not None and any(o.shared_memory for o in outputs):
-        binary = None  # such a request is checked against the regions each time: no plan
     request = InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -169,10 +174,20 @@ def decode_infer_request(
 
 
 def _from_plan(
-    plan: _HeaderPlan, view: memoryview, offset: int, model_name: str, model_version: str
+    plan: _HeaderPlan,
+    view: memoryview,
+    offset: int,
+    model_name: str,
+    model_version: str,
+    shared: SharedMemoryRegistry | None,
 ) -> tuple[InferRequest, OutputEncoding]:
     inputs: dict[str, np.ndarray] = {}
     for spec in plan.inputs:
+        if spec.shared is not None:
+            inputs[spec.name] = _shared_input(
+                shared, spec.shared, spec.name, spec.datatype, spec.shape
+            )
+            continue
         end = offset + spec.size
         if spec.datatype is DataType.BYTES:  # element lengths differ request by request
             inputs[spec.name] = tensor_from_bytes(
@@ -247,10 +262,9 @@ def _decode_inputs(
                     f"input '{name}' must set only one of 'data', 'binary_data_size' or "
                     f"'shared_memory_region'"
                 )
-            if shared is None:
-                raise unsupported(f"input '{name}': shared memory is not available here")
-            inputs[name] = shared.read_input(ref, name, datatype, shape)
-            binary = None
+            inputs[name] = _shared_input(shared, ref, name, datatype, shape)
+            if binary is not None:
+                binary.append(_BinaryInput(name, datatype, shape, 0, ref))
             continue
         if size is None:
             if "data" not in item:
@@ -277,6 +291,18 @@ def _decode_inputs(
             f"the request body has {len(view) - cursor} bytes after the last binary input"
         )
     return inputs, binary
+
+
+def _shared_input(
+    shared: SharedMemoryRegistry | None,
+    ref: SharedMemoryRef,
+    name: str,
+    datatype: DataType,
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    if shared is None:
+        raise unsupported(f"input '{name}': shared memory is not available here")
+    return shared.read_input(ref, name, datatype, shape)
 
 
 def _tensor_header(

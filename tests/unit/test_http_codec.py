@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -21,6 +22,7 @@ from inferd.server.http_codec import (
     encode_error,
     encode_infer_response,
 )
+from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.types import DataType, InferRequest, InferResponse
 
 ALL_TYPES = list(DataType)
@@ -680,6 +682,31 @@ def test_header_cache_checks_the_body_size_and_skips_json_data() -> None:
         {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     )
     assert decode_infer_request(json_body, None, "m", "", cache)[0].inputs["x"].tolist() == [1.0]
+
+
+def test_header_cache_plans_shared_memory_requests_and_looks_regions_up_each_time(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "key").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    regions = SharedMemoryRegistry(allow_client=True, directory=tmp_path)
+    regions.register_system("r", "/key", 0, 16)
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", **SHM_X}]})
+    cache = HeaderCache()
+    for _ in range(2):  # decoded, then from the plan
+        request, _ = decode_infer_request(body, None, "m", "", cache, regions)
+        assert request.inputs["x"].tolist() == [[0, 1, 2, 3]]
+    assert len(cache) == 1
+    regions.unregister_system("r")
+    with pytest.raises(InferdError, match="Unable to find shared memory region: 'r'"):
+        decode_infer_request(body, None, "m", "", cache, regions)
+    json_body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    )
+    decode_infer_request(json_body, None, "m", "", cache)
+    assert len(cache) == 1  # tensors in the JSON: nothing to plan
+
+
+SHM_X = {"parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16}}
 
 
 def test_header_cache_is_bounded() -> None:
