@@ -36,7 +36,7 @@ from inferd.server.grpc_codec import (
 from inferd.server.grpc_stacks import GrpcStack, start_stack
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
-from inferd.server.shared_memory_codec import grpc_cuda_status, grpc_system_status
+from inferd.server.shared_memory_codec import grpc_status
 from inferd.server.types import TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ class InferenceService:
     def system_shm_status(
         self, request: pb.SystemSharedMemoryStatusRequest
     ) -> pb.SystemSharedMemoryStatusResponse:
-        return grpc_system_status(self._core.shared_memory.system_status(request.name))
+        regions = self._core.shared_memory.system_status(request.name)
+        return grpc_status(pb.SystemSharedMemoryStatusResponse, regions)
 
     def system_shm_register(
         self, request: pb.SystemSharedMemoryRegisterRequest
@@ -188,7 +189,8 @@ class InferenceService:
     def cuda_shm_status(
         self, request: pb.CudaSharedMemoryStatusRequest
     ) -> pb.CudaSharedMemoryStatusResponse:
-        return grpc_cuda_status(self._core.shared_memory.cuda_status(request.name))
+        regions = self._core.shared_memory.cuda_status(request.name)
+        return grpc_status(pb.CudaSharedMemoryStatusResponse, regions)
 
     def cuda_shm_register(
         self, request: pb.CudaSharedMemoryRegisterRequest

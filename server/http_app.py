@@ -39,9 +39,8 @@ from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
 from inferd.server.shared_memory_codec import (
     http_cuda_register,
-    http_cuda_status,
+    http_status,
     http_system_register,
-    http_system_status,
 )
 from inferd.server.types import InferRequest
 
@@ -404,7 +403,7 @@ def _routes(
 
     async def system_shm_status(request: Request) -> Response:
         regions = core.shared_memory.system_status(request.path_params.get("region", ""))
-        return JSONResponse(http_system_status(regions))
+        return JSONResponse(http_status(regions))
 
     async def system_shm_register(request: Request) -> Response:
         key, offset, byte_size = http_system_register(await request.body())
@@ -417,7 +416,7 @@ def _routes(
 
     async def cuda_shm_status(request: Request) -> Response:
         regions = core.shared_memory.cuda_status(request.path_params.get("region", ""))
-        return JSONResponse(http_cuda_status(regions))
+        return JSONResponse(http_status(regions))
 
     async def cuda_shm_register(request: Request) -> Response:
         handle, device_id, byte_size = http_cuda_register(await request.body())

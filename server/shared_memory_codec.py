@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 import orjson
 from tritonclient.grpc import service_pb2 as pb
@@ -60,33 +62,23 @@ def _size(doc: dict[str, Any], field: str, default: int) -> int:
     return value
 
 
-def http_system_status(regions: list[SystemRegionStatus]) -> list[dict[str, Any]]:
-    return [
-        {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
-        for r in regions
-    ]
+RegionStatus = SystemRegionStatus | CudaRegionStatus
 
 
-def grpc_system_status(regions: list[SystemRegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
-    response = pb.SystemSharedMemoryStatusResponse()
-    for r in regions:
-        status = response.regions[r.name]
-        status.name = r.name
-        status.key = r.key
-        status.offset = r.offset
-        status.byte_size = r.byte_size
-    return response
+def http_status(regions: Sequence[RegionStatus]) -> list[dict[str, Any]]:
+    """The status list; each kind's fields are named as on the wire, in the wire's order."""
+    return [asdict(region) for region in regions]
 
 
-def http_cuda_status(regions: list[CudaRegionStatus]) -> list[dict[str, Any]]:
-    return [{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions]
+StatusResponse = TypeVar(
+    "StatusResponse", pb.SystemSharedMemoryStatusResponse, pb.CudaSharedMemoryStatusResponse
+)
 
 
-def grpc_cuda_status(regions: list[CudaRegionStatus]) -> pb.CudaSharedMemoryStatusResponse:
-    response = pb.CudaSharedMemoryStatusResponse()
-    for r in regions:
-        status = response.regions[r.name]
-        status.name = r.name
-        status.device_id = r.device_id
-        status.byte_size = r.byte_size
+def grpc_status(
+    response_type: type[StatusResponse], regions: Sequence[RegionStatus]
+) -> StatusResponse:
+    response = response_type()
+    for region in regions:
+        response.regions[region.name].CopyFrom(response_type.RegionStatus(**asdict(region)))
     return response
