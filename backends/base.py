@@ -8,13 +8,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from inferd.backends.gpu import GpuInfo
 from inferd.repository.config import ModelConfig, ModelConfigProto
-from inferd.server.types import ParamValue
+from inferd.server.types import InferRequest, InferResponse, ParamValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,16 @@ class Device:
         return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
 
 
+class ModelCalls(Protocol):
+    """How model code calls other models of this server (Triton's BLS)."""
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        """Blocking, from an instance thread."""
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        """From a coroutine on an instance's own event loop."""
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
     """Server-wide knobs a backend may read (Triton's --backend-config and friends)."""
@@ -37,6 +47,8 @@ class BackendSettings:
     auto_complete: bool = True
     total_cpu_instances: int = 1  # CPU instances of this model, to share threads among them
     cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
+    # None where models cannot call models (tests of one backend, tools).
+    model_calls: ModelCalls | None = field(default=None, compare=False)
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

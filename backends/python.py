@@ -14,6 +14,8 @@ wherever GPUs are present.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -28,6 +30,7 @@ from inferd.backends.base import (
     BackendSettings,
     Device,
     InstanceRequest,
+    ModelCalls,
     ModelInstance,
     RequestOutcome,
 )
@@ -56,22 +59,13 @@ _RESERVED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", LATENCY_SLO_PARAMETER}
 )
 
-_ERROR_CODES: Mapping[int, ErrorCode] = {
-    api.TritonError.INVALID_ARG: ErrorCode.INVALID_ARG,
-    api.TritonError.NOT_FOUND: ErrorCode.NOT_FOUND,
-    api.TritonError.UNAVAILABLE: ErrorCode.UNAVAILABLE,
-    api.TritonError.UNSUPPORTED: ErrorCode.UNSUPPORTED,
-    api.TritonError.ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
-    api.TritonError.CANCELLED: ErrorCode.CANCELLED,
-}
-
 
 def to_inferd_error(error: Any) -> InferdError:
     """A model's TritonError (or anything with message()) as the error the client gets; codes
     inferd has no match for (UNKNOWN, INTERNAL) are internal errors."""
     code = error.code() if isinstance(error, api.TritonError) else api.TritonError.INTERNAL
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
-    return InferdError(_ERROR_CODES.get(code, ErrorCode.INTERNAL), str(message))
+    return InferdError(api.ERROR_CODES.get(code, ErrorCode.INTERNAL), str(message))
 
 
 class PythonBackend(Backend):
@@ -106,7 +100,7 @@ class PythonBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
-        return PythonInstance(config, model_path, device)
+        return PythonInstance(config, model_path, device, settings.model_calls)
 
 
 def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> dict[str, str]:
@@ -128,8 +122,16 @@ class PythonInstance(ModelInstance):
 
     takes_requests = True
 
-    def __init__(self, config: ModelConfig, model_file: Path, device: Device) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        model_file: Path,
+        device: Device,
+        model_calls: ModelCalls | None = None,
+    ) -> None:
         self._name = config.name
+        self._bls = None if model_calls is None else api.BlsContext(model_calls, config.name)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._file = model_file
         self._outputs = {t.name: t for t in config.outputs}
         self._all_outputs = tuple(self._outputs)
@@ -159,11 +161,17 @@ class PythonInstance(ModelInstance):
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         assert self._model is not None, "execute() after close()"
         batch = [self._request(r) for r in requests]
+        token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
         try:
             responses = self._model.execute(batch)
+            if inspect.isawaitable(responses):  # `async def execute()`, as Triton allows
+                responses = self._own_loop().run_until_complete(responses)
         except Exception as exc:  # fails the whole batch, as in Triton
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             raise internal(f"model '{self._name}' failed to execute: {describe(exc)}") from None
+        finally:
+            if token is not None:
+                api.BLS_CONTEXT.reset(token)
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             got = (
                 len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
@@ -183,7 +191,16 @@ class PythonInstance(ModelInstance):
         except Exception as exc:
             raise internal(f"{self._file}: finalize() failed: {describe(exc)}") from exc
         finally:
+            if self._loop is not None:
+                self._loop.close()
             unload_model_module(self._module)
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that runs this instance's `async def execute()`, on its thread (made
+        on first use: most models are synchronous)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
 
     def _request(self, request: InstanceRequest) -> api.InferenceRequest:
         params = request.parameters

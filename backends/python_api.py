@@ -3,9 +3,10 @@
 
 The python backend (python.py) registers this module under Triton's name when a python model
 loads; nothing here runs at import time and nothing here holds state, so one module serves
-every model. What inferd cannot do (decoupled response senders, BLS calls to other models,
-DLPack/GPU tensors, custom metrics) raises TritonModelException naming the feature, never an
-AttributeError.
+every model. A BLS call (`InferenceRequest(...).exec()`) finds the server through a context
+variable that the calling instance sets around its own `execute()`: the value lives in that
+call's context only. What inferd cannot do (decoupled response senders, DLPack/GPU tensors,
+custom metrics) raises TritonModelException naming the feature, never an AttributeError.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import json
 import logging
 import struct
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, NoReturn
 
 import ml_dtypes
 import numpy as np
 
+from inferd.backends.base import ModelCalls
 from inferd.backends.python_autocomplete import AutoCompleteConfig
+from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
 __all__ = [
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
@@ -144,6 +150,19 @@ def _unsupported(what: str) -> NoReturn:
     raise TritonModelException(f"{what} is not supported by inferd's python backend")
 
 
+@dataclass(frozen=True, slots=True)
+class BlsContext:
+    """What a BLS call made during a model's execute() needs: the way to the server, and the
+    calling model (which may not call itself: its instance would wait for itself)."""
+
+    calls: ModelCalls
+    model_name: str
+
+
+# Set by the python backend around execute() (and copied into its coroutines); unset elsewhere.
+BLS_CONTEXT: ContextVar[BlsContext] = ContextVar("inferd_bls_context")
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 
@@ -170,6 +189,19 @@ class TritonError(Exception):
 
     def code(self) -> int:
         return self._code
+
+
+# TritonError codes as the error codes of inferd's data plane; UNKNOWN and INTERNAL (and codes
+# inferd does not know) are internal errors.
+ERROR_CODES: Mapping[int, ErrorCode] = {
+    TritonError.INVALID_ARG: ErrorCode.INVALID_ARG,
+    TritonError.NOT_FOUND: ErrorCode.NOT_FOUND,
+    TritonError.UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    TritonError.UNSUPPORTED: ErrorCode.UNSUPPORTED,
+    TritonError.ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
+    TritonError.CANCELLED: ErrorCode.CANCELLED,
+}
+_TRITON_CODES: Mapping[ErrorCode, int] = {code: triton for triton, code in ERROR_CODES.items()}
 
 
 class TritonModelException(Exception):
@@ -229,8 +261,8 @@ class Tensor:
 
 
 class InferenceRequest:
-    """A request handed to `execute()`. Models may also build one, as for a BLS call to another
-    model, but inferd cannot run it: exec() says so."""
+    """A request handed to `execute()`, or one a model builds to call another model of this
+    server (BLS): `exec()` runs it and returns its InferenceResponse."""
 
     def __init__(
         self,
@@ -242,9 +274,11 @@ class InferenceRequest:
         flags: int = 0,
         timeout: int = 0,
         parameters: Mapping[str, Any] | str | None = None,
-        **_bls_options: Any,  # model_version, preferred_memory, trace: BLS only
+        model_version: int = -1,
+        **_bls_options: Any,  # preferred_memory, trace: hints with no effect here
     ) -> None:
         self._model_name = model_name
+        self._model_version = model_version
         self._inputs = list(inputs)
         self._requested = list(requested_output_names)
         self._correlation_id = correlation_id
@@ -286,11 +320,58 @@ class InferenceRequest:
     def get_response_sender(self) -> NoReturn:
         _unsupported("InferenceRequest.get_response_sender() (decoupled models)")
 
-    def exec(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _unsupported("InferenceRequest.exec() (business logic scripting, BLS)")
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        """Run this request on its model and wait for the answer (BLS). A failure comes back as
+        the response's error, as in Triton."""
+        context = self._bls_context(decoupled)
+        try:
+            answer = context.calls.infer(self._as_infer_request())
+        except InferdError as error:
+            return InferenceResponse(
+                error=TritonError(error.message, _TRITON_CODES.get(error.code, 1))
+            )
+        return _bls_response(answer)
 
-    async def async_exec(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _unsupported("InferenceRequest.async_exec() (business logic scripting, BLS)")
+    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+        """exec() for `async def execute()`: several calls may run at once (asyncio.gather)."""
+        context = self._bls_context(decoupled)
+        try:
+            answer = await context.calls.infer_async(self._as_infer_request())
+        except InferdError as error:
+            return InferenceResponse(
+                error=TritonError(error.message, _TRITON_CODES.get(error.code, 1))
+            )
+        return _bls_response(answer)
+
+    def _bls_context(self, decoupled: bool) -> BlsContext:
+        if decoupled:
+            _unsupported("InferenceRequest.exec(decoupled=True) (decoupled models)")
+        context = BLS_CONTEXT.get(None)
+        if context is None:
+            raise TritonModelException(
+                "InferenceRequest.exec() can only be called while the model's execute() runs"
+            )
+        if self._model_name == context.model_name:
+            raise TritonModelException(
+                f"model '{self._model_name}' cannot call itself: its instance would wait for itself"
+            )
+        return context
+
+    def _as_infer_request(self) -> InferRequest:
+        params = self._parameters
+        parameters: dict[str, ParamValue] = dict(
+            json.loads(params) if isinstance(params, str) else params
+        )
+        if self._timeout:
+            parameters["timeout"] = self._timeout  # µs in the queue, Triton's request timeout
+        return InferRequest(
+            model_name=self._model_name,
+            model_version="" if self._model_version < 0 else str(self._model_version),
+            inputs={tensor.name(): tensor.as_numpy() for tensor in self._inputs},
+            id=self._request_id,
+            parameters=parameters,
+            outputs=[RequestedOutput(name) for name in self._requested] or None,
+        )
 
     def set_release_flags(self, flags: int) -> NoReturn:
         _unsupported("InferenceRequest.set_release_flags() (request rescheduling)")
@@ -323,6 +404,15 @@ class InferenceResponse:
 
     def parameters(self) -> str:
         return "{}"
+
+
+def _bls_response(answer: InferResponse) -> InferenceResponse:
+    return InferenceResponse([Tensor(name, array) for name, _, array in answer.outputs])
+
+
+def _bls_error(error: InferdError) -> InferenceResponse:
+    code = _TRITON_CODES.get(error.code, TritonError.INTERNAL)
+    return InferenceResponse(error=TritonError(error.message, code))
 
 
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:

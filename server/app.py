@@ -23,6 +23,7 @@ from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
 from inferd.server.metrics import MetricsApp, MetricsExporter
+from inferd.server.model_calls import LoopModelCalls
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
@@ -78,12 +79,14 @@ class App:
         loop = asyncio.get_running_loop()
         gpus = await asyncio.to_thread(detect_gpus)
         log.info("GPUs: %s", gpus.describe())
+        model_calls = LoopModelCalls(loop)  # models calling models (BLS), once the core is up
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
                 backend=BackendSettings(
                     default_max_batch_size=settings.default_max_batch_size,
                     auto_complete=settings.auto_complete_config,
+                    model_calls=model_calls,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
@@ -102,6 +105,7 @@ class App:
                 cuda=CudaIpc.load if gpus.count else None,
             ),
         )
+        model_calls.serve(self.core)
         if settings.allow_metrics:
             if settings.metrics_interval_ms <= 0:
                 raise StartupError("--metrics-interval-ms must be a positive number of ms")

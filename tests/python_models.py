@@ -226,3 +226,82 @@ def write_python_model(
     if config is not None:
         (model_dir / "config.pbtxt").write_text(config)
     return model_dir
+
+
+# BLS: calls add_sub for each request and doubles the sum; also reports what calling a
+# missing model and calling itself give (an error response, and an exception).
+BLS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("INPUT0", "INPUT1")]
+            call = pb_utils.InferenceRequest(
+                model_name="add_sub",
+                requested_output_names=["OUTPUT0"],
+                inputs=[pb_utils.Tensor(t.name(), t.as_numpy()) for t in inputs],
+            )
+            answer = call.exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            total = pb_utils.get_output_tensor_by_name(answer, "OUTPUT0").as_numpy()
+            missing = pb_utils.InferenceRequest(
+                model_name="no_such_model", requested_output_names=["x"], inputs=[]
+            ).exec()
+            try:
+                pb_utils.InferenceRequest(
+                    model_name="bls", requested_output_names=["OUTPUT0"], inputs=inputs
+                ).exec()
+                itself = "called itself"
+            except pb_utils.TritonModelException as error:
+                itself = error.message()
+            notes = [missing.error().message(), str(missing.error().code()), itself]
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", total * 2),
+                pb_utils.Tensor("NOTES", np.array([n.encode() for n in notes], dtype=np.object_)),
+            ]))
+        return responses
+"""
+
+BLS_CONFIG = """
+name: "bls"
+backend: "python"
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "NOTES" data_type: TYPE_STRING dims: [ 3 ] }
+]
+"""
+
+# async execute(): both add_sub outputs fetched by two concurrent BLS calls.
+BLS_ASYNC = """
+import asyncio
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("INPUT0", "INPUT1")]
+            calls = [
+                pb_utils.InferenceRequest(
+                    model_name="add_sub", requested_output_names=[name], inputs=inputs
+                ).async_exec()
+                for name in ("OUTPUT0", "OUTPUT1")
+            ]
+            total, difference = await asyncio.gather(*calls)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.get_output_tensor_by_name(total, "OUTPUT0"),
+                pb_utils.get_output_tensor_by_name(difference, "OUTPUT1"),
+            ]))
+        return responses
+"""

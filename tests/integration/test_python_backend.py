@@ -28,6 +28,9 @@ from tests.python_models import (
     AUTO,
     BATCHER,
     BATCHER_CONFIG,
+    BLS,
+    BLS_ASYNC,
+    BLS_CONFIG,
     FINALIZER,
     IDENTITY_CONFIG,
     INFO,
@@ -77,6 +80,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "info", INFO, INFO_CONFIG)
     write_python_model(root, "batcher", BATCHER, BATCHER_CONFIG)
     write_python_model(root, "raiser", RAISER, IDENTITY_CONFIG)
+    write_python_model(root, "bls", BLS, BLS_CONFIG)
+    write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
     # default_model_filename names the file in place of model.py.
     (root / "renamed" / "1").mkdir(parents=True)
     (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
@@ -320,3 +325,24 @@ async def test_gpu_instances_are_told_their_device(tmp_path: Path) -> None:
         assert args["model_instance_kind"] == "GPU"
         assert args["model_instance_device_id"] == "1"
         assert args["model_instance_name"] == "info_0_0"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_model_calls_another_model_through_bls(server: RunningServer, protocol: str) -> None:
+    a = np.array([1, 2, 3, 4], np.float32)
+    b = np.array([10, 20, 30, 40], np.float32)
+    out = infer(server, protocol, "bls", {"INPUT0": a, "INPUT1": b})
+    np.testing.assert_array_equal(out["OUTPUT0"], (a + b) * 2)
+    missing, code, itself = (note.decode() for note in out["NOTES"].ravel())
+    assert "no_such_model" in missing  # a failed call is an error response, as in Triton
+    assert int(code) == 2  # TritonError.NOT_FOUND
+    assert itself == "model 'bls' cannot call itself: its instance would wait for itself"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_async_execute_awaits_concurrent_bls_calls(server: RunningServer, protocol: str) -> None:
+    a = np.array([1, 2, 3, 4], np.float32)
+    b = np.array([4, 3, 2, 1], np.float32)
+    out = infer(server, protocol, "bls_async", {"INPUT0": a, "INPUT1": b})
+    np.testing.assert_array_equal(out["OUTPUT0"], a + b)
+    np.testing.assert_array_equal(out["OUTPUT1"], a - b)

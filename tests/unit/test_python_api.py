@@ -47,8 +47,10 @@ UNSUPPORTED: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: pb_utils.InferenceRequest().get_response_sender(),
         "decoupled",
     ),
-    "BLS exec": (lambda: pb_utils.InferenceRequest(model_name="other").exec(), "BLS"),
-    "BLS async_exec": (lambda: _exec(pb_utils.InferenceRequest(model_name="other")), "BLS"),
+    "decoupled BLS": (
+        lambda: pb_utils.InferenceRequest(model_name="other").exec(decoupled=True),
+        "decoupled",
+    ),
     "release flags": (lambda: pb_utils.InferenceRequest().set_release_flags(1), "rescheduling"),
     "from_dlpack": (lambda: pb_utils.Tensor.from_dlpack("x", object()), "DLPack"),
     "to_dlpack": (lambda: pb_utils.Tensor("x", np.zeros(1)).to_dlpack(), "DLPack"),
@@ -70,6 +72,19 @@ def test_unsupported_features_raise_a_model_exception_naming_them(case: str) -> 
         call()
     assert feature in raised.value.message()
     assert "not supported by inferd" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: pb_utils.InferenceRequest(model_name="other").exec(),
+        lambda: _exec(pb_utils.InferenceRequest(model_name="other")),
+    ],
+    ids=["exec", "async_exec"],
+)
+def test_bls_calls_work_only_inside_execute(call: Callable[[], Any]) -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="while the model's execute"):
+        call()
 
 
 def test_triton_error_codes_and_message() -> None:
