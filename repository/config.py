@@ -17,6 +17,12 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
 
+from inferd.repository.ensemble_config import (
+    EnsembleConfig,
+    is_ensemble,
+    parse_ensemble,
+    validate_ensemble,
+)
 from inferd.server.errors import invalid
 from inferd.server.types import DataType
 
@@ -26,7 +32,7 @@ CONFIG_FILENAME = "config.pbtxt"
 
 # Scheduling and features that a config may ask for but inferd does not run yet: loading such a
 # model must fail loudly rather than serve it with different semantics.
-_UNSUPPORTED_FIELDS = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
+_UNSUPPORTED_FIELDS = ("sequence_batching", "batch_input", "batch_output")
 
 
 class DeviceKind(StrEnum):
@@ -105,6 +111,7 @@ class ModelConfig:
     default_model_filename: str
     proto: ModelConfigProto  # normalised message, for the config endpoint
     input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
+    ensemble: EnsembleConfig | None = None  # the steps of a `platform: "ensemble"` model
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -150,6 +157,8 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
     batching = config.dynamic_batching if config.HasField("dynamic_batching") else None
     if batching is not None and not batching.preferred_batch_size and config.max_batch_size > 0:
         batching.preferred_batch_size.append(config.max_batch_size)
+    if is_ensemble(config):
+        return  # an ensemble has no instances of its own (Triton leaves instance_group empty)
     if not config.instance_group:
         group = config.instance_group.add()
         group.kind = pb.ModelInstanceGroup.KIND_AUTO
@@ -193,6 +202,7 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
             _validate_tensor(where, kind, tensor, seen)
     if config.HasField("dynamic_batching"):
         _validate_batching(where, config)
+    validate_ensemble(config)
     for group in config.instance_group:
         if group.count < 1:
             raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
@@ -264,6 +274,7 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         default_model_filename=config.default_model_filename,
         proto=config,
         input_by_name={t.name: t for t in inputs},
+        ensemble=parse_ensemble(config) if is_ensemble(config) else None,
     )
 
 

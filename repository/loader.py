@@ -25,6 +25,7 @@ from inferd.repository.config import (
     to_model_config,
     validate,
 )
+from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.scheduling import scheduler_config
 from inferd.repository.versions import ModelState, ModelVersion
@@ -76,6 +77,8 @@ class ModelLoader:
         available = version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
+        if is_ensemble(proto):
+            return _prepare_ensemble(name, model_dir, proto, source, available)
         backend_name = self._backend_name(proto, model_dir, available)
         backend = self._registry.get(backend_name)
         filename = proto.default_model_filename or backend.default_model_filename
@@ -190,6 +193,23 @@ class ModelLoader:
                 instance.close()
             raise
         return instances
+
+
+def _prepare_ensemble(
+    name: str, model_dir: Path, proto: ModelConfigProto, source: str, available: Mapping[int, Path]
+) -> PreparedModel:
+    """An ensemble has no backend and no instances: its versions are LOADING until the
+    repository checks them against their composing models (ensemble_check.py)."""
+    normalize(proto, name, 0)
+    validate(proto, name, source)
+    config = to_model_config(proto, "")
+    labels = _read_labels(config, model_dir)
+    prepared = PreparedModel(config, None, [], {})
+    for number in _wanted_versions(config, available, prepared):
+        prepared.versions.append(
+            ModelVersion(name, number, ModelState.LOADING, config=config, labels=labels)
+        )
+    return prepared
 
 
 def _wanted_versions(

@@ -1,5 +1,8 @@
 """The model repository manager: load each model's versions, track their state, hand out
-ready versions to the data plane. A model that fails to load never affects the others."""
+ready versions to the data plane. A model that fails to load never affects the others.
+
+Ensembles load after the models they are made of, and follow them: an ensemble version is
+READY exactly while its composing models are (ensemble_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,20 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.scheduler import Scheduler
 from inferd.repository.config import ModelConfigProto, config_from_json
+from inferd.repository.dependencies import (
+    Dependencies,
+    closure,
+    ensemble_steps,
+    load_waves,
+    read_dependencies,
+)
+from inferd.repository.ensemble_lifecycle import EnsembleTable, composing_models
 from inferd.repository.layout import ModelLocation, find_models
 from inferd.repository.loader import ModelLoader, RepositorySettings, close_all
 from inferd.repository.overrides import (
@@ -48,6 +59,9 @@ class ModelRepository:
         # Private folders of models loaded with `file:` parameters, under one temporary root.
         self._overrides: dict[str, Path] = {}
         self._override_root: Path | None = None
+        # Models loaded only because an ensemble needed them (explicit mode): unloading that
+        # ensemble with `unload_dependents` unloads them too, unless another ensemble runs them.
+        self._implicit: set[str] = set()
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -56,15 +70,21 @@ class ModelRepository:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def load_all(self, names: set[str] | None = None) -> None:
-        """Start-up: load every model found under the roots, or only `names` (explicit mode),
-        each on its own loader thread."""
+        """Start-up: load every model found under the roots, or only `names` (explicit mode)
+        and the models the ensembles among them are made of, each on its own loader thread."""
         self._locations = await asyncio.to_thread(find_models, self.roots)
         for missing in sorted((names or set()) - set(self._locations)):
             self._models[missing] = {
                 0: ModelVersion(missing, 0, ModelState.UNAVAILABLE, "not found in any repository")
             }
-        wanted = [loc for loc in self._locations.values() if names is None or loc.name in names]
-        await asyncio.gather(*(self._load_locked(loc) for loc in wanted))
+        found = set(self._locations)
+        wanted = found if names is None else names & found
+        deps = await self._dependencies(wanted)
+        if names is not None:
+            composing = (closure(wanted, deps) & found) - wanted
+            self._implicit |= composing
+            wanted |= composing
+        await self._load_in_order(wanted, deps)
 
     async def load(
         self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
@@ -90,6 +110,10 @@ class ModelRepository:
                 raise not_found(
                     f"failed to load '{name}': no model folder '{name}' in any repository"
                 )
+        deps = await self._dependencies({name}, None if override is None else (name, override))
+        if name in deps:
+            await self._load_composing(name, deps)
+        self._implicit.discard(name)  # asked for by name: no longer only a dependency
         async with self._lock(name):
             written: Path | None = None
             if location is None:
@@ -109,32 +133,94 @@ class ModelRepository:
         if reason:
             raise invalid(f"failed to load '{name}': {reason}")
 
+    async def _load_composing(self, name: str, deps: Dependencies) -> None:
+        """Before ensemble `name` loads, the models it is made of that are not loaded yet load,
+        as Triton does; those already serving are left as they are."""
+        _, cyclic = load_waves(closure([name], deps), deps)
+        if name in cyclic:
+            self._mark_cyclic({name: cyclic[name]})
+            raise invalid(f"failed to load '{name}': {cyclic[name]}")
+        missing = {
+            model
+            for model in closure([name], deps) - {name}
+            if model in self._locations
+            and not any(v.ready for v in self._models.get(model, {}).values())
+        }
+        self._implicit |= missing
+        await self._load_in_order(missing, deps)
+
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Drain and free every version; the model stays in the index, UNAVAILABLE "unloaded".
-        inferd runs no ensembles, so no model depends on another: `unload_dependents` has
-        nothing more to unload."""
+        Ensembles made of it become UNAVAILABLE. With `unload_dependents`, the models an
+        ensemble loaded for itself go too, unless another ensemble runs them."""
         if name not in self._models:
             raise invalid(f"Model to be unloaded has not been served: '{name}'")
+        composing = composing_models(self._models[name].values())
         async with self._lock(name):
             await self._retire(list(self._models.get(name, {}).values()))
             stale = self._overrides.pop(name, None)
             if stale is not None:
                 await asyncio.to_thread(remove_override, stale)
+        self._implicit.discard(name)
+        self._ensembles().refresh()
         log.info("model '%s' is unloaded", name)
+        if unload_dependents:
+            for model in composing:
+                if model in self._implicit and not self._ensembles().users(model):
+                    await self.unload(model, unload_dependents=True)
 
     async def apply_changes(self, changed: Iterable[str], removed: Iterable[str]) -> None:
         """Poll mode: (re)load the models whose folder changed, unload and forget removed ones.
         Failures are logged and shown in the index; a failed reload keeps the old versions."""
         self._locations = await asyncio.to_thread(find_models, self.roots)
-        locations = [self._locations[name] for name in changed if name in self._locations]
         outcomes = await asyncio.gather(
-            *(self._load_locked(location) for location in locations),
-            *(self._forget(name) for name in removed),
-            return_exceptions=True,
+            *(self._forget(name) for name in removed), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.error("repository change failed: %r", outcome)
+        names = {name for name in changed if name in self._locations}
+        await self._load_in_order(names, await self._dependencies(names), tolerate=True)
+
+    async def _dependencies(
+        self, names: Iterable[str], own: tuple[str, ModelConfigProto] | None = None
+    ) -> dict[str, tuple[str, ...]]:
+        """The ensembles among `names` and among the models they are made of, transitively,
+        with their composing models. `own`: a model's config given with its load request."""
+        deps: dict[str, tuple[str, ...]] = {}
+        if own is not None:
+            steps = ensemble_steps(own[1])
+            if steps is not None:
+                deps[own[0]] = steps
+        todo, seen = set(names), set[str]()
+        while todo:
+            seen |= todo
+            locations = [self._locations[n] for n in todo if n in self._locations and n not in deps]
+            deps.update(await asyncio.to_thread(read_dependencies, locations))
+            todo = {model for name in todo for model in deps.get(name, ())} - seen
+        return deps
+
+    async def _load_in_order(
+        self, names: Collection[str], deps: Dependencies, tolerate: bool = False
+    ) -> None:
+        """Load `names` in waves: models before the ensembles made of them. With `tolerate`,
+        an unexpected failure is logged instead of raised."""
+        waves, cyclic = load_waves(names, deps)
+        self._mark_cyclic(cyclic)
+        for wave in waves:
+            outcomes = await asyncio.gather(
+                *(self._load_locked(self._locations[n]) for n in wave if n in self._locations),
+                return_exceptions=tolerate,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    log.error("repository change failed: %r", outcome)
+
+    def _mark_cyclic(self, cyclic: Mapping[str, str]) -> None:
+        for name, reason in cyclic.items():
+            log.error("model '%s' failed to load: %s", name, reason)
+            if not any(v.ready for v in self._models.get(name, {}).values()):
+                self._models[name] = {0: ModelVersion(name, 0, ModelState.UNAVAILABLE, reason)}
 
     async def _load_locked(self, location: ModelLocation) -> None:
         async with self._lock(location.name):
@@ -144,6 +230,8 @@ class ModelRepository:
         async with self._lock(name):
             await self._retire(list(self._models.get(name, {}).values()))
             self._models.pop(name, None)
+        self._implicit.discard(name)
+        self._ensembles().refresh()
         log.info("model '%s' was removed from the repository and is unloaded", name)
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -151,6 +239,9 @@ class ModelRepository:
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
+
+    def _ensembles(self) -> EnsembleTable:
+        return EnsembleTable(self._models, self._locations)
 
     def _overrides_root(self) -> Path:
         if self._override_root is None:
@@ -180,6 +271,8 @@ class ModelRepository:
             if not serving:
                 self._models[name] = {0: ModelVersion(name, 0, ModelState.UNAVAILABLE, reason)}
             return False, reason
+        if prepared.config is not None and prepared.config.ensemble is not None:
+            self._ensembles().activate(prepared.versions)
         failed = "; ".join(
             f"version {v.version}: {v.reason}"
             for v in prepared.versions
@@ -207,8 +300,10 @@ class ModelRepository:
             )
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)
-        # The switch: from here on requests resolve to the new versions.
+        # The switch: from here on requests resolve to the new versions, and ensembles made
+        # of this model see its new config.
         self._models[name] = {v.version: v for v in prepared.versions}
+        self._ensembles().refresh()
         await self._retire(previous)
         return True, failed
 
@@ -216,16 +311,17 @@ class ModelRepository:
         """Refuse new requests, let queued and running ones finish, then free the instances.
         Requests that already hold a version finish on it."""
         schedulers = [v.scheduler for v in versions if v.scheduler is not None]
+        ensembles = [v.ensemble for v in versions if v.ensemble is not None]
         for version in versions:
-            if version.scheduler is not None:
+            if version.scheduler is not None or version.ensemble is not None:
                 version.state = ModelState.UNLOADING
-        await asyncio.gather(*(scheduler.close() for scheduler in schedulers))
+        await asyncio.gather(
+            *(scheduler.close() for scheduler in schedulers),
+            *(ensemble.close() for ensemble in ensembles),
+        )
         for version in versions:
-            version.state, version.reason, version.scheduler = (
-                ModelState.UNAVAILABLE,
-                UNLOADED,
-                None,
-            )
+            version.state, version.reason = ModelState.UNAVAILABLE, UNLOADED
+            version.scheduler = version.ensemble = None
 
     async def close(self) -> None:
         """Drain every scheduler, free the instances, delete the private model folders."""

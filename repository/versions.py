@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from inferd.batching.scheduler import Scheduler
+from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
+from inferd.repository.ensemble_runtime import EnsembleRuntime
 
 UNLOADED = "unloaded"  # the reason of a version unloaded on purpose (Triton's word)
 
@@ -22,7 +24,9 @@ class ModelState(StrEnum):
 
 @dataclass(slots=True)
 class ModelVersion:
-    """One version of one model: its state, and when READY, its config and scheduler."""
+    """One version of one model: its state, and when READY, its config and scheduler (an
+    ensemble: its runtime instead, kept while UNAVAILABLE too, so that it comes back READY
+    once its composing models are)."""
 
     name: str
     version: int
@@ -30,6 +34,7 @@ class ModelVersion:
     reason: str = ""
     config: ModelConfig | None = None
     scheduler: Scheduler | None = None
+    ensemble: EnsembleRuntime | None = None
     labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
     devices: str = ""  # where the instances run, for logs and status
     gpu_fallback: bool = False  # KIND_GPU instances run on the CPU (--gpu-fallback=cpu)
@@ -39,6 +44,12 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    @property
+    def stats(self) -> ModelStats | None:
+        if self.scheduler is not None:
+            return self.scheduler.stats
+        return None if self.ensemble is None else self.ensemble.stats
 
     def shape_key(self, shapes: Mapping[str, tuple[int, ...]]) -> Hashable:
         if not self.shape_key_inputs:

@@ -16,6 +16,7 @@ from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_j
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
+from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import InferdError, invalid, unavailable
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
@@ -64,6 +65,8 @@ class InferenceCore:
         # Client shared-memory regions; without a registry, registration is refused.
         self.shared_memory = shared_memory or SharedMemoryRegistry(allow_client=False)
         self._started = False
+        # Ensemble steps are requests to their composing models, through submit() below.
+        self._ensembles = EnsembleRunner(repository.get, self.submit)
 
     def mark_started(self) -> None:
         """The start-up load finished; readiness may now be reported."""
@@ -143,9 +146,9 @@ class InferenceCore:
         else:
             models = self._repository.ready_versions()
         return [
-            model_stats_document(m.name, str(m.version), m.scheduler.stats)
+            model_stats_document(m.name, str(m.version), stats)
             for m in models
-            if m.scheduler is not None
+            if (stats := m.stats) is not None
         ]
 
     async def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
@@ -207,7 +210,8 @@ class InferenceCore:
         if model is None:
             model = self._repository.get(request.model_name, request.model_version)
         scheduler = model.scheduler
-        assert scheduler is not None
+        if scheduler is None:  # an ensemble: its steps go through their models' schedulers
+            return model, self._submit_ensemble(request, model, on_done)
         try:
             batch_size, shape_key = validate_request(request, model)
             if request.outputs:
@@ -229,6 +233,22 @@ class InferenceCore:
             request=request,
         )
         return model, future
+
+    def _submit_ensemble(
+        self, request: InferRequest, model: ModelVersion, on_done: OnDone | None
+    ) -> asyncio.Future[Outputs]:
+        ensemble = model.ensemble
+        assert ensemble is not None
+        try:
+            batch_size, _ = validate_request(request, model)
+            if request.outputs:
+                self._check_output_regions(request.outputs)
+            if request.parameters:
+                _options(request.parameters, request.model_name)  # refused as for any model
+        except InferdError:
+            ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
+            raise
+        return self._ensembles.submit(request, model, batch_size, on_done)
 
     def response(
         self, request: InferRequest, model: ModelVersion, outputs: Outputs

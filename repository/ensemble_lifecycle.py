@@ -1,0 +1,131 @@
+"""Ensembles in the repository's model table: an ensemble version is READY exactly while its
+composing models are ready and fit it (ensemble_check.py). The repository calls `refresh`
+whenever a model loads, reloads or goes away; an ensemble then changes state with its models,
+as in Triton, and needs no reload of its own."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Iterable, Mapping
+
+from inferd.repository.config import ModelConfig
+from inferd.repository.ensemble_check import composing_error
+from inferd.repository.ensemble_config import LATEST_VERSION, EnsembleStep
+from inferd.repository.ensemble_runtime import EnsembleRuntime
+from inferd.repository.versions import ModelState, ModelVersion
+
+log = logging.getLogger(__name__)
+
+Models = Mapping[str, Mapping[int, ModelVersion]]
+
+
+class EnsembleTable:
+    """Reads the repository's model table (name -> version -> ModelVersion, shared, never
+    copied) and `found` (the model folders in the repositories) to judge ensembles."""
+
+    def __init__(self, models: Models, found: Container[str]) -> None:
+        self._models = models
+        self._found = found
+
+    def composing_config(self, step: EnsembleStep) -> ModelConfig | str:
+        """The config of the version a step runs, or why there is none."""
+        versions = self._models.get(step.model_name)
+        if not versions:
+            return "not loaded" if step.model_name in self._found else "not found"
+        if step.model_version == LATEST_VERSION:
+            ready = [v for v in versions.values() if v.ready]
+            if ready:
+                config = max(ready, key=lambda v: v.version).config
+                assert config is not None
+                return config
+            reasons = dict.fromkeys(v.reason or v.state.value for v in versions.values())
+            return "; ".join(reasons)
+        version = versions.get(step.model_version)
+        if version is None:
+            return f"version {step.model_version} is not loaded"
+        if not version.ready:
+            return f"version {step.model_version}: {version.reason or version.state.value}"
+        assert version.config is not None
+        return version.config
+
+    def reason(self, version: ModelVersion) -> str:
+        """Why this ensemble version cannot serve now ("" = it can)."""
+        assert version.config is not None
+        assert version.config.ensemble is not None
+        return composing_error(version.config, version.config.ensemble, self.composing_config)
+
+    def activate(self, versions: Iterable[ModelVersion]) -> None:
+        """Newly loaded ensemble versions: READY, or UNAVAILABLE with the reason."""
+        for version in versions:
+            if version.state is not ModelState.LOADING:
+                continue
+            assert version.config is not None
+            version.ensemble = EnsembleRuntime(version.config)
+            why = self.reason(version)
+            version.state = ModelState.UNAVAILABLE if why else ModelState.READY
+            version.reason = why
+            if why:
+                log.error(
+                    "ensemble '%s' version %d is UNAVAILABLE: %s",
+                    version.name,
+                    version.version,
+                    why,
+                )
+            else:
+                log.info("ensemble '%s' version %d is READY", version.name, version.version)
+
+    def refresh(self) -> None:
+        """Judge every loaded ensemble again against the models as they are now. Repeated
+        until nothing changes, so that an ensemble made of ensembles follows them."""
+        for _ in range(len(self._models) + 1):
+            changed = False
+            for versions in self._models.values():
+                for version in versions.values():
+                    changed |= self._judge(version)
+            if not changed:
+                return
+
+    def _judge(self, version: ModelVersion) -> bool:
+        if version.ensemble is None or version.state not in (
+            ModelState.READY,
+            ModelState.UNAVAILABLE,
+        ):
+            return False
+        why = self.reason(version)
+        state = ModelState.UNAVAILABLE if why else ModelState.READY
+        if (state, why) == (version.state, version.reason):
+            return False
+        version.state, version.reason = state, why
+        if why:
+            log.warning(
+                "ensemble '%s' version %d is now UNAVAILABLE: %s",
+                version.name,
+                version.version,
+                why,
+            )
+        else:
+            log.info("ensemble '%s' version %d is READY again", version.name, version.version)
+        return True
+
+    def users(self, name: str) -> list[str]:
+        """The loaded ensembles (ready or waiting for their models) that run model `name`."""
+        return sorted(
+            ensemble
+            for ensemble, versions in self._models.items()
+            if any(v.ensemble is not None and name in _step_models(v) for v in versions.values())
+        )
+
+
+def composing_models(versions: Iterable[ModelVersion]) -> list[str]:
+    """The models the steps of these (ensemble) versions run."""
+    names: dict[str, None] = {}
+    for version in versions:
+        names.update(dict.fromkeys(_step_models(version)))
+    return list(names)
+
+
+def _step_models(version: ModelVersion) -> tuple[str, ...]:
+    config = version.config
+    if config is None or config.ensemble is None:
+        return ()
+    return config.ensemble.model_names
