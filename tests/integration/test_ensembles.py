@@ -18,22 +18,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import double_model, identity_model, write_model
 from tests.python_models import BATCHER, BATCHER_CONFIG, RAISER, write_python_model
+from tests.wire import PROTOCOLS, client_for, fails, infer
 
 Factory = Callable[..., RunningServer]
-PROTOCOLS = ("http", "grpc")
-STATUS = {
-    "http": {"invalid": "400", "internal": "500", "unavailable": "503"},
-    "grpc": {
-        "invalid": "StatusCode.INVALID_ARGUMENT",
-        "internal": "StatusCode.INTERNAL",
-        "unavailable": "StatusCode.UNAVAILABLE",
-    },
-}
 
 # ---- the composing models ------------------------------------------------------------------
 
@@ -272,48 +263,6 @@ def server(repo: Path) -> Iterator[RunningServer]:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def client_for(server: RunningServer, protocol: str) -> Any:
-    if protocol == "http":
-        return httpclient.InferenceServerClient(server.http_url)
-    return grpcclient.InferenceServerClient(server.grpc_url)
-
-
-def infer(
-    server: RunningServer,
-    protocol: str,
-    model: str,
-    inputs: dict[str, np.ndarray],
-    outputs: list[str] | None = None,
-    class_count: int = 0,
-    **options: Any,
-) -> dict[str, np.ndarray]:
-    module: Any = httpclient if protocol == "http" else grpcclient
-    client = client_for(server, protocol)
-    try:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        wanted = (
-            [module.InferRequestedOutput(name, class_count=class_count) for name in outputs]
-            if outputs
-            else None
-        )
-        result = client.infer(model, tensors, outputs=wanted, **options)
-        response = result.get_response() if protocol == "http" else result.get_response(True)
-        return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
-    finally:
-        client.close()
-
-
-def fails(call: Callable[[], Any], protocol: str, code: str) -> str:
-    with pytest.raises(InferenceServerException) as error:
-        call()
-    assert error.value.status() == STATUS[protocol][code], error.value.message()
-    return str(error.value.message())
 
 
 def index(server: RunningServer) -> dict[str, tuple[str, str]]:

@@ -10,13 +10,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
@@ -41,17 +39,7 @@ from tests.python_models import (
     config_named,
     write_python_model,
 )
-
-PROTOCOLS = ("http", "grpc")
-# The status each front door gives an error code (the protocol parity tables).
-STATUS = {
-    "http": {"invalid": "400", "internal": "500", "unavailable": "503"},
-    "grpc": {
-        "invalid": "StatusCode.INVALID_ARGUMENT",
-        "internal": "StatusCode.INTERNAL",
-        "unavailable": "StatusCode.UNAVAILABLE",
-    },
-}
+from tests.wire import PROTOCOLS, STATUS, fails, infer
 
 BROKEN = {
     "syntax_error": (
@@ -97,41 +85,6 @@ def server(repo: Path) -> Iterator[RunningServer]:
     running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,)))
     yield running
     running.stop()
-
-
-def infer(
-    server: RunningServer,
-    protocol: str,
-    model: str,
-    inputs: dict[str, np.ndarray],
-    outputs: list[str] | None = None,
-    **options: Any,
-) -> dict[str, np.ndarray]:
-    """One inference with the real client of `protocol`; the outputs by name."""
-    module: Any = httpclient if protocol == "http" else grpcclient
-    url = server.http_url if protocol == "http" else server.grpc_url
-    client = module.InferenceServerClient(url)
-    try:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        wanted = [module.InferRequestedOutput(name) for name in outputs] if outputs else None
-        result = client.infer(model, tensors, outputs=wanted, **options)
-        response = result.get_response() if protocol == "http" else result.get_response(True)
-        names = outputs or [o["name"] for o in response["outputs"]]
-        return {name: result.as_numpy(name) for name in names}
-    finally:
-        client.close()
-
-
-def fails(call: Callable[[], Any], protocol: str, code: str) -> str:
-    """The message of the error `call` must raise with `code`'s status."""
-    with pytest.raises(InferenceServerException) as error:
-        call()
-    assert error.value.status() == STATUS[protocol][code], error.value.message()
-    return str(error.value.message())
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
