@@ -176,8 +176,9 @@ class InferenceCore:
             )
 
     def loaded_versions(self) -> list[ModelVersion]:
-        """The ready versions, read by the metrics collector at scrape time."""
-        return [v for v in self._repository.ready_versions() if v.scheduler is not None]
+        """The ready versions (models and ensembles), read by the metrics collector at scrape
+        time."""
+        return self._repository.ready_versions()
 
     # ---- inference -------------------------------------------------------------------------
 

@@ -151,43 +151,43 @@ class ModelCollector:
         self._versions = versions
 
     def collect(self) -> Iterator[Metric]:
-        loaded = [
-            ({"model": v.name, "version": str(v.version)}, v.scheduler)
-            for v in self._versions()
-            if v.scheduler is not None
-        ]
-        if not loaded:
+        versions = list(self._versions())
+        # Statistics families cover ensembles too (Triton exports them for ensembles); the
+        # saturation gauges are about queues and instances, which only schedulers have.
+        counted = [(_labels(v), stats) for v in versions if (stats := v.stats) is not None]
+        scheduled = [(_labels(v), v, s) for v in versions if (s := v.scheduler) is not None]
+        if not counted:
             return
         for name, doc, count in _COUNTERS:
-            yield _family(name, doc, "counter", [(lb, count(s.stats)) for lb, s in loaded])
-        yield _failures(loaded)
-        yield _objective_answers(loaded)
+            yield _family(name, doc, "counter", [(lb, count(s)) for lb, s in counted])
+        yield _failures(counted)
+        yield _objective_answers(counted)
         for name, doc, gauge in _GAUGES:
-            yield _family(name, doc, "gauge", [(lb, gauge(s)) for lb, s in loaded])
+            yield _family(name, doc, "gauge", [(lb, gauge(s)) for lb, _, s in scheduled])
         yield _family(
             "inferd_instance_busy_seconds_total",
             "Instance time spent executing batches, in seconds",
             "counter",
-            [(lb, _busy_seconds(s.stats)) for lb, s in loaded],
+            [(lb, _busy_seconds(s.stats)) for lb, _, s in scheduled],
         )
         yield _family(
             "inferd_gpu_fallback",
             "1 when the version's KIND_GPU instances run on the CPU (--gpu-fallback=cpu), else 0",
             "gauge",
-            [
-                ({"model": v.name, "version": str(v.version)}, int(v.gpu_fallback))
-                for v in self._versions()
-                if v.scheduler is not None
-            ],
+            [(lb, int(v.gpu_fallback)) for lb, v, _ in scheduled],
         )
         for name, doc, histogram, divisor in _HISTOGRAMS:
             histograms = HistogramMetricFamily(name, doc, labels=MODEL_LABELS)
-            for labels, scheduler in loaded:
-                h = histogram(scheduler.stats)
+            for labels, stats in counted:
+                h = histogram(stats)
                 histograms.add_metric(
                     [labels["model"], labels["version"]], _buckets(h, divisor), h.total / divisor
                 )
             yield histograms
+
+
+def _labels(version: ModelVersion) -> dict[str, str]:
+    return {"model": version.name, "version": str(version.version)}
 
 
 def _family(name: str, doc: str, typ: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
@@ -197,22 +197,21 @@ def _family(name: str, doc: str, typ: str, samples: list[tuple[dict[str, str], f
     return family
 
 
-def _failures(loaded: list[tuple[dict[str, str], Scheduler]]) -> Metric:
+def _failures(counted: list[tuple[dict[str, str], ModelStats]]) -> Metric:
     name = "nv_inference_request_failure"
     family = Metric(name, "Number of failed inference requests, all batch sizes", "counter")
-    for labels, scheduler in loaded:
-        failures = scheduler.stats.failures
+    for labels, stats in counted:
+        failures = stats.failures
         for reason in (*FAILURE_REASONS, *(r for r in failures if r not in FAILURE_REASONS)):
             family.add_sample(name, {**labels, "reason": reason}, failures.get(reason, 0))
     return family
 
 
-def _objective_answers(loaded: list[tuple[dict[str, str], Scheduler]]) -> Metric:
+def _objective_answers(counted: list[tuple[dict[str, str], ModelStats]]) -> Metric:
     name = "inferd_latency_objective_answers_total"
     doc = "Successful requests with a latency objective, by outcome: met or missed (answered late)"
     family = Metric(name, doc, "counter")
-    for labels, scheduler in loaded:
-        stats = scheduler.stats
+    for labels, stats in counted:
         family.add_sample(name, {**labels, "outcome": "met"}, stats.objective_met)
         family.add_sample(name, {**labels, "outcome": "missed"}, stats.objective_missed)
     return family

@@ -14,10 +14,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import double_model, identity_model, write_model
@@ -485,6 +487,31 @@ def test_all_statistics_include_ensembles(server: RunningServer) -> None:
     finally:
         client.close()
     assert {"chain", "diamond", "double", "add"} <= names
+
+
+def test_metrics_count_ensemble_requests(server: RunningServer) -> None:
+    def scrape() -> dict[tuple[str, str], float]:
+        text = httpx.get(f"http://{server.http_url}/metrics").text
+        return {
+            (sample.name, sample.labels.get("model", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels.get("reason") in (None, "BACKEND")
+        }
+
+    before = scrape()
+    for _ in range(2):
+        infer(server, "http", "chain", {"X": BATCH})
+    after = scrape()
+    # (The parser names counter samples with a _total suffix that the text does not have.)
+    success = ("nv_inference_request_success_total", "chain")
+    assert after[success] == before.get(success, 0) + 2
+    assert after[("nv_inference_count_total", "chain")] >= 4
+    assert ("nv_inference_request_failure_total", "chain") in after
+    assert ("inferd_request_duration_seconds_count", "chain") in after
+    # Queues and instances belong to the composing models, not to the ensemble.
+    assert ("inferd_queue_depth", "double") in after
+    assert ("inferd_queue_depth", "chain") not in after
 
 
 # ---- broken ensembles next to serving models -----------------------------------------------
