@@ -77,6 +77,9 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    # Response cache: hits (lookup time) and misses (lookup and insertion time).
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     inference_count: int = 0  # items (sum of batch sizes)
     execution_count: int = 0  # backend executions
     last_inference_ms: int = 0  # wall clock, ms since the epoch

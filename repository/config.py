@@ -112,6 +112,7 @@ class ModelConfig:
     proto: ModelConfigProto  # normalised message, for the config endpoint
     input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
     ensemble: EnsembleConfig | None = None  # the steps of a `platform: "ensemble"` model
+    response_cache: bool = False  # response_cache { enable: true } (used with --cache-config)
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -180,6 +181,8 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
     where = f"model '{model_name}' ({source})"
     if config.name != model_name:
         raise invalid(f"{where}: config name '{config.name}' must match the folder name")
+    if config.response_cache.enable:
+        _validate_response_cache(where, config)
     for name in _UNSUPPORTED_FIELDS:
         if _is_set(config, name):
             raise invalid(f"{where}: '{name}' is not supported by inferd yet")
@@ -208,6 +211,20 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
             raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
         if group.kind == pb.ModelInstanceGroup.KIND_MODEL:
             raise invalid(f"{where}: instance_group kind KIND_MODEL is not supported")
+
+
+def _validate_response_cache(where: str, config: ModelConfigProto) -> None:
+    """Cached answers fit requests that stand alone (Triton's rule and wording)."""
+    if config.model_transaction_policy.decoupled:
+        blocker = "'decoupled' transaction policy"
+    elif config.HasField("sequence_batching"):
+        blocker = "sequence batching scheduler"
+    else:
+        return
+    raise invalid(
+        f"{where}: Response Cache does not currently support model {config.name} with "
+        f"{blocker}. Please disable the response cache."
+    )
 
 
 def _is_set(config: ModelConfigProto, field: str) -> bool:
@@ -275,6 +292,7 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         proto=config,
         input_by_name={t.name: t for t in inputs},
         ensemble=parse_ensemble(config) if is_ensemble(config) else None,
+        response_cache=config.response_cache.enable,
     )
 
 

@@ -46,6 +46,11 @@ class ModelVersion:
         return self.state is ModelState.READY
 
     @property
+    def caches(self) -> bool:
+        """Its config enables the response cache (used when the server has one)."""
+        return self.config is not None and self.config.response_cache
+
+    @property
     def stats(self) -> ModelStats | None:
         if self.scheduler is not None:
             return self.scheduler.stats

@@ -8,6 +8,7 @@ import signal
 import socket
 
 import uvloop
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
@@ -22,8 +23,9 @@ from inferd.server.grpc_transport import GrpcBindError
 from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
-from inferd.server.metrics import MetricsApp, MetricsExporter
+from inferd.server.metrics import CacheCollector, MetricsApp, MetricsExporter
 from inferd.server.model_calls import LoopModelCalls
+from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
@@ -94,6 +96,9 @@ class App:
             self._registry,
             loop,
         )
+        cache = (
+            ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
+        )
         self.core = InferenceCore(
             self._repository,
             CoreSettings(
@@ -104,13 +109,17 @@ class App:
                 allow_client=settings.allow_client_shm,
                 cuda=CudaIpc.load if gpus.count else None,
             ),
+            cache,
         )
         model_calls.serve(self.core)
         if settings.allow_metrics:
             if settings.metrics_interval_ms <= 0:
                 raise StartupError("--metrics-interval-ms must be a positive number of ms")
             self._system = system_metrics(settings)
-            self._metrics = MetricsExporter(self.core.loaded_versions, self._system)
+            collectors: list[Collector] = [self._system]
+            if cache is not None:
+                collectors.append(CacheCollector(cache, self.core.loaded_versions))
+            self._metrics = MetricsExporter(self.core.loaded_versions, *collectors)
         if settings.allow_http:
             await self._start_http(self.core)
         if self._metrics is not None:

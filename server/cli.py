@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from inferd.server.response_cache import parse_cache_config
 from inferd.server.settings import GrpcChannel, Settings
 
 ENV_PREFIX = "INFERD_"
@@ -45,13 +46,17 @@ class _Parser:
         default: Any = None,
         help: str,
         multiple: bool = False,
+        env_separator: str | None = ",",
         **kwargs: Any,
     ) -> None:
+        """`env_separator` splits a `multiple` flag's variable into values (None: whitespace,
+        for values that contain commas themselves)."""
         env = _env_name(flag)
         raw = self.environ.get(env)
         if raw is not None:
             try:
-                default = [type(v) for v in raw.split(",") if v] if multiple else type(raw)
+                values = raw.split(env_separator)
+                default = [type(v) for v in values if v] if multiple else type(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 self.parser.error(f"{env}={raw!r}: {exc}")
         shown = f"{help} [env {env}; default: {default if default not in (None, []) else 'none'}]"
@@ -167,6 +172,19 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="let clients register system shared-memory regions and pass tensors through them",
     )
     p.add(
+        "--cache-config",
+        multiple=True,
+        env_separator=None,
+        help="response cache, Triton's spelling: local,size=BYTES (models opt in with "
+        "response_cache { enable: true })",
+    )
+    p.add(
+        "--response-cache-byte-size",
+        type=int,
+        default=0,
+        help="deprecated Triton spelling of --cache-config local,size=BYTES",
+    )
+    p.add(
         "--exit-on-error",
         type=parse_bool,
         default=d.exit_on_error,
@@ -193,6 +211,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add(
         "--backend-config",
         multiple=True,
+        env_separator=None,
         help="BACKEND,SETTING=VALUE (e.g. onnxruntime,default-max-batch-size=8)",
     )
     p.add(
@@ -333,6 +352,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         load_models=tuple(args.load_model or ()),
         strict_readiness=args.strict_readiness,
         allow_client_shm=args.allow_client_shm,
+        response_cache_bytes=parse_cache_config(
+            args.cache_config or (), args.response_cache_byte_size
+        ).size,
         exit_on_error=args.exit_on_error,
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 import inferd
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
+from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
 from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import InferdError, invalid, unavailable
+from inferd.server.response_cache import ResponseCache, request_key
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
 from inferd.server.types import (
@@ -59,11 +62,14 @@ class InferenceCore:
         repository: ModelRepository,
         settings: CoreSettings,
         shared_memory: SharedMemoryRegistry | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self._repository = repository
         self._settings = settings
         # Client shared-memory regions; without a registry, registration is refused.
         self.shared_memory = shared_memory or SharedMemoryRegistry(allow_client=False)
+        # --cache-config: answers of models with response_cache enabled; None = no cache.
+        self.response_cache = response_cache
         self._started = False
         # Ensemble steps are requests to their composing models, through submit() below.
         self._ensembles = EnsembleRunner(repository.get, self.submit)
@@ -224,6 +230,17 @@ class InferenceCore:
             # A request the model refuses is a failure of that model (Triton's reason OTHER).
             scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
+        if self.response_cache is not None and model.caches:
+            submit = partial(
+                scheduler.submit,
+                request.inputs,
+                batch_size,
+                shape_key,
+                request.arrival_ns,
+                options or DEFAULT_OPTIONS,
+                request=request,
+            )
+            return model, self._cached(request, model, scheduler.stats, submit, on_done)
         future = scheduler.submit(
             request.inputs,
             batch_size,
@@ -249,7 +266,57 @@ class InferenceCore:
         except InferdError:
             ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
-        return self._ensembles.submit(request, model, batch_size, on_done)
+        submit = partial(self._ensembles.submit, request, model, batch_size)
+        if self.response_cache is not None and model.caches:
+            return self._cached(request, model, ensemble.stats, submit, on_done)
+        return submit(on_done)
+
+    def _cached(
+        self,
+        request: InferRequest,
+        model: ModelVersion,
+        stats: ModelStats,
+        submit: Callable[[OnDone | None], asyncio.Future[Outputs]],
+        on_done: OnDone | None,
+    ) -> asyncio.Future[Outputs]:
+        """Answer from the response cache, or submit and store the outputs once they succeed.
+        A hit counts as a successful request that queued for its lookup (Triton's accounting),
+        without inference or execution counts."""
+        cache = self.response_cache
+        assert cache is not None
+        start = time.monotonic_ns()
+        key = request_key(request.model_name, model.version, request.inputs, request.parameters)
+        outputs = cache.get(key)
+        if outputs is not None and not _answers(outputs, request, model):
+            outputs = None
+        end = time.monotonic_ns()
+        if outputs is None:
+            stats.cache_miss.add(end - start)
+            future = submit(on_done)
+            future.add_done_callback(partial(self._store, key, stats))
+            return future
+        stats.cache_hit.add(end - start)
+        stats.queue.add(end - start)
+        stats.queue_us.observe((end - start) / 1000)
+        stats.success.add(end - request.arrival_ns)
+        stats.request_us.observe((end - request.arrival_ns) / 1000)
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        future.set_result(outputs)
+        if on_done is not None:
+            # After submit() returns, as from a scheduler: the caller's callback reads what
+            # submit() returned to it.
+            loop.call_soon(on_done, future)
+        return future
+
+    def _store(self, key: bytes, stats: ModelStats, future: asyncio.Future[Outputs]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # only successful answers are cached
+        assert self.response_cache is not None
+        start = time.monotonic_ns()
+        self.response_cache.put(key, future.result())
+        stats.cache_miss.add(time.monotonic_ns() - start, count=0)
 
     def response(
         self, request: InferRequest, model: ModelVersion, outputs: Outputs
@@ -293,6 +360,14 @@ def _options(parameters: Params, model: str) -> RequestOptions | None:
             raise invalid(f"parameter '{name}' must be a non-negative integer, got {value!r}")
     assert isinstance(priority, int) and isinstance(timeout, int)
     return RequestOptions(priority, timeout, latency_slo_ns(slo, model))
+
+
+def _answers(outputs: Outputs, request: InferRequest, model: ModelVersion) -> bool:
+    """A cache entry holds every output the request needs."""
+    if request.outputs is not None:
+        return all(o.name in outputs for o in request.outputs)
+    assert model.config is not None
+    return all(t.name in outputs for t in model.config.outputs)
 
 
 def _metadata(tensor: TensorConfig, batch: tuple[int, ...]) -> TensorMetadata:

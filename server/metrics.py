@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from inferd.batching.scheduler import Scheduler
 from inferd.batching.stats import Histogram, ModelStats
 from inferd.repository.manager import ModelVersion
+from inferd.server.response_cache import ResponseCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's, always all four
@@ -99,6 +100,25 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], int], ...]
     ),
 )
 
+
+_CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", lambda s: s.cache_hit.count),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_num_misses_per_model",
+        "Number of cache misses per model",
+        lambda s: s.cache_miss.count,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (insert+lookup) duration per model, in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+)
 
 _GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
     (
@@ -268,6 +288,33 @@ def render(registry: CollectorRegistry) -> bytes:
             text = f"{{{labels}}}" if labels else ""
             out.append(f"{sample.name}{text} {_number(sample.value)}\n")
     return "".join(out).encode()
+
+
+class CacheCollector:
+    """The response cache's families, as Triton names them: per model (for the versions that
+    use the cache), and the cache's own fill."""
+
+    def __init__(
+        self, cache: ResponseCache, versions: Callable[[], Iterable[ModelVersion]]
+    ) -> None:
+        self._cache = cache
+        self._versions = versions
+
+    def collect(self) -> Iterator[Metric]:
+        counted = [(_labels(v), stats) for v in self._versions() if v.caches and (stats := v.stats)]
+        for name, doc, value in _CACHE_COUNTERS:
+            yield _family(name, doc, "counter", [(lb, value(s)) for lb, s in counted])
+        cache = self._cache
+        for name, doc, gauge in (
+            ("nv_cache_util", "Cache utilization [0.0 - 1.0]", cache.used / cache.capacity),
+            ("nv_cache_num_entries", "Number of responses stored in response cache", len(cache)),
+            (
+                "nv_cache_num_evictions",
+                "Number of cache evictions in response cache",
+                cache.evictions,
+            ),
+        ):
+            yield _family(name, doc, "gauge", [({}, gauge)])
 
 
 class MetricsExporter:

@@ -72,6 +72,7 @@ class Settings:
     load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)
     strict_readiness: bool = True
     allow_client_shm: bool = False  # as Triton since 26.04: clients may not map server memory
+    response_cache_bytes: int = 0  # --cache-config local,size=N; 0 = no response cache
     exit_on_error: bool = False  # Triton defaults to true; see README
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True

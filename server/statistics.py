@@ -12,9 +12,6 @@ def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 
 
-_EMPTY = {"count": 0, "ns": 0}
-
-
 def model_stats_document(name: str, version: str, stats: ModelStats) -> dict[str, Any]:
     return {
         "name": name,
@@ -29,8 +26,8 @@ def model_stats_document(name: str, version: str, stats: ModelStats) -> dict[str
             "compute_input": _duration(stats.compute_input),
             "compute_infer": _duration(stats.compute_infer),
             "compute_output": _duration(stats.compute_output),
-            "cache_hit": _EMPTY,
-            "cache_miss": _EMPTY,
+            "cache_hit": _duration(stats.cache_hit),
+            "cache_miss": _duration(stats.cache_miss),
         },
         "response_stats": {},
         "batch_stats": [

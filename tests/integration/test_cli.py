@@ -102,6 +102,31 @@ def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None
         assert "usage:" in capsys.readouterr().err
 
 
+def test_response_cache_flags() -> None:
+    assert settings_for(["serve"]).response_cache_bytes == 0
+    assert settings_for(["serve", "--cache-config=local,size=1048576"]).response_cache_bytes == (
+        1048576
+    )
+    # Triton's deprecated spelling, and the variable (whose value holds a comma itself).
+    assert settings_for(["serve", "--response-cache-byte-size=4096"]).response_cache_bytes == 4096
+    env = {"INFERD_CACHE_CONFIG": "local,size=2048"}
+    assert settings_for(["serve"], env).response_cache_bytes == 2048
+    env = {"INFERD_BACKEND_CONFIG": "onnxruntime,default-max-batch-size=8"}
+    assert settings_for(["serve"], env).default_max_batch_size == 8
+
+
+def test_bad_cache_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, says in (
+        ("--cache-config=redis,host=localhost", "only the 'local' cache"),
+        ("--cache-config=local,size=big", "size must be a number of bytes"),
+        ("--cache-config=local", "expected <cache>,<key>=<value>"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", bad])
+        assert info.value.code == 2
+        assert says in capsys.readouterr().err
+
+
 def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

@@ -139,6 +139,14 @@ BAD_CONFIGS = [
     ("dynamic_batching {}", "needs max_batch_size > 0"),
     ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "1..4"),
     ("instance_group [{kind: KIND_MODEL}]", "KIND_MODEL"),
+    (
+        "model_transaction_policy { decoupled: true }\nresponse_cache { enable: true }",
+        "Response Cache does not currently support model m with 'decoupled' transaction policy",
+    ),
+    (
+        "max_batch_size: 4\nsequence_batching {}\nresponse_cache { enable: true }",
+        "Response Cache does not currently support model m with sequence batching scheduler",
+    ),
 ]
 
 
