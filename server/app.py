@@ -23,6 +23,7 @@ from inferd.server.grpc_transport import GrpcBindError
 from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
+from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.metrics import CacheCollector, MetricsApp, MetricsExporter
 from inferd.server.model_calls import LoopModelCalls
 from inferd.server.response_cache import ResponseCache
@@ -110,6 +111,7 @@ class App:
                 cuda=CudaIpc.load if gpus.count else None,
             ),
             cache,
+            LogControl(LogSettings.from_level(settings.log_level)),
         )
         model_calls.serve(self.core)
         if settings.allow_metrics:

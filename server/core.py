@@ -20,6 +20,7 @@ from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
 from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import InferdError, invalid, unavailable
+from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.response_cache import ResponseCache, request_key
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
@@ -47,6 +48,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "logging",
 )
 
 
@@ -63,6 +65,7 @@ class InferenceCore:
         settings: CoreSettings,
         shared_memory: SharedMemoryRegistry | None = None,
         response_cache: ResponseCache | None = None,
+        log_control: LogControl | None = None,
     ) -> None:
         self._repository = repository
         self._settings = settings
@@ -70,6 +73,8 @@ class InferenceCore:
         self.shared_memory = shared_memory or SharedMemoryRegistry(allow_client=False)
         # --cache-config: answers of models with response_cache enabled; None = no cache.
         self.response_cache = response_cache
+        # The logging extension's settings (process-wide, as in Triton).
+        self.logging = log_control or LogControl(LogSettings())
         self._started = False
         # Ensemble steps are requests to their composing models, through submit() below.
         self._ensembles = EnsembleRunner(repository.get, self.submit)

@@ -34,6 +34,7 @@ from inferd.server.grpc_codec import (
     encode_stream_response,
 )
 from inferd.server.grpc_stacks import GrpcStack, start_stack
+from inferd.server.logging_codec import grpc_log_changes, grpc_log_settings
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
 from inferd.server.shared_memory_codec import grpc_status
@@ -206,6 +207,12 @@ class InferenceService:
         self._core.shared_memory.unregister_cuda(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
+    def log_settings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+        """An empty request reads the settings; one with values changes those."""
+        settings = self._core.logging
+        changes = grpc_log_changes(request.settings)
+        return grpc_log_settings(settings.update(changes) if changes else settings.as_dict())
+
     async def model_infer(
         self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
@@ -317,6 +324,7 @@ class InferenceService:
             "CudaSharedMemoryUnregister": _guarded(
                 "CudaSharedMemoryUnregister", self.cuda_shm_unregister
             ),
+            "LogSettings": _guarded("LogSettings", self.log_settings),
         }
         methods: dict[str, RpcMethod] = {}
         for method in _SERVICE.methods:

@@ -36,6 +36,7 @@ from inferd.server.http_codec import (
     encode_infer_response,
 )
 from inferd.server.metrics import MetricsExporter
+from inferd.server.logging_codec import http_log_changes
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
 from inferd.server.shared_memory_codec import (
     http_cuda_register,
@@ -429,6 +430,11 @@ def _routes(
         core.shared_memory.unregister_cuda(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def log_settings(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(core.logging.as_dict())
+        return JSONResponse(core.logging.update(http_log_changes(await request.body())))
+
     async def prometheus_metrics(request: Request) -> Response:
         assert metrics is not None
         return metrics.response()  # async: the stats are read on the loop that updates them
@@ -446,6 +452,7 @@ def _routes(
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/logging", log_settings, methods=["GET", "POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/{repository}/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", load_model, methods=["POST"]),

@@ -17,11 +17,12 @@ from tests.conftest import RunningServer
 PROTOCOLS = ("http", "grpc")
 # The status each front door gives an error code (the protocol parity tables).
 STATUS = {
-    "http": {"invalid": "400", "internal": "500", "unavailable": "503"},
+    "http": {"invalid": "400", "internal": "500", "unavailable": "503", "unsupported": "501"},
     "grpc": {
         "invalid": "StatusCode.INVALID_ARGUMENT",
         "internal": "StatusCode.INTERNAL",
         "unavailable": "StatusCode.UNAVAILABLE",
+        "unsupported": "StatusCode.UNIMPLEMENTED",
     },
 }
 

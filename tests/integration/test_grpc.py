@@ -266,9 +266,8 @@ async def test_stream_error_keeps_only_the_id(stacks_server: RunningServer) -> N
     "call",
     [
         lambda c: c.get_trace_settings(),
-        lambda c: c.get_log_settings(),
     ],
-    ids=["trace", "log"],
+    ids=["trace"],
 )
 def test_later_rpcs_are_unimplemented(
     client: grpcclient.InferenceServerClient, call: Callable[[Any], Any]

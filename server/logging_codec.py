@@ -1,0 +1,43 @@
+"""The logging extension's bodies: HTTP JSON objects and gRPC `LogSettings` maps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from tritonclient.grpc import service_pb2 as pb
+
+from inferd.server.errors import invalid
+
+
+def http_log_changes(body: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("a logging settings request needs a JSON object body")
+    return doc
+
+
+def grpc_log_changes(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`LogSettingsRequest.settings` as plain values; a value with no type set is None."""
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        kind = value.WhichOneof("parameter_choice")
+        changes[key] = None if kind is None else getattr(value, kind)
+    return changes
+
+
+def grpc_log_settings(settings: Mapping[str, Any]) -> Any:
+    response = pb.LogSettingsResponse()
+    for key, value in settings.items():
+        entry = response.settings[key]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.uint32_param = value
+        else:
+            entry.string_param = value
+    return response

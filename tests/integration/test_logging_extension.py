@@ -1,0 +1,89 @@
+"""Triton's logging extension over both protocols, with tritonclient's own calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import tritonclient.http as httpclient
+
+from tests.conftest import RunningServer
+from tests.wire import PROTOCOLS, client_for, fails
+
+DEFAULTS = {
+    "log_file": "",
+    "log_info": True,
+    "log_warning": True,
+    "log_error": True,
+    "log_verbose_level": 0,
+    "log_format": "default",
+}
+
+
+def settings(client: Any, protocol: str, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings as plain values, whichever protocol answered."""
+    if changes is None:
+        answer = client.get_log_settings(**({"as_json": True} if protocol == "grpc" else {}))
+    else:
+        kw = {"as_json": True} if protocol == "grpc" else {}
+        answer = client.update_log_settings(changes, **kw)
+    if protocol == "http":
+        return dict(answer)
+    return {k: next(iter(v.values())) for k, v in answer["settings"].items()}
+
+
+@pytest.fixture
+def server(examples_server: RunningServer) -> Iterator[RunningServer]:
+    yield examples_server
+    # The settings are the process's: leave them as the other tests expect.
+    httpx.post(f"http://{examples_server.http_url}/v2/logging", json=DEFAULTS | {"log_file": None})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_settings_are_read_and_changed(server: RunningServer, protocol: str) -> None:
+    with client_for(server, protocol) as client:
+        assert settings(client, protocol) == DEFAULTS
+        changed = settings(client, protocol, {"log_info": False, "log_verbose_level": 2})
+        assert changed == DEFAULTS | {"log_info": False, "log_verbose_level": 2}
+        assert settings(client, protocol) == changed
+        changed = settings(client, protocol, {"log_format": "ISO8601"})
+        assert changed["log_format"] == "ISO8601" and changed["log_info"] is False
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bad_settings_are_refused(server: RunningServer, protocol: str) -> None:
+    with client_for(server, protocol) as client:
+        message = fails(
+            lambda: client.update_log_settings({"log_file": "/var/log/inferd"}),
+            protocol,
+            "unsupported",
+        )
+        assert "log file location can not be updated through network protocol" in message
+        message = fails(
+            lambda: client.update_log_settings({"log_format": "xml"}), protocol, "invalid"
+        )
+        assert "'log_format' must be one of default, ISO8601" in message
+        assert settings(client, protocol) == DEFAULTS
+
+
+def test_http_bodies_that_are_not_settings(server: RunningServer) -> None:
+    url = f"http://{server.http_url}/v2/logging"
+    for body, says in (
+        (b"[1]", "needs a JSON object body"),
+        (b"{bad", "failed to parse the request JSON"),
+        (b'{"log_info": "yes"}', "'log_info' must be a boolean"),
+        (b'{"verbose": 1}', "unknown logging setting 'verbose'"),
+    ):
+        answer = httpx.post(url, content=body)
+        assert answer.status_code == 400
+        assert says in answer.json()["error"]
+
+
+def test_logging_is_listed_as_an_extension(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        assert "logging" in client.get_server_metadata()["extensions"]
+    finally:
+        client.close()
