@@ -208,6 +208,7 @@ class App:
             await self._repository.close()
         if self.core is not None:
             self.core.shared_memory.close()
+            self.core.logging.close()
         # Metrics go last, so that scrapes can watch the drain.
         if self._metrics_http is not None:
             await self._metrics_http.stop(1.0)

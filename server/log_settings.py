@@ -96,6 +96,8 @@ class LogControl:
             "default": logging.Formatter(DEFAULT_FORMAT),
             "ISO8601": _iso8601_formatter(),
         }
+        # Handlers changed so far, with the formatter each had: close() puts them back.
+        self._changed: dict[logging.Handler, logging.Formatter | None] = {}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self.settings)
@@ -105,13 +107,22 @@ class LogControl:
         previous = self.settings
         self.settings = updated(previous, changes)
         for handler in self._root.handlers:
-            if self._filter not in handler.filters:
+            if handler not in self._changed:
+                self._changed[handler] = handler.formatter
                 handler.addFilter(self._filter)
             if self.settings.log_format != previous.log_format:
                 handler.setFormatter(self._formats[self.settings.log_format])
         verbose = self.settings.log_verbose_level > 0
         self._package.setLevel(logging.DEBUG if verbose else logging.NOTSET)
         return self.as_dict()
+
+    def close(self) -> None:
+        """Leave the process's logging as this control found it (the server stops)."""
+        for handler, formatter in self._changed.items():
+            handler.removeFilter(self._filter)
+            handler.setFormatter(formatter)
+        self._changed.clear()
+        self._package.setLevel(logging.NOTSET)
 
 
 class _SettingsFilter(logging.Filter):

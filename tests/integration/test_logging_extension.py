@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import tritonclient.http as httpclient
 
-from tests.conftest import RunningServer
+from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, client_for, fails
 
 DEFAULTS = {
@@ -34,11 +35,19 @@ def settings(client: Any, protocol: str, changes: dict[str, Any] | None = None) 
     return {k: next(iter(v.values())) for k, v in answer["settings"].items()}
 
 
-@pytest.fixture
-def server(examples_server: RunningServer) -> Iterator[RunningServer]:
-    yield examples_server
-    # The settings are the process's: leave them as the other tests expect.
-    httpx.post(f"http://{examples_server.http_url}/v2/logging", json=DEFAULTS | {"log_file": None})
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    """A server of its own: the settings are the process's, and stopping it gives the
+    process's logging back as it was."""
+    running = start_server(replace(TEST_SETTINGS, model_repositories=(EXAMPLES,)))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def defaults(server: RunningServer) -> Iterator[None]:
+    yield
+    httpx.post(f"http://{server.http_url}/v2/logging", json=DEFAULTS | {"log_file": None})
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

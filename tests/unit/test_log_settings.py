@@ -79,3 +79,18 @@ def test_the_command_line_level_sets_the_start() -> None:
     warning = LogSettings.from_level("warning")
     assert (warning.log_info, warning.log_warning, warning.log_error) == (False, True, True)
     assert LogSettings.from_level("error").log_warning is False
+
+
+def test_closing_leaves_logging_as_it_was(handler: Records) -> None:
+    before = handler.formatter
+    control = LogControl(LogSettings(), *LOGGERS)
+    control.update({"log_info": False, "log_format": "ISO8601", "log_verbose_level": 1})
+    control.close()
+    LOGGERS[0].setLevel(logging.INFO)
+    try:
+        emit_all()
+    finally:
+        LOGGERS[0].setLevel(logging.NOTSET)
+    # Info passes the handler again; debug stays below the loggers' own level.
+    assert handler.lines == ["info", "warning", "error"]
+    assert handler.formatter is before
