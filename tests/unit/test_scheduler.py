@@ -351,9 +351,10 @@ def test_lateness_margin_settles_where_the_miss_rate_is_met() -> None:
 async def test_late_answers_make_admission_plan_with_a_margin() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], 4, latency_slo_ns=100_000_000)
-    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=50_000_000))  # due in 50 ms
+    # Due in 300 ms: long enough that a loaded machine still dispatches it in time.
+    first = submit(scheduler, 1, RequestOptions(latency_slo_ns=300_000_000))
     await wait_entered(instance)
-    time.sleep(0.1)
+    time.sleep(0.35)
     instance.gate.set()
     await first  # answered, but late
     assert scheduler.margin.share > 0
