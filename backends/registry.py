@@ -17,11 +17,13 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "onnxruntime": "inferd.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "inferd.backends.tensorrt:TensorRtBackend",
     "python": "inferd.backends.python:PythonBackend",
+    "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",
 }
 
 # What to install when a built-in backend's framework is missing.
 INSTALL_HINTS: Mapping[str, str] = {
     "onnxruntime": "install the inferd[cpu] extra (onnxruntime) or inferd[gpu] (onnxruntime-gpu)",
+    "tensorflow": "install the inferd[tensorflow] extra (tensorflow-cpu)",
 }
 
 # Triton's platform names for the backends (config `platform:`).
