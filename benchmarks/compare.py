@@ -141,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="extra flag for `inferd serve` (repeatable), e.g. --inferd-arg=--log-level=warning",
     )
+    parser.add_argument(
+        "--response-cache",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="turn the response cache on (this many bytes) and enable it in every model: "
+        "perf_analyzer sends the same tensors each time, so this measures cache hits",
+    )
     perf_sweep.add_sweep_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [s for s in args.servers if s not in ALL_SERVERS]
@@ -153,15 +161,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise peers.MissingTool(f"perf_analyzer not found: {peers.SETUP_HINT}")
         (args.out / "logs").mkdir(parents=True, exist_ok=True)
         for name in args.servers:  # fail now, not after the first servers' sweeps
-            servers.build(name, peers_path, 0, args.out / "work" / name, args.inferd_arg)
-    except peers.MissingTool as exc:
+            servers.build(
+                name, peers_path, 0, args.out / "work" / name, args.inferd_arg, args.response_cache
+            )
+    except (peers.MissingTool, ValueError) as exc:
         sys.exit(str(exc))
     startups: dict[str, list[dict[str, float | None]]] = {}
     cells: list[Cell] = []
     for name in args.servers:
         # Ports are picked just before each launch, so that they are still free.
         port = procs.free_port_block(3)
-        server = servers.build(name, peers_path, port, args.out / "work" / name, args.inferd_arg)
+        workdir = args.out / "work" / name
+        server = servers.build(
+            name, peers_path, port, workdir, args.inferd_arg, args.response_cache
+        )
         startup, server_cells = run_server(server, args, pa, peers_path)
         startups[server.name] = [startup]
         cells += server_cells

@@ -81,11 +81,37 @@ def byte_compile_inferd() -> None:
             compileall.compile_dir(location, maxlevels=0, quiet=1)
 
 
-def triton_py(peers: Path, base_port: int, workdir: Path) -> Server:
-    """Bare tritonserver 2.51 (python backend running onnxruntime, dynamic batching)."""
+def triton_py(peers: Path, base_port: int, workdir: Path, cache_bytes: int = 0) -> Server:
+    """Bare tritonserver 2.51 (python backend running onnxruntime, dynamic batching); with
+    `cache_bytes`, its response cache on and enabled in every model."""
     script = require(peers / "scripts" / "triton_py_serve.sh")
+    argv = [str(script)]
+    if cache_bytes:
+        # The script serves $PEERS/models/repo-py: point it at a mirror whose repository
+        # enables the cache, and at the cache library the bundled server ships.
+        mirror = workdir / "peers"
+        for part in ("venv-pytriton", "triton-backends"):
+            (mirror / part).parent.mkdir(parents=True, exist_ok=True)
+            if not (mirror / part).exists():
+                (mirror / part).symlink_to(require(peers / part))
+        with_response_cache(require(peers / "models" / "repo-py"), mirror / "models" / "repo-py")
+        caches = next(
+            peers.glob("venv-pytriton/lib/python*/site-packages/pytriton/tritonserver/caches")
+        )
+        argv += [f"--cache-config=local,size={cache_bytes}", f"--cache-directory={caches}"]
+        peers = mirror
     env = {"PEERS": str(peers), "PORT": str(base_port)}
-    return Server("triton-py", [str(script)], workdir, base_port, env=env)
+    return Server("triton-py", argv, workdir, base_port, env=env)
+
+
+def with_response_cache(repo: Path, copy: Path) -> Path:
+    """A copy of a model repository whose models all enable the response cache."""
+    shutil.copytree(repo, copy, dirs_exist_ok=True)
+    for config in copy.glob("*/config.pbtxt"):
+        text = config.read_text()
+        if "response_cache" not in text:
+            config.write_text(text + "\nresponse_cache { enable: true }\n")
+    return copy
 
 
 def kserve(peers: Path, base_port: int, workdir: Path) -> Server:
@@ -115,21 +141,35 @@ PEERS: dict[str, Callable[[Path, int, Path], Server]] = {
 }
 
 
+# Servers that have Triton's response cache (--response-cache in compare.py).
+CACHING = ("inferd", "inferd-py", "triton-py")
+
+
 def build(
-    name: str, peers: Path | None, base_port: int, workdir: Path, inferd_args: Sequence[str] = ()
+    name: str,
+    peers: Path | None,
+    base_port: int,
+    workdir: Path,
+    inferd_args: Sequence[str] = (),
+    cache_bytes: int = 0,
 ) -> Server:
     """inferd (on $PEERS/models/repo), inferd-py (on triton-py's python-backend repository,
-    $PEERS/models/repo-py, unchanged), inferd-examples (bundled examples) or a peer by name."""
+    $PEERS/models/repo-py, unchanged), inferd-examples (bundled examples) or a peer by name.
+    `cache_bytes`: the response cache on, and enabled in every model (CACHING servers only)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if cache_bytes and name not in CACHING:
+        raise ValueError(f"{name} has no response cache (servers with one: {', '.join(CACHING)})")
     if name == "inferd-examples":
         return inferd(base_port, workdir, repository=None, extra_args=inferd_args)
     if peers is None:
         raise ValueError(f"{name} needs the peers directory")
-    if name == "inferd":
-        repo = require(peers / "models" / "repo")
-        return inferd(base_port, workdir, repository=repo, extra_args=inferd_args)
-    if name == "inferd-py":
-        repo = require(peers / "models" / "repo-py")
+    if name == "triton-py":
+        return triton_py(peers, base_port, workdir, cache_bytes)
+    if name in ("inferd", "inferd-py"):
+        repo = require(peers / "models" / ("repo" if name == "inferd" else "repo-py"))
+        if cache_bytes:
+            repo = with_response_cache(repo, workdir / "repo")
+            inferd_args = [*inferd_args, f"--cache-config=local,size={cache_bytes}"]
         return inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
     return PEERS[name](peers, base_port, workdir)
 
