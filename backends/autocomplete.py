@@ -12,6 +12,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.repository.config import ModelConfigProto
+from inferd.repository.sequence_config import generated_names
 from inferd.server.errors import invalid, unsupported
 from inferd.server.types import DataType
 
@@ -45,6 +46,20 @@ def complete_max_batch_size(
         config.max_batch_size = max_batch_size
         if config.max_batch_size > 1 and not config.HasField("dynamic_batching"):
             config.dynamic_batching.SetInParent()
+
+
+def regular_tensors(
+    config: ModelConfigProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's inputs and outputs less the sequence batcher's control and state tensors,
+    which the scheduler feeds and reads: they are not the config's inputs and outputs."""
+    skip_inputs, skip_outputs = generated_names(config)
+    if not skip_inputs and not skip_outputs:
+        return list(inputs), list(outputs)
+    return (
+        [s for s in inputs if s.name not in skip_inputs],
+        [s for s in outputs if s.name not in skip_outputs],
+    )
 
 
 def complete_tensors(

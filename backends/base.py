@@ -13,7 +13,9 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.python_metrics import CustomMetrics
 from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.server.errors import InferdError
 from inferd.server.types import InferRequest, InferResponse, ParamValue
 
 
@@ -49,6 +51,8 @@ class BackendSettings:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
     # None where models cannot call models (tests of one backend, tools).
     model_calls: ModelCalls | None = field(default=None, compare=False)
+    # Where python models' custom metrics go (exported by the server); None: kept unexported.
+    custom_metrics: CustomMetrics | None = field(default=None, compare=False)
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -61,6 +65,24 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     return Path(tempfile.gettempdir()) / "inferd-cache"
 
 
+class ResponseSink(Protocol):
+    """Where the responses of a request to a decoupled model go, from any thread, in send
+    order (batching/decoupled.py's ResponseStream)."""
+
+    cancelled: bool  # the client went away
+
+    @property
+    def closed(self) -> bool:
+        """The final response was sent: nothing more may be."""
+
+    def send(self, item: dict[str, np.ndarray] | InferdError | None, final: bool) -> bool:
+        """Outputs, an error, or None with `final` (the final flag alone). False when the
+        request's final response was sent already (nothing is sent)."""
+
+    def seal(self) -> None:
+        """Refuse further sends."""
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceRequest:
     """One request as an instance that takes requests one by one sees it."""
@@ -69,6 +91,8 @@ class InstanceRequest:
     id: str = ""
     parameters: Mapping[str, ParamValue] = field(default_factory=dict)
     outputs: tuple[str, ...] | None = None  # the outputs the client asked for; None = all
+    # Decoupled models only: where this request's 0..n responses go.
+    responses: ResponseSink | None = None
 
 
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an

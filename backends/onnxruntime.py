@@ -16,6 +16,7 @@ from inferd.backends.autocomplete import (
     check_tensors,
     complete_max_batch_size,
     complete_tensors,
+    regular_tensors,
     restore_item_dims,
     scalar_items,
 )
@@ -129,8 +130,9 @@ class OnnxRuntimeBackend(Backend):
         if settings.auto_complete:
             limit = settings.default_max_batch_size
             complete_max_batch_size(config, [*inputs, *outputs], limit)
-            complete_tensors(config.input, inputs, config.max_batch_size, model_file)
-            complete_tensors(config.output, outputs, config.max_batch_size, model_file)
+            regular_inputs, regular_outputs = regular_tensors(config, inputs, outputs)
+            complete_tensors(config.input, regular_inputs, config.max_batch_size, model_file)
+            complete_tensors(config.output, regular_outputs, config.max_batch_size, model_file)
         batched = config.max_batch_size > 0
         check_tensors("input", config.input, inputs, batched, model_file)
         check_tensors("output", config.output, outputs, batched, model_file)
@@ -170,6 +172,14 @@ class OnnxRuntimeInstance(ModelInstance):
         self._output_names = [t.name for t in config.outputs]
         # ORT string tensors want str elements; the wire gives bytes.
         self._string_inputs = {t.name for t in config.inputs if t.datatype is DataType.BYTES}
+        sequence = config.sequence_batching
+        if sequence is not None:  # the sequence batcher feeds controls and reads the states
+            self._output_names += [
+                s.output_name for s in sequence.states if s.output_name not in self._output_names
+            ]
+            self._string_inputs |= {
+                c.name for c in sequence.controls if c.datatype is DataType.BYTES
+            }
         self._scalar_items = scalar_items(
             (*config.inputs, *config.outputs),
             tensor_specs([*self._session.get_inputs(), *self._session.get_outputs()]),

@@ -37,6 +37,8 @@ def graph_batch_sizes(config: ModelConfig) -> tuple[int, ...]:
     if not config.proto.optimization.cuda.graphs:
         return ()
     where = f"model '{config.name}': optimization.cuda.graphs"
+    if config.sequence_batching is not None:  # its control and state inputs have no buffers
+        raise invalid(f"{where} is not supported with sequence_batching")
     for tensor in (*config.inputs, *config.outputs):
         if tensor.variable:
             raise invalid(f"{where} needs fixed dims ('{tensor.name}')")
@@ -98,6 +100,20 @@ class IoBindingRunner:
             _Output(t.name, t.datatype.numpy, self._model_dims(t.name, t.dims))
             for t in config.outputs
         ]
+        sequence = config.sequence_batching
+        if sequence is not None:  # the sequence batcher reads the implicit state outputs
+            for control in sequence.controls:
+                if control.datatype is DataType.BYTES:
+                    raise unsupported(
+                        f"model '{config.name}': the string CORRID control '{control.name}' is "
+                        "not supported on GPU instances (run it with KIND_CPU)"
+                    )
+            known = {o.name for o in self._outputs}
+            self._outputs += [
+                _Output(s.output_name, s.datatype.numpy, s.dims)
+                for s in sequence.states
+                if s.output_name not in known
+            ]
         self._bound_inputs: frozenset[str] = frozenset()
         # (batch size, options) per captured graph, smallest first; -1 = never capture.
         self._graphs = [(size, _run_options(i)) for i, size in enumerate(graph_sizes)]

@@ -18,7 +18,9 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,11 @@ from inferd.backends.base import (
     ModelCalls,
     ModelInstance,
     RequestOutcome,
+    ResponseSink,
 )
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.python_autocomplete import run_auto_complete
+from inferd.backends.python_metrics import CustomMetrics, MetricsHolder
 from inferd.backends.python_module import (
     MODEL_CLASS,
     describe,
@@ -43,6 +47,7 @@ from inferd.backends.python_module import (
     model_class,
     unload_model_module,
 )
+from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
@@ -100,7 +105,9 @@ class PythonBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
-        return PythonInstance(config, model_path, device, settings.model_calls)
+        return PythonInstance(
+            config, model_path, device, settings.model_calls, settings.custom_metrics
+        )
 
 
 def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> dict[str, str]:
@@ -128,13 +135,26 @@ class PythonInstance(ModelInstance):
         model_file: Path,
         device: Device,
         model_calls: ModelCalls | None = None,
+        custom_metrics: CustomMetrics | None = None,
     ) -> None:
         self._name = config.name
+        # The custom metrics this instance makes, given back when it unloads.
+        self._metrics = MetricsHolder(custom_metrics or CustomMetrics())
+        # Triton names the instance in a decoupled model's execution errors.
+        self._instance_name = initialize_args(config, model_file, device)["model_instance_name"]
+        # Chosen once: a decoupled model's requests stream their responses through senders.
+        self._decoupled = config.decoupled
         self._bls = None if model_calls is None else api.BlsContext(model_calls, config.name)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._file = model_file
         self._outputs = {t.name: t for t in config.outputs}
         self._all_outputs = tuple(self._outputs)
+        # Implicit state a sequence model returns: kept for the sequence batcher, whatever the
+        # client asked for.
+        sequence = config.sequence_batching
+        self._state_outputs = (
+            () if sequence is None else tuple(s.output_name for s in sequence.states)
+        )
         self._module = load_model_module(model_file, config.name)
         step = f"{MODEL_CLASS}()"
         try:
@@ -142,11 +162,14 @@ class PythonInstance(ModelInstance):
             initialize = getattr(model, "initialize", None)
             if initialize is not None:
                 step = "initialize()"
-                initialize(initialize_args(config, model_file, device))
+                with self._metrics_context():
+                    initialize(initialize_args(config, model_file, device))
         except InferdError:
+            self._metrics.release()
             unload_model_module(self._module)
             raise
         except (Exception, SystemExit) as exc:
+            self._metrics.release()
             unload_model_module(self._module)
             raise invalid(f"{model_file}: {step} failed: {describe(exc)}") from None
         self._model: Any = model
@@ -161,17 +184,16 @@ class PythonInstance(ModelInstance):
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         assert self._model is not None, "execute() after close()"
         batch = [self._request(r) for r in requests]
-        token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
+        if self._decoupled:
+            return self._execute_decoupled(requests, batch)
         try:
-            responses = self._model.execute(batch)
-            if inspect.isawaitable(responses):  # `async def execute()`, as Triton allows
-                responses = self._own_loop().run_until_complete(responses)
+            responses = self._run_execute(batch)
         except Exception as exc:  # fails the whole batch, as in Triton
+            _close_senders(batch)
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             raise internal(f"model '{self._name}' failed to execute: {describe(exc)}") from None
-        finally:
-            if token is not None:
-                api.BLS_CONTEXT.reset(token)
+        if _close_senders(batch):  # the model answered some requests through their senders
+            return self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             got = (
                 len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
@@ -182,18 +204,90 @@ class PythonInstance(ModelInstance):
             )
         return [self._outcome(resp, req) for resp, req in zip(responses, requests, strict=True)]
 
+    def _run_execute(self, batch: list[api.InferenceRequest]) -> Any:
+        token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
+        try:
+            with self._metrics_context():
+                responses = self._model.execute(batch)
+                if inspect.isawaitable(responses):  # `async def execute()`, as Triton allows
+                    responses = self._own_loop().run_until_complete(responses)
+            return responses
+        finally:
+            if token is not None:
+                api.BLS_CONTEXT.reset(token)
+
+    def _execute_decoupled(
+        self, requests: Sequence[InstanceRequest], batch: list[api.InferenceRequest]
+    ) -> list[RequestOutcome]:
+        """Responses go out through each request's sender, now or later from any thread;
+        execute() itself must return None. A failure of execute() ends every request's
+        stream with that error (the scheduler reports it) and closes the senders."""
+        sinks: list[ResponseSink] = []
+        for request, served in zip(requests, batch, strict=True):
+            sink = request.responses or DiscardSink()  # warmup requests have no client
+            sinks.append(sink)
+            served._response_sender = ResponseSender(partial(self._outcome, request=request), sink)
+        try:
+            returned = self._run_execute(batch)
+        except Exception as exc:
+            for sink in sinks:
+                sink.seal()
+            log.warning("model '%s': execute() raised", self._name, exc_info=exc)
+            raise internal(
+                f"Failed to process the request(s) for model '{self._instance_name}', "
+                f"message: {describe(exc)}"
+            ) from None
+        if returned is not None:
+            for sink in sinks:
+                sink.seal()
+            raise internal(
+                f"Failed to process the request(s) for model '{self._instance_name}', message: "
+                f"Python model '{self._instance_name}' is using the decoupled mode and the "
+                "execute function must return None."
+            )
+        return [{} for _ in requests]  # execute() is done: the instance is free again
+
+    def _sent_outcomes(
+        self, requests: Sequence[InstanceRequest], returned: Any, senders: list[Any]
+    ) -> list[RequestOutcome]:
+        """A non-decoupled model that answered through response senders: a sent response
+        wins over a returned one (as in Triton); a request with neither is an error."""
+        listed = isinstance(returned, list | tuple) and len(returned) == len(requests)
+        outcomes: list[RequestOutcome] = []
+        for index, (request, sender) in enumerate(zip(requests, senders, strict=True)):
+            if sender is not None and sender.answer is not None:
+                outcomes.append(sender.answer)
+            elif listed:
+                outcomes.append(self._outcome(returned[index], request))
+            else:
+                outcomes.append(
+                    internal(f"model '{self._name}' sent no response for request {index}")
+                )
+        return outcomes
+
     def close(self) -> None:
         model, self._model = self._model, None
         try:
             finalize = getattr(model, "finalize", None)
             if finalize is not None:
-                finalize()
+                with self._metrics_context():
+                    finalize()
         except Exception as exc:
             raise internal(f"{self._file}: finalize() failed: {describe(exc)}") from exc
         finally:
             if self._loop is not None:
                 self._loop.close()
+            self._metrics.release()
             unload_model_module(self._module)
+
+    @contextmanager
+    def _metrics_context(self) -> Iterator[None]:
+        """initialize() and finalize() may make custom metrics (execute() too: _run_execute)."""
+        token = api.METRICS_CONTEXT.set(self._metrics)
+        try:
+            yield
+        finally:
+            api.METRICS_CONTEXT.reset(token)
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop that runs this instance's `async def execute()`, on its thread (made
@@ -215,7 +309,9 @@ class PythonInstance(ModelInstance):
                 flags |= api.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
             custom = {k: v for k, v in params.items() if k not in _RESERVED_PARAMETERS}
         timeout = params.get("timeout", 0) if params else 0
-        return api.InferenceRequest(
+        return _ServedRequest(
+            self,
+            request,
             model_name=self._name,
             inputs=[api.Tensor(name, array) for name, array in request.inputs.items()],
             requested_output_names=list(request.outputs or self._all_outputs),
@@ -255,7 +351,37 @@ class PythonInstance(ModelInstance):
                 outputs[name] = conform_output(array, self._outputs[name])
             except InferdError as exc:
                 return internal(f"model '{self._name}': {exc.message}")
+        for name in self._state_outputs:
+            if name in given and name not in outputs:
+                outputs[name] = given[name]
         return outputs
+
+
+def _close_senders(batch: list[api.InferenceRequest]) -> bool:
+    """execute() returned: a non-decoupled model's senders take nothing more. True when the
+    model asked for any."""
+    used = False
+    for request in batch:
+        sender = request._response_sender
+        if sender is not None:
+            sender.close()
+            used = True
+    return used
+
+
+class _ServedRequest(api.InferenceRequest):
+    """A request handed to execute(): it has a response sender (python_sender.py)."""
+
+    def __init__(self, instance: PythonInstance, request: InstanceRequest, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._instance = instance
+        self._instance_request = request
+
+    def _new_response_sender(self) -> SingleResponseSender:
+        # Decoupled requests get theirs up front; this is a non-decoupled model's request.
+        return SingleResponseSender(
+            partial(self._instance._outcome, request=self._instance_request)
+        )
 
 
 def conform_output(array: np.ndarray, spec: TensorConfig) -> np.ndarray:

@@ -5,8 +5,9 @@ The python backend (python.py) registers this module under Triton's name when a 
 loads; nothing here runs at import time and nothing here holds state, so one module serves
 every model. A BLS call (`InferenceRequest(...).exec()`) finds the server through a context
 variable that the calling instance sets around its own `execute()`: the value lives in that
-call's context only. What inferd cannot do (decoupled response senders, DLPack/GPU tensors,
-custom metrics) raises TritonModelException naming the feature, never an AttributeError.
+call's context only; custom metrics find the instance's holder the same way. What inferd
+cannot do (decoupled BLS calls, DLPack/GPU tensors) raises TritonModelException naming the
+feature, never an AttributeError.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import ml_dtypes
 import numpy as np
 
 from inferd.backends.base import ModelCalls
 from inferd.backends.python_autocomplete import AutoCompleteConfig
+from inferd.backends.python_metrics import (
+    CustomMetrics,
+    MetricError,
+    MetricKind,
+    MetricsHolder,
+    Series,
+)
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
@@ -55,6 +63,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The object a model's auto_complete_config() receives, under the name Triton gives it.
 ModelConfig = AutoCompleteConfig
@@ -161,6 +170,8 @@ class BlsContext:
 
 # Set by the python backend around execute() (and copied into its coroutines); unset elsewhere.
 BLS_CONTEXT: ContextVar[BlsContext] = ContextVar("inferd_bls_context")
+# The custom metrics of the instance whose initialize(), execute() or finalize() is running.
+METRICS_CONTEXT: ContextVar[MetricsHolder] = ContextVar("inferd_metrics_context")
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -317,8 +328,21 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         return False  # a request that reached execute() is answered
 
-    def get_response_sender(self) -> NoReturn:
-        _unsupported("InferenceRequest.get_response_sender() (decoupled models)")
+    # The requests the python backend hands to execute() have a response sender
+    # (python_sender.py): set up front for decoupled models, made on first use otherwise.
+    _response_sender: Any = None
+
+    def get_response_sender(self) -> Any:
+        sender = self._response_sender
+        if sender is None:
+            sender = self._response_sender = self._new_response_sender()
+        return sender
+
+    def _new_response_sender(self) -> Any:
+        raise TritonModelException(
+            "InferenceRequest.get_response_sender(): only the requests handed to execute() "
+            "have a response sender"
+        )
 
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Run this request on its model and wait for the answer (BLS). A failure comes back as
@@ -364,6 +388,11 @@ class InferenceRequest:
         )
         if self._timeout:
             parameters["timeout"] = self._timeout  # µs in the queue, Triton's request timeout
+        if self._correlation_id:  # a request of a sequence, to a stateful model
+            parameters["sequence_id"] = self._correlation_id
+            flags = self._flags
+            parameters["sequence_start"] = bool(flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+            parameters["sequence_end"] = bool(flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
         return InferRequest(
             model_name=self._model_name,
             model_version="" if self._model_version < 0 else str(self._model_version),
@@ -481,16 +510,53 @@ class Logger:
 
 
 class MetricFamily:
-    """Custom metrics: not supported (a model that defines them fails to load, loudly)."""
+    """Custom metrics (Triton's API), exported by the server's metrics endpoint. Families and
+    metrics are made in initialize(), execute() or finalize(); metrics are updated from any
+    thread. They disappear when the instance that made them unloads."""
 
-    COUNTER: ClassVar[int] = 0
-    GAUGE: ClassVar[int] = 1
-    HISTOGRAM: ClassVar[int] = 2
+    COUNTER: ClassVar[int] = MetricKind.COUNTER
+    GAUGE: ClassVar[int] = MetricKind.GAUGE
+    HISTOGRAM: ClassVar[int] = MetricKind.HISTOGRAM
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _unsupported("pb_utils.MetricFamily (custom metrics)")
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        holder = METRICS_CONTEXT.get(None)
+        if holder is None:
+            raise TritonModelException(
+                "pb_utils.MetricFamily can be made in initialize(), execute() or finalize() "
+                "only (not from a thread of the model's own)"
+            )
+        self._holder = holder
+        self._family = _metric_call(lambda: holder.family(name, description, kind))
+
+    def Metric(
+        self, labels: Mapping[str, str] | None = None, buckets: Sequence[float] | None = None
+    ) -> Metric:
+        series = _metric_call(lambda: self._holder.metric(self._family, labels, buckets))
+        return Metric(self._holder.registry, series)
 
 
 class Metric:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _unsupported("pb_utils.Metric (custom metrics)")
+    """One metric of a family (made by MetricFamily.Metric)."""
+
+    def __init__(self, registry: CustomMetrics, series: Series) -> None:
+        self._registry = registry
+        self._series = series
+
+    def increment(self, value: float) -> None:
+        _metric_call(lambda: self._registry.increment(self._series, value))
+
+    def set(self, value: float) -> None:
+        _metric_call(lambda: self._registry.set(self._series, value))
+
+    def observe(self, value: float) -> None:
+        _metric_call(lambda: self._registry.observe(self._series, value))
+
+    def value(self) -> float:
+        return _metric_call(lambda: self._registry.value(self._series))
+
+
+def _metric_call(call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except MetricError as error:
+        raise TritonModelException(str(error)) from None

@@ -49,6 +49,10 @@ class SchedulerConfig:
     preserve_ordering: bool = False
     latency_slo_ns: int = 0  # the model's latency objective; 0 = none
     inline_max_ns: int = 0  # batches of at most this CPU time may run on the loop (Worker)
+    # Decoupled models (batching/decoupled.py) get a DecoupledScheduler; on unload it waits this
+    # long for requests still streaming responses.
+    decoupled: bool = False
+    decoupled_unload_timeout_s: float = 30.0
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.level_queue_policies.get(level, self.default_queue_policy)
@@ -462,6 +466,11 @@ class Scheduler:
 
     async def close(self) -> None:
         """Refuse new work, let queued and running requests finish, then free the instances."""
+        await self.drain()
+        await self.stop()
+
+    async def drain(self) -> None:
+        """Refuse new work and wait until queued and running requests are done."""
         self._closing = True
         if self._queued and not self._scheduled:
             self._schedule()
@@ -469,6 +478,9 @@ class Scheduler:
         await self._drained.wait()
         if self._timer is not None:
             self._timer.cancel()
+
+    async def stop(self) -> None:
+        """Free the instances (after drain())."""
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
 
 

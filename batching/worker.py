@@ -174,4 +174,6 @@ def instance_request(item: BatchItem) -> InstanceRequest:
     if request is None:  # submitted without it: tensors only, every output, no id
         return InstanceRequest(item.inputs)
     outputs = None if request.outputs is None else tuple(o.name for o in request.outputs)
-    return InstanceRequest(item.inputs, request.id, request.parameters, outputs)
+    # A decoupled model's requests carry their response stream (batching/decoupled.py).
+    responses = getattr(request, "responses", None)
+    return InstanceRequest(item.inputs, request.id, request.parameters, outputs, responses)

@@ -23,6 +23,11 @@ from inferd.repository.ensemble_config import (
     parse_ensemble,
     validate_ensemble,
 )
+from inferd.repository.sequence_config import (
+    SequenceBatching,
+    normalize_sequence,
+    parse_sequence_batching,
+)
 from inferd.server.errors import invalid
 from inferd.server.types import DataType
 
@@ -32,7 +37,7 @@ CONFIG_FILENAME = "config.pbtxt"
 
 # Scheduling and features that a config may ask for but inferd does not run yet: loading such a
 # model must fail loudly rather than serve it with different semantics.
-_UNSUPPORTED_FIELDS = ("sequence_batching", "batch_input", "batch_output")
+_UNSUPPORTED_FIELDS = ("batch_input", "batch_output")
 
 
 class DeviceKind(StrEnum):
@@ -112,7 +117,11 @@ class ModelConfig:
     proto: ModelConfigProto  # normalised message, for the config endpoint
     input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
     ensemble: EnsembleConfig | None = None  # the steps of a `platform: "ensemble"` model
+    sequence_batching: SequenceBatching | None = None  # a stateful model's sequence batcher
     response_cache: bool = False  # response_cache { enable: true } (used with --cache-config)
+    # model_transaction_policy { decoupled: true }: 0..n responses per request, streamed
+    # (python backend only; see validate_decoupled).
+    decoupled: bool = False
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -158,6 +167,8 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
     batching = config.dynamic_batching if config.HasField("dynamic_batching") else None
     if batching is not None and not batching.preferred_batch_size and config.max_batch_size > 0:
         batching.preferred_batch_size.append(config.max_batch_size)
+    if config.HasField("sequence_batching"):
+        normalize_sequence(config)
     if is_ensemble(config):
         return  # an ensemble has no instances of its own (Triton leaves instance_group empty)
     if not config.instance_group:
@@ -186,13 +197,6 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
     for name in _UNSUPPORTED_FIELDS:
         if _is_set(config, name):
             raise invalid(f"{where}: '{name}' is not supported by inferd yet")
-    if config.model_transaction_policy.decoupled:
-        # A decoupled model may answer a request with any number of responses, streamed; the
-        # data plane here answers each request exactly once.
-        raise invalid(
-            f"{where}: model_transaction_policy {{ decoupled: true }} is not supported by inferd "
-            "(it sends exactly one response per request)"
-        )
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:
@@ -205,12 +209,31 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
             _validate_tensor(where, kind, tensor, seen)
     if config.HasField("dynamic_batching"):
         _validate_batching(where, config)
+    if config.HasField("sequence_batching"):
+        parse_sequence_batching(config, where)
     validate_ensemble(config)
     for group in config.instance_group:
         if group.count < 1:
             raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
         if group.kind == pb.ModelInstanceGroup.KIND_MODEL:
             raise invalid(f"{where}: instance_group kind KIND_MODEL is not supported")
+
+
+# Backends whose instances can answer a request with 0..n responses (a response sender).
+DECOUPLED_BACKENDS = frozenset({"python"})
+
+
+def validate_decoupled(config: ModelConfigProto, backend: str, source: str) -> None:
+    """A decoupled model streams 0..n responses per request: only backends with a response
+    sender can run one, and an ensemble cannot be decoupled itself."""
+    if not config.model_transaction_policy.decoupled:
+        return
+    if backend not in DECOUPLED_BACKENDS:
+        raise invalid(
+            f"model '{config.name}' ({source}): model_transaction_policy {{ decoupled: true }} "
+            f"is not supported by inferd's '{backend}' backend (only by: "
+            f"{', '.join(sorted(DECOUPLED_BACKENDS))})"
+        )
 
 
 def _validate_response_cache(where: str, config: ModelConfigProto) -> None:
@@ -292,6 +315,12 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         proto=config,
         input_by_name={t.name: t for t in inputs},
         ensemble=parse_ensemble(config) if is_ensemble(config) else None,
+        sequence_batching=(
+            parse_sequence_batching(config, f"model '{config.name}'")
+            if config.HasField("sequence_batching")
+            else None
+        ),
+        decoupled=config.model_transaction_policy.decoupled,
         response_cache=config.response_cache.enable,
     )
 

@@ -56,6 +56,12 @@ def composing_error(config: ModelConfig, ensemble: EnsembleConfig, lookup: Confi
     for tensor in (*config.inputs, *config.outputs):
         tensors.setdefault(tensor.name, _node(name, tensor, batching))
     for step, composing in zip(ensemble.steps, configs, strict=True):
+        if composing.decoupled:
+            # A step answers once per request here; Triton's decoupled steps are not built.
+            return (
+                f"ensemble {name} contains decoupled model {step.model_name}: inferd does not "
+                "run decoupled models inside ensembles"
+            )
         limit = composing.max_batch_size
         if limit != 0 and limit < config.max_batch_size:
             return (

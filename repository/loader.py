@@ -24,10 +24,12 @@ from inferd.repository.config import (
     read_config,
     to_model_config,
     validate,
+    validate_decoupled,
 )
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.scheduling import scheduler_config
+from inferd.repository.sequence_config import with_initial_state_files
 from inferd.repository.versions import ModelState, ModelVersion
 from inferd.repository.warmup import run_warmup, warmup_samples
 from inferd.server.errors import InferdError, invalid, unavailable
@@ -89,7 +91,8 @@ class ModelLoader:
             log.warning("model '%s': KIND_AUTO instances run on the CPU: %s", name, gpu_reason)
         normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
         validate(proto, name, source)
-        config = to_model_config(proto, backend_name)
+        validate_decoupled(proto, backend_name, source)
+        config = with_initial_state_files(to_model_config(proto, backend_name), model_dir)
         labels = _read_labels(config, model_dir)
         warmups = warmup_samples(proto, config, model_dir)
         padding = padding_spec(config)
@@ -202,6 +205,7 @@ def _prepare_ensemble(
     repository checks them against their composing models (ensemble_check.py)."""
     normalize(proto, name, 0)
     validate(proto, name, source)
+    validate_decoupled(proto, "ensemble", source)
     config = to_model_config(proto, "")
     labels = _read_labels(config, model_dir)
     prepared = PreparedModel(config, None, [], {})

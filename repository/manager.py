@@ -14,7 +14,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from inferd.backends.registry import BackendRegistry
+from inferd.batching.decoupled import DecoupledScheduler
 from inferd.batching.scheduler import Scheduler
+from inferd.batching.sequence import SequenceScheduler
 from inferd.repository.config import ModelConfigProto, config_from_json
 from inferd.repository.dependencies import (
     Dependencies,
@@ -290,7 +292,24 @@ class ModelRepository:
                 continue
             assert version.config is not None
             assert prepared.scheduling is not None
-            version.scheduler = Scheduler(
+            sequence = version.config.sequence_batching
+            if sequence is not None:  # chosen once: a stateful model gets the sequence batcher
+                version.scheduler = SequenceScheduler(
+                    f"{name}:{version.version}",
+                    name,
+                    sequence,
+                    version.config.max_batch_size,
+                    instances,
+                    self._loop,
+                    stats=prepared.stats.get(version.version),
+                    inline_max_ns=prepared.scheduling.inline_max_ns,
+                )
+                version.state = ModelState.READY
+                log.info("model '%s' version %d is READY (sequence batcher)", name, version.version)
+                continue
+            # Chosen once: a decoupled model's requests stream their responses.
+            scheduler_type = DecoupledScheduler if prepared.scheduling.decoupled else Scheduler
+            version.scheduler = scheduler_type(
                 f"{name}:{version.version}",
                 prepared.scheduling,
                 instances,

@@ -11,6 +11,9 @@ LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
 # Batches of at most this much CPU time run on the event loop (batching/worker.py); 0 = never.
 INLINE_PARAMETER = "inferd.inline_execution_us"
 DEFAULT_INLINE_US = 250
+# How long an unload waits for a decoupled model's requests to send their final response.
+DECOUPLED_UNLOAD_TIMEOUT_PARAMETER = "inferd.decoupled_unload_timeout_s"
+DEFAULT_DECOUPLED_UNLOAD_TIMEOUT_S = 30.0
 
 
 def scheduler_config(config: ModelConfig) -> SchedulerConfig:
@@ -18,10 +21,15 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
     scheduler); the latency objective applies either way."""
     slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
     inline_ns = _inline_us(config) * 1000
+    unload_s = _unload_timeout_s(config)
     batching = config.dynamic_batching
     if batching is None or config.max_batch_size == 0:
         return SchedulerConfig(
-            BatchPolicy(max_batch_size=0), latency_slo_ns=slo_ns, inline_max_ns=inline_ns
+            BatchPolicy(max_batch_size=0),
+            latency_slo_ns=slo_ns,
+            inline_max_ns=inline_ns,
+            decoupled=config.decoupled,
+            decoupled_unload_timeout_s=unload_s,
         )
     return SchedulerConfig(
         BatchPolicy(
@@ -36,7 +44,25 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
         preserve_ordering=batching.preserve_ordering,
         latency_slo_ns=slo_ns,
         inline_max_ns=inline_ns,
+        decoupled=config.decoupled,
+        decoupled_unload_timeout_s=unload_s,
     )
+
+
+def _unload_timeout_s(config: ModelConfig) -> float:
+    raw = config.parameters.get(DECOUPLED_UNLOAD_TIMEOUT_PARAMETER, "")
+    if raw == "":
+        return DEFAULT_DECOUPLED_UNLOAD_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise invalid(
+            f"{DECOUPLED_UNLOAD_TIMEOUT_PARAMETER} for '{config.name}' must be a number of "
+            f"seconds >= 0, got '{raw}'"
+        )
+    return seconds
 
 
 def _inline_us(config: ModelConfig) -> int:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.gpu import detect_gpus
+from inferd.backends.python_metrics import CustomMetrics
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
@@ -83,6 +84,7 @@ class App:
         gpus = await asyncio.to_thread(detect_gpus)
         log.info("GPUs: %s", gpus.describe())
         model_calls = LoopModelCalls(loop)  # models calling models (BLS), once the core is up
+        custom_metrics = CustomMetrics()  # python models' own metric families
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
@@ -90,6 +92,7 @@ class App:
                     default_max_batch_size=settings.default_max_batch_size,
                     auto_complete=settings.auto_complete_config,
                     model_calls=model_calls,
+                    custom_metrics=custom_metrics,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
@@ -118,7 +121,7 @@ class App:
             if settings.metrics_interval_ms <= 0:
                 raise StartupError("--metrics-interval-ms must be a positive number of ms")
             self._system = system_metrics(settings)
-            collectors: list[Collector] = [self._system]
+            collectors: list[Collector] = [self._system, custom_metrics]
             if cache is not None:
                 collectors.append(CacheCollector(cache, self.core.loaded_versions))
             self._metrics = MetricsExporter(self.core.loaded_versions, *collectors)

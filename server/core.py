@@ -12,6 +12,12 @@ from typing import Any
 import numpy as np
 
 import inferd
+from inferd.batching.decoupled import (
+    DecoupledScheduler,
+    OnResponse,
+    StreamItem,
+    stream_request,
+)
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
@@ -19,7 +25,7 @@ from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.classification import classify
 from inferd.server.ensemble import EnsembleRunner
-from inferd.server.errors import InferdError, invalid, unavailable
+from inferd.server.errors import InferdError, internal, invalid, unavailable
 from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.response_cache import ResponseCache, request_key
 from inferd.server.shared_memory import SharedMemoryRegistry
@@ -40,6 +46,7 @@ SERVER_NAME = "inferd"
 # Only what is implemented end to end on every front door that has it.
 EXTENSIONS = (
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "model_configuration",
@@ -50,6 +57,12 @@ EXTENSIONS = (
     "statistics",
     "logging",
 )
+
+
+# A streamed answer on the loop: a response, an error, or None (a decoupled model's final flag
+# without a response); and whether it is the request's last.
+OnStreamResponse = Callable[[InferResponse | InferdError | None, bool], None]
+Cancel = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +159,12 @@ class InferenceCore:
                 f"model '{name}' has {len(config.inputs)}"
             )
         return config.inputs[0], config.max_batch_size
+
+    def model_inputs(self, name: str, version: str = "") -> tuple[tuple[TensorConfig, ...], bool]:
+        """A model's inputs, and whether it batches (for requests given without shapes)."""
+        config = self._repository.get(name, version).config
+        assert config is not None
+        return config.inputs, config.max_batch_size > 0
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Statistics of the ready versions asked for: every model when `name` is empty."""
@@ -256,6 +275,70 @@ class InferenceCore:
             request=request,
         )
         return model, future
+
+    def stream(self, request: InferRequest, on_response: OnStreamResponse) -> Cancel | None:
+        """A request whose answers stream (gRPC ModelStreamInfer): `on_response(response,
+        final)` runs on the loop for each answer, in order, the last with `final` set. A
+        decoupled model sends 0..n responses (None with `final` = the final flag alone); any
+        other model exactly one. Failures arrive as an InferdError response; this never
+        raises. Returns how to drop the request if the client leaves (None once answered)."""
+        try:
+            model = self._repository.get(request.model_name, request.model_version)
+            scheduler = model.scheduler
+            if not isinstance(scheduler, DecoupledScheduler):
+                return self._stream_single(request, model, on_response)
+            respond = self._stream_responder(request, model, on_response)
+            stream = scheduler.open_stream(respond)
+        except InferdError as error:
+            on_response(error, True)
+            return None
+        try:
+            _, future = self.submit(stream_request(request, stream), model, stream.settle)
+        except InferdError as error:
+            stream.abort(error)
+            return None
+
+        def cancel() -> None:
+            stream.cancelled = True  # the model may ask (is_cancelled()) and stop early
+            future.cancel()  # dropped if still queued
+
+        return cancel
+
+    def _stream_single(
+        self, request: InferRequest, model: ModelVersion, on_response: OnStreamResponse
+    ) -> Cancel:
+        def done(future: asyncio.Future[Outputs]) -> None:
+            try:
+                answer: InferResponse | InferdError = self.response(request, model, future.result())
+            except InferdError as error:
+                answer = error
+            except Exception as exc:
+                answer = internal(f"internal error: {exc}")
+            on_response(answer, True)
+
+        _, future = self.submit(request, model, done)
+
+        def cancel() -> None:
+            future.cancel()
+
+        return cancel
+
+    def _stream_responder(
+        self, request: InferRequest, model: ModelVersion, on_response: OnStreamResponse
+    ) -> OnResponse:
+        """A decoupled model's outputs as responses to `request`."""
+
+        def respond(item: StreamItem, final: bool) -> None:
+            if item is None or isinstance(item, InferdError):
+                on_response(item, final)
+                return
+            try:
+                answer: InferResponse | InferdError = self.response(request, model, item)
+            except InferdError as error:
+                answer = error
+            on_response(answer, final)
+
+        return respond
 
     def _submit_ensemble(
         self, request: InferRequest, model: ModelVersion, on_done: OnDone | None

@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -23,27 +24,32 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tritonclient.grpc import service_pb2 as pb
 
+from inferd.batching.decoupled import GRPC_REFUSAL, DecoupledRefused
 from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
-from inferd.server.errors import ErrorCode, InferdError, unsupported
+from inferd.server.errors import ErrorCode, InferdError, internal, unsupported
 from inferd.server.grpc_calls import MethodKind, Respond, RpcError, RpcMethod, ServerCall
 from inferd.server.grpc_codec import (
     decode_infer_request,
+    encode_empty_final,
     encode_infer_response,
     encode_stream_error,
     encode_stream_response,
+    encode_stream_response_error,
 )
 from inferd.server.grpc_stacks import GrpcStack, start_stack
 from inferd.server.logging_codec import grpc_log_changes, grpc_log_settings
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
 from inferd.server.shared_memory_codec import grpc_status
-from inferd.server.types import TensorMetadata
+from inferd.server.tensor_codec import EMPTY_FINAL_RESPONSE
+from inferd.server.types import InferResponse, TensorMetadata
 
 log = logging.getLogger(__name__)
 
 # Requests of one ModelStreamInfer call in progress at once (perf_analyzer's --streaming keeps
-# its concurrency in flight on one stream).
+# its concurrency in flight on one stream). A decoupled request counts until its final answer;
+# its responses are not held back (the model sends them from its own threads).
 MAX_STREAM_INFLIGHT = 256
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -254,44 +260,84 @@ class InferenceService:
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], call: ServerCall
     ) -> None:
-        """Requests run concurrently (up to MAX_STREAM_INFLIGHT at once: a client that sends
-        faster than it reads answers is held back, not buffered without end); each answer is
-        written as soon as it is ready.
+        """Requests run concurrently (up to MAX_STREAM_INFLIGHT unfinished at once: a client
+        that sends faster than it reads answers is held back, not buffered without end); each
+        answer is written as soon as it is ready, a decoupled model's several in send order,
+        interleaved with those of other requests.
 
         Failures travel as responses with `error_message` set, so the stream stays open.
         """
-        write_lock = asyncio.Lock()  # gRPC allows one pending write per call
-        pending: set[asyncio.Task[None]] = set()
-        finished = _finished(pending)
-
-        async def answer(request: pb.ModelInferRequest) -> None:
-            reply = await self._stream_reply(request)
-            async with write_lock:
-                await call.write(reply)
-
+        stream = _StreamState()
+        reader = asyncio.create_task(self._read_stream(requests, stream))
+        reader.add_done_callback(lambda _: stream.wake.set())
         try:
-            async for request in requests:
-                task = asyncio.create_task(answer(request))
-                pending.add(task)
-                task.add_done_callback(finished)
-                if len(pending) >= MAX_STREAM_INFLIGHT:  # read on once one is answered
-                    await asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)
-            while pending:  # the client is done sending: finish what it already sent
-                await asyncio.wait(set(pending))
+            while True:
+                while stream.writes:
+                    await call.write(stream.writes.popleft())
+                if reader.done() and (not stream.inflight or reader.exception() is not None):
+                    break  # all answered, or the client's side of the call failed
+                stream.wake.clear()
+                await stream.wake.wait()
+            reader.result()  # a failed read (the call ended under it) ends the call too
         finally:
-            for task in pending:
-                task.cancel()
+            stream.closed = True
+            reader.cancel()
+            for cancel in list(stream.cancels.values()):
+                cancel()
 
-    async def _stream_reply(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _read_stream(
+        self, requests: AsyncIterator[pb.ModelInferRequest], stream: _StreamState
+    ) -> None:
+        async for request in requests:
+            if stream.inflight >= MAX_STREAM_INFLIGHT:  # read on once one is finished
+                stream.room.clear()
+                await stream.room.wait()
+            stream.inflight += 1
+            self._stream_start(request, stream)
+
+    def _stream_start(self, request: pb.ModelInferRequest, stream: _StreamState) -> None:
+        key = stream.next_key
+        stream.next_key += 1
+        stream.started(key)
+        request_id, model = request.id, request.model_name
+        params = request.parameters
+        empty_final = EMPTY_FINAL_RESPONSE in params and params[EMPTY_FINAL_RESPONSE].bool_param
+        # Until core.stream() returns, an error is a refusal (bad request, unknown model):
+        # Triton answers those with the id alone.
+        accepted = False
+
+        def respond(answer: InferResponse | InferdError | None, final: bool) -> None:
+            if stream.closed:  # the call is over: nobody reads
+                return
+            try:
+                if isinstance(answer, InferdError) and accepted:
+                    reply: pb.ModelStreamInferResponse | None = encode_stream_response_error(
+                        request_id, model, answer.message, final
+                    )
+                else:
+                    reply = _stream_message(answer, final, request_id, model, empty_final)
+            except Exception as exc:
+                log.exception("encoding a ModelStreamInfer response of '%s' failed", model)
+                reply = encode_stream_error(request_id, f"internal error: {exc}")
+            if reply is not None:
+                stream.writes.append(reply)
+                stream.wake.set()
+            if final:
+                stream.finished(key)
+
         try:
             decoded = decode_infer_request(request, self._core.shared_memory)
-            response = await self._core.infer(decoded)
-            return encode_stream_response(response)
         except InferdError as error:
-            return encode_stream_error(request.id, error.message)
+            respond(error, True)
+            return
         except Exception as exc:
-            log.exception("gRPC stream inference on model '%s' failed", request.model_name)
-            return encode_stream_error(request.id, f"internal error: {exc}")
+            log.exception("gRPC stream inference on model '%s' failed", model)
+            respond(internal(f"internal error: {exc}"), True)
+            return
+        cancel = self._core.stream(decoded, respond)
+        accepted = True
+        if cancel is not None and key in stream.open:
+            stream.cancels[key] = cancel
 
     def methods(self) -> dict[str, RpcMethod]:
         """Every RPC of the service by path; those not implemented yet say so."""
@@ -353,6 +399,8 @@ class InferenceService:
 def _infer_error(exc: Exception, model: str) -> RpcError:
     if isinstance(exc, RpcError):
         return exc
+    if isinstance(exc, DecoupledRefused):  # Triton's wording for this RPC
+        return RpcError(grpc.StatusCode.UNIMPLEMENTED, GRPC_REFUSAL)
     if isinstance(exc, InferdError):
         return RpcError(GRPC_STATUS[exc.code], exc.message)
     log.exception("gRPC inference on model '%s' failed unexpectedly", model, exc_info=exc)
@@ -370,14 +418,47 @@ def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorM
     )
 
 
-def _finished(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        pending.discard(task)
-        # Only a write can fail (the call ended under it); the stream is gone then anyway.
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a ModelStreamInfer response was not sent: %r", task.exception())
+class _StreamState:
+    """One ModelStreamInfer call: answers waiting to be written, and its unfinished requests
+    (a request is finished with its final answer)."""
 
-    return done
+    def __init__(self) -> None:
+        self.writes: deque[pb.ModelStreamInferResponse] = deque()
+        self.wake = asyncio.Event()  # an answer to write, or the reader is done
+        self.room = asyncio.Event()  # a request finished: the reader may go on
+        self.inflight = 0
+        self.next_key = 0
+        self.open: set[int] = set()
+        self.cancels: dict[int, Callable[[], None]] = {}
+        self.closed = False  # the call ended
+
+    def started(self, key: int) -> None:
+        self.open.add(key)
+
+    def finished(self, key: int) -> None:
+        self.inflight -= 1
+        self.open.discard(key)
+        self.cancels.pop(key, None)
+        self.room.set()
+        self.wake.set()
+
+
+def _stream_message(
+    answer: InferResponse | InferdError | None,
+    final: bool,
+    request_id: str,
+    model: str,
+    empty_final: bool,
+) -> pb.ModelStreamInferResponse | None:
+    """One answer as Triton writes it on the stream: every response says whether it is the
+    request's last (`triton_final_response`); an error carries only its message; a final flag
+    that came alone is written only when the client asked for it
+    (`triton_enable_empty_final_response`)."""
+    if isinstance(answer, InferdError):
+        return encode_stream_error(request_id, answer.message)
+    if answer is None:
+        return encode_empty_final(request_id, model) if empty_final else None
+    return encode_stream_response(answer, final)
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:

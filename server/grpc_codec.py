@@ -256,9 +256,28 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     return message
 
 
-def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
+# Set on every response of a ModelStreamInfer call: whether it is its request's last.
+FINAL_RESPONSE = "triton_final_response"
+
+
+def encode_stream_response(
+    response: InferResponse, final: bool = True
+) -> pb.ModelStreamInferResponse:
     message = pb.ModelStreamInferResponse()
-    _fill_response(message.infer_response, response)  # in place: no copy of the tensors
+    infer_response = message.infer_response
+    _fill_response(infer_response, response)  # in place: no copy of the tensors
+    infer_response.parameters[FINAL_RESPONSE].bool_param = final
+    return message
+
+
+def encode_empty_final(request_id: str, model: str) -> pb.ModelStreamInferResponse:
+    """A decoupled request's final flag without a response, when the client asked for it
+    (Triton sends the model name and id, no version, no outputs)."""
+    message = pb.ModelStreamInferResponse()
+    infer_response = message.infer_response
+    infer_response.model_name = model
+    infer_response.id = request_id
+    infer_response.parameters[FINAL_RESPONSE].bool_param = True
     return message
 
 
@@ -267,6 +286,17 @@ def encode_stream_error(request_id: str, message: str) -> pb.ModelStreamInferRes
     return pb.ModelStreamInferResponse(
         error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
     )
+
+
+def encode_stream_response_error(
+    request_id: str, model: str, message: str, final: bool
+) -> pb.ModelStreamInferResponse:
+    """An error response of a request the model took (its execution failed, or a decoupled
+    model sent an error): Triton adds the model name and the final-response flag."""
+    reply = encode_stream_error(request_id, message)
+    reply.infer_response.model_name = model
+    reply.infer_response.parameters[FINAL_RESPONSE].bool_param = final
+    return reply
 
 
 def _fill_response(message: pb.ModelInferResponse, response: InferResponse) -> None:

@@ -10,7 +10,8 @@ goes to an ASGI application through a small bridge, so Starlette still routes th
 HTTP/1.1 as clients use it: keep-alive, pipelining (answered in order, one at a time), chunked
 request bodies, `Expect: 100-continue`, a body size limit (413), an idle timeout, and a graceful
 stop that answers what was accepted before it closes. ASGI responses are buffered and sent with
-a Content-Length: inferd's routes answer small documents.
+a Content-Length: inferd's routes answer small documents. A response whose body comes in parts
+(`more_body`, e.g. the Server-Sent Events of generate_stream) is written as it comes, chunked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
@@ -339,7 +340,8 @@ class Http1Connection(asyncio.Protocol):
             "headers": request.headers,
             "state": {},
         }
-        response = _BufferedResponse()
+        streams = request.method != "HEAD" and request.http_version != "1.0"
+        response = _BufferedResponse(self if streams else None)
         body_given = False
 
         async def receive() -> Message:
@@ -360,7 +362,45 @@ class Http1Connection(asyncio.Protocol):
         if not response.complete:
             self.abort()  # a response begun and never finished cannot be repaired
             return
-        self._reply(response.status, response.headers, b"".join(response.chunks))
+        if not response.streaming:
+            self._reply(response.status, response.headers, b"".join(response.chunks))
+
+    def stream_head(self, status: int, headers: Headers) -> bool:
+        """Begin a chunked answer to the current request (False: the client left)."""
+        request = self._current
+        transport = self._transport
+        if request is None or transport is None or transport.is_closing():
+            return False
+        lines = [STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()]
+        for name, value in headers:
+            if name != b"content-length":
+                lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"transfer-encoding: chunked\r\n")
+        if not request.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        transport.write(b"".join(lines))
+        return True
+
+    def stream_chunk(self, data: bytes, last: bool) -> None:
+        """One part of a chunked answer; the last one ends it (and the next request starts)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        parts = [b"%x\r\n" % len(data), data, b"\r\n"] if data else []
+        if last:
+            parts.append(b"0\r\n\r\n")
+        transport.writelines(parts)
+        self._last_active = self._loop.time()
+        if not last:
+            return
+        request = self._current
+        self._current = None
+        self._cancel = None
+        if request is None or not request.keep_alive:
+            self._close()
+            return
+        self._next()
 
     # ---- flow control and closing ------------------------------------------------------------
 
@@ -406,15 +446,23 @@ class Http1Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-class _BufferedResponse:
-    """Collects an ASGI response; it is written in one piece once complete."""
+class _Streamer(Protocol):
+    def stream_head(self, status: int, headers: Headers) -> bool: ...
+    def stream_chunk(self, data: bytes, last: bool) -> None: ...
 
-    def __init__(self) -> None:
+
+class _BufferedResponse:
+    """Collects an ASGI response; it is written in one piece once complete, unless its body
+    comes in parts and `streamer` can write them as they come."""
+
+    def __init__(self, streamer: _Streamer | None = None) -> None:
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.started = False
         self.complete = False
+        self.streaming = False
+        self._streamer = streamer
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -423,7 +471,16 @@ class _BufferedResponse:
             self.status = message["status"]
             self.headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
         elif kind == "http.response.body" and self.started and not self.complete:
-            self.chunks.append(message.get("body", b""))
-            self.complete = not message.get("more_body", False)
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            streamer = self._streamer
+            if not self.streaming and more and streamer is not None:
+                self.streaming = streamer.stream_head(self.status, self.headers)
+            if self.streaming:
+                assert streamer is not None
+                streamer.stream_chunk(body, last=not more)
+            else:
+                self.chunks.append(body)
+            self.complete = not more
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")

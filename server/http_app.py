@@ -35,8 +35,9 @@ from inferd.server.http_codec import (
     encode_error,
     encode_infer_response,
 )
-from inferd.server.metrics import MetricsExporter
+from inferd.server.http_generate import GenerateEndpoints
 from inferd.server.logging_codec import http_log_changes
+from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
 from inferd.server.shared_memory_codec import (
     http_cuda_register,
@@ -445,6 +446,7 @@ def _routes(
     system_region = system_shm + "/region/{region}"
     cuda_shm = "/v2/cudasharedmemory"
     cuda_region = cuda_shm + "/region/{region}"
+    generate = GenerateEndpoints(core, HTTP_STATUS)
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []
     return [
@@ -480,6 +482,11 @@ def _routes(
         Route(versioned + "/stats", statistics, methods=["GET"]),
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
+        # Triton's generate extension (http_generate.py).
+        Route(model + "/generate", generate.generate, methods=["POST"]),
+        Route(versioned + "/generate", generate.generate, methods=["POST"]),
+        Route(model + "/generate_stream", generate.generate_stream, methods=["POST"]),
+        Route(versioned + "/generate_stream", generate.generate_stream, methods=["POST"]),
     ]
 
 

@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from inferd.batching.scheduler import Scheduler
+from inferd.batching.sequence import SequenceScheduler
 from inferd.batching.stats import Histogram, ModelStats
 from inferd.repository.manager import ModelVersion
 from inferd.server.response_cache import ResponseCache
@@ -120,7 +121,7 @@ _CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
     ),
 )
 
-_GAUGES: tuple[tuple[str, str, Callable[[Scheduler], float]], ...] = (
+_GAUGES: tuple[tuple[str, str, Callable[[Scheduler | SequenceScheduler], float]], ...] = (
     (
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution per-model.",
@@ -277,8 +278,12 @@ def _label_value(value: str) -> str:
 
 def render(registry: CollectorRegistry) -> bytes:
     """Prometheus text format 0.0.4; families without samples are left out."""
+    return render_families(registry.collect()).encode()
+
+
+def render_families(families: Iterable[Metric]) -> str:
     out: list[str] = []
-    for family in registry.collect():
+    for family in families:
         if not family.samples:
             continue
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
@@ -287,7 +292,7 @@ def render(registry: CollectorRegistry) -> bytes:
             labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sample.labels.items())
             text = f"{{{labels}}}" if labels else ""
             out.append(f"{sample.name}{text} {_number(sample.value)}\n")
-    return "".join(out).encode()
+    return "".join(out)
 
 
 class CacheCollector:

@@ -86,8 +86,8 @@ def element_bytes(name: str, item: object) -> bytes:
 
 
 # The one 'triton_' request parameter Triton accepts (perf_analyzer always sends it over gRPC).
-# It asks decoupled models for an empty final response; a model here answers each request once,
-# so it is accepted and dropped.
+# It asks decoupled models for an empty final response; the gRPC stream reads it from the
+# message itself (grpc_app.py), so the decoded request drops it.
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 

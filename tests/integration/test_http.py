@@ -77,6 +77,7 @@ def test_server_metadata_names_only_implemented_extensions(
     assert meta["name"] == "inferd"
     assert set(meta["extensions"]) == {
         "classification",
+        "sequence",
         "model_repository",
         "model_repository(unload_dependents)",
         "model_configuration",

@@ -55,7 +55,6 @@ BROKEN = {
         "        return []\n",
         IDENTITY_CONFIG,
     ),
-    "decoupled": (ADD_SUB, IDENTITY_CONFIG + "model_transaction_policy { decoupled: true }"),
 }
 
 
@@ -219,7 +218,6 @@ def test_broken_models_are_unavailable_with_a_reason_and_the_others_serve(
     assert "SyntaxError" in reasons["syntax_error"]
     assert "defines no class TritonPythonModel" in reasons["no_model_class"]
     assert "initialize() failed: FileNotFoundError: weights.bin" in reasons["initialize_fails"]
-    assert "decoupled: true } is not supported" in reasons["decoupled"]
     message = fails(
         lambda: infer(server, "grpc", "syntax_error", {"INPUT0": np.zeros(4, np.float32)}),
         "grpc",

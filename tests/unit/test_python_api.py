@@ -43,10 +43,6 @@ def _exec(request: pb_utils.InferenceRequest) -> None:
 
 
 UNSUPPORTED: dict[str, tuple[Callable[[], Any], str]] = {
-    "response sender": (
-        lambda: pb_utils.InferenceRequest().get_response_sender(),
-        "decoupled",
-    ),
     "decoupled BLS": (
         lambda: pb_utils.InferenceRequest(model_name="other").exec(decoupled=True),
         "decoupled",
@@ -54,10 +50,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[], Any], str]] = {
     "release flags": (lambda: pb_utils.InferenceRequest().set_release_flags(1), "rescheduling"),
     "from_dlpack": (lambda: pb_utils.Tensor.from_dlpack("x", object()), "DLPack"),
     "to_dlpack": (lambda: pb_utils.Tensor("x", np.zeros(1)).to_dlpack(), "DLPack"),
-    "metrics": (
-        lambda: pb_utils.MetricFamily("name", "help", pb_utils.MetricFamily.GAUGE),
-        "metrics",
-    ),
     "response parameters": (
         lambda: pb_utils.InferenceResponse([], parameters={"key": "value"}),
         "parameters",

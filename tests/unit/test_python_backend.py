@@ -385,11 +385,10 @@ def test_auto_complete_runs_only_when_enabled(tmp_path: Path) -> None:
     assert load_config(tmp_path, "add_sub", disabled).max_batch_size == 0
 
 
-def test_decoupled_models_are_refused(tmp_path: Path) -> None:
+def test_decoupled_python_models_load_as_decoupled(tmp_path: Path) -> None:
     config = ADD_SUB_CONFIG + "model_transaction_policy { decoupled: true }"
     write_python_model(tmp_path, "add_sub", ADD_SUB, config)
-    with pytest.raises(InferdError, match=r"decoupled: true \} is not supported by inferd"):
-        load_config(tmp_path, "add_sub")
+    assert load_config(tmp_path, "add_sub").decoupled
 
 
 def test_python_models_run_wherever_gpus_are() -> None:

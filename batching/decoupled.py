@@ -1,0 +1,218 @@
+"""Decoupled models (Triton's `model_transaction_policy { decoupled: true }`): a request gets
+0..n responses, sent by the model from any thread, during or after its `execute()`.
+
+A decoupled request still goes through its model's scheduler like any other (queue, batching,
+instance threads, statistics): the scheduler's future ends when `execute()` returns, which frees
+the instance. Its responses travel separately, through the request's `ResponseStream`: each one
+is handed to the event loop with one `call_soon_threadsafe`, under a lock so that the loop sees
+them in send order. The stream ends with the final flag (Triton's
+TRITONSERVER_RESPONSE_COMPLETE_FINAL), which may ride on the last response or come alone.
+
+The model's scheduler is a `DecoupledScheduler`, chosen once at load time: it refuses requests
+that come without a stream (HTTP infer, gRPC ModelInfer, ensembles, BLS: Triton refuses them
+too) and, on unload, waits for open streams before it frees the instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from inferd.backends.base import ModelInstance
+from inferd.batching.padding import PaddingSpec
+from inferd.batching.scheduler import (
+    DEFAULT_OPTIONS,
+    OnDone,
+    Outputs,
+    RequestOptions,
+    Scheduler,
+    SchedulerConfig,
+)
+from inferd.batching.stats import ModelStats
+from inferd.server.errors import ErrorCode, InferdError, unavailable
+from inferd.server.types import InferRequest
+
+log = logging.getLogger(__name__)
+
+# Triton's answer to a decoupled model over HTTP infer (the gRPC front door says it its way).
+HTTP_REFUSAL = "HTTP end point doesn't support models with decoupled transaction policy"
+GRPC_REFUSAL = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+
+# What a response stream hands the front door: outputs, an error, or None (a final flag that
+# came without a response); and whether it is the request's last.
+StreamItem = Outputs | InferdError | None
+OnResponse = Callable[[StreamItem, bool], None]
+
+
+class DecoupledRefused(InferdError):
+    """A decoupled model asked for a single answer: each front door words it as Triton does."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.UNSUPPORTED, HTTP_REFUSAL)
+
+
+class ResponseStream:
+    """The responses of one decoupled request. `send` may be called from any thread; the
+    front door's `on_response` runs on the loop, in send order, and never after the final one."""
+
+    __slots__ = ("_closed", "_finished", "_lock", "_loop", "_on_close", "_on_response", "cancelled")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_response: OnResponse,
+        on_close: Callable[[ResponseStream], None],
+    ) -> None:
+        self._loop = loop
+        self._on_response = on_response
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._closed = False  # sender side: the final flag was sent, nothing more may come
+        self._finished = False  # loop side: the final response was handed to the front door
+        self.cancelled = False  # the client went away (the model may ask: is_cancelled())
+
+    def send(self, item: StreamItem, final: bool) -> bool:
+        """From any thread. False when the stream is already closed (nothing is sent)."""
+        with self._lock:  # one sender at a time: the loop gets them in this order
+            if self._closed:
+                return False
+            self._closed = final
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, item, final)
+            except RuntimeError:  # the loop is gone (process exit): nobody reads any more
+                self._closed = True
+                return False
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def seal(self) -> None:
+        """From any thread: refuse further sends (the request failed as a whole)."""
+        with self._lock:
+            self._closed = True
+
+    def abort(self, error: InferdError) -> None:
+        """On the loop: end the stream with `error`, unless its final response went already.
+        The request counts as cancelled: a model still working on it may stop."""
+        self.seal()
+        self.cancelled = True
+        self._deliver(error, True)
+
+    def settle(self, future: asyncio.Future[Outputs]) -> None:
+        """The scheduler's answer for the request (execute() returned, or the request failed
+        before or while it ran): a failure ends the stream; success leaves it to the model."""
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self.abort(error if isinstance(error, InferdError) else _internal(error))
+
+    def _deliver(self, item: StreamItem, final: bool) -> None:
+        if self._finished:
+            return
+        if final:
+            self._finished = True
+            self._on_close(self)
+        try:
+            self._on_response(item, final)
+        except Exception:  # one client's failure must not reach the model's thread or loop
+            log.exception("handing a decoupled response to its client failed")
+
+
+def _internal(error: BaseException) -> InferdError:
+    return InferdError(ErrorCode.INTERNAL, str(error))
+
+
+@dataclass(slots=True)
+class StreamRequest(InferRequest):
+    """A request to a decoupled model with the stream its responses go to."""
+
+    responses: ResponseStream | None = None
+
+
+def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRequest:
+    return StreamRequest(
+        request.model_name,
+        request.model_version,
+        request.inputs,
+        request.id,
+        request.parameters,
+        request.outputs,
+        request.arrival_ns,
+        responses,
+    )
+
+
+class DecoupledScheduler(Scheduler):
+    """A Scheduler whose requests carry response streams; unload waits for open streams up to
+    `unload_timeout_s`, then ends those still open with an error (a model that never sends its
+    final flag must not hold an unload forever)."""
+
+    def __init__(
+        self,
+        model: str,
+        config: SchedulerConfig,
+        instances: Sequence[ModelInstance],
+        loop: asyncio.AbstractEventLoop,
+        stats: ModelStats | None = None,
+        padding: PaddingSpec | None = None,
+    ) -> None:
+        super().__init__(model, config, instances, loop, stats, padding)
+        self._unload_timeout_s = config.decoupled_unload_timeout_s
+        self._open: set[ResponseStream] = set()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+
+    def open_stream(self, on_response: OnResponse) -> ResponseStream:
+        """A stream for one request, counted open until its final response."""
+        if self._closing:
+            raise unavailable(f"model '{self.model}' is unloading")
+        stream = ResponseStream(self.loop, on_response, self._stream_closed)
+        self._open.add(stream)
+        self._all_closed.clear()
+        return stream
+
+    def _stream_closed(self, stream: ResponseStream) -> None:
+        self._open.discard(stream)
+        if not self._open:
+            self._all_closed.set()
+
+    def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        batch_size: int,
+        shape_key: Hashable,
+        arrival_ns: int,
+        options: RequestOptions = DEFAULT_OPTIONS,
+        on_done: OnDone | None = None,
+        request: InferRequest | None = None,
+    ) -> asyncio.Future[Outputs]:
+        if not isinstance(request, StreamRequest):
+            raise DecoupledRefused()
+        return super().submit(
+            inputs, batch_size, shape_key, arrival_ns, options, on_done, request=request
+        )
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._open:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), self._unload_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "model '%s': %d request(s) sent no final response within %gs of the "
+                    "unload; ending them with an error",
+                    self.model,
+                    len(self._open),
+                    self._unload_timeout_s,
+                )
+                error = unavailable(
+                    f"model '{self.model}' was unloaded before the request sent its final response"
+                )
+                for stream in list(self._open):
+                    stream.abort(error)
+        await self.stop()

@@ -1,0 +1,522 @@
+"""Decoupled python models (0..n responses per request) through the real tritonclient: the gRPC
+stream (sync and aio clients), the refusals of HTTP infer and gRPC ModelInfer, statistics,
+unload while requests stream, and perf_analyzer --streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpc
+import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from inferd.server.http_generate import ONE_RESPONSE
+from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.decoupled_models import REPEAT, REPEAT_CONFIG, SENDER_ANSWERS
+from tests.models import identity_model, write_model
+from tests.python_models import ADD_SUB, ADD_SUB_CONFIG, IDENTITY_CONFIG, write_python_model
+
+Factory = Callable[..., RunningServer]
+ALT_STACKS = {"http_stack": "uvicorn", "grpc_stack": "grpcio"}
+UNLOAD_TIMEOUT = (
+    'parameters { key: "inferd.decoupled_unload_timeout_s" value: { string_value: "%s" } }'
+)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("decoupled")
+    write_python_model(root, "repeat", REPEAT, REPEAT_CONFIG)
+    write_python_model(root, "repeat_stats", REPEAT, REPEAT_CONFIG)
+    write_python_model(root, "sender_answers", SENDER_ANSWERS, IDENTITY_CONFIG)
+    write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module", params=["inferd", "alt"])
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """inferd's own HTTP and gRPC stacks, and the alternatives (uvicorn, grpc.aio)."""
+    stacks: dict[str, Any] = {} if request.param == "inferd" else ALT_STACKS
+    running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,), **stacks))
+    yield running
+    running.stop()
+
+
+@dataclass
+class Answer:
+    id: str
+    error: str | None = None
+    final: bool | None = None  # the triton_final_response parameter
+    out: list[int] | None = None
+    idx: list[int] | None = None
+
+
+def repeat_inputs(values: list[int], mode: int) -> list[grpcclient.InferInput]:
+    given = grpcclient.InferInput("IN", [len(values)], "INT32")
+    given.set_data_from_numpy(np.array(values, np.int32))
+    how = grpcclient.InferInput("MODE", [1], "INT32")
+    how.set_data_from_numpy(np.array([mode], np.int32))
+    return [given, how]
+
+
+def answer_of(result: Any, error: Any) -> Answer:
+    if error is not None:
+        return Answer(id="", error=error.message())
+    response = result.get_response()
+    final = response.parameters.get("triton_final_response")
+    answer = Answer(id=response.id, final=None if final is None else final.bool_param)
+    if response.outputs:
+        answer.out = result.as_numpy("OUT").tolist()
+        answer.idx = result.as_numpy("IDX").tolist()
+    return answer
+
+
+class Stream:
+    """A tritonclient gRPC stream whose answers are read in arrival order."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.client = grpcclient.InferenceServerClient(server.grpc_url)
+        self.answers: queue.Queue[Answer] = queue.Queue()
+        self.client.start_stream(
+            callback=lambda result, error: self.answers.put(answer_of(result, error))
+        )
+
+    def send(
+        self, model: str, values: list[int], mode: int, rid: str, empty_final: bool = False
+    ) -> None:
+        self.client.async_stream_infer(
+            model,
+            repeat_inputs(values, mode),
+            request_id=rid,
+            enable_empty_final_response=empty_final,
+        )
+
+    def take(self, count: int) -> list[Answer]:
+        return [self.answers.get(timeout=20) for _ in range(count)]
+
+    def close(self) -> None:
+        self.client.stop_stream()
+        self.client.close()
+
+
+@pytest.fixture
+def stream(server: RunningServer) -> Iterator[Stream]:
+    opened = Stream(server)
+    yield opened
+    opened.close()
+
+
+def test_each_value_comes_as_a_response_then_an_empty_final_one(stream: Stream) -> None:
+    stream.send("repeat", [10, 20, 30], 0, "r", empty_final=True)
+    answers = stream.take(4)
+    assert [(a.id, a.out, a.idx, a.final) for a in answers[:3]] == [
+        ("r", [10], [0], False),
+        ("r", [20], [1], False),
+        ("r", [30], [2], False),
+    ]
+    assert (answers[3].id, answers[3].out, answers[3].final) == ("r", None, True)
+
+
+def test_without_empty_final_a_final_flag_alone_sends_nothing(stream: Stream) -> None:
+    stream.send("repeat", [1, 2], 0, "first")
+    stream.send("repeat", [], 6, "only_final")  # only the final flag: nothing at all
+    assert [(a.id, a.out) for a in stream.take(2)] == [("first", [1]), ("first", [2])]
+    stream.send("repeat", [3], 1, "after")
+    assert [(a.id, a.out, a.final) for a in stream.take(1)] == [("after", [3], True)]
+    assert stream.answers.empty()
+
+
+def test_a_final_flag_on_the_last_response_needs_no_empty_response(stream: Stream) -> None:
+    stream.send("repeat", [5, 6], 1, "r", empty_final=True)
+    assert [(a.out, a.final) for a in stream.take(2)] == [([5], False), ([6], True)]
+    stream.send("repeat", [], 6, "zero", empty_final=True)  # zero responses, only FINAL
+    [empty] = stream.take(1)
+    assert (empty.id, empty.out, empty.final) == ("zero", None, True)
+    assert stream.answers.empty()
+
+
+def test_an_error_response_arrives_in_order_and_the_stream_goes_on(stream: Stream) -> None:
+    stream.send("repeat", [1, 2, 3], 2, "e", empty_final=True)
+    answers = stream.take(4)
+    assert (answers[0].out, answers[0].final) == ([1], False)
+    assert answers[1].error == "no value at 1"
+    assert (answers[2].out, answers[2].final) == ([3], False)
+    assert (answers[3].out, answers[3].final) == (None, True)
+
+
+def test_error_responses_carry_the_model_name_and_the_final_flag(server: RunningServer) -> None:
+    """As in Triton; a request refused before it reached the model gets its id only."""
+    request = pb.ModelInferRequest(model_name="repeat", id="raw")
+    for name, values in (("IN", [1, 2]), ("MODE", [2])):
+        request.inputs.add(name=name, datatype="INT32", shape=[len(values)])
+        request.raw_input_contents.append(np.array(values, np.int32).tobytes())
+    refused = pb.ModelInferRequest(model_name="repeat", id="bad")
+    refused.inputs.add(name="NOPE", datatype="INT32", shape=[1])
+    refused.raw_input_contents.append(np.zeros(1, np.int32).tobytes())
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        replies = list(call(iter([refused, request]), timeout=20))
+    assert [r.infer_response.id for r in replies] == ["bad", "raw", "raw"]
+    assert replies[0].infer_response == pb.ModelInferResponse(id="bad")
+    error = replies[2].infer_response
+    assert replies[2].error_message == "no value at 1"
+    assert (error.model_name, error.id) == ("repeat", "raw")
+    assert error.parameters["triton_final_response"].bool_param is False
+
+
+def test_failed_execute_ends_the_request_with_triton_messages(stream: Stream) -> None:
+    stream.send("repeat", [1], 3, "raises", empty_final=True)
+    stream.send("repeat", [1], 4, "returns", empty_final=True)
+    errors = sorted(a.error or "" for a in stream.take(2))
+    prefix = "Failed to process the request(s) for model 'repeat_0_0', message: "
+    assert errors == [
+        prefix + "Python model 'repeat_0_0' is using the decoupled mode and the execute "
+        "function must return None.",
+        prefix + "ValueError: execute failed on purpose",
+    ]
+    stream.send("repeat", [7], 1, "next")  # the stream and the model serve on
+    assert [a.out for a in stream.take(1)] == [[7]]
+
+
+def test_requests_on_one_stream_interleave_each_in_order(stream: Stream) -> None:
+    stream.send("repeat", [1, 2, 3], 7, "slow", empty_final=True)
+    stream.send("repeat", [4, 5], 0, "quick", empty_final=True)
+    answers = stream.take(7)
+    by_id: dict[str, list[Answer]] = {}
+    for answer in answers:
+        by_id.setdefault(answer.id, []).append(answer)
+    assert [(a.out, a.final) for a in by_id["slow"]] == [
+        ([1], False),
+        ([2], False),
+        ([3], False),
+        (None, True),
+    ]
+    assert [(a.out, a.final) for a in by_id["quick"]] == [([4], False), ([5], False), (None, True)]
+    # Both ran at once: the quick one finished before the slow one's last response.
+    assert answers.index(by_id["quick"][-1]) < answers.index(by_id["slow"][-1])
+
+
+def test_non_decoupled_models_answer_once_on_the_stream_with_the_final_flag(
+    server: RunningServer,
+) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        given = grpcclient.InferInput("INPUT0", [4], "FP32")
+        given.set_data_from_numpy(np.arange(4, dtype=np.float32))
+        client.async_stream_infer("sender_answers", [given], request_id="s")
+        result, error = answers.get(timeout=20)
+        assert error is None
+        assert result.as_numpy("OUTPUT0").tolist() == [0, 2, 4, 6]
+        assert result.get_response().parameters["triton_final_response"].bool_param
+    finally:
+        client.stop_stream()
+        client.close()
+    # Over HTTP the sent response is the answer too.
+    http = httpclient.InferenceServerClient(server.http_url)
+    try:
+        data = httpclient.InferInput("INPUT0", [4], "FP32")
+        data.set_data_from_numpy(np.ones(4, np.float32))
+        assert http.infer("sender_answers", [data]).as_numpy("OUTPUT0").tolist() == [2] * 4
+    finally:
+        http.close()
+
+
+def test_single_answer_apis_refuse_decoupled_models_as_triton_does(server: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as grpc_error:
+        client.infer("repeat", repeat_inputs([1], 0))
+    assert grpc_error.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert grpc_error.value.message() == (
+        "ModelInfer RPC doesn't support models with decoupled transaction policy"
+    )
+    http = httpclient.InferenceServerClient(server.http_url)
+    inputs = []
+    for name, value in (("IN", [1]), ("MODE", [0])):
+        tensor = httpclient.InferInput(name, [1], "INT32")
+        tensor.set_data_from_numpy(np.array(value, np.int32))
+        inputs.append(tensor)
+    with pytest.raises(InferenceServerException) as http_error:
+        http.infer("repeat", inputs)
+    assert http_error.value.status() == "501"
+    assert http_error.value.message() == (
+        "HTTP end point doesn't support models with decoupled transaction policy"
+    )
+    client.close()
+    http.close()
+
+
+def test_statistics_count_each_decoupled_request_once(server: RunningServer) -> None:
+    opened = Stream(server)
+    try:
+        opened.send("repeat_stats", [1, 2, 3], 0, "a", empty_final=True)
+        opened.send("repeat_stats", [4], 1, "b", empty_final=True)
+        opened.take(5)
+    finally:
+        opened.close()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    stats = client.get_inference_statistics("repeat_stats", as_json=True)["model_stats"][0]
+    client.close()
+    inference = stats["inference_stats"]
+    assert int(inference["success"]["count"]) == 2
+    assert int(stats["inference_count"]) == 2
+    assert int(stats["execution_count"]) == 2
+
+
+def test_the_aio_client_streams_decoupled_responses(server: RunningServer) -> None:
+    """The aio client cannot ask for empty final responses: the call ends once the client has
+    sent everything and every request sent its final flag."""
+
+    async def run() -> list[tuple[str, list[int] | None, bool]]:
+        client = aiogrpc.InferenceServerClient(server.grpc_url)
+
+        async def requests() -> Any:
+            for rid, values, mode in (("x", [1, 2], 0), ("y", [3], 1)):
+                yield {
+                    "model_name": "repeat",
+                    "inputs": repeat_inputs(values, mode),
+                    "request_id": rid,
+                }
+
+        seen: list[tuple[str, list[int] | None, bool]] = []
+        try:
+            async for result, error in client.stream_infer(requests()):
+                assert error is None
+                answer = answer_of(result, None)
+                seen.append((answer.id, answer.out, bool(answer.final)))
+        finally:
+            await client.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert [s for s in seen if s[0] == "x"] == [("x", [1], False), ("x", [2], False)]
+    assert [s for s in seen if s[0] == "y"] == [("y", [3], True)]
+
+
+def test_unload_waits_for_streaming_requests(tmp_path: Path, server_factory: Factory) -> None:
+    write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG)
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    http = httpclient.InferenceServerClient(server.http_url)
+    http.load_model("repeat")
+    opened = Stream(server)
+    try:
+        opened.send("repeat", [1, 2, 3, 4], 7, "long", empty_final=True)
+        first = opened.take(1)
+        http.unload_model("repeat")  # returns once the request sent its final response
+        rest = opened.take(4)
+        assert [a.out for a in first + rest] == [[1], [2], [3], [4], None]
+        assert rest[-1].final is True
+        assert not http.is_model_ready("repeat")
+    finally:
+        opened.close()
+        http.close()
+
+
+def test_unload_ends_requests_that_never_finish_after_its_bound(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    write_python_model(tmp_path, "stuck", REPEAT, REPEAT_CONFIG + UNLOAD_TIMEOUT % "0.2")
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    http = httpclient.InferenceServerClient(server.http_url)
+    http.load_model("stuck")
+    opened = Stream(server)
+    try:
+        opened.send("stuck", [9], 5, "stuck", empty_final=True)
+        assert [a.out for a in opened.take(1)] == [[9]]
+        done = threading.Event()
+
+        def unload() -> None:  # HTTP clients stay on the thread that made them
+            own = httpclient.InferenceServerClient(server.http_url)
+            own.unload_model("stuck")
+            own.close()
+            done.set()
+
+        threading.Thread(target=unload).start()
+        [ended] = opened.take(1)
+        assert (
+            ended.error == "model 'stuck:1' was unloaded before the request sent its final response"
+        )
+        assert done.wait(20)
+        assert opened.answers.empty()
+    finally:
+        opened.close()
+        http.close()
+
+
+def test_only_python_models_may_be_decoupled_and_not_in_ensembles(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    decoupled = "model_transaction_policy { decoupled: true }\n"
+    onnx_config = (
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+    )
+    write_model(tmp_path, "onnx_decoupled", identity_model(), onnx_config + decoupled)
+    write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG)
+    sequence = REPEAT_CONFIG + "sequence_batching { }\n"
+    write_python_model(tmp_path, "repeat_sequence", REPEAT, sequence)
+    ensemble = tmp_path / "uses_repeat"
+    (ensemble / "1").mkdir(parents=True)
+    (ensemble / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 0\n'
+        'input [{ name: "IN" data_type: TYPE_INT32 dims: [ -1 ] }, '
+        '{ name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+        'output [{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+        'ensemble_scheduling { step [{ model_name: "repeat" model_version: -1 '
+        'input_map { key: "IN" value: "IN" } input_map { key: "MODE" value: "MODE" } '
+        'output_map { key: "OUT" value: "OUT" } }] }\n'
+    )
+    server = server_factory(model_repositories=(tmp_path,))
+    http = httpclient.InferenceServerClient(server.http_url)
+    try:
+        index = {e["name"]: e for e in http.get_model_repository_index()}
+    finally:
+        http.close()
+    assert index["repeat"]["state"] == "READY"
+    assert index["onnx_decoupled"]["state"] == "UNAVAILABLE"
+    assert "not supported by inferd's 'onnxruntime' backend" in index["onnx_decoupled"]["reason"]
+    assert index["repeat_sequence"]["state"] == "UNAVAILABLE"
+    assert "sequence_batching of a decoupled model" in index["repeat_sequence"]["reason"]
+    assert index["uses_repeat"]["state"] == "UNAVAILABLE"
+    assert "contains decoupled model repeat" in index["uses_repeat"]["reason"]
+
+
+def post(server: RunningServer, path: str, body: Any) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection(server.http_url, timeout=20)
+    try:
+        connection.request("POST", path, json.dumps(body).encode())
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type", ""), response.read()
+    finally:
+        connection.close()
+
+
+def events(body: bytes) -> list[Any]:
+    """The JSON documents of a Server-Sent Events body."""
+    chunks = [c for c in body.decode().split("\n\n") if c]
+    assert all(c.startswith("data: ") for c in chunks), body
+    return [json.loads(c.removeprefix("data: ")) for c in chunks]
+
+
+def test_generate_answers_flat_json_for_any_model(server: RunningServer) -> None:
+    status, kind, body = post(
+        server,
+        "/v2/models/add_sub/generate",
+        {"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "note": "a parameter"},
+    )
+    assert (status, kind) == (200, "application/json")
+    assert json.loads(body) == {
+        "model_name": "add_sub",
+        "model_version": "1",
+        "OUTPUT0": [2.0, 3.0, 4.0, 5.0],
+        "OUTPUT1": [0.0, 1.0, 2.0, 3.0],
+    }
+    status, _, body = post(server, "/v2/models/repeat/generate", {"IN": [4], "MODE": 1})
+    assert status == 200
+    assert json.loads(body) == {"model_name": "repeat", "model_version": "1", "OUT": 4, "IDX": 0}
+    status, _, body = post(server, "/v2/models/repeat/generate", {"IN": [4, 5], "MODE": 0})
+    assert status == 400
+    assert json.loads(body) == {"error": ONE_RESPONSE}
+    for bad in ([1], {"INPUT0": [[1]], "INPUT1": [1, 1, 1, 1]}, {"INPUT0": 1, "x": {}}):
+        status, _, body = post(server, "/v2/models/add_sub/generate", bad)
+        assert status == 400 and "error" in json.loads(body), bad
+
+
+def test_generate_stream_sends_each_response_as_an_event(server: RunningServer) -> None:
+    status, kind, body = post(
+        server, "/v2/models/repeat/generate_stream", {"IN": [1, 2, 3], "MODE": 2}
+    )
+    assert (status, kind) == (200, "text/event-stream; charset=utf-8")
+    assert events(body) == [
+        {"model_name": "repeat", "model_version": "1", "OUT": 1, "IDX": 0},
+        {"error": "no value at 1"},
+        {"model_name": "repeat", "model_version": "1", "OUT": 3, "IDX": 2},
+    ]
+    status, _, body = post(server, "/v2/models/repeat/generate_stream", {"IN": [1], "MODE": 3})
+    assert status == 500  # the first event decides the status
+    [error] = events(body)
+    assert error["error"].endswith("ValueError: execute failed on purpose")
+    status, _, body = post(
+        server, "/v2/models/add_sub/generate_stream", {"INPUT0": [1] * 4, "INPUT1": [1] * 4}
+    )
+    assert status == 200
+    assert [e["OUTPUT0"] for e in events(body)] == [[2.0] * 4]
+
+
+def test_generate_stream_writes_events_as_they_are_sent(server: RunningServer) -> None:
+    """The model sends one response, then waits until the request is cancelled: the event
+    must reach the client while the request is still open."""
+    connection = http.client.HTTPConnection(server.http_url, timeout=20)
+    try:
+        body = json.dumps({"IN": [8], "MODE": 5}).encode()
+        connection.request("POST", "/v2/models/repeat/generate_stream", body)
+        response = connection.getresponse()
+        assert response.status == 200
+        first = b""
+        while not first.endswith(b"\n\n"):
+            first += response.read1(1024) if hasattr(response, "read1") else response.read(1)
+        assert events(first) == [{"model_name": "repeat", "model_version": "1", "OUT": 8, "IDX": 0}]
+    finally:
+        connection.close()  # the client leaves: the request is cancelled
+
+
+PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    PERF_ANALYZER is None, reason="perf_analyzer is not installed (see benchmarks/)"
+)
+def test_perf_analyzer_streams_a_decoupled_model(server: RunningServer, tmp_path: Path) -> None:
+    assert PERF_ANALYZER is not None
+    data = tmp_path / "data.json"
+    data.write_text('{"data": [{"IN": {"content": [1, 2, 3], "shape": [3]}, "MODE": [0]}]}')
+    result = subprocess.run(
+        [
+            PERF_ANALYZER,
+            "-m",
+            "repeat",
+            "-u",
+            server.grpc_url,
+            "-i",
+            "grpc",
+            "--streaming",
+            "--input-data",
+            str(data),
+            "--concurrency-range",
+            "2:2",
+            "-p",
+            "500",
+            "-s",
+            "50",
+            "-r",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Throughput:" in result.stdout
