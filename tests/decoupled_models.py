@@ -31,6 +31,10 @@ def response(value, index):
 class TritonPythonModel:
     def initialize(self, args):
         self.threads = []
+        cancelled = pb_utils.MetricFamily(
+            "repeat_cancelled", "requests that saw is_cancelled()", pb_utils.MetricFamily.COUNTER
+        )
+        self.cancelled = cancelled.Metric(labels={"model": args["model_name"]})
 
     def execute(self, requests):
         for request in requests:
@@ -52,6 +56,7 @@ class TritonPythonModel:
             sender.send(response(values[0], 0))
             for _ in range(1000):
                 if sender.is_cancelled():
+                    self.cancelled.increment(1)
                     break
                 time.sleep(0.01)
             try:

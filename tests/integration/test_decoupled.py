@@ -12,12 +12,14 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -241,6 +243,26 @@ def test_non_decoupled_models_answer_once_on_the_stream_with_the_final_flag(
         assert http.infer("sender_answers", [data]).as_numpy("OUTPUT0").tolist() == [2] * 4
     finally:
         http.close()
+
+
+def test_a_client_that_leaves_its_stream_cancels_its_requests(server: RunningServer) -> None:
+    def cancelled() -> float:
+        text = httpx.get(f"http://{server.http_url}/metrics").text
+        for line in text.splitlines():
+            if line.startswith('repeat_cancelled{model="repeat"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = cancelled()
+    stream = Stream(server)
+    stream.send("repeat", [7], 5, "leaving")  # answers once, then waits for is_cancelled()
+    assert stream.take(1)[0].out == [7]
+    stream.client.stop_stream(cancel_requests=True)
+    stream.client.close()
+    deadline = time.monotonic() + 10
+    while cancelled() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1
 
 
 def test_single_answer_apis_refuse_decoupled_models_as_triton_does(server: RunningServer) -> None:
