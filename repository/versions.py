@@ -6,8 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from inferd.batching.scheduler import Scheduler
-from inferd.batching.sequence import SequenceScheduler
+from inferd.batching.interface import ModelScheduler
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_runtime import EnsembleRuntime
@@ -34,7 +33,7 @@ class ModelVersion:
     state: ModelState = ModelState.UNKNOWN
     reason: str = ""
     config: ModelConfig | None = None
-    scheduler: Scheduler | SequenceScheduler | None = None
+    scheduler: ModelScheduler | None = None
     ensemble: EnsembleRuntime | None = None
     labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
     devices: str = ""  # where the instances run, for logs and status

@@ -19,8 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from inferd.batching.scheduler import Scheduler
-from inferd.batching.sequence import SequenceScheduler
+from inferd.batching.interface import ModelScheduler
 from inferd.batching.stats import Histogram, ModelStats
 from inferd.repository.manager import ModelVersion
 from inferd.server.response_cache import ResponseCache
@@ -121,7 +120,7 @@ _CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
     ),
 )
 
-_GAUGES: tuple[tuple[str, str, Callable[[Scheduler | SequenceScheduler], float]], ...] = (
+_GAUGES: tuple[tuple[str, str, Callable[[ModelScheduler], float]], ...] = (
     (
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution per-model.",
