@@ -32,6 +32,7 @@ from inferd.backends.tensorflow_autocomplete import (
     to_spec,
 )
 from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.sequence_config import sequence_tensors
 from inferd.server.errors import InferdError, invalid, unavailable, unsupported
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,9 @@ class SavedModelInstance(ModelInstance):
             raise invalid(f"failed to load the SavedModel {model_path}: {exc}") from None
         key = pick_signature(self._model.signatures.keys(), params.signature_def)
         self._function: Any = self._model.signatures[key]
-        self._output_names = tuple(t.name for t in config.outputs)
+        # Sequence models: the implicit state comes back to the scheduler too.
+        states = sequence_tensors(config.sequence_batching)[1]
+        self._output_names = (*(t.name for t in config.outputs), *states)
         batched = config.max_batch_size > 0
         _, declared = self._function.structured_input_signature
         outputs = self._function.structured_outputs

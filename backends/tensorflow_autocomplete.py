@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from inferd.backends.autocomplete import (
     complete_tensors,
 )
 from inferd.repository.config import ModelConfigProto
+from inferd.repository.sequence_config import generated_names
 from inferd.server.errors import InferdError, invalid
 from inferd.server.types import DataType
 
@@ -185,6 +186,15 @@ def _complete_and_check(
     default_max_batch_size: int,
     every_input: bool,
 ) -> None:
+    # The sequence batcher's control and state tensors are fed and read by the scheduler:
+    # they are not the config's inputs and outputs.
+    skip_inputs, skip_outputs = generated_names(config)
+    if skip_inputs or skip_outputs:
+        signature = replace(
+            signature,
+            inputs=tuple(t for t in signature.inputs if t.name not in skip_inputs),
+            outputs=tuple(t for t in signature.outputs if t.name not in skip_outputs),
+        )
     if auto_complete:
         # Shapes as the file has them: a tensor of unknown rank cannot say that it batches.
         specs = [to_spec(t, None, False) for t in (*signature.inputs, *signature.outputs)]

@@ -26,6 +26,7 @@ from inferd.backends.tensorflow_autocomplete import (
     to_spec,
 )
 from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.sequence_config import sequence_tensors
 from inferd.server.errors import invalid
 
 
@@ -135,14 +136,16 @@ class GraphDefInstance(ModelInstance):
         self._session: Any = tf.compat.v1.Session(graph=graph, config=options)
         try:
             self._run_init_ops(graph, model_path, params)
-            feeds = [graph.get_tensor_by_name(tensor_name(t.name)) for t in config.inputs]
-            fetches = [graph.get_tensor_by_name(tensor_name(t.name)) for t in config.outputs]
+            # Sequence models: the scheduler's control and state tensors too.
+            controls, states = sequence_tensors(config.sequence_batching)
+            self._input_names = (*(t.name for t in config.inputs), *controls)
+            self._output_names = (*(t.name for t in config.outputs), *states)
+            feeds = [graph.get_tensor_by_name(tensor_name(n)) for n in self._input_names]
+            fetches = [graph.get_tensor_by_name(tensor_name(n)) for n in self._output_names]
             self._call: Any = self._session.make_callable(fetches, feed_list=feeds)
         except BaseException:
             self._session.close()
             raise
-        self._input_names = tuple(t.name for t in config.inputs)
-        self._output_names = tuple(t.name for t in config.outputs)
         batched = config.max_batch_size > 0
         dims = {t.name: list(t.dims) for t in (*config.inputs, *config.outputs)}
         specs = [

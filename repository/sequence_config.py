@@ -94,6 +94,15 @@ def generated_names(config: Any) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(inputs), frozenset(s.output_name for s in seq.state)
 
 
+def sequence_tensors(sequence: SequenceBatching | None) -> tuple[list[str], list[str]]:
+    """(input names, output names) of a typed config's control and state tensors: what an
+    instance feeds and fetches besides the config's own inputs and outputs."""
+    if sequence is None:
+        return [], []
+    inputs = [c.name for c in sequence.controls] + [s.input_name for s in sequence.states]
+    return inputs, [s.output_name for s in sequence.states]
+
+
 def normalize_sequence(config: Any) -> None:
     """Triton's defaults: idle time 1 s; oldest batches at max_batch_size by preference."""
     seq = config.sequence_batching

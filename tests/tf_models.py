@@ -76,6 +76,22 @@ class _Flat(tf.Module):  # type: ignore[misc]
         return {"NEG": -v}
 
 
+class _Accumulator(tf.Module):  # type: ignore[misc]
+    """A sequence model: INT32 [batch, 1] OUTPUT = INPUT + STATE_IN, and STATE_OUT = OUTPUT
+    (implicit state); START (a control input) is fed by the sequence batcher, unused."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 1], tf.int32, name="INPUT"),
+            tf.TensorSpec([None, 1], tf.int32, name="STATE_IN"),
+            tf.TensorSpec([None, 1], tf.int32, name="START"),
+        ]
+    )
+    def serve(self, x: Any, state: Any, start: Any) -> dict[str, Any]:
+        total = x + state
+        return {"OUTPUT": total, "STATE_OUT": tf.identity(total)}
+
+
 def _save(module: Any, path: Path, **signatures: Any) -> Path:
     tf.saved_model.save(module, str(path), signatures=signatures)
     return path
@@ -104,6 +120,25 @@ def reshape_model(path: Path) -> Path:
 def flat_model(path: Path) -> Path:
     module = _Flat()
     return _save(module, path, serving_default=module.serve)
+
+
+def accumulator_model(path: Path) -> Path:
+    module = _Accumulator()
+    return _save(module, path, serving_default=module.serve)
+
+
+def accumulator_graphdef(path: Path) -> Path:
+    """_Accumulator as a frozen graph (placeholders INPUT, STATE_IN, START)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.int32, [None, 1], name="INPUT")
+        state = tf.compat.v1.placeholder(tf.int32, [None, 1], name="STATE_IN")
+        tf.compat.v1.placeholder(tf.int32, [None, 1], name="START")
+        total = tf.identity(x + state, name="OUTPUT")
+        tf.identity(total, name="STATE_OUT")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
 
 
 def graphdef_model(path: Path) -> Path:

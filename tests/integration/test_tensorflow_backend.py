@@ -22,6 +22,8 @@ pytest.importorskip("tensorflow")
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.tf_models import (
     WEIGHTS,
+    accumulator_graphdef,
+    accumulator_model,
     add_matmul_model,
     flat_model,
     graphdef_model,
@@ -60,6 +62,24 @@ max_batch_size: 8
 input [{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }]
 output [{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }]
 """
+
+# The sequence batcher feeds START and STATE_IN: the config names neither (nor STATE_OUT).
+SEQUENCE_BATCHING = """
+max_batch_size: 4
+sequence_batching {
+  control_input [{
+    name: "START" control [{ kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] }]
+  }]
+  state [{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_INT32 dims: [1] }]
+}
+"""
+SEQUENCE_CONFIG = 'platform: "tensorflow_savedmodel"' + SEQUENCE_BATCHING
+SEQUENCE_GRAPHDEF_CONFIG = (
+    'platform: "tensorflow_graphdef"'
+    + SEQUENCE_BATCHING
+    + 'input [{ name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+    + 'output [{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+)
 
 PROTOCOLS = [httpclient, grpcclient]
 
@@ -128,6 +148,9 @@ def tf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServe
     _model(root, "bad_tag", signature.replace("TF_SIGNATURE_DEF", "TF_GRAPH_TAG"), add)
     _model(root, "graph_no_config", None, graph)
     _model(root, "graph_bad_name", GRAPHDEF_CONFIG.replace('"x"', '"y"'), graph)
+    _model(root, "tf_seq", SEQUENCE_CONFIG, accumulator_model(built / "seq" / "model.savedmodel"))
+    graph_seq = accumulator_graphdef(built / "seq_graph" / "model.graphdef")
+    _model(root, "tf_seq_graph", SEQUENCE_GRAPHDEF_CONFIG, graph_seq)
     corrupt = root / "corrupt" / "1" / "model.savedmodel"
     corrupt.mkdir(parents=True)
     (corrupt / "saved_model.pb").write_bytes(b"not a protobuf")
@@ -333,3 +356,27 @@ def test_without_auto_complete_a_savedmodel_needs_its_config(
     assert states["full"] == ("READY", "")
     state, reason = states["bare"]
     assert state == "UNAVAILABLE" and "INPUT0" in reason
+
+
+@pytest.mark.parametrize("model", ["tf_seq", "tf_seq_graph"])
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=["http", "grpc"])
+def test_sequence_models_keep_their_state(
+    tf_server: RunningServer, protocol: ModuleType, model: str
+) -> None:
+    client = _client(protocol, tf_server)
+    base = 100 if protocol is grpcclient else 0
+    try:
+
+        def step(sequence: int, value: int, **flags: bool) -> int:
+            given = _input(protocol, "INPUT", np.array([[value]], np.int32), "INT32")
+            result = client.infer(model, [given], sequence_id=base + sequence, **flags)
+            return int(result.as_numpy("OUTPUT")[0, 0])
+
+        assert step(1, 1, sequence_start=True) == 1
+        assert step(2, 10, sequence_start=True) == 10  # another sequence, its own state
+        assert step(1, 2) == 3
+        assert step(2, 5) == 15
+        assert step(1, 4, sequence_end=True) == 7
+        assert step(1, 1, sequence_start=True) == 1  # a new sequence starts from zero
+    finally:
+        client.close()
