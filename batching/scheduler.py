@@ -420,14 +420,14 @@ class Scheduler:
 
     def _complete(self, pending: Pending, outcome: Outputs | BaseException) -> None:
         if self._ordered is None:
-            _resolve(pending, outcome)
+            resolve(pending.future, pending.on_done, outcome)
             return
         pending.outcome = outcome  # released in arrival order
         ordered = self._ordered
         while ordered and (ordered[0].outcome is not None or ordered[0].future.done()):
             head = ordered.popleft()
             if head.outcome is not None:
-                _resolve(head, head.outcome)
+                resolve(head.future, head.on_done, head.outcome)
                 head.outcome = None
 
     def _record_batch(self, batch: list[Pending], t: Timings) -> None:
@@ -488,19 +488,21 @@ def _too_short(until_ns: int | None, now_ns: int) -> bool:
     return until_ns is not None and until_ns - now_ns < TIMER_RESOLUTION_NS
 
 
-def _resolve(pending: Pending, outcome: Outputs | BaseException) -> None:
-    future = pending.future
+def resolve(
+    future: asyncio.Future[Outputs], on_done: OnDone | None, outcome: Outputs | BaseException
+) -> None:
+    """Answer a request (every scheduler's, and an ensemble's), then tell `on_done`."""
     if future.done():
         return  # cancelled: the requester left
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-    if pending.on_done is not None:
+    if on_done is not None:
         try:
-            pending.on_done(future)
+            on_done(future)
         except Exception:  # one requester's failure must not cut the batch's other answers
-            log.exception("answering a request of a finished batch failed")
+            log.exception("answering a request failed")
 
 
 def _timeout_us(policy: QueuePolicy, requested_us: int) -> int:

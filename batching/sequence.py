@@ -32,6 +32,7 @@ from inferd.batching.scheduler import (
     OnDone,
     Outputs,
     RequestOptions,
+    resolve,
 )
 from inferd.batching.sequence_policy import DirectBatch, Slot, decide_direct
 from inferd.batching.stats import BatchStats, ModelStats
@@ -495,12 +496,12 @@ class SequenceScheduler:
             if isinstance(outcome, BaseException):
                 # The sequence goes on: its state stays what the last good request left.
                 self.stats.fail_request(elapsed, BACKEND)
-                _resolve(pending, self._error(outcome))
+                resolve(pending.future, pending.on_done, self._error(outcome))
             else:
                 self._keep_state(active, outcome)
                 self.stats.success.add(elapsed)
                 self.stats.request_us.observe(elapsed / 1000)
-                _resolve(pending, outcome)
+                resolve(pending.future, pending.on_done, outcome)
             active.running = False
             active.last_ns = now
             if pending.end:
@@ -585,18 +586,3 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:
     return until_ns is not None and until_ns - now_ns < TIMER_RESOLUTION_NS
-
-
-def _resolve(pending: SeqPending, outcome: Outputs | BaseException) -> None:
-    future = pending.future
-    if future.done():
-        return  # cancelled: the requester left (the request still ran, for the sequence)
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
-    if pending.on_done is not None:
-        try:
-            pending.on_done(future)
-        except Exception:
-            log.exception("answering a request of a finished batch failed")

@@ -17,7 +17,7 @@ from functools import partial
 
 import numpy as np
 
-from inferd.batching.scheduler import OnDone, Outputs
+from inferd.batching.scheduler import OnDone, Outputs, resolve
 from inferd.repository.ensemble_graph import Progress
 from inferd.repository.ensemble_runtime import EnsembleRuntime
 from inferd.repository.versions import ModelVersion
@@ -190,13 +190,13 @@ class _Run:
         stats.inference_count += max(1, self._batch_size)
         stats.execution_count += 1
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        self._resolve_future(outputs)
+        resolve(self.future, self._on_done, outputs)
 
     def _fail(self, exc: BaseException) -> None:
         if self._over:
             return
         self.abandon()
-        self._resolve_future(self.failure(exc))
+        resolve(self.future, self._on_done, self.failure(exc))
 
     def failure(self, exc: BaseException) -> InferdError:
         """The error the client gets: the step's own code, its message naming the ensemble
@@ -233,20 +233,6 @@ class _Run:
         for step in self._running.values():
             step.cancel()  # the schedulers drop cancelled requests before they run
         self._running.clear()
-
-    def _resolve_future(self, outcome: Outputs | InferdError) -> None:
-        future = self.future
-        if future.done():
-            return
-        if isinstance(outcome, InferdError):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-        if self._on_done is not None:
-            try:
-                self._on_done(future)
-            except Exception:
-                log.exception("answering an ensemble request failed")
 
 
 class _StepError(Exception):
