@@ -24,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from inferd.repository.config import TensorConfig
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid
+from inferd.server.json_body import json_object
 from inferd.server.types import DataType, InferRequest, InferResponse, Params
 
 # Triton's answer when /generate gets none or several responses.
@@ -110,12 +111,7 @@ async def _drain(queue: asyncio.Queue[_Item], cancel: Any) -> AsyncIterator[_Ite
 def decode_generate_request(
     body: bytes, model: str, version: str, specs: tuple[TensorConfig, ...], batching: bool
 ) -> InferRequest:
-    try:
-        data = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise invalid("the generate request body must be a JSON object")
+    data = json_object(body, "the generate request body must be a JSON object")
     inputs: dict[str, np.ndarray] = {}
     parameters: Params = {}
     by_name = {spec.name: spec for spec in specs}

@@ -5,20 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.server.errors import invalid
+from inferd.server.json_body import json_object
 
 
 def http_log_changes(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("a logging settings request needs a JSON object body")
-    return doc
+    return json_object(body, "a logging settings request needs a JSON object body")
 
 
 def grpc_log_changes(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,8 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from inferd.server.errors import invalid
+from inferd.server.json_body import json_object
 
 CONFIG = "config"
 FILE_PREFIX = "file:"
@@ -48,16 +47,13 @@ def http_unload_dependents(body: bytes) -> bool:
     return value
 
 
+NOT_PARAMETERS = "the request body must be a JSON object whose 'parameters' is an object"
+
+
 def _http_parameters(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        return {}  # the body is optional
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON: {exc}") from None
-    parameters = data.get("parameters", {}) if isinstance(data, dict) else None
+    parameters = json_object(body, NOT_PARAMETERS).get("parameters", {})
     if not isinstance(parameters, dict):
-        raise invalid("the request body must be a JSON object whose 'parameters' is an object")
+        raise invalid(NOT_PARAMETERS)
     return parameters
 
 

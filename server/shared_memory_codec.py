@@ -9,17 +9,19 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-import orjson
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.cuda_shared_memory import CudaRegionStatus
 from inferd.server.errors import invalid
+from inferd.server.json_body import json_object
 from inferd.server.shared_memory import SystemRegionStatus
+
+NOT_OBJECT = "a shared memory register request needs a JSON object body"
 
 
 def http_system_register(body: bytes) -> tuple[str, int, int]:
     """`{"key", "offset", "byte_size"}` -> (key, offset, byte_size); offset defaults to 0."""
-    doc = _object(body)
+    doc = json_object(body, NOT_OBJECT)
     key = doc.get("key")
     if not isinstance(key, str):
         raise invalid("Shared memory register request has no 'key' field (a string)")
@@ -30,7 +32,7 @@ def http_system_register(body: bytes) -> tuple[str, int, int]:
 
 def http_cuda_register(body: bytes) -> tuple[bytes, int, int]:
     """`{"raw_handle": {"b64"}, "device_id", "byte_size"}` -> (handle, device_id, byte_size)."""
-    doc = _object(body)
+    doc = json_object(body, NOT_OBJECT)
     raw = doc.get("raw_handle")
     encoded = raw.get("b64") if isinstance(raw, dict) else None
     if not isinstance(encoded, str):
@@ -43,16 +45,6 @@ def http_cuda_register(body: bytes) -> tuple[bytes, int, int]:
         if field not in doc:
             raise invalid(f"Shared memory register request has no '{field}' field")
     return handle, _size(doc, "device_id", 0), _size(doc, "byte_size", 0)
-
-
-def _object(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("a shared memory register request needs a JSON object body")
-    return doc
 
 
 def _size(doc: dict[str, Any], field: str, default: int) -> int:
