@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import queue
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +29,7 @@ from inferd.server.http_generate import ONE_RESPONSE
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.decoupled_models import REPEAT, REPEAT_CONFIG, SENDER_ANSWERS
 from tests.models import identity_model, write_model
+from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import ADD_SUB, ADD_SUB_CONFIG, IDENTITY_CONFIG, write_python_model
 
 Factory = Callable[..., RunningServer]
@@ -504,41 +502,10 @@ def test_generate_stream_writes_events_as_they_are_sent(server: RunningServer) -
         connection.close()  # the client leaves: the request is cancelled
 
 
-PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    PERF_ANALYZER is None, reason="perf_analyzer is not installed (see benchmarks/)"
-)
+@needs_perf_analyzer
 def test_perf_analyzer_streams_a_decoupled_model(server: RunningServer, tmp_path: Path) -> None:
-    assert PERF_ANALYZER is not None
     data = tmp_path / "data.json"
     data.write_text('{"data": [{"IN": {"content": [1, 2, 3], "shape": [3]}, "MODE": [0]}]}')
-    result = subprocess.run(
-        [
-            PERF_ANALYZER,
-            "-m",
-            "repeat",
-            "-u",
-            server.grpc_url,
-            "-i",
-            "grpc",
-            "--streaming",
-            "--input-data",
-            str(data),
-            "--concurrency-range",
-            "2:2",
-            "-p",
-            "500",
-            "-s",
-            "50",
-            "-r",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Throughput:" in result.stdout
+    flags = ["--streaming", "--input-data", str(data), "--concurrency-range", "2:2"]
+    run_perf_analyzer("repeat", server.grpc_url, "grpc", *flags, "-p", "500", "-s", "50", "-r", "3")

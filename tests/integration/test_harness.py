@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +16,7 @@ from inferd.benchmarks import report, tensors
 from inferd.benchmarks.http_pool import HttpPool, get_request
 from inferd.benchmarks.perf_sweep import Cell, SweepOptions, sweep
 from tests.conftest import RunningServer
-
-PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+from tests.perf_analyzer import PERF_ANALYZER, needs_perf_analyzer
 
 
 @pytest.mark.skipif(
@@ -77,7 +74,7 @@ async def test_http_pool_sends_on_idle_connections_only(examples_server: Running
         pool.close()
 
 
-@pytest.mark.skipif(PERF_ANALYZER is None, reason="perf_analyzer not found: set PERF_ANALYZER")
+@needs_perf_analyzer
 def test_perf_analyzer_sweep(examples_server: RunningServer) -> None:
     assert PERF_ANALYZER is not None
     opts = SweepOptions(

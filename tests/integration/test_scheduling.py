@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +13,7 @@ import tritonclient.http as httpclient
 
 from tests.conftest import EXAMPLES, RunningServer
 from tests.models import identity_model, write_model
+from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 
 BATCHING_CONFIG = """
 platform: "onnxruntime_onnx"
@@ -103,47 +101,17 @@ def test_statistics_endpoints(examples_server: RunningServer) -> None:
         assert http.get("/v2/models/nope/stats").status_code == 404
 
 
-PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    PERF_ANALYZER is None, reason="perf_analyzer is not installed (see benchmarks/)"
-)
+@needs_perf_analyzer
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_runs_unchanged(
     server_factory: Callable[..., RunningServer], protocol: str
 ) -> None:
     server = server_factory(model_repositories=(EXAMPLES,))
     url = server.http_url if protocol == "http" else server.grpc_url
-    assert PERF_ANALYZER is not None
-    result = subprocess.run(
-        [
-            PERF_ANALYZER,
-            "-m",
-            "simple",
-            "-u",
-            url,
-            "-i",
-            protocol,
-            "-b",
-            "2",
-            "--concurrency-range",
-            "4:4",
-            "-p",
-            "500",
-            "-s",
-            "50",
-            "-r",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Throughput:" in result.stdout
-    assert "Server:" in result.stdout  # it read our statistics and found them consistent
+    flags = ["-b", "2", "--concurrency-range", "4:4", "-p", "500", "-s", "50", "-r", "3"]
+    output = run_perf_analyzer("simple", url, protocol, *flags)
+    assert "Server:" in output  # it read our statistics and found them consistent
 
 
 def test_refused_requests_count_as_failures(batching_server: RunningServer) -> None:

@@ -5,10 +5,7 @@ and a python-backend model that reports what the sequence batcher fed it."""
 from __future__ import annotations
 
 import json
-import os
 import queue
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +20,7 @@ import tritonclient.http as httpclient
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import identity_model, write_model
+from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import write_python_model
 from tests.sequence_models import (
     FORWARD_CONFIG,
@@ -311,13 +309,8 @@ def test_unload_drains_sequences(tmp_path: Path) -> None:
         server.stop()
 
 
-PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    PERF_ANALYZER is None, reason="perf_analyzer is not installed (see benchmarks/)"
-)
+@needs_perf_analyzer
 @pytest.mark.parametrize(
     ("protocol", "model", "streaming"),
     [
@@ -331,15 +324,11 @@ def test_perf_analyzer_drives_sequences(
     server: RunningServer, protocol: str, model: str, streaming: bool
 ) -> None:
     """perf_analyzer sees sequence_batching in the config and sends sequences itself."""
-    assert PERF_ANALYZER is not None
     url = server.http_url if protocol == "http" else server.grpc_url
-    command = [PERF_ANALYZER, "-m", model, "-u", url, "-i", protocol]
     # A wide stability band: the test is about errors, not about steady numbers.
-    command += ["--concurrency-range", "4:4", "-p", "300", "-s", "1000", "-r", "5"]
-    command += ["--sequence-length", "4", "--sequence-id-range", "100:200"]
+    flags = ["--concurrency-range", "4:4", "-p", "300", "-s", "1000", "-r", "5"]
+    flags += ["--sequence-length", "4", "--sequence-id-range", "100:200"]
     if streaming:
-        command.append("--streaming")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Throughput:" in result.stdout or "throughput:" in result.stdout
-    assert "error" not in (result.stdout + result.stderr).lower()
+        flags.append("--streaming")
+    output = run_perf_analyzer(model, url, protocol, *flags)
+    assert "error" not in output.lower()

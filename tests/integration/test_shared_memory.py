@@ -4,7 +4,6 @@ perf_analyzer, over both protocols and both stacks of each (CUDA regions with a 
 from __future__ import annotations
 
 import base64
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from inferd.server.cuda_shared_memory import CudaIpc
 from inferd.server.shared_memory import SharedMemoryRegistry
 from tests import fake_cupy
 from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
-from tests.integration.test_harness import PERF_ANALYZER
+from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 
 
 @pytest.fixture(scope="module", params=["inferd", "alt"])
@@ -199,16 +198,13 @@ def test_without_allow_client_shm_registration_is_refused(
     grpc.close()
 
 
-@pytest.mark.skipif(PERF_ANALYZER is None, reason="perf_analyzer is not installed")
+@needs_perf_analyzer
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_runs_with_system_shared_memory(server: RunningServer, protocol: str) -> None:
     url = server.http_url if protocol == "http" else server.grpc_url
-    command = [str(PERF_ANALYZER), "-m", "simple", "-u", url, "-i", protocol]
-    command += ["--shared-memory=system", "--output-shared-memory-size=256"]
-    command += ["--concurrency-range=2", "--measurement-interval=500", "-b", "2"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Throughput:" in run.stdout
+    flags = ["--shared-memory=system", "--output-shared-memory-size=256"]
+    flags += ["--concurrency-range=2", "--measurement-interval=500", "-b", "2"]
+    run_perf_analyzer("simple", url, protocol, *flags)
 
 
 def test_cuda_regions_over_both_protocols(
