@@ -354,10 +354,10 @@ class InferenceCore:
         except InferdError:
             ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
-        submit = partial(self._ensembles.submit, request, model, batch_size)
         if self.response_cache is not None and model.caches:
+            submit = partial(self._ensembles.submit, request, model, batch_size)
             return self._cached(request, model, ensemble.stats, submit, on_done)
-        return submit(on_done)
+        return self._ensembles.submit(request, model, batch_size, on_done)
 
     def _cached(
         self,
