@@ -143,7 +143,8 @@ def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRe
         request.parameters,
         request.outputs,
         request.arrival_ns,
-        responses,
+        request.trace,
+        responses=responses,
     )
 
 

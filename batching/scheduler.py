@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -374,7 +375,7 @@ class Scheduler:
             self.estimator.observe(items, t.total_ns)
             worker.cpu.observe(items, t.cpu_ns)
             self.estimator.observe_return_lag(now - t.dispatched_ns - t.total_ns)
-            self._record_batch(batch, t)
+            record_batch(self.stats, batch, t, now)
             if isinstance(result, PerRequestOutcome):
                 self._complete_each(batch, result, now)
             else:
@@ -430,30 +431,6 @@ class Scheduler:
                 resolve(head.future, head.on_done, head.outcome)
                 head.outcome = None
 
-    def _record_batch(self, batch: list[Pending], t: Timings) -> None:
-        stats = self.stats
-        n = len(batch)
-        compute_us = (t.input_ns + t.infer_ns + t.output_ns) / 1000
-        for pending in batch:
-            queue_ns = t.dispatched_ns - pending.enqueued_ns
-            stats.queue.add(queue_ns)
-            stats.queue_us.observe(queue_ns / 1000)
-        stats.compute_us.observe(compute_us, n)  # the batch's compute time, once per request
-        stats.compute_input.add(t.input_ns * n, n)
-        stats.compute_infer.add(t.infer_ns * n, n)
-        stats.compute_output.add(t.output_ns * n, n)
-        size = sum(p.batch_size for p in batch)
-        stats.inference_count += size
-        stats.execution_count += 1
-        stats.batch_size.observe(size)
-        stats.last_inference_ms = time.time_ns() // 1_000_000
-        per_size = stats.batches.get(size)
-        if per_size is None:
-            per_size = stats.batches[size] = BatchStats()
-        per_size.compute_input.add(t.input_ns)
-        per_size.compute_infer.add(t.infer_ns)
-        per_size.compute_output.add(t.output_ns)
-
     def _execution_error(self, exc: BaseException) -> InferdError:
         log.warning("model '%s' failed to execute a batch: %s", self.model, exc)
         return internal(f"model '{self.model}' failed to execute: {exc}")
@@ -482,6 +459,49 @@ class Scheduler:
     async def stop(self) -> None:
         """Free the instances (after drain())."""
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+
+
+class Executed(Protocol):
+    """What record_batch() reads of a request that ran in a batch."""
+
+    @property
+    def enqueued_ns(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def request(self) -> InferRequest | None: ...
+
+
+def record_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings, now: int) -> None:
+    """Count a batch that ran (Triton's statistics: queue and compute times per request,
+    counts per batch size), and stamp the traces of the traced requests in it."""
+    n = len(batch)
+    if not n:
+        return
+    for pending in batch:
+        queue_ns = t.dispatched_ns - pending.enqueued_ns
+        stats.queue.add(queue_ns)
+        stats.queue_us.observe(queue_ns / 1000)
+        request = pending.request
+        if request is not None and request.trace is not None:
+            request.trace.executed(
+                pending.enqueued_ns, t.dispatched_ns, t.input_ns, t.infer_ns, t.output_ns, now
+            )
+    stats.compute_us.observe(t.total_ns / 1000, n)  # the batch's compute time, once per request
+    stats.compute_input.add(t.input_ns * n, n)
+    stats.compute_infer.add(t.infer_ns * n, n)
+    stats.compute_output.add(t.output_ns * n, n)
+    size = sum(p.batch_size for p in batch)
+    stats.inference_count += size
+    stats.execution_count += 1
+    stats.batch_size.observe(size)
+    stats.last_inference_ms = time.time_ns() // 1_000_000
+    per_size = stats.batches.get(size)
+    if per_size is None:
+        per_size = stats.batches[size] = BatchStats()
+    per_size.compute_input.add(t.input_ns)
+    per_size.compute_infer.add(t.infer_ns)
+    per_size.compute_output.add(t.output_ns)
 
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:

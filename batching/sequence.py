@@ -32,10 +32,11 @@ from inferd.batching.scheduler import (
     OnDone,
     Outputs,
     RequestOptions,
+    record_batch,
     resolve,
 )
 from inferd.batching.sequence_policy import DirectBatch, Slot, decide_direct
-from inferd.batching.stats import BatchStats, ModelStats
+from inferd.batching.stats import ModelStats
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.sequence_config import ControlKind, SequenceBatching, Strategy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
@@ -486,7 +487,9 @@ class SequenceScheduler:
         if isinstance(result, BaseException):
             outcomes = [result] * len(rows)
         else:
-            self._record_batch([row.pending for _, row in real if row.pending is not None], t)
+            # Padding rows are not inferences: only the rows that carried a request count.
+            ran = [row.pending for _, row in real if row.pending is not None]
+            record_batch(self.stats, ran, t, now)
             outcomes = result.results if isinstance(result, PerRequestOutcome) else result
         for index, row in real:
             pending, active = row.pending, row.sequence
@@ -527,32 +530,6 @@ class SequenceScheduler:
             return exc
         log.warning("model '%s' failed to execute a batch: %s", self.model, exc)
         return internal(f"model '{self.model}' failed to execute: {exc}")
-
-    def _record_batch(self, batch: list[SeqPending], t: Timings) -> None:
-        """Statistics as the dynamic scheduler counts them, over the rows that carried a
-        request (padding rows are not inferences)."""
-        stats = self.stats
-        n = len(batch)
-        if not n:
-            return
-        for pending in batch:
-            queue_ns = t.dispatched_ns - pending.enqueued_ns
-            stats.queue.add(queue_ns)
-            stats.queue_us.observe(queue_ns / 1000)
-        stats.compute_us.observe((t.input_ns + t.infer_ns + t.output_ns) / 1000, n)
-        stats.compute_input.add(t.input_ns * n, n)
-        stats.compute_infer.add(t.infer_ns * n, n)
-        stats.compute_output.add(t.output_ns * n, n)
-        stats.inference_count += n
-        stats.execution_count += 1
-        stats.batch_size.observe(n)
-        stats.last_inference_ms = time.time_ns() // 1_000_000
-        per_size = stats.batches.get(n)
-        if per_size is None:
-            per_size = stats.batches[n] = BatchStats()
-        per_size.compute_input.add(t.input_ns)
-        per_size.compute_infer.add(t.infer_ns)
-        per_size.compute_output.add(t.output_ns)
 
     # ---- shutdown ----------------------------------------------------------------------------
 

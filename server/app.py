@@ -31,6 +31,7 @@ from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
+from inferd.server.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class App:
             ),
             cache,
             LogControl(LogSettings.from_level(settings.log_level)),
+            Tracer(settings.trace),
         )
         model_calls.serve(self.core)
         if settings.allow_metrics:
@@ -212,6 +214,7 @@ class App:
         if self.core is not None:
             self.core.shared_memory.close()
             self.core.logging.close()
+            self.core.tracing.close()
         # Metrics go last, so that scrapes can watch the drain.
         if self._metrics_http is not None:
             await self._metrics_http.stop(1.0)

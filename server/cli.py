@@ -12,6 +12,7 @@ from typing import Any
 
 from inferd.server.response_cache import parse_cache_config
 from inferd.server.settings import GrpcChannel, Settings
+from inferd.server.trace_settings import parse_trace_flags
 
 ENV_PREFIX = "INFERD_"
 _TRUE = {"true", "1", "yes", "on"}
@@ -183,6 +184,26 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         type=int,
         default=0,
         help="deprecated Triton spelling of --cache-config local,size=BYTES",
+    )
+    p.add(
+        "--trace-config",
+        multiple=True,
+        env_separator=None,
+        help="request tracing, Triton's spelling: level=TIMESTAMPS|TENSORS|OFF (repeatable), "
+        "rate=N (every Nth request), count=N (-1: no limit), triton,file=PATH, "
+        "triton,log-frequency=N (a numbered file every N traces)",
+    )
+    for flag, what in (
+        ("--trace-file", "triton,file=PATH"),
+        ("--trace-rate", "rate=N"),
+        ("--trace-count", "count=N"),
+        ("--trace-log-frequency", "triton,log-frequency=N"),
+    ):
+        p.add(flag, help=f"deprecated Triton spelling of --trace-config {what}")
+    p.add(
+        "--trace-level",
+        multiple=True,
+        help="deprecated Triton spelling of --trace-config level=LEVEL",
     )
     p.add(
         "--exit-on-error",
@@ -378,6 +399,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         grpc_stack=args.grpc_stack,
         log_level="debug" if args.log_verbose > 0 else args.log_level,
+        trace=parse_trace_flags(
+            args.trace_config or (),
+            file=args.trace_file,
+            levels=args.trace_level or (),
+            rate=args.trace_rate,
+            count=args.trace_count,
+            log_frequency=args.trace_log_frequency,
+        ),
         backend_config=backend_config,
     )
 

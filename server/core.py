@@ -30,6 +30,8 @@ from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.response_cache import ResponseCache, request_key
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
+from inferd.server.trace_settings import TraceSetting, TraceUpdate
+from inferd.server.tracing import Tracer
 from inferd.server.types import (
     DataType,
     InferRequest,
@@ -55,6 +57,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "trace",
     "logging",
 )
 
@@ -79,6 +82,7 @@ class InferenceCore:
         shared_memory: SharedMemoryRegistry | None = None,
         response_cache: ResponseCache | None = None,
         log_control: LogControl | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._repository = repository
         self._settings = settings
@@ -88,6 +92,8 @@ class InferenceCore:
         self.response_cache = response_cache
         # The logging extension's settings (process-wide, as in Triton).
         self.logging = log_control or LogControl(LogSettings())
+        # The trace extension's settings and samplers (front doors sample, the core stamps).
+        self.tracing = tracer or Tracer(TraceSetting())
         self._started = False
         # Ensemble steps are requests to their composing models, through submit() below.
         self._ensembles = EnsembleRunner(repository.get, self.submit)
@@ -205,6 +211,13 @@ class InferenceCore:
                 f"(--model-control-mode={mode}; use explicit)"
             )
 
+    def trace_setting(self, model: str = "", update: TraceUpdate | None = None) -> dict[str, Any]:
+        """The trace settings in force (for `model`, or the global ones), after `update`."""
+        if model and not self.model_ready(model):
+            raise invalid(f"Request for unknown model : {model}")  # Triton's words and code
+        setting = self.tracing.update(model, update) if update else self.tracing.setting(model)
+        return setting.as_dict()
+
     def loaded_versions(self) -> list[ModelVersion]:
         """The ready versions (models and ensembles), read by the metrics collector at scrape
         time."""
@@ -240,6 +253,8 @@ class InferenceCore:
         as it resolves the future, and builds the answer with response()."""
         if model is None:
             model = self._repository.get(request.model_name, request.model_version)
+        if request.trace is not None:
+            request.trace.started(model.version, request.id, request.inputs, time.monotonic_ns())
         scheduler = model.scheduler
         if scheduler is None:  # an ensemble: its steps go through their models' schedulers
             return model, self._submit_ensemble(request, model, on_done)
@@ -414,6 +429,8 @@ class InferenceCore:
         response = _response(request, model, outputs)
         if request.outputs:
             self._write_output_regions(request.outputs, response)
+        if request.trace is not None:
+            request.trace.answered(response.outputs, time.monotonic_ns())
         return response
 
     def _check_output_regions(self, outputs: list[RequestedOutput]) -> None:

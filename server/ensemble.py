@@ -121,6 +121,7 @@ class _Run:
             inputs[name] = (
                 array if spec is None else fit_batching(array, made_with, spec.dims, batching)
             )
+        trace = self._request.trace  # a traced ensemble's steps are traced with it
         request = InferRequest(
             step.model_name,
             step.version,
@@ -128,6 +129,7 @@ class _Run:
             id=self._request.id,
             parameters=self._request.parameters,
             outputs=[RequestedOutput(name) for name in step.output_map],
+            trace=None if trace is None else trace.child(step.model_name),
         )
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
         try:

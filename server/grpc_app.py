@@ -43,6 +43,8 @@ from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dep
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
 from inferd.server.shared_memory_codec import grpc_status
 from inferd.server.tensor_codec import EMPTY_FINAL_RESPONSE
+from inferd.server.trace_settings import grpc_trace_update
+from inferd.server.tracing import traced, traced_read
 from inferd.server.types import InferResponse, TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,15 @@ class InferenceService:
         self._core.shared_memory.unregister_cuda(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
+    def trace_setting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
+        """An empty request reads the settings; one with values changes those."""
+        update = grpc_trace_update({k: v.value for k, v in request.settings.items()})
+        settings = self._core.trace_setting(request.model_name, update)
+        response = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            response.settings[key].value.extend([value] if isinstance(value, str) else value)
+        return response
+
     def log_settings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
         """An empty request reads the settings; one with values changes those."""
         settings = self._core.logging
@@ -223,15 +234,25 @@ class InferenceService:
         self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
         # The path on grpc.aio (--grpc-stack=grpcio); inferd's own stack takes model_infer_now.
+        arrival_ns = time.monotonic_ns()
+        trace = (
+            self._core.tracing.sample(request.model_name) if self._core.tracing.enabled else None
+        )
         try:
-            served = self._core.admit(
-                request.model_name, request.model_version, time.monotonic_ns()
-            )
+            served = self._core.admit(request.model_name, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
+            if trace is not None:
+                traced_read(trace, "GRPC", arrival_ns)
+                decoded.trace = trace
             response = await self._core.infer(decoded, served)
             return encode_infer_response(response)
         except Exception as exc:
             raise _infer_error(exc, request.model_name) from None
+        finally:
+            if trace is not None:  # grpc.aio sends the answer after this returns
+                now = time.monotonic_ns()
+                trace.stamp("GRPC_SEND_START", now)
+                trace.finish_sent("GRPC", now)
 
     def model_infer_now(
         self, request: pb.ModelInferRequest, respond: Respond, arrival_ns: int
@@ -239,6 +260,11 @@ class InferenceService:
         """model_infer for inferd's own gRPC stack: no task; answered as the scheduler resolves
         the batch (the HTTP/1.1 fast route's way)."""
         model = request.model_name
+        trace = None
+        if self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
+            trace = self._core.tracing.sample(model)
+            if trace is not None:
+                respond = traced(trace, respond, "GRPC", arrival_ns)
 
         def answer(done: asyncio.Future[Outputs]) -> None:
             try:
@@ -251,6 +277,7 @@ class InferenceService:
             admitted = self._core.admit(model, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
             decoded.arrival_ns = arrival_ns
+            decoded.trace = trace
             served, outputs = self._core.submit(decoded, admitted, answer)
         except Exception as exc:
             respond(_infer_error(exc, model))
@@ -371,6 +398,7 @@ class InferenceService:
                 "CudaSharedMemoryUnregister", self.cuda_shm_unregister
             ),
             "LogSettings": _guarded("LogSettings", self.log_settings),
+            "TraceSetting": _guarded("TraceSetting", self.trace_setting),
         }
         methods: dict[str, RpcMethod] = {}
         for method in _SERVICE.methods:

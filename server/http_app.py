@@ -36,6 +36,7 @@ from inferd.server.http_codec import (
     encode_infer_response,
 )
 from inferd.server.http_generate import GenerateEndpoints
+from inferd.server.json_body import json_object
 from inferd.server.logging_codec import http_log_changes
 from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
@@ -44,6 +45,8 @@ from inferd.server.shared_memory_codec import (
     http_status,
     http_system_register,
 )
+from inferd.server.trace_settings import http_trace_update
+from inferd.server.tracing import traced, traced_read
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -143,6 +146,11 @@ class HttpFrontDoor:
     ) -> asyncio.Future[Outputs] | None:
         arrival_ns = http.arrival_ns  # latency objectives count from here, not from decoding
         headers = dict(http.headers)
+        trace = None
+        if self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
+            trace = self._core.tracing.sample(model)
+            if trace is not None:
+                reply = traced(trace, reply, "HTTP", arrival_ns)
 
         def answer(done: asyncio.Future[Outputs]) -> None:
             # Called by the scheduler as the batch's results come in: answered in the same loop
@@ -161,6 +169,7 @@ class HttpFrontDoor:
             body = _decompressed(http.body, headers, self._max_input_size)
             request, encoding = self._decode(body, headers, model, version)
             request.arrival_ns = arrival_ns
+            request.trace = trace
             served, outputs = self._core.submit(request, admitted, answer)
         except Exception as exc:
             reply(*_answer(*_failure(exc, model), JSON, headers))
@@ -173,18 +182,30 @@ class HttpFrontDoor:
         """The same for uvicorn's ASGI cycle (`--http-stack=uvicorn`)."""
         arrival_ns = time.monotonic_ns()
         headers = _headers(scope)
+        trace = self._core.tracing.sample(model)
         try:
             served = self._core.admit(model, version, arrival_ns)
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
             request.arrival_ns = arrival_ns
+            if trace is not None:
+                traced_read(trace, "HTTP", arrival_ns)
+                request.trace = trace
             response = await self._core.infer(request, served)
             payload, header_length = encode_infer_response(response, encoding)
         except Exception as exc:
-            await _send(send, *_answer(*_failure(exc, model), JSON, headers))
+            answer = _answer(*_failure(exc, model), JSON, headers)
+        else:
+            content_type = JSON if header_length is None else OCTET_STREAM
+            answer = _answer(200, payload, content_type, headers, header_length)
+        if trace is None:
+            await _send(send, *answer)
             return
-        content_type = JSON if header_length is None else OCTET_STREAM
-        await _send(send, *_answer(200, payload, content_type, headers, header_length))
+        trace.stamp("HTTP_SEND_START", time.monotonic_ns())
+        try:
+            await _send(send, *answer)
+        finally:
+            trace.finish_sent("HTTP", time.monotonic_ns())
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         limit = self._max_input_size
@@ -431,6 +452,15 @@ def _routes(
         core.shared_memory.unregister_cuda(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    async def trace_setting(request: Request) -> Response:
+        model = request.path_params.get("model", "")
+        update = None
+        if request.method == "POST":
+            update = http_trace_update(
+                json_object(await request.body(), "a trace setting request needs a JSON object")
+            )
+        return JSONResponse(core.trace_setting(model, update))
+
     async def log_settings(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(core.logging.as_dict())
@@ -455,6 +485,7 @@ def _routes(
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/logging", log_settings, methods=["GET", "POST"]),
+        Route("/v2/trace/setting", trace_setting, methods=["GET", "POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/{repository}/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", load_model, methods=["POST"]),
@@ -479,6 +510,7 @@ def _routes(
         Route(model + "/config", model_config, methods=["GET"]),
         Route(versioned + "/config", model_config, methods=["GET"]),
         Route(model + "/stats", statistics, methods=["GET"]),
+        Route(model + "/trace/setting", trace_setting, methods=["GET", "POST"]),
         Route(versioned + "/stats", statistics, methods=["GET"]),
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),

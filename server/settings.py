@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from inferd.server.trace_settings import TraceSetting
+
 # What carries the gRPC port: inferd's own HTTP/2 layer, or grpc.aio (server/grpc_stacks.py).
 GrpcStackName = Literal["inferd", "grpcio"]
 # What carries the HTTP and metrics ports: inferd's HTTP/1.1 server (server/http1.py) or uvicorn.
@@ -83,6 +85,7 @@ class Settings:
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
     grpc_stack: GrpcStackName = "inferd"
     log_level: str = "info"
+    trace: TraceSetting = field(default_factory=TraceSetting)  # --trace-config
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
@@ -16,6 +16,9 @@ import numpy as np
 # A request or response parameter value, as both protocols can carry it.
 ParamValue = bool | int | float | str
 Params = dict[str, ParamValue]
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Trace
 
 
 class DataType(StrEnum):
@@ -118,6 +121,7 @@ class InferRequest:
     # None = every output of the model, in config order.
     outputs: list[RequestedOutput] | None = None
     arrival_ns: int = field(default_factory=time.monotonic_ns)
+    trace: Trace | None = None  # when the trace extension sampled this request
 
 
 @dataclass(slots=True)

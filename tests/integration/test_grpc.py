@@ -262,22 +262,6 @@ async def test_stream_error_keeps_only_the_id(stacks_server: RunningServer) -> N
     assert replies[0].infer_response == pb.ModelInferResponse(id="x-1")
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda c: c.get_trace_settings(),
-    ],
-    ids=["trace"],
-)
-def test_later_rpcs_are_unimplemented(
-    client: grpcclient.InferenceServerClient, call: Callable[[Any], Any]
-) -> None:
-    with pytest.raises(InferenceServerException) as error:
-        call(client)
-    assert error.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert error.value.message().endswith(" is not supported by inferd yet")
-
-
 # ---- plain gRPC: KServe field subset, health, reflection, sizes ----------------------------
 
 

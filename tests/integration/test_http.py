@@ -86,6 +86,7 @@ def test_server_metadata_names_only_implemented_extensions(
         "parameters",
         "schedule_policy",
         "statistics",
+        "trace",
         "logging",
     }
 
