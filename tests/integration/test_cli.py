@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from inferd.server.cli import build_parser, main, settings_from_args
+from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES
 
 
@@ -120,6 +121,46 @@ def test_bad_cache_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         ("--cache-config=redis,host=localhost", "only the 'local' cache"),
         ("--cache-config=local,size=big", "size must be a number of bytes"),
         ("--cache-config=local", "expected <cache>,<key>=<value>"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", bad])
+        assert info.value.code == 2
+        assert says in capsys.readouterr().err
+
+
+def test_trace_flags() -> None:
+    assert settings_for(["serve"]).trace == TraceSetting()
+    flags = [
+        "serve",
+        "--trace-config",
+        "triton,file=/tmp/trace.json",
+        "--trace-config=triton,log-frequency=50",
+        "--trace-config=rate=100",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=level=TENSORS",
+        "--trace-config=count=10",
+        "--trace-config=mode=triton",
+    ]
+    assert settings_for(flags).trace == TraceSetting(
+        TraceLevel.TIMESTAMPS | TraceLevel.TENSORS, 100, 10, 50, "/tmp/trace.json"
+    )
+    # Triton's deprecated spellings, and the variable (whose values hold commas themselves).
+    old = ["serve", "--trace-file=t.json", "--trace-level=TIMESTAMPS", "--trace-rate=5"]
+    assert settings_for(old).trace == TraceSetting(TraceLevel.TIMESTAMPS, 5, file="t.json")
+    env = {"INFERD_TRACE_CONFIG": "triton,file=t.json level=TIMESTAMPS"}
+    assert settings_for(["serve"], env).trace == TraceSetting(TraceLevel.TIMESTAMPS, file="t.json")
+
+
+def test_bad_trace_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, says in (
+        ("--trace-config=mode=opentelemetry", "opentelemetry mode is not supported"),
+        ("--trace-config=opentelemetry,url=localhost:4318", "opentelemetry mode is not supported"),
+        ("--trace-config=triton,rate=5", "unknown trace setting"),
+        ("--trace-config=file=t.json", "unknown trace setting"),
+        ("--trace-config=level", "expected [<mode>,]<setting>=<value>"),
+        ("--trace-config=rate=often", "Unable to parse 'trace_rate', got: often"),
+        ("--trace-config=level=LOUD", "Unable to parse 'trace_level', got: LOUD"),
+        ("--trace-count=-5", "Expecting value >= -1"),
     ):
         with pytest.raises(SystemExit) as info:
             main(["serve", bad])
