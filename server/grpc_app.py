@@ -235,9 +235,7 @@ class InferenceService:
     ) -> pb.ModelInferResponse:
         # The path on grpc.aio (--grpc-stack=grpcio); inferd's own stack takes model_infer_now.
         arrival_ns = time.monotonic_ns()
-        trace = (
-            self._core.tracing.sample(request.model_name) if self._core.tracing.enabled else None
-        )
+        trace = self._core.tracing.sample(request.model_name)
         try:
             served = self._core.admit(request.model_name, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -36,7 +36,7 @@ class TraceFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._started = False
+        self._out: BinaryIO | None = None  # open from the first write of this run on
         self._next_index = 0
 
     def append(self, entries: list[bytes]) -> None:
@@ -45,16 +45,20 @@ class TraceFile:
             return
         body = b",".join(entries)
         try:
-            if not self._started:
-                with open(self.path, "wb") as out:
-                    out.write(b"[" + body + b"]")
-                self._started = True
-                return
-            with open(self.path, "r+b") as out:
-                out.seek(-1, os.SEEK_END)  # over the closing bracket
-                out.write(b"," + body + b"]")
+            if self._out is None:
+                self._out = open(self.path, "w+b")  # noqa: SIM115 - kept open across writes
+                self._out.write(b"[" + body + b"]")
+            else:
+                self._out.seek(-1, os.SEEK_END)  # over the closing bracket
+                self._out.write(b"," + body + b"]")
+            self._out.flush()
         except OSError as exc:
             log.error("writing trace file %s failed: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
     def write_numbered(self, entries: list[bytes]) -> None:
         path = f"{self.path}.{self._next_index}"
@@ -324,10 +328,12 @@ class Tracer:
         return self.setting(model)
 
     def close(self) -> None:
-        """Write what is still buffered (numbered files of log_frequency)."""
+        """Write what is still buffered (numbered files of log_frequency), close the files."""
         for sampler in self._samplers.values():
             sampler.retired = True
             sampler.flush()
+        for file in self._files.values():
+            file.close()
 
     def _effective(self, model: str) -> TraceSetting:
         setting = overlay(self._defaults, self._global)
