@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from inferd.server.flag_values import parse_backend_config, parse_trace_flags
 from inferd.server.response_cache import parse_cache_config
 from inferd.server.settings import GrpcChannel, Settings
-from inferd.server.trace_settings import parse_trace_flags
 
 ENV_PREFIX = "INFERD_"
 _TRUE = {"true", "1", "yes", "on"}
@@ -327,20 +327,6 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     )
     p.add("--log-verbose", type=int, default=0, help="Triton spelling: > 0 means --log-level=debug")
     return parser
-
-
-def parse_backend_config(items: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Triton's `--backend-config=BACKEND,SETTING=VALUE` (or a global `SETTING=VALUE`)."""
-    config: dict[str, dict[str, str]] = {}
-    for item in items:
-        backend, comma, setting = item.partition(",")
-        if not comma:
-            backend, setting = "", item
-        key, eq, value = setting.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--backend-config={item!r}: expected [BACKEND,]SETTING=VALUE")
-        config.setdefault(backend, {})[key] = value
-    return config
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

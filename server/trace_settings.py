@@ -100,7 +100,7 @@ def http_trace_update(body: Mapping[str, Any]) -> TraceUpdate:
         else:
             if not isinstance(value, str):
                 raise invalid(f"'{key}' must be a string, got {value!r}")
-            update[field] = _parse_number(key, value)
+            update[field] = parse_number(key, value)
     return update
 
 
@@ -120,7 +120,7 @@ def grpc_trace_update(settings: Mapping[str, Sequence[str]]) -> TraceUpdate:
         elif len(values) != 1:
             raise invalid(f"'{key}' takes one value, got {values}")
         else:
-            update[field] = _parse_number(key, values[0])
+            update[field] = parse_number(key, values[0])
     return update
 
 
@@ -138,7 +138,7 @@ def parse_levels(names: Sequence[str]) -> TraceLevel:
     return level
 
 
-def _parse_number(key: str, text: str) -> int:
+def parse_number(key: str, text: str) -> int:
     low, high = (MIN_TRACE_COUNT, INT32_MAX) if key == "trace_count" else (0, UINT32_MAX)
     try:
         value = int(text.strip())
@@ -155,61 +155,3 @@ def _parse_number(key: str, text: str) -> int:
 
 def _file_not_updatable() -> Exception:
     return unsupported("trace file location can not be updated through network protocol")
-
-
-def parse_trace_flags(
-    configs: Sequence[str],
-    file: str | None = None,
-    levels: Sequence[str] = (),
-    rate: str | None = None,
-    count: str | None = None,
-    log_frequency: str | None = None,
-) -> TraceSetting:
-    """Triton's `--trace-config` items (`level=`, `rate=`, `count=`, `mode=`, and
-    `triton,file=` / `triton,log-frequency=`), after its deprecated `--trace-file`,
-    `--trace-level`, `--trace-rate`, `--trace-count` and `--trace-log-frequency`.
-    Raises ValueError."""
-    values: dict[str, str] = {}
-    level_names = list(levels)
-    for flag, value in (("rate", rate), ("count", count), ("log-frequency", log_frequency)):
-        if value is not None:
-            values[flag] = value
-    if file is not None:
-        values["file"] = file
-    for item in configs:
-        mode, comma, rest = item.partition(",")
-        if not comma:
-            mode, rest = "", item
-        key, eq, value = rest.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--trace-config={item!r}: expected [<mode>,]<setting>=<value>")
-        if mode == "opentelemetry" or (key == "mode" and value == "opentelemetry"):
-            raise ValueError(
-                f"--trace-config={item!r}: inferd writes Triton's trace files only; "
-                "the opentelemetry mode is not supported"
-            )
-        allowed = (
-            {"file", "log-frequency"} if mode == "triton" else {"level", "rate", "count", "mode"}
-        )
-        if mode not in ("", "triton") or key not in allowed:
-            raise ValueError(f"--trace-config={item!r}: unknown trace setting")
-        if key == "level":
-            level_names.append(value)
-        elif key != "mode":  # mode=triton: the only mode
-            values[key] = value
-    try:
-        setting = TraceSetting(
-            level=parse_levels(level_names) if level_names else TraceLevel.OFF,
-            file=values.get("file", ""),
-        )
-        for key, api_key in (
-            ("rate", "trace_rate"),
-            ("count", "trace_count"),
-            ("log-frequency", "log_frequency"),
-        ):
-            if key in values:
-                field = _FIELDS[api_key]
-                setting = overlay(setting, {field: _parse_number(api_key, values[key])})
-    except Exception as exc:
-        raise ValueError(f"--trace-config: {getattr(exc, 'message', exc)}") from None
-    return setting

@@ -116,16 +116,21 @@ def test_response_cache_flags() -> None:
     assert settings_for(["serve"], env).default_max_batch_size == 8
 
 
+def usage_error(flag: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `inferd serve FLAG` says as it exits with argparse's usage-error status."""
+    with pytest.raises(SystemExit) as info:
+        main(["serve", flag])
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_bad_cache_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for bad, says in (
         ("--cache-config=redis,host=localhost", "only the 'local' cache"),
         ("--cache-config=local,size=big", "size must be a number of bytes"),
         ("--cache-config=local", "expected <cache>,<key>=<value>"),
     ):
-        with pytest.raises(SystemExit) as info:
-            main(["serve", bad])
-        assert info.value.code == 2
-        assert says in capsys.readouterr().err
+        assert says in usage_error(bad, capsys)
 
 
 def test_trace_flags() -> None:
@@ -162,10 +167,7 @@ def test_bad_trace_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         ("--trace-config=level=LOUD", "Unable to parse 'trace_level', got: LOUD"),
         ("--trace-count=-5", "Expecting value >= -1"),
     ):
-        with pytest.raises(SystemExit) as info:
-            main(["serve", bad])
-        assert info.value.code == 2
-        assert says in capsys.readouterr().err
+        assert says in usage_error(bad, capsys)
 
 
 def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:

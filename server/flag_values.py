@@ -1,0 +1,92 @@
+"""Flag values in Triton's formats: `[<scope>,]<setting>=<value>` lists (--backend-config,
+--trace-config) made into settings. Each parser raises ValueError, which the CLI reports as a
+usage error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inferd.server.trace_settings import (
+    TraceLevel,
+    TraceSetting,
+    overlay,
+    parse_levels,
+    parse_number,
+)
+
+
+def scoped_setting(item: str) -> tuple[str, str, str] | None:
+    """A `[<scope>,]<setting>=<value>` flag value, Triton's form for --backend-config and
+    --trace-config: (scope, or "" when there is none, setting, value); None if malformed."""
+    scope, comma, rest = item.partition(",")
+    if not comma:
+        scope, rest = "", item
+    key, eq, value = rest.partition("=")
+    return (scope, key, value) if eq and key else None
+
+
+def parse_backend_config(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Triton's `--backend-config=BACKEND,SETTING=VALUE` (or a global `SETTING=VALUE`)."""
+    config: dict[str, dict[str, str]] = {}
+    for item in items:
+        parsed = scoped_setting(item)
+        if parsed is None:
+            raise ValueError(f"--backend-config={item!r}: expected [BACKEND,]SETTING=VALUE")
+        backend, key, value = parsed
+        config.setdefault(backend, {})[key] = value
+    return config
+
+
+def parse_trace_flags(
+    configs: Sequence[str],
+    file: str | None = None,
+    levels: Sequence[str] = (),
+    rate: str | None = None,
+    count: str | None = None,
+    log_frequency: str | None = None,
+) -> TraceSetting:
+    """Triton's `--trace-config` items (`level=`, `rate=`, `count=`, `mode=`, and
+    `triton,file=` / `triton,log-frequency=`), after its deprecated `--trace-file`,
+    `--trace-level`, `--trace-rate`, `--trace-count` and `--trace-log-frequency`.
+    Raises ValueError."""
+    values: dict[str, str] = {}
+    level_names = list(levels)
+    for flag, value in (("rate", rate), ("count", count), ("log-frequency", log_frequency)):
+        if value is not None:
+            values[flag] = value
+    if file is not None:
+        values["file"] = file
+    for item in configs:
+        parsed = scoped_setting(item)
+        if parsed is None:
+            raise ValueError(f"--trace-config={item!r}: expected [<mode>,]<setting>=<value>")
+        mode, key, value = parsed
+        if mode == "opentelemetry" or (key == "mode" and value == "opentelemetry"):
+            raise ValueError(
+                f"--trace-config={item!r}: inferd writes Triton's trace files only; "
+                "the opentelemetry mode is not supported"
+            )
+        allowed = (
+            {"file", "log-frequency"} if mode == "triton" else {"level", "rate", "count", "mode"}
+        )
+        if mode not in ("", "triton") or key not in allowed:
+            raise ValueError(f"--trace-config={item!r}: unknown trace setting")
+        if key == "level":
+            level_names.append(value)
+        elif key != "mode":  # mode=triton: the only mode
+            values[key] = value
+    try:
+        setting = TraceSetting(
+            level=parse_levels(level_names) if level_names else TraceLevel.OFF,
+            file=values.get("file", ""),
+        )
+        for key, api_key, field in (
+            ("rate", "trace_rate", "rate"),
+            ("count", "trace_count", "count"),
+            ("log-frequency", "log_frequency", "log_frequency"),
+        ):
+            if key in values:
+                setting = overlay(setting, {field: parse_number(api_key, values[key])})
+    except Exception as exc:
+        raise ValueError(f"--trace-config: {getattr(exc, 'message', exc)}") from None
+    return setting
