@@ -150,7 +150,8 @@ class Trace:
         self.request_id = ""
         self._level = sampler.setting.level
         self._timestamps: list[tuple[str, int]] = []
-        self._tensors: list[tuple[str, str, str, np.ndarray]] = []
+        # (activity, record), made when taken: buffers may be reused once answered.
+        self._tensors: list[tuple[str, dict[str, str]]] = []
         self._children: list[Trace] = []
         self._new_id = new_id
         self._sampler = sampler
@@ -176,7 +177,7 @@ class Trace:
         self.stamp("REQUEST_START", now)
         if TraceLevel.TENSORS in self._level:
             for name, array in inputs.items():
-                self._tensors.append(("TENSOR_QUEUE_INPUT", name, "", array))
+                self._tensors.append(("TENSOR_QUEUE_INPUT", tensor_entry(name, "", array)))
 
     def executed(
         self,
@@ -204,7 +205,8 @@ class Trace:
             self.stamp("REQUEST_END", now)
         if TraceLevel.TENSORS in self._level:
             for name, datatype, array in outputs:
-                self._tensors.append(("TENSOR_BACKEND_OUTPUT", name, datatype.value, array))
+                record = tensor_entry(name, datatype.value, array)
+                self._tensors.append(("TENSOR_BACKEND_OUTPUT", record))
 
     def finish_sent(self, protocol: str, now: int) -> None:
         """The answer (or the error) went out: write the trace."""
@@ -227,10 +229,8 @@ class Trace:
         if TraceLevel.TIMESTAMPS in self._level:
             for name, ns in self._timestamps:
                 yield orjson.dumps({"id": self.id, "timestamps": [{"name": name, "ns": ns}]})
-        for activity, name, datatype, array in self._tensors:
-            yield orjson.dumps(
-                {"id": self.id, "activity": activity, "tensor": tensor_entry(name, datatype, array)}
-            )
+        for activity, record in self._tensors:
+            yield orjson.dumps({"id": self.id, "activity": activity, "tensor": record})
         for child in self._children:
             yield from child._entries()
 
