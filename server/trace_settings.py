@@ -1,5 +1,5 @@
 """The trace extension's settings (Triton's `--trace-config` and `/v2[/models/M]/trace/setting`):
-what a setting holds, and strict parsing of the flags and of the API's updates."""
+what a setting holds, and strict parsing of the API's updates (the flags: flag_values.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ LEVEL_NAMES = {
 @dataclass(frozen=True, slots=True)
 class TraceSetting:
     """One effective setting. Defaults are Triton's: tracing off, every 1000th request once on,
-    no count limit, traces written when the setting ends (log_frequency 0)."""
+    no count limit, no numbered files (log_frequency 0: one trace file)."""
 
     level: TraceLevel = TraceLevel.OFF
     rate: int = 1000
