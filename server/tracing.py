@@ -37,11 +37,12 @@ class TraceFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._out: BinaryIO | None = None  # open from the first write of this run on
+        self._closed = False  # at shutdown; reopening would start the file afresh
         self._next_index = 0
 
     def append(self, entries: list[bytes]) -> None:
         """Add entries to the file (started afresh by the first write of this run)."""
-        if not entries:
+        if not entries or self._closed:
             return
         body = b",".join(entries)
         try:
@@ -56,6 +57,7 @@ class TraceFile:
             log.error("writing trace file %s failed: %s", self.path, exc)
 
     def close(self) -> None:
+        self._closed = True
         if self._out is not None:
             self._out.close()
             self._out = None

@@ -100,6 +100,8 @@ def test_trace_file_is_valid_json_after_every_write(tmp_path: Path) -> None:
     file.write_numbered([b'{"id":5}'])
     assert json.loads((tmp_path / "trace.json.1").read_text()) == [{"id": 5}]
     file.close()
+    file.append([b'{"id":6}'])  # after shutdown: dropped, the file is not started afresh
+    assert len(json.loads(path.read_text())) == 3
 
 
 def test_an_unwritable_trace_file_is_logged_not_raised(
