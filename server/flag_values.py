@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from inferd.server.errors import InferdError
 from inferd.server.trace_settings import (
     TraceLevel,
     TraceSetting,
@@ -87,6 +88,6 @@ def parse_trace_flags(
         ):
             if key in values:
                 setting = overlay(setting, {field: parse_number(api_key, values[key])})
-    except Exception as exc:
-        raise ValueError(f"--trace-config: {getattr(exc, 'message', exc)}") from None
+    except InferdError as exc:  # the API's own checks and words
+        raise ValueError(f"--trace-config: {exc.message}") from None
     return setting

@@ -198,14 +198,12 @@ class HttpFrontDoor:
         else:
             content_type = JSON if header_length is None else OCTET_STREAM
             answer = _answer(200, payload, content_type, headers, header_length)
-        if trace is None:
-            await _send(send, *answer)
-            return
-        trace.stamp("HTTP_SEND_START", time.monotonic_ns())
+        start = time.monotonic_ns()
         try:
             await _send(send, *answer)
         finally:
-            trace.finish_sent("HTTP", time.monotonic_ns())
+            if trace is not None:
+                trace.sent("HTTP", start)
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         limit = self._max_input_size

@@ -105,23 +105,20 @@ def http_trace_update(body: Mapping[str, Any]) -> TraceUpdate:
 
 
 def grpc_trace_update(settings: Mapping[str, Sequence[str]]) -> TraceUpdate:
-    """`TraceSettingRequest.settings` (each value a list of strings; an empty list clears)."""
-    if "trace_file" in settings:
-        raise _file_not_updatable()
-    update: TraceUpdate = {}
-    for key, field in _FIELDS.items():
-        if key not in settings:
-            continue
+    """`TraceSettingRequest.settings` (each value a list of strings; an empty list clears),
+    read as the HTTP body it stands for."""
+    body: dict[str, Any] = {}
+    for key in settings.keys() & {*_FIELDS, "trace_file"}:
         values = list(settings[key])
         if not values:
-            update[field] = None
+            body[key] = None
         elif key == "trace_level":
-            update[field] = parse_levels(values)
+            body[key] = values
         elif len(values) != 1:
             raise invalid(f"'{key}' takes one value, got {values}")
         else:
-            update[field] = parse_number(key, values[0])
-    return update
+            body[key] = values[0]
+    return http_trace_update(body)
 
 
 def parse_levels(names: Sequence[str]) -> TraceLevel:

@@ -78,7 +78,7 @@ class Sampler:
 
     def __init__(self, setting: TraceSetting, file: TraceFile | None) -> None:
         self.setting = setting
-        self.active = not setting.invalid_reason() and file is not None
+        self.active = not setting.invalid_reason()  # which includes having a file
         self._file = file
         self._seen = 0
         self._remaining = setting.count  # -1 = no limit
@@ -210,10 +210,13 @@ class Trace:
                 record = tensor_entry(name, datatype.value, array)
                 self._tensors.append(("TENSOR_BACKEND_OUTPUT", record))
 
-    def finish_sent(self, protocol: str, now: int) -> None:
-        """The answer (or the error) went out: write the trace."""
+    def sent(self, protocol: str, start_ns: int) -> None:
+        """The answer (or the error), whose sending began at `start_ns`, went out: write the
+        trace."""
+        now = time.monotonic_ns()
         if not self.has("REQUEST_END") and self.has("REQUEST_START"):  # the request failed
             self.stamp("REQUEST_END", now)
+        self.stamp(f"{protocol}_SEND_START", start_ns)
         self.stamp(f"{protocol}_SEND_END", now)
         self._sampler.collect(list(self._entries()))
 
@@ -243,11 +246,11 @@ def traced(trace: Trace, send: Send, protocol: str, arrival_ns: int) -> Send:
     traced_read(trace, protocol, arrival_ns)
 
     def send_traced(*args: Any) -> None:
-        trace.stamp(f"{protocol}_SEND_START", time.monotonic_ns())
+        start = time.monotonic_ns()
         try:
             send(*args)
         finally:
-            trace.finish_sent(protocol, time.monotonic_ns())
+            trace.sent(protocol, start)
 
     return cast(Send, send_traced)
 
@@ -298,13 +301,16 @@ class Tracer:
         self._rebuild("")
 
     def sample(self, model: str) -> Trace | None:
-        sampler = self._samplers.get(model) or self._samplers[""]
+        sampler = self._sampler(model)
         if not sampler.sample():
             return None
         return Trace(next(self._ids), model, sampler, self._ids)
 
     def setting(self, model: str = "") -> TraceSetting:
-        return (self._samplers.get(model) or self._samplers[""]).current()
+        return self._sampler(model).current()
+
+    def _sampler(self, model: str) -> Sampler:
+        return self._samplers.get(model) or self._samplers[""]
 
     def update(self, model: str, update: TraceUpdate) -> TraceSetting:
         """Apply an update to the global setting (`model` "") or to one model's; returns the
