@@ -25,6 +25,7 @@ import numpy as np
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.padding import PaddingSpec
+from inferd.batching.rate_limiter import Ticket
 from inferd.batching.scheduler import (
     DEFAULT_OPTIONS,
     OnDone,
@@ -161,8 +162,9 @@ class DecoupledScheduler(Scheduler):
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
         padding: PaddingSpec | None = None,
+        tickets: Sequence[Ticket] = (),
     ) -> None:
-        super().__init__(model, config, instances, loop, stats, padding)
+        super().__init__(model, config, instances, loop, stats, padding, tickets)
         self._unload_timeout_s = config.decoupled_unload_timeout_s
         self._open: set[ResponseStream] = set()
         self._all_closed = asyncio.Event()

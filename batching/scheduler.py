@@ -23,6 +23,7 @@ from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import ExecTimeEstimator, LatenessMargin
 from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
+from inferd.batching.rate_limiter import Ticket
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
@@ -107,6 +108,7 @@ class Scheduler:
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
         padding: PaddingSpec | None = None,
+        tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
     ) -> None:
         self.model = model
         self.loop = loop
@@ -128,7 +130,15 @@ class Scheduler:
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
         self._workers = [
-            Worker(inst, f"{model}-{i}", loop, self._finish, padding, config.inline_max_ns)
+            Worker(
+                inst,
+                f"{model}-{i}",
+                loop,
+                self._finish,
+                padding,
+                config.inline_max_ns,
+                tickets[i] if tickets else None,
+            )
             for i, inst in enumerate(instances)
         ]
         self._idle: list[Worker] = list(self._workers)

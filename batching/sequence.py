@@ -25,6 +25,7 @@ import numpy as np
 from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import LatenessMargin
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
+from inferd.batching.rate_limiter import Ticket
 from inferd.batching.scheduler import (
     BACKEND,
     DEFAULT_OPTIONS,
@@ -116,6 +117,7 @@ class SequenceScheduler:
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
         inline_max_ns: int = 0,
+        tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
     ) -> None:
         self.model = model
         self.loop = loop
@@ -159,7 +161,15 @@ class SequenceScheduler:
         }
         self._lanes = [
             Lane(
-                Worker(inst, f"{model}-{i}", loop, self._finish, None, inline_max_ns),
+                Worker(
+                    inst,
+                    f"{model}-{i}",
+                    loop,
+                    self._finish,
+                    None,
+                    inline_max_ns,
+                    tickets[i] if tickets else None,
+                ),
                 [None] * slots,
             )
             for i, inst in enumerate(instances)

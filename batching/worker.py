@@ -16,6 +16,7 @@ import numpy as np
 from inferd.backends.base import InstanceRequest, ModelInstance, RequestOutcome
 from inferd.batching.estimator import ExecTimeEstimator
 from inferd.batching.padding import PaddingSpec, pad_batch, unpad
+from inferd.batching.rate_limiter import Ticket
 from inferd.batching.tensors import concat_inputs, split_outputs
 from inferd.server.errors import internal
 from inferd.server.types import InferRequest
@@ -75,12 +76,16 @@ class Worker:
         finish: FinishCallback,
         padding: PaddingSpec | None = None,
         inline_max_ns: int = 0,
+        ticket: Ticket | None = None,
     ) -> None:
         self.instance = instance
         self._padding = padding  # shape buckets: None = plain concat/split, nothing extra
         self._loop = loop
         self._finish = finish
-        self._inline_max_ns = inline_max_ns if instance.runs_on_any_thread else 0
+        # A rate-limited instance may wait for its resources: never on the loop.
+        self._ticket = ticket
+        inline = instance.runs_on_any_thread and ticket is None
+        self._inline_max_ns = inline_max_ns if inline else 0
         # Chosen once, so that batched instances pay nothing per batch for the other path.
         # Requests handed over one by one are never concatenated, so padding does not apply.
         self._execute: Callable[[list[Any], Timings], BatchResult] = (
@@ -88,8 +93,11 @@ class Worker:
         )
         # CPU time per batch size, observed on the loop (scheduler._finish) from the timings.
         self.cpu = ExecTimeEstimator()
-        self._jobs: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Batches, and None to stop; a rate-limited worker's also get release marks (int).
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Chosen once: without rate limiting the batch loop has nothing more to do.
+        run = self._run if ticket is None else self._run_limited
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, batch: list[Any], items: int) -> tuple[Outcome, Timings] | None:
@@ -105,6 +113,8 @@ class Worker:
         """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
         self._jobs.put(None)
         self._thread.join()
+        if self._ticket is not None:
+            self._ticket.limiter.deregister([self._ticket])
 
     def _run(self) -> None:
         while (batch := self._jobs.get()) is not None:
@@ -113,6 +123,48 @@ class Worker:
                 self._loop.call_soon_threadsafe(self._finish, self, batch, result, timings)
             except RuntimeError:  # the loop is gone (process exit): nobody waits any more
                 return
+        self._close()
+
+    def _run_limited(self) -> None:
+        """_run, each batch holding the rate limiter's resources. They are kept until the loop
+        has taken the batch's results: when that hands this instance its next batch, the
+        instance asks again at once and competes with the waiting ones by its new score (as
+        Triton stages again an instance with more work); else the release mark frees them."""
+        ticket = self._ticket
+        assert ticket is not None
+        limiter = ticket.limiter
+        ran = 0  # batches run
+        holding = False
+        while (job := self._jobs.get()) is not None:
+            if isinstance(job, int):  # the loop took batch `job` and gave no next one
+                if holding and job == ran:
+                    limiter.release(ticket)
+                    holding = False
+                continue
+            if holding:
+                limiter.requeue(ticket).wait()
+            else:
+                limiter.acquire(ticket)
+            holding = True
+            result, timings = self._run_batch(job)
+            ran += 1
+            try:
+                self._loop.call_soon_threadsafe(self._finish_limited, ran, job, result, timings)
+            except RuntimeError:  # the loop is gone (process exit)
+                return
+        if holding:
+            limiter.release(ticket)
+        self._close()
+
+    def _finish_limited(self, ran: int, batch: list[Any], result: Outcome, t: Timings) -> None:
+        """On the loop: report the batch, then mark that its resources may go (a no-op on the
+        instance thread when the report handed it a next batch meanwhile)."""
+        try:
+            self._finish(self, batch, result, t)
+        finally:
+            self._jobs.put(ran)
+
+    def _close(self) -> None:
         try:
             self.instance.close()
         except Exception:

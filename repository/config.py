@@ -34,6 +34,7 @@ from inferd.server.types import DataType
 # tritonclient ships no type stubs for its generated messages, so to mypy they are Any.
 ModelConfigProto: TypeAlias = Any
 CONFIG_FILENAME = "config.pbtxt"
+CUSTOM_CONFIG_DIR = "configs"  # --model-config-name=NAME reads configs/NAME.pbtxt
 
 # Scheduling and features that a config may ask for but inferd does not run yet: loading such a
 # model must fail loudly rather than serve it with different semantics.
@@ -68,11 +69,27 @@ class TensorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimiterResource:
+    name: str
+    count: int
+    is_global: bool = False  # one copy for the server, not one per device
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiterConfig:
+    """An instance group's `rate_limiter` (used with --rate-limit=execution_count)."""
+
+    resources: tuple[RateLimiterResource, ...] = ()
+    priority: int = 0  # 0 counts as 1; an instance of priority N runs 1/N as often as one of 1
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceGroup:
     name: str
     kind: DeviceKind
     count: int
     gpus: tuple[int, ...]
+    rate_limiter: RateLimiterConfig = RateLimiterConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +151,19 @@ def parse_config_text(text: str, source: str) -> ModelConfigProto:
     return config
 
 
-def read_config(model_dir: Path) -> ModelConfigProto:
-    """The model's config.pbtxt, or an empty config for the backend to complete."""
-    path = model_dir / CONFIG_FILENAME
+def config_path(model_dir: Path, config_name: str = "") -> Path:
+    """Where the model's config is: `configs/<config_name>.pbtxt` when --model-config-name
+    names one that exists (Triton's custom configs), else config.pbtxt."""
+    if config_name:
+        custom = model_dir / CUSTOM_CONFIG_DIR / f"{config_name}.pbtxt"
+        if custom.is_file():
+            return custom
+    return model_dir / CONFIG_FILENAME
+
+
+def read_config(model_dir: Path, config_name: str = "") -> ModelConfigProto:
+    """The model's config (see `config_path`), or an empty config for the backend to complete."""
+    path = config_path(model_dir, config_name)
     if not path.is_file():
         return pb.ModelConfig()
     try:
@@ -217,6 +244,25 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
             raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
         if group.kind == pb.ModelInstanceGroup.KIND_MODEL:
             raise invalid(f"{where}: instance_group kind KIND_MODEL is not supported")
+        _validate_rate_limiter(where, group)
+
+
+def _validate_rate_limiter(where: str, group: Any) -> None:
+    """Resource names must be given and distinct within a group (Triton takes an empty name
+    and keeps the last of a repeated one silently; both are mistakes). Counts cannot be
+    negative: the message holds them unsigned."""
+    seen: set[str] = set()
+    for resource in group.rate_limiter.resources:
+        if not resource.name:
+            raise invalid(
+                f"{where}: instance_group '{group.name}' rate_limiter: a resource has no name"
+            )
+        if resource.name in seen:
+            raise invalid(
+                f"{where}: instance_group '{group.name}' rate_limiter: resource "
+                f"'{resource.name}' is listed twice"
+            )
+        seen.add(resource.name)
 
 
 # Backends whose instances can answer a request with 0..n responses (a response sender).
@@ -305,6 +351,7 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
                 kind=DeviceKind(pb.ModelInstanceGroup.Kind.Name(g.kind)),
                 count=g.count,
                 gpus=tuple(g.gpus),
+                rate_limiter=_rate_limiter(g.rate_limiter),
             )
             for g in config.instance_group
         ),
@@ -333,6 +380,15 @@ def _tensor(tensor: Any, *, is_input: bool) -> TensorConfig:
         optional=is_input and tensor.optional,
         allow_ragged_batch=is_input and tensor.allow_ragged_batch,
         label_filename="" if is_input else tensor.label_filename,
+    )
+
+
+def _rate_limiter(limiter: Any) -> RateLimiterConfig:
+    return RateLimiterConfig(
+        resources=tuple(
+            RateLimiterResource(r.name, r.count, getattr(r, "global")) for r in limiter.resources
+        ),
+        priority=limiter.priority,
     )
 
 

@@ -25,13 +25,15 @@ def ensemble_steps(proto: Any) -> tuple[str, ...] | None:
     )
 
 
-def read_dependencies(locations: Iterable[ModelLocation]) -> dict[str, tuple[str, ...]]:
+def read_dependencies(
+    locations: Iterable[ModelLocation], config_name: str = ""
+) -> dict[str, tuple[str, ...]]:
     """The ensembles among these model folders (blocking: run it off the loop). A config that
     cannot be read counts as no ensemble here: its load says what is wrong with it."""
     found: dict[str, tuple[str, ...]] = {}
     for location in locations:
         try:
-            steps = ensemble_steps(read_config(location.path))
+            steps = ensemble_steps(read_config(location.path, config_name))
         except InferdError:
             continue
         if steps is not None:

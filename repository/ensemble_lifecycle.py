@@ -6,8 +6,9 @@ as in Triton, and needs no reload of its own."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 
+from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_check import composing_error
 from inferd.repository.ensemble_config import LATEST_VERSION, EnsembleStep
@@ -21,11 +22,18 @@ Models = Mapping[str, Mapping[int, ModelVersion]]
 
 class EnsembleTable:
     """Reads the repository's model table (name -> version -> ModelVersion, shared, never
-    copied) and `found` (the model folders in the repositories) to judge ensembles."""
+    copied) and `found` (the model folders in the repositories) to judge ensembles;
+    `new_stats` makes a new ensemble version's statistics."""
 
-    def __init__(self, models: Models, found: Container[str]) -> None:
+    def __init__(
+        self,
+        models: Models,
+        found: Container[str],
+        new_stats: Callable[[], ModelStats] = ModelStats,
+    ) -> None:
         self._models = models
         self._found = found
+        self._new_stats = new_stats
 
     def composing_config(self, step: EnsembleStep) -> ModelConfig | str:
         """The config of the version a step runs, or why there is none."""
@@ -60,7 +68,7 @@ class EnsembleTable:
             if version.state is not ModelState.LOADING:
                 continue
             assert version.config is not None
-            version.ensemble = EnsembleRuntime(version.config)
+            version.ensemble = EnsembleRuntime(version.config, self._new_stats())
             why = self.reason(version)
             version.state = ModelState.UNAVAILABLE if why else ModelState.READY
             version.reason = why

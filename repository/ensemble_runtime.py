@@ -18,7 +18,7 @@ MAX_CACHED_PLANS = 64
 
 
 class EnsembleRuntime:
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, stats: ModelStats | None = None) -> None:
         ensemble = config.ensemble
         assert ensemble is not None
         self.name = config.name
@@ -27,7 +27,7 @@ class EnsembleRuntime:
         self.graph = dataflow(
             ensemble, [t.name for t in config.inputs], [t.name for t in config.outputs]
         )
-        self.stats = ModelStats()
+        self.stats = stats if stats is not None else ModelStats()
         self.inflight = 0
         self._all = self.graph.plan()
         self._plans: dict[frozenset[str], Plan] = {}

@@ -4,7 +4,7 @@ instances, warm them up. Nothing here touches the event loop."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,14 +12,15 @@ from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.padding import PaddingSpec, padding_spec
+from inferd.batching.rate_limiter import RateLimiter, Ticket
 from inferd.batching.scheduler import SchedulerConfig
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import (
-    CONFIG_FILENAME,
     DeviceKind,
     InstanceGroup,
     ModelConfig,
     ModelConfigProto,
+    config_path,
     normalize,
     read_config,
     to_model_config,
@@ -28,6 +29,7 @@ from inferd.repository.config import (
 )
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
+from inferd.repository.rate_limits import register_instances
 from inferd.repository.scheduling import scheduler_config
 from inferd.repository.sequence_config import with_initial_state_files
 from inferd.repository.versions import ModelState, ModelVersion
@@ -43,6 +45,13 @@ class RepositorySettings:
     backend: BackendSettings = field(default_factory=BackendSettings)
     gpus: GpuInfo = field(default_factory=GpuInfo)  # what detection found (server/app.py)
     gpu_fallback_to_cpu: bool = False  # KIND_GPU without a GPU: run on CPU (logged) or fail
+    config_name: str = ""  # --model-config-name: configs/<name>.pbtxt before config.pbtxt
+    load_threads: int = 4  # --model-load-thread-count: models prepared at once
+    load_retries: int = 0  # --model-load-retry-count: further tries after a failed load
+    # --rate-limit=execution_count: every instance registers with it (None: off).
+    rate_limiter: RateLimiter | None = field(default=None, compare=False)
+    # What each version's statistics start as (--metrics-config: with latency summaries).
+    new_stats: Callable[[], ModelStats] = field(default=ModelStats, compare=False)
 
     @property
     def gpu_count(self) -> int:
@@ -59,6 +68,7 @@ class PreparedModel:
     instances: dict[int, list[ModelInstance]]
     padding: PaddingSpec | None = None  # shape buckets, when the config opts in
     stats: dict[int, ModelStats] = field(default_factory=dict)  # warmup already counted
+    tickets: dict[int, list[Ticket]] = field(default_factory=dict)  # rate limiter's, per version
 
 
 class ModelLoader:
@@ -73,7 +83,11 @@ class ModelLoader:
         instance."""
         name, model_dir = location.name, location.path
         if override is None:
-            proto, source = read_config(model_dir), str(model_dir / CONFIG_FILENAME)
+            config_name = self._settings.config_name
+            proto, source = (
+                read_config(model_dir, config_name),
+                str(config_path(model_dir, config_name)),
+            )
         else:
             proto, source = override, "the load request's 'config' parameter"
         available = version_dirs(model_dir)
@@ -117,9 +131,13 @@ class ModelLoader:
                 instances = self._create_instances(
                     backend, config, available[number] / filename, devices
                 )
-                stats = ModelStats()
+                stats = self._settings.new_stats()
                 try:
                     run_warmup(warmups, instances, stats)
+                    if self._settings.rate_limiter is not None:  # warmup runs unlimited
+                        prepared.tickets[number] = register_instances(
+                            self._settings.rate_limiter, config, devices
+                        )
                 except BaseException:
                     close_all(instances)
                     raise

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.decoupled import DecoupledScheduler
+from inferd.batching.rate_limiter import deregister_all
 from inferd.batching.scheduler import Scheduler
 from inferd.batching.sequence import SequenceScheduler
 from inferd.repository.config import ModelConfigProto, config_from_json
@@ -27,7 +28,7 @@ from inferd.repository.dependencies import (
 )
 from inferd.repository.ensemble_lifecycle import EnsembleTable, composing_models
 from inferd.repository.layout import ModelLocation, find_models
-from inferd.repository.loader import ModelLoader, RepositorySettings, close_all
+from inferd.repository.loader import ModelLoader, PreparedModel, RepositorySettings, close_all
 from inferd.repository.overrides import (
     check_file_paths,
     check_model_name,
@@ -64,6 +65,7 @@ class ModelRepository:
         # Models loaded only because an ensemble needed them (explicit mode): unloading that
         # ensemble with `unload_dependents` unloads them too, unless another ensemble runs them.
         self._implicit: set[str] = set()
+        self._load_slots = asyncio.Semaphore(max(1, settings.load_threads))
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -198,7 +200,9 @@ class ModelRepository:
         while todo:
             seen |= todo
             locations = [self._locations[n] for n in todo if n in self._locations and n not in deps]
-            deps.update(await asyncio.to_thread(read_dependencies, locations))
+            deps.update(
+                await asyncio.to_thread(read_dependencies, locations, self._settings.config_name)
+            )
             todo = {model for name in todo for model in deps.get(name, ())} - seen
         return deps
 
@@ -243,12 +247,37 @@ class ModelRepository:
         return lock
 
     def _ensembles(self) -> EnsembleTable:
-        return EnsembleTable(self._models, self._locations)
+        return EnsembleTable(self._models, self._locations, self._settings.new_stats)
 
     def _overrides_root(self) -> Path:
         if self._override_root is None:
             self._override_root = Path(tempfile.mkdtemp(prefix="inferd-overrides-"))
         return self._override_root
+
+    async def _prepare(
+        self, location: ModelLocation, override: ModelConfigProto | None
+    ) -> PreparedModel:
+        """Prepare on a loader thread: at most --model-load-thread-count at once, and
+        --model-load-retry-count more tries when it fails or some version does not load."""
+        retries = self._settings.load_retries
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            async with self._load_slots:
+                try:
+                    prepared = await asyncio.to_thread(self._loader.prepare, location, override)
+                except Exception as exc:
+                    if last:
+                        raise
+                    log.warning("model '%s' failed to load (%s); trying again", location.name, exc)
+                    continue
+            if last or all(v.state is not ModelState.UNAVAILABLE for v in prepared.versions):
+                return prepared
+            log.warning("model '%s' failed to load; trying again", location.name)
+            deregister_all(t for tickets in prepared.tickets.values() for t in tickets)
+            await asyncio.gather(
+                *(asyncio.to_thread(close_all, i) for i in prepared.instances.values())
+            )
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _load(
         self, location: ModelLocation, override: ModelConfigProto | None = None
@@ -266,7 +295,7 @@ class ModelRepository:
         try:
             if location.error:
                 raise invalid(location.error)
-            prepared = await asyncio.to_thread(self._loader.prepare, location, override)
+            prepared = await self._prepare(location, override)
         except Exception as exc:
             reason = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
             log.error("model '%s' failed to load: %s", name, reason)
@@ -282,6 +311,7 @@ class ModelRepository:
         )
         if failed and serving:
             log.error("model '%s' failed to reload; the loaded versions keep serving", name)
+            deregister_all(t for tickets in prepared.tickets.values() for t in tickets)
             await asyncio.gather(
                 *(asyncio.to_thread(close_all, i) for i in prepared.instances.values())
             )
@@ -303,6 +333,7 @@ class ModelRepository:
                     self._loop,
                     stats=prepared.stats.get(version.version),
                     inline_max_ns=prepared.scheduling.inline_max_ns,
+                    tickets=prepared.tickets.get(version.version, ()),
                 )
                 version.state = ModelState.READY
                 log.info("model '%s' version %d is READY (sequence batcher)", name, version.version)
@@ -316,6 +347,7 @@ class ModelRepository:
                 self._loop,
                 stats=prepared.stats.get(version.version),
                 padding=prepared.padding,
+                tickets=prepared.tickets.get(version.version, ()),
             )
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)

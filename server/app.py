@@ -15,6 +15,7 @@ from inferd.backends.base import BackendSettings
 from inferd.backends.gpu import detect_gpus
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.backends.registry import BackendRegistry
+from inferd.batching.rate_limiter import RateLimiter
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
@@ -25,7 +26,7 @@ from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
 from inferd.server.log_settings import LogControl, LogSettings
-from inferd.server.metrics import CacheCollector, MetricsApp, MetricsExporter
+from inferd.server.metrics import CacheCollector, MetricsApp, MetricsExporter, stats_factory
 from inferd.server.model_calls import LoopModelCalls
 from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
@@ -40,10 +41,12 @@ class StartupError(Exception):
     """The server cannot start (bad repository path, port in use, fatal model failure)."""
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # --reuse-http-port: servers that all ask for it share the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((address, port))
     except OSError as exc:
@@ -81,6 +84,14 @@ class App:
                 raise StartupError(f"model repository {root} is not a directory")
         if settings.model_control_mode == "poll" and not settings.repository_poll_secs > 0:
             raise StartupError("--repository-poll-secs must be > 0 in poll mode")
+        log_control = LogControl(settings.log or LogSettings.from_level(settings.log_level))
+        if settings.log is not None:
+            log_control.apply()  # Triton's log switches, from the start
+        if settings.inert_flags:
+            log.warning(
+                "accepted for tritonserver compatibility, with no effect in inferd: %s",
+                "; ".join(settings.inert_flags),
+            )
         loop = asyncio.get_running_loop()
         gpus = await asyncio.to_thread(detect_gpus)
         log.info("GPUs: %s", gpus.describe())
@@ -97,6 +108,16 @@ class App:
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
+                new_stats=stats_factory(settings.metrics_config, settings.allow_metrics),
+                config_name=settings.model_config_name,
+                load_threads=settings.model_load_thread_count,
+                load_retries=settings.model_load_retry_count,
+                # One limiter for the server: its resources are shared across models.
+                rate_limiter=(
+                    RateLimiter(settings.rate_limit.resources)
+                    if settings.rate_limit.enabled
+                    else None
+                ),
             ),
             self._registry,
             loop,
@@ -109,13 +130,14 @@ class App:
             CoreSettings(
                 strict_readiness=settings.strict_readiness,
                 model_control_mode=settings.model_control_mode,
+                server_id=settings.server_id,
             ),
             SharedMemoryRegistry(
                 allow_client=settings.allow_client_shm,
                 cuda=CudaIpc.load if gpus.count else None,
             ),
             cache,
-            LogControl(LogSettings.from_level(settings.log_level)),
+            log_control,
             Tracer(settings.trace),
         )
         model_calls.serve(self.core)
@@ -125,8 +147,12 @@ class App:
             self._system = system_metrics(settings)
             collectors: list[Collector] = [self._system, custom_metrics]
             if cache is not None:
-                collectors.append(CacheCollector(cache, self.core.loaded_versions))
-            self._metrics = MetricsExporter(self.core.loaded_versions, *collectors)
+                collectors.append(
+                    CacheCollector(cache, self.core.loaded_versions, settings.metrics_config)
+                )
+            self._metrics = MetricsExporter(
+                self.core.loaded_versions, *collectors, config=settings.metrics_config
+            )
         if settings.allow_http:
             await self._start_http(self.core)
         if self._metrics is not None:
@@ -173,18 +199,28 @@ class App:
 
     async def _start_http(self, core: InferenceCore) -> None:
         settings = self.settings
-        sock = _bind(settings.http_address, settings.http_port)
+        sock = _bind(settings.http_address, settings.http_port, settings.reuse_http_port)
         self._sockets.append(sock)
         self.http_port = sock.getsockname()[1]
         app = HttpFrontDoor(
-            core, HttpSettings(max_input_size=settings.http_max_input_size), self._metrics
+            core,
+            HttpSettings(
+                max_input_size=settings.http_max_input_size,
+                restricted=settings.http_restricted_api,
+                header_forward=settings.http_header_forward,
+            ),
+            self._metrics,
         )
         self._http = await self._serve(app, sock, app.fast_route)
 
     async def _start_metrics(self, exporter: MetricsExporter) -> None:
         """Triton's metrics port: a second HTTP server on the same loop."""
         settings = self.settings
-        sock = _bind(settings.metrics_address or settings.http_address, settings.metrics_port)
+        sock = _bind(
+            settings.metrics_address or settings.http_address,
+            settings.metrics_port,
+            settings.reuse_http_port,
+        )
         self._sockets.append(sock)
         self.metrics_port = sock.getsockname()[1]
         self._metrics_http = await self._serve(MetricsApp(exporter), sock)

@@ -6,70 +6,23 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import parse_backend_config, parse_trace_flags
+from inferd.server.header_forward import header_forward
+from inferd.server.inert_flags import add_inert_flags, inert_flags_given
+from inferd.server.log_settings import DEFAULT_FORMAT, LOG_FORMATS, LogSettings
+from inferd.server.metrics_config import parse_metrics_config
+from inferd.server.rate_limit_settings import parse_rate_limit
 from inferd.server.response_cache import parse_cache_config
+from inferd.server.restricted_api import parse_restrictions
 from inferd.server.settings import GrpcChannel, Settings
 
-ENV_PREFIX = "INFERD_"
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-class _Parser:
-    """Adds flags whose default comes from the matching INFERD_* variable."""
-
-    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-        self.parser = parser
-        self.environ = environ
-
-    def add(
-        self,
-        flag: str,
-        *aliases: str,
-        type: Callable[[str], Any] = str,
-        default: Any = None,
-        help: str,
-        multiple: bool = False,
-        env_separator: str | None = ",",
-        **kwargs: Any,
-    ) -> None:
-        """`env_separator` splits a `multiple` flag's variable into values (None: whitespace,
-        for values that contain commas themselves)."""
-        env = _env_name(flag)
-        raw = self.environ.get(env)
-        if raw is not None:
-            try:
-                values = raw.split(env_separator)
-                default = [type(v) for v in values if v] if multiple else type(raw)
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                self.parser.error(f"{env}={raw!r}: {exc}")
-        shown = f"{help} [env {env}; default: {default if default not in (None, []) else 'none'}]"
-        if multiple:
-            kwargs.setdefault("action", "append")
-        if type is parse_bool:
-            kwargs.setdefault("nargs", "?")
-            kwargs.setdefault("const", True)
-        self.parser.add_argument(flag, *aliases, type=type, default=default, help=shown, **kwargs)
-
-
-def _knative_port(p: _Parser) -> int | None:
+def _knative_port(p: FlagParser) -> int | None:
     """The port Knative (or Cloud Run) tells the container to serve on, from $PORT: the HTTP
     port's default, below INFERD_HTTP_PORT and the flag."""
     raw = p.environ.get("PORT")
@@ -94,8 +47,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         description="Serve one or more Triton-layout model repositories. Flags are spelt as "
         "Triton's; booleans take true/false.",
     )
-    p = _Parser(serve, dict(os.environ if environ is None else environ))
+    p = FlagParser(serve, dict(os.environ if environ is None else environ))
     d, g = Settings(), GrpcChannel()
+    p.add("--id", default=d.server_id, help="the server's name in its metadata")
     p.add(
         "--model-repository",
         "--model-store",
@@ -104,7 +58,45 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         multiple=True,
         help="model repository root (repeatable); none = the bundled examples",
     )
+    p.add(
+        "--model-config-name",
+        type=_config_name,
+        default=d.model_config_name,
+        help="read <model>/configs/NAME.pbtxt where it exists, else config.pbtxt",
+    )
+    p.add(
+        "--model-load-thread-count",
+        type=_positive,
+        default=d.model_load_thread_count,
+        help="models loaded at once",
+    )
+    p.add(
+        "--model-load-retry-count",
+        type=_non_negative,
+        default=d.model_load_retry_count,
+        help="further tries to load a model that fails to load",
+    )
     p.add("--http-address", default=d.http_address, help="HTTP bind address")
+    p.add(
+        "--reuse-http-port",
+        type=parse_bool,
+        default=d.reuse_http_port,
+        help="SO_REUSEPORT on the HTTP and metrics ports: servers that all set it share them",
+    )
+    p.add(
+        "--http-restricted-api",
+        multiple=True,
+        env_separator=None,
+        help="API[,API...]:KEY=VALUE: those HTTP APIs (health, metadata, inference, "
+        "shared-memory, model-config, model-repository, statistics, trace, logging) answer 403 "
+        "unless the request has header KEY: VALUE",
+    )
+    p.add(
+        "--http-header-forward-pattern",
+        default="",
+        help="headers whose names match this regular expression (searched for, without regard "
+        "to case unless it starts with (?-i)) reach the model as string request parameters",
+    )
     p.add(
         "--http-port",
         type=int,
@@ -113,6 +105,24 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     )
     p.add("--grpc-address", default=d.grpc_address, help="gRPC bind address")
     p.add("--grpc-port", type=int, default=d.grpc_port, help="gRPC port")
+    p.add(
+        "--reuse-grpc-port",
+        type=parse_bool,
+        default=g.reuse_port,
+        help="SO_REUSEPORT on the gRPC port: servers that all set it share it",
+    )
+    p.add(
+        "--grpc-restricted-protocol",
+        multiple=True,
+        env_separator=None,
+        help="PROTOCOL[,PROTOCOL...]:KEY=VALUE: those RPC groups (as --http-restricted-api) "
+        "answer UNAVAILABLE unless the call has metadata triton-grpc-protocol-KEY: VALUE",
+    )
+    p.add(
+        "--grpc-header-forward-pattern",
+        default="",
+        help="as --http-header-forward-pattern, for gRPC request metadata",
+    )
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
     p.add("--allow-http", type=parse_bool, default=d.allow_http, help="serve HTTP")
     p.add("--allow-grpc", type=parse_bool, default=d.allow_grpc, help="serve gRPC")
@@ -144,6 +154,16 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         type=int,
         default=d.metrics_interval_ms,
         help="how often CPU and GPU metrics are sampled, in ms",
+    )
+    p.add(
+        "--metrics-config",
+        multiple=True,
+        env_separator=None,
+        help="per-model latency metrics, Triton's spelling (repeatable): "
+        "counter_latencies=true|false (the *_duration_us counters, default true), "
+        "summary_latencies=true|false (*_summary_us summaries over the last minute, default "
+        "false), summary_quantiles=Q:ERR,... (default 0.5:0.05,0.9:0.01,0.95:0.001,"
+        "0.99:0.001,0.999:0.001)",
     )
     p.add(
         "--model-control-mode",
@@ -242,6 +262,19 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="KIND_GPU models with no usable GPU: fail to load (none) or run on the CPU",
     )
     p.add(
+        "--rate-limit",
+        default="off",
+        help="off: instances run as soon as they are free; execution_count: an instance runs "
+        "once the resources of its instance group's rate_limiter are free, least run first "
+        "(weighted by priority)",
+    )
+    p.add(
+        "--rate-limit-resource",
+        multiple=True,
+        help="<name>:<count>[:<device>] (repeatable): the count of a rate limiter resource, on "
+        "every device or on one; default: the largest count an instance asks for",
+    )
+    p.add(
         "--http-max-input-size",
         type=int,
         default=d.http_max_input_size,
@@ -326,7 +359,51 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="log level",
     )
     p.add("--log-verbose", type=int, default=0, help="Triton spelling: > 0 means --log-level=debug")
+    for severity in ("info", "warning", "error"):
+        p.add(
+            f"--log-{severity}", type=parse_bool, help=f"log {severity} records (Triton's switch)"
+        )
+    p.add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="default: 'TIME LEVEL logger: message'; ISO8601: the time in UTC as ISO 8601",
+    )
+    p.add("--log-file", help="log to this file instead of stderr")
+    add_inert_flags(p)
     return parser
+
+
+def _config_name(text: str) -> str:
+    if any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"a config name has no spaces, got {text!r}")
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _log_settings(args: argparse.Namespace, level: str) -> LogSettings | None:
+    """Triton's log switches over what --log-level says; None when none is given."""
+    switches = {
+        "log_info": args.log_info,
+        "log_warning": args.log_warning,
+        "log_error": args.log_error,
+        "log_format": args.log_format,
+        "log_file": args.log_file,
+    }
+    given = {key: value for key, value in switches.items() if value is not None}
+    return replace(LogSettings.from_level(level), **given) if given else None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -340,8 +417,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"default-max-batch-size must be a non-negative integer: {raw_max_batch!r}"
         )
     max_batch = int(raw_max_batch)
+    log_level = "debug" if args.log_verbose > 0 else args.log_level
     return Settings(
+        server_id=args.id,
         model_repositories=tuple(args.model_repository or ()),
+        model_config_name=args.model_config_name,
+        model_load_thread_count=args.model_load_thread_count,
+        model_load_retry_count=args.model_load_retry_count,
+        reuse_http_port=args.reuse_http_port,
+        http_restricted_api=parse_restrictions(
+            args.http_restricted_api or (), "--http-restricted-api", "api"
+        ),
+        grpc_restricted_protocol=parse_restrictions(
+            args.grpc_restricted_protocol or (), "--grpc-restricted-protocol", "protocol"
+        ),
+        http_header_forward=header_forward(
+            args.http_header_forward_pattern, "--http-header-forward-pattern"
+        ),
+        grpc_header_forward=header_forward(
+            args.grpc_header_forward_pattern, "--grpc-header-forward-pattern"
+        ),
         http_address=args.http_address,
         http_port=args.http_port,
         grpc_address=args.grpc_address,
@@ -354,6 +449,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_gpu_metrics=args.allow_gpu_metrics,
         allow_cpu_metrics=args.allow_cpu_metrics,
         metrics_interval_ms=args.metrics_interval_ms,
+        metrics_config=parse_metrics_config(args.metrics_config or ()),
         model_control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model or ()),
@@ -382,9 +478,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_connection_age_ms=args.grpc_max_connection_age,
             max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
             max_concurrent_streams=args.grpc_max_concurrent_streams,
+            reuse_port=args.reuse_grpc_port,
         ),
         grpc_stack=args.grpc_stack,
-        log_level="debug" if args.log_verbose > 0 else args.log_level,
+        log_level=log_level,
+        log=_log_settings(args, log_level),
+        inert_flags=tuple(inert_flags_given(args)),
         trace=parse_trace_flags(
             args.trace_config or (),
             file=args.trace_file,
@@ -394,6 +493,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             log_frequency=args.trace_log_frequency,
         ),
         backend_config=backend_config,
+        rate_limit=parse_rate_limit(args.rate_limit, args.rate_limit_resource or ()),
     )
 
 
@@ -410,10 +510,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_file = settings.log.log_file if settings.log is not None else ""
+    try:
+        logging.basicConfig(
+            level=settings.log_level.upper(), format=DEFAULT_FORMAT, filename=log_file or None
+        )
+    except OSError as exc:
+        parser.error(f"--log-file={log_file}: {exc.strerror or exc}")
     from inferd.server.app import run  # imported late: `--help` stays instant
 
     return run(settings)

@@ -72,6 +72,7 @@ Cancel = Callable[[], None]
 class CoreSettings:
     strict_readiness: bool = True
     model_control_mode: str = "none"  # the repository API may load and unload in "explicit"
+    server_id: str = SERVER_NAME  # --id
 
 
 class InferenceCore:
@@ -124,7 +125,7 @@ class InferenceCore:
         if self.shared_memory.supports_cuda:  # after system_shared_memory, as Triton lists it
             at = EXTENSIONS.index("system_shared_memory") + 1
             extensions = (*EXTENSIONS[:at], "cuda_shared_memory", *EXTENSIONS[at:])
-        return ServerMetadata(SERVER_NAME, inferd.__version__, extensions)
+        return ServerMetadata(self._settings.server_id, inferd.__version__, extensions)
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self._repository.get(name, version)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 import grpc
@@ -38,8 +38,10 @@ from inferd.server.grpc_codec import (
     encode_stream_response_error,
 )
 from inferd.server.grpc_stacks import GrpcStack, start_stack
+from inferd.server.header_forward import HeaderForward
 from inferd.server.logging_codec import grpc_log_changes, grpc_log_settings
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
+from inferd.server.restricted_api import Restrictions, grpc_api, grpc_header, grpc_refusal
 from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
 from inferd.server.shared_memory_codec import grpc_status
 from inferd.server.tensor_codec import EMPTY_FINAL_RESPONSE
@@ -77,11 +79,18 @@ class GrpcSettings:
     port: int = 8001
     channel: GrpcChannel = field(default_factory=GrpcChannel)
     stack: GrpcStackName = "inferd"
+    restricted: Restrictions = field(default_factory=dict)  # --grpc-restricted-protocol
+    header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
     return GrpcSettings(
-        settings.grpc_address, settings.grpc_port, settings.grpc_channel, settings.grpc_stack
+        settings.grpc_address,
+        settings.grpc_port,
+        settings.grpc_channel,
+        settings.grpc_stack,
+        settings.grpc_restricted_protocol,
+        settings.grpc_header_forward,
     )
 
 
@@ -108,8 +117,15 @@ def _guarded(name: str, method: Callable[[Any], Any]) -> Callable[..., Any]:
 class InferenceService:
     """Each RPC as a core call; inference handlers are coroutines, the rest plain functions."""
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        restricted: Restrictions | None = None,
+        header_forward: HeaderForward | None = None,
+    ) -> None:
         self._core = core
+        self._restricted = restricted or {}
+        self._header_forward = header_forward
 
     def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._core.live())
@@ -233,12 +249,15 @@ class InferenceService:
     async def model_infer(
         self, request: pb.ModelInferRequest, call: ServerCall
     ) -> pb.ModelInferResponse:
-        # The path on grpc.aio (--grpc-stack=grpcio); inferd's own stack takes model_infer_now.
+        # The path on grpc.aio (--grpc-stack=grpcio), and on inferd's own stack when headers
+        # are forwarded; otherwise that takes model_infer_now.
         arrival_ns = time.monotonic_ns()
         trace = self._core.tracing.sample(request.model_name)
         try:
             served = self._core.admit(request.model_name, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
+            if self._header_forward is not None:
+                self._header_forward.apply(decoded, call.metadata())
             if trace is not None:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace
@@ -291,6 +310,8 @@ class InferenceService:
         Failures travel as responses with `error_message` set, so the stream stays open.
         """
         stream = _StreamState()
+        if self._header_forward is not None:
+            stream.metadata = call.metadata()
         reader = asyncio.create_task(self._read_stream(requests, stream))
         reader.add_done_callback(lambda _: stream.wake.set())
         try:
@@ -350,6 +371,8 @@ class InferenceService:
 
         try:
             decoded = decode_infer_request(request, self._core.shared_memory)
+            if self._header_forward is not None:
+                self._header_forward.apply(decoded, stream.metadata)
         except InferdError as error:
             respond(error, True)
             return
@@ -406,8 +429,10 @@ class InferenceService:
                     MethodKind.STREAM_STREAM, self.model_stream_infer, parse, serialize
                 )
             elif method.name == "ModelInfer":
+                # The callback path has no call to read metadata from: forwarding takes a task.
+                answer_now = self.model_infer_now if self._header_forward is None else None
                 methods[path] = RpcMethod(
-                    MethodKind.UNARY_UNARY, self.model_infer, parse, serialize, self.model_infer_now
+                    MethodKind.UNARY_UNARY, self.model_infer, parse, serialize, answer_now
                 )
             elif method.name in unary:
                 methods[path] = RpcMethod(
@@ -416,6 +441,14 @@ class InferenceService:
             else:  # every other RPC is unary; its request is not even parsed
                 methods[path] = RpcMethod(
                     MethodKind.UNARY_UNARY, _unimplemented(method.name), _raw, _raw
+                )
+            api = grpc_api(method.name)
+            restriction = self._restricted.get(api) if api is not None else None
+            if restriction is not None:
+                methods[path] = replace(
+                    methods[path],
+                    required_header=grpc_header(restriction),
+                    refusal=grpc_refusal(restriction),
                 )
         return methods
 
@@ -455,6 +488,7 @@ class _StreamState:
         self.open: set[int] = set()
         self.cancels: dict[int, Callable[[], None]] = {}
         self.closed = False  # the call ended
+        self.metadata: list[tuple[str, str]] = []  # forwarded to each request as parameters
 
     def started(self, key: int) -> None:
         self.open.add(key)
@@ -597,7 +631,7 @@ class GrpcServer:
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
     health = HealthService(core)
     methods = {
-        **InferenceService(core).methods(),
+        **InferenceService(core, settings.restricted, settings.header_forward).methods(),
         **health.methods(),
         **reflection_methods((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)),
     }

@@ -30,6 +30,10 @@ class ServerCall(Protocol):
     async def write(self, message: Any) -> None:
         """Send one response message of a streaming call (waits while flow control blocks)."""
 
+    def metadata(self) -> list[tuple[str, str]]:
+        """The call's request metadata (names in lower case), text values only: what a client
+        sent, without the protocol's own headers."""
+
 
 class MethodKind(enum.Enum):
     # Handler signatures, with `call` a ServerCall:
@@ -54,3 +58,6 @@ class RpcMethod:
     # The same unary method without a task per call, for a stack that can take it (inferd's
     # own): answered from a callback. grpc.aio always runs `handler`.
     answer_now: AnswerNow | None = None
+    # --grpc-restricted-protocol: the (metadata key, value) a call must carry, else UNAVAILABLE.
+    required_header: tuple[str, str] | None = None
+    refusal: str = ""  # the message for a call without it

@@ -56,11 +56,18 @@ class _AioCall:
     async def write(self, message: Any) -> None:
         await self._context.write(message)
 
+    def metadata(self) -> list[tuple[str, str]]:
+        pairs = self._context.invocation_metadata() or ()
+        return [(key, value) for key, value in pairs if isinstance(value, str)]
+
 
 def _aio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
     handler = method.handler
+    required = method.required_header
 
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if required is not None and required not in (context.invocation_metadata() or ()):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, method.refusal)
         try:
             return await handler(request, _AioCall(context))
         except RpcError as error:

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct(">BI")  # compressed flag, message length
 _NO_REQUEST: Any = object()
+# Request headers of HTTP/2 and gRPC themselves, never the client's metadata (as grpc.aio).
+_PROTOCOL_HEADERS = frozenset({b"content-type", b"te"})
 # Parsed requests of a streaming call its handler may fall behind by before the sender is held
 # back: with the stream's window (http2.STREAM_WINDOW) this bounds what one stream holds.
 STREAM_BACKLOG = 16
@@ -107,6 +109,7 @@ class GrpcCall:
         "_conn",
         "_deadline",
         "_done",
+        "_head",
         "_headers_sent",
         "_max",
         "_method",
@@ -123,6 +126,7 @@ class GrpcCall:
         self._conn = conn
         self._stream = stream
         self._method: RpcMethod = head.method
+        self._head = head
         self.encoding = head.encoding
         self._max = conn.max_message_size
         self._buf = bytearray()
@@ -285,6 +289,15 @@ class GrpcCall:
         if not conn.writable(stream):
             await conn.wait_writable(stream)
 
+    def metadata(self) -> list[tuple[str, str]]:
+        return [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self._head.headers
+            if name not in _PROTOCOL_HEADERS
+            and not name.startswith((b":", b"grpc-"))
+            and not name.endswith(b"-bin")
+        ]
+
     def _too_large(self, size: int) -> tuple[grpc.StatusCode, str]:
         return (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -385,6 +398,7 @@ class Http2GrpcServer:
     def __init__(self, methods: Mapping[str, RpcMethod], channel: GrpcChannel) -> None:
         self.methods = {path.encode(): method for path, method in methods.items()}
         self.max_message_size = channel.max_message_size
+        self._reuse_port = channel.reuse_port
         self.connection_options = ConnectionOptions(
             max_concurrent_streams=channel.max_concurrent_streams,
             keepalive_time=channel.keepalive_time_ms / 1000,
@@ -404,13 +418,14 @@ class Http2GrpcServer:
         """Listen; returns the bound port (an ephemeral one for port 0)."""
         loop = asyncio.get_running_loop()
         try:
-            # SO_REUSEADDR but not SO_REUSEPORT: a port someone else holds must fail here.
+            # SO_REUSEPORT only when asked (--reuse-grpc-port): a port someone else holds must
+            # fail here.
             self._server = await loop.create_server(
                 lambda: GrpcConnection(self),
                 address,
                 port,
                 reuse_address=True,
-                reuse_port=False,
+                reuse_port=self._reuse_port,
                 backlog=1024,
             )
         except OSError as exc:

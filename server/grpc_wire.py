@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -41,6 +41,7 @@ class RequestHead:
     encoding: bytes  # grpc-encoding; b"identity" when absent
     # An answer decided by the headers alone: (HTTP status, gRPC status, message).
     refusal: tuple[int, grpc.StatusCode, str] | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # as the block had them
 
 
 def parse_head(
@@ -71,6 +72,12 @@ def parse_head(
         return RequestHead(
             None, None, encoding, (200, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         )
+    if method.required_header is not None:
+        key, required = method.required_header
+        if (key.encode(), required.encode()) not in headers:
+            return RequestHead(
+                None, None, encoding, (200, grpc.StatusCode.UNAVAILABLE, method.refusal)
+            )
     timeout = None
     if timeout_value is not None:
         timeout = parse_timeout(timeout_value)
@@ -84,7 +91,7 @@ def parse_head(
             f"Compression algorithm '{encoding.decode('latin-1')}' is not supported",
         )
         return RequestHead(None, None, encoding, refusal)
-    return RequestHead(method, timeout, encoding)
+    return RequestHead(method, timeout, encoding, None, headers)
 
 
 def parse_timeout(value: bytes) -> float | None:

@@ -11,7 +11,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid, unsupported
+from inferd.server.header_forward import HeaderForward
 from inferd.server.http1 import FastHandler, HttpRequest, Reply
 from inferd.server.http_codec import (
     HeaderCache,
@@ -40,6 +41,7 @@ from inferd.server.json_body import json_object
 from inferd.server.logging_codec import http_log_changes
 from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
+from inferd.server.restricted_api import Api, Restrictions, http_api, http_refusal
 from inferd.server.shared_memory_codec import (
     http_cuda_register,
     http_status,
@@ -74,6 +76,8 @@ MAX_FAST_ROUTES = 1024
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    restricted: Restrictions = field(default_factory=dict)  # --http-restricted-api
+    header_forward: HeaderForward | None = None  # --http-header-forward-pattern
 
 
 class JSONResponse(Response):
@@ -100,7 +104,11 @@ class HttpFrontDoor:
     ) -> None:
         self._core = core
         self._max_input_size = settings.max_input_size
+        self._restricted = settings.restricted
+        # Checked on /infer's fast path only when inference is restricted: one attribute read.
+        self._infer_restriction = settings.restricted.get(Api.INFERENCE)
         self._headers = HeaderCache()
+        self._header_forward = settings.header_forward
         self._fast_routes: dict[str, FastHandler] = {}  # by path: parsed once, not per request
         self._router = Starlette(
             routes=_routes(core, self._infer_route, metrics),
@@ -112,6 +120,11 @@ class HttpFrontDoor:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._restricted and scope["type"] == "http":
+            refusal = _refusal(self._restricted, scope["path"], _headers(scope))
+            if refusal is not None:
+                await _send(send, *_answer(403, encode_error(refusal), JSON, {}))
+                return
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
@@ -146,6 +159,10 @@ class HttpFrontDoor:
     ) -> asyncio.Future[Outputs] | None:
         arrival_ns = http.arrival_ns  # latency objectives count from here, not from decoding
         headers = dict(http.headers)
+        restriction = self._infer_restriction
+        if restriction is not None and not restriction.admits(headers):
+            reply(*_answer(403, encode_error(http_refusal(restriction)), JSON, headers))
+            return None
         trace = None
         if self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
             trace = self._core.tracing.sample(model)
@@ -228,6 +245,16 @@ class HttpFrontDoor:
     def _decode(
         self, body: bytes, headers: dict[bytes, bytes], model: str, version: str
     ) -> tuple[InferRequest, OutputEncoding]:
+        decoded = self._decode_body(body, headers, model, version)
+        if self._header_forward is not None:
+            self._header_forward.apply(
+                decoded[0], ((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items())
+            )
+        return decoded
+
+    def _decode_body(
+        self, body: bytes, headers: dict[bytes, bytes], model: str, version: str
+    ) -> tuple[InferRequest, OutputEncoding]:
         raw_length = headers.get(b"inference-header-content-length")
         shared = self._core.shared_memory
         if raw_length is None:
@@ -258,6 +285,15 @@ def _parse_infer_path(path: str) -> tuple[str, str] | None:
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
+
+
+def _refusal(restricted: Restrictions, path: str, headers: dict[bytes, bytes]) -> str | None:
+    """Triton's message when `path` is restricted and the request lacks the header."""
+    api = http_api(path)
+    restriction = restricted.get(api) if api is not None else None
+    if restriction is None or restriction.admits(headers):
+        return None
+    return http_refusal(restriction)
 
 
 def _decompressed(body: bytes, headers: dict[bytes, bytes], limit: int) -> bytes:

@@ -22,7 +22,7 @@ _BOOLEANS = ("log_info", "log_warning", "log_error")
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    log_file: str = ""  # inferd logs to stderr; the location cannot change through the API
+    log_file: str = ""  # --log-file ("": stderr); the location cannot change through the API
     log_info: bool = True
     log_warning: bool = True
     log_error: bool = True
@@ -106,15 +106,22 @@ class LogControl:
         """Apply the changes (all or nothing) and return every setting."""
         previous = self.settings
         self.settings = updated(previous, changes)
+        self._install(self.settings.log_format != previous.log_format)
+        return self.as_dict()
+
+    def apply(self) -> None:
+        """Put the settings in force now (given at start-up rather than by a request)."""
+        self._install(self.settings.log_format != "default")
+
+    def _install(self, format_changed: bool) -> None:
         for handler in self._root.handlers:
             if handler not in self._changed:
                 self._changed[handler] = handler.formatter
                 handler.addFilter(self._filter)
-            if self.settings.log_format != previous.log_format:
+            if format_changed:
                 handler.setFormatter(self._formats[self.settings.log_format])
         verbose = self.settings.log_verbose_level > 0
         self._package.setLevel(logging.DEBUG if verbose else logging.NOTSET)
-        return self.as_dict()
 
     def close(self) -> None:
         """Leave the process's logging as this control found it (the server stops)."""

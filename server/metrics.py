@@ -6,13 +6,18 @@ that updates them, so the request path does no metrics work and an unloaded mode
 disappear with it. The text is rendered here rather than by prometheus_client, for two
 reasons: Triton's counters carry no `_total` suffix, and some scrapers (perf_analyzer's regex)
 misread exponent notation, so every number is written in plain decimal.
+
+`--metrics-config` (metrics_config.py) can drop the latency counters and add Triton's latency
+summaries; those are the one exception to "no metrics work on the request path": their
+statistics are made with durations that also keep the last minute's values
+(batching/latency_summary.py), and only when the summaries are on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -20,8 +25,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from inferd.batching.interface import ModelScheduler
-from inferd.batching.stats import Histogram, ModelStats
+from inferd.batching.latency_summary import SummarizedDuration, summarized_stats
+from inferd.batching.stats import Duration, Histogram, ModelStats
 from inferd.repository.manager import ModelVersion
+from inferd.server.metrics_config import MetricsConfig
 from inferd.server.response_cache import ResponseCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,6 +76,47 @@ _COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
         "nv_inference_compute_output_duration_us",
         "Cumulative inference compute output duration in microseconds",
         lambda s: s.compute_output.ns // 1000,
+    ),
+)
+
+# The latency counters that `--metrics-config counter_latencies=false` leaves out (Triton's
+# latency group, which holds the per-model cache counters too).
+LATENCY_COUNTERS = frozenset(
+    {
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+    }
+)
+
+# Triton's summaries (`--metrics-config summary_latencies=true`) of the same durations, in µs.
+_SUMMARIES: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
+    (
+        "nv_inference_request_summary_us",
+        "Summary of inference request duration in microseconds (successful requests)",
+        lambda s: s.success,
+    ),
+    (
+        "nv_inference_queue_summary_us",
+        "Summary of inference queuing duration in microseconds",
+        lambda s: s.queue,
+    ),
+    (
+        "nv_inference_compute_input_summary_us",
+        "Summary of compute input duration in microseconds",
+        lambda s: s.compute_input,
+    ),
+    (
+        "nv_inference_compute_infer_summary_us",
+        "Summary of compute inference duration in microseconds",
+        lambda s: s.compute_infer,
+    ),
+    (
+        "nv_inference_compute_output_summary_us",
+        "Summary of inference compute output duration in microseconds",
+        lambda s: s.compute_output,
     ),
 )
 
@@ -155,6 +203,15 @@ _GAUGES: tuple[tuple[str, str, Callable[[ModelScheduler], float]], ...] = (
 )
 
 
+def stats_factory(config: MetricsConfig, exported: bool = True) -> Callable[[], ModelStats]:
+    """What each model version's statistics start as: with latency summaries when they are
+    exported (`exported`: metrics are served at all), plain (no summary work on the request
+    path) when not."""
+    if not (exported and config.summary_latencies):
+        return ModelStats
+    return partial(summarized_stats, tuple(q.quantile for q in config.summary_quantiles))
+
+
 def _busy_seconds(stats: ModelStats) -> float:
     """Instance time spent executing batches: the per-batch-size compute totals are recorded
     once per batch, so their sum is busy time (failed executions are not included)."""
@@ -167,8 +224,11 @@ def _busy_seconds(stats: ModelStats) -> float:
 class ModelCollector:
     """Per model-version families over the versions that are ready when the scrape comes."""
 
-    def __init__(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
+    def __init__(
+        self, versions: Callable[[], Iterable[ModelVersion]], config: MetricsConfig
+    ) -> None:
         self._versions = versions
+        self._config = config
 
     def collect(self) -> Iterator[Metric]:
         versions = list(self._versions())
@@ -178,8 +238,10 @@ class ModelCollector:
         scheduled = [(_labels(v), v, s) for v in versions if (s := v.scheduler) is not None]
         if not counted:
             return
+        config = self._config
         for name, doc, count in _COUNTERS:
-            yield _family(name, doc, "counter", [(lb, count(s)) for lb, s in counted])
+            if config.counter_latencies or name not in LATENCY_COUNTERS:
+                yield _family(name, doc, "counter", [(lb, count(s)) for lb, s in counted])
         yield _failures(counted)
         yield _objective_answers(counted)
         for name, doc, gauge in _GAUGES:
@@ -204,6 +266,28 @@ class ModelCollector:
                     [labels["model"], labels["version"]], _buckets(h, divisor), h.total / divisor
                 )
             yield histograms
+        if config.summary_latencies:
+            quantiles = [_number(q.quantile) for q in config.summary_quantiles]
+            for name, doc, duration in _SUMMARIES:
+                yield _summary(name, doc, quantiles, [(lb, duration(s)) for lb, s in counted])
+
+
+def _summary(
+    name: str, doc: str, quantiles: list[str], durations: list[tuple[dict[str, str], Duration]]
+) -> Metric:
+    """Triton's order per model version: _count, _sum, then the quantiles (NaN without
+    observations in the window). Statistics made without summaries (none are, when the
+    summaries are on) are left out."""
+    family = Metric(name, doc, "summary")
+    for labels, duration in durations:
+        if not isinstance(duration, SummarizedDuration):
+            continue
+        summary = duration.summary
+        family.add_sample(name + "_count", labels, summary.count)
+        family.add_sample(name + "_sum", labels, summary.total)
+        for quantile, value in zip(quantiles, duration.quantile_values(), strict=True):
+            family.add_sample(name, {**labels, "quantile": quantile}, value)
+    return family
 
 
 def _labels(version: ModelVersion) -> dict[str, str]:
@@ -260,7 +344,7 @@ def _number(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     if value != value:
-        return "NaN"
+        return "Nan"  # as prometheus-cpp writes it, for Triton
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"
     if value.is_integer():
@@ -299,14 +383,19 @@ class CacheCollector:
     use the cache), and the cache's own fill."""
 
     def __init__(
-        self, cache: ResponseCache, versions: Callable[[], Iterable[ModelVersion]]
+        self,
+        cache: ResponseCache,
+        versions: Callable[[], Iterable[ModelVersion]],
+        config: MetricsConfig | None = None,
     ) -> None:
         self._cache = cache
         self._versions = versions
+        self._per_model = (config or MetricsConfig()).counter_latencies
 
     def collect(self) -> Iterator[Metric]:
         counted = [(_labels(v), stats) for v in self._versions() if v.caches and (stats := v.stats)]
-        for name, doc, value in _CACHE_COUNTERS:
+        # Triton counts these among the latency counters: counter_latencies=false drops them.
+        for name, doc, value in _CACHE_COUNTERS if self._per_model else ():
             yield _family(name, doc, "counter", [(lb, value(s)) for lb, s in counted])
         cache = self._cache
         for name, doc, gauge in (
@@ -325,10 +414,14 @@ class MetricsExporter:
     """The server's own registry (never prometheus_client's global one) and its text."""
 
     def __init__(
-        self, versions: Callable[[], Iterable[ModelVersion]], *collectors: Collector
+        self,
+        versions: Callable[[], Iterable[ModelVersion]],
+        *collectors: Collector,
+        config: MetricsConfig | None = None,
     ) -> None:
+        """`config`: --metrics-config (None: Triton's defaults)."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ModelCollector(versions))
+        self.registry.register(ModelCollector(versions, config or MetricsConfig()))
         for collector in collectors:
             self.registry.register(collector)
 

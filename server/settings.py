@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from inferd.server.header_forward import HeaderForward
+from inferd.server.log_settings import LogSettings
+from inferd.server.metrics_config import MetricsConfig
+from inferd.server.rate_limit_settings import RateLimitSettings
+from inferd.server.restricted_api import Restrictions
 from inferd.server.trace_settings import TraceSetting
 
 # What carries the gRPC port: inferd's own HTTP/2 layer, or grpc.aio (server/grpc_stacks.py).
@@ -28,6 +33,7 @@ class GrpcChannel:
     max_connection_age_ms: int = 0  # 0 = unlimited
     max_connection_age_grace_ms: int = 0  # 0 = unlimited
     max_concurrent_streams: int = 0  # per connection; 0 = gRPC's default
+    reuse_port: bool = False  # --reuse-grpc-port: SO_REUSEPORT, to share the port
 
     def options(self) -> list[tuple[str, int]]:
         options = [
@@ -44,7 +50,7 @@ class GrpcChannel:
             ("grpc.http2.max_ping_strikes", self.http2_max_ping_strikes),
             # gRPC turns SO_REUSEPORT on by default: a second server on the port would then
             # start silently instead of failing (Triton also leaves it off by default).
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.reuse_port)),
         ]
         optional = [
             ("grpc.max_connection_age_ms", self.max_connection_age_ms),
@@ -56,9 +62,14 @@ class GrpcChannel:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    server_id: str = "inferd"  # --id: the server metadata's name
     model_repositories: tuple[Path, ...] = ()  # empty = the bundled examples
+    model_config_name: str = ""  # configs/<name>.pbtxt before config.pbtxt
+    model_load_thread_count: int = 4  # models prepared at once, as in Triton
+    model_load_retry_count: int = 0  # further tries after a failed load
     http_address: str = "0.0.0.0"
     http_port: int = 8000
+    reuse_http_port: bool = False  # SO_REUSEPORT on the HTTP and metrics ports
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -66,6 +77,7 @@ class Settings:
     allow_gpu_metrics: bool = True
     allow_cpu_metrics: bool = True
     metrics_interval_ms: int = 2000  # CPU and GPU sampling period
+    metrics_config: MetricsConfig = field(default_factory=MetricsConfig)  # --metrics-config
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
@@ -85,7 +97,14 @@ class Settings:
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
     grpc_stack: GrpcStackName = "inferd"
     log_level: str = "info"
+    log: LogSettings | None = None  # --log-info/-warning/-error/-format/-file; None: log_level's
+    http_restricted_api: Restrictions = field(default_factory=dict)
+    grpc_restricted_protocol: Restrictions = field(default_factory=dict)
+    http_header_forward: HeaderForward | None = None  # --http-header-forward-pattern
+    grpc_header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
+    inert_flags: tuple[str, ...] = ()  # tritonserver flags given that inferd ignores (logged)
     trace: TraceSetting = field(default_factory=TraceSetting)  # --trace-config
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)  # --rate-limit*
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inferd.batching.rate_limiter import ExplicitResource
 from inferd.server.cli import build_parser, main, settings_from_args
+from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES
 
@@ -166,6 +168,34 @@ def test_bad_trace_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         ("--trace-config=rate=often", "Unable to parse 'trace_rate', got: often"),
         ("--trace-config=level=LOUD", "Unable to parse 'trace_level', got: LOUD"),
         ("--trace-count=-5", "Expecting value >= -1"),
+    ):
+        assert says in usage_error(bad, capsys)
+
+
+def test_rate_limit_flags() -> None:
+    assert not settings_for(["serve"]).rate_limit.enabled
+    flags = ["serve", "--rate-limit=Execution_Count", "--rate-limit-resource=R1:10"]
+    settings = settings_for([*flags, "--rate-limit-resource", "R2:5:0"])
+    assert settings.rate_limit == RateLimitSettings(
+        RateLimitMode.EXECUTION_COUNT,
+        (ExplicitResource("R1", 10), ExplicitResource("R2", 5, 0)),
+    )
+    from_env = settings_for(
+        ["serve"], {"INFERD_RATE_LIMIT": "execution_count", "INFERD_RATE_LIMIT_RESOURCE": "A:1,B:2"}
+    )
+    assert from_env.rate_limit.resources == (ExplicitResource("A", 1), ExplicitResource("B", 2))
+
+
+def test_bad_rate_limit_flags_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, says in (
+        ("--rate-limit=fast", "invalid argument for --rate-limit"),
+        (
+            "--rate-limit-resource=R1",
+            "--rate-limit-resource option format is '<resource_name>:<count>:<device>' or "
+            "'<resource_name>:<count>'. Got R1",
+        ),
+        ("--rate-limit-resource=R1:x", "Invalid option value. Got x"),
+        ("--rate-limit-resource=R1:-1", "the count must be >= 0"),
     ):
         assert says in usage_error(bad, capsys)
 
