@@ -17,9 +17,12 @@ needs_perf_analyzer = pytest.mark.skipif(
 
 
 def run_perf_analyzer(model: str, url: str, protocol: str, *flags: str) -> str:
-    """One short run; it must exit 0 and report a throughput. Returns its output."""
+    """One short run; it must exit 0 and report a throughput. Returns its output.
+
+    Tests are about errors, not steady numbers: the stability band is so wide that a run on
+    busy cores never ends in "Failed to obtain stable measurement"."""
     assert PERF_ANALYZER is not None
-    command = [PERF_ANALYZER, "-m", model, "-u", url, "-i", protocol, *flags]
+    command = [PERF_ANALYZER, "-m", model, "-u", url, "-i", protocol, "-s", "1000", *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -508,4 +508,4 @@ def test_perf_analyzer_streams_a_decoupled_model(server: RunningServer, tmp_path
     data = tmp_path / "data.json"
     data.write_text('{"data": [{"IN": {"content": [1, 2, 3], "shape": [3]}, "MODE": [0]}]}')
     flags = ["--streaming", "--input-data", str(data), "--concurrency-range", "2:2"]
-    run_perf_analyzer("repeat", server.grpc_url, "grpc", *flags, "-p", "500", "-s", "50", "-r", "3")
+    run_perf_analyzer("repeat", server.grpc_url, "grpc", *flags, "-p", "500", "-r", "3")

@@ -109,7 +109,7 @@ def test_perf_analyzer_runs_unchanged(
 ) -> None:
     server = server_factory(model_repositories=(EXAMPLES,))
     url = server.http_url if protocol == "http" else server.grpc_url
-    flags = ["-b", "2", "--concurrency-range", "4:4", "-p", "500", "-s", "50", "-r", "3"]
+    flags = ["-b", "2", "--concurrency-range", "4:4", "-p", "500", "-r", "3"]
     output = run_perf_analyzer("simple", url, protocol, *flags)
     assert "Server:" in output  # it read our statistics and found them consistent
 
