@@ -21,6 +21,7 @@ from inferd.repository.poller import RepositoryPoller
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.cuda_shared_memory import CudaIpc
 from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
+from inferd.server.grpc_tls import TlsError
 from inferd.server.grpc_transport import GrpcBindError
 from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
@@ -166,7 +167,7 @@ class App:
         if settings.allow_grpc:
             try:
                 self._grpc = await start_grpc_server(self.core, grpc_settings(settings))
-            except GrpcBindError as exc:
+            except (GrpcBindError, TlsError) as exc:
                 await self.stop()
                 raise StartupError(str(exc)) from None
             self.grpc_port = self._grpc.port

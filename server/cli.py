@@ -12,6 +12,7 @@ from pathlib import Path
 
 from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import parse_backend_config, parse_trace_flags
+from inferd.server.grpc_tls import grpc_tls
 from inferd.server.header_forward import header_forward
 from inferd.server.inert_flags import add_inert_flags, inert_flags_given
 from inferd.server.log_settings import DEFAULT_FORMAT, LOG_FORMATS, LogSettings
@@ -118,6 +119,16 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="PROTOCOL[,PROTOCOL...]:KEY=VALUE: those RPC groups (as --http-restricted-api) "
         "answer UNAVAILABLE unless the call has metadata triton-grpc-protocol-KEY: VALUE",
     )
+    p.add("--grpc-use-ssl", type=parse_bool, default=False, help="TLS on the gRPC port")
+    p.add(
+        "--grpc-use-ssl-mutual",
+        type=parse_bool,
+        default=False,
+        help="TLS on the gRPC port, and clients must present a certificate --grpc-root-cert signed",
+    )
+    p.add("--grpc-server-cert", help="PEM file: the gRPC port's certificate (chain)")
+    p.add("--grpc-server-key", help="PEM file: that certificate's private key")
+    p.add("--grpc-root-cert", help="PEM file: the CA certificates that client certificates need")
     p.add(
         "--grpc-header-forward-pattern",
         default="",
@@ -430,6 +441,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         grpc_restricted_protocol=parse_restrictions(
             args.grpc_restricted_protocol or (), "--grpc-restricted-protocol", "protocol"
+        ),
+        grpc_tls=grpc_tls(
+            args.grpc_use_ssl,
+            args.grpc_use_ssl_mutual,
+            args.grpc_server_cert,
+            args.grpc_server_key,
+            args.grpc_root_cert,
         ),
         http_header_forward=header_forward(
             args.http_header_forward_pattern, "--http-header-forward-pattern"

@@ -38,6 +38,7 @@ from inferd.server.grpc_codec import (
     encode_stream_response_error,
 )
 from inferd.server.grpc_stacks import GrpcStack, start_stack
+from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.logging_codec import grpc_log_changes, grpc_log_settings
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
@@ -81,6 +82,7 @@ class GrpcSettings:
     stack: GrpcStackName = "inferd"
     restricted: Restrictions = field(default_factory=dict)  # --grpc-restricted-protocol
     header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
+    tls: GrpcTls | None = None  # --grpc-use-ssl
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
@@ -91,6 +93,7 @@ def grpc_settings(settings: Settings) -> GrpcSettings:
         settings.grpc_stack,
         settings.grpc_restricted_protocol,
         settings.grpc_header_forward,
+        settings.grpc_tls,
     )
 
 
@@ -636,6 +639,6 @@ async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> Grpc
         **reflection_methods((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)),
     }
     stack = await start_stack(
-        settings.stack, methods, settings.address, settings.port, settings.channel
+        settings.stack, methods, settings.address, settings.port, settings.channel, settings.tls
     )
     return GrpcServer(stack, health)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import grpc
 
 from inferd.server.grpc_calls import MethodKind, RpcError, RpcMethod
+from inferd.server.grpc_tls import GrpcTls
 from inferd.server.grpc_transport import GrpcBindError, Http2GrpcServer
 from inferd.server.settings import GrpcChannel, GrpcStackName
 
@@ -30,11 +31,13 @@ async def start_stack(
     address: str,
     port: int,
     channel: GrpcChannel,
+    tls: GrpcTls | None = None,
 ) -> GrpcStack:
     if name == "grpcio":
-        return await _start_grpcio(methods, address, port, channel)
+        return await _start_grpcio(methods, address, port, channel, tls)
     server = Http2GrpcServer(methods, channel)
-    return _Http2Stack(server, await server.start(address, port))
+    context = tls.ssl_context() if tls is not None else None
+    return _Http2Stack(server, await server.start(address, port, context))
 
 
 class _Http2Stack:
@@ -91,7 +94,11 @@ class _AioStack:
 
 
 async def _start_grpcio(
-    methods: Mapping[str, RpcMethod], address: str, port: int, channel: GrpcChannel
+    methods: Mapping[str, RpcMethod],
+    address: str,
+    port: int,
+    channel: GrpcChannel,
+    tls: GrpcTls | None,
 ) -> GrpcStack:
     server = grpc.aio.server(options=channel.options())
     services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
@@ -102,7 +109,11 @@ async def _start_grpcio(
         # Registered methods are matched by path in gRPC core, without the generic lookup.
         server.add_registered_method_handlers(service, handlers)
     try:
-        bound = server.add_insecure_port(f"{address}:{port}")
+        target = f"{address}:{port}"
+        if tls is None:
+            bound = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, tls.credentials())
     except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
         raise GrpcBindError(f"cannot bind gRPC to {address}:{port}: {exc}") from None
     await server.start()

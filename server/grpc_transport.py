@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 import zlib
 from collections import deque
@@ -414,8 +415,9 @@ class Http2GrpcServer:
         self._server: asyncio.Server | None = None
         self.clock = TurnClock()  # arrival stamps of the calls
 
-    async def start(self, address: str, port: int) -> int:
-        """Listen; returns the bound port (an ephemeral one for port 0)."""
+    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen (over TLS when given a context); returns the bound port (an ephemeral one
+        for port 0)."""
         loop = asyncio.get_running_loop()
         try:
             # SO_REUSEPORT only when asked (--reuse-grpc-port): a port someone else holds must
@@ -427,6 +429,7 @@ class Http2GrpcServer:
                 reuse_address=True,
                 reuse_port=self._reuse_port,
                 backlog=1024,
+                ssl=tls,
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)

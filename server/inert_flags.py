@@ -63,7 +63,6 @@ _MEMORY = "tensor memory is the frameworks' own (ONNX Runtime, TensorRT, CuPy)"
 _THREADS = "front doors are asynchronous, on one event loop"
 _SAGEMAKER = "inferd does not serve the SageMaker endpoints"
 _VERTEX = "inferd does not serve the Vertex AI endpoints"
-_TLS = "inferd's gRPC port has no TLS: terminate TLS in front of it (ingress or service mesh)"
 
 INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag("--backend-directory", _BACKENDS),
@@ -97,11 +96,6 @@ INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag("--vertex-ai-port", _VERTEX, int),
     InertFlag("--vertex-ai-thread-count", _VERTEX, int),
     InertFlag("--vertex-ai-default-model", _VERTEX),
-    InertFlag("--grpc-use-ssl", _TLS, parse_bool, refused_when_true=_TLS),
-    InertFlag("--grpc-use-ssl-mutual", _TLS, parse_bool, refused_when_true=_TLS),
-    InertFlag("--grpc-server-cert", _TLS),
-    InertFlag("--grpc-server-key", _TLS),
-    InertFlag("--grpc-root-cert", _TLS),
 )
 
 

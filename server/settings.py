@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.log_settings import LogSettings
 from inferd.server.metrics_config import MetricsConfig
@@ -96,6 +97,7 @@ class Settings:
     http_stack: HttpStackName = "inferd"
     grpc_channel: GrpcChannel = field(default_factory=GrpcChannel)
     grpc_stack: GrpcStackName = "inferd"
+    grpc_tls: GrpcTls | None = None  # --grpc-use-ssl / --grpc-use-ssl-mutual
     log_level: str = "info"
     log: LogSettings | None = None  # --log-info/-warning/-error/-format/-file; None: log_level's
     http_restricted_api: Restrictions = field(default_factory=dict)

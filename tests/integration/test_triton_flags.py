@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from inferd.server.app import StartupError
-from inferd.server.cli import build_parser
+from inferd.server.cli import build_parser, main
+from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.restricted_api import Api, http_api, parse_restrictions
 from inferd.server.settings import GrpcChannel, Settings
@@ -304,7 +306,6 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         ("--grpc-infer-response-compression-level=max", "expected none, low, medium or high"),
         ("--allow-sagemaker=true", "does not serve the SageMaker endpoints"),
         ("--allow-vertex-ai=1", "does not serve the Vertex AI endpoints"),
-        ("--grpc-use-ssl=true", "terminate TLS in front of it"),
         ("--model-namespacing=true", "--model-namespacing=true is not supported"),
         ("--model-config-name=a b", "no spaces"),
         ("--model-load-thread-count=0", "expected a number >= 1"),
@@ -413,3 +414,87 @@ def test_header_forward_patterns_as_triton_reads_them(capsys: pytest.CaptureFixt
     message = "--grpc-header-forward-pattern: invalid regular expression '(unclosed'"
     assert message in usage_error("--grpc-header-forward-pattern=(unclosed", capsys)
     assert serve_flags([]).http_header_forward is None
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate it signed for localhost and 127.0.0.1, and a client one."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    commands = [
+        ["req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca"],
+        ["req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ["req", *key, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=client"],
+    ]
+    for who, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
+        sign = ["x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"]
+        commands.append([*sign, "-CAcreateserial", "-out", f"{who}.crt", "-days", "1", *extra])
+    for command in commands:
+        subprocess.run(["openssl", *command], cwd=folder, check=True, capture_output=True)
+    return folder
+
+
+def tls_client(server: RunningServer, certs: Path, own_certificate: bool) -> Any:
+    mine = {
+        "private_key": str(certs / "client.key"),
+        "certificate_chain": str(certs / "client.crt"),
+    }
+    return grpcclient.InferenceServerClient(
+        server.grpc_url,
+        ssl=True,
+        root_certificates=str(certs / "ca.crt"),
+        **({key: str(path) for key, path in mine.items()} if own_certificate else {}),
+    )
+
+
+@pytest.mark.parametrize("stacks", STACKS)
+def test_grpc_over_tls_and_mutual_tls(
+    server_factory: Factory, certificates: Path, stacks: str
+) -> None:
+    c = certificates
+    tls = [f"--grpc-server-cert={c / 'server.crt'}", f"--grpc-server-key={c / 'server.key'}"]
+    one_way = serve_flags(["--grpc-use-ssl=true", *tls]).grpc_tls
+    server = server_factory(model_repositories=(EXAMPLES,), grpc_tls=one_way, **STACKS[stacks])
+    with tls_client(server, c, own_certificate=False) as client:
+        assert client.is_server_live()
+        inputs = []
+        for name, array in SIMPLE.items():
+            inputs.append(grpcclient.InferInput(name, list(array.shape), "INT32"))
+            inputs[-1].set_data_from_numpy(array)
+        answer = client.infer("simple", inputs)
+        assert (answer.as_numpy("OUTPUT0") == SIMPLE["INPUT0"] + 1).all()
+    with grpcclient.InferenceServerClient(server.grpc_url) as plain:
+        assert fails(plain.is_server_live, "grpc", "unavailable")
+
+    # --grpc-use-ssl-mutual alone turns TLS on, as in Triton.
+    mutual = serve_flags(["--grpc-use-ssl-mutual=true", *tls, f"--grpc-root-cert={c / 'ca.crt'}"])
+    assert mutual.grpc_tls is not None and mutual.grpc_tls.mutual
+    server = server_factory(
+        model_repositories=(EXAMPLES,), grpc_tls=mutual.grpc_tls, **STACKS[stacks]
+    )
+    with tls_client(server, c, own_certificate=True) as client:
+        assert client.is_server_live()
+    with tls_client(server, c, own_certificate=False) as client:
+        assert fails(client.is_server_live, "grpc", "unavailable")
+
+
+def test_tls_flags_that_cannot_work_are_refused(
+    server_factory: Factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flags, message in (
+        (["--grpc-use-ssl=true"], "--grpc-use-ssl=true needs --grpc-server-cert and"),
+        (
+            ["--grpc-use-ssl-mutual=true", "--grpc-server-cert=c", "--grpc-server-key=k"],
+            "--grpc-use-ssl-mutual=true needs --grpc-root-cert",
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            main(["serve", *flags])
+        assert message in capsys.readouterr().err
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    bad = GrpcTls(tmp_path / "bad.pem", tmp_path / "bad.pem")
+    with pytest.raises(StartupError, match="gRPC TLS: cannot use --grpc-server-cert="):
+        server_factory(model_repositories=(EXAMPLES,), grpc_tls=bad)
