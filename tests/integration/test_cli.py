@@ -229,9 +229,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise AssertionError("the server did not become ready")
 
 
-@pytest.mark.slow
-def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm() -> None:
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+def spawn_inferd(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m inferd serve FLAGS` on free local ports, logging at info, stdout and stderr
+    together in one pipe; and its HTTP URL. The caller waits for it to be ready."""
+    http_port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -241,15 +242,21 @@ def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm(
             "--http-address=127.0.0.1",
             f"--http-port={http_port}",
             "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc_port}",
-            f"--metrics-port={metrics_port}",
+            f"--grpc-port={free_port()}",
+            f"--metrics-port={free_port()}",
+            *flags,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "INFERD_LOG_LEVEL": "info"},
     )
+    return process, f"http://127.0.0.1:{http_port}"
+
+
+@pytest.mark.slow
+def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm() -> None:
+    process, url = spawn_inferd()
     try:
-        url = f"http://127.0.0.1:{http_port}"
         wait_ready(url, process)
         index = httpx.post(url + "/v2/repository/index").json()
         assert {m["name"] for m in index} == {p.name for p in EXAMPLES.iterdir() if p.is_dir()}

@@ -5,11 +5,9 @@ flags inferd accepts without acting on them."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,13 @@ from inferd.server.restricted_api import Api, http_api, parse_restrictions
 from inferd.server.settings import GrpcChannel, Settings
 from inferd.server.types import InferRequest
 from tests.conftest import EXAMPLES, RunningServer
-from tests.integration.test_cli import free_port, settings_for, usage_error, wait_ready
+from tests.integration.test_cli import (
+    free_port,
+    settings_for,
+    spawn_inferd,
+    usage_error,
+    wait_ready,
+)
 from tests.python_models import IDENTITY_CONFIG, INFO, INFO_CONFIG, write_python_model
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
@@ -232,31 +236,16 @@ def test_reuse_ports_let_two_servers_share_them(server_factory: Factory) -> None
 
 @pytest.mark.slow
 def test_log_switches_and_file_as_triton_takes_them(tmp_path: Path) -> None:
-    http_port = free_port()
     log_file = tmp_path / "server.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inferd",
-            "--http-address=127.0.0.1",
-            f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={free_port()}",
-            f"--metrics-port={free_port()}",
-            f"--log-file={log_file}",
-            "--log-format=ISO8601",
-            "--log-info=true",
-            "--log-warning=false",
-            "--pinned-memory-pool-byte-size=268435456",
-            "--backend-directory=/opt/tritonserver/backends",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "INFERD_LOG_LEVEL": "info"},
+    process, url = spawn_inferd(
+        f"--log-file={log_file}",
+        "--log-format=ISO8601",
+        "--log-info=true",
+        "--log-warning=false",
+        "--pinned-memory-pool-byte-size=268435456",
+        "--backend-directory=/opt/tritonserver/backends",
     )
     try:
-        url = f"http://127.0.0.1:{http_port}"
         wait_ready(url, process)
         settings = httpx.get(url + "/v2/logging").json()
         process.terminate()
