@@ -16,6 +16,7 @@ from inferd.backends.gpu import GpuInfo
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError
+from inferd.server.model_calls import ResponseStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue
 
 
@@ -39,6 +40,9 @@ class ModelCalls(Protocol):
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """From a coroutine on an instance's own event loop."""
+
+    def stream(self, request: InferRequest) -> ResponseStream:
+        """A call whose answers stream (decoupled BLS); returns at once, from any thread."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ loads; nothing here runs at import time and nothing here holds state, so one mod
 every model. A BLS call (`InferenceRequest(...).exec()`) finds the server through a context
 variable that the calling instance sets around its own `execute()`: the value lives in that
 call's context only; custom metrics find the instance's holder the same way. What inferd
-cannot do (decoupled BLS calls, DLPack/GPU tensors) raises TritonModelException naming the
+cannot do (DLPack/GPU tensors, request rescheduling) raises TritonModelException naming the
 feature, never an AttributeError.
 """
 
@@ -34,6 +34,7 @@ from inferd.backends.python_metrics import (
     Series,
 )
 from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.model_calls import ResponseStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
 __all__ = [
@@ -344,32 +345,31 @@ class InferenceRequest:
             "have a response sender"
         )
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
+    def exec(self, decoupled: bool = False) -> Any:
         """Run this request on its model and wait for the answer (BLS). A failure comes back as
-        the response's error, as in Triton."""
-        context = self._bls_context(decoupled)
+        the response's error, as in Triton. With `decoupled`, an iterator of the responses as
+        they come (for any model; a decoupled one may send 0..n)."""
+        context = self._bls_context()
+        if decoupled:
+            return ResponseIterator(context.calls.stream(self._as_infer_request()))
         try:
             answer = context.calls.infer(self._as_infer_request())
         except InferdError as error:
-            return InferenceResponse(
-                error=TritonError(error.message, _TRITON_CODES.get(error.code, 1))
-            )
+            return _bls_error(error)
         return _bls_response(answer)
 
-    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+    async def async_exec(self, decoupled: bool = False) -> Any:
         """exec() for `async def execute()`: several calls may run at once (asyncio.gather)."""
-        context = self._bls_context(decoupled)
+        context = self._bls_context()
+        if decoupled:
+            return ResponseIterator(context.calls.stream(self._as_infer_request()))
         try:
             answer = await context.calls.infer_async(self._as_infer_request())
         except InferdError as error:
-            return InferenceResponse(
-                error=TritonError(error.message, _TRITON_CODES.get(error.code, 1))
-            )
+            return _bls_error(error)
         return _bls_response(answer)
 
-    def _bls_context(self, decoupled: bool) -> BlsContext:
-        if decoupled:
-            _unsupported("InferenceRequest.exec(decoupled=True) (decoupled models)")
+    def _bls_context(self) -> BlsContext:
         context = BLS_CONTEXT.get(None)
         if context is None:
             raise TritonModelException(
@@ -442,6 +442,34 @@ def _bls_response(answer: InferResponse) -> InferenceResponse:
 def _bls_error(error: InferdError) -> InferenceResponse:
     code = _TRITON_CODES.get(error.code, TritonError.INTERNAL)
     return InferenceResponse(error=TritonError(error.message, code))
+
+
+class ResponseIterator:
+    """What exec(decoupled=True) returns: the called model's responses in the order it sent
+    them, each read as it arrives (iterating blocks until the next one is in). When the model
+    ends with the final flag alone, the last response has no outputs, as in Triton."""
+
+    def __init__(self, stream: ResponseStream) -> None:
+        self._stream = stream
+        self._done = False
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._done:
+            raise StopIteration
+        answer, self._done = self._stream.get()
+        if answer is None:
+            return InferenceResponse([])
+        if isinstance(answer, InferdError):
+            return _bls_error(answer)
+        return _bls_response(answer)
+
+    def cancel(self) -> None:
+        """Ask the called model to stop: a request still queued never runs, a decoupled model
+        sees is_cancelled(). The responses in so far still come, then a CANCELLED error."""
+        self._stream.cancel()
 
 
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:

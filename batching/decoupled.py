@@ -9,8 +9,9 @@ them in send order. The stream ends with the final flag (Triton's
 TRITONSERVER_RESPONSE_COMPLETE_FINAL), which may ride on the last response or come alone.
 
 The model's scheduler is a `DecoupledScheduler`, chosen once at load time: it refuses requests
-that come without a stream (HTTP infer, gRPC ModelInfer, ensembles, BLS: Triton refuses them
-too) and, on unload, waits for open streams before it frees the instances.
+that come without a stream (HTTP infer, gRPC ModelInfer, ensembles, BLS exec() without
+decoupled=True: Triton refuses them too) and, on unload, waits for open streams before it frees
+the instances.
 """
 
 from __future__ import annotations

@@ -5,14 +5,57 @@ and waits for the answer, which goes through the called model's scheduler like a
 from __future__ import annotations
 
 import asyncio
+import queue
+from collections.abc import Callable
 from typing import Protocol
 
-from inferd.server.errors import internal, unavailable
+from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
 from inferd.server.types import InferRequest, InferResponse
+
+# One answer of a streamed call and whether it is the last: None with True is the final flag
+# alone (a decoupled model's way to end without a last response).
+Answer = InferResponse | InferdError | None
+StreamAnswer = tuple[Answer, bool]
+
+_NOT_STARTED = "the server is still starting: no model can be called yet"
 
 
 class Infers(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse: ...
+
+    def stream(
+        self, request: InferRequest, on_response: Callable[[Answer, bool], None]
+    ) -> Callable[[], None] | None: ...
+
+
+class ResponseStream:
+    """The answers to one streamed call, filled on the loop, read on the caller's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._answers: queue.SimpleQueue[StreamAnswer] = queue.SimpleQueue()
+        self._cancel: Callable[[], None] | None = None
+
+    def started(self, cancel: Callable[[], None] | None) -> None:
+        self._cancel = cancel
+
+    def put(self, answer: Answer, final: bool) -> None:
+        self._answers.put((answer, final))
+
+    def get(self) -> StreamAnswer:
+        """The next answer; blocks until it is in."""
+        return self._answers.get()
+
+    def cancel(self) -> None:
+        """Drop the call: a queued request never runs; a running decoupled model may stop. The
+        answers in so far stay, then a CANCELLED error ends the stream (what the model sends
+        after this is dropped)."""
+        self._loop.call_soon_threadsafe(self._run_cancel)
+
+    def _run_cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel()
+        self.put(InferdError(ErrorCode.CANCELLED, "the request was cancelled"), True)
 
 
 class LoopModelCalls:
@@ -38,9 +81,26 @@ class LoopModelCalls:
         future = asyncio.run_coroutine_threadsafe(self._infer(request), self._loop)
         return await asyncio.wrap_future(future)
 
+    def stream(self, request: InferRequest) -> ResponseStream:
+        """From any thread but the loop's: start a call whose answers stream (any model; a
+        decoupled one may answer 0..n times). Returns at once; the answers follow."""
+        if self._loop_thread():
+            raise internal("a model streamed a call to another model from the event loop's thread")
+        stream = ResponseStream(self._loop)
+        self._loop.call_soon_threadsafe(self._stream, request, stream)
+        return stream
+
+    def _stream(self, request: InferRequest, stream: ResponseStream) -> None:
+        if self._core is None:
+            stream.put(
+                unavailable("the server is still starting: no model can be called yet"), True
+            )
+            return
+        stream.started(self._core.stream(request, stream.put))
+
     async def _infer(self, request: InferRequest) -> InferResponse:
         if self._core is None:
-            raise unavailable("the server is still starting: no model can be called yet")
+            raise unavailable(_NOT_STARTED)
         return await self._core.infer(request)
 
     def _loop_thread(self) -> bool:

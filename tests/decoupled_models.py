@@ -113,3 +113,68 @@ class TritonPythonModel:
             )
         return None
 """
+
+# BLS to a decoupled model: calls the "target" request parameter's model (default "repeat")
+# with exec(decoupled=True), or with async_exec(decoupled=True) twice at once when "async" is
+# set, and answers SEEN, a JSON
+# list per call of what each response held: its OUT value, "empty", or "error: <message>".
+# "cancel_after" > 0 cancels the call after that many responses.
+BLS_DECOUPLED = """
+import asyncio
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def seen(responses, output, cancel_after):
+    got = []
+    for response in responses:
+        if response.has_error():
+            got.append("error: " + response.error().message())
+        elif not response.output_tensors():
+            got.append("empty")
+        else:
+            got.append(int(pb_utils.get_output_tensor_by_name(response, output).as_numpy()[0]))
+        if len(got) == cancel_after:
+            responses.cancel()
+    return got
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        answers = []
+        for request in requests:
+            params = json.loads(request.parameters())
+            target = params.get("target", "repeat")
+            cancel_after = int(params.get("cancel_after", 0))
+            inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("IN", "MODE")]
+            output = "OUT"
+            if target == "add_sub":  # not decoupled: one response, the final one
+                x = np.ones(4, np.float32)
+                inputs = [pb_utils.Tensor("INPUT0", x), pb_utils.Tensor("INPUT1", x)]
+                output = "OUTPUT0"
+            call = pb_utils.InferenceRequest(
+                model_name=target, inputs=inputs, requested_output_names=[]
+            )
+            if params.get("async"):
+                iterators = await asyncio.gather(
+                    call.async_exec(decoupled=True), call.async_exec(decoupled=True)
+                )
+            else:
+                iterators = [call.exec(decoupled=True)]
+            got = [seen(iterator, output, cancel_after) for iterator in iterators]
+            out = np.array([json.dumps(got).encode()], dtype=np.object_)
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", out)]))
+        return answers
+"""
+
+BLS_DECOUPLED_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [
+  { name: "IN" data_type: TYPE_INT32 dims: [ -1 ] },
+  { name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] }
+]
+output [{ name: "SEEN" data_type: TYPE_STRING dims: [ 1 ] }]
+"""

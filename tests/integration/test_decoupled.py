@@ -27,7 +27,13 @@ from tritonclient.utils import InferenceServerException
 
 from inferd.server.http_generate import ONE_RESPONSE
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
-from tests.decoupled_models import REPEAT, REPEAT_CONFIG, SENDER_ANSWERS
+from tests.decoupled_models import (
+    BLS_DECOUPLED,
+    BLS_DECOUPLED_CONFIG,
+    REPEAT,
+    REPEAT_CONFIG,
+    SENDER_ANSWERS,
+)
 from tests.models import identity_model, write_model
 from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import ADD_SUB, ADD_SUB_CONFIG, IDENTITY_CONFIG, write_python_model
@@ -46,6 +52,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "repeat_stats", REPEAT, REPEAT_CONFIG)
     write_python_model(root, "sender_answers", SENDER_ANSWERS, IDENTITY_CONFIG)
     write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    write_python_model(root, "bls_decoupled", BLS_DECOUPLED, BLS_DECOUPLED_CONFIG)
     return root
 
 
@@ -509,3 +516,40 @@ def test_perf_analyzer_streams_a_decoupled_model(server: RunningServer, tmp_path
     data.write_text('{"data": [{"IN": {"content": [1, 2, 3], "shape": [3]}, "MODE": [0]}]}')
     flags = ["--streaming", "--input-data", str(data), "--concurrency-range", "2:2"]
     run_perf_analyzer("repeat", server.grpc_url, "grpc", *flags, "-p", "500", "-r", "3")
+
+
+EXECUTE_FAILED = (
+    "Failed to process the request(s) for model 'repeat_0_0', message: ValueError: execute "
+    "failed on purpose"
+)
+
+
+def bls_seen(server: RunningServer, values: list[int], mode: int, **params: Any) -> Any:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        result = client.infer("bls_decoupled", repeat_inputs(values, mode), parameters=params)
+    return json.loads(result.as_numpy("SEEN")[0])
+
+
+BLS_CASES = {  # name: (IN, MODE, what the calling model sees)
+    "final flag alone": ([4, 5, 6], 0, [4, 5, 6, "empty"]),  # an empty last response
+    "final on the last": ([4, 5, 6], 1, [4, 5, 6]),
+    "error response": ([4, 5, 6], 2, [4, "error: no value at 1", 6, "empty"]),
+    "execute raises": ([4], 3, [f"error: {EXECUTE_FAILED}"]),
+    "no responses": ([], 0, ["empty"]),
+}
+
+
+@pytest.mark.parametrize("case", BLS_CASES)
+def test_bls_reads_a_decoupled_models_responses_as_they_come(
+    server: RunningServer, case: str
+) -> None:
+    values, mode, expected = BLS_CASES[case]
+    assert bls_seen(server, values, mode) == [expected]
+    both = bls_seen(server, values, mode, **{"async": True})  # two calls at once
+    assert both == [expected] * 2
+
+
+def test_bls_streams_from_any_model_and_can_cancel(server: RunningServer) -> None:
+    assert bls_seen(server, [1], 0, target="add_sub") == [[2]]  # one response, final
+    seen = bls_seen(server, [7], 5, cancel_after=1)  # mode 5 sends until cancelled
+    assert seen == [[7, "error: the request was cancelled"]]

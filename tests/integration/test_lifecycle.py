@@ -235,6 +235,16 @@ def _open_sessions() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, ort.InferenceSession))
 
 
+def _os_thread_names() -> list[str]:
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        except OSError:
+            continue
+    return sorted(names)
+
+
 def _threads() -> tuple[int, int]:
     """(Python threads, OS threads) without the pools that grow on their own under load: the
     event loops' executor threads (when loader calls overlap) and gRPC's event-engine threads
@@ -270,7 +280,7 @@ def test_load_unload_cycles_leave_no_threads_or_sessions(
         client.unload_model("cycle")
     assert not any(t.name.startswith("cycle:") for t in threading.enumerate())
     after = _threads()
-    assert after[0] <= threads[0] and after[1] <= threads[1], (threads, after)
+    assert after[0] <= threads[0] and after[1] <= threads[1], (threads, after, _os_thread_names())
     assert _open_sessions() <= sessions
 
 
