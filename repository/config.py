@@ -271,7 +271,7 @@ DECOUPLED_BACKENDS = frozenset({"python"})
 
 def validate_decoupled(config: ModelConfigProto, backend: str, source: str) -> None:
     """A decoupled model streams 0..n responses per request: only backends with a response
-    sender can run one, and an ensemble cannot be decoupled itself."""
+    sender can run one. (An ensemble may say it is; it streams through its decoupled step.)"""
     if not config.model_transaction_policy.decoupled:
         return
     if backend not in DECOUPLED_BACKENDS:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inferd.repository.config import ModelConfig, TensorConfig
-from inferd.repository.ensemble_config import EnsembleConfig, EnsembleStep
+from inferd.repository.ensemble_config import EnsembleConfig, EnsembleStep, dataflow, step_labels
 from inferd.server.types import DataType
 
 # The ready config a step uses, or why there is none ("not found in any repository", ...).
@@ -55,13 +55,21 @@ def composing_error(config: ModelConfig, ensemble: EnsembleConfig, lookup: Confi
     batching = config.max_batch_size > 0
     for tensor in (*config.inputs, *config.outputs):
         tensors.setdefault(tensor.name, _node(name, tensor, batching))
+    decoupled = [index for index, composing in enumerate(configs) if composing.decoupled]
+    if len(decoupled) > 1:
+        models = ", ".join(ensemble.steps[index].model_name for index in decoupled)
+        return (
+            f"ensemble {name} contains more than one decoupled model ({models}): inferd "
+            "streams an ensemble's responses from one decoupled step"
+        )
+    if decoupled:
+        graph = dataflow(
+            ensemble, [t.name for t in config.inputs], [t.name for t in config.outputs]
+        )
+        reason = graph.decoupled_error(decoupled[0], name, step_labels(ensemble))
+        if reason:
+            return reason
     for step, composing in zip(ensemble.steps, configs, strict=True):
-        if composing.decoupled:
-            # A step answers once per request here; Triton's decoupled steps are not built.
-            return (
-                f"ensemble {name} contains decoupled model {step.model_name}: inferd does not "
-                "run decoupled models inside ensembles"
-            )
         limit = composing.max_batch_size
         if limit != 0 and limit < config.max_batch_size:
             return (
@@ -135,3 +143,13 @@ def _inconsistency(seen: _Tensor, other: _Tensor) -> str:
 
 def _dims_agree(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def decoupled_step(ensemble: EnsembleConfig, lookup: ConfigLookup) -> int | None:
+    """The step whose model is decoupled, if any (composing_error allows one at most): each of
+    its responses makes one response of the ensemble, which is then decoupled too."""
+    for index, step in enumerate(ensemble.steps):
+        found = lookup(step)
+        if not isinstance(found, str) and found.decoupled:
+            return index
+    return None

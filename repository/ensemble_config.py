@@ -114,7 +114,7 @@ def validate_ensemble(proto: Any) -> None:
         _validate_step(name, index, step, inputs, written)
     ensemble = parse_ensemble(proto)
     graph = dataflow(ensemble, [t.name for t in proto.input], [t.name for t in proto.output])
-    reason = graph.dataflow_error(name, _step_labels(ensemble))
+    reason = graph.dataflow_error(name, step_labels(ensemble))
     if reason:
         raise invalid(reason)
 
@@ -145,5 +145,5 @@ def _validate_step(name: str, index: int, step: Any, inputs: set[str], written: 
         written.add(tensor)
 
 
-def _step_labels(ensemble: EnsembleConfig) -> list[str]:
+def step_labels(ensemble: EnsembleConfig) -> list[str]:
     return [f"{i} (model '{s.model_name}')" for i, s in enumerate(ensemble.steps)]

@@ -120,6 +120,64 @@ class EnsembleGraph:
         first = tuple(step for step in steps if waiting[step] == 0)
         return Plan(steps, first, tuple(waiting))
 
+    def subplan(self, steps: Collection[int]) -> Plan:
+        """A plan of `steps` alone: what they read from other steps counts as there already."""
+        inside = frozenset(steps)
+        waiting = [0] * len(self.reads)
+        for step in inside:
+            waiting[step] = sum(1 for t in self.reads[step] if self.producer.get(t) in inside)
+        ordered = tuple(sorted(inside))
+        return Plan(ordered, tuple(s for s in ordered if waiting[s] == 0), tuple(waiting))
+
+    def after(self, step: int) -> frozenset[int]:
+        """The steps that read, directly or not, what `step` writes."""
+        found: set[int] = set()
+        todo = [step]
+        while todo:
+            for tensor in self.writes[todo.pop()]:
+                for reader in self.readers.get(tensor, ()):
+                    if reader not in found:
+                        found.add(reader)
+                        todo.append(reader)
+        return frozenset(found)
+
+    def before(self, step: int) -> frozenset[int]:
+        """The steps whose outputs `step` reads, directly or not."""
+        found: set[int] = set()
+        todo = [step]
+        while todo:
+            for tensor in self.reads[todo.pop()]:
+                producer = self.producer.get(tensor)
+                if producer is not None and producer not in found:
+                    found.add(producer)
+                    todo.append(producer)
+        return frozenset(found)
+
+    def decoupled_error(self, step: int, ensemble: str, labels: Sequence[str]) -> str:
+        """Why `step`, a decoupled model, cannot stream the ensemble's responses ("" = it can).
+        Each of its responses runs the steps after it once, with what was there before it ran:
+        so every ensemble output comes from it or from a step after it, and a step after it
+        reads nothing from a step that runs beside it."""
+        branch = self.after(step) | {step}
+        known = self.before(step) | branch
+        for name in self.outputs:
+            if self.producer[name] not in branch:
+                return (
+                    f"in ensemble '{ensemble}', output '{name}' is written by step "
+                    f"{labels[self.producer[name]]}, which does not come after decoupled step "
+                    f"{labels[step]}: each response of that step makes one ensemble response"
+                )
+        for reader in sorted(branch - {step}):
+            for tensor in sorted(self.reads[reader]):
+                producer = self.producer.get(tensor)
+                if producer is not None and producer not in known:
+                    return (
+                        f"in ensemble '{ensemble}', step {labels[reader]} after decoupled step "
+                        f"{labels[step]} reads '{tensor}' from step {labels[producer]}, which "
+                        "runs beside it"
+                    )
+        return ""
+
 
 class Progress:
     """One request's way through its plan: which steps may run once a step has finished."""

@@ -10,7 +10,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
-from inferd.repository.ensemble_check import composing_error
+from inferd.repository.ensemble_check import composing_error, decoupled_step
 from inferd.repository.ensemble_config import LATEST_VERSION, EnsembleStep
 from inferd.repository.ensemble_runtime import EnsembleRuntime
 from inferd.repository.versions import ModelState, ModelVersion
@@ -57,10 +57,15 @@ class EnsembleTable:
         return version.config
 
     def reason(self, version: ModelVersion) -> str:
-        """Why this ensemble version cannot serve now ("" = it can)."""
-        assert version.config is not None
-        assert version.config.ensemble is not None
-        return composing_error(version.config, version.config.ensemble, self.composing_config)
+        """Why this ensemble version cannot serve now ("" = it can); also notes which of its
+        steps is decoupled, as its models are now."""
+        config = version.config
+        assert config is not None and config.ensemble is not None
+        assert version.ensemble is not None
+        why = composing_error(config, config.ensemble, self.composing_config)
+        if not why:
+            version.ensemble.decoupled_step = decoupled_step(config.ensemble, self.composing_config)
+        return why
 
     def activate(self, versions: Iterable[ModelVersion]) -> None:
         """Newly loaded ensemble versions: READY, or UNAVAILABLE with the reason."""

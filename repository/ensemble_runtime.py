@@ -28,11 +28,19 @@ class EnsembleRuntime:
             ensemble, [t.name for t in config.inputs], [t.name for t in config.outputs]
         )
         self.stats = stats if stats is not None else ModelStats()
+        # Set whenever the composing models are judged (they may change): a step whose model
+        # is decoupled streams the ensemble's responses (server/ensemble.py).
+        self.decoupled_step: int | None = None
         self.inflight = 0
         self._all = self.graph.plan()
         self._plans: dict[frozenset[str], Plan] = {}
         self._closing = False
         self._drained: asyncio.Event | None = None
+
+    @property
+    def decoupled(self) -> bool:
+        """Answers through a stream only: as in Triton, also when only a step is decoupled."""
+        return self.config.decoupled or self.decoupled_step is not None
 
     def plan(self, requested: Collection[str] | None) -> Plan:
         """The steps for a request that asks for `requested` outputs (None = all)."""

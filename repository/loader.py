@@ -223,7 +223,6 @@ def _prepare_ensemble(
     repository checks them against their composing models (ensemble_check.py)."""
     normalize(proto, name, 0)
     validate(proto, name, source)
-    validate_decoupled(proto, "ensemble", source)
     config = to_model_config(proto, "")
     labels = _read_labels(config, model_dir)
     prepared = PreparedModel(config, None, [], {})

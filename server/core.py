@@ -13,6 +13,7 @@ import numpy as np
 
 import inferd
 from inferd.batching.decoupled import (
+    DecoupledRefused,
     DecoupledScheduler,
     OnResponse,
     StreamItem,
@@ -97,7 +98,7 @@ class InferenceCore:
         self.tracing = tracer or Tracer(TraceSetting())
         self._started = False
         # Ensemble steps are requests to their composing models, through submit() below.
-        self._ensembles = EnsembleRunner(repository.get, self.submit)
+        self._ensembles = EnsembleRunner(repository.get, self.submit, self.stream)
 
     def mark_started(self) -> None:
         """The start-up load finished; readiness may now be reported."""
@@ -146,15 +147,20 @@ class InferenceCore:
         )
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
-        config = self._repository.get(name, version).config
-        assert config is not None
-        return config_to_json(config.proto)
+        return config_to_json(self.model_config_proto(name, version))
 
     def model_config_proto(self, name: str, version: str = "") -> ModelConfigProto:
-        """The normalised config message itself (what gRPC sends; HTTP sends its JSON)."""
-        config = self._repository.get(name, version).config
+        """The normalised config message itself (what gRPC sends; HTTP sends its JSON). An
+        ensemble with a decoupled step says it is decoupled, as Triton's does: clients such
+        as perf_analyzer read it to stream."""
+        model = self._repository.get(name, version)
+        config = model.config
         assert config is not None
-        return config.proto
+        proto = config.proto
+        if model.ensemble is not None and model.ensemble.decoupled and not config.decoupled:
+            proto = type(proto).FromString(proto.SerializeToString())
+            proto.model_transaction_policy.decoupled = True
+        return proto
 
     def raw_input(self, name: str, version: str = "") -> tuple[TensorConfig, int]:
         """The single input (and max_batch_size) for a raw binary request body."""
@@ -301,6 +307,10 @@ class InferenceCore:
         try:
             model = self._repository.get(request.model_name, request.model_version)
             scheduler = model.scheduler
+            if model.ensemble is not None and model.ensemble.decoupled:
+                batch_size = self._check_ensemble_request(request, model)
+                respond = self._stream_responder(request, model, on_response)
+                return self._ensembles.stream(request, model, batch_size, respond)
             if not isinstance(scheduler, DecoupledScheduler):
                 return self._stream_single(request, model, on_response)
             respond = self._stream_responder(request, model, on_response)
@@ -361,6 +371,18 @@ class InferenceCore:
     ) -> asyncio.Future[Outputs]:
         ensemble = model.ensemble
         assert ensemble is not None
+        if ensemble.decoupled:
+            raise DecoupledRefused()
+        batch_size = self._check_ensemble_request(request, model)
+        if self.response_cache is not None and model.caches:
+            submit = partial(self._ensembles.submit, request, model, batch_size)
+            return self._cached(request, model, ensemble.stats, submit, on_done)
+        return self._ensembles.submit(request, model, batch_size, on_done)
+
+    def _check_ensemble_request(self, request: InferRequest, model: ModelVersion) -> int:
+        """The request's batch size, once it fits the ensemble (a failure of the ensemble)."""
+        ensemble = model.ensemble
+        assert ensemble is not None
         try:
             batch_size, _ = validate_request(request, model)
             if request.outputs:
@@ -370,10 +392,7 @@ class InferenceCore:
         except InferdError:
             ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
-        if self.response_cache is not None and model.caches:
-            submit = partial(self._ensembles.submit, request, model, batch_size)
-            return self._cached(request, model, ensemble.stats, submit, on_done)
-        return self._ensembles.submit(request, model, batch_size, on_done)
+        return batch_size
 
     def _cached(
         self,

@@ -3,6 +3,10 @@ request to its composing model, submitted through the core like any other (so th
 model's scheduler batches it with other requests, ensemble or not), as soon as the tensors it
 reads are there. Steps that do not wait for each other run at the same time.
 
+An ensemble with a decoupled step is decoupled too, as in Triton: each response of that step
+runs the steps after it once, and makes one response of the ensemble (repository/ensemble_graph
+checks at load that the steps allow it).
+
 Everything here runs on the event loop: steps are started from the callbacks with which the
 composing models' schedulers answer, with no task per request or per step.
 """
@@ -17,19 +21,23 @@ from functools import partial
 
 import numpy as np
 
+from inferd.batching.decoupled import OnResponse, StreamItem
 from inferd.batching.scheduler import OnDone, Outputs, resolve
-from inferd.repository.ensemble_graph import Progress
-from inferd.repository.ensemble_runtime import EnsembleRuntime
+from inferd.repository.ensemble_graph import EnsembleGraph, Plan, Progress
 from inferd.repository.versions import ModelVersion
 from inferd.server.errors import ErrorCode, InferdError, internal
-from inferd.server.types import InferRequest, RequestedOutput
+from inferd.server.types import InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
 
-# The core's model lookup (name, version -> ready version) and its submit().
+# The core's model lookup (name, version -> ready version), its submit() and its stream().
 Resolve = Callable[[str, str], ModelVersion]
 Submit = Callable[
     [InferRequest, ModelVersion, OnDone], tuple[ModelVersion, asyncio.Future[Outputs]]
+]
+Stream = Callable[
+    [InferRequest, Callable[[InferResponse | InferdError | None, bool], None]],
+    Callable[[], None] | None,
 ]
 # A tensor between steps, with the batch size it was made with (0: by a model that does not
 # batch, so its first dim is no batch dim).
@@ -37,9 +45,10 @@ Tensor = tuple[np.ndarray, int]
 
 
 class EnsembleRunner:
-    def __init__(self, resolve: Resolve, submit: Submit) -> None:
-        self._resolve = resolve
-        self._submit = submit
+    def __init__(self, resolve: Resolve, submit: Submit, stream: Stream) -> None:
+        self.resolve = resolve
+        self.submit_step = submit
+        self.stream_step = stream
 
     def submit(
         self, request: InferRequest, model: ModelVersion, batch_size: int, on_done: OnDone | None
@@ -47,16 +56,52 @@ class EnsembleRunner:
         """Start a request that has been validated against the ensemble's config. Failures
         while starting raise here; later ones resolve the future (then `on_done` is called),
         never before this returns."""
-        runtime = model.ensemble
-        assert runtime is not None
-        run = _Run(self._resolve, self._submit, request, runtime, batch_size, on_done)
-        runtime.started()  # refused while the ensemble unloads
-        try:
-            run.start()
-        except Exception as exc:
-            run.abandon()
-            raise run.failure(exc) from None
-        return run.future
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        run = _Run(self, request, model, batch_size, partial(_resolve, future, on_done))
+        _start(run)
+        future.add_done_callback(run.answered)
+        return future
+
+    def stream(
+        self, request: InferRequest, model: ModelVersion, batch_size: int, respond: OnResponse
+    ) -> Callable[[], None]:
+        """A request of a decoupled ensemble: `respond(outputs or error or None, final)` once
+        per response of its decoupled step (after the steps that follow it), the last with
+        `final` (None: the final flag alone). Returns how to drop the request."""
+        run = _Run(self, request, model, batch_size, respond, streams=True)
+        _start(run)
+        return run.drop
+
+
+def _start(run: _Run) -> None:
+    run.runtime.started()  # refused while the ensemble unloads
+    try:
+        run.start()
+    except Exception as exc:
+        run.abandon()
+        raise run.failure(exc) from None
+
+
+def _resolve(
+    future: asyncio.Future[Outputs], on_done: OnDone | None, item: StreamItem, final: bool
+) -> None:
+    assert item is not None
+    resolve(future, on_done, item)
+
+
+class _Flow:
+    """Steps of one request that share their tensors. A plain ensemble runs all its steps in
+    one flow. A decoupled one runs the steps up to its decoupled step in one, then, for each
+    response of that step, the steps after it in a flow of their own (a branch), which starts
+    from a copy of the tensors there were, with that response's outputs added."""
+
+    __slots__ = ("plan", "progress", "running", "tensors")
+
+    def __init__(self, plan: Plan, graph: EnsembleGraph, tensors: dict[str, Tensor]) -> None:
+        self.plan = plan
+        self.tensors = tensors
+        self.progress = Progress(graph, plan)
+        self.running: dict[int, asyncio.Future[Outputs]] = {}
 
 
 class _Run:
@@ -64,48 +109,59 @@ class _Run:
 
     def __init__(
         self,
-        resolve: Resolve,
-        submit: Submit,
+        runner: EnsembleRunner,
         request: InferRequest,
-        runtime: EnsembleRuntime,
+        model: ModelVersion,
         batch_size: int,
-        on_done: OnDone | None,
+        respond: OnResponse,
+        streams: bool = False,
     ) -> None:
-        self._resolve = resolve
-        self._submit = submit
+        runtime = model.ensemble
+        assert runtime is not None
+        self.runtime = runtime
+        self._runner = runner
         self._request = request
-        self._runtime = runtime
-        self._on_done = on_done
+        self._respond = respond
         self._batch_size = batch_size
-        self.future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        requested = None if request.outputs is None else [o.name for o in request.outputs]
-        self._plan = runtime.plan(requested)
-        self._progress = Progress(runtime.graph, self._plan)
-        self._running: dict[int, asyncio.Future[Outputs]] = {}
         self._over = False
         self._started_ns = time.monotonic_ns()
+        requested = None if request.outputs is None else [o.name for o in request.outputs]
+        plan = runtime.plan(requested)
         batch = batch_size if runtime.config.max_batch_size > 0 else 0
-        self._tensors: dict[str, Tensor] = {
-            name: (array, batch) for name, array in request.inputs.items()
-        }
+        tensors = {name: (array, batch) for name, array in request.inputs.items()}
+        graph = runtime.graph
+        self._branches: set[_Flow] = set()
+        self._final_flag = False  # the decoupled step has sent its last response
+        self._final_alone = False  # ... and its final flag came alone: so does the ensemble's
+        self._drop_stream: Callable[[], None] | None = None
+        step = runtime.decoupled_step
+        if step is None or not streams or step not in plan.steps:
+            self._decoupled: int | None = None
+            self._main = _Flow(plan, graph, tensors)
+            return
+        # The steps up to the decoupled one; and per response, the decoupled step (as done
+        # already, which starts those that read its outputs) and the steps after it.
+        self._decoupled = step
+        needed = frozenset(plan.steps)
+        self._main = _Flow(graph.subplan((graph.before(step) & needed) | {step}), graph, tensors)
+        self._branch_plan = graph.subplan((graph.after(step) & needed) | {step})
 
     def start(self) -> None:
-        for step in self._plan.first:
-            self._launch(step)
-        stats = self._runtime.stats
+        for step in self._main.plan.first:
+            self._launch(self._main, step)
+        stats = self.runtime.stats
         queued = time.monotonic_ns() - self._started_ns
         stats.queue.add(queued)
         stats.queue_us.observe(queued / 1000)
-        if self._progress.done:  # nothing to run (no outputs asked for): answer next turn
-            self.future.get_loop().call_soon(self._finish)
-        self.future.add_done_callback(self._answered)
+        if self._main.progress.done:  # nothing to run (no outputs asked for): answer next turn
+            asyncio.get_running_loop().call_soon(self._flow_done, self._main)
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def _launch(self, index: int) -> None:
-        step = self._runtime.steps[index]
+    def _launch(self, flow: _Flow, index: int) -> None:
+        step = self.runtime.steps[index]
         try:
-            model = self._resolve(step.model_name, step.version)
+            model = self._runner.resolve(step.model_name, step.version)
         except InferdError as exc:
             raise _StepError(index, exc) from None
         config = model.config
@@ -113,7 +169,7 @@ class _Run:
         batching = config.max_batch_size > 0
         inputs: dict[str, np.ndarray] = {}
         for name, tensor in step.input_map.items():
-            found = self._tensors.get(tensor)
+            found = flow.tensors.get(tensor)
             if found is None:  # an optional input that the request or a step left out
                 continue
             spec = config.input_by_name.get(name)
@@ -132,41 +188,88 @@ class _Run:
             trace=None if trace is None else trace.child(step.model_name),
         )
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
+        if index == self._decoupled:
+            respond = partial(self._streamed, index, batch)
+            self._drop_stream = self._runner.stream_step(request, respond)
+            return
         try:
-            _, future = self._submit(request, model, partial(self._step_done, index, batch))
+            _, future = self._runner.submit_step(
+                request, model, partial(self._step_done, flow, index, batch)
+            )
         except InferdError as exc:
             raise _StepError(index, exc) from None
         if not future.done():
-            self._running[index] = future
+            flow.running[index] = future
 
-    def _step_done(self, index: int, batch: int, future: asyncio.Future[Outputs]) -> None:
-        self._running.pop(index, None)
+    def _step_done(
+        self, flow: _Flow, index: int, batch: int, future: asyncio.Future[Outputs]
+    ) -> None:
+        flow.running.pop(index, None)
         if self._over or future.cancelled():
             return
         error = future.exception()
         if error is not None:
             self._fail(_StepError(index, error))
             return
-        outputs = future.result()
-        for name, tensor in self._runtime.steps[index].output_map.items():
+        self._finished(flow, index, future.result(), batch)
+
+    def _finished(self, flow: _Flow, index: int, outputs: Outputs, batch: int) -> None:
+        """Step `index` of `flow` answered: keep its outputs, start what may run now."""
+        for name, tensor in self.runtime.steps[index].output_map.items():
             array = outputs.get(name)
             if array is not None:
-                self._tensors[tensor] = (array, batch)
+                flow.tensors[tensor] = (array, batch)
         try:
-            for step in self._progress.finished(index):
-                self._launch(step)
+            for step in flow.progress.finished(index):
+                self._launch(flow, step)
         except Exception as exc:
             self._fail(exc)
             return
-        if self._progress.done:
-            self._finish()
+        if flow.progress.done:
+            self._flow_done(flow)
 
-    # ---- the answer --------------------------------------------------------------------------
-
-    def _finish(self) -> None:
+    def _streamed(
+        self, index: int, batch: int, answer: InferResponse | InferdError | None, final: bool
+    ) -> None:
+        """A response of the decoupled step: its own branch of the steps after it."""
         if self._over:
             return
-        config = self._runtime.config
+        if isinstance(answer, InferdError):  # as Triton: the ensemble request ends with it
+            self._fail(_StepError(index, answer))
+            return
+        self._final_flag = final
+        if answer is not None:
+            branch = _Flow(self._branch_plan, self.runtime.graph, dict(self._main.tensors))
+            self._branches.add(branch)
+            outputs = {name: array for name, _, array in answer.outputs}
+            self._finished(branch, index, outputs, batch)
+        elif final:
+            self._final_alone = True
+            if not self._branches:
+                self._final_response()
+
+    # ---- answers -----------------------------------------------------------------------------
+
+    def _flow_done(self, flow: _Flow) -> None:
+        if self._over:
+            return
+        if self._decoupled is None:  # a plain ensemble: its one answer
+            self._answer(flow, True)
+            return
+        self._branches.discard(flow)  # a branch: one response of a decoupled ensemble
+        last = self._final_flag and not self._branches
+        self._answer(flow, last and not self._final_alone)
+        if last and self._final_alone and not self._over:
+            self._final_response()
+
+    def _final_response(self) -> None:
+        """The final flag alone, once every response before it has gone out."""
+        self._end()
+        self._count_success()
+        self._respond(None, True)
+
+    def _answer(self, flow: _Flow, final: bool) -> None:
+        config = self.runtime.config
         batching = config.max_batch_size > 0
         wanted = config.outputs
         if self._request.outputs is not None:
@@ -174,7 +277,7 @@ class _Run:
             wanted = tuple(t for t in config.outputs if t.name in names)
         outputs: Outputs = {}
         for spec in wanted:
-            found = self._tensors.get(spec.name)
+            found = flow.tensors.get(spec.name)
             if found is None:
                 self._fail(
                     internal(
@@ -184,28 +287,32 @@ class _Run:
                 )
                 return
             outputs[spec.name] = fit_batching(found[0], found[1], spec.dims, batching)
-        self._end()
+        if final:
+            self._end()
+            self._count_success()
+        self._respond(outputs, final)
+
+    def _count_success(self) -> None:
         elapsed = time.monotonic_ns() - self._request.arrival_ns
-        stats = self._runtime.stats
+        stats = self.runtime.stats
         stats.success.add(elapsed)
         stats.request_us.observe(elapsed / 1000)
         stats.inference_count += max(1, self._batch_size)
         stats.execution_count += 1
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        resolve(self.future, self._on_done, outputs)
 
     def _fail(self, exc: BaseException) -> None:
         if self._over:
             return
         self.abandon()
-        resolve(self.future, self._on_done, self.failure(exc))
+        self._respond(self.failure(exc), True)
 
     def failure(self, exc: BaseException) -> InferdError:
         """The error the client gets: the step's own code, its message naming the ensemble
         and the step's model (Triton adds "in ensemble '<name>', ")."""
-        name = self._runtime.name
+        name = self.runtime.name
         if isinstance(exc, _StepError):
-            step = self._runtime.steps[exc.index]
+            step = self.runtime.steps[exc.index]
             cause = exc.cause
             code = cause.code if isinstance(cause, InferdError) else ErrorCode.INTERNAL
             message = cause.message if isinstance(cause, InferdError) else repr(cause)
@@ -221,20 +328,30 @@ class _Run:
         """The request is over without an answer: stop its steps, count the failure (as
         Triton counts an ensemble's: reason OTHER)."""
         self._end()
-        self._runtime.stats.fail_request(time.monotonic_ns() - self._request.arrival_ns, "OTHER")
+        self.runtime.stats.fail_request(time.monotonic_ns() - self._request.arrival_ns, "OTHER")
 
-    def _answered(self, future: asyncio.Future[Outputs]) -> None:
+    def answered(self, future: asyncio.Future[Outputs]) -> None:
         """The requester went away (the front door cancelled the future): like the
         schedulers, count nothing, and drop the steps not run yet."""
-        if future.cancelled() and not self._over:
+        if future.cancelled():
+            self.drop()
+
+    def drop(self) -> None:
+        """The client left: count nothing, stop the steps (and the decoupled step's stream)."""
+        if not self._over:
             self._end()
 
     def _end(self) -> None:
         self._over = True
-        self._runtime.finished()
-        for step in self._running.values():
-            step.cancel()  # the schedulers drop cancelled requests before they run
-        self._running.clear()
+        self.runtime.finished()
+        flows = [self._main, *self._branches]
+        self._branches.clear()
+        if self._drop_stream is not None:
+            self._drop_stream()
+        for flow in flows:
+            for step in flow.running.values():
+                step.cancel()  # the schedulers drop cancelled requests before they run
+            flow.running.clear()
 
 
 class _StepError(Exception):

@@ -178,3 +178,55 @@ input [
 ]
 output [{ name: "SEEN" data_type: TYPE_STRING dims: [ 1 ] }]
 """
+
+# For ensembles around a decoupled model: ADD adds DELTA (a parameter) to X, as Y.
+ADD = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.delta = int(parameters["DELTA"]["string_value"])
+
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "X").as_numpy() for r in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + self.delta)]) for x in xs]
+"""
+
+
+def add_config(delta: int, dims: str) -> str:
+    return f"""
+backend: "python"
+max_batch_size: 0
+input [{{ name: "X" data_type: TYPE_INT32 dims: [ {dims} ] }}]
+output [{{ name: "Y" data_type: TYPE_INT32 dims: [ {dims} ] }}]
+parameters {{ key: "DELTA" value: {{ string_value: "{delta}" }} }}
+instance_group [{{ count: 1 kind: KIND_CPU }}]
+"""
+
+
+def ensemble_config(steps: str, outputs: str = "OUT") -> str:
+    """An ensemble with REPEAT's inputs (IN, MODE) and INT32 [1] outputs, of these steps."""
+    out = ", ".join(
+        f'{{ name: "{name}" data_type: TYPE_INT32 dims: [ 1 ] }}' for name in outputs.split()
+    )
+    return f"""
+platform: "ensemble"
+max_batch_size: 0
+input [
+  {{ name: "IN" data_type: TYPE_INT32 dims: [ -1 ] }},
+  {{ name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [ {out}, {{ name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] }} ]
+ensemble_scheduling {{ step [ {steps} ] }}
+"""
+
+
+def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'{{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'

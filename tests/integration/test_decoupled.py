@@ -28,11 +28,15 @@ from tritonclient.utils import InferenceServerException
 from inferd.server.http_generate import ONE_RESPONSE
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.decoupled_models import (
+    ADD,
     BLS_DECOUPLED,
     BLS_DECOUPLED_CONFIG,
     REPEAT,
     REPEAT_CONFIG,
     SENDER_ANSWERS,
+    add_config,
+    ensemble_config,
+    step,
 )
 from tests.models import identity_model, write_model
 from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
@@ -53,6 +57,22 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "sender_answers", SENDER_ANSWERS, IDENTITY_CONFIG)
     write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
     write_python_model(root, "bls_decoupled", BLS_DECOUPLED, BLS_DECOUPLED_CONFIG)
+    write_python_model(root, "add1", ADD, add_config(1, "-1"))
+    write_python_model(root, "add100", ADD, add_config(100, "1"))
+    repeat = {"IN": "IN", "MODE": "MODE"}
+    ensembles = {
+        "pipeline": ensemble_config(
+            step("add1", {"X": "IN"}, {"Y": "in_plus"})
+            + ","
+            + step("repeat", {"IN": "in_plus", "MODE": "MODE"}, {"OUT": "each", "IDX": "IDX"})
+            + ","
+            + step("add100", {"X": "each"}, {"Y": "OUT"})
+        ),
+        "passthrough": ensemble_config(step("repeat", repeat, {"OUT": "OUT", "IDX": "IDX"})),
+    }
+    for name, config in ensembles.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
     return root
 
 
@@ -391,7 +411,7 @@ def test_unload_ends_requests_that_never_finish_after_its_bound(
         http.close()
 
 
-def test_only_python_models_may_be_decoupled_and_not_in_ensembles(
+def test_only_python_models_may_be_decoupled_and_ensembles_need_one_branch(
     tmp_path: Path, server_factory: Factory
 ) -> None:
     decoupled = "model_transaction_policy { decoupled: true }\n"
@@ -404,17 +424,25 @@ def test_only_python_models_may_be_decoupled_and_not_in_ensembles(
     write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG)
     sequence = REPEAT_CONFIG + "sequence_batching { }\n"
     write_python_model(tmp_path, "repeat_sequence", REPEAT, sequence)
-    ensemble = tmp_path / "uses_repeat"
-    (ensemble / "1").mkdir(parents=True)
-    (ensemble / "config.pbtxt").write_text(
-        'platform: "ensemble"\nmax_batch_size: 0\n'
-        'input [{ name: "IN" data_type: TYPE_INT32 dims: [ -1 ] }, '
-        '{ name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
-        'output [{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
-        'ensemble_scheduling { step [{ model_name: "repeat" model_version: -1 '
-        'input_map { key: "IN" value: "IN" } input_map { key: "MODE" value: "MODE" } '
-        'output_map { key: "OUT" value: "OUT" } }] }\n'
-    )
+    write_python_model(tmp_path, "repeat_too", REPEAT, REPEAT_CONFIG)
+    write_python_model(tmp_path, "add1", ADD, add_config(1, "-1"))
+    repeat = {"IN": "IN", "MODE": "MODE"}
+    ensembles = {
+        "two_decoupled": ensemble_config(
+            step("repeat", repeat, {"OUT": "each", "IDX": "IDX"})
+            + ","
+            + step("repeat_too", {"IN": "each", "MODE": "MODE"}, {"OUT": "OUT"})
+        ),
+        "beside": ensemble_config(
+            step("repeat", repeat, {"OUT": "OUT", "IDX": "IDX"})
+            + ","
+            + step("add1", {"X": "IN"}, {"Y": "OTHER"}),
+            outputs="OUT OTHER",
+        ),
+    }
+    for name, config in ensembles.items():
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(config)
     server = server_factory(model_repositories=(tmp_path,))
     http = httpclient.InferenceServerClient(server.http_url)
     try:
@@ -426,8 +454,15 @@ def test_only_python_models_may_be_decoupled_and_not_in_ensembles(
     assert "not supported by inferd's 'onnxruntime' backend" in index["onnx_decoupled"]["reason"]
     assert index["repeat_sequence"]["state"] == "UNAVAILABLE"
     assert "sequence_batching of a decoupled model" in index["repeat_sequence"]["reason"]
-    assert index["uses_repeat"]["state"] == "UNAVAILABLE"
-    assert "contains decoupled model repeat" in index["uses_repeat"]["reason"]
+    assert index["two_decoupled"]["reason"] == (
+        "ensemble two_decoupled contains more than one decoupled model (repeat, repeat_too): "
+        "inferd streams an ensemble's responses from one decoupled step"
+    )
+    assert index["beside"]["reason"] == (
+        "in ensemble 'beside', output 'OTHER' is written by step 1 (model 'add1'), which does "
+        "not come after decoupled step 0 (model 'repeat'): each response of that step makes "
+        "one ensemble response"
+    )
 
 
 def post(server: RunningServer, path: str, body: Any) -> tuple[int, str, bytes]:
@@ -511,11 +546,14 @@ def test_generate_stream_writes_events_as_they_are_sent(server: RunningServer) -
 
 @pytest.mark.slow
 @needs_perf_analyzer
-def test_perf_analyzer_streams_a_decoupled_model(server: RunningServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["repeat", "pipeline"])
+def test_perf_analyzer_streams_a_decoupled_model(
+    server: RunningServer, tmp_path: Path, model: str
+) -> None:
     data = tmp_path / "data.json"
     data.write_text('{"data": [{"IN": {"content": [1, 2, 3], "shape": [3]}, "MODE": [0]}]}')
     flags = ["--streaming", "--input-data", str(data), "--concurrency-range", "2:2"]
-    run_perf_analyzer("repeat", server.grpc_url, "grpc", *flags, "-p", "500", "-r", "3")
+    run_perf_analyzer(model, server.grpc_url, "grpc", *flags, "-p", "500", "-r", "3")
 
 
 EXECUTE_FAILED = (
@@ -553,3 +591,61 @@ def test_bls_streams_from_any_model_and_can_cancel(server: RunningServer) -> Non
     assert bls_seen(server, [1], 0, target="add_sub") == [[2]]  # one response, final
     seen = bls_seen(server, [7], 5, cancel_after=1)  # mode 5 sends until cancelled
     assert seen == [[7, "error: the request was cancelled"]]
+
+
+@pytest.mark.parametrize("model", ["pipeline", "passthrough"])
+def test_an_ensemble_streams_each_response_of_its_decoupled_step(
+    stream: Stream, model: str
+) -> None:
+    """As Triton's: one ensemble response per response of the decoupled step, after the steps
+    that follow it, in the step's pattern of final flags."""
+    plus = 101 if model == "pipeline" else 0  # pipeline: +1 before repeat, +100 after it
+    stream.send(model, [1, 2, 3], 0, "alone", empty_final=True)
+    answers = stream.take(4)
+    assert sorted((a.idx, a.out, a.final) for a in answers[:3]) == [
+        ([0], [1 + plus], False),
+        ([1], [2 + plus], False),
+        ([2], [3 + plus], False),
+    ]
+    assert (answers[3].id, answers[3].out, answers[3].final) == ("alone", None, True)
+    stream.send(model, [5, 6], 1, "on_last", empty_final=True)
+    assert [(a.out, a.final) for a in stream.take(2)][-1] == ([6 + plus], True)
+    stream.send(model, [], 0, "none", empty_final=True)
+    [empty] = stream.take(1)
+    assert (empty.id, empty.out, empty.final) == ("none", None, True)
+    # An error response of the step ends the ensemble's request with it, as in Triton: what
+    # had not gone out yet (the pipeline's first response, still in its last step) is dropped.
+    stream.send(model, [1, 2, 3], 2, "error", empty_final=True)
+    answers = []
+    while not answers or answers[-1].error is None:
+        answers += stream.take(1)
+    assert [a.out for a in answers[:-1]] in ([], [[1 + plus]])
+    assert answers[-1].error == f"in ensemble '{model}', step model 'repeat': no value at 1"
+    stream.send(model, [7], 1, "after")
+    assert [(a.id, a.out) for a in stream.take(1)] == [("after", [7 + plus])]
+    assert stream.answers.empty()
+
+
+def test_a_decoupled_ensemble_says_so_and_refuses_single_answer_calls(
+    server: RunningServer,
+) -> None:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        config = client.get_model_config("pipeline").config
+        assert config.model_transaction_policy.decoupled  # perf_analyzer reads it to stream
+        before = client.get_inference_statistics("pipeline").model_stats[0].inference_stats
+        with pytest.raises(InferenceServerException, match="ModelInfer RPC doesn't support"):
+            client.infer("pipeline", repeat_inputs([1], 1))
+    with httpclient.InferenceServerClient(server.http_url) as http:
+        assert http.get_model_config("passthrough")["model_transaction_policy"]["decoupled"]
+    one = {"shape": [1], "datatype": "INT32", "data": [1]}
+    request = {"inputs": [{"name": "IN", **one}, {"name": "MODE", **one}]}
+    status, _, body = post(server, "/v2/models/pipeline/infer", request)
+    assert (status, json.loads(body)) == (  # Triton 2.51's answer, also for an ensemble
+        501,
+        {"error": "HTTP end point doesn't support models with decoupled transaction policy"},
+    )
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        after = client.get_inference_statistics("pipeline").model_stats[0].inference_stats
+    assert after.fail.count == before.fail.count  # refused calls are no failures of it
+    # BLS streams through it like through any decoupled model.
+    assert bls_seen(server, [4, 5], 1, target="pipeline") == [[105, 106]]
