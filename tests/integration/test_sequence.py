@@ -57,7 +57,22 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "seq_py_direct", SEQUENCE_PY, direct)
     write_model(root, "plain", identity_model())
     write_python_model(root, "forward", FORWARD_PY, FORWARD_CONFIG)
+    (root / "acc_ensemble" / "1").mkdir(parents=True)
+    (root / "acc_ensemble" / "config.pbtxt").write_text(ACC_ENSEMBLE)
     return root
+
+
+# An ensemble around a stateful model: the request's sequence parameters reach its step.
+ACC_ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 2
+input [{ name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "TOTAL" data_type: TYPE_INT32 dims: [ 1 ] }]
+ensemble_scheduling { step [{
+  model_name: "acc_direct" model_version: -1
+  input_map { key: "INPUT" value: "INPUT" } output_map { key: "OUTPUT" value: "TOTAL" }
+}] }
+"""
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +346,21 @@ def test_perf_analyzer_drives_sequences(
         flags.append("--streaming")
     output = run_perf_analyzer(model, url, protocol, *flags)
     assert "error" not in output.lower()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_sequence_runs_through_an_ensemble(server: RunningServer, protocol: str) -> None:
+    totals = []
+    for i, value in enumerate([5, 2, 3]):
+        flags = {"sequence_start": i == 0, "sequence_end": i == 2}
+        x = np.full((1, 1), value, np.int32)
+        answer = infer(server, protocol, "acc_ensemble", {"INPUT": x}, sequence_id=77, **flags)
+        totals.append(int(answer["TOTAL"].item()))
+    assert totals == [5, 7, 10]
+    message = fails(
+        lambda: infer(server, protocol, "acc_ensemble", {"INPUT": x}), protocol, "invalid"
+    )
+    assert message == (
+        "in ensemble 'acc_ensemble', step model 'acc_direct': inference request to model "
+        "'acc_direct' must specify a non-zero or non-empty correlation ID"
+    )
