@@ -493,10 +493,15 @@ def record_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings, now: 
         stats.queue.add(queue_ns)
         stats.queue_us.observe(queue_ns / 1000)
         request = pending.request
-        if request is not None and request.trace is not None:
-            request.trace.executed(
-                pending.enqueued_ns, t.dispatched_ns, t.input_ns, t.infer_ns, t.output_ns, now
-            )
+        if request is not None:
+            if request.trace is not None:
+                request.trace.executed(
+                    pending.enqueued_ns, t.dispatched_ns, t.input_ns, t.infer_ns, t.output_ns, now
+                )
+            if request.compute is not None:
+                request.compute.input_ns += t.input_ns
+                request.compute.infer_ns += t.infer_ns
+                request.compute.output_ns += t.output_ns
     stats.compute_us.observe(t.total_ns / 1000, n)  # the batch's compute time, once per request
     stats.compute_input.add(t.input_ns * n, n)
     stats.compute_infer.add(t.infer_ns * n, n)

@@ -23,10 +23,11 @@ import numpy as np
 
 from inferd.batching.decoupled import OnResponse, StreamItem
 from inferd.batching.scheduler import OnDone, Outputs, resolve
+from inferd.batching.stats import BatchStats
 from inferd.repository.ensemble_graph import EnsembleGraph, Plan, Progress
 from inferd.repository.versions import ModelVersion
 from inferd.server.errors import ErrorCode, InferdError, internal
-from inferd.server.types import InferRequest, InferResponse, RequestedOutput
+from inferd.server.types import ComputeTimes, InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class _Run:
         self._batch_size = batch_size
         self._over = False
         self._started_ns = time.monotonic_ns()
+        self._compute = ComputeTimes()  # the steps' compute times, summed
         requested = None if request.outputs is None else [o.name for o in request.outputs]
         plan = runtime.plan(requested)
         batch = batch_size if runtime.config.max_batch_size > 0 else 0
@@ -186,6 +188,7 @@ class _Run:
             parameters=self._request.parameters,
             outputs=[RequestedOutput(name) for name in step.output_map],
             trace=None if trace is None else trace.child(step.model_name),
+            compute=self._compute,
         )
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
         if index == self._decoupled:
@@ -293,13 +296,29 @@ class _Run:
         self._respond(outputs, final)
 
     def _count_success(self) -> None:
+        """As Triton counts an ensemble request: its own duration and queue time, and its
+        steps' compute times summed, also under its batch size."""
         elapsed = time.monotonic_ns() - self._request.arrival_ns
         stats = self.runtime.stats
         stats.success.add(elapsed)
         stats.request_us.observe(elapsed / 1000)
-        stats.inference_count += max(1, self._batch_size)
+        size = max(1, self._batch_size)
+        stats.inference_count += size
         stats.execution_count += 1
         stats.last_inference_ms = time.time_ns() // 1_000_000
+        c = self._compute
+        per_size = stats.batches.get(size)
+        if per_size is None:
+            per_size = stats.batches[size] = BatchStats()
+        for durations in (stats, per_size):
+            durations.compute_input.add(c.input_ns)
+            durations.compute_infer.add(c.infer_ns)
+            durations.compute_output.add(c.output_ns)
+        outer = self._request.compute
+        if outer is not None:  # this ensemble is a step of another: its steps count there too
+            outer.input_ns += c.input_ns
+            outer.infer_ns += c.infer_ns
+            outer.output_ns += c.output_ns
 
     def _fail(self, exc: BaseException) -> None:
         if self._over:

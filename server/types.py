@@ -112,6 +112,16 @@ class RequestedOutput:
 
 
 @dataclass(slots=True)
+class ComputeTimes:
+    """The compute time of the batches some requests ran in, summed: an ensemble request's
+    steps add theirs, since Triton reports an ensemble's compute time as its steps' sum."""
+
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(slots=True)
 class InferRequest:
     model_name: str
     model_version: str  # "" = let the version policy choose
@@ -122,6 +132,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     trace: Trace | None = None  # when the trace extension sampled this request
+    compute: ComputeTimes | None = None  # an ensemble step's: where its compute time adds up
 
 
 @dataclass(slots=True)

@@ -469,7 +469,18 @@ def test_statistics_count_ensemble_requests(server: RunningServer) -> None:
     assert after["execution_count"] == chain["execution_count"] + 3
     assert after["last_inference"] >= chain["last_inference"]
     # The composing model counts its own work: two steps of two items per request.
-    assert stats(server, "double")["inference_count"] == double["inference_count"] + 3 * 2 * 2
+    double_after = stats(server, "double")
+    assert double_after["inference_count"] == double["inference_count"] + 3 * 2 * 2
+    # The ensemble's compute times are its steps' (Triton's sums), also per batch size.
+    for part in ("compute_input", "compute_infer", "compute_output"):
+        grew = after["inference_stats"][part]["ns"] - chain["inference_stats"][part]["ns"]
+        assert grew == (
+            double_after["inference_stats"][part]["ns"] - double["inference_stats"][part]["ns"]
+        )
+        count = after["inference_stats"][part]["count"]
+        assert count == chain["inference_stats"][part]["count"] + 3
+    by_size = {b["batch_size"]: b for b in after["batch_stats"]}
+    assert by_size[2]["compute_infer"]["count"] >= 3
 
     raising = stats(server, "raising")["inference_stats"]
     fails(

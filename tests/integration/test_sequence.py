@@ -352,7 +352,7 @@ def test_perf_analyzer_drives_sequences(
 def test_a_sequence_runs_through_an_ensemble(server: RunningServer, protocol: str) -> None:
     totals = []
     for i, value in enumerate([5, 2, 3]):
-        flags = {"sequence_start": i == 0, "sequence_end": i == 2}
+        flags: dict[str, Any] = {"sequence_start": i == 0, "sequence_end": i == 2}
         x = np.full((1, 1), value, np.int32)
         answer = infer(server, protocol, "acc_ensemble", {"INPUT": x}, sequence_id=77, **flags)
         totals.append(int(answer["TOTAL"].item()))
