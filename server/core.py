@@ -308,6 +308,9 @@ class InferenceCore:
             model = self._repository.get(request.model_name, request.model_version)
             scheduler = model.scheduler
             if model.ensemble is not None and model.ensemble.decoupled:
+                if request.trace is not None:
+                    now = time.monotonic_ns()
+                    request.trace.started(model.version, request.id, request.inputs, now)
                 batch_size = self._check_ensemble_request(request, model)
                 respond = self._stream_responder(request, model, on_response)
                 return self._ensembles.stream(request, model, batch_size, respond)

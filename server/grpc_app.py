@@ -352,8 +352,12 @@ class InferenceService:
         # Until core.stream() returns, an error is a refusal (bad request, unknown model):
         # Triton answers those with the id alone.
         accepted = False
+        arrival_ns = time.monotonic_ns()
+        trace = self._core.tracing.sample(model) if self._core.tracing.enabled else None
 
         def respond(answer: InferResponse | InferdError | None, final: bool) -> None:
+            if final and trace is not None:  # written with the last answer, once it is queued
+                trace.sent("GRPC", time.monotonic_ns())
             if stream.closed:  # the call is over: nobody reads
                 return
             try:
@@ -376,6 +380,9 @@ class InferenceService:
             decoded = decode_infer_request(request, self._core.shared_memory)
             if self._header_forward is not None:
                 self._header_forward.apply(decoded, stream.metadata)
+            if trace is not None:
+                traced_read(trace, "GRPC", arrival_ns)
+                decoded.trace = trace
         except InferdError as error:
             respond(error, True)
             return

@@ -4,6 +4,7 @@ the trace files that traced requests leave (the JSON that Triton's trace tools r
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES, RunningServer
@@ -310,3 +312,27 @@ def test_failed_requests_are_traced(server_factory: Factory, tmp_path: Path) -> 
         send = READ[protocol][1]
         stamps = trace["timestamps"]
         assert stamps["REQUEST_START"] <= stamps["REQUEST_END"] <= stamps[f"{send}_SEND_END"]
+
+
+@pytest.mark.parametrize("stacks", ["inferd", "alt"])
+def test_stream_requests_are_traced(server_factory: Factory, tmp_path: Path, stacks: str) -> None:
+    alt = {"grpc_stack": "grpcio"} if stacks == "alt" else {}
+    setting = TraceSetting(TraceLevel.TIMESTAMPS, rate=1, file=str(tmp_path / "trace.json"))
+    server = server_factory(model_repositories=(EXAMPLES,), trace=setting, **alt)
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(lambda result, error: answers.put(error or result))
+        inputs = []
+        for name, array in SIMPLE.items():
+            inputs.append(grpcclient.InferInput(name, list(array.shape), "INT32"))
+            inputs[-1].set_data_from_numpy(array)
+        for rid in ("s-1", "s-2"):
+            client.async_stream_infer("simple", inputs, request_id=rid)
+            answers.get(timeout=20)
+        client.stop_stream()
+    found = {t["request_id"]: t for t in traces(tmp_path / "trace.json", 2).values()}
+    assert set(found) == {"s-1", "s-2"}
+    names = [n.format(read="GRPC_WAITREAD", send="GRPC") for n in ORDER]
+    for trace in found.values():
+        times = [trace["timestamps"][name] for name in names]
+        assert times == sorted(times), dict(zip(names, times, strict=True))
