@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import replace
 
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
@@ -43,9 +44,7 @@ class EnsembleTable:
         if step.model_version == LATEST_VERSION:
             ready = [v for v in versions.values() if v.ready]
             if ready:
-                config = max(ready, key=lambda v: v.version).config
-                assert config is not None
-                return config
+                return _as_step(max(ready, key=lambda v: v.version))
             reasons = dict.fromkeys(v.reason or v.state.value for v in versions.values())
             return "; ".join(reasons)
         version = versions.get(step.model_version)
@@ -53,8 +52,7 @@ class EnsembleTable:
             return f"version {step.model_version} is not loaded"
         if not version.ready:
             return f"version {step.model_version}: {version.reason or version.state.value}"
-        assert version.config is not None
-        return version.config
+        return _as_step(version)
 
     def reason(self, version: ModelVersion) -> str:
         """Why this ensemble version cannot serve now ("" = it can); also notes which of its
@@ -104,10 +102,12 @@ class EnsembleTable:
             ModelState.UNAVAILABLE,
         ):
             return False
+        decoupled = version.ensemble.decoupled_step
         why = self.reason(version)
         state = ModelState.UNAVAILABLE if why else ModelState.READY
         if (state, why) == (version.state, version.reason):
-            return False
+            # An ensemble made of this one follows a change of its decoupled step too.
+            return version.ensemble.decoupled_step != decoupled
         version.state, version.reason = state, why
         if why:
             log.warning(
@@ -142,3 +142,13 @@ def _step_models(version: ModelVersion) -> tuple[str, ...]:
     if config is None or config.ensemble is None:
         return ()
     return config.ensemble.model_names
+
+
+def _as_step(version: ModelVersion) -> ModelConfig:
+    """A ready version's config as a step of an ensemble sees it: an ensemble that streams
+    (it has a decoupled step) is a decoupled step itself."""
+    config = version.config
+    assert config is not None
+    if version.ensemble is not None and version.ensemble.decoupled and not config.decoupled:
+        return replace(config, decoupled=True)
+    return config

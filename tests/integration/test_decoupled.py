@@ -69,6 +69,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             + step("add100", {"X": "each"}, {"Y": "OUT"})
         ),
         "passthrough": ensemble_config(step("repeat", repeat, {"OUT": "OUT", "IDX": "IDX"})),
+        # A decoupled ensemble as the decoupled step of another.
+        "nested": ensemble_config(
+            step("passthrough", repeat, {"OUT": "each", "IDX": "IDX"})
+            + ","
+            + step("add100", {"X": "each"}, {"Y": "OUT"})
+        ),
     }
     for name, config in ensembles.items():
         (root / name / "1").mkdir(parents=True)
@@ -593,13 +599,22 @@ def test_bls_streams_from_any_model_and_can_cancel(server: RunningServer) -> Non
     assert seen == [[7, "error: the request was cancelled"]]
 
 
-@pytest.mark.parametrize("model", ["pipeline", "passthrough"])
+ADDED = {"pipeline": 101, "passthrough": 0, "nested": 100}  # to each value, by the steps
+STEP_ERROR = {  # what an error response of repeat becomes
+    "pipeline": "in ensemble 'pipeline', step model 'repeat': ",
+    "passthrough": "in ensemble 'passthrough', step model 'repeat': ",
+    "nested": "in ensemble 'nested', step model 'passthrough': "
+    "in ensemble 'passthrough', step model 'repeat': ",
+}
+
+
+@pytest.mark.parametrize("model", ADDED)
 def test_an_ensemble_streams_each_response_of_its_decoupled_step(
     stream: Stream, model: str
 ) -> None:
     """As Triton's: one ensemble response per response of the decoupled step, after the steps
     that follow it, in the step's pattern of final flags."""
-    plus = 101 if model == "pipeline" else 0  # pipeline: +1 before repeat, +100 after it
+    plus = ADDED[model]
     stream.send(model, [1, 2, 3], 0, "alone", empty_final=True)
     answers = stream.take(4)
     assert sorted((a.idx, a.out, a.final) for a in answers[:3]) == [
@@ -620,7 +635,7 @@ def test_an_ensemble_streams_each_response_of_its_decoupled_step(
     while not answers or answers[-1].error is None:
         answers += stream.take(1)
     assert [a.out for a in answers[:-1]] in ([], [[1 + plus]])
-    assert answers[-1].error == f"in ensemble '{model}', step model 'repeat': no value at 1"
+    assert answers[-1].error == STEP_ERROR[model] + "no value at 1"
     stream.send(model, [7], 1, "after")
     assert [(a.id, a.out) for a in stream.take(1)] == [("after", [7 + plus])]
     assert stream.answers.empty()
