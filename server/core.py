@@ -34,11 +34,13 @@ from inferd.server.statistics import model_stats_document
 from inferd.server.trace_settings import TraceSetting, TraceUpdate
 from inferd.server.tracing import Tracer
 from inferd.server.types import (
+    Cancel,
     DataType,
     InferRequest,
     InferResponse,
     ModelIndexEntry,
     ModelMetadata,
+    OnStreamResponse,
     Params,
     RequestedOutput,
     ServerMetadata,
@@ -61,12 +63,6 @@ EXTENSIONS = (
     "trace",
     "logging",
 )
-
-
-# A streamed answer on the loop: a response, an error, or None (a decoupled model's final flag
-# without a response); and whether it is the request's last.
-OnStreamResponse = Callable[[InferResponse | InferdError | None, bool], None]
-Cancel = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)

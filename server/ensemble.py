@@ -27,7 +27,14 @@ from inferd.batching.stats import BatchStats
 from inferd.repository.ensemble_graph import EnsembleGraph, Plan, Progress
 from inferd.repository.versions import ModelVersion
 from inferd.server.errors import ErrorCode, InferdError, internal
-from inferd.server.types import ComputeTimes, InferRequest, InferResponse, RequestedOutput
+from inferd.server.types import (
+    Cancel,
+    ComputeTimes,
+    InferRequest,
+    InferResponse,
+    OnStreamResponse,
+    RequestedOutput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +43,7 @@ Resolve = Callable[[str, str], ModelVersion]
 Submit = Callable[
     [InferRequest, ModelVersion, OnDone], tuple[ModelVersion, asyncio.Future[Outputs]]
 ]
-Stream = Callable[
-    [InferRequest, Callable[[InferResponse | InferdError | None, bool], None]],
-    Callable[[], None] | None,
-]
+Stream = Callable[[InferRequest, OnStreamResponse], Cancel | None]
 # A tensor between steps, with the batch size it was made with (0: by a model that does not
 # batch, so its first dim is no batch dim).
 Tensor = tuple[np.ndarray, int]
@@ -65,7 +69,7 @@ class EnsembleRunner:
 
     def stream(
         self, request: InferRequest, model: ModelVersion, batch_size: int, respond: OnResponse
-    ) -> Callable[[], None]:
+    ) -> Cancel:
         """A request of a decoupled ensemble: `respond(outputs or error or None, final)` once
         per response of its decoupled step (after the steps that follow it), the last with
         `final` (None: the final flag alone). Returns how to drop the request."""
@@ -135,7 +139,7 @@ class _Run:
         self._branches: set[_Flow] = set()
         self._final_flag = False  # the decoupled step has sent its last response
         self._final_alone = False  # ... and its final flag came alone: so does the ensemble's
-        self._drop_stream: Callable[[], None] | None = None
+        self._drop_stream: Cancel | None = None
         step = runtime.decoupled_step
         if step is None or not streams or step not in plan.steps:
             self._decoupled: int | None = None

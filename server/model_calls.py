@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import Callable
 from typing import Protocol
 
 from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
-from inferd.server.types import InferRequest, InferResponse
+from inferd.server.types import Cancel, InferRequest, InferResponse, OnStreamResponse
 
-# One answer of a streamed call and whether it is the last: None with True is the final flag
-# alone (a decoupled model's way to end without a last response).
-Answer = InferResponse | InferdError | None
-StreamAnswer = tuple[Answer, bool]
+# One answer of a streamed call and whether it is the last (see OnStreamResponse).
+StreamAnswer = tuple[InferResponse | InferdError | None, bool]
 
 _NOT_STARTED = "the server is still starting: no model can be called yet"
 
@@ -23,9 +20,7 @@ _NOT_STARTED = "the server is still starting: no model can be called yet"
 class Infers(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
-    def stream(
-        self, request: InferRequest, on_response: Callable[[Answer, bool], None]
-    ) -> Callable[[], None] | None: ...
+    def stream(self, request: InferRequest, on_response: OnStreamResponse) -> Cancel | None: ...
 
 
 class ResponseStream:
@@ -34,12 +29,12 @@ class ResponseStream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._answers: queue.SimpleQueue[StreamAnswer] = queue.SimpleQueue()
-        self._cancel: Callable[[], None] | None = None
+        self._cancel: Cancel | None = None
 
-    def started(self, cancel: Callable[[], None] | None) -> None:
+    def started(self, cancel: Cancel | None) -> None:
         self._cancel = cancel
 
-    def put(self, answer: Answer, final: bool) -> None:
+    def put(self, answer: InferResponse | InferdError | None, final: bool) -> None:
         self._answers.put((answer, final))
 
     def get(self) -> StreamAnswer:

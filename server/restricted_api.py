@@ -52,11 +52,11 @@ def parse_restrictions(items: Iterable[str], flag: str, noun: str) -> dict[Api, 
             raise ValueError(
                 f"{flag} option format is '<config name>:<setting>=<value>'. Got {item}"
             )
-        known = {api.value: api for api in Api}
         for name in apis.split(","):
-            api = known.get(name)
-            if api is None:
-                raise ValueError(f"unknown restricted {noun} '{name}'")
+            try:
+                api = Api(name)
+            except ValueError:
+                raise ValueError(f"unknown restricted {noun} '{name}'") from None
             if api in restrictions:
                 raise ValueError(
                     f"restricted {noun} '{name}' can not be specified in multiple config groups"

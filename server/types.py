@@ -6,12 +6,15 @@ Leaf module: front doors decode into these, backends only ever see numpy arrays.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
+
+from inferd.server.errors import InferdError
 
 # A request or response parameter value, as both protocols can carry it.
 ParamValue = bool | int | float | str
@@ -145,6 +148,12 @@ class InferResponse:
     parameters: Params = field(default_factory=dict)
     # Outputs already written to the client's shared memory: answered without their data.
     in_shared_memory: frozenset[str] = frozenset()
+
+
+# A streamed answer on the loop: a response, an error, or None (a decoupled model's final flag
+# without a response); and whether it is the request's last.
+OnStreamResponse = Callable[[InferResponse | InferdError | None, bool], None]
+Cancel = Callable[[], None]  # drops a request whose client left
 
 
 @dataclass(frozen=True, slots=True)
