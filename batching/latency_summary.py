@@ -201,8 +201,8 @@ class SummarizedDuration(Duration):
 def summarized_stats(
     quantiles: Sequence[float], clock: Callable[[], int] = time.monotonic_ns
 ) -> ModelStats:
-    """Statistics whose request, queue and compute durations are summarized too (the windows
-    start now)."""
+    """Statistics whose request, queue, compute and response-cache durations are summarized
+    too (the windows start now)."""
     start = clock()
 
     def duration() -> SummarizedDuration:
@@ -214,4 +214,6 @@ def summarized_stats(
         compute_input=duration(),
         compute_infer=duration(),
         compute_output=duration(),
+        cache_hit=duration(),
+        cache_miss=duration(),
     )

@@ -152,7 +152,10 @@ class App:
                     CacheCollector(cache, self.core.loaded_versions, settings.metrics_config)
                 )
             self._metrics = MetricsExporter(
-                self.core.loaded_versions, *collectors, config=settings.metrics_config
+                self.core.loaded_versions,
+                *collectors,
+                config=settings.metrics_config,
+                response_cache=cache is not None,
             )
         if settings.allow_http:
             await self._start_http(self.core)

@@ -412,10 +412,10 @@ class InferenceCore:
         if outputs is not None and not _answers(outputs, request, model):
             outputs = None
         end = time.monotonic_ns()
+        cache.record_lookup(outputs is not None, end - start)
         if outputs is None:
-            stats.cache_miss.add(end - start)
             future = submit(on_done)
-            future.add_done_callback(partial(self._store, key, stats))
+            future.add_done_callback(partial(self._store, key, stats, end - start))
             return future
         stats.cache_hit.add(end - start)
         stats.queue.add(end - start)
@@ -432,13 +432,16 @@ class InferenceCore:
             loop.call_soon(on_done, future)
         return future
 
-    def _store(self, key: bytes, stats: ModelStats, future: asyncio.Future[Outputs]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # only successful answers are cached
-        assert self.response_cache is not None
-        start = time.monotonic_ns()
-        self.response_cache.put(key, future.result())
-        stats.cache_miss.add(time.monotonic_ns() - start, count=0)
+    def _store(
+        self, key: bytes, stats: ModelStats, lookup_ns: int, future: asyncio.Future[Outputs]
+    ) -> None:
+        """Cache a successful answer. A miss counts once, with its lookup and insertion time
+        (Triton's miss duration), when its request ends."""
+        insertion_ns = 0
+        if not future.cancelled() and future.exception() is None:  # only successes are cached
+            assert self.response_cache is not None
+            insertion_ns = self.response_cache.put(key, future.result())
+        stats.cache_miss.add(lookup_ns + insertion_ns)
 
     def response(
         self, request: InferRequest, model: ModelVersion, outputs: Outputs

@@ -32,7 +32,7 @@ from inferd.server.metrics_config import MetricsConfig
 from inferd.server.response_cache import ResponseCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's, always all four
+FAILURE_REASONS = ("OTHER", "BACKEND", "CANCELED", "REJECTED")  # Triton's, always all four
 MODEL_LABELS = ["model", "version"]
 
 # Triton's cumulative counters; durations in µs from the nanosecond totals, rounded down.
@@ -44,37 +44,38 @@ _COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
     ),
     (
         "nv_inference_count",
-        "Number of inferences performed (a batch of n counts n)",
+        "Number of inferences performed (does not include cached requests)",
         lambda s: s.inference_count,
     ),
     (
         "nv_inference_exec_count",
-        "Number of model executions performed (batches)",
+        "Number of model executions performed (does not include cached requests)",
         lambda s: s.execution_count,
     ),
     (
         "nv_inference_request_duration_us",
-        "Cumulative inference request duration in microseconds (successful requests)",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
         lambda s: s.success.ns // 1000,
     ),
     (
         "nv_inference_queue_duration_us",
-        "Cumulative inference queuing duration in microseconds",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
         lambda s: s.queue.ns // 1000,
     ),
     (
         "nv_inference_compute_input_duration_us",
-        "Cumulative compute input duration in microseconds",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
         lambda s: s.compute_input.ns // 1000,
     ),
     (
         "nv_inference_compute_infer_duration_us",
-        "Cumulative compute inference duration in microseconds",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
         lambda s: s.compute_infer.ns // 1000,
     ),
     (
         "nv_inference_compute_output_duration_us",
-        "Cumulative inference compute output duration in microseconds",
+        "Cumulative inference compute output duration in microseconds (does not include "
+        "cached requests)",
         lambda s: s.compute_output.ns // 1000,
     ),
 )
@@ -91,31 +92,34 @@ LATENCY_COUNTERS = frozenset(
     }
 )
 
-# Triton's summaries (`--metrics-config summary_latencies=true`) of the same durations, in µs.
+# Triton's summaries (`--metrics-config summary_latencies=true`) of the same durations, in µs,
+# with Triton's help texts (its compute summaries reuse the counters' "Cumulative ...").
+REQUEST_SUMMARY = "nv_inference_request_summary_us"
 _SUMMARIES: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
     (
-        "nv_inference_request_summary_us",
-        "Summary of inference request duration in microseconds (successful requests)",
+        REQUEST_SUMMARY,
+        "Summary of inference request duration in microseconds (includes cached requests)",
         lambda s: s.success,
     ),
     (
         "nv_inference_queue_summary_us",
-        "Summary of inference queuing duration in microseconds",
+        "Summary of inference queuing duration in microseconds (includes cached requests)",
         lambda s: s.queue,
     ),
     (
         "nv_inference_compute_input_summary_us",
-        "Summary of compute input duration in microseconds",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
         lambda s: s.compute_input,
     ),
     (
         "nv_inference_compute_infer_summary_us",
-        "Summary of compute inference duration in microseconds",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
         lambda s: s.compute_infer,
     ),
     (
         "nv_inference_compute_output_summary_us",
-        "Summary of inference compute output duration in microseconds",
+        "Cumulative inference compute output duration in microseconds (does not include "
+        "cached requests)",
         lambda s: s.compute_output,
     ),
 )
@@ -165,6 +169,21 @@ _CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
         "nv_cache_miss_duration_per_model",
         "Total cache miss (insert+lookup) duration per model, in microseconds",
         lambda s: s.cache_miss.ns // 1000,
+    ),
+)
+
+# Summaries of the same per-model durations (`summary_latencies=true`): one observation per
+# lookup that hit, and per miss (its lookup and insertion together).
+_CACHE_SUMMARIES: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
+    (
+        "nv_cache_hit_summary_per_model",
+        "Summary of cache hit counts/durations per model, in microseconds.",
+        lambda s: s.cache_hit,
+    ),
+    (
+        "nv_cache_miss_summary_per_model",
+        "Summary of cache miss counts/durations per model, in microseconds.",
+        lambda s: s.cache_miss,
     ),
 )
 
@@ -225,10 +244,15 @@ class ModelCollector:
     """Per model-version families over the versions that are ready when the scrape comes."""
 
     def __init__(
-        self, versions: Callable[[], Iterable[ModelVersion]], config: MetricsConfig
+        self,
+        versions: Callable[[], Iterable[ModelVersion]],
+        config: MetricsConfig,
+        response_cache: bool = False,
     ) -> None:
+        """`response_cache`: the server has one (models that use it get no request summary)."""
         self._versions = versions
         self._config = config
+        self._response_cache = response_cache
 
     def collect(self) -> Iterator[Metric]:
         versions = list(self._versions())
@@ -267,17 +291,28 @@ class ModelCollector:
                 )
             yield histograms
         if config.summary_latencies:
-            quantiles = [_number(q.quantile) for q in config.summary_quantiles]
+            # Triton leaves out the request summary of models answered from the cache: its
+            # hits would skew it.
+            uncached = [
+                (_labels(v), stats)
+                for v in versions
+                if (stats := v.stats) is not None and not (self._response_cache and v.caches)
+            ]
             for name, doc, duration in _SUMMARIES:
-                yield _summary(name, doc, quantiles, [(lb, duration(s)) for lb, s in counted])
+                summed = uncached if name == REQUEST_SUMMARY else counted
+                yield _summary(name, doc, config, [(lb, duration(s)) for lb, s in summed])
 
 
 def _summary(
-    name: str, doc: str, quantiles: list[str], durations: list[tuple[dict[str, str], Duration]]
+    name: str,
+    doc: str,
+    config: MetricsConfig,
+    durations: list[tuple[dict[str, str], Duration]],
 ) -> Metric:
     """Triton's order per model version: _count, _sum, then the quantiles (NaN without
     observations in the window). Statistics made without summaries (none are, when the
     summaries are on) are left out."""
+    quantiles = [_number(q.quantile) for q in config.summary_quantiles]
     family = Metric(name, doc, "summary")
     for labels, duration in durations:
         if not isinstance(duration, SummarizedDuration):
@@ -307,7 +342,9 @@ def _failures(counted: list[tuple[dict[str, str], ModelStats]]) -> Metric:
     for labels, stats in counted:
         failures = stats.failures
         for reason in (*FAILURE_REASONS, *(r for r in failures if r not in FAILURE_REASONS)):
-            family.add_sample(name, {**labels, "reason": reason}, failures.get(reason, 0))
+            # Triton's label order (prometheus-cpp sorts them): model, reason, version.
+            ordered = {"model": labels["model"], "reason": reason, "version": labels["version"]}
+            family.add_sample(name, ordered, failures.get(reason, 0))
     return family
 
 
@@ -390,24 +427,45 @@ class CacheCollector:
     ) -> None:
         self._cache = cache
         self._versions = versions
-        self._per_model = (config or MetricsConfig()).counter_latencies
+        self._config = config or MetricsConfig()
 
     def collect(self) -> Iterator[Metric]:
         counted = [(_labels(v), stats) for v in self._versions() if v.caches and (stats := v.stats)]
+        config = self._config
         # Triton counts these among the latency counters: counter_latencies=false drops them.
-        for name, doc, value in _CACHE_COUNTERS if self._per_model else ():
+        for name, doc, value in _CACHE_COUNTERS if config.counter_latencies else ():
             yield _family(name, doc, "counter", [(lb, value(s)) for lb, s in counted])
         cache = self._cache
         for name, doc, gauge in (
             ("nv_cache_util", "Cache utilization [0.0 - 1.0]", cache.used / cache.capacity),
             ("nv_cache_num_entries", "Number of responses stored in response cache", len(cache)),
+            ("nv_cache_num_hits", "Number of cache hits in response cache", cache.hits),
+            ("nv_cache_num_misses", "Number of cache misses in response cache", cache.misses),
+            (
+                "nv_cache_num_lookups",
+                "Number of cache lookups in response cache",
+                cache.hits + cache.misses,
+            ),
             (
                 "nv_cache_num_evictions",
                 "Number of cache evictions in response cache",
                 cache.evictions,
             ),
+            (
+                "nv_cache_lookup_duration",
+                "Total cache lookup duration (hit and miss), in microseconds",
+                cache.lookup_ns // 1000,
+            ),
+            (
+                "nv_cache_insertion_duration",
+                "Total cache insertion duration, in microseconds",
+                cache.insertion_ns // 1000,
+            ),
         ):
             yield _family(name, doc, "gauge", [({}, gauge)])
+        if config.summary_latencies:
+            for name, doc, duration in _CACHE_SUMMARIES:
+                yield _summary(name, doc, config, [(lb, duration(s)) for lb, s in counted])
 
 
 class MetricsExporter:
@@ -418,10 +476,12 @@ class MetricsExporter:
         versions: Callable[[], Iterable[ModelVersion]],
         *collectors: Collector,
         config: MetricsConfig | None = None,
+        response_cache: bool = False,
     ) -> None:
-        """`config`: --metrics-config (None: Triton's defaults)."""
+        """`config`: --metrics-config (None: Triton's defaults); `response_cache`: the server
+        has one."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ModelCollector(versions, config or MetricsConfig()))
+        self.registry.register(ModelCollector(versions, config or MetricsConfig(), response_cache))
         for collector in collectors:
             self.registry.register(collector)
 

@@ -12,6 +12,7 @@ outputs are all there is a hit, whatever else it asks for (classification, other
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ class ResponseCache:
         self.capacity = capacity
         self.used = 0
         self.evictions = 0
+        # Triton's cache-wide gauges: lookups by outcome, and time spent looking up and inserting.
+        self.hits = 0
+        self.misses = 0
+        self.lookup_ns = 0
+        self.insertion_ns = 0
         self._entries: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -76,10 +82,27 @@ class ResponseCache:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> None:
+    def record_lookup(self, hit: bool, ns: int) -> None:
+        """A lookup's outcome, as the caller judged it (an entry lacking a requested output is
+        a miss), and how long it took."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        self.lookup_ns += ns
+
+    def put(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> int:
         """Store copies, read-only: the answers that hits share must not change. An entry
         larger than the whole cache is not stored; one under the same key is replaced (it may
-        hold fewer outputs: python models answer only the outputs a request asks for)."""
+        hold fewer outputs: python models answer only the outputs a request asks for).
+        Returns the nanoseconds the insertion took."""
+        start = time.monotonic_ns()
+        self._insert(key, outputs)
+        took = time.monotonic_ns() - start
+        self.insertion_ns += took
+        return took
+
+    def _insert(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> None:
         previous = self._entries.pop(key, None)
         if previous is not None:
             self.used -= previous[1]

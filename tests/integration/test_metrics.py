@@ -105,7 +105,7 @@ def test_both_endpoints_count_real_traffic(server_factory: Factory) -> None:
         assert found["nv_inference_count" + SIMPLE] == 11
         assert found["nv_inference_exec_count" + SIMPLE] == 7
         for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
-            labels = f'{{model="simple",version="1",reason="{reason}"}}'
+            labels = f'{{model="simple",reason="{reason}",version="1"}}'
             assert found["nv_inference_request_failure" + labels] == 0
         # Triton's µs counters are the statistics extension's ns totals.
         inference = stats["inference_stats"]
@@ -154,7 +154,7 @@ def test_backend_failures_are_counted_by_reason(tmp_path: Path, server_factory: 
     finally:
         client.close()
     found = values(scrape(metrics_port(server)))
-    labels = '{model="reshape",version="1",reason="%s"}'
+    labels = '{model="reshape",reason="%s",version="1"}'
     assert found["nv_inference_request_failure" + labels % "BACKEND"] == 1
     assert found["nv_inference_request_failure" + labels % "REJECTED"] == 0
     assert found['nv_inference_request_success{model="reshape",version="1"}'] == 0

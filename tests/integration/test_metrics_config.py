@@ -123,8 +123,9 @@ def test_custom_quantiles_bound_the_mean(server_factory: Factory) -> None:
 
 
 def test_cached_models(tmp_path: Path, server_factory: Factory) -> None:
-    """counter_latencies=false drops the per-model cache counters too (Triton's latency group);
-    answers from the cache are in the request and queue summaries, not in the compute ones."""
+    """As Triton 2.51 showed it: counter_latencies=false drops the per-model cache counters
+    (Triton's latency group) but not the cache summaries; answers from the cache are in the
+    queue summary, not in the compute ones; a model using the cache has no request summary."""
     config = parse_metrics_config(["summary_latencies=true", "counter_latencies=false"])
     server = server_factory(
         model_repositories=(write_repository(tmp_path),),
@@ -133,13 +134,22 @@ def test_cached_models(tmp_path: Path, server_factory: Factory) -> None:
     )
     x = np.array([[1.0, 2.0]], np.float32)
     assert [calls(server, "http", "cached", x) for _ in range(3)] == [1, 1, 1]  # 1 miss, 2 hits
+    calls(server, "http", "uncached", x)
     text = scrape(server)
-    assert "_per_model" not in text
-    assert "nv_cache_num_entries 1\n" in text  # the cache's own gauges stay
+    assert "# TYPE nv_cache_num_hits_per_model counter" not in text
+    for gauge, value in [("entries", 1), ("hits", 2), ("misses", 1), ("lookups", 3)]:
+        assert f"nv_cache_num_{gauge} {value}\n" in text  # the cache's own gauges stay
     cached = summaries(text, "cached")
-    assert cached["nv_inference_request_summary_us"][0] == 3
+    assert "nv_inference_request_summary_us" not in cached
     assert cached["nv_inference_queue_summary_us"][0] == 3
     assert cached["nv_inference_compute_infer_summary_us"][0] == 1
+    hits, hit_total, hit_quantiles = cached["nv_cache_hit_summary_per_model"]
+    misses, miss_total, _ = cached["nv_cache_miss_summary_per_model"]
+    assert (hits, misses) == (2, 1)
+    assert hit_quantiles["0.5"] <= hit_total  # whole microseconds, possibly 0
+    assert miss_total >= 0
+    assert summaries(text, "uncached")["nv_inference_request_summary_us"][0] == 1
+    assert "nv_cache_hit_summary_per_model" not in summaries(text, "uncached")
 
 
 def test_no_summaries_by_default(examples_server: RunningServer) -> None:

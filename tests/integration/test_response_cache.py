@@ -194,6 +194,11 @@ def test_metrics_count_hits_and_misses_per_model(server: RunningServer) -> None:
     assert ("nv_cache_num_hits_per_model_total", "uncached") not in samples
     assert samples[("nv_cache_num_entries", "")] >= 2
     assert 0 < samples[("nv_cache_util", "")] < 1
+    # The cache-wide gauges count every model's lookups.
+    lookups = samples[("nv_cache_num_lookups", "")]
+    assert lookups == samples[("nv_cache_num_hits", "")] + samples[("nv_cache_num_misses", "")]
+    assert lookups >= document["cache_hit"]["count"] + document["cache_miss"]["count"]
+    assert samples[("nv_cache_insertion_duration", "")] >= 0
 
 
 def test_without_a_server_cache_nothing_is_cached(tmp_path: Path) -> None:

@@ -122,4 +122,4 @@ def test_refused_requests_count_as_failures(batching_server: RunningServer) -> N
         metrics = http.get("/metrics").text
     assert stats["inference_stats"]["fail"]["count"] == 1
     assert stats["inference_stats"]["success"]["count"] == 0
-    assert 'nv_inference_request_failure{model="batched",version="1",reason="OTHER"} 1' in metrics
+    assert 'nv_inference_request_failure{model="batched",reason="OTHER",version="1"} 1' in metrics
