@@ -8,11 +8,17 @@ output (one element as a scalar, more as a flat array; BYTES as text). `generate
 one response; `generate_stream` writes each response as a Server-Sent Event (`data: {...}`) as
 it comes, and an error as `data: {"error": ...}`. The status is decided by the first event,
 as in Triton.
+
+Traced requests (the trace extension) are traced as /infer ones: reading the request, the
+core's timestamps, and sending the answer (all of a stream's events), written once it is sent.
+Unlike /infer, headers are not forwarded as parameters (`--http-header-forward-pattern`): Triton
+2.51 forwards them to /infer only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -20,11 +26,14 @@ import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from inferd.repository.config import TensorConfig
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid
+from inferd.server.http_codec import encode_error
 from inferd.server.json_body import json_object
+from inferd.server.tracing import Trace, traced_read
 from inferd.server.types import DataType, InferRequest, InferResponse, Params
 
 # Triton's answer when /generate gets none or several responses.
@@ -33,6 +42,7 @@ ONE_RESPONSE = (
     "generates various number of responses"
 )
 _EVENT_STREAM = "text/event-stream; charset=utf-8"
+_JSON = "application/json"
 
 # One streamed answer as the core hands it over: a response, an error, or the final flag alone.
 _Item = tuple[InferResponse | InferdError | None, bool]
@@ -46,24 +56,22 @@ class GenerateEndpoints:
         self._status = http_status
 
     async def generate(self, request: Request) -> Response:
-        answers = await self._start(request)
-        first: InferResponse | None = None
-        async for item, final in answers:
-            if isinstance(item, InferdError):
-                raise item
-            if item is not None:
-                if first is not None:
-                    raise invalid(ONE_RESPONSE)
-                first = item
-            if final:
-                break
-        if first is None:
-            raise invalid(ONE_RESPONSE)
-        return Response(orjson.dumps(_answer_json(first)), media_type="application/json")
+        body, trace = await self._read(request)
+        try:
+            first = await _one_response(self._start(request, body, trace))
+        except InferdError as error:
+            return self._refuse(error, trace)
+        content = orjson.dumps(_answer_json(first))
+        if trace is None:
+            return Response(content, media_type=_JSON)
+        return _TracedResponse(trace, content, 200, _JSON)
 
     async def generate_stream(self, request: Request) -> Response:
-        answers = await self._start(request)
-        events = answers.__aiter__()
+        body, trace = await self._read(request)
+        try:
+            events = self._start(request, body, trace).__aiter__()
+        except InferdError as error:
+            return self._refuse(error, trace)
         # The first event decides the status; a final flag alone sends nothing.
         status = 200
         first: list[bytes] = []
@@ -75,24 +83,80 @@ class GenerateEndpoints:
             if first or final:
                 break
 
-        async def body() -> AsyncIterator[bytes]:
-            for event in first:
-                yield event
-            async for item, _ in events:
-                if item is not None:
-                    yield _event(item)
+        async def stream() -> AsyncIterator[bytes]:
+            start = time.monotonic_ns()
+            try:
+                for event in first:
+                    yield event
+                async for item, _ in events:
+                    if item is not None:
+                        yield _event(item)
+            finally:
+                if trace is not None:
+                    trace.sent("HTTP", start)
 
-        return StreamingResponse(body(), status, media_type=_EVENT_STREAM)
+        return StreamingResponse(stream(), status, media_type=_EVENT_STREAM)
 
-    async def _start(self, request: Request) -> AsyncIterator[_Item]:
+    async def _read(self, request: Request) -> tuple[bytes, Trace | None]:
+        """The body, and the request's trace if it is sampled (reading stamped)."""
+        arrival_ns = time.monotonic_ns()
+        body = await request.body()
+        if not self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
+            return body, None
+        trace = self._core.tracing.sample(request.path_params["model"])
+        if trace is not None:
+            traced_read(trace, "HTTP", arrival_ns)
+        return body, trace
+
+    def _start(self, request: Request, body: bytes, trace: Trace | None) -> AsyncIterator[_Item]:
         name = request.path_params["model"]
         version = request.path_params.get("version")
         version = "" if version is None else str(version)
         specs, batching = self._core.model_inputs(name, version)
-        decoded = decode_generate_request(await request.body(), name, version, specs, batching)
+        decoded = decode_generate_request(body, name, version, specs, batching)
+        decoded.trace = trace
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = self._core.stream(decoded, lambda item, final: queue.put_nowait((item, final)))
         return _drain(queue, cancel)
+
+    def _refuse(self, error: InferdError, trace: Trace | None) -> Response:
+        """The error answer; a traced request's is stamped as sent (untraced ones go to the
+        app's error handler)."""
+        if trace is None:
+            raise error
+        return _TracedResponse(trace, encode_error(error.message), self._status[error.code], _JSON)
+
+
+class _TracedResponse(Response):
+    """A response whose sending is stamped in its request's trace, which it then writes."""
+
+    def __init__(self, trace: Trace, content: bytes, status: int, media_type: str) -> None:
+        super().__init__(content, status, media_type=media_type)
+        self._trace = trace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.monotonic_ns()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._trace.sent("HTTP", start)
+
+
+async def _one_response(answers: AsyncIterator[_Item]) -> InferResponse:
+    """/generate's single answer; none or several is an error, as is an error response."""
+    first: InferResponse | None = None
+    async for item, final in answers:
+        if isinstance(item, InferdError):
+            raise item
+        if item is not None:
+            if first is not None:
+                raise invalid(ONE_RESPONSE)
+            first = item
+        if final:
+            break
+    if first is None:
+        raise invalid(ONE_RESPONSE)
+    return first
 
 
 async def _drain(queue: asyncio.Queue[_Item], cancel: Any) -> AsyncIterator[_Item]:

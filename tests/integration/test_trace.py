@@ -336,3 +336,26 @@ def test_stream_requests_are_traced(server_factory: Factory, tmp_path: Path, sta
     for trace in found.values():
         times = [trace["timestamps"][name] for name in names]
         assert times == sorted(times), dict(zip(names, times, strict=True))
+
+
+@pytest.mark.parametrize("stacks", ["inferd", "alt"])
+def test_generate_requests_are_traced(server_factory: Factory, tmp_path: Path, stacks: str) -> None:
+    """As Triton 2.51 traces them: /generate and /generate_stream as /infer; a refused one with
+    reading and sending only."""
+    alt = {"http_stack": "uvicorn"} if stacks == "alt" else {}
+    setting = TraceSetting(TraceLevel.TIMESTAMPS, rate=1, file=str(tmp_path / "trace.json"))
+    server = server_factory(model_repositories=(EXAMPLES,), trace=setting, **alt)
+    body = {"INPUT0": list(range(16)), "INPUT1": [1] * 16}
+    with httpx.Client(base_url=f"http://{server.http_url}/v2/models/simple") as http:
+        assert http.post("/generate", json=body).json()["OUTPUT0"] == list(range(1, 17))
+        assert http.post("/generate_stream", json=body).text.startswith("data: {")
+        assert http.post("/generate", json={"INPUT0": [[1]]}).status_code == 400
+    found = [trace for _, trace in sorted(traces(tmp_path / "trace.json", 3).items())]
+    assert len(found) == 3
+    names = [n.format(read="HTTP_RECV", send="HTTP") for n in ORDER]
+    for trace in found[:2]:
+        assert (trace["model_name"], trace["model_version"]) == ("simple", 1)
+        times = [trace["timestamps"][name] for name in names]
+        assert times == sorted(times), dict(zip(names, times, strict=True))
+    refused = found[2]["timestamps"]
+    assert set(refused) == {"HTTP_RECV_START", "HTTP_RECV_END", "HTTP_SEND_START", "HTTP_SEND_END"}

@@ -389,6 +389,13 @@ def test_forwarded_headers_reach_the_model_as_parameters(
             assert streamed.pop("user-agent").startswith("grpc-python/")
             assert streamed == metadata
         client.stop_stream()
+    # Triton 2.51 forwards headers to /infer only, not to /generate.
+    generated = httpx.post(
+        f"http://{server.http_url}/v2/models/info/generate",
+        json={"INPUT0": 1, "key": 7},
+        headers={"my_header_1": "v1"},
+    )
+    assert json.loads(generated.json()["REQUEST"])["parameters"] == {"key": 7}
 
 
 def test_header_forward_patterns_as_triton_reads_them(capsys: pytest.CaptureFixture[str]) -> None:
