@@ -8,10 +8,11 @@ is handed to the event loop with one `call_soon_threadsafe`, under a lock so tha
 them in send order. The stream ends with the final flag (Triton's
 TRITONSERVER_RESPONSE_COMPLETE_FINAL), which may ride on the last response or come alone.
 
-The model's scheduler is a `DecoupledScheduler`, chosen once at load time: it refuses requests
+The model's scheduler (the dynamic batcher, or the sequence batcher of a stateful decoupled
+model) holds the requests' `OpenStreams`, chosen once at load time: the core refuses requests
 that come without a stream (HTTP infer, gRPC ModelInfer, ensembles, BLS exec() without
-decoupled=True: Triton refuses them too) and, on unload, waits for open streams before it frees
-the instances.
+decoupled=True: Triton refuses them too), and unload waits for open streams before it frees the
+instances.
 """
 
 from __future__ import annotations
@@ -19,23 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from inferd.backends.base import ModelInstance
-from inferd.batching.padding import PaddingSpec
-from inferd.batching.rate_limiter import Ticket
-from inferd.batching.scheduler import (
-    DEFAULT_OPTIONS,
-    OnDone,
-    Outputs,
-    RequestOptions,
-    Scheduler,
-    SchedulerConfig,
-)
-from inferd.batching.stats import ModelStats
+from inferd.batching.scheduler import Outputs
 from inferd.server.errors import ErrorCode, InferdError, unavailable
 from inferd.server.types import InferRequest
 
@@ -150,73 +138,49 @@ def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRe
     )
 
 
-class DecoupledScheduler(Scheduler):
-    """A Scheduler whose requests carry response streams; unload waits for open streams up to
-    `unload_timeout_s`, then ends those still open with an error (a model that never sends its
-    final flag must not hold an unload forever)."""
+class OpenStreams:
+    """The response streams of a decoupled model's requests, counted open until their final
+    response. A decoupled model's scheduler holds one; its unload waits for the open streams
+    up to `unload_timeout_s`, then ends those still open with an error (a model that never
+    sends its final flag must not hold an unload forever)."""
 
-    def __init__(
-        self,
-        model: str,
-        config: SchedulerConfig,
-        instances: Sequence[ModelInstance],
-        loop: asyncio.AbstractEventLoop,
-        stats: ModelStats | None = None,
-        padding: PaddingSpec | None = None,
-        tickets: Sequence[Ticket] = (),
-    ) -> None:
-        super().__init__(model, config, instances, loop, stats, padding, tickets)
-        self._unload_timeout_s = config.decoupled_unload_timeout_s
+    def __init__(self, model: str, loop: asyncio.AbstractEventLoop, unload_timeout_s: float):
+        self._model = model
+        self._loop = loop
+        self._unload_timeout_s = unload_timeout_s
         self._open: set[ResponseStream] = set()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
 
-    def open_stream(self, on_response: OnResponse) -> ResponseStream:
-        """A stream for one request, counted open until its final response."""
-        if self._closing:
-            raise unavailable(f"model '{self.model}' is unloading")
-        stream = ResponseStream(self.loop, on_response, self._stream_closed)
+    def open(self, on_response: OnResponse) -> ResponseStream:
+        """A stream for one request."""
+        stream = ResponseStream(self._loop, on_response, self._closed)
         self._open.add(stream)
         self._all_closed.clear()
         return stream
 
-    def _stream_closed(self, stream: ResponseStream) -> None:
+    def _closed(self, stream: ResponseStream) -> None:
         self._open.discard(stream)
         if not self._open:
             self._all_closed.set()
 
-    def submit(
-        self,
-        inputs: dict[str, np.ndarray],
-        batch_size: int,
-        shape_key: Hashable,
-        arrival_ns: int,
-        options: RequestOptions = DEFAULT_OPTIONS,
-        on_done: OnDone | None = None,
-        request: InferRequest | None = None,
-    ) -> asyncio.Future[Outputs]:
-        if not isinstance(request, StreamRequest):
-            raise DecoupledRefused()
-        return super().submit(
-            inputs, batch_size, shape_key, arrival_ns, options, on_done, request=request
-        )
-
-    async def close(self) -> None:
-        await self.drain()
-        if self._open:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), self._unload_timeout_s)
-            except TimeoutError:
-                log.warning(
-                    "model '%s': %d request(s) sent no final response within %gs of the "
-                    "unload; ending them with an error",
-                    self.model,
-                    len(self._open),
-                    self._unload_timeout_s,
-                )
-                error = unavailable(
-                    f"model '{self.model}' was unloaded before the request sent its final response"
-                )
-                for stream in list(self._open):
-                    stream.abort(error)
-        await self.stop()
+    async def wait_closed(self) -> None:
+        """After the scheduler drained (no request queued or executing): wait for the open
+        streams' final responses, then end the late ones."""
+        if not self._open:
+            return
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), self._unload_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "model '%s': %d request(s) sent no final response within %gs of the unload; "
+                "ending them with an error",
+                self._model,
+                len(self._open),
+                self._unload_timeout_s,
+            )
+            error = unavailable(
+                f"model '{self._model}' was unloaded before the request sent its final response"
+            )
+            for stream in list(self._open):
+                stream.abort(error)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from inferd.batching.decoupled import OpenStreams
 from inferd.batching.estimator import LatenessMargin
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
 from inferd.batching.stats import ModelStats
@@ -21,6 +22,7 @@ class ModelScheduler(Protocol):
     loop: asyncio.AbstractEventLoop
     stats: ModelStats
     margin: LatenessMargin
+    streams: OpenStreams | None  # a decoupled model's requests' response streams
 
     @property
     def queued(self) -> int: ...

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
+
+if TYPE_CHECKING:  # decoupled.py builds on this module
+    from inferd.batching.decoupled import OpenStreams
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,8 @@ class SchedulerConfig:
     preserve_ordering: bool = False
     latency_slo_ns: int = 0  # the model's latency objective; 0 = none
     inline_max_ns: int = 0  # batches of at most this CPU time may run on the loop (Worker)
-    # Decoupled models (batching/decoupled.py) get a DecoupledScheduler; on unload it waits this
-    # long for requests still streaming responses.
+    # Decoupled models' schedulers hold their requests' response streams (batching/decoupled.py);
+    # on unload they wait this long for requests still streaming responses.
     decoupled: bool = False
     decoupled_unload_timeout_s: float = 30.0
 
@@ -109,10 +112,12 @@ class Scheduler:
         stats: ModelStats | None = None,
         padding: PaddingSpec | None = None,
         tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
+        streams: OpenStreams | None = None,  # a decoupled model's
     ) -> None:
         self.model = model
         self.loop = loop
         self.stats = stats or ModelStats()
+        self.streams = streams
         self.estimator = ExecTimeEstimator()
         self.margin = LatenessMargin()
         self._config = config
@@ -452,8 +457,11 @@ class Scheduler:
             self._drained.set()
 
     async def close(self) -> None:
-        """Refuse new work, let queued and running requests finish, then free the instances."""
+        """Refuse new work, let queued and running requests finish (and a decoupled model's
+        send their final responses), then free the instances."""
         await self.drain()
+        if self.streams is not None:
+            await self.streams.wait_closed()
         await self.stop()
 
     async def drain(self) -> None:

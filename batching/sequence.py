@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inferd.backends.base import ModelInstance
+from inferd.batching.decoupled import OpenStreams
 from inferd.batching.estimator import LatenessMargin
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.rate_limiter import Ticket
@@ -118,10 +119,12 @@ class SequenceScheduler:
         stats: ModelStats | None = None,
         inline_max_ns: int = 0,
         tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
+        streams: OpenStreams | None = None,  # a decoupled model's
     ) -> None:
         self.model = model
         self.loop = loop
         self.stats = stats or ModelStats()
+        self.streams = streams
         self.margin = LatenessMargin()  # read by the metrics; no latency objective here
         self._name = model_name
         self._config = config
@@ -548,14 +551,25 @@ class SequenceScheduler:
             self._drained.set()
 
     async def close(self) -> None:
-        """Refuse new requests, run the queued ones (idle sequences are released at once,
-        which frees slots for the waiting ones), then free the instances."""
+        """Refuse new requests, run the queued ones (and let a decoupled model's send their
+        final responses), then free the instances."""
+        await self.drain()
+        if self.streams is not None:
+            await self.streams.wait_closed()
+        await self.stop()
+
+    async def drain(self) -> None:
+        """Refuse new requests and run the queued ones (idle sequences are released at once,
+        which frees slots for the waiting ones)."""
         self._closing = True
         if not self._scheduled:
             self._schedule()
         await self._drained.wait()
         if self._timer is not None:
             self._timer.cancel()
+
+    async def stop(self) -> None:
+        """Free the instances (after drain())."""
         await asyncio.gather(*(asyncio.to_thread(lane.worker.stop) for lane in self._lanes))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from inferd.backends.registry import BackendRegistry
-from inferd.batching.decoupled import DecoupledScheduler
+from inferd.batching.decoupled import OpenStreams
 from inferd.batching.rate_limiter import deregister_all
 from inferd.batching.scheduler import Scheduler
 from inferd.batching.sequence import SequenceScheduler
@@ -322,32 +322,40 @@ class ModelRepository:
                 continue
             assert version.config is not None
             assert prepared.scheduling is not None
+            scheduling = prepared.scheduling
+            model = f"{name}:{version.version}"
+            # Chosen once: a decoupled model's requests stream their responses.
+            streams = (
+                OpenStreams(model, self._loop, scheduling.decoupled_unload_timeout_s)
+                if scheduling.decoupled
+                else None
+            )
             sequence = version.config.sequence_batching
             if sequence is not None:  # chosen once: a stateful model gets the sequence batcher
                 version.scheduler = SequenceScheduler(
-                    f"{name}:{version.version}",
+                    model,
                     name,
                     sequence,
                     version.config.max_batch_size,
                     instances,
                     self._loop,
                     stats=prepared.stats.get(version.version),
-                    inline_max_ns=prepared.scheduling.inline_max_ns,
+                    inline_max_ns=scheduling.inline_max_ns,
                     tickets=prepared.tickets.get(version.version, ()),
+                    streams=streams,
                 )
                 version.state = ModelState.READY
                 log.info("model '%s' version %d is READY (sequence batcher)", name, version.version)
                 continue
-            # Chosen once: a decoupled model's requests stream their responses.
-            scheduler_type = DecoupledScheduler if prepared.scheduling.decoupled else Scheduler
-            version.scheduler = scheduler_type(
-                f"{name}:{version.version}",
-                prepared.scheduling,
+            version.scheduler = Scheduler(
+                model,
+                scheduling,
                 instances,
                 self._loop,
                 stats=prepared.stats.get(version.version),
                 padding=prepared.padding,
                 tickets=prepared.tickets.get(version.version, ()),
+                streams=streams,
             )
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)

@@ -120,8 +120,14 @@ def parse_sequence_batching(config: Any, where: str) -> SequenceBatching:
         raise invalid(f"{where}: sequence_batching.iterative_sequence is not supported by inferd")
     if config.HasField("dynamic_batching"):
         raise invalid(f"{where}: sequence_batching and dynamic_batching cannot both be set")
-    if config.model_transaction_policy.decoupled:
-        raise invalid(f"{where}: sequence_batching of a decoupled model is not supported by inferd")
+    if config.model_transaction_policy.decoupled and seq.state:
+        # A decoupled model answers through its response sender, after execute() may have
+        # returned: there is no one answer to take the next request's state from.
+        raise invalid(
+            f"{where}: sequence_batching.state (implicit state) of a decoupled model is not "
+            "supported by inferd; keep the state in the model instance, keyed by the CORRID "
+            "control"
+        )
     inputs = {t.name for t in config.input}
     controls = _controls(seq, where, inputs)
     states = _states(seq, where, inputs | {c.name for c in controls})

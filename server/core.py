@@ -14,9 +14,9 @@ import numpy as np
 import inferd
 from inferd.batching.decoupled import (
     DecoupledRefused,
-    DecoupledScheduler,
     OnResponse,
     StreamItem,
+    StreamRequest,
     stream_request,
 )
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
@@ -272,6 +272,8 @@ class InferenceCore:
             # A request the model refuses is a failure of that model (Triton's reason OTHER).
             scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
+        if scheduler.streams is not None and not isinstance(request, StreamRequest):
+            raise DecoupledRefused()  # a decoupled model's answers need a stream to go to
         if self.response_cache is not None and model.caches:
             submit = partial(
                 scheduler.submit,
@@ -310,10 +312,10 @@ class InferenceCore:
                 batch_size = self._check_ensemble_request(request, model)
                 respond = self._stream_responder(request, model, on_response)
                 return self._ensembles.stream(request, model, batch_size, respond)
-            if not isinstance(scheduler, DecoupledScheduler):
+            if scheduler is None or scheduler.streams is None:
                 return self._stream_single(request, model, on_response)
             respond = self._stream_responder(request, model, on_response)
-            stream = scheduler.open_stream(respond)
+            stream = scheduler.streams.open(respond)
         except InferdError as error:
             on_response(error, True)
             return None

@@ -230,3 +230,54 @@ def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
     maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
     maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
     return f'{{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'
+
+
+# A decoupled stateful model: per request, one response per unit of IN, each the sequence's
+# running count, its CORRID and the END flag, then the final flag alone. Decoupled models have
+# no implicit state: the counts live in the instance, keyed by CORRID. Slots without a request
+# (READY 0, the direct strategy's padding) get the final flag only.
+COUNTING_SEQUENCE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.counts = {}
+
+    def execute(self, requests):
+        for request in requests:
+            def control(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy().item()
+
+            sender = request.get_response_sender()
+            if control("READY"):
+                corrid = control("CORRID")
+                if control("START"):
+                    self.counts[corrid] = 0
+                for _ in range(control("IN")):
+                    self.counts[corrid] += 1
+                    out = np.array([[self.counts[corrid], corrid, control("END")]], np.int64)
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+            sender.send(flags=FINAL)
+        return None
+"""
+
+COUNTING_SEQUENCE_CONFIG = """
+backend: "python"
+max_batch_size: 2
+model_transaction_policy { decoupled: true }
+input [{ name: "IN" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "OUT" data_type: TYPE_INT64 dims: [ 3 ] }]
+sequence_batching {
+  control_input [
+    { name: "START" control [{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }] },
+    { name: "END" control [{ kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] }] },
+    { name: "READY" control [{ kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] }] },
+    { name: "CORRID" control [{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }] }
+  ]
+}
+instance_group [{ count: 1 kind: KIND_CPU }]
+"""

@@ -131,13 +131,20 @@ class Stream:
         )
 
     def send(
-        self, model: str, values: list[int], mode: int, rid: str, empty_final: bool = False
+        self,
+        model: str,
+        values: list[int],
+        mode: int,
+        rid: str,
+        empty_final: bool = False,
+        **sequence: Any,
     ) -> None:
         self.client.async_stream_infer(
             model,
             repeat_inputs(values, mode),
             request_id=rid,
             enable_empty_final_response=empty_final,
+            **sequence,
         )
 
     def take(self, count: int) -> list[Answer]:
@@ -367,14 +374,28 @@ def test_the_aio_client_streams_decoupled_responses(server: RunningServer) -> No
     assert [s for s in seen if s[0] == "y"] == [("y", [3], True)]
 
 
-def test_unload_waits_for_streaming_requests(tmp_path: Path, server_factory: Factory) -> None:
-    write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG)
+# The two schedulers of a decoupled model: REPEAT's config, and the flags of its requests.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dynamic": ("", {}),
+    "sequence": (
+        "sequence_batching { }\n",
+        {"sequence_id": 9, "sequence_start": True, "sequence_end": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_unload_waits_for_streaming_requests(
+    tmp_path: Path, server_factory: Factory, scheduler: str
+) -> None:
+    config, sequence = SCHEDULERS[scheduler]
+    write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG + config)
     server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
     http = httpclient.InferenceServerClient(server.http_url)
     http.load_model("repeat")
     opened = Stream(server)
     try:
-        opened.send("repeat", [1, 2, 3, 4], 7, "long", empty_final=True)
+        opened.send("repeat", [1, 2, 3, 4], 7, "long", empty_final=True, **sequence)
         first = opened.take(1)
         http.unload_model("repeat")  # returns once the request sent its final response
         rest = opened.take(4)
@@ -386,16 +407,18 @@ def test_unload_waits_for_streaming_requests(tmp_path: Path, server_factory: Fac
         http.close()
 
 
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_unload_ends_requests_that_never_finish_after_its_bound(
-    tmp_path: Path, server_factory: Factory
+    tmp_path: Path, server_factory: Factory, scheduler: str
 ) -> None:
-    write_python_model(tmp_path, "stuck", REPEAT, REPEAT_CONFIG + UNLOAD_TIMEOUT % "0.2")
+    config, sequence = SCHEDULERS[scheduler]
+    write_python_model(tmp_path, "stuck", REPEAT, REPEAT_CONFIG + config + UNLOAD_TIMEOUT % "0.2")
     server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
     http = httpclient.InferenceServerClient(server.http_url)
     http.load_model("stuck")
     opened = Stream(server)
     try:
-        opened.send("stuck", [9], 5, "stuck", empty_final=True)
+        opened.send("stuck", [9], 5, "stuck", empty_final=True, **sequence)
         assert [a.out for a in opened.take(1)] == [[9]]
         done = threading.Event()
 
@@ -458,8 +481,7 @@ def test_only_python_models_may_be_decoupled_and_ensembles_need_one_branch(
     assert index["repeat"]["state"] == "READY"
     assert index["onnx_decoupled"]["state"] == "UNAVAILABLE"
     assert "not supported by inferd's 'onnxruntime' backend" in index["onnx_decoupled"]["reason"]
-    assert index["repeat_sequence"]["state"] == "UNAVAILABLE"
-    assert "sequence_batching of a decoupled model" in index["repeat_sequence"]["reason"]
+    assert index["repeat_sequence"]["state"] == "READY"  # test_decoupled_sequence.py runs one
     assert index["two_decoupled"]["reason"] == (
         "ensemble two_decoupled contains more than one decoupled model (repeat, repeat_too): "
         "inferd streams an ensemble's responses from one decoupled step"

@@ -173,8 +173,9 @@ def test_state_without_initial_state_starts_from_zeros() -> None:
             "minimum_slot_utilization",
         ),
         (
-            "sequence_batching { } model_transaction_policy { decoupled: true }",
-            "decoupled",
+            'sequence_batching { state [{ input_name: "I" output_name: "O" data_type: TYPE_INT32 '
+            "dims: [1] }] } model_transaction_policy { decoupled: true }",
+            "implicit state) of a decoupled model",
         ),
     ],
 )
