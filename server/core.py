@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-
-import numpy as np
 
 import inferd
 from inferd.batching.decoupled import (
@@ -19,15 +17,15 @@ from inferd.batching.decoupled import (
     StreamRequest,
     stream_request,
 )
-from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs, RequestOptions
+from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
-from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
-from inferd.server.classification import classify
+from inferd.server.answers import answer, holds_answer
 from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import InferdError, internal, invalid, unavailable
 from inferd.server.log_settings import LogControl, LogSettings
+from inferd.server.request_checks import request_options, validate_request
 from inferd.server.response_cache import ResponseCache, request_key
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
@@ -35,13 +33,11 @@ from inferd.server.trace_settings import TraceSetting, TraceUpdate
 from inferd.server.tracing import Tracer
 from inferd.server.types import (
     Cancel,
-    DataType,
     InferRequest,
     InferResponse,
     ModelIndexEntry,
     ModelMetadata,
     OnStreamResponse,
-    Params,
     RequestedOutput,
     ServerMetadata,
     TensorMetadata,
@@ -266,7 +262,9 @@ class InferenceCore:
             if request.outputs:
                 self._check_output_regions(request.outputs)
             options = (
-                _options(request.parameters, request.model_name) if request.parameters else None
+                request_options(request.parameters, request.model_name)
+                if request.parameters
+                else None
             )
         except InferdError:
             # A request the model refuses is a failure of that model (Triton's reason OTHER).
@@ -389,7 +387,7 @@ class InferenceCore:
             if request.outputs:
                 self._check_output_regions(request.outputs)
             if request.parameters:
-                _options(request.parameters, request.model_name)  # refused as for any model
+                request_options(request.parameters, request.model_name)  # refused as for any model
         except InferdError:
             ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
@@ -411,7 +409,7 @@ class InferenceCore:
         start = time.monotonic_ns()
         key = request_key(request.model_name, model.version, request.inputs, request.parameters)
         outputs = cache.get(key)
-        if outputs is not None and not _answers(outputs, request, model):
+        if outputs is not None and not holds_answer(outputs, request, model):
             outputs = None
         end = time.monotonic_ns()
         cache.record_lookup(outputs is not None, end - start)
@@ -450,7 +448,7 @@ class InferenceCore:
     ) -> InferResponse:
         """The answer to a request from its model's outputs (requested outputs, classification);
         outputs asked for in shared memory are written there."""
-        response = _response(request, model, outputs)
+        response = answer(request, model, outputs)
         if request.outputs:
             self._write_output_regions(request.outputs, response)
         if request.trace is not None:
@@ -476,125 +474,5 @@ class InferenceCore:
         response.in_shared_memory = frozenset(refs)
 
 
-def _options(parameters: Params, model: str) -> RequestOptions | None:
-    """The scheduling parameters of a request (Triton's reserved `priority` and `timeout`, and
-    inferd's latency objective); None when it has none."""
-    priority = parameters.get("priority", 0)
-    timeout = parameters.get("timeout", 0)
-    slo = parameters.get(LATENCY_SLO_PARAMETER)
-    if not priority and not timeout and slo is None:
-        return None
-    for name, value in (("priority", priority), ("timeout", timeout)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise invalid(f"parameter '{name}' must be a non-negative integer, got {value!r}")
-    assert isinstance(priority, int) and isinstance(timeout, int)
-    return RequestOptions(priority, timeout, latency_slo_ns(slo, model))
-
-
-def _answers(outputs: Outputs, request: InferRequest, model: ModelVersion) -> bool:
-    """A cache entry holds every output the request needs."""
-    if request.outputs is not None:
-        return all(o.name in outputs for o in request.outputs)
-    assert model.config is not None
-    return all(t.name in outputs for t in model.config.outputs)
-
-
 def _metadata(tensor: TensorConfig, batch: tuple[int, ...]) -> TensorMetadata:
     return TensorMetadata(tensor.name, tensor.datatype, batch + tensor.dims)
-
-
-def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, Hashable]:
-    """Check the request against the model config; return its batch size and shape key."""
-    config = model.config
-    assert config is not None
-    specs = config.input_by_name
-    batching = config.max_batch_size > 0
-    batch_size = 1
-    shapes: dict[str, tuple[int, ...]] = {}
-    for index, (name, array) in enumerate(request.inputs.items()):
-        spec = specs.get(name)
-        if spec is None:
-            raise invalid(f"unexpected inference input '{name}' for model '{config.name}'")
-        if array.dtype is not spec.dtype and array.dtype != spec.dtype:
-            got = DataType.from_numpy(array.dtype).value
-            raise invalid(
-                f"inference input '{name}' data-type is '{got}', but model '{config.name}' "
-                f"expects '{spec.datatype.value}'"
-            )
-        shape = array.shape
-        dims = shape
-        if batching:
-            if not shape or shape[0] < 1:
-                raise invalid(
-                    f"input '{name}' for model '{config.name}' needs a batch dim of at least 1, "
-                    f"got shape {list(shape)}"
-                )
-            if index == 0:
-                batch_size = shape[0]
-            elif shape[0] != batch_size:
-                raise invalid(
-                    f"input '{name}' batch size {shape[0]} differs from the batch size "
-                    f"{batch_size} of the other inputs"
-                )
-            dims = shape[1:]
-        if dims != spec.dims and not _dims_match(spec.dims, dims):
-            expected = [-1, *spec.dims] if batching else list(spec.dims)
-            raise invalid(
-                f"unexpected shape for input '{name}' for model '{config.name}'. "
-                f"Expected {expected}, got {list(shape)}"
-            )
-        shapes[name] = dims
-    if batching and batch_size > config.max_batch_size:
-        raise invalid(
-            f"inference request batch-size must be <= {config.max_batch_size} for "
-            f"'{config.name}', got {batch_size}"
-        )
-    if len(shapes) != len(specs):
-        missing = [t.name for t in config.inputs if t.name not in shapes and not t.optional]
-        if missing:
-            raise invalid(
-                f"expected {len(config.inputs)} inputs but got {len(shapes)} inputs for model "
-                f"'{config.name}'. Got input(s) {sorted(shapes)}, but missing required "
-                f"input(s) {missing}. Please provide all required input(s)."
-            )
-    if request.outputs is not None:
-        known = {t.name for t in config.outputs}
-        for output in request.outputs:
-            if output.name not in known:
-                raise invalid(
-                    f"unexpected inference output '{output.name}' for model '{config.name}'"
-                )
-    return batch_size, model.shape_key(shapes)
-
-
-def _dims_match(wanted: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    """-1 in the config matches any size."""
-    return len(wanted) == len(got) and all(w in (-1, g) for w, g in zip(wanted, got, strict=True))
-
-
-def _response(
-    request: InferRequest, model: ModelVersion, outputs: dict[str, np.ndarray]
-) -> InferResponse:
-    config = model.config
-    assert config is not None
-    result: list[tuple[str, DataType, np.ndarray]] = []
-    if request.outputs is None:
-        for tensor in config.outputs:
-            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
-    else:
-        types = {t.name: t.datatype for t in config.outputs}
-        for wanted in request.outputs:
-            array = outputs[wanted.name]
-            if wanted.classification > 0:
-                labels = model.labels.get(wanted.name, ())
-                batched = config.max_batch_size > 0
-                array = classify(array, wanted.classification, labels, batched=batched)
-                result.append((wanted.name, DataType.BYTES, array))
-            else:
-                result.append((wanted.name, types[wanted.name], array))
-    return InferResponse(
-        model_name=request.model_name,
-        model_version=str(model.version),
-        outputs=result,
-        id=request.id,
-    )

@@ -1,0 +1,45 @@
+"""A request's answer from its model's outputs: the outputs it asked for (all of them when it
+named none), classification applied, in the order asked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inferd.batching.scheduler import Outputs
+from inferd.repository.manager import ModelVersion
+from inferd.server.classification import classify
+from inferd.server.types import DataType, InferRequest, InferResponse
+
+
+def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> InferResponse:
+    config = model.config
+    assert config is not None
+    result: list[tuple[str, DataType, np.ndarray]] = []
+    if request.outputs is None:
+        for tensor in config.outputs:
+            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
+    else:
+        types = {t.name: t.datatype for t in config.outputs}
+        for wanted in request.outputs:
+            array = outputs[wanted.name]
+            if wanted.classification > 0:
+                labels = model.labels.get(wanted.name, ())
+                batched = config.max_batch_size > 0
+                array = classify(array, wanted.classification, labels, batched=batched)
+                result.append((wanted.name, DataType.BYTES, array))
+            else:
+                result.append((wanted.name, types[wanted.name], array))
+    return InferResponse(
+        model_name=request.model_name,
+        model_version=str(model.version),
+        outputs=result,
+        id=request.id,
+    )
+
+
+def holds_answer(outputs: Outputs, request: InferRequest, model: ModelVersion) -> bool:
+    """A cache entry holds every output the request needs."""
+    if request.outputs is not None:
+        return all(o.name in outputs for o in request.outputs)
+    assert model.config is not None
+    return all(t.name in outputs for t in model.config.outputs)
