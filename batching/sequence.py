@@ -5,7 +5,7 @@ for its life, and with the direct strategy to one batch slot of it; a sequence w
 slot waits in a backlog, in arrival order. An instance runs at most one request of a sequence
 per batch and one batch at a time, so a sequence's requests run strictly in arrival order and
 each sees the implicit state the previous one left. The control inputs (START, END, READY,
-CORRID) and the state inputs are generated here for every batch row.
+CORRID) and the state inputs of every batch row come from `SequenceControls`.
 
 It offers the interface of `Scheduler` that the core, the metrics and unload use, and reuses
 its `Worker` (one OS thread per instance, one hand-off and one loop wake per batch).
@@ -37,16 +37,15 @@ from inferd.batching.scheduler import (
     record_batch,
     resolve,
 )
+from inferd.batching.sequence_controls import SequenceControls, SequenceId
 from inferd.batching.sequence_policy import DirectBatch, Slot, decide_direct
 from inferd.batching.stats import ModelStats
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
-from inferd.repository.sequence_config import ControlKind, SequenceBatching, Strategy
+from inferd.repository.sequence_config import SequenceBatching, Strategy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
-from inferd.server.types import DataType, InferRequest, ParamValue
+from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
-
-SequenceId = int | str
 
 
 @dataclass(slots=True, eq=False)
@@ -128,8 +127,6 @@ class SequenceScheduler:
         self.margin = LatenessMargin()  # read by the metrics; no latency objective here
         self._name = model_name
         self._config = config
-        self._batched = max_batch_size > 0
-        self._item_shape: tuple[int, ...] = (1, 1) if self._batched else (1,)
         self._idle_ns = config.max_sequence_idle_us * 1000
         self._delay_ns = config.max_queue_delay_us * 1000
         direct = config.strategy is Strategy.DIRECT
@@ -139,29 +136,7 @@ class SequenceScheduler:
             slots = config.max_candidate_sequences or max(1, max_batch_size)
         self._direct = direct
         self._policy = BatchPolicy(max_batch_size, config.preferred_batch_sizes, self._delay_ns)
-        corrid = config.control(ControlKind.CORRID)
-        self._corrid = corrid
-        self._numeric_corrid = corrid is not None and corrid.datatype is not DataType.BYTES
-        # The largest ID the CORRID tensor holds (2**64 - 1 is what the protocols carry).
-        self._corrid_max = (
-            int(np.iinfo(corrid.datatype.numpy).max)
-            if self._numeric_corrid and corrid
-            else 2**64 - 1
-        )
-        # Control tensors per row, made once: (name, kind, false row, true row).
-        self._flags = [
-            (
-                c.name,
-                c.kind,
-                _readonly(np.full(self._item_shape, c.false_value, c.datatype.numpy)),
-                _readonly(np.full(self._item_shape, c.true_value, c.datatype.numpy)),
-            )
-            for c in config.controls
-            if c.kind is not ControlKind.CORRID
-        ]
-        self._initial = {
-            s.input_name: s.initial[None] if self._batched else s.initial for s in config.states
-        }
+        self._controls = SequenceControls(model_name, config, max_batch_size > 0)
         self._lanes = [
             Lane(
                 Worker(
@@ -228,7 +203,7 @@ class SequenceScheduler:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
         try:
-            key, start, end = self._sequence_parameters(request, batch_size)
+            key, start, end = self._controls.sequence_of(request, batch_size)
             active = self._sequences.get(key)
             if active is None:
                 if not start:
@@ -255,45 +230,6 @@ class SequenceScheduler:
             self._scheduled = True
             self.loop.call_soon(self._schedule)
         return future
-
-    def _sequence_parameters(
-        self, request: InferRequest | None, batch_size: int
-    ) -> tuple[SequenceId, bool, bool]:
-        params = request.parameters if request is not None else {}
-        key = params.get("sequence_id", 0)
-        if (
-            isinstance(key, bool)
-            or not isinstance(key, int | str)
-            or (isinstance(key, int) and key < 0)
-        ):
-            raise invalid(
-                f"Unable to parse 'sequence_id': expected an unsigned integer or a string, "
-                f"got {key!r}"
-            )
-        if key in (0, ""):
-            raise invalid(
-                f"inference request to model '{self._name}' must specify a non-zero or "
-                "non-empty correlation ID"
-            )
-        if isinstance(key, str) and self._numeric_corrid:
-            assert self._corrid is not None
-            raise invalid(
-                f"inference request to model '{self._name}' has the string sequence_id "
-                f"'{key}', but its CONTROL_SEQUENCE_CORRID input '{self._corrid.name}' is "
-                f"{self._corrid.datatype.config_name}: send an unsigned integer ID"
-            )
-        if isinstance(key, int) and key > self._corrid_max:
-            assert self._corrid is not None
-            raise invalid(
-                f"sequence_id {key} does not fit the {self._corrid.datatype.config_name} "
-                f"CONTROL_SEQUENCE_CORRID input '{self._corrid.name}' of model '{self._name}'"
-            )
-        if batch_size != 1:
-            raise invalid(
-                f"inference request to model '{self._name}' must specify batch-size 1 due to "
-                "requirements of sequence batcher"
-            )
-        return key, _flag(params, "sequence_start"), _flag(params, "sequence_end")
 
     def _begin(self, key: SequenceId) -> Active:
         active = Active(key)
@@ -439,38 +375,13 @@ class SequenceScheduler:
         return active.queue.popleft()
 
     def _row(self, active: Active, pending: SeqPending) -> Row:
-        inputs = dict(pending.inputs)
-        for name, kind, false, true in self._flags:
-            if kind is ControlKind.START:
-                inputs[name] = true if pending.start else false
-            elif kind is ControlKind.END:
-                inputs[name] = true if pending.end else false
-            else:
-                inputs[name] = true
-        if self._corrid is not None:
-            inputs[self._corrid.name] = self._corrid_tensor(active.key)
         state = None if pending.start else active.state
-        for name, initial in self._initial.items():
-            inputs[name] = initial if state is None else state.get(name, initial)
+        inputs = self._controls.row(pending.inputs, active.key, pending.start, pending.end, state)
         return Row(inputs, pending, active)
 
     def _padding(self, active: Active | None, filler: dict[str, np.ndarray]) -> Row:
-        inputs = dict(filler)
-        for name, _, false, _ in self._flags:
-            inputs[name] = false
-        if self._corrid is not None:
-            inputs[self._corrid.name] = self._corrid_tensor(0)
         state = active.state if active is not None else None
-        for name, initial in self._initial.items():
-            inputs[name] = initial if state is None else state.get(name, initial)
-        return Row(inputs, None, None)
-
-    def _corrid_tensor(self, key: SequenceId) -> np.ndarray:
-        assert self._corrid is not None
-        if self._numeric_corrid:
-            return np.full(self._item_shape, key, self._corrid.datatype.numpy)
-        text = key if isinstance(key, str) else str(key) if key else ""
-        return np.full(self._item_shape, text.encode(), np.object_)
+        return Row(self._controls.padding(filler, state), None, None)
 
     def _dispatch(self, lane: Lane, rows: list[Row]) -> None:
         lane.busy = True
@@ -571,18 +482,6 @@ class SequenceScheduler:
     async def stop(self) -> None:
         """Free the instances (after drain())."""
         await asyncio.gather(*(asyncio.to_thread(lane.worker.stop) for lane in self._lanes))
-
-
-def _flag(params: dict[str, ParamValue], name: str) -> bool:
-    value = params.get(name, False)
-    if not isinstance(value, bool):
-        raise invalid(f"Unable to parse '{name}': expected a boolean, got {value!r}")
-    return value
-
-
-def _readonly(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False  # shared by every batch
-    return array
 
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:
