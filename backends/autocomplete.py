@@ -84,6 +84,11 @@ def complete_tensors(
             tensor.dims.extend((dims[1:] if max_batch_size > 0 else dims) or [1])
 
 
+def model_dims_of(tensor: Any) -> list[int]:
+    """A config tensor's dims on the model's side: with `reshape`, the reshape shape."""
+    return list(tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)
+
+
 def check_tensors(
     kind: str, tensors: Any, specs: Sequence[TensorSpec], batched: bool, model_file: Path
 ) -> None:
@@ -111,7 +116,7 @@ def check_tensors(
                     f"the model, which has shape {model_dims}"
                 )
             model_dims = model_dims[1:]
-        config_dims = list(tensor.dims)
+        config_dims = model_dims_of(tensor)
         if model_dims == [] and config_dims == [1]:
             continue  # a scalar per batch item is written dims: [1] in Triton configs
         compatible = len(model_dims) == len(config_dims) and all(

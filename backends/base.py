@@ -113,12 +113,12 @@ class ModelInstance(ABC):
 
     # True when execute() may also run on the event loop's thread (no thread-bound state such
     # as a CUDA stream): batches that take less CPU than a thread hop then run there.
-    runs_on_any_thread: ClassVar[bool] = False
+    runs_on_any_thread: bool = False
     # True when a batch goes to execute_requests() as its requests, each with its own tensors,
     # id and parameters, instead of to execute() concatenated (Triton's python backend hands
     # a model the request list). The worker picks the path once, at start; execute() still
     # serves single requests (warmup).
-    takes_requests: ClassVar[bool] = False
+    takes_requests: bool = False
 
     @abstractmethod
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from inferd.backends.autocomplete import (
     check_tensors,
     complete_max_batch_size,
     complete_tensors,
+    model_dims_of,
 )
 from inferd.repository.config import ModelConfigProto
 from inferd.repository.sequence_config import generated_names
@@ -212,7 +213,7 @@ def _complete_and_check(
         ("input", config.input, signature.inputs),
         ("output", config.output, signature.outputs),
     ):
-        dims = {t.name: list(t.dims) for t in tensors}
+        dims = {t.name: model_dims_of(t) for t in tensors}
         specs = [to_spec(t, dims.get(t.name), batched) for t in declared]
         check_tensors(kind, tensors, specs, batched, model_file)
     if every_input:

@@ -6,6 +6,7 @@ for what the config endpoint prints; the frozen dataclasses are what the data pl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -53,6 +54,8 @@ class TensorConfig:
     name: str
     datatype: DataType
     dims: tuple[int, ...]  # without the batch dim; -1 = variable
+    # `reshape { shape }`: the shape the model itself takes or makes (clients see `dims`).
+    reshape: tuple[int, ...] | None = None
     optional: bool = False
     allow_ragged_batch: bool = False
     label_filename: str = ""
@@ -234,6 +237,8 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
         seen: set[str] = set()
         for tensor in tensors:
             _validate_tensor(where, kind, tensor, seen)
+            if tensor.HasField("reshape"):
+                _validate_reshape(where, f"model {kind} '{tensor.name}'", tensor, config)
     if config.HasField("dynamic_batching"):
         _validate_batching(where, config)
     if config.HasField("sequence_batching"):
@@ -313,8 +318,49 @@ def _validate_tensor(where: str, kind: str, tensor: Any, seen: set[str]) -> None
         raise invalid(f"{where}: {kind} '{tensor.name}' must have at least one dim")
     if any(d < -1 or d == 0 for d in tensor.dims):
         raise invalid(f"{where}: {kind} '{tensor.name}' dims {list(tensor.dims)} must be > 0 or -1")
-    if tensor.HasField("reshape"):
-        raise invalid(f"{where}: {kind} '{tensor.name}': 'reshape' is not supported by inferd yet")
+
+
+def _validate_reshape(where: str, prefix: str, tensor: Any, config: ModelConfigProto) -> None:
+    """Triton's rules (model_config_utils.cc ValidateIOShape) and messages: the same element
+    count, and around each variable-size dim the same count on both sides; an empty reshape
+    (a scalar per batch item) only for a batching model."""
+    dims, shape = list(tensor.dims), list(tensor.reshape.shape)
+    if not shape and config.max_batch_size == 0:
+        raise invalid(f"{where}: {prefix} cannot have empty reshape for non-batching model")
+    if any(d < 1 and d != -1 for d in shape):
+        raise invalid(
+            f"{where}: {prefix} reshape dimensions must be integer >= 1, or -1 to indicate a "
+            "variable-size dimension"
+        )
+    dims_size, shape_size = _element_count(dims), _element_count(shape)
+    different = invalid(f"{where}: {prefix} has different size for dims and reshape")
+    if dims_size != shape_size and (shape_size != 0 or dims_size != 1):
+        raise different
+    if dims_size == -1:  # both have variable-size dims
+        dims_runs, shape_runs = _runs(dims), _runs(shape)
+        if len(dims_runs) != len(shape_runs):
+            raise invalid(
+                f"{where}: {prefix} has different number of variable-size dimensions for dims "
+                "and reshape"
+            )
+        if dims_runs != shape_runs:
+            raise different
+
+
+def _element_count(dims: list[int]) -> int:
+    """Triton's GetElementCount: -1 with a variable-size dim, 0 for no dims."""
+    return -1 if -1 in dims else math.prod(dims) if dims else 0
+
+
+def _runs(dims: list[int]) -> list[int]:
+    """The element counts between variable-size dims: [2, 4, -1, 6] -> [8, 6]."""
+    runs = [1]
+    for dim in dims:
+        if dim == -1:
+            runs.append(1)
+        else:
+            runs[-1] *= dim
+    return runs
 
 
 def _validate_batching(where: str, config: ModelConfigProto) -> None:
@@ -377,6 +423,7 @@ def _tensor(tensor: Any, *, is_input: bool) -> TensorConfig:
         name=tensor.name,
         datatype=DataType.from_config_name(pb.DataType.Name(tensor.data_type)),
         dims=tuple(tensor.dims),
+        reshape=tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None,
         optional=is_input and tensor.optional,
         allow_ragged_batch=is_input and tensor.allow_ragged_batch,
         label_filename="" if is_input else tensor.label_filename,

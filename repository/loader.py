@@ -11,6 +11,7 @@ from pathlib import Path
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
+from inferd.backends.reshape import model_side, reshaped
 from inferd.batching.padding import PaddingSpec, padding_spec
 from inferd.batching.rate_limiter import RateLimiter, Ticket
 from inferd.batching.scheduler import SchedulerConfig
@@ -206,9 +207,11 @@ class ModelLoader:
             self._settings.backend, total_cpu_instances=sum(1 for d in devices if d.kind == "cpu")
         )
         instances: list[ModelInstance] = []
+        model_config = model_side(config)  # with `reshape`, the backend sees the model's shapes
         try:
             for device in devices:
-                instances.append(backend.create_instance(config, path, device, settings))
+                instance = backend.create_instance(model_config, path, device, settings)
+                instances.append(reshaped(instance, config))
         except BaseException:
             for instance in instances:
                 instance.close()

@@ -18,7 +18,7 @@ def identity_model(
         [helper.make_tensor_value_info("INPUT0", dtype, list(shape))],
         [helper.make_tensor_value_info("OUTPUT0", dtype, list(shape))],
     )
-    return _finish(graph)
+    return finish(graph)
 
 
 def reshape_model() -> onnx.ModelProto:
@@ -31,7 +31,7 @@ def reshape_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["rows", 4])],
         initializer=[shape],
     )
-    return _finish(graph)
+    return finish(graph)
 
 
 def double_model() -> onnx.ModelProto:
@@ -50,7 +50,7 @@ def double_model() -> onnx.ModelProto:
         ],
         initializer=[two],
     )
-    return _finish(graph)
+    return finish(graph)
 
 
 def conv_model(seed: int = 0) -> onnx.ModelProto:
@@ -74,10 +74,10 @@ def conv_model(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
         initializer=weights,
     )
-    return _finish(graph)
+    return finish(graph)
 
 
-def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
+def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from tests.models import _finish
+from tests.models import finish
 
 
 def accumulator_model() -> onnx.ModelProto:
@@ -40,7 +40,7 @@ def accumulator_model() -> onnx.ModelProto:
             )
         ],
     )
-    return _finish(graph)
+    return finish(graph)
 
 
 def accumulator_config(

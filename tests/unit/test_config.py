@@ -147,7 +147,45 @@ BAD_CONFIGS = [
         "max_batch_size: 4\nsequence_batching {}\nresponse_cache { enable: true }",
         "Response Cache does not currently support model m with sequence batching scheduler",
     ),
+    # reshape, with Triton's messages (model_config_utils.cc ValidateIOShape)
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [1] reshape { shape: [] }}]',
+        "model input 'z' cannot have empty reshape for non-batching model",
+    ),
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [4] reshape { shape: [0, 4] }}]',
+        "model input 'z' reshape dimensions must be integer >= 1, or -1",
+    ),
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [6] reshape { shape: [4, 2] }}]',
+        "model input 'z' has different size for dims and reshape",
+    ),
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [-1] reshape { shape: [4] }}]',
+        "model input 'z' has different size for dims and reshape",
+    ),
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [-1, 2] reshape { shape: [-1, -1] }}]',
+        "model input 'z' has different number of variable-size dimensions for dims and reshape",
+    ),
+    (
+        'input [{name: "z" data_type: TYPE_FP32 dims: [2, 4, -1, 6] reshape '
+        "{ shape: [4, -1, 12] }}]",
+        "model input 'z' has different size for dims and reshape",
+    ),
 ]
+
+
+def test_reshapes_that_keep_the_element_counts_are_accepted() -> None:
+    text = (
+        "max_batch_size: 4\n"
+        'input [{name: "a" data_type: TYPE_FP32 dims: [2, 4, -1, 6] reshape '
+        "{ shape: [8, -1, 1, 6] }}]\n"
+        'output [{name: "b" data_type: TYPE_FP32 dims: [1] reshape { shape: [] }}]\n'
+    )
+    typed = to_model_config(parsed(text, name="m"), "onnxruntime")
+    assert typed.inputs[0].dims == (2, 4, -1, 6) and typed.inputs[0].reshape == (8, -1, 1, 6)
+    assert typed.outputs[0].reshape == ()
 
 
 @pytest.mark.parametrize(("extra", "needle"), BAD_CONFIGS)
