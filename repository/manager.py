@@ -71,12 +71,18 @@ class ModelRepository:
     def roots(self) -> tuple[Path, ...]:
         return self._settings.roots
 
+    def locate(self) -> dict[str, ModelLocation]:
+        """The models in the repositories now, remote ones brought up to date first (blocking:
+        run it off the event loop). Raises InferdError when a remote repository cannot be read."""
+        self._settings.refresh()
+        return find_models(self.roots)
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def load_all(self, names: set[str] | None = None) -> None:
         """Start-up: load every model found under the roots, or only `names` (explicit mode)
         and the models the ensembles among them are made of, each on its own loader thread."""
-        self._locations = await asyncio.to_thread(find_models, self.roots)
+        self._locations = await asyncio.to_thread(self.locate)
         for missing in sorted((names or set()) - set(self._locations)):
             self._models[missing] = {
                 0: ModelVersion(missing, 0, ModelState.UNAVAILABLE, "not found in any repository")
@@ -108,7 +114,7 @@ class ModelRepository:
             check_model_name(name)
             check_file_paths(files)
         else:
-            self._locations = await asyncio.to_thread(find_models, self.roots)
+            self._locations = await asyncio.to_thread(self.locate)
             location = self._locations.get(name)
             if location is None:
                 raise not_found(
@@ -176,7 +182,7 @@ class ModelRepository:
     async def apply_changes(self, changed: Iterable[str], removed: Iterable[str]) -> None:
         """Poll mode: (re)load the models whose folder changed, unload and forget removed ones.
         Failures are logged and shown in the index; a failed reload keeps the old versions."""
-        self._locations = await asyncio.to_thread(find_models, self.roots)
+        self._locations = await asyncio.to_thread(self.locate)
         outcomes = await asyncio.gather(
             *(self._forget(name) for name in removed), return_exceptions=True
         )
@@ -458,7 +464,7 @@ class ModelRepository:
     async def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         """Models found in the repositories now (name only if never loaded) and those loaded
         from request files, with each version's state."""
-        self._locations = await asyncio.to_thread(find_models, self.roots)
+        self._locations = await asyncio.to_thread(self.locate)
         entries: list[ModelIndexEntry] = []
         for name in sorted({*self._models, *self._locations}):
             if name not in self._models:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-from inferd.repository.layout import find_models
+from inferd.repository.layout import ModelLocation
 from inferd.repository.manager import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -21,11 +21,10 @@ log = logging.getLogger(__name__)
 Fingerprint = tuple[object, ...]
 
 
-def scan(roots: Sequence[Path]) -> dict[str, Fingerprint]:
+def scan(locations: Mapping[str, ModelLocation]) -> dict[str, Fingerprint]:
     """Every model's fingerprint (blocking: run it off the event loop)."""
     return {
-        name: (location.error, *_entries(location.path))
-        for name, location in find_models(roots).items()
+        name: (location.error, *_entries(location.path)) for name, location in locations.items()
     }
 
 
@@ -47,7 +46,6 @@ def _entries(model_dir: Path) -> list[tuple[str, int, int]]:
 class RepositoryPoller:
     def __init__(self, repository: ModelRepository, interval_s: float) -> None:
         self._repository = repository
-        self._roots = repository.roots
         self._interval_s = interval_s
         self._seen: dict[str, Fingerprint] = {}
         self._stopping = asyncio.Event()
@@ -55,7 +53,7 @@ class RepositoryPoller:
 
     async def snapshot(self) -> None:
         """Take the state the start-up load sees (call it before that load)."""
-        self._seen = await asyncio.to_thread(scan, self._roots)
+        self._seen = await asyncio.to_thread(self._scan)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inferd-repository-poller")
@@ -68,7 +66,7 @@ class RepositoryPoller:
             self._task = None
 
     async def poll(self) -> None:
-        current = await asyncio.to_thread(scan, self._roots)
+        current = await asyncio.to_thread(self._scan)
         changed = {name for name, fp in current.items() if self._seen.get(name) != fp}
         removed = set(self._seen) - set(current)
         self._seen = current
@@ -79,6 +77,9 @@ class RepositoryPoller:
                 sorted(removed) or "none",
             )
             await self._repository.apply_changes(changed, removed)
+
+    def _scan(self) -> dict[str, Fingerprint]:
+        return scan(self._repository.locate())
 
     async def _run(self) -> None:
         while True:

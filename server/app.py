@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+from pathlib import Path
 
 import uvloop
 from prometheus_client.registry import Collector
@@ -18,8 +20,10 @@ from inferd.backends.registry import BackendRegistry
 from inferd.batching.rate_limiter import RateLimiter
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
+from inferd.repository.s3 import S3Location, S3Repositories
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.cuda_shared_memory import CudaIpc
+from inferd.server.errors import InferdError
 from inferd.server.grpc_app import GrpcServer, grpc_settings, start_grpc_server
 from inferd.server.grpc_tls import TlsError
 from inferd.server.grpc_transport import GrpcBindError
@@ -76,13 +80,23 @@ class App:
         self._system: SystemMetrics | None = None
         self._metrics_http: HttpPort | None = None
         self.metrics_port = 0
+        self._remote = S3Repositories(dict(os.environ))  # S3 model repositories' local copies
 
     async def start(self) -> None:
         settings = self.settings
-        roots = settings.model_repositories or (bundled_examples(),)
-        for root in roots:
-            if not root.is_dir():
-                raise StartupError(f"model repository {root} is not a directory")
+        roots: list[Path] = []
+        for repository in settings.model_repositories or (bundled_examples(),):
+            if isinstance(repository, S3Location):
+                roots.append(self._remote.add(repository))
+            elif not repository.is_dir():
+                raise StartupError(f"model repository {repository} is not a directory")
+            else:
+                roots.append(repository)
+        try:
+            await asyncio.to_thread(self._remote.sync)  # the first copy of S3 repositories
+        except InferdError as exc:
+            self._remote.close()
+            raise StartupError(exc.message) from None
         if settings.model_control_mode == "poll" and not settings.repository_poll_secs > 0:
             raise StartupError("--repository-poll-secs must be > 0 in poll mode")
         log_control = LogControl(settings.log or LogSettings.from_level(settings.log_level))
@@ -101,6 +115,7 @@ class App:
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
+                refresh=self._remote.sync,
                 backend=BackendSettings(
                     default_max_batch_size=settings.default_max_batch_size,
                     auto_complete=settings.auto_complete_config,
@@ -251,6 +266,7 @@ class App:
             self._poller = None
         if self._repository is not None:
             await self._repository.close()
+        self._remote.close()
         if self.core is not None:
             self.core.shared_memory.close()
             self.core.logging.close()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from inferd.repository.s3 import S3Location, is_s3, parse_s3_url
 from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import parse_backend_config, parse_trace_flags
 from inferd.server.grpc_tls import grpc_tls
@@ -55,9 +56,10 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--model-repository",
         "--model-store",
         dest="model_repository",
-        type=Path,
+        type=_repository,
         multiple=True,
-        help="model repository root (repeatable); none = the bundled examples",
+        help="model repository root: a folder or s3://[host:port/]bucket/path (repeatable); "
+        "none = the bundled examples",
     )
     p.add(
         "--model-config-name",
@@ -382,6 +384,15 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add("--log-file", help="log to this file instead of stderr")
     add_inert_flags(p)
     return parser
+
+
+def _repository(text: str) -> Path | S3Location:
+    if not is_s3(text):
+        return Path(text)
+    try:
+        return parse_s3_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _config_name(text: str) -> str:
