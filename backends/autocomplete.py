@@ -3,7 +3,7 @@ by the backends that can read their model's inputs and outputs (ONNX graphs, Ten
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,11 @@ def complete_max_batch_size(
 def regular_tensors(
     config: ModelConfigProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The model's inputs and outputs less the sequence batcher's control and state tensors,
-    which the scheduler feeds and reads: they are not the config's inputs and outputs."""
+    """The model's inputs and outputs less the sequence batcher's control and state tensors
+    and the batch inputs, which the server makes and reads: they are not the config's inputs
+    and outputs."""
     skip_inputs, skip_outputs = generated_names(config)
+    skip_inputs |= {target for item in config.batch_input for target in item.target_name}
     if not skip_inputs and not skip_outputs:
         return list(inputs), list(outputs)
     return (
@@ -89,10 +91,31 @@ def model_dims_of(tensor: Any) -> list[int]:
     return list(tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)
 
 
-def check_tensors(
-    kind: str, tensors: Any, specs: Sequence[TensorSpec], batched: bool, model_file: Path
+def check_batch_inputs(
+    config: ModelConfigProto, specs: Sequence[TensorSpec], model_file: Path
 ) -> None:
-    """Every configured tensor must exist in the model with the same type and a compatible shape."""
+    """Every batch input's targets must be inputs of the model."""
+    names = {s.name for s in specs}
+    for item in config.batch_input:
+        for target in item.target_name:
+            if target not in names:
+                raise invalid(
+                    f"batch_input target '{target}' is not an input of the model {model_file}; "
+                    f"the model's inputs are: {', '.join(sorted(names))}"
+                )
+
+
+def check_tensors(
+    kind: str,
+    tensors: Any,
+    specs: Sequence[TensorSpec],
+    batched: bool,
+    model_file: Path,
+    flat: Collection[str] = (),
+) -> None:
+    """Every configured tensor must exist in the model with the same type and a compatible shape.
+    Ragged inputs and the `flat` tensors (batch outputs) are 1-D in the model: the whole
+    batch's elements in one."""
     by_name = {s.name: s for s in specs}
     for tensor in tensors:
         spec = by_name.get(tensor.name)
@@ -109,6 +132,13 @@ def check_tensors(
                 f"the model's {have.config_name}"
             )
         model_dims = list(spec.shape)
+        if getattr(tensor, "allow_ragged_batch", False) or tensor.name in flat:
+            if len(model_dims) != 1:
+                raise invalid(
+                    f"{kind} '{tensor.name}' holds a ragged batch, so the model must have it as "
+                    f"a 1-D tensor; the model's shape is {model_dims}"
+                )
+            continue
         if batched:
             if not model_dims or model_dims[0] != -1:
                 raise invalid(
@@ -136,7 +166,7 @@ def scalar_items(
     """Tensors whose config writes a per-item scalar as dims [1] while the model has one rank
     less: they are reshaped on the way in and out. `config_tensors` are TensorConfigs."""
     extra = 1 if batched else 0
-    ranks = {t.name: len(t.dims) + extra for t in config_tensors}
+    ranks = {t.name: len(t.dims) + extra for t in config_tensors if not t.allow_ragged_batch}
     return frozenset(s.name for s in specs if len(s.shape) == ranks.get(s.name, len(s.shape)) - 1)
 
 

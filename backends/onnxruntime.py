@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from inferd.backends.autocomplete import (
     TensorSpec,
+    check_batch_inputs,
     check_tensors,
     complete_max_batch_size,
     complete_tensors,
@@ -135,7 +136,9 @@ class OnnxRuntimeBackend(Backend):
             complete_tensors(config.output, regular_outputs, config.max_batch_size, model_file)
         batched = config.max_batch_size > 0
         check_tensors("input", config.input, inputs, batched, model_file)
-        check_tensors("output", config.output, outputs, batched, model_file)
+        scattered = {target for item in config.batch_output for target in item.target_name}
+        check_tensors("output", config.output, outputs, batched, model_file, scattered)
+        check_batch_inputs(config, inputs, model_file)
 
     @classmethod
     def gpu_unavailable_reason(cls, gpus: GpuInfo) -> str:

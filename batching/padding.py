@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from inferd.batching.tensors import split_outputs
 from inferd.repository.config import ModelConfig, TensorConfig
 from inferd.server.errors import InferdError, invalid
 from inferd.server.types import DataType
@@ -58,6 +59,19 @@ class PaddingSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {p.name: p for p in self.inputs})
+
+    # As a BatchLayout (batching/tensors.py):
+    def join(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return pad_batch(self, requests)
+
+    def split(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        requests: Sequence[Mapping[str, np.ndarray]],
+        batch_sizes: Sequence[int],
+    ) -> list[dict[str, np.ndarray]]:
+        per_request = split_outputs(outputs, batch_sizes)
+        return [unpad(self, out, req) for out, req in zip(per_request, requests, strict=True)]
 
 
 def pad_batch(

@@ -21,10 +21,10 @@ import numpy as np
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import ExecTimeEstimator, LatenessMargin
-from inferd.batching.padding import PaddingSpec
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from inferd.batching.rate_limiter import Ticket
 from inferd.batching.stats import BatchStats, ModelStats
+from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
@@ -110,7 +110,7 @@ class Scheduler:
         instances: Sequence[ModelInstance],
         loop: asyncio.AbstractEventLoop,
         stats: ModelStats | None = None,
-        padding: PaddingSpec | None = None,
+        layout: BatchLayout | None = None,  # shape buckets, ragged inputs
         tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
         streams: OpenStreams | None = None,  # a decoupled model's
     ) -> None:
@@ -140,7 +140,7 @@ class Scheduler:
                 f"{model}-{i}",
                 loop,
                 self._finish,
-                padding,
+                layout,
                 config.inline_max_ns,
                 tickets[i] if tickets else None,
             )

@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
+
+Tensors = Mapping[str, np.ndarray]
+
+
+class BatchLayout(Protocol):
+    """How a model wants a batch laid out when plain concatenation along the batch dim is not
+    it (shape buckets: padding.py; ragged inputs and batch inputs: ragged.py). Both run on the
+    instance thread."""
+
+    def join(self, requests: Sequence[Tensors]) -> dict[str, np.ndarray]:
+        """The batch's inputs from the requests' inputs."""
+        ...
+
+    def split(
+        self, outputs: Tensors, requests: Sequence[Tensors], batch_sizes: Sequence[int]
+    ) -> list[dict[str, np.ndarray]]:
+        """Each request's outputs from the batch's."""
+        ...
 
 
 def concat_inputs(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -15,9 +15,8 @@ import numpy as np
 
 from inferd.backends.base import InstanceRequest, ModelInstance, RequestOutcome
 from inferd.batching.estimator import ExecTimeEstimator
-from inferd.batching.padding import PaddingSpec, pad_batch, unpad
 from inferd.batching.rate_limiter import Ticket
-from inferd.batching.tensors import concat_inputs, split_outputs
+from inferd.batching.tensors import BatchLayout, concat_inputs, split_outputs
 from inferd.server.errors import internal
 from inferd.server.types import InferRequest
 
@@ -74,12 +73,12 @@ class Worker:
         name: str,
         loop: asyncio.AbstractEventLoop,
         finish: FinishCallback,
-        padding: PaddingSpec | None = None,
+        layout: BatchLayout | None = None,
         inline_max_ns: int = 0,
         ticket: Ticket | None = None,
     ) -> None:
         self.instance = instance
-        self._padding = padding  # shape buckets: None = plain concat/split, nothing extra
+        self._layout = layout  # None = plain concat/split, nothing extra
         self._loop = loop
         self._finish = finish
         # A rate-limited instance may wait for its resources: never on the loop.
@@ -87,7 +86,7 @@ class Worker:
         inline = instance.runs_on_any_thread and ticket is None
         self._inline_max_ns = inline_max_ns if inline else 0
         # Chosen once, so that batched instances pay nothing per batch for the other path.
-        # Requests handed over one by one are never concatenated, so padding does not apply.
+        # Requests handed over one by one are never concatenated, so a layout does not apply.
         self._execute: Callable[[list[Any], Timings], BatchResult] = (
             self._execute_each if instance.takes_requests else self._execute_concat
         )
@@ -185,17 +184,17 @@ class Worker:
         self, batch: list[BatchItem], timings: Timings
     ) -> list[dict[str, np.ndarray]]:
         start = time.perf_counter_ns()
-        padding = self._padding
+        layout = self._layout
         requests = [p.inputs for p in batch]
-        inputs = concat_inputs(requests) if padding is None else pad_batch(padding, requests)
+        inputs = concat_inputs(requests) if layout is None else layout.join(requests)
         infer_start = time.perf_counter_ns()
         outputs = self.instance.execute(inputs)
         infer_end = time.perf_counter_ns()
-        per_request = split_outputs(outputs, [p.batch_size for p in batch])
-        if padding is not None:
-            per_request = [
-                unpad(padding, out, req) for out, req in zip(per_request, requests, strict=True)
-            ]
+        sizes = [p.batch_size for p in batch]
+        if layout is None:
+            per_request = split_outputs(outputs, sizes)
+        else:
+            per_request = layout.split(outputs, requests, sizes)
         timings.input_ns = infer_start - start
         timings.infer_ns = infer_end - infer_start
         timings.output_ns = time.perf_counter_ns() - infer_end

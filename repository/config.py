@@ -18,6 +18,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
 
+from inferd.repository.batch_io_config import BatchInput, BatchOutput, parse_batch_io
 from inferd.repository.ensemble_config import (
     EnsembleConfig,
     is_ensemble,
@@ -36,10 +37,6 @@ from inferd.server.types import DataType
 ModelConfigProto: TypeAlias = Any
 CONFIG_FILENAME = "config.pbtxt"
 CUSTOM_CONFIG_DIR = "configs"  # --model-config-name=NAME reads configs/NAME.pbtxt
-
-# Scheduling and features that a config may ask for but inferd does not run yet: loading such a
-# model must fail loudly rather than serve it with different semantics.
-_UNSUPPORTED_FIELDS = ("batch_input", "batch_output")
 
 
 class DeviceKind(StrEnum):
@@ -137,6 +134,9 @@ class ModelConfig:
     proto: ModelConfigProto  # normalised message, for the config endpoint
     input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
     ensemble: EnsembleConfig | None = None  # the steps of a `platform: "ensemble"` model
+    # Ragged batching: tensors made per batch, outputs scattered back (batch_io_config.py).
+    batch_inputs: tuple[BatchInput, ...] = ()
+    batch_outputs: tuple[BatchOutput, ...] = ()
     sequence_batching: SequenceBatching | None = None  # a stateful model's sequence batcher
     response_cache: bool = False  # response_cache { enable: true } (used with --cache-config)
     # model_transaction_policy { decoupled: true }: 0..n responses per request, streamed
@@ -224,9 +224,6 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
         raise invalid(f"{where}: config name '{config.name}' must match the folder name")
     if config.response_cache.enable:
         _validate_response_cache(where, config)
-    for name in _UNSUPPORTED_FIELDS:
-        if _is_set(config, name):
-            raise invalid(f"{where}: '{name}' is not supported by inferd yet")
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:
@@ -239,6 +236,7 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
             _validate_tensor(where, kind, tensor, seen)
             if tensor.HasField("reshape"):
                 _validate_reshape(where, f"model {kind} '{tensor.name}'", tensor, config)
+    parse_batch_io(config, where)
     if config.HasField("dynamic_batching"):
         _validate_batching(where, config)
     if config.HasField("sequence_batching"):
@@ -299,11 +297,6 @@ def _validate_response_cache(where: str, config: ModelConfigProto) -> None:
         f"{where}: Response Cache does not currently support model {config.name} with "
         f"{blocker}. Please disable the response cache."
     )
-
-
-def _is_set(config: ModelConfigProto, field: str) -> bool:
-    value = getattr(config, field)
-    return bool(len(value)) if hasattr(value, "__len__") else config.HasField(field)
 
 
 def _validate_tensor(where: str, kind: str, tensor: Any, seen: set[str]) -> None:
@@ -384,6 +377,7 @@ def _validate_batching(where: str, config: ModelConfigProto) -> None:
 def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
     """The typed, read-only view of a normalised and validated config."""
     inputs = tuple(_tensor(t, is_input=True) for t in config.input)
+    batch_inputs, batch_outputs = parse_batch_io(config, f"model '{config.name}'")
     return ModelConfig(
         name=config.name,
         platform=config.platform,
@@ -415,6 +409,8 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         ),
         decoupled=config.model_transaction_policy.decoupled,
         response_cache=config.response_cache.enable,
+        batch_inputs=batch_inputs,
+        batch_outputs=batch_outputs,
     )
 
 

@@ -12,10 +12,13 @@ from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
 from inferd.backends.reshape import model_side, reshaped
-from inferd.batching.padding import PaddingSpec, padding_spec
+from inferd.batching.padding import padding_spec
+from inferd.batching.ragged import ragged_layout
 from inferd.batching.rate_limiter import RateLimiter, Ticket
 from inferd.batching.scheduler import SchedulerConfig
 from inferd.batching.stats import ModelStats
+from inferd.batching.tensors import BatchLayout
+from inferd.repository.batch_io_config import validate_batch_io_backend
 from inferd.repository.config import (
     DeviceKind,
     InstanceGroup,
@@ -69,7 +72,7 @@ class PreparedModel:
     scheduling: SchedulerConfig | None
     versions: list[ModelVersion]
     instances: dict[int, list[ModelInstance]]
-    padding: PaddingSpec | None = None  # shape buckets, when the config opts in
+    layout: BatchLayout | None = None  # shape buckets or ragged inputs, when the config has them
     stats: dict[int, ModelStats] = field(default_factory=dict)  # warmup already counted
     tickets: dict[int, list[Ticket]] = field(default_factory=dict)  # rate limiter's, per version
 
@@ -109,11 +112,19 @@ class ModelLoader:
         normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
         validate(proto, name, source)
         validate_decoupled(proto, backend_name, source)
+        validate_batch_io_backend(proto, backend_name, source)
         config = with_initial_state_files(to_model_config(proto, backend_name), model_dir)
         labels = _read_labels(config, model_dir)
         warmups = warmup_samples(proto, config, model_dir)
         padding = padding_spec(config)
         padded = padding.by_name if padding is not None else {}
+        ragged = ragged_layout(config)
+        if padding is not None and ragged is not None:
+            raise invalid(
+                f"model '{name}': shape buckets (inferd.pad_inputs) and ragged batching "
+                "(allow_ragged_batch, batch_input, batch_output) cannot be combined"
+            )
+        layout: BatchLayout | None = padding if padding is not None else ragged
         # Requests share a batch only when these agree: variable dims (unless ragged or padded)
         # and whether each optional input is present at all.
         shape_key_inputs = tuple(
@@ -121,7 +132,7 @@ class ModelLoader:
             for t in config.inputs
             if t.optional or (t.variable and not t.allow_ragged_batch and t.name not in padded)
         )
-        prepared = PreparedModel(config, scheduler_config(config), [], {}, padding)
+        prepared = PreparedModel(config, scheduler_config(config), [], {}, layout)
         for number in _wanted_versions(config, available, prepared):
             version = ModelVersion(
                 name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
@@ -136,7 +147,7 @@ class ModelLoader:
                 )
                 stats = self._settings.new_stats()
                 try:
-                    run_warmup(warmups, instances, stats)
+                    run_warmup(warmups, instances, stats, prepared.layout)
                     if self._settings.rate_limiter is not None:  # warmup runs unlimited
                         prepared.tickets[number] = register_instances(
                             self._settings.rate_limiter, config, devices

@@ -359,7 +359,7 @@ class ModelRepository:
                 instances,
                 self._loop,
                 stats=prepared.stats.get(version.version),
-                padding=prepared.padding,
+                layout=prepared.layout,
                 tickets=prepared.tickets.get(version.version, ()),
                 streams=streams,
             )

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.stats import BatchStats, ModelStats
+from inferd.batching.tensors import BatchLayout
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig
 from inferd.server.errors import invalid
 from inferd.server.tensor_codec import tensor_from_bytes
@@ -44,15 +45,22 @@ def warmup_samples(
 
 
 def run_warmup(
-    samples: Sequence[WarmupSample], instances: Sequence[ModelInstance], stats: ModelStats
+    samples: Sequence[WarmupSample],
+    instances: Sequence[ModelInstance],
+    stats: ModelStats,
+    layout: BatchLayout | None = None,
 ) -> None:
-    """Run every sample `count` times on every instance; the first failure is raised."""
+    """Run every sample `count` times on every instance, laid out as a batch of one (`layout`:
+    the model's, when it is not plain concatenation and the instance takes batches); the first
+    failure is raised."""
     for index, instance in enumerate(instances):
+        joins = layout is not None and not instance.takes_requests
         for sample in samples:
+            inputs = layout.join([sample.inputs]) if joins and layout else sample.inputs
             for _ in range(sample.count):
                 start = time.perf_counter_ns()
                 try:
-                    instance.execute(sample.inputs)
+                    instance.execute(inputs)
                 except Exception as exc:
                     raise invalid(
                         f"model warmup '{sample.name}' failed on instance {index}: {exc}"

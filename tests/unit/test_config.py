@@ -147,6 +147,11 @@ BAD_CONFIGS = [
         "max_batch_size: 4\nsequence_batching {}\nresponse_cache { enable: true }",
         "Response Cache does not currently support model m with sequence batching scheduler",
     ),
+    (
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_INT32 '
+        'source_input: "a" }]',
+        "batch_input and batch_output need max_batch_size > 0",
+    ),
     # reshape, with Triton's messages (model_config_utils.cc ValidateIOShape)
     (
         'input [{name: "z" data_type: TYPE_FP32 dims: [1] reshape { shape: [] }}]',
