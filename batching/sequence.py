@@ -40,6 +40,7 @@ from inferd.batching.scheduler import (
 from inferd.batching.sequence_controls import SequenceControls, SequenceId
 from inferd.batching.sequence_policy import DirectBatch, Slot, decide_direct
 from inferd.batching.stats import ModelStats
+from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.sequence_config import SequenceBatching, Strategy
 from inferd.server.errors import InferdError, internal, invalid, unavailable
@@ -119,6 +120,7 @@ class SequenceScheduler:
         inline_max_ns: int = 0,
         tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
         streams: OpenStreams | None = None,  # a decoupled model's
+        layout: BatchLayout | None = None,  # ragged inputs
     ) -> None:
         self.model = model
         self.loop = loop
@@ -144,7 +146,7 @@ class SequenceScheduler:
                     f"{model}-{i}",
                     loop,
                     self._finish,
-                    None,
+                    layout,
                     inline_max_ns,
                     tickets[i] if tickets else None,
                 ),

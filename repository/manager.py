@@ -349,6 +349,7 @@ class ModelRepository:
                     inline_max_ns=scheduling.inline_max_ns,
                     tickets=prepared.tickets.get(version.version, ()),
                     streams=streams,
+                    layout=prepared.layout,
                 )
                 version.state = ModelState.READY
                 log.info("model '%s' version %d is READY (sequence batcher)", name, version.version)

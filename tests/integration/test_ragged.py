@@ -179,3 +179,31 @@ def test_batch_io_mistakes_fail_the_load(
         client.close()
     assert entry["state"] == "UNAVAILABLE"
     assert reason in entry["reason"]
+
+
+def test_the_sequence_batcher_lays_out_ragged_batches_too(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    oldest = (
+        "sequence_batching { oldest { max_candidate_sequences: 4 preferred_batch_size: [ 2 ] "
+        "max_queue_delay_microseconds: 3000000 } }"
+    )
+    config = CONFIG[: CONFIG.index("dynamic_batching")] + oldest
+    write_model(tmp_path, "ragged_seq", ragged_model(), config)
+    server = server_factory(model_repositories=(tmp_path,))
+    answers: dict[int, dict[str, Any]] = {}
+
+    def send(length: int) -> None:
+        x = np.ones((1, length), np.float32)
+        flags = {"sequence_id": length, "sequence_start": True, "sequence_end": True}
+        answers[length] = infer(server, "grpc", "ragged_seq", {"X": x}, **flags)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in (2, 6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for length, answer in answers.items():
+        assert answer["Y"].tolist() == [[2.0] * length]
+        assert int(answer["COUNT_OUT"].item()) == length
+        assert int(answer["MAX"].item()) == 6  # one batch of both sequences
