@@ -195,7 +195,11 @@ def test_the_sequence_batcher_lays_out_ragged_batches_too(
 
     def send(length: int) -> None:
         x = np.ones((1, length), np.float32)
-        flags = {"sequence_id": length, "sequence_start": True, "sequence_end": True}
+        flags: dict[str, Any] = {
+            "sequence_id": length,
+            "sequence_start": True,
+            "sequence_end": True,
+        }
         answers[length] = infer(server, "grpc", "ragged_seq", {"X": x}, **flags)
 
     threads = [threading.Thread(target=send, args=(n,)) for n in (2, 6)]
