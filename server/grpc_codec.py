@@ -63,8 +63,6 @@ def decode_infer_request(
     """Inputs in shared memory are read from `shared_memory`'s regions (a request naming a
     region without a registry is refused)."""
     tensors = message.inputs
-    if not tensors:
-        raise invalid("the request 'inputs' list is empty")
     raws = message.raw_input_contents
     if any(tensor.parameters for tensor in tensors):
         inputs = _inputs(tensors, raws, message.model_name, shared_memory)
@@ -157,7 +155,7 @@ def _tensor_header(
 ) -> tuple[str, DataType, tuple[int, ...]]:
     name: str = tensor.name
     if name in seen:
-        raise invalid(f"input '{name}' appears more than once")
+        raise invalid(f"input '{name}' already exists in request")
     datatype = DATATYPES.get(tensor.datatype)
     if datatype is None:
         raise invalid(f"input '{name}': unknown datatype '{tensor.datatype}'")

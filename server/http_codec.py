@@ -243,8 +243,6 @@ def _decode_inputs(
     """The inputs, and their binary layout when every one of them is binary."""
     if not isinstance(raw, list):
         raise invalid("the request must have an 'inputs' list")
-    if not raw:
-        raise invalid("the request 'inputs' list is empty")
     inputs: dict[str, np.ndarray] = {}
     binary: list[_BinaryInput] | None = []
     cursor = header_length  # next unread byte of the binary section
@@ -253,7 +251,7 @@ def _decode_inputs(
             raise invalid(f"each entry of 'inputs' must be an object, got {_json_name(item)}")
         name, datatype, shape, params = _tensor_header(item)
         if name in inputs:
-            raise invalid(f"input '{name}' appears more than once")
+            raise invalid(f"input '{name}' already exists in request")
         size = params.get("binary_data_size")
         ref = shared_memory_ref(params, f"input '{name}'")
         if ref is not None:

@@ -1,5 +1,6 @@
 """What a request must be to reach its model's scheduler: its inputs and requested outputs
-checked against the model's config (Triton's messages), and its scheduling parameters parsed.
+checked against the model's config (Triton 2.51's messages, with its `[request id: ...]`
+prefix where Triton puts one), and its scheduling parameters parsed.
 Failures are InferdErrors (INVALID_ARGUMENT), which the core counts as the model's."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Hashable
 from inferd.batching.scheduler import RequestOptions
 from inferd.repository.manager import ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
-from inferd.server.errors import invalid
+from inferd.server.errors import InferdError, invalid
 from inferd.server.types import DataType, InferRequest, Params
 
 
@@ -27,45 +28,49 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
             raise invalid(f"unexpected inference input '{name}' for model '{config.name}'")
         if array.dtype is not spec.dtype and array.dtype != spec.dtype:
             got = DataType.from_numpy(array.dtype).value
-            raise invalid(
+            raise _refused(
+                request,
                 f"inference input '{name}' data-type is '{got}', but model '{config.name}' "
-                f"expects '{spec.datatype.value}'"
+                f"expects '{spec.datatype.value}'",
             )
         shape = array.shape
         dims = shape
         if batching:
             if not shape or shape[0] < 1:
-                raise invalid(
+                raise _refused(
+                    request,
                     f"input '{name}' for model '{config.name}' needs a batch dim of at least 1, "
-                    f"got shape {list(shape)}"
+                    f"got shape {_listed(shape)}",
                 )
             if index == 0:
                 batch_size = shape[0]
             elif shape[0] != batch_size:
-                raise invalid(
-                    f"input '{name}' batch size {shape[0]} differs from the batch size "
-                    f"{batch_size} of the other inputs"
+                raise _refused(
+                    request,
+                    f"input '{name}' batch size does not match other inputs for '{config.name}'",
                 )
             dims = shape[1:]
         if dims != spec.dims and not _dims_match(spec.dims, dims):
-            expected = [-1, *spec.dims] if batching else list(spec.dims)
-            raise invalid(
-                f"unexpected shape for input '{name}' for model '{config.name}'. "
-                f"Expected {expected}, got {list(shape)}"
+            expected = (-1, *spec.dims) if batching else spec.dims
+            raise _refused(
+                request,
+                f"unexpected shape for input '{name}' for model '{config.name}'. Expected "
+                f"{_listed(expected)}, got {_listed(shape)}. {_BATCH_NOTE if batching else ''}",
             )
         shapes[name] = dims
     if batching and batch_size > config.max_batch_size:
-        raise invalid(
-            f"inference request batch-size must be <= {config.max_batch_size} for "
-            f"'{config.name}', got {batch_size}"
+        raise _refused(
+            request,
+            f"inference request batch-size must be <= {config.max_batch_size} for '{config.name}'",
         )
     if len(shapes) != len(specs):
         missing = [t.name for t in config.inputs if t.name not in shapes and not t.optional]
         if missing:
-            raise invalid(
+            raise _refused(
+                request,
                 f"expected {len(config.inputs)} inputs but got {len(shapes)} inputs for model "
-                f"'{config.name}'. Got input(s) {sorted(shapes)}, but missing required "
-                f"input(s) {missing}. Please provide all required input(s)."
+                f"'{config.name}'. Got input(s) {_quoted(sorted(shapes))}, but missing required "
+                f"input(s) {_quoted(missing)}. Please provide all required input(s).",
             )
     if request.outputs is not None:
         known = {t.name for t in config.outputs}
@@ -75,6 +80,28 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
                     f"unexpected inference output '{output.name}' for model '{config.name}'"
                 )
     return batch_size, model.shape_key(shapes)
+
+
+# Triton 2.51's words after a shape error of a batching model.
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to "
+    "be prepended to each input shape. If you want to specify the full shape including the "
+    "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
+    "configuration docs for more info on max_batch_size."
+)
+
+
+def _refused(request: InferRequest, message: str) -> InferdError:
+    """A request the model's config refuses, as Triton words it: with the request's id."""
+    return invalid(f"[request id: {request.id or '<id_unknown>'}] {message}")
+
+
+def _listed(dims: tuple[int, ...]) -> str:
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def _quoted(names: list[str]) -> str:
+    return "[" + ",".join(f"'{n}'" for n in names) + "]"
 
 
 def _dims_match(wanted: tuple[int, ...], got: tuple[int, ...]) -> bool:

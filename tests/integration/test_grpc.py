@@ -187,7 +187,7 @@ def test_stream_many_requests_and_a_bad_one(
         answers = [results.get(timeout=10) for _ in range(len(sent) + 1)]
         errors = [error for _, error in answers if error is not None]
         assert [e.message() for e in errors] == [
-            "inference request batch-size must be <= 8 for 'simple', got 9"
+            "[request id: bad] inference request batch-size must be <= 8 for 'simple'"
         ]
         got = {r.get_response().id: r.as_numpy("OUTPUT0") for r, e in answers if e is None}
         assert got.keys() == sent.keys()

@@ -308,7 +308,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, tuple[str, ...]]] = [
         "/v2/models/simple/infer",
         _simple(shape=[1, 8], data=[0] * 8),
         400,
-        ("INPUT0", "[-1, 16]"),
+        ("[request id: <id_unknown>] unexpected shape for input 'INPUT0'", "[-1,16]", "NOTE:"),
     ),
     ("data length", "/v2/models/simple/infer", _simple(data=[0] * 15), 400, ("INPUT0",)),
     (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from inferd.server.errors import ErrorCode
 from inferd.server.grpc_app import GRPC_STATUS
 from inferd.server.http_app import HTTP_STATUS
 from tests.conftest import RunningServer
+from tests.wire import fails, infer
 
 GOOD = np.zeros((1, 16), dtype=np.int32)
 
@@ -124,3 +126,46 @@ def test_metadata_config_and_index_alike(
     assert [
         {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index
     ] == http.get_model_repository_index()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_request_checks_word_their_refusals_as_triton_2_51(
+    examples_server: RunningServer, protocol: str
+) -> None:
+    """Words taken from the real tritonserver 2.51 for the same requests, request id included."""
+    note = (
+        "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension "
+        "to be prepended to each input shape. If you want to specify the full shape including "
+        "the batch dim in your input dims config, try setting max_batch_size to zero. See the "
+        "model configuration docs for more info on max_batch_size."
+    )
+    short = np.zeros((1, 8), np.int32)
+    cases: list[tuple[dict[str, np.ndarray], str, str]] = [
+        (
+            {"INPUT0": short, "INPUT1": GOOD},
+            "r1",
+            "[request id: r1] unexpected shape for input 'INPUT0' for model 'simple'. Expected "
+            f"[-1,16], got [1,8]. {note}",
+        ),
+        (
+            {"INPUT0": GOOD},
+            "",
+            "[request id: <id_unknown>] expected 2 inputs but got 1 inputs for model 'simple'. "
+            "Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1']. Please provide "
+            "all required input(s).",
+        ),
+        (
+            {"INPUT0": GOOD, "INPUT1": np.zeros((2, 16), np.int32)},
+            "r3",
+            "[request id: r3] input 'INPUT1' batch size does not match other inputs for 'simple'",
+        ),
+        (
+            {"INPUT0": GOOD.astype(np.float32), "INPUT1": GOOD},
+            "r4",
+            "[request id: r4] inference input 'INPUT0' data-type is 'FP32', but model 'simple' "
+            "expects 'INT32'",
+        ),
+    ]
+    for inputs, request_id, expected in cases:
+        call = partial(infer, examples_server, protocol, "simple", inputs, request_id=request_id)
+        assert fails(call, protocol, "invalid") == expected
