@@ -20,7 +20,7 @@ from inferd.backends.registry import BackendRegistry
 from inferd.batching.rate_limiter import RateLimiter
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
-from inferd.repository.s3 import S3Location, S3Repositories
+from inferd.repository.remote import RemoteLocation, RemoteRepositories
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.cuda_shared_memory import CudaIpc
 from inferd.server.errors import InferdError
@@ -80,20 +80,23 @@ class App:
         self._system: SystemMetrics | None = None
         self._metrics_http: HttpPort | None = None
         self.metrics_port = 0
-        self._remote = S3Repositories(dict(os.environ))  # S3 model repositories' local copies
+        self._remote = RemoteRepositories(dict(os.environ))  # object stores' local copies
 
     async def start(self) -> None:
         settings = self.settings
         roots: list[Path] = []
         for repository in settings.model_repositories or (bundled_examples(),):
-            if isinstance(repository, S3Location):
-                roots.append(self._remote.add(repository))
+            if isinstance(repository, RemoteLocation):
+                try:
+                    roots.append(self._remote.add(repository))
+                except ValueError as exc:
+                    raise StartupError(str(exc)) from None
             elif not repository.is_dir():
                 raise StartupError(f"model repository {repository} is not a directory")
             else:
                 roots.append(repository)
         try:
-            await asyncio.to_thread(self._remote.sync)  # the first copy of S3 repositories
+            await asyncio.to_thread(self._remote.sync)  # the first copy of remote repositories
         except InferdError as exc:
             self._remote.close()
             raise StartupError(exc.message) from None

@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from inferd.repository.s3 import S3Location, is_s3, parse_s3_url
+from inferd.repository import gcs, s3
+from inferd.repository.remote import RemoteLocation
 from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import parse_backend_config, parse_trace_flags
 from inferd.server.grpc_tls import grpc_tls
@@ -58,8 +59,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         dest="model_repository",
         type=_repository,
         multiple=True,
-        help="model repository root: a folder or s3://[host:port/]bucket/path (repeatable); "
-        "none = the bundled examples",
+        help="model repository root: a folder, s3://[host:port/]bucket/path or "
+        "gs://bucket/path (repeatable); none = the bundled examples",
     )
     p.add(
         "--model-config-name",
@@ -386,13 +387,21 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
-def _repository(text: str) -> Path | S3Location:
-    if not is_s3(text):
-        return Path(text)
-    try:
-        return parse_s3_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# Object-store repositories, by the scheme Triton spells them with.
+_REMOTE_SCHEMES: dict[str, Callable[[str], RemoteLocation]] = {
+    s3.SCHEME: s3.parse_s3_url,
+    gcs.SCHEME: gcs.parse_gcs_url,
+}
+
+
+def _repository(text: str) -> Path | RemoteLocation:
+    for scheme, parse in _REMOTE_SCHEMES.items():
+        if text.startswith(scheme):
+            try:
+                return parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
 
 
 def _config_name(text: str) -> str:

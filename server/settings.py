@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from inferd.repository.s3 import S3Location
+from inferd.repository.remote import RemoteLocation
 from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.log_settings import LogSettings
@@ -65,8 +65,9 @@ class GrpcChannel:
 @dataclass(frozen=True, slots=True)
 class Settings:
     server_id: str = "inferd"  # --id: the server metadata's name
-    # Local folders and S3 locations (repository/s3.py); empty = the bundled examples.
-    model_repositories: tuple[Path | S3Location, ...] = ()
+    # Local folders and object-store locations (repository/remote.py); empty = the bundled
+    # examples.
+    model_repositories: tuple[Path | RemoteLocation, ...] = ()
     model_config_name: str = ""  # configs/<name>.pbtxt before config.pbtxt
     model_load_thread_count: int = 4  # models prepared at once, as in Triton
     model_load_retry_count: int = 0  # further tries after a failed load

@@ -1,0 +1,60 @@
+"""Google Cloud Storage model repositories, `gs://bucket/path` as Triton spells them (served
+from a local copy: remote.py).
+
+Credentials are tried in Triton's order: GOOGLE_APPLICATION_CREDENTIALS (a credential file),
+then the attached service account (Google's application default credentials), then anonymous
+access (a public bucket). STORAGE_EMULATOR_HOST points the client at an emulator.
+google-cloud-storage comes with inferd's `gcs` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inferd.repository.remote import Listing, RemoteLocation
+from inferd.server.errors import unavailable
+
+SCHEME = "gs://"
+
+
+def parse_gcs_url(url: str) -> RemoteLocation:
+    """Raises ValueError with what is wrong."""
+    if not url.startswith(SCHEME):
+        raise ValueError(f"{url!r} is not a gs:// path")
+    bucket, _, prefix = url[len(SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r} names no bucket: expected gs://bucket[/path]")
+    return RemoteLocation(url, bucket, prefix.strip("/"), "TRITON_GCS_MOUNT_DIRECTORY", GcsStore)
+
+
+class GcsStore:
+    def __init__(self, location: RemoteLocation) -> None:
+        try:
+            from google.auth.exceptions import DefaultCredentialsError
+            from google.cloud import storage
+        except ImportError:
+            raise unavailable(
+                f"model repository {location} needs google-cloud-storage: install inferd's "
+                "'gcs' extra (pip install 'inferd[gcs]')"
+            ) from None
+        self._location = location
+        try:
+            client: Any = storage.Client()
+        except (DefaultCredentialsError, OSError):
+            client = storage.Client.create_anonymous_client()  # a public bucket
+        self._bucket: Any = client.bucket(location.bucket)
+        self._client = client
+
+    def list(self) -> Listing:
+        location = self._location
+        prefix = location.prefix + "/" if location.prefix else ""
+        found: Listing = {}
+        for blob in self._client.list_blobs(location.bucket, prefix=prefix):
+            relative = location.relative(blob.name)
+            if relative is not None:
+                found[relative] = (int(blob.size or 0), blob.etag or blob.md5_hash or "")
+        return found
+
+    def download(self, relative: str, target: Path) -> None:
+        self._bucket.blob(self._location.key(relative)).download_to_filename(str(target))

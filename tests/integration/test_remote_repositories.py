@@ -1,0 +1,261 @@
+"""Model repositories in object stores, served by a real server from local emulators with the
+real client libraries and tritonclient: S3 (`s3://host:port/bucket/path`, moto's S3 server,
+boto3) and Google Cloud Storage (`gs://bucket/path`, gcp-storage-emulator through
+STORAGE_EMULATOR_HOST, google-cloud-storage). The first copy at start-up, explicit loads and
+reloads that see what changed in the bucket, removed models, poll mode, the mount folder, and
+the failures a user sees."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from inferd.repository.gcs import parse_gcs_url
+from inferd.repository.remote import RemoteLocation
+from inferd.repository.s3 import S3Store, parse_s3_url
+from inferd.server.app import StartupError
+from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
+from tests.integration.test_cli import settings_for, usage_error
+from tests.wire import infer
+
+boto3 = pytest.importorskip("boto3", reason="boto3 is in the test extra")
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+gcs_emulator = pytest.importorskip(
+    "gcp_storage_emulator.server", reason="gcp-storage-emulator is in the test extra"
+)
+gcs_storage = pytest.importorskip("google.cloud.storage", reason="in the test extra")
+
+SIMPLE = {"INPUT0": np.arange(16, dtype=np.int32)[None], "INPUT1": np.ones((1, 16), np.int32)}
+
+
+class Bucket(Protocol):
+    """What the tests do to a bucket, whichever store holds it."""
+
+    name: str
+
+    def url(self, prefix: str) -> str: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def delete(self, prefix: str) -> None: ...
+
+
+class S3Bucket:
+    mount_variable = "TRITON_AWS_MOUNT_DIRECTORY"
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        self.endpoint, self.name = endpoint, name
+        self._bucket = boto3.resource("s3", endpoint_url=f"http://{endpoint}").Bucket(name)
+        self._bucket.create()
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.endpoint}/{self.name}/{prefix}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self._bucket.put_object(Key=key, Body=data)
+
+    def get(self, key: str) -> bytes:
+        return self._bucket.Object(key).get()["Body"].read()  # type: ignore[no-any-return]
+
+    def delete(self, prefix: str) -> None:
+        self._bucket.objects.filter(Prefix=prefix).delete()
+
+
+class GcsBucket:
+    mount_variable = "TRITON_GCS_MOUNT_DIRECTORY"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._client = gcs_storage.Client.create_anonymous_client()
+        self._bucket = self._client.create_bucket(name)
+
+    def url(self, prefix: str) -> str:
+        return f"gs://{self.name}/{prefix}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self._bucket.blob(key).upload_from_string(data)
+
+    def get(self, key: str) -> bytes:
+        return self._bucket.blob(key).download_as_bytes()  # type: ignore[no-any-return]
+
+    def delete(self, prefix: str) -> None:
+        for blob in self._client.list_blobs(self.name, prefix=prefix):
+            blob.delete()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint() -> Iterator[str]:
+    server = gcs_emulator.create_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    host, port = server._api._httpd.server_address  # the port it bound
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_endpoint: str,
+    gcs_endpoint: str,
+) -> Bucket:
+    """A fresh bucket; the server's client finds credentials and endpoints where Triton's
+    users put them (AWS_* variables; STORAGE_EMULATOR_HOST, anonymous access)."""
+    name = request.node.name.split("[")[0].replace("_", "-")[5:40].strip("-").lower()
+    for variable in ("TRITON_AWS_MOUNT_DIRECTORY", "TRITON_GCS_MOUNT_DIRECTORY"):
+        monkeypatch.delenv(variable, raising=False)
+    if request.param == "s3":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        return S3Bucket(s3_endpoint, name)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    return GcsBucket(name)
+
+
+def upload(bucket: Bucket, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            bucket.put(f"{prefix}/{path.relative_to(folder.parent)}", path.read_bytes())
+
+
+def location(url: str) -> RemoteLocation:
+    return parse_s3_url(url) if url.startswith("s3://") else parse_gcs_url(url)
+
+
+def serve(url: str, **settings: Any) -> RunningServer:
+    return start_server(replace(TEST_SETTINGS, model_repositories=(location(url),), **settings))
+
+
+def test_models_are_served_from_a_bucket(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload(bucket, EXAMPLES / "simple", "repo")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the copy goes
+    server = serve(bucket.url("repo"))
+    try:
+        result = infer(server, "http", "simple", SIMPLE)
+        assert result["OUTPUT0"].tolist() == (SIMPLE["INPUT0"] + 1).tolist()
+        [copy] = tmp_path.glob("inferd-models-*")
+        assert (copy / "simple" / "1" / "model.onnx").is_file()
+    finally:
+        server.stop()
+    assert not copy.exists()  # a temporary copy goes with the server
+
+
+def test_explicit_loads_see_the_bucket_change(bucket: Bucket) -> None:
+    upload(bucket, EXAMPLES / "simple", "models")
+    server = serve(bucket.url("models"), model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        assert [e["name"] for e in client.get_model_repository_index()] == ["simple"]
+        upload(bucket, EXAMPLES / "identity_fp32", "models")  # added after start-up
+        client.load_model("identity_fp32")
+        assert client.is_model_ready("identity_fp32")
+        # A changed config is downloaded again on reload.
+        config = bucket.get("models/identity_fp32/config.pbtxt").decode()
+        changed = config.replace("max_batch_size: 8", "max_batch_size: 2")
+        assert changed != config
+        bucket.put("models/identity_fp32/config.pbtxt", changed.encode())
+        client.load_model("identity_fp32")
+        assert client.get_model_config("identity_fp32")["max_batch_size"] == 2
+        # Objects gone from the bucket are gone from the repository.
+        bucket.delete("models/simple/")
+        assert [e["name"] for e in client.get_model_repository_index()] == ["identity_fp32"]
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_poll_mode_loads_what_the_bucket_gains(bucket: Bucket) -> None:
+    upload(bucket, EXAMPLES / "simple", "polled")
+    server = serve(bucket.url("polled"), model_control_mode="poll", repository_poll_secs=0.2)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        upload(bucket, EXAMPLES / "identity_fp32", "polled")
+        deadline = time.monotonic() + 20
+        while not client.is_model_ready("identity_fp32") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.is_model_ready("identity_fp32")
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_the_mount_folder_holds_the_copy(
+    bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload(bucket, EXAMPLES / "simple", "deep/repo")
+    monkeypatch.setenv(bucket.mount_variable, str(tmp_path))
+    serve(bucket.url("deep/repo")).stop()
+    copy = tmp_path / bucket.name / "deep" / "repo" / "simple"
+    assert (copy / "config.pbtxt").is_file()
+    assert (copy / "1" / "model.onnx").is_file()  # kept: the user chose the folder
+
+
+def test_a_missing_bucket_stops_the_start_with_the_reason(bucket: Bucket) -> None:
+    url = bucket.url("repo").replace(bucket.name, "no-such-bucket")
+    with pytest.raises(StartupError) as error:
+        serve(url)
+    message = str(error.value)
+    assert message.startswith(f"failed to read model repository {url}: ")
+    assert "NoSuchBucket" in message or "404" in message
+
+
+def test_s3_over_https_with_the_scheme_in_the_path(s3_endpoint: str) -> None:
+    store = S3Store(parse_s3_url(f"s3://https://{s3_endpoint}/b/p"))
+    assert store._client.meta.endpoint_url == f"https://{s3_endpoint}"
+
+
+def test_triton_spellings_of_remote_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = settings_for(
+        [
+            "serve",
+            "--model-repository=s3://bucket/path/to/repo",
+            "--model-repository=s3://minio:9000/models",
+            "--model-repository=s3://https://r2.example:443/bucket/a/",
+            "--model-repository=gs://gbucket/x/y",
+            "--model-repository=/local",
+        ]
+    )
+    found = [
+        (r.url, r.bucket, r.prefix, r.endpoint) if isinstance(r, RemoteLocation) else r
+        for r in settings.model_repositories
+    ]
+    assert found == [
+        ("s3://bucket/path/to/repo", "bucket", "path/to/repo", None),
+        ("s3://minio:9000/models", "models", "", "http://minio:9000"),
+        ("s3://https://r2.example:443/bucket/a/", "bucket", "a", "https://r2.example:443"),
+        ("gs://gbucket/x/y", "gbucket", "x/y", None),
+        Path("/local"),
+    ]
+    assert "names no bucket" in usage_error("--model-repository=s3://", capsys)
+    assert "names no bucket" in usage_error("--model-repository=gs://", capsys)
+
+
+def test_a_mount_variable_naming_no_folder_stops_the_start(
+    bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(bucket.mount_variable, str(tmp_path / "missing"))
+    with pytest.raises(StartupError, match="is not an existing folder"):
+        serve(bucket.url("repo"))
