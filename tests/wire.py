@@ -69,3 +69,14 @@ def fails(call: Callable[[], Any], protocol: str, code: str) -> str:
         call()
     assert error.value.status() == STATUS[protocol][code], error.value.message()
     return str(error.value.message())
+
+
+def load_failure(server: RunningServer) -> str:
+    """Why the one model of the server's repository failed to load (its index entry)."""
+    client = client_for(server, "http")
+    try:
+        [entry] = client.get_model_repository_index()
+    finally:
+        client.close()
+    assert entry["state"] == "UNAVAILABLE", entry
+    return str(entry["reason"])

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import finish, write_model
-from tests.wire import client_for, infer
+from tests.wire import client_for, infer, load_failure
 
 Factory = Callable[..., RunningServer]
 BATCH_INPUTS = {  # model input: kind
@@ -171,14 +171,7 @@ def test_batch_io_mistakes_fail_the_load(
     tmp_path: Path, server_factory: Factory, change: tuple[str, str], reason: str
 ) -> None:
     write_model(tmp_path, "ragged", ragged_model(), CONFIG.replace(*change, 1))
-    server = server_factory(model_repositories=(tmp_path,))
-    client = client_for(server, "http")
-    try:
-        [entry] = client.get_model_repository_index()
-    finally:
-        client.close()
-    assert entry["state"] == "UNAVAILABLE"
-    assert reason in entry["reason"]
+    assert reason in load_failure(server_factory(model_repositories=(tmp_path,)))
 
 
 def test_the_sequence_batcher_lays_out_ragged_batches_too(
