@@ -120,7 +120,7 @@ class SequenceScheduler:
         inline_max_ns: int = 0,
         tickets: Sequence[Ticket] = (),  # the rate limiter's, one per instance; () = off
         streams: OpenStreams | None = None,  # a decoupled model's
-        layout: BatchLayout | None = None,  # ragged inputs
+        layout: BatchLayout | None = None,  # shape buckets, ragged inputs
     ) -> None:
         self.model = model
         self.loop = loop
