@@ -83,6 +83,8 @@ class PythonBackend(Backend):
     ) -> None:
         if not config.platform and not config.backend:
             config.backend = "python"  # found by its model.py: the config endpoint says so
+        if not config.default_model_filename:  # as Triton's python backend, even without
+            config.default_model_filename = cls.default_model_filename  # auto-complete
         if EXECUTION_ENV_PATH in config.parameters:
             raise unsupported(
                 f"parameter {EXECUTION_ENV_PATH} is not supported by inferd: python models run "

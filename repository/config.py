@@ -200,7 +200,13 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
     if config.HasField("sequence_batching"):
         normalize_sequence(config)
     if is_ensemble(config):
-        return  # an ensemble has no instances of its own (Triton leaves instance_group empty)
+        return  # no instances nor optimization of its own (Triton leaves both out)
+    # Triton's defaults, printed in every other model's config (inferd keeps no pinned pool).
+    optimization = config.optimization
+    if not optimization.HasField("input_pinned_memory"):
+        optimization.input_pinned_memory.enable = True
+    if not optimization.HasField("output_pinned_memory"):
+        optimization.output_pinned_memory.enable = True
     if not config.instance_group:
         group = config.instance_group.add()
         group.kind = pb.ModelInstanceGroup.KIND_AUTO

@@ -133,6 +133,15 @@ def test_model_metadata_and_config(server: RunningServer) -> None:
         ("OUTPUT0", "TYPE_FP32", [2])
     ]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+    # What Triton 2.51 prints for every python model, auto-completed or not.
+    assert config["default_model_filename"] == "model.py"
+    assert config["optimization"] == {
+        "priority": "PRIORITY_DEFAULT",
+        "input_pinned_memory": {"enable": True},
+        "output_pinned_memory": {"enable": True},
+        "gather_kernel_buffer_threshold": 0,
+        "eager_batching": False,
+    }
 
 
 def test_auto_completed_model_serves(server: RunningServer) -> None:
