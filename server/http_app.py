@@ -49,7 +49,7 @@ from inferd.server.shared_memory_codec import (
 )
 from inferd.server.trace_settings import http_trace_update
 from inferd.server.tracing import traced, traced_read
-from inferd.server.types import InferRequest
+from inferd.server.types import InferRequest, ModelIndexEntry
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,17 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
+def _index_entry(entry: ModelIndexEntry) -> dict[str, str]:
+    """As Triton 2.51 prints one: a model never loaded by its name alone, a reason only when
+    there is one."""
+    if not entry.state:
+        return {"name": entry.name}
+    found = {"name": entry.name, "version": entry.version, "state": entry.state}
+    if entry.reason:
+        found["reason"] = entry.reason
+    return found
+
+
 def _refusal(restricted: Restrictions, path: str, headers: dict[bytes, bytes]) -> str | None:
     """Triton's message when `path` is restricted and the request lacks the header."""
     api = http_api(path)
@@ -436,14 +447,7 @@ def _routes(
     async def repository_index(request: Request) -> Response:
         ready_only = await _ready_flag(request)
         entries = await core.repository_index(ready_only)
-        return JSONResponse(
-            [
-                {"name": e.name}
-                if not e.state
-                else {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
-                for e in entries
-            ]
-        )
+        return JSONResponse([_index_entry(e) for e in entries])
 
     async def load_model(request: Request) -> Response:
         _refuse_named_repository(request)
