@@ -162,9 +162,11 @@ class ModelRepository:
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Drain and free every version; the model stays in the index, UNAVAILABLE "unloaded".
         Ensembles made of it become UNAVAILABLE. With `unload_dependents`, the models an
-        ensemble loaded for itself go too, unless another ensemble runs them."""
+        ensemble loaded for itself go too, unless another ensemble runs them. A model never
+        served has nothing to unload: as in Triton 2.51, that succeeds and changes nothing."""
         if name not in self._models:
-            raise invalid(f"Model to be unloaded has not been served: '{name}'")
+            log.info("model '%s' is not loaded: nothing to unload", name)
+            return
         composing = composing_models(self._models[name].values())
         async with self._lock(name):
             await self._retire(list(self._models.get(name, {}).values()))
