@@ -407,7 +407,12 @@ class ModelRepository:
         if versions is None:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         if version:
-            found = versions.get(int(version)) if version.isdigit() else None
+            if not version.isdigit():  # Triton 2.51's words (its parser's name included)
+                raise invalid(
+                    f"failed to get model version from specified version string '{version}' "
+                    "(details: stol), version should be an integral value > 0"
+                )
+            found = versions.get(int(version))
             if found is None:
                 raise not_found(
                     f"Request for unknown model: '{name}' version {version} is not found"
@@ -429,6 +434,10 @@ class ModelRepository:
                 + (f": {reasons}" if reasons else "")
             )
         return best
+
+    def knows(self, name: str) -> bool:
+        """The model was loaded, or tried, at least once."""
+        return name in self._models
 
     def model_versions(self, name: str) -> list[ModelVersion]:
         versions = self._models.get(name)

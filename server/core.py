@@ -173,6 +173,8 @@ class InferenceCore:
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Statistics of the ready versions asked for: every model when `name` is empty."""
+        if name and not self._repository.knows(name):
+            raise invalid(f"requested model '{name}' is not available")  # Triton 2.51's words
         if name and version:
             models = [self._repository.get(name, version)]
         elif name:

@@ -424,4 +424,6 @@ def test_model_statistics_match_http(
     assert {m.name for m in every} == {"bytes_identity", "digits", "identity_fp32", "simple"}
     with pytest.raises(InferenceServerException) as error:
         client.get_inference_statistics("no_such_model")
-    assert error.value.status() == "StatusCode.NOT_FOUND"
+    # Triton 2.51's answer for the statistics of a model it never had.
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.value.message() == "requested model 'no_such_model' is not available"

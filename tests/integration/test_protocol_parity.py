@@ -171,3 +171,16 @@ def test_request_checks_word_their_refusals_as_triton_2_51(
     for inputs, request_id, expected in cases:
         call = partial(infer, examples_server, protocol, "simple", inputs, request_id=request_id)
         assert fails(call, protocol, "invalid") == expected
+
+
+def test_a_version_that_is_no_number_is_refused_as_triton_2_51(
+    clients: tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient],
+) -> None:
+    _, grpc = clients
+    with pytest.raises(InferenceServerException) as error:
+        grpc.get_model_metadata("simple", model_version="x")
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.value.message() == (
+        "failed to get model version from specified version string 'x' (details: stol), "
+        "version should be an integral value > 0"
+    )
