@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -68,10 +69,17 @@ class RemoteMirror:
         self.root = root
         self._store: ObjectStore | None = None
         self._copied: Listing = {}
+        # Scans run on loader threads, several at once (an index call beside a load): one
+        # sync at a time, so that two never write the same file.
+        self._lock = threading.Lock()
 
     def sync(self) -> None:
         """Make the copy match the store. Raises InferdError (UNAVAILABLE) when the store
         cannot be read; what was copied before stays."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         try:
             if self._store is None:
                 self._store = self.location.store(self.location)

@@ -8,6 +8,7 @@ the failures a user sees."""
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +20,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from inferd.repository.gcs import parse_gcs_url
-from inferd.repository.remote import RemoteLocation
+from inferd.repository.remote import RemoteLocation, RemoteMirror
 from inferd.repository.s3 import S3Store, parse_s3_url
 from inferd.server.app import StartupError
 from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
@@ -259,3 +260,22 @@ def test_a_mount_variable_naming_no_folder_stops_the_start(
     monkeypatch.setenv(bucket.mount_variable, str(tmp_path / "missing"))
     with pytest.raises(StartupError, match="is not an existing folder"):
         serve(bucket.url("repo"))
+
+
+def test_scans_at_once_leave_one_whole_copy(bucket: Bucket, tmp_path: Path) -> None:
+    """An index call beside a load: both bring the copy up to date on their own threads."""
+    files = {f"many/m/1/part{i}.bin": bytes([i]) * (1000 + i) for i in range(12)}
+    for key, data in files.items():
+        bucket.put(key, data)
+    mirror = RemoteMirror(location(bucket.url("many")), tmp_path)
+    threads = [threading.Thread(target=mirror.sync) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    found = {
+        str(path.relative_to(tmp_path)): path.read_bytes()
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+    }
+    assert found == {key.removeprefix("many/"): data for key, data in files.items()}
