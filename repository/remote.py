@@ -68,7 +68,11 @@ class RemoteMirror:
         self.location = location
         self.root = root
         self._store: ObjectStore | None = None
-        self._copied: Listing = {}
+        # What the copy holds. Files already there (a mount folder kept from an earlier run)
+        # count as of unknown version: downloaded again if the store has them, else removed.
+        self._copied: Listing = {
+            str(path.relative_to(root)): (-1, "") for path in root.rglob("*") if path.is_file()
+        }
         # Scans run on loader threads, several at once (an index call beside a load): one
         # sync at a time, so that two never write the same file.
         self._lock = threading.Lock()

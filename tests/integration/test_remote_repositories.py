@@ -279,3 +279,23 @@ def test_scans_at_once_leave_one_whole_copy(bucket: Bucket, tmp_path: Path) -> N
         if path.is_file()
     }
     assert found == {key.removeprefix("many/"): data for key, data in files.items()}
+
+
+def test_a_kept_copy_follows_the_bucket_at_the_next_start(
+    bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload(bucket, EXAMPLES / "simple", "kept")
+    upload(bucket, EXAMPLES / "identity_fp32", "kept")
+    monkeypatch.setenv(bucket.mount_variable, str(tmp_path))
+    serve(bucket.url("kept")).stop()
+    copy = tmp_path / bucket.name / "kept"
+    assert {p.name for p in copy.iterdir()} == {"simple", "identity_fp32"}
+    bucket.delete("kept/identity_fp32/")  # gone while the server was down
+    server = serve(bucket.url("kept"))
+    try:
+        assert {p.name for p in copy.iterdir()} == {"simple"}
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert [e["name"] for e in client.get_model_repository_index()] == ["simple"]
+        client.close()
+    finally:
+        server.stop()
