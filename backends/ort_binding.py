@@ -81,6 +81,13 @@ class IoBindingRunner:
         config: ModelConfig,
         graph_sizes: Sequence[int] = (),
     ) -> None:
+        ragged = any(t.allow_ragged_batch for t in config.inputs)
+        if ragged or config.batch_inputs or config.batch_outputs:
+            # The bound buffers are shaped per batch item; a ragged batch has no such shape.
+            raise unsupported(
+                f"model '{config.name}': ragged batching (allow_ragged_batch, batch_input, "
+                "batch_output) is not supported on GPU instances (run it with KIND_CPU)"
+            )
         for tensor in (*config.inputs, *config.outputs):
             # IO binding takes neither strings nor a numpy bfloat16 type.
             if tensor.datatype in (DataType.BYTES, DataType.BF16):

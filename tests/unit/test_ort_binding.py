@@ -168,3 +168,16 @@ def test_tensors_io_binding_cannot_take_are_refused_at_load(
 ) -> None:
     with pytest.raises(InferdError, match=f"{name} tensor 'INPUT0' is not supported on GPU"):
         Setup(monkeypatch, tmp_path, identity_model(dtype), None)
+
+
+def test_ragged_batches_are_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ragged = (
+        'max_batch_size: 4 input [{name: "INPUT0" data_type: TYPE_FP32 dims: [-1] '
+        'allow_ragged_batch: true}] output [{name: "OUTPUT0" data_type: TYPE_FP32 dims: [-1]}] '
+        'batch_output [{target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE '
+        'source_input: "INPUT0"}]'
+    )
+    with pytest.raises(InferdError, match=r"ragged batching .* not supported on GPU instances"):
+        Setup(monkeypatch, tmp_path, identity_model(shape=("total",)), ragged)
