@@ -27,7 +27,7 @@ from inferd.repository.dependencies import (
     read_dependencies,
 )
 from inferd.repository.ensemble_lifecycle import EnsembleTable, composing_models
-from inferd.repository.layout import ModelLocation, find_models
+from inferd.repository.layout import ModelLocation, find_models, version_dirs
 from inferd.repository.loader import ModelLoader, PreparedModel, RepositorySettings, close_all
 from inferd.repository.overrides import (
     check_file_paths,
@@ -141,7 +141,7 @@ class ModelRepository:
             if stale is not None:
                 await asyncio.to_thread(remove_override, stale)
         if reason:
-            raise invalid(f"failed to load '{name}': {reason}")
+            raise invalid(f"load failed for model '{name}': {reason}")  # Triton 2.51's start
 
     async def _load_composing(self, name: str, deps: Dependencies) -> None:
         """Before ensemble `name` loads, the models it is made of that are not loaded yet load,
@@ -308,7 +308,12 @@ class ModelRepository:
             reason = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
             log.error("model '%s' failed to load: %s", name, reason)
             if not serving:
-                self._models[name] = {0: ModelVersion(name, 0, ModelState.UNAVAILABLE, reason)}
+                # Shown as the version it would have served (the latest folder), as Triton
+                # shows a version whose config failed.
+                number = _latest_version(location.path)
+                self._models[name] = {
+                    number: ModelVersion(name, number, ModelState.UNAVAILABLE, reason)
+                }
             return False, reason
         if prepared.config is not None and prepared.config.ensemble is not None:
             self._ensembles().activate(prepared.versions)
@@ -495,3 +500,11 @@ class ModelRepository:
                     )
                 )
         return entries
+
+
+def _latest_version(model_dir: Path) -> int:
+    """The highest version folder of a model, 0 when it has none (or no folder)."""
+    try:
+        return max(version_dirs(model_dir), default=0)
+    except OSError:
+        return 0

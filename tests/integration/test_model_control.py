@@ -167,7 +167,7 @@ def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
     fails(lambda: client.load_model("nowhere"), protocol, "not_found", "'nowhere'")
     fails(lambda: client.load_model("typo"), protocol, "invalid", "max_batch_sise")
     fails(lambda: client.load_model("empty"), protocol, "invalid", "no version folders")
-    typo_state, typo_reason = states(client)[("typo", "")]
+    typo_state, typo_reason = states(client)[("typo", "1")]
     assert typo_state == "UNAVAILABLE" and "max_batch_sise" in typo_reason
     assert states(client)[("empty", "")][0] == "UNAVAILABLE"
 

@@ -170,7 +170,7 @@ def test_several_repositories_and_duplicates(tmp_path: Path, server_factory: Fac
     server = server_factory(model_repositories=(first, second), strict_readiness=False)
     states = index(server)
     assert states[("only_a", "1")][0] == "READY"
-    state, reason = states[("both", "")]
+    state, reason = states[("both", "1")]
     assert state == "UNAVAILABLE" and "more than one repository" in reason
 
 
