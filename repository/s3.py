@@ -6,12 +6,18 @@
 - `s3://host:port/bucket/path`: another S3 endpoint (MinIO, R2, ...) over HTTP;
   `s3://https://host:port/bucket/path` over HTTPS.
 
-boto3 comes with inferd's `s3` extra.
+Credentials may also come from Triton's credential file (TRITON_CLOUD_CREDENTIAL_PATH, its
+"s3" section): the entry whose name is the longest start of the repository path, "" matching
+every path; its key_id, secret_key, session_token, region and profile, where set, are used
+instead of the usual chain. boto3 comes with inferd's `s3` extra.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +57,8 @@ class S3Store:
                 "(pip install 'inferd[s3]')"
             ) from None
         self._location = location
-        self._client: Any = boto3.client("s3", endpoint_url=location.endpoint)
+        session = boto3.Session(**_credentials(location.url, os.environ))
+        self._client: Any = session.client("s3", endpoint_url=location.endpoint)
 
     def list(self) -> Listing:
         location = self._location
@@ -70,3 +77,31 @@ class S3Store:
     def download(self, relative: str, target: Path) -> None:
         location = self._location
         self._client.download_file(location.bucket, location.key(relative), str(target))
+
+
+CREDENTIAL_FILE_VARIABLE = "TRITON_CLOUD_CREDENTIAL_PATH"
+# Triton's credential file keys, as boto3.Session names them.
+_SESSION_KEYS = {
+    "key_id": "aws_access_key_id",
+    "secret_key": "aws_secret_access_key",
+    "session_token": "aws_session_token",
+    "region": "region_name",
+    "profile": "profile_name",
+}
+
+
+def _credentials(url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """boto3.Session arguments from Triton's credential file for `url`; {} without one (the
+    usual chain then applies). Raises ValueError for a file that cannot be used."""
+    path = environ.get(CREDENTIAL_FILE_VARIABLE)
+    if not path:
+        return {}
+    try:
+        entries = json.loads(Path(path).read_text()).get("s3", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{CREDENTIAL_FILE_VARIABLE}={path} cannot be read: {exc}") from None
+    matching = [name for name in entries if url.startswith(name)]
+    if not matching:
+        return {}
+    entry = entries[max(matching, key=len)]
+    return {arg: str(entry[key]) for key, arg in _SESSION_KEYS.items() if entry.get(key)}

@@ -7,6 +7,7 @@ the failures a user sees."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -299,3 +300,32 @@ def test_a_kept_copy_follows_the_bucket_at_the_next_start(
         client.close()
     finally:
         server.stop()
+
+
+def test_s3_credentials_from_tritons_credential_file(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The longest matching entry wins; without AWS_* variables nothing else could sign."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))  # no ~/.aws to fall back on
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "setup")  # only while the test fills the bucket
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "setup")
+    bucket = S3Bucket(s3_endpoint, "credential-file")
+    upload(bucket, EXAMPLES / "simple", "repo")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    url = bucket.url("repo")
+    credentials = tmp_path / "credentials.json"
+    monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(credentials))
+    keys = {"key_id": "from-file", "secret_key": "from-file", "region": "us-east-1"}
+    credentials.write_text(json.dumps({"s3": {"": {"profile": "nope"}, url[:-5]: keys}}))
+    server = serve(url)
+    try:
+        assert infer(server, "http", "simple", SIMPLE)["OUTPUT0"].shape == (1, 16)
+    finally:
+        server.stop()
+    credentials.write_text(json.dumps({"s3": {"": {"profile": "nope"}}}))
+    with pytest.raises(StartupError, match=r"profile \(nope\) could not be found"):
+        serve(url)
