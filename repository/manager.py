@@ -317,8 +317,8 @@ class ModelRepository:
             return False, reason
         if prepared.config is not None and prepared.config.ensemble is not None:
             self._ensembles().activate(prepared.versions)
-        failed = "; ".join(
-            f"version {v.version}: {v.reason}"
+        failed = "\n".join(  # Triton 2.51's words for each version that failed
+            f"version {v.version} is at UNAVAILABLE state: {v.reason};"
             for v in prepared.versions
             if v.state is ModelState.UNAVAILABLE
         )

@@ -238,3 +238,16 @@ def test_named_repository_is_unsupported(examples_server: RunningServer) -> None
             response = http.post(f"/v2/repository/models_repo/models/simple/{action}")
             assert response.status_code == 501
             assert "named repository" in response.json()["error"]
+
+
+def test_a_failed_version_is_named_as_triton_2_51_words_it(explicit: tuple[Client, Path]) -> None:
+    client, repo = explicit
+    config = IDENTITY_CONFIG + "version_policy: { all { } }"
+    write_model(repo, "half", identity_model(), config, versions=(1, 2))
+    (repo / "half" / "1" / "model.onnx").write_bytes(b"not an onnx file")  # the latest is fine
+    with pytest.raises(InferenceServerException) as error:
+        client.load_model("half")
+    message = error.value.message()
+    assert message.startswith("load failed for model 'half': version 1 is at UNAVAILABLE state: ")
+    assert message.endswith(";")
+    assert states(client)[("half", "2")] == ("READY", "")
