@@ -173,13 +173,13 @@ class InferenceCore:
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Statistics of the ready versions asked for: every model when `name` is empty."""
-        if name and not self._repository.knows(name):
-            raise invalid(f"requested model '{name}' is not available")  # Triton 2.51's words
         if name and version:
             models = [self._repository.get(name, version)]
         elif name:
-            self._repository.get(name)  # raises for unknown or unready models
-            models = [v for v in self._repository.model_versions(name) if v.ready]
+            known = self._repository.knows(name)
+            models = [v for v in self._repository.model_versions(name) if v.ready] if known else []
+            if not models:  # never loaded, or no version ready: Triton 2.51's words
+                raise invalid(f"requested model '{name}' is not available")
         else:
             models = self._repository.ready_versions()
         return [

@@ -169,6 +169,9 @@ def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
     fails(lambda: client.load_model("empty"), protocol, "invalid", "no version folders")
     typo_state, typo_reason = states(client)[("typo", "1")]
     assert typo_state == "UNAVAILABLE" and "max_batch_sise" in typo_reason
+    # No version ready: its statistics answer as Triton 2.51's do.
+    message = "requested model 'typo' is not available"
+    fails(lambda: client.get_inference_statistics("typo"), protocol, "invalid", message)
     assert states(client)[("empty", "")][0] == "UNAVAILABLE"
 
     config = json.dumps({"backend": "onnxruntime"})
