@@ -325,6 +325,9 @@ def test_ensembles_load_with_the_repository(server: RunningServer) -> None:
         ("X", "FP32", [-1, 4])
     ]
     assert config["platform"] == "ensemble" and config["instance_group"] == []
+    # As tritonserver 2.51 prints an ensemble's config: a transaction policy, no optimization.
+    assert config["model_transaction_policy"] == {"decoupled": False}
+    assert "optimization" not in config
     steps = config["ensemble_scheduling"]["step"]
     assert [(s["model_name"], s["model_version"]) for s in steps] == [("double", -1)] * 2
     assert steps[1]["input_map"] == {"INPUT0": "twice"}
