@@ -56,7 +56,7 @@ class RepositorySettings:
     rate_limiter: RateLimiter | None = field(default=None, compare=False)
     # What each version's statistics start as (--metrics-config: with latency summaries).
     new_stats: Callable[[], ModelStats] = field(default=ModelStats, compare=False)
-    # Brings remote repositories' local copies up to date before each scan (blocking; S3).
+    # Brings remote repositories' local copies up to date before each scan (blocking; S3, GCS).
     refresh: Callable[[], None] = field(default=lambda: None, compare=False)
 
     @property
