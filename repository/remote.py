@@ -96,7 +96,10 @@ class RemoteMirror:
         except InferdError:
             raise
         except Exception as exc:  # the client library's errors: credentials, endpoint, bucket
-            raise unavailable(f"failed to read model repository {self.location}: {exc}") from None
+            # The first line only: some libraries append whole XML documents.
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            message = f"failed to read model repository {self.location}: {reason}"
+            raise unavailable(message) from None
         for relative in sorted(set(self._copied) - set(objects)):
             (self.root / relative).unlink(missing_ok=True)
             del self._copied[relative]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from inferd.repository import gcs, s3
+from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
 from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import parse_backend_config, parse_trace_flags
@@ -59,8 +59,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         dest="model_repository",
         type=_repository,
         multiple=True,
-        help="model repository root: a folder, s3://[host:port/]bucket/path or "
-        "gs://bucket/path (repeatable); none = the bundled examples",
+        help="model repository root: a folder, s3://[host:port/]bucket/path, "
+        "gs://bucket/path or as://account/container/path (repeatable); none = the bundled "
+        "examples",
     )
     p.add(
         "--model-config-name",
@@ -391,6 +392,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 _REMOTE_SCHEMES: dict[str, Callable[[str], RemoteLocation]] = {
     s3.SCHEME: s3.parse_s3_url,
     gcs.SCHEME: gcs.parse_gcs_url,
+    azure.SCHEME: azure.parse_azure_url,
 }
 
 

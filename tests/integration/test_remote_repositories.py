@@ -8,6 +8,9 @@ the failures a user sees."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from inferd.repository.azure import parse_azure_url
 from inferd.repository.gcs import parse_gcs_url
 from inferd.repository.remote import RemoteLocation, RemoteMirror
 from inferd.repository.s3 import S3Store, parse_s3_url
@@ -35,6 +39,11 @@ gcs_emulator = pytest.importorskip(
 )
 gcs_storage = pytest.importorskip("google.cloud.storage", reason="in the test extra")
 
+# Azurite's well-known development account (its documentation publishes the key).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 SIMPLE = {"INPUT0": np.arange(16, dtype=np.int32)[None], "INPUT1": np.ones((1, 16), np.int32)}
 
 
@@ -71,6 +80,30 @@ class S3Bucket:
 
     def delete(self, prefix: str) -> None:
         self._bucket.objects.filter(Prefix=prefix).delete()
+
+
+class AzureBucket:
+    mount_variable = "TRITON_AZURE_MOUNT_DIRECTORY"
+
+    def __init__(self, connection: str, name: str) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        self.name = name
+        service = BlobServiceClient.from_connection_string(connection)
+        self._container = service.create_container(name)
+
+    def url(self, prefix: str) -> str:
+        return f"as://{AZURITE_ACCOUNT}/{self.name}/{prefix}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self._container.upload_blob(key, data, overwrite=True)
+
+    def get(self, key: str) -> bytes:
+        return self._container.download_blob(key).readall()
+
+    def delete(self, prefix: str) -> None:
+        for blob in self._container.list_blobs(name_starts_with=prefix):
+            self._container.delete_blob(blob.name)
 
 
 class GcsBucket:
@@ -113,7 +146,51 @@ def gcs_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["s3", "gcs"])
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's blob service on 127.0.0.1 (an npm package: skipped where it is not installed),
+    as an Azure connection string."""
+    binary = shutil.which("azurite-blob")
+    if binary is None:
+        pytest.skip("Azurite is not installed (npm install -g azurite)")
+    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is in the test extra")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("azurite")
+    process = subprocess.Popen(
+        [
+            binary,
+            *("--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder)),
+            *("--silent", "--skipApiVersionCheck", "--loose"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _listening(port):
+            assert time.monotonic() < deadline and process.poll() is None, "Azurite did not start"
+            time.sleep(0.1)
+        yield (
+            "DefaultEndpointsProtocol=http;"
+            f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["s3", "gcs", "azure"])
 def bucket(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
@@ -123,13 +200,21 @@ def bucket(
     """A fresh bucket; the server's client finds credentials and endpoints where Triton's
     users put them (AWS_* variables; STORAGE_EMULATOR_HOST, anonymous access)."""
     name = request.node.name.split("[")[0].replace("_", "-")[5:40].strip("-").lower()
-    for variable in ("TRITON_AWS_MOUNT_DIRECTORY", "TRITON_GCS_MOUNT_DIRECTORY"):
+    for variable in (
+        "TRITON_AWS_MOUNT_DIRECTORY",
+        "TRITON_GCS_MOUNT_DIRECTORY",
+        "TRITON_AZURE_MOUNT_DIRECTORY",
+    ):
         monkeypatch.delenv(variable, raising=False)
     if request.param == "s3":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         return S3Bucket(s3_endpoint, name)
+    if request.param == "azure":
+        connection = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+        return AzureBucket(connection, name)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     return GcsBucket(name)
@@ -142,7 +227,10 @@ def upload(bucket: Bucket, folder: Path, prefix: str) -> None:
 
 
 def location(url: str) -> RemoteLocation:
-    return parse_s3_url(url) if url.startswith("s3://") else parse_gcs_url(url)
+    for scheme, parse in (("s3://", parse_s3_url), ("gs://", parse_gcs_url)):
+        if url.startswith(scheme):
+            return parse(url)
+    return parse_azure_url(url)
 
 
 def serve(url: str, **settings: Any) -> RunningServer:
@@ -221,7 +309,8 @@ def test_a_missing_bucket_stops_the_start_with_the_reason(bucket: Bucket) -> Non
         serve(url)
     message = str(error.value)
     assert message.startswith(f"failed to read model repository {url}: ")
-    assert "NoSuchBucket" in message or "404" in message
+    assert any(word in message for word in ("NoSuchBucket", "404", "does not exist"))
+    assert "\n" not in message  # the library's first line only
 
 
 def test_s3_over_https_with_the_scheme_in_the_path(s3_endpoint: str) -> None:
@@ -237,6 +326,7 @@ def test_triton_spellings_of_remote_paths(capsys: pytest.CaptureFixture[str]) ->
             "--model-repository=s3://minio:9000/models",
             "--model-repository=s3://https://r2.example:443/bucket/a/",
             "--model-repository=gs://gbucket/x/y",
+            "--model-repository=as://acct/cont/m",
             "--model-repository=/local",
         ]
     )
@@ -249,10 +339,12 @@ def test_triton_spellings_of_remote_paths(capsys: pytest.CaptureFixture[str]) ->
         ("s3://minio:9000/models", "models", "", "http://minio:9000"),
         ("s3://https://r2.example:443/bucket/a/", "bucket", "a", "https://r2.example:443"),
         ("gs://gbucket/x/y", "gbucket", "x/y", None),
+        ("as://acct/cont/m", "cont", "m", "https://acct.blob.core.windows.net"),
         Path("/local"),
     ]
     assert "names no bucket" in usage_error("--model-repository=s3://", capsys)
     assert "names no bucket" in usage_error("--model-repository=gs://", capsys)
+    assert "no account or container" in usage_error("--model-repository=as://acct", capsys)
 
 
 def test_a_mount_variable_naming_no_folder_stops_the_start(
