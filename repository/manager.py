@@ -181,10 +181,16 @@ class ModelRepository:
                 if model in self._implicit and not self._ensembles().users(model):
                     await self.unload(model, unload_dependents=True)
 
-    async def apply_changes(self, changed: Iterable[str], removed: Iterable[str]) -> None:
-        """Poll mode: (re)load the models whose folder changed, unload and forget removed ones.
-        Failures are logged and shown in the index; a failed reload keeps the old versions."""
-        self._locations = await asyncio.to_thread(self.locate)
+    async def apply_changes(
+        self,
+        changed: Iterable[str],
+        removed: Iterable[str],
+        locations: Mapping[str, ModelLocation],
+    ) -> None:
+        """Poll mode: (re)load the models whose folder changed, unload and forget removed ones;
+        `locations`: the scan that found the changes. Failures are logged and shown in the
+        index; a failed reload keeps the old versions."""
+        self._locations = dict(locations)
         outcomes = await asyncio.gather(
             *(self._forget(name) for name in removed), return_exceptions=True
         )

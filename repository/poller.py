@@ -53,7 +53,7 @@ class RepositoryPoller:
 
     async def snapshot(self) -> None:
         """Take the state the start-up load sees (call it before that load)."""
-        self._seen = await asyncio.to_thread(self._scan)
+        self._seen = scan(await asyncio.to_thread(self._repository.locate))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inferd-repository-poller")
@@ -66,7 +66,9 @@ class RepositoryPoller:
             self._task = None
 
     async def poll(self) -> None:
-        current = await asyncio.to_thread(self._scan)
+        # One scan (and one listing of remote repositories) per poll, handed to the manager.
+        locations = await asyncio.to_thread(self._repository.locate)
+        current = await asyncio.to_thread(scan, locations)
         changed = {name for name, fp in current.items() if self._seen.get(name) != fp}
         removed = set(self._seen) - set(current)
         self._seen = current
@@ -76,10 +78,7 @@ class RepositoryPoller:
                 sorted(changed) or "none",
                 sorted(removed) or "none",
             )
-            await self._repository.apply_changes(changed, removed)
-
-    def _scan(self) -> dict[str, Fingerprint]:
-        return scan(self._repository.locate())
+            await self._repository.apply_changes(changed, removed, locations)
 
     async def _run(self) -> None:
         while True:
