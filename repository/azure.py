@@ -50,23 +50,16 @@ class AzureStore:
             service: Any = BlobServiceClient.from_connection_string(connection)
         else:
             key = os.environ.get("AZURE_STORAGE_KEY")
-            account = os.environ.get("AZURE_STORAGE_ACCOUNT") or location.url[len(SCHEME) :]
-            credential = (
-                {"account_name": account.split("/")[0], "account_key": key} if key else None
-            )
+            account = location.url[len(SCHEME) :].split("/")[0]
+            account = os.environ.get("AZURE_STORAGE_ACCOUNT") or account
+            credential = {"account_name": account, "account_key": key} if key else None
             assert location.endpoint is not None  # parse_azure_url sets the account's URL
             service = BlobServiceClient(account_url=location.endpoint, credential=credential)
         self._container: Any = service.get_container_client(location.bucket)
 
     def list(self) -> Listing:
-        location = self._location
-        prefix = location.prefix + "/" if location.prefix else ""
-        found: Listing = {}
-        for blob in self._container.list_blobs(name_starts_with=prefix):
-            relative = location.relative(blob.name)
-            if relative is not None:
-                found[relative] = (int(blob.size or 0), str(blob.etag or ""))
-        return found
+        blobs = self._container.list_blobs(name_starts_with=self._location.folder)
+        return self._location.listing((b.name, b.size, b.etag) for b in blobs)
 
     def download(self, relative: str, target: Path) -> None:
         with target.open("wb") as file:

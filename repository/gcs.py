@@ -48,13 +48,8 @@ class GcsStore:
 
     def list(self) -> Listing:
         location = self._location
-        prefix = location.prefix + "/" if location.prefix else ""
-        found: Listing = {}
-        for blob in self._client.list_blobs(location.bucket, prefix=prefix):
-            relative = location.relative(blob.name)
-            if relative is not None:
-                found[relative] = (int(blob.size or 0), blob.etag or blob.md5_hash or "")
-        return found
+        blobs = self._client.list_blobs(location.bucket, prefix=location.folder)
+        return location.listing((b.name, b.size, b.etag or b.md5_hash) for b in blobs)
 
     def download(self, relative: str, target: Path) -> None:
         self._bucket.blob(self._location.key(relative)).download_to_filename(str(target))

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -47,14 +47,28 @@ class RemoteLocation:
     def __str__(self) -> str:
         return self.url
 
+    @property
+    def folder(self) -> str:
+        """The key prefix of the repository's objects: "a/b/", or "" for a whole bucket."""
+        return self.prefix + "/" if self.prefix else ""
+
+    def listing(self, objects: Iterable[tuple[str, int | None, str | None]]) -> Listing:
+        """A store's (key, size, ETag) triples as the mirror compares them, by path below the
+        repository; keys that are no file of it are left out."""
+        found: Listing = {}
+        for key, size, version in objects:
+            relative = self.relative(key)
+            if relative is not None:
+                found[relative] = (int(size or 0), str(version or ""))
+        return found
+
     def key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def relative(self, key: str) -> str | None:
         """The path below the repository of an object key; None for keys that are no file of
         it (folder markers, keys that would land outside the copy)."""
-        start = len(self.prefix) + 1 if self.prefix else 0
-        relative = key[start:]
+        relative = key[len(self.folder) :]
         path = PurePosixPath(relative)
         if not relative or relative.endswith("/") or path.is_absolute() or ".." in path.parts:
             return None

@@ -62,17 +62,14 @@ class S3Store:
 
     def list(self) -> Listing:
         location = self._location
-        prefix = location.prefix + "/" if location.prefix else ""
-        found: Listing = {}
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=prefix
+            Bucket=location.bucket, Prefix=location.folder
         )
-        for page in pages:
-            for item in page.get("Contents", ()):
-                relative = location.relative(item["Key"])
-                if relative is not None:
-                    found[relative] = (item["Size"], item.get("ETag", ""))
-        return found
+        return location.listing(
+            (item["Key"], item["Size"], item.get("ETag"))
+            for page in pages
+            for item in page.get("Contents", ())
+        )
 
     def download(self, relative: str, target: Path) -> None:
         location = self._location
