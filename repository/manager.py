@@ -446,10 +446,6 @@ class ModelRepository:
             )
         return best
 
-    def knows(self, name: str) -> bool:
-        """The model was loaded, or tried, at least once."""
-        return name in self._models
-
     def model_versions(self, name: str) -> list[ModelVersion]:
         versions = self._models.get(name)
         if versions is None:

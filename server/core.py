@@ -176,8 +176,7 @@ class InferenceCore:
         if name and version:
             models = [self._repository.get(name, version)]
         elif name:
-            known = self._repository.knows(name)
-            models = [v for v in self._repository.model_versions(name) if v.ready] if known else []
+            models = [v for v in self._repository.ready_versions() if v.name == name]
             if not models:  # never loaded, or no version ready: Triton 2.51's words
                 raise invalid(f"requested model '{name}' is not available")
         else:
