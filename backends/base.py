@@ -15,7 +15,7 @@ import numpy as np
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.repository.config import ModelConfig, ModelConfigProto
-from inferd.server.errors import InferdError
+from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.model_calls import ResponseStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue
 
@@ -102,6 +102,20 @@ class InstanceRequest:
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an
 # InferdError carries the code the client sees; any other exception is an internal error).
 RequestOutcome = dict[str, np.ndarray] | Exception
+
+
+class Rescheduled(InferdError):
+    """A request's outcome when the model wants to run it again in a later batch (Triton's
+    TRITONSERVER_REQUEST_RELEASE_RESCHEDULE). Only the sequence batcher of an iterative
+    sequence model takes it so; any other scheduler answers it as the error it is, in
+    Triton's words."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.INTERNAL,
+            "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model "
+            "is not configured to handle such a flag.",
+        )
 
 
 class ModelInstance(ABC):

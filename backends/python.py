@@ -35,6 +35,7 @@ from inferd.backends.base import (
     ModelCalls,
     ModelInstance,
     RequestOutcome,
+    Rescheduled,
     ResponseSink,
 )
 from inferd.backends.gpu import GpuInfo
@@ -195,7 +196,8 @@ class PythonInstance(ModelInstance):
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             raise internal(f"model '{self._name}' failed to execute: {describe(exc)}") from None
         if _close_senders(batch):  # the model answered some requests through their senders
-            return self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
+            outcomes = self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
+            return _with_rescheduled(batch, outcomes)
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             got = (
                 len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
@@ -204,7 +206,11 @@ class PythonInstance(ModelInstance):
                 f"model '{self._name}': execute() must return a list of one InferenceResponse "
                 f"per request ({len(requests)}), got {got}"
             )
-        return [self._outcome(resp, req) for resp, req in zip(responses, requests, strict=True)]
+        # A rescheduled request's place holds None (as Triton asks): it is answered later.
+        return _with_rescheduled(
+            batch,
+            [self._outcome(resp, req) for resp, req in zip(responses, requests, strict=True)],
+        )
 
     def _run_execute(self, batch: list[api.InferenceRequest]) -> Any:
         token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
@@ -247,7 +253,9 @@ class PythonInstance(ModelInstance):
                 f"Python model '{self._instance_name}' is using the decoupled mode and the "
                 "execute function must return None."
             )
-        return [{} for _ in requests]  # execute() is done: the instance is free again
+        # execute() is done: the instance is free again; a rescheduled request's stream stays
+        # open for the responses of its next runs.
+        return _with_rescheduled(batch, [{} for _ in requests])
 
     def _sent_outcomes(
         self, requests: Sequence[InstanceRequest], returned: Any, senders: list[Any]
@@ -357,6 +365,17 @@ class PythonInstance(ModelInstance):
             if name in given and name not in outputs:
                 outputs[name] = given[name]
         return outputs
+
+
+def _with_rescheduled(
+    batch: list[api.InferenceRequest], outcomes: list[RequestOutcome]
+) -> list[RequestOutcome]:
+    """The outcomes, with `Rescheduled` for the requests execute() released with
+    TRITONSERVER_REQUEST_RELEASE_RESCHEDULE (whatever else it answered for them)."""
+    for index, request in enumerate(batch):
+        if request._release_flags == api.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+            outcomes[index] = Rescheduled()
+    return outcomes
 
 
 def _close_senders(batch: list[api.InferenceRequest]) -> bool:

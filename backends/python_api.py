@@ -6,7 +6,7 @@ loads; nothing here runs at import time and nothing here holds state, so one mod
 every model. A BLS call (`InferenceRequest(...).exec()`) finds the server through a context
 variable that the calling instance sets around its own `execute()`: the value lives in that
 call's context only; custom metrics find the instance's holder the same way. What inferd
-cannot do (DLPack/GPU tensors, request rescheduling) raises TritonModelException naming the
+cannot do (DLPack/GPU tensors) raises TritonModelException naming the
 feature, never an AttributeError.
 """
 
@@ -40,6 +40,8 @@ from inferd.server.types import InferRequest, InferResponse, ParamValue, Request
 __all__ = [
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
+    "TRITONSERVER_REQUEST_RELEASE_ALL",
+    "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
     "InferenceRequest",
     "InferenceResponse",
@@ -73,6 +75,9 @@ ModelConfig = AutoCompleteConfig
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+# Release flags (TRITONSERVER_RequestReleaseFlag): done with the request, or run it again.
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 # config.pbtxt data_type names -> numpy scalar types, as models look them up.
 TRITON_STRING_TO_NUMPY: Mapping[str, type[Any]] = {
@@ -402,8 +407,17 @@ class InferenceRequest:
             outputs=[RequestedOutput(name) for name in self._requested] or None,
         )
 
-    def set_release_flags(self, flags: int) -> NoReturn:
-        _unsupported("InferenceRequest.set_release_flags() (request rescheduling)")
+    # How execute() releases the request: RESCHEDULE runs it again in a later batch (an
+    # iterative sequence model's; read by the python backend once execute() returned).
+    _release_flags: int = TRITONSERVER_REQUEST_RELEASE_ALL
+
+    def set_release_flags(self, flags: int) -> None:
+        if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
+            raise TritonModelException(
+                f"set_release_flags(): unknown release flags {flags!r} (expected "
+                "TRITONSERVER_REQUEST_RELEASE_ALL or TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)"
+            )
+        self._release_flags = flags
 
 
 class InferenceResponse:

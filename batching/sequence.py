@@ -7,6 +7,11 @@ per batch and one batch at a time, so a sequence's requests run strictly in arri
 each sees the implicit state the previous one left. The control inputs (START, END, READY,
 CORRID) and the state inputs of every batch row come from `SequenceControls`.
 
+An iterative sequence model (`iterative_sequence: true`) makes each request a sequence of its
+own, with an ID of its own when the client gave none: the model may hand a request back
+(`Rescheduled`) to run it again in a later batch, so that each batch mixes new requests with
+ones in progress and a slot frees as soon as its request is done (continuous batching).
+
 It offers the interface of `Scheduler` that the core, the metrics and unload use, and reuses
 its `Worker` (one OS thread per instance, one hand-off and one loop wake per batch).
 """
@@ -14,15 +19,16 @@ its `Worker` (one OS thread per instance, one hand-off and one loop wake per bat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from inferd.backends.base import ModelInstance
+from inferd.backends.base import ModelInstance, Rescheduled
 from inferd.batching.decoupled import OpenStreams
 from inferd.batching.estimator import LatenessMargin
 from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
@@ -43,7 +49,7 @@ from inferd.batching.stats import ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.sequence_config import SequenceBatching, Strategy
-from inferd.server.errors import InferdError, internal, invalid, unavailable
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -130,6 +136,8 @@ class SequenceScheduler:
         self._name = model_name
         self._config = config
         self._idle_ns = config.max_sequence_idle_us * 1000
+        self._iterative = config.iterative
+        self._new_ids = itertools.count(1)  # an iterative model's IDs for requests without one
         self._delay_ns = config.max_queue_delay_us * 1000
         direct = config.strategy is Strategy.DIRECT
         if direct:
@@ -206,6 +214,9 @@ class SequenceScheduler:
             raise unavailable(f"model '{self.model}' is unloading")
         try:
             key, start, end = self._controls.sequence_of(request, batch_size)
+            if key is None:
+                key = next(self._new_ids)
+                request = _seen_as(request, key, start, end)
             active = self._sequences.get(key)
             if active is None:
                 if not start:
@@ -226,7 +237,7 @@ class SequenceScheduler:
         )
         active.last_ns = now
         self._queued += 1
-        if end:  # later requests with this id belong to a new sequence
+        if end or self._iterative:  # later requests with this id belong to a new sequence
             del self._sequences[key]
         if not self._scheduled:
             self._scheduled = True
@@ -422,23 +433,43 @@ class SequenceScheduler:
             assert pending is not None and active is not None
             outcome = outcomes[index]
             elapsed = now - pending.arrival_ns
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, Rescheduled) and self._iterative:
+                self._count_success(elapsed)  # each run counts, as in Triton
+                if not pending.future.done():
+                    self._run_again(active, pending, now)
+                    continue
+                _end_stream(pending.request)  # the client left: the request ends here
+            elif isinstance(outcome, BaseException):
                 # The sequence goes on: its state stays what the last good request left.
                 self.stats.fail_request(elapsed, BACKEND)
                 resolve(pending.future, pending.on_done, self._error(outcome))
             else:
                 self._keep_state(active, outcome)
-                self.stats.success.add(elapsed)
-                self.stats.request_us.observe(elapsed / 1000)
+                self._count_success(elapsed)
                 resolve(pending.future, pending.on_done, outcome)
             active.running = False
             active.last_ns = now
-            if pending.end:
+            if pending.end or self._iterative:
                 self._release(active)
         if schedule and (self._queued or self._closing or self._sequences):
             self._schedule()  # also arms the idle timer of the sequences that just ran
         else:
             self._check_drained()
+
+    def _count_success(self, elapsed_ns: int) -> None:
+        self.stats.success.add(elapsed_ns)
+        self.stats.request_us.observe(elapsed_ns / 1000)
+
+    def _run_again(self, active: Active, pending: SeqPending, now: int) -> None:
+        """A rescheduled request goes back to the head of its sequence's queue, in its slot,
+        without START or END (as Triton); its next run counts from now."""
+        pending.start = pending.end = False
+        pending.arrival_ns = pending.enqueued_ns = now
+        pending.request = _seen_as(pending.request, active.key, False, False)
+        active.queue.appendleft(pending)
+        active.running = False
+        active.last_ns = now
+        self._queued += 1
 
     def _keep_state(self, active: Active, outputs: Outputs) -> None:
         states = self._config.states
@@ -484,6 +515,29 @@ class SequenceScheduler:
     async def stop(self) -> None:
         """Free the instances (after drain())."""
         await asyncio.gather(*(asyncio.to_thread(lane.worker.stop) for lane in self._lanes))
+
+
+def _seen_as(
+    request: InferRequest | None, key: SequenceId, start: bool, end: bool
+) -> InferRequest | None:
+    """The request as an iterative sequence model's next run sees it (a model that takes
+    requests one by one reads its sequence parameters): with its sequence's ID and flags."""
+    if request is None:
+        return None
+    parameters = {
+        **request.parameters,
+        "sequence_id": key,
+        "sequence_start": start,
+        "sequence_end": end,
+    }
+    return replace(request, parameters=parameters)
+
+
+def _end_stream(request: InferRequest | None) -> None:
+    """Close a decoupled request's response stream that no run will answer any more."""
+    stream = getattr(request, "responses", None)
+    if stream is not None:
+        stream.abort(InferdError(ErrorCode.CANCELLED, "the request was cancelled"))
 
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:

@@ -20,6 +20,7 @@ class SequenceControls:
 
     def __init__(self, model_name: str, config: SequenceBatching, batched: bool) -> None:
         self._name = model_name
+        self._iterative = config.iterative
         self._item_shape: tuple[int, ...] = (1, 1) if batched else (1,)
         corrid = config.control(ControlKind.CORRID)
         self._corrid = corrid
@@ -47,8 +48,9 @@ class SequenceControls:
 
     def sequence_of(
         self, request: InferRequest | None, batch_size: int
-    ) -> tuple[SequenceId, bool, bool]:
-        """The request's sequence ID, START and END flags."""
+    ) -> tuple[SequenceId | None, bool, bool]:
+        """The request's sequence ID, START and END flags. An iterative sequence model's
+        request may come without an ID (None): it starts a sequence of its own."""
         params = request.parameters if request is not None else {}
         key = params.get("sequence_id", 0)
         if (
@@ -61,6 +63,9 @@ class SequenceControls:
                 f"got {key!r}"
             )
         if key in (0, ""):
+            if self._iterative:
+                _check_batch_size(self._name, batch_size)
+                return None, True, False
             raise invalid(
                 f"inference request to model '{self._name}' must specify a non-zero or "
                 "non-empty correlation ID"
@@ -78,11 +83,7 @@ class SequenceControls:
                 f"sequence_id {key} does not fit the {self._corrid.datatype.config_name} "
                 f"CONTROL_SEQUENCE_CORRID input '{self._corrid.name}' of model '{self._name}'"
             )
-        if batch_size != 1:
-            raise invalid(
-                f"inference request to model '{self._name}' must specify batch-size 1 due to "
-                "requirements of sequence batcher"
-            )
+        _check_batch_size(self._name, batch_size)
         return key, _flag(params, "sequence_start"), _flag(params, "sequence_end")
 
     def row(
@@ -123,6 +124,14 @@ class SequenceControls:
             return np.full(self._item_shape, key, self._corrid.datatype.numpy)
         text = key if isinstance(key, str) else str(key) if key else ""
         return np.full(self._item_shape, text.encode(), np.object_)
+
+
+def _check_batch_size(model_name: str, batch_size: int) -> None:
+    if batch_size != 1:
+        raise invalid(
+            f"inference request to model '{model_name}' must specify batch-size 1 due to "
+            "requirements of sequence batcher"
+        )
 
 
 def _flag(params: dict[str, ParamValue], name: str) -> bool:

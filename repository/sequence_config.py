@@ -74,6 +74,9 @@ class SequenceBatching:
     max_candidate_sequences: int = 0  # oldest; 0 = max(1, max_batch_size) per instance
     preferred_batch_sizes: tuple[int, ...] = ()  # oldest
     preserve_ordering: bool = False  # oldest (one request per sequence runs at a time anyway)
+    # Each request is a sequence of its own that the model may run again and again
+    # (rescheduling) until it is done: continuous batching (Triton's iterative sequences).
+    iterative: bool = False
 
     @property
     def generated_inputs(self) -> tuple[str, ...]:
@@ -116,8 +119,6 @@ def normalize_sequence(config: Any) -> None:
 def parse_sequence_batching(config: Any, where: str) -> SequenceBatching:
     """Check a normalised config's sequence_batching and return its typed view."""
     seq = config.sequence_batching
-    if seq.iterative_sequence:
-        raise invalid(f"{where}: sequence_batching.iterative_sequence is not supported by inferd")
     if config.HasField("dynamic_batching"):
         raise invalid(f"{where}: sequence_batching and dynamic_batching cannot both be set")
     if config.model_transaction_policy.decoupled and seq.state:
@@ -149,6 +150,7 @@ def parse_sequence_batching(config: Any, where: str) -> SequenceBatching:
             max_candidate_sequences=oldest.max_candidate_sequences,
             preferred_batch_sizes=tuple(sorted(oldest.preferred_batch_size)),
             preserve_ordering=oldest.preserve_ordering,
+            iterative=seq.iterative_sequence,
         )
     direct = seq.direct
     utilization = direct.minimum_slot_utilization
@@ -164,6 +166,7 @@ def parse_sequence_batching(config: Any, where: str) -> SequenceBatching:
         states,
         max_queue_delay_us=direct.max_queue_delay_microseconds,
         minimum_slot_utilization=utilization,
+        iterative=seq.iterative_sequence,
     )
 
 

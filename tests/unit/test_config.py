@@ -127,7 +127,6 @@ def test_kind_auto_picks_gpu_when_there_is_one() -> None:
 BAD_CONFIGS = [
     ('name: "other"', "must match the folder name"),
     ("max_batch_size: -1", "max_batch_size"),
-    ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence"),
     (
         'input [{name: "x" data_type: TYPE_FP32 dims: [2]}, {name: "x" data_type: TYPE_FP32 '
         "dims: [2]}]",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from inferd.backends import python_api as pb_utils
-from inferd.backends.base import BackendSettings, Device, InstanceRequest
+from inferd.backends.base import BackendSettings, Device, InstanceRequest, Rescheduled
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.python import PythonBackend, PythonInstance, conform_output, to_inferd_error
 from inferd.backends.python_module import PB_UTILS
@@ -452,3 +452,50 @@ async def test_a_batch_with_failed_requests_answers_each_and_counts_them(tmp_pat
     assert (results[1].code, results[1].message) == (ErrorCode.INVALID_ARG, "negative input")
     stats = scheduler.stats
     assert (stats.success.count, stats.fail.count, stats.execution_count) == (2, 1, 1)
+
+
+# Reschedules the requests whose parameter "again" is set; answers the others. A rescheduled
+# request's place holds whatever "place" asks for (Triton's python backend ignores it).
+RESCHEDULER = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            parameters = json.loads(request.parameters())
+            one = pb_utils.Tensor("OUTPUT0", np.array([1], np.int32))
+            answer = pb_utils.InferenceResponse([one])
+            if parameters.get("again"):
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                responses.append(answer if parameters.get("place") == "answer" else None)
+            else:
+                responses.append(answer)
+        return responses
+"""
+RESCHEDULER_CONFIG = """
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+"""
+
+
+def test_a_rescheduled_request_comes_back_as_rescheduled_whatever_its_place_holds(
+    tmp_path: Path,
+) -> None:
+    instance = make_instance(tmp_path, "again", RESCHEDULER, RESCHEDULER_CONFIG)
+    asks = [{"again": True}, {"again": True, "place": "answer"}, {}]
+    results = instance.execute_requests([InstanceRequest(int_input(), parameters=a) for a in asks])
+    instance.close()
+    assert [type(r) for r in results] == [Rescheduled, Rescheduled, dict]
+
+
+def test_release_flags_must_be_tritons() -> None:
+    request = pb_utils.InferenceRequest()
+    request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL)
+    with pytest.raises(pb_utils.TritonModelException, match="unknown release flags 4"):
+        request.set_release_flags(4)

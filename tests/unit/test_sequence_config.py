@@ -109,10 +109,15 @@ def test_state_without_initial_state_starts_from_zeros() -> None:
     assert state.initial.tolist() == [0, 0] and state.initial.dtype == np.int64
 
 
+@pytest.mark.parametrize("strategy", ["direct {}", "oldest {}"])
+def test_iterative_sequence_is_read_with_either_strategy(strategy: str) -> None:
+    assert sequence(load(f"sequence_batching {{ iterative_sequence: true {strategy} }}")).iterative
+    assert not sequence(load(f"sequence_batching {{ {strategy} }}")).iterative
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("sequence_batching { iterative_sequence: true }", "iterative_sequence"),
         (
             'sequence_batching { control_input [{ name: "S" control [] }] }',
             "exactly one control",

@@ -1,0 +1,294 @@
+"""Iterative sequences (`sequence_batching { iterative_sequence: true }`) through the real
+tritonclient: a python model runs a request again and again (request rescheduling) until it is
+done, each batch mixing new requests with ones in progress (continuous batching). Checked
+against what tritonserver 2.51 answers to the same model and requests."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.python_models import write_python_model
+
+# Counts down from INPUT: each run answers OUTPUT = what is left, then reschedules the request
+# until nothing is. SEEN tells what the run saw: its request's correlation ID and flags, and
+# the flags of every request of its batch. A decoupled model streams one response per run.
+COUNTDOWN = """
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.delay = float(config["parameters"]["delay_ms"]["string_value"]) / 1000
+        self.left = {}
+
+    def execute(self, requests):
+        time.sleep(self.delay)
+        batch = [request.flags() for request in requests]
+        responses = []
+        for request in requests:
+            key = request.correlation_id()
+            if key not in self.left:
+                count = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+                self.left[key] = int(count.ravel()[0])
+            self.left[key] -= 1
+            left = self.left[key]
+            seen = {"corrid": key, "flags": request.flags(), "batch": batch}
+            response = pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT", np.array([[left]], np.int32)),
+                pb_utils.Tensor("SEEN", np.array([[json.dumps(seen).encode()]], np.object_)),
+            ])
+            if left > 0:
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+            else:
+                del self.left[key]
+            if self.decoupled:
+                flags = 0 if left > 0 else pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                request.get_response_sender().send(response, flags=flags)
+            else:
+                responses.append(None if left > 0 else response)
+        return None if self.decoupled else responses
+"""
+
+
+def config(decoupled: bool, scheduling: str, delay_ms: int = 0) -> str:
+    return f"""
+backend: "python"
+max_batch_size: 4
+input [{{ name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }}]
+output [
+  {{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "SEEN" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+model_transaction_policy {{ decoupled: {str(decoupled).lower()} }}
+{scheduling}
+parameters {{ key: "delay_ms" value {{ string_value: "{delay_ms}" }} }}
+instance_group [{{ kind: KIND_CPU count: 1 }}]
+"""
+
+
+ITERATIVE = "sequence_batching { iterative_sequence: true }"
+RESCHEDULE_REFUSED = (
+    "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not "
+    "configured to handle such a flag."
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("iterative")
+    for name, decoupled, scheduling, delay in (
+        ("stream", True, ITERATIVE, 0),
+        ("slow_stream", True, ITERATIVE, 40),
+        ("unloaded", True, ITERATIVE, 40),
+        ("single", False, ITERATIVE, 0),
+        ("dynamic_stream", True, "dynamic_batching {}", 0),
+        ("sequence_stream", True, "sequence_batching {}", 0),
+        ("dynamic", False, "dynamic_batching {}", 0),
+        ("plain", False, "", 0),
+    ):
+        write_python_model(repo, name, COUNTDOWN, config(decoupled, scheduling, delay))
+    settings = replace(
+        TEST_SETTINGS,
+        model_repositories=(repo,),
+        model_control_mode="explicit",
+        load_models=("*",),
+    )
+    running = start_server(settings)
+    yield running
+    running.stop()
+
+
+def count(n: int, module: Any = grpcclient) -> list[Any]:
+    tensor = module.InferInput("INPUT", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.full((1, 1), n, np.int32))
+    return [tensor]
+
+
+class Stream:
+    """One gRPC stream; each request's answers by request id."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.client = grpcclient.InferenceServerClient(server.grpc_url)
+        self.answers: queue.Queue[Any] = queue.Queue()
+        self.client.start_stream(lambda result, error: self.answers.put(error or result))
+
+    def send(self, model: str, n: int, request_id: str = "r", **sequence: Any) -> None:
+        self.client.async_stream_infer(model, count(n), request_id=request_id, **sequence)
+
+    def next(self) -> Any:
+        answer = self.answers.get(timeout=30)
+        if isinstance(answer, Exception):
+            return answer
+        seen = json.loads(answer.as_numpy("SEEN").ravel()[0])
+        final = answer.get_response().parameters["triton_final_response"].bool_param
+        return answer.get_response().id, int(answer.as_numpy("OUTPUT").ravel()[0]), seen, final
+
+    def run(self, model: str, n: int, **sequence: Any) -> list[Any]:
+        """One request's answers, up to its final one or an error."""
+        self.send(model, n, **sequence)
+        got = [self.next()]
+        while not isinstance(got[-1], Exception) and not got[-1][3]:
+            got.append(self.next())
+        return got
+
+    def close(self, cancel: bool = False) -> None:
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()
+
+
+@pytest.fixture
+def stream(server: RunningServer) -> Iterator[Stream]:
+    opened = Stream(server)
+    yield opened
+    opened.close()
+
+
+def test_a_request_without_an_id_is_run_until_done_with_an_id_of_its_own(stream: Stream) -> None:
+    first = stream.run("stream", 3)
+    # [(left, corrid, flags, final)]: START on the first run only, as Triton 2.51 gives it.
+    assert [(a[1], a[2]["corrid"], a[2]["flags"], a[3]) for a in first] == [
+        (2, first[0][2]["corrid"], 1, False),
+        (1, first[0][2]["corrid"], 0, False),
+        (0, first[0][2]["corrid"], 0, True),
+    ]
+    assert first[0][2]["corrid"] > 0
+    second = stream.run("stream", 1)
+    assert [(a[1], a[2]["flags"], a[3]) for a in second] == [(0, 1, True)]
+    assert second[0][2]["corrid"] != first[0][2]["corrid"]
+
+
+def test_a_client_id_is_kept_and_needs_start(stream: Stream) -> None:
+    answers = stream.run("stream", 2, sequence_id=7, sequence_start=True)
+    assert [(a[2]["corrid"], a[2]["flags"]) for a in answers] == [(7, 1), (7, 0)]
+    # The request was a sequence of its own: it ended when it was done.
+    (error,) = stream.run("stream", 2, sequence_id=7)
+    assert isinstance(error, InferenceServerException)
+    assert "must specify the START flag on the first request of the sequence" in str(error)
+
+
+def test_batches_mix_new_requests_with_requests_in_progress(server: RunningServer) -> None:
+    opened = Stream(server)
+    try:
+        opened.send("slow_stream", 8, "long")
+        assert opened.next()[:2] == ("long", 7)  # long runs, and is rescheduled
+        opened.send("slow_stream", 2, "short")
+        answers = [opened.next() for _ in range(9)]  # long: 6..0, short: 1, 0
+    finally:
+        opened.close()
+    short = [a for a in answers if a[0] == "short"]
+    assert [(a[1], a[3]) for a in short] == [(1, False), (0, True)]
+    # short's first run (START) shared a batch with a later run of long (no flags) ...
+    assert sorted(short[0][2]["batch"]) == [0, 1]
+    # ... and long went on after short was done, in batches of its own.
+    long_after = [a for a in answers if a[0] == "long"][-1]
+    assert long_after[1:4:2] == (0, True) and long_after[2]["batch"] == [0]
+
+
+def test_a_single_answer_model_answers_once_done_and_counts_every_run(
+    server: RunningServer,
+) -> None:
+    before = model_stats(server, "single")
+    http = httpclient.InferenceServerClient(server.http_url)
+    answer = http.infer("single", count(3, httpclient))
+    assert answer.as_numpy("OUTPUT").tolist() == [[0]]
+    assert json.loads(answer.as_numpy("SEEN")[0][0])["flags"] == 0  # the last of three runs
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    assert grpc.infer("single", count(2)).as_numpy("OUTPUT").tolist() == [[0]]
+    generated = requests.post(
+        f"http://{server.http_url}/v2/models/single/generate", json={"INPUT": 4}, timeout=30
+    )
+    assert generated.json()["OUTPUT"] == 0
+    after = model_stats(server, "single")
+    # Every run is an inference and an execution, as in Triton.
+    assert after["inference_count"] - before["inference_count"] == 9
+    assert after["execution_count"] - before["execution_count"] == 9
+    success = after["inference_stats"]["success"]["count"]
+    assert success - before["inference_stats"]["success"]["count"] == 9
+
+
+def test_generate_stream_streams_every_run(server: RunningServer) -> None:
+    answer = requests.post(
+        f"http://{server.http_url}/v2/models/stream/generate_stream",
+        json={"INPUT": 3},
+        timeout=30,
+    )
+    events = [json.loads(line[len("data: ") :]) for line in answer.text.split("\n") if line]
+    assert [event["OUTPUT"] for event in events] == [2, 1, 0]
+
+
+@pytest.mark.parametrize("model", ["dynamic_stream", "sequence_stream"])
+def test_rescheduling_without_iterative_sequences_ends_the_stream_with_tritons_error(
+    stream: Stream, model: str
+) -> None:
+    sequence = {"sequence_id": 5, "sequence_start": True} if model == "sequence_stream" else {}
+    first, error = stream.run(model, 2, **sequence)
+    assert first[1:4:2] == (1, False)  # the run's own response still went out
+    assert isinstance(error, InferenceServerException) and RESCHEDULE_REFUSED in str(error)
+
+
+@pytest.mark.parametrize("model", ["dynamic", "plain"])
+def test_rescheduling_a_single_answer_request_without_iterative_sequences_is_an_error(
+    server: RunningServer, model: str
+) -> None:
+    with pytest.raises(InferenceServerException, match="RELEASE_RESCHEDULE") as raised:
+        httpclient.InferenceServerClient(server.http_url).infer(model, count(2, httpclient))
+    assert raised.value.status() == "500"
+    assert RESCHEDULE_REFUSED in str(raised.value)
+
+
+def test_a_request_in_progress_finishes_before_its_model_unloads(server: RunningServer) -> None:
+    opened = Stream(server)
+    try:
+        opened.send("unloaded", 5)
+        assert opened.next()[1] == 4
+        grpcclient.InferenceServerClient(server.grpc_url).unload_model("unloaded")
+        assert [opened.next()[1:4:2] for _ in range(4)] == [
+            (3, False),
+            (2, False),
+            (1, False),
+            (0, True),
+        ]
+    finally:
+        opened.close()
+
+
+def test_a_client_that_leaves_stops_its_request_being_run_again(server: RunningServer) -> None:
+    opened = Stream(server)
+    opened.send("slow_stream", 1000)
+    assert opened.next()[1] == 999
+    opened.close(cancel=True)
+    deadline = time.monotonic() + 10
+    runs = model_stats(server, "slow_stream")["inference_count"]
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = model_stats(server, "slow_stream")["inference_count"]
+        if now == runs:
+            break
+        runs = now
+    assert now == runs, "the request kept running after its client left"
+    assert runs < 100
+
+
+def model_stats(server: RunningServer, model: str) -> dict[str, Any]:
+    answer = requests.get(f"http://{server.http_url}/v2/models/{model}/stats", timeout=30)
+    stats: dict[str, Any] = answer.json()["model_stats"][0]
+    return stats
