@@ -31,7 +31,7 @@ from inferd.repository.config import (
     validate,
 )
 from inferd.server.errors import ErrorCode, InferdError
-from inferd.server.types import DataType, InferRequest, RequestedOutput
+from inferd.server.types import DataType, InferRequest, ParamValue, RequestedOutput
 from tests.python_models import (
     ADD_SUB,
     ADD_SUB_CONFIG,
@@ -488,7 +488,7 @@ def test_a_rescheduled_request_comes_back_as_rescheduled_whatever_its_place_hold
     tmp_path: Path,
 ) -> None:
     instance = make_instance(tmp_path, "again", RESCHEDULER, RESCHEDULER_CONFIG)
-    asks = [{"again": True}, {"again": True, "place": "answer"}, {}]
+    asks: list[dict[str, ParamValue]] = [{"again": True}, {"again": True, "place": "answer"}, {}]
     results = instance.execute_requests([InstanceRequest(int_input(), parameters=a) for a in asks])
     instance.close()
     assert [type(r) for r in results] == [Rescheduled, Rescheduled, dict]
