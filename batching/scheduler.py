@@ -27,7 +27,7 @@ from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
-from inferd.server.errors import InferdError, internal, invalid, unavailable
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
 
 if TYPE_CHECKING:  # decoupled.py builds on this module
@@ -311,8 +311,10 @@ class Scheduler:
                 pending.queued = False
                 self._queued -= 1
                 self._queued_items -= pending.batch_size
-                if not pending.future.done():  # a cancelled request is simply dropped
+                if not pending.future.done():
                     batch.append(pending)
+                else:  # cancelled while queued: dropped
+                    end_stream(pending.request)
             batch = self._drop_hopeless(batch, now)
             if batch:
                 self._executing += len(batch)
@@ -529,6 +531,14 @@ def record_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings, now: 
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:
     return until_ns is not None and until_ns - now_ns < TIMER_RESOLUTION_NS
+
+
+def end_stream(request: InferRequest | None) -> None:
+    """A cancelled request that no run will answer: a decoupled one's response stream ends
+    here (else it stays open, and its model's unload waits for it)."""
+    stream = getattr(request, "responses", None)  # batching/decoupled.py's StreamRequest
+    if stream is not None:
+        stream.abort(InferdError(ErrorCode.CANCELLED, "the request was cancelled"))
 
 
 def resolve(

@@ -40,6 +40,7 @@ from inferd.batching.scheduler import (
     OnDone,
     Outputs,
     RequestOptions,
+    end_stream,
     record_batch,
     resolve,
 )
@@ -49,7 +50,7 @@ from inferd.batching.stats import ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.sequence_config import SequenceBatching, Strategy
-from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
+from inferd.server.errors import InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -438,7 +439,7 @@ class SequenceScheduler:
                 if not pending.future.done():
                     self._run_again(active, pending, now)
                     continue
-                _end_stream(pending.request)  # the client left: the request ends here
+                end_stream(pending.request)  # the client left: the request ends here
             elif isinstance(outcome, BaseException):
                 # The sequence goes on: its state stays what the last good request left.
                 self.stats.fail_request(elapsed, BACKEND)
@@ -531,13 +532,6 @@ def _seen_as(
         "sequence_end": end,
     }
     return replace(request, parameters=parameters)
-
-
-def _end_stream(request: InferRequest | None) -> None:
-    """Close a decoupled request's response stream that no run will answer any more."""
-    stream = getattr(request, "responses", None)
-    if stream is not None:
-        stream.abort(InferdError(ErrorCode.CANCELLED, "the request was cancelled"))
 
 
 def _too_short(until_ns: int | None, now_ns: int) -> bool:

@@ -31,10 +31,12 @@ from tests.decoupled_models import (
     ADD,
     BLS_DECOUPLED,
     BLS_DECOUPLED_CONFIG,
+    COUNTDOWN,
     REPEAT,
     REPEAT_CONFIG,
     SENDER_ANSWERS,
     add_config,
+    countdown_config,
     ensemble_config,
     step,
 )
@@ -686,3 +688,33 @@ def test_a_decoupled_ensemble_says_so_and_refuses_single_answer_calls(
     assert after.fail.count == before.fail.count  # refused calls are no failures of it
     # BLS streams through it like through any decoupled model.
     assert bls_seen(server, [4, 5], 1, target="pipeline") == [[105, 106]]
+
+
+def test_a_request_cancelled_while_queued_does_not_hold_up_the_unload(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    """It never runs, so no final response would close its stream: it ends when dropped."""
+    config = countdown_config(True, "dynamic_batching {}", delay_ms=300) + UNLOAD_TIMEOUT % "60"
+    write_python_model(tmp_path, "slow", COUNTDOWN, config)
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", load_models=("slow",)
+    )
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(lambda result, error: answers.put(error or result))
+    for request_id in ("running", "queued"):  # the second comes while the first runs
+        tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.ones((1, 1), np.int32))
+        client.async_stream_infer("slow", [tensor], request_id=request_id)
+        time.sleep(0.1)
+    client.stop_stream(cancel_requests=True)
+    done = threading.Event()
+
+    def unload() -> None:
+        own = grpcclient.InferenceServerClient(server.grpc_url)
+        own.unload_model("slow")
+        done.set()
+
+    threading.Thread(target=unload, daemon=True).start()
+    assert done.wait(20), "the unload waited for the cancelled request's stream"
+    client.close()

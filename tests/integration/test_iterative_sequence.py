@@ -20,70 +20,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.decoupled_models import COUNTDOWN, countdown_config
 from tests.python_models import write_python_model
-
-# Counts down from INPUT: each run answers OUTPUT = what is left, then reschedules the request
-# until nothing is. SEEN tells what the run saw: its request's correlation ID and flags, and
-# the flags of every request of its batch. A decoupled model streams one response per run.
-COUNTDOWN = """
-import json
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.delay = float(config["parameters"]["delay_ms"]["string_value"]) / 1000
-        self.left = {}
-
-    def execute(self, requests):
-        time.sleep(self.delay)
-        batch = [request.flags() for request in requests]
-        responses = []
-        for request in requests:
-            key = request.correlation_id()
-            if key not in self.left:
-                count = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
-                self.left[key] = int(count.ravel()[0])
-            self.left[key] -= 1
-            left = self.left[key]
-            seen = {"corrid": key, "flags": request.flags(), "batch": batch}
-            response = pb_utils.InferenceResponse([
-                pb_utils.Tensor("OUTPUT", np.array([[left]], np.int32)),
-                pb_utils.Tensor("SEEN", np.array([[json.dumps(seen).encode()]], np.object_)),
-            ])
-            if left > 0:
-                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
-            else:
-                del self.left[key]
-            if self.decoupled:
-                flags = 0 if left > 0 else pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-                request.get_response_sender().send(response, flags=flags)
-            else:
-                responses.append(None if left > 0 else response)
-        return None if self.decoupled else responses
-"""
-
-
-def config(decoupled: bool, scheduling: str, delay_ms: int = 0) -> str:
-    return f"""
-backend: "python"
-max_batch_size: 4
-input [{{ name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }}]
-output [
-  {{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }},
-  {{ name: "SEEN" data_type: TYPE_STRING dims: [ 1 ] }}
-]
-model_transaction_policy {{ decoupled: {str(decoupled).lower()} }}
-{scheduling}
-parameters {{ key: "delay_ms" value {{ string_value: "{delay_ms}" }} }}
-instance_group [{{ kind: KIND_CPU count: 1 }}]
-"""
-
 
 ITERATIVE = "sequence_batching { iterative_sequence: true }"
 RESCHEDULE_REFUSED = (
@@ -105,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         ("dynamic", False, "dynamic_batching {}", 0),
         ("plain", False, "", 0),
     ):
-        write_python_model(repo, name, COUNTDOWN, config(decoupled, scheduling, delay))
+        write_python_model(repo, name, COUNTDOWN, countdown_config(decoupled, scheduling, delay))
     settings = replace(
         TEST_SETTINGS,
         model_repositories=(repo,),
