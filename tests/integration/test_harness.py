@@ -172,3 +172,16 @@ def test_inferd_is_byte_compiled_before_a_measured_launch() -> None:
     spec = importlib.util.find_spec("inferd.server.app")
     assert spec is not None and spec.origin is not None
     assert Path(importlib.util.cache_from_source(spec.origin)).is_file()
+
+
+def test_iterative_bench_serves_both_models_and_reports_the_gain(tmp_path: Path) -> None:
+    from inferd.benchmarks import iterative_bench
+
+    argv = ["--servers", "inferd", "--users", "4", "--max-tokens", "4", "--step-ms", "1"]
+    argv += ["--warmup", "0.3", "--duration", "1", "--out", str(tmp_path)]
+    assert iterative_bench.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]["inferd"]
+    for model in ("gen_iterative", "gen_static"):
+        assert results[model]["errors"] == 0
+        assert results[model]["tokens_per_s"] >= results[model]["requests_per_s"] > 0
+    assert "inferd: iterative / static tokens/s" in (tmp_path / "table.md").read_text()
