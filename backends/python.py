@@ -398,6 +398,12 @@ class _ServedRequest(api.InferenceRequest):
         self._instance = instance
         self._instance_request = request
 
+    def is_cancelled(self) -> bool:
+        """A decoupled request's client may leave while the model works on it (an iterative
+        model may stop between runs); a single answer is always awaited."""
+        responses = self._instance_request.responses
+        return responses is not None and responses.cancelled
+
     def _new_response_sender(self) -> SingleResponseSender:
         # Decoupled requests get theirs up front; this is a non-decoupled model's request.
         return SingleResponseSender(

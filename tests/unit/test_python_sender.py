@@ -211,3 +211,38 @@ def test_a_decoupled_instance_answers_through_the_stream(
         (["OUT"], True),
     ]
     assert values(items) == [([4], False), ([5], True)]
+
+
+# Answers whether its request was cancelled (an iterative model may stop between runs).
+ASKS_CANCELLED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            cancelled = np.array([int(request.is_cancelled())], np.int32)
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", cancelled)])
+            request.get_response_sender().send(
+                response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            )
+"""
+ASKS_CANCELLED_CONFIG = """
+backend: "python"
+input [{ name: "IN" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }]
+model_transaction_policy { decoupled: true }
+"""
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_a_decoupled_request_knows_when_its_client_left(
+    tmp_path: Path, received: Received, left: bool
+) -> None:
+    instance = make_instance(tmp_path, "asks", ASKS_CANCELLED, ASKS_CANCELLED_CONFIG)
+    received.stream.cancelled = left
+    request = InstanceRequest({"IN": np.zeros(1, np.int32)}, responses=received.stream)
+    instance.execute_requests([request])
+    instance.close()
+    assert values(received.settle()) == [([int(left)], True)]
