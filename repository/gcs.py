@@ -1,17 +1,21 @@
 """Google Cloud Storage model repositories, `gs://bucket/path` as Triton spells them (served
 from a local copy: remote.py).
 
-Credentials are tried in Triton's order: GOOGLE_APPLICATION_CREDENTIALS (a credential file),
-then the attached service account (Google's application default credentials), then anonymous
-access (a public bucket). STORAGE_EMULATOR_HOST points the client at an emulator.
+Credentials are tried in Triton's order: the service-account key file that Triton's credential
+file (credential_file.py, its "gs" section) names for the repository, then
+GOOGLE_APPLICATION_CREDENTIALS (a key file), then the attached service account (Google's
+application default credentials), then anonymous access (a public bucket).
+STORAGE_EMULATOR_HOST points the client at an emulator.
 google-cloud-storage comes with inferd's `gcs` extra.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from inferd.repository.credential_file import CREDENTIAL_FILE_VARIABLE, credential_entry
 from inferd.repository.remote import Listing, RemoteLocation
 from inferd.server.errors import unavailable
 
@@ -39,10 +43,20 @@ class GcsStore:
                 "'gcs' extra (pip install 'inferd[gcs]')"
             ) from None
         self._location = location
-        try:
-            client: Any = storage.Client()
-        except (DefaultCredentialsError, OSError):
-            client = storage.Client.create_anonymous_client()  # a public bucket
+        key_file = credential_entry("gs", location.url, os.environ)
+        client: Any
+        if key_file is not None:
+            if not isinstance(key_file, str):
+                raise ValueError(
+                    f"{CREDENTIAL_FILE_VARIABLE}: an entry of section 'gs' must be the path of "
+                    "a service-account key file"
+                )
+            client = storage.Client.from_service_account_json(key_file)
+        else:
+            try:
+                client = storage.Client()
+            except (DefaultCredentialsError, OSError):
+                client = storage.Client.create_anonymous_client()  # a public bucket
         self._bucket: Any = client.bucket(location.bucket)
         self._client = client
 

@@ -6,21 +6,20 @@
 - `s3://host:port/bucket/path`: another S3 endpoint (MinIO, R2, ...) over HTTP;
   `s3://https://host:port/bucket/path` over HTTPS.
 
-Credentials may also come from Triton's credential file (TRITON_CLOUD_CREDENTIAL_PATH, its
-"s3" section): the entry whose name is the longest start of the repository path, "" matching
-every path; its key_id, secret_key, session_token, region and profile, where set, are used
-instead of the usual chain. boto3 comes with inferd's `s3` extra.
+Credentials may also come from Triton's credential file (credential_file.py, its "s3"
+section): the entry's key_id, secret_key, session_token, region and profile, where set, are
+used instead of the usual chain. boto3 comes with inferd's `s3` extra.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from inferd.repository.credential_file import credential_entry, entry_fields
 from inferd.repository.remote import Listing, RemoteLocation
 from inferd.server.errors import unavailable
 
@@ -76,7 +75,6 @@ class S3Store:
         self._client.download_file(location.bucket, location.key(relative), str(target))
 
 
-CREDENTIAL_FILE_VARIABLE = "TRITON_CLOUD_CREDENTIAL_PATH"
 # Triton's credential file keys, as boto3.Session names them.
 _SESSION_KEYS = {
     "key_id": "aws_access_key_id",
@@ -88,17 +86,10 @@ _SESSION_KEYS = {
 
 
 def _credentials(url: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """boto3.Session arguments from Triton's credential file for `url`; {} without one (the
-    usual chain then applies). Raises ValueError for a file that cannot be used."""
-    path = environ.get(CREDENTIAL_FILE_VARIABLE)
-    if not path:
+    """boto3.Session arguments from Triton's credential file for `url`; {} without an entry
+    (the usual chain then applies)."""
+    entry = credential_entry("s3", url, environ)
+    if entry is None:
         return {}
-    try:
-        entries = json.loads(Path(path).read_text()).get("s3", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{CREDENTIAL_FILE_VARIABLE}={path} cannot be read: {exc}") from None
-    matching = [name for name in entries if url.startswith(name)]
-    if not matching:
-        return {}
-    entry = entries[max(matching, key=len)]
-    return {arg: str(entry[key]) for key, arg in _SESSION_KEYS.items() if entry.get(key)}
+    given = entry_fields(entry, "s3", tuple(_SESSION_KEYS))
+    return {_SESSION_KEYS[key]: value for key, value in given.items()}
