@@ -10,6 +10,7 @@ import queue
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.decoupled_models import COUNTDOWN, countdown_config
+from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import write_python_model
 
 ITERATIVE = "sequence_batching { iterative_sequence: true }"
@@ -35,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("iterative")
     for name, decoupled, scheduling, delay in (
         ("stream", True, ITERATIVE, 0),
+        ("stream_oldest", True, ITERATIVE.replace("}", "oldest { } }"), 0),
         ("slow_stream", True, ITERATIVE, 40),
         ("unloaded", True, ITERATIVE, 40),
         ("single", False, ITERATIVE, 0),
@@ -100,8 +103,11 @@ def stream(server: RunningServer) -> Iterator[Stream]:
     opened.close()
 
 
-def test_a_request_without_an_id_is_run_until_done_with_an_id_of_its_own(stream: Stream) -> None:
-    first = stream.run("stream", 3)
+@pytest.mark.parametrize("model", ["stream", "stream_oldest"])
+def test_a_request_without_an_id_is_run_until_done_with_an_id_of_its_own(
+    stream: Stream, model: str
+) -> None:
+    first = stream.run(model, 3)
     # [(left, corrid, flags, final)]: START on the first run only, as Triton 2.51 gives it.
     assert [(a[1], a[2]["corrid"], a[2]["flags"], a[3]) for a in first] == [
         (2, first[0][2]["corrid"], 1, False),
@@ -109,7 +115,7 @@ def test_a_request_without_an_id_is_run_until_done_with_an_id_of_its_own(stream:
         (0, first[0][2]["corrid"], 0, True),
     ]
     assert first[0][2]["corrid"] > 0
-    second = stream.run("stream", 1)
+    second = stream.run(model, 1)
     assert [(a[1], a[2]["flags"], a[3]) for a in second] == [(0, 1, True)]
     assert second[0][2]["corrid"] != first[0][2]["corrid"]
 
@@ -224,6 +230,25 @@ def test_a_client_that_leaves_stops_its_request_being_run_again(server: RunningS
         runs = now
     assert now == runs, "the request kept running after its client left"
     assert runs < 100
+
+
+@pytest.mark.slow
+@needs_perf_analyzer
+def test_perf_analyzer_streams_requests_run_several_times(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """perf_analyzer sees a sequence model: with --sequence-length 1 each request starts and
+    ends its own sequence, which is what an iterative sequence is."""
+    data = tmp_path / "data.json"
+    data.write_text('{"data": [{"INPUT": [3]}]}')
+    flags = ["--streaming", "--sequence-length", "1", "--input-data", str(data)]
+    before = model_stats(server, "stream")
+    output = run_perf_analyzer("stream", server.grpc_url, "grpc", *flags, "-p", "500", "-r", "3")
+    assert "Response Throughput" in output
+    after = model_stats(server, "stream")
+    runs = after["inference_count"] - before["inference_count"]
+    assert runs > 0 and runs % 3 == 0  # three runs per request, none failed
+    assert after["inference_stats"]["fail"] == before["inference_stats"]["fail"]
 
 
 def model_stats(server: RunningServer, model: str) -> dict[str, Any]:
