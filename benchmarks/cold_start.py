@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from inferd.benchmarks import peers, procs, report, servers
+from inferd.benchmarks import peers, ports, procs, report, servers
 
 
 def measure(server: servers.Server, timeout_s: float) -> dict[str, float | None]:
@@ -81,7 +81,7 @@ def _run(
     runs: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     for i in range(count):
         for name in names:
-            port = procs.free_port_block(3)
+            port = ports.free_port_block(3)
             server = servers.build(name, peers_path, port, workdir / name)
             result = measure(server, timeout_s)
             runs[name].append(result)

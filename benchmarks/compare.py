@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from inferd.benchmarks import peers, perf_sweep, procs, report, servers
+from inferd.benchmarks import peers, perf_sweep, ports, procs, report, servers
 from inferd.benchmarks.perf_sweep import Cell, SweepOptions
 
 # inferd-examples has no tiny model to compare; inferd-py serves triton-py's own repository.
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells: list[Cell] = []
     for name in args.servers:
         # Ports are picked just before each launch, so that they are still free.
-        port = procs.free_port_block(3)
+        port = ports.free_port_block(3)
         workdir = args.out / "work" / name
         server = servers.build(
             name, peers_path, port, workdir, args.inferd_arg, args.response_cache

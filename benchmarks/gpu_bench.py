@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from inferd.benchmarks.ports import free_port
 
 MODEL = "resnet50_like"
 IMAGE = (3, 224, 224)
@@ -341,13 +342,6 @@ def through_inferd(port: int, batch: int, concurrency: int, args: Any, util: Uti
 # ---- the server ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def write_repository(root: Path, model: bytes, args: Any) -> None:
     (root / MODEL / "1").mkdir(parents=True)
     (root / MODEL / "1" / "model.onnx").write_bytes(model)
@@ -363,7 +357,7 @@ def write_repository(root: Path, model: bytes, args: Any) -> None:
 
 @contextmanager
 def inferd_server(repository: Path, log: Path) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "inferd", "serve", "--model-repository", str(repository)]
     argv += ["--http-address", "127.0.0.1", "--http-port", str(port)]
     argv += ["--allow-grpc", "false", "--allow-metrics", "false", "--exit-on-error", "true"]

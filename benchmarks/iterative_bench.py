@@ -40,7 +40,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from inferd.benchmarks import peers, procs, servers
+from inferd.benchmarks import peers, ports, procs, servers
 
 MODELS = ("gen_iterative", "gen_static")
 SERVERS = ("inferd", "triton-py")
@@ -332,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "triton-py" in names:
         try:
             peers_path = peers.peers_dir(args.peers)
-            site = next(peers_path.glob("venv-pytriton/lib/python*/site-packages"), None)
-            site_packages = str(peers.require(site or peers_path / "venv-pytriton"))
+            found = next(peers_path.glob("venv-pytriton/lib/python*/site-packages"), None)
+            site_packages = str(peers.require(found or peers_path / "venv-pytriton"))
         except peers.MissingTool as exc:
             sys.exit(str(exc))
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo.mkdir(parents=True, exist_ok=True)
         site = site_packages if name == "triton-py" else ""
         write_repository(repo, args.step_ms, args.max_batch_size, site)
-        server = build(name, peers_path, procs.free_port_block(3), work, repo.resolve())
+        server = build(name, peers_path, ports.free_port_block(3), work, repo.resolve())
         outcome = run_server(server, args)
         if outcome is None:
             return 1

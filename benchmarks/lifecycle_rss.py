@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,10 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import triton_to_np_dtype
 
+from inferd.benchmarks.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_PERCENT = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,28 +17,6 @@ from typing import IO
 import psutil
 
 LOCALHOST = "127.0.0.1"
-
-
-def free_port_block(count: int = 3, attempts: int = 50) -> int:
-    """A base port such that base .. base+count-1 are all free on 127.0.0.1."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind((LOCALHOST, 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((LOCALHOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def launch(

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.benchmarks.http_pool import CONNECTION_LOST, HttpPool, get_request, post_request
+from inferd.benchmarks.ports import free_port
 
 FEATURES = 512  # input and output width: FP32 [batch, 512]
 MAX_BATCH = 16
@@ -138,13 +138,6 @@ def write_repository(root: Path, model: bytes, objective_ms: float) -> None:
 
 
 # ---- server ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path, limit_s: float) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from inferd.batching.rate_limiter import ExplicitResource
+from inferd.benchmarks.ports import free_port
 from inferd.server.cli import build_parser, main, settings_from_args
 from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
@@ -207,13 +207,6 @@ def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[s
     for flag in ("--model-repository", "--model-control-mode", "--load-model", "--exit-on-error"):
         assert flag in text
     assert "INFERD_HTTP_PORT" in text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

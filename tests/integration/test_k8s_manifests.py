@@ -22,10 +22,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from inferd.benchmarks.ports import free_port
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.settings import Settings
 from tests.conftest import REPO_ROOT
-from tests.integration.test_cli import free_port, wait_ready
+from tests.integration.test_cli import wait_ready
 from tests.k8s_validation import validate_files, validator
 
 K8S = REPO_ROOT / "k8s"

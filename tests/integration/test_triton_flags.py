@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from inferd.benchmarks.ports import free_port
 from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, main
 from inferd.server.grpc_tls import GrpcTls
@@ -27,7 +28,6 @@ from inferd.server.settings import GrpcChannel, Settings
 from inferd.server.types import InferRequest
 from tests.conftest import EXAMPLES, RunningServer
 from tests.integration.test_cli import (
-    free_port,
     settings_for,
     spawn_inferd,
     usage_error,
