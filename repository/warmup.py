@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as pb
 
-from inferd.backends.base import ModelInstance
+from inferd.backends.base import ModelInstance, Rescheduled
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig
@@ -61,6 +61,8 @@ def run_warmup(
                 start = time.perf_counter_ns()
                 try:
                     instance.execute(inputs)
+                except Rescheduled:
+                    pass  # an iterative model's first run: the execution path is warm
                 except Exception as exc:
                     raise invalid(
                         f"model warmup '{sample.name}' failed on instance {index}: {exc}"

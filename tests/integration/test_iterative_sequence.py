@@ -26,6 +26,12 @@ from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import write_python_model
 
 ITERATIVE = "sequence_batching { iterative_sequence: true }"
+WARMUP = """
+model_warmup [{
+  name: "five" batch_size: 1
+  inputs { key: "INPUT" value: { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "five" } }
+}]
+"""
 RESCHEDULE_REFUSED = (
     "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not "
     "configured to handle such a flag."
@@ -47,6 +53,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         ("plain", False, "", 0),
     ):
         write_python_model(repo, name, COUNTDOWN, countdown_config(decoupled, scheduling, delay))
+    # Warmup asks for 5 tokens: its first run reschedules the request, which warms the model.
+    warmed_config = countdown_config(True, ITERATIVE) + WARMUP
+    warmed = write_python_model(repo, "warmed", COUNTDOWN, warmed_config)
+    (warmed / "warmup").mkdir()
+    (warmed / "warmup" / "five").write_bytes(np.array([5], np.int32).tobytes())
     settings = replace(
         TEST_SETTINGS,
         model_repositories=(repo,),
@@ -118,6 +129,10 @@ def test_a_request_without_an_id_is_run_until_done_with_an_id_of_its_own(
     second = stream.run(model, 1)
     assert [(a[1], a[2]["flags"], a[3]) for a in second] == [(0, 1, True)]
     assert second[0][2]["corrid"] != first[0][2]["corrid"]
+
+
+def test_a_warmup_request_that_is_rescheduled_counts_as_run(stream: Stream) -> None:
+    assert [answer[1] for answer in stream.run("warmed", 2)] == [1, 0]
 
 
 def test_a_client_id_is_kept_and_needs_start(stream: Stream) -> None:
