@@ -15,10 +15,11 @@ wherever GPUs are present.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ from inferd.backends.base import (
     ResponseSink,
 )
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.python_async import ConcurrentExecutes
 from inferd.backends.python_autocomplete import run_auto_complete
 from inferd.backends.python_metrics import CustomMetrics, MetricsHolder
 from inferd.backends.python_module import (
@@ -149,12 +151,16 @@ class PythonInstance(ModelInstance):
         self._decoupled = config.decoupled
         self._bls = None if model_calls is None else api.BlsContext(model_calls, config.name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        sequence = config.sequence_batching
+        # A decoupled model's `async def execute()` calls overlap (python_async.py), unless
+        # the model is iterative: rescheduling is read when execute() has returned.
+        self._overlap = self._decoupled and not (sequence is not None and sequence.iterative)
+        self._concurrent: ConcurrentExecutes | None = None
         self._file = model_file
         self._outputs = {t.name: t for t in config.outputs}
         self._all_outputs = tuple(self._outputs)
         # Implicit state a sequence model returns: kept for the sequence batcher, whatever the
         # client asked for.
-        sequence = config.sequence_batching
         self._state_outputs = (
             () if sequence is None else tuple(s.output_name for s in sequence.states)
         )
@@ -212,17 +218,29 @@ class PythonInstance(ModelInstance):
             [self._outcome(resp, req) for resp, req in zip(responses, requests, strict=True)],
         )
 
-    def _run_execute(self, batch: list[api.InferenceRequest]) -> Any:
+    def _run_execute(self, batch: list[api.InferenceRequest], overlap: bool = False) -> Any:
+        """execute()'s result. `async def execute()` (as Triton allows) runs to its end here,
+        unless `overlap`: then its coroutine is returned, ready to run elsewhere."""
+        with self._execute_context():
+            responses = self._model.execute(batch)
+            if inspect.isawaitable(responses) and not overlap:
+                responses = self._own_loop().run_until_complete(responses)
+        return responses
+
+    @contextmanager
+    def _execute_context(self) -> Iterator[None]:
+        """What execute() finds: the way to the server (BLS), the custom metrics' holder."""
         token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
         try:
             with self._metrics_context():
-                responses = self._model.execute(batch)
-                if inspect.isawaitable(responses):  # `async def execute()`, as Triton allows
-                    responses = self._own_loop().run_until_complete(responses)
-            return responses
+                yield
         finally:
             if token is not None:
                 api.BLS_CONTEXT.reset(token)
+
+    async def _in_context(self, coroutine: Awaitable[Any]) -> Any:
+        with self._execute_context():  # the coroutine's task has a context of its own
+            return await coroutine
 
     def _execute_decoupled(
         self, requests: Sequence[InstanceRequest], batch: list[api.InferenceRequest]
@@ -236,26 +254,55 @@ class PythonInstance(ModelInstance):
             sinks.append(sink)
             served._response_sender = ResponseSender(partial(self._outcome, request=request), sink)
         try:
-            returned = self._run_execute(batch)
+            returned = self._run_execute(batch, overlap=self._overlap)
         except Exception as exc:
             for sink in sinks:
                 sink.seal()
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
-            raise internal(
-                f"Failed to process the request(s) for model '{self._instance_name}', "
-                f"message: {describe(exc)}"
-            ) from None
+            raise self._decoupled_failure(describe(exc)) from None
+        if inspect.isawaitable(returned):  # runs on while the instance takes its next batch
+            done = partial(self._overlapped_done, sinks)
+            self._concurrent_executes().submit(self._in_context(returned), done)
+            return [{} for _ in requests]
         if returned is not None:
             for sink in sinks:
                 sink.seal()
-            raise internal(
-                f"Failed to process the request(s) for model '{self._instance_name}', message: "
-                f"Python model '{self._instance_name}' is using the decoupled mode and the "
-                "execute function must return None."
-            )
+            raise self._decoupled_failure(self._must_return_none())
         # execute() is done: the instance is free again; a rescheduled request's stream stays
         # open for the responses of its next runs.
         return _with_rescheduled(batch, [{} for _ in requests])
+
+    def _overlapped_done(
+        self, sinks: list[ResponseSink], future: concurrent.futures.Future[Any]
+    ) -> None:
+        """An overlapped execute() ended (on its loop's thread): a failure ends the streams of
+        its requests that are still open."""
+        try:
+            message = None if future.result() is None else self._must_return_none()
+        except BaseException as exc:  # cancelled too, when the instance closes
+            log.warning("model '%s': execute() raised", self._name, exc_info=exc)
+            message = describe(exc)
+        if message is not None:
+            error = self._decoupled_failure(message)
+            for sink in sinks:
+                sink.send(error, True)  # refused where the final response went already
+
+    def _decoupled_failure(self, message: str) -> InferdError:
+        return internal(
+            f"Failed to process the request(s) for model '{self._instance_name}', "
+            f"message: {message}"
+        )
+
+    def _must_return_none(self) -> str:
+        return (
+            f"Python model '{self._instance_name}' is using the decoupled mode and the "
+            "execute function must return None."
+        )
+
+    def _concurrent_executes(self) -> ConcurrentExecutes:
+        if self._concurrent is None:
+            self._concurrent = ConcurrentExecutes(f"{self._instance_name}-async")
+        return self._concurrent
 
     def _sent_outcomes(
         self, requests: Sequence[InstanceRequest], returned: Any, senders: list[Any]
@@ -285,6 +332,8 @@ class PythonInstance(ModelInstance):
         except Exception as exc:
             raise internal(f"{self._file}: finalize() failed: {describe(exc)}") from exc
         finally:
+            if self._concurrent is not None:
+                self._concurrent.close()
             if self._loop is not None:
                 self._loop.close()
             self._metrics.release()

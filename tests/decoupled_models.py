@@ -97,6 +97,44 @@ output [
 instance_group [{ count: 1 kind: KIND_CPU }]
 """
 
+
+# `async def execute()` that waits 300 ms, then answers OUT = the most calls it saw in
+# progress at once, IDX = 0. MODE 1 raises after the wait, MODE 2 returns [] (not allowed).
+# Same inputs and outputs as REPEAT (REPEAT_CONFIG).
+ASYNC_WAITER = """
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.running = 0
+        self.peak = 0
+
+    async def execute(self, requests):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(0.3)
+            for request in requests:
+                mode = int(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy()[0])
+                if mode == 1:
+                    raise ValueError("failed after waiting")
+                if mode == 2:
+                    return []
+                response = pb_utils.InferenceResponse([
+                    pb_utils.Tensor("OUT", np.array([self.peak], np.int32)),
+                    pb_utils.Tensor("IDX", np.array([0], np.uint32)),
+                ])
+                request.get_response_sender().send(response, flags=FINAL)
+        finally:
+            self.running -= 1
+"""
+
 # A non-decoupled model that answers through the response sender inside execute() and returns
 # None (Triton allows it since 23.x).
 SENDER_ANSWERS = """

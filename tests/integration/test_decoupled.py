@@ -29,6 +29,7 @@ from inferd.server.http_generate import ONE_RESPONSE
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.decoupled_models import (
     ADD,
+    ASYNC_WAITER,
     BLS_DECOUPLED,
     BLS_DECOUPLED_CONFIG,
     COUNTDOWN,
@@ -55,6 +56,7 @@ UNLOAD_TIMEOUT = (
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("decoupled")
     write_python_model(root, "repeat", REPEAT, REPEAT_CONFIG)
+    write_python_model(root, "async_waiter", ASYNC_WAITER, REPEAT_CONFIG)
     write_python_model(root, "repeat_stats", REPEAT, REPEAT_CONFIG)
     write_python_model(root, "sender_answers", SENDER_ANSWERS, IDENTITY_CONFIG)
     write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
@@ -718,3 +720,29 @@ def test_a_request_cancelled_while_queued_does_not_hold_up_the_unload(
     threading.Thread(target=unload, daemon=True).start()
     assert done.wait(20), "the unload waited for the cancelled request's stream"
     client.close()
+
+
+def test_async_execute_calls_overlap_on_one_instance(server: RunningServer) -> None:
+    """As in Triton 24.04+: the instance takes its next request while earlier calls await."""
+    streams = [Stream(server) for _ in range(3)]
+    try:
+        for index, opened in enumerate(streams):
+            opened.send("async_waiter", [0], 0, f"r{index}")
+        answers = [opened.take(1)[0] for opened in streams]
+    finally:
+        for opened in streams:
+            opened.close()
+    assert all(a.error is None and a.final for a in answers)
+    assert max(a.out[0] for a in answers if a.out) >= 2  # one instance, calls in progress at once
+
+
+def test_an_overlapped_async_execute_that_fails_ends_its_stream(stream: Stream) -> None:
+    stream.send("async_waiter", [0], 1, "raises")
+    stream.send("async_waiter", [0], 2, "returns")
+    errors = sorted(a.error or "" for a in stream.take(2))
+    prefix = "Failed to process the request(s) for model 'async_waiter_0_0', message: "
+    assert errors == [
+        prefix + "Python model 'async_waiter_0_0' is using the decoupled mode and the execute "
+        "function must return None.",
+        prefix + "ValueError: failed after waiting",
+    ]
