@@ -119,40 +119,25 @@ class TritonPythonModel:
 PROBE = procs.Probe.of("gen_probe", {"INPUT": ("INT32", (1, 1))})
 
 
+ITERATIVE_SCHEDULING = "sequence_batching { iterative_sequence: true }"
 # tritonserver's python stub must find the numpy of the environment it was built with first.
 TRITON_PREAMBLE = "import sys\n\nsys.path.insert(0, {site!r})\n"
 
 
 def write_repository(repo: Path, step_ms: float, batch: int, site_packages: str) -> None:
     """The models; with `site_packages`, for tritonserver's python stub (TRITON_PREAMBLE)."""
-    schedulings = {
-        "gen_iterative": "sequence_batching { iterative_sequence: true }",
-        "gen_static": "dynamic_batching { }",
-    }
-    for name, scheduling in schedulings.items():
-        source = MODEL_PY.replace("ITERATIVE", str(name == "gen_iterative"))
-        _write_model(repo, name, source, step_ms, site_packages, CONFIG, batch, scheduling)
-    _write_model(repo, "gen_probe", PROBE_PY, step_ms, site_packages, CONFIG, batch, "")
-
-
-def _write_model(
-    repo: Path,
-    name: str,
-    source: str,
-    step_ms: float,
-    site_packages: str,
-    config: str,
-    batch: int,
-    scheduling: str,
-) -> None:
-    source = source.replace("STEP_S", repr(step_ms / 1000))
-    if site_packages:
-        source = TRITON_PREAMBLE.format(site=site_packages) + source
-    (repo / name / "1").mkdir(parents=True, exist_ok=True)
-    (repo / name / "1" / "model.py").write_text(source)
-    decoupled = "false" if name == "gen_probe" else "true"
-    text = config.format(batch=batch, scheduling=scheduling, decoupled=decoupled)
-    (repo / name / "config.pbtxt").write_text(text)
+    preamble = TRITON_PREAMBLE.format(site=site_packages) if site_packages else ""
+    models = (  # name, model.py, scheduling, decoupled
+        ("gen_iterative", MODEL_PY.replace("ITERATIVE", "True"), ITERATIVE_SCHEDULING, "true"),
+        ("gen_static", MODEL_PY.replace("ITERATIVE", "False"), "dynamic_batching { }", "true"),
+        ("gen_probe", PROBE_PY, "", "false"),
+    )
+    for name, source, scheduling, decoupled in models:
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        source = preamble + source.replace("STEP_S", repr(step_ms / 1000))
+        (repo / name / "1" / "model.py").write_text(source)
+        config = CONFIG.format(batch=batch, scheduling=scheduling, decoupled=decoupled)
+        (repo / name / "config.pbtxt").write_text(config)
 
 
 @dataclass(frozen=True)
