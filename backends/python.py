@@ -372,7 +372,7 @@ class PythonInstance(ModelInstance):
             self,
             request,
             model_name=self._name,
-            inputs=[api.Tensor(name, array) for name, array in request.inputs.items()],
+            inputs=[api.Tensor.handed_over(name, a) for name, a in request.inputs.items()],
             requested_output_names=list(request.outputs or self._all_outputs),
             correlation_id=correlation_id if isinstance(correlation_id, int | str) else 0,
             request_id=request.id,

@@ -6,8 +6,7 @@ loads; nothing here runs at import time and nothing here holds state, so one mod
 every model. A BLS call (`InferenceRequest(...).exec()`) finds the server through a context
 variable that the calling instance sets around its own `execute()`: the value lives in that
 call's context only; custom metrics find the instance's holder the same way. What inferd
-cannot do (DLPack/GPU tensors) raises TritonModelException naming the
-feature, never an AttributeError.
+cannot do raises TritonModelException naming the feature, never an AttributeError.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import numpy as np
 
 from inferd.backends.base import ModelCalls
 from inferd.backends.python_autocomplete import AutoCompleteConfig
+from inferd.backends.python_dlpack import DLPackError, from_dlpack, to_dlpack
 from inferd.backends.python_metrics import (
     CustomMetrics,
     MetricError,
@@ -161,6 +161,13 @@ def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
     return array
 
 
+def _dlpack_call(call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except DLPackError as exc:
+        raise TritonModelException(str(exc)) from None
+
+
 def _unsupported(what: str) -> NoReturn:
     raise TritonModelException(f"{what} is not supported by inferd's python backend")
 
@@ -243,7 +250,7 @@ class Tensor:
     def __init__(self, name: str, numpy_array: Any) -> None:
         # Anything numpy can view as an array is accepted, as Triton's binding does.
         array = np.asarray(numpy_array)
-        if array.dtype.kind in "UV":
+        if array.dtype.kind in "UV" and array.dtype != ml_dtypes.bfloat16:
             raise TritonModelException(
                 f"tensor '{name}': numpy dtype {array.dtype} is not supported; hold strings as "
                 "bytes in an np.object_ array"
@@ -266,12 +273,34 @@ class Tensor:
     def triton_dtype(self) -> int | None:
         return numpy_to_triton_type(self._array.dtype)
 
-    def to_dlpack(self) -> NoReturn:
-        _unsupported("Tensor.to_dlpack() (DLPack tensors)")
+    def to_dlpack(self) -> Any:
+        """A DLPack capsule over this tensor's memory (no copy)."""
+        return _dlpack_call(lambda: to_dlpack(self._array))
+
+    def __dlpack__(
+        self, *, stream: Any = None, max_version: tuple[int, int] | None = None, **_: Any
+    ) -> Any:
+        # Host memory: no stream to order against (the array API asks for None on CPU).
+        return _dlpack_call(lambda: to_dlpack(self._array, max_version))
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
 
     @staticmethod
-    def from_dlpack(name: str, capsule: Any) -> NoReturn:
-        _unsupported("Tensor.from_dlpack() (DLPack/GPU tensors)")
+    def from_dlpack(name: str, dlpack_tensor: Any) -> Tensor:
+        """A tensor over a DLPack capsule or an object with `__dlpack__` (a PyTorch, JAX or CuPy
+        tensor): the same memory for a host tensor, a host copy for a CUDA one."""
+        if not name:
+            raise TritonModelException("Tensor name cannot be an empty string.")
+        return Tensor(name, _dlpack_call(lambda: from_dlpack(dlpack_tensor)))
+
+    @classmethod
+    def handed_over(cls, name: str, array: np.ndarray) -> Tensor:
+        """A tensor the server gives the model (a request's input, a BLS call's output): the
+        model's to change in place, as in Triton, whose stub gets its own copy in shared memory.
+        Read-only arrays (views of a request's bytes or of a client's shared-memory region,
+        answers shared with the response cache) are copied; the rest are the model's already."""
+        return cls(name, array if array.flags.writeable else array.copy())
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
@@ -450,7 +479,7 @@ class InferenceResponse:
 
 
 def _bls_response(answer: InferResponse) -> InferenceResponse:
-    return InferenceResponse([Tensor(name, array) for name, _, array in answer.outputs])
+    return InferenceResponse([Tensor.handed_over(name, array) for name, _, array in answer.outputs])
 
 
 def _bls_error(error: InferdError) -> InferenceResponse:

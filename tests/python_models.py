@@ -210,6 +210,50 @@ output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
 """
 
 
+# As PyTorch models use their tensors: the inputs are the model's to change in place (Triton's
+# stub gets its own copy), and tensors cross to a DLPack consumer and back without a copy
+# (numpy plays the framework). INPUT0 [x] gives OUTPUT0 [2x + 1].
+IN_PLACE_DLPACK = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            tensor.as_numpy()[...] *= 2
+            seen = np.from_dlpack(tensor)  # as torch.from_dlpack(tensor)
+            seen += 1
+            out = pb_utils.Tensor.from_dlpack("OUTPUT0", tensor.to_dlpack())
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
+# BF16 in and out: numpy holds it (ml_dtypes), and a DLPack producer hands it back.
+BF16_DOUBLE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            doubled = pb_utils.Tensor("DOUBLED", x * 2)
+            out = pb_utils.Tensor.from_dlpack("OUTPUT0", doubled)
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
+BF16_CONFIG = """
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_BF16 dims: [ 3 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_BF16 dims: [ 3 ] }]
+"""
+
+
 def config_named(config: str, name: str) -> str:
     """The add_sub config for a model folder of another name."""
     return config.replace('name: "add_sub"', f'name: "{name}"')

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -26,11 +27,14 @@ from tests.python_models import (
     AUTO,
     BATCHER,
     BATCHER_CONFIG,
+    BF16_CONFIG,
+    BF16_DOUBLE,
     BLS,
     BLS_ASYNC,
     BLS_CONFIG,
     FINALIZER,
     IDENTITY_CONFIG,
+    IN_PLACE_DLPACK,
     INFO,
     INFO_CONFIG,
     RAISER,
@@ -67,6 +71,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "info", INFO, INFO_CONFIG)
     write_python_model(root, "batcher", BATCHER, BATCHER_CONFIG)
     write_python_model(root, "raiser", RAISER, IDENTITY_CONFIG)
+    write_python_model(root, "in_place_dlpack", IN_PLACE_DLPACK, IDENTITY_CONFIG)
+    write_python_model(root, "bf16_double", BF16_DOUBLE, BF16_CONFIG)
     write_python_model(root, "bls", BLS, BLS_CONFIG)
     write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
     # default_model_filename names the file in place of model.py.
@@ -103,6 +109,21 @@ def test_bytes_model(server: RunningServer, protocol: str) -> None:
     text = np.array([[b"inferd"], ["caf\u00e9".encode()]], dtype=np.object_)
     out = infer(server, protocol, "reverse", {"TEXT": text})
     assert out["REVERSED"].tolist() == [[b"drefni"], ["caf\u00e9".encode()[::-1]]]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_inputs_change_in_place_and_cross_dlpack(server: RunningServer, protocol: str) -> None:
+    # tritonclient sends binary tensors: the server's views of them are read-only, the
+    # model's copy is not.
+    out = infer(server, protocol, "in_place_dlpack", {"INPUT0": np.arange(4, dtype=np.float32)})
+    assert out["OUTPUT0"].tolist() == [1, 3, 5, 7]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bf16_tensors_reach_the_model_and_come_back(server: RunningServer, protocol: str) -> None:
+    values = np.array([1.5, -2.0, 0.25], ml_dtypes.bfloat16)
+    out = infer(server, protocol, "bf16_double", {"INPUT0": values})
+    assert out["OUTPUT0"].astype(np.float32).tolist() == [3.0, -4.0, 0.5]
 
 
 def test_default_model_filename_is_respected(server: RunningServer) -> None:

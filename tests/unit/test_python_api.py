@@ -43,8 +43,6 @@ def _exec(request: pb_utils.InferenceRequest) -> None:
 
 
 UNSUPPORTED: dict[str, tuple[Callable[[], Any], str]] = {
-    "from_dlpack": (lambda: pb_utils.Tensor.from_dlpack("x", object()), "DLPack"),
-    "to_dlpack": (lambda: pb_utils.Tensor("x", np.zeros(1)).to_dlpack(), "DLPack"),
     "response parameters": (
         lambda: pb_utils.InferenceResponse([], parameters={"key": "value"}),
         "parameters",
