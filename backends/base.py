@@ -99,6 +99,18 @@ class InstanceRequest:
     responses: ResponseSink | None = None
 
 
+class OutputsWithParameters(dict[str, np.ndarray]):
+    """A request's outputs with the response parameters its model set (a python model's
+    `InferenceResponse(..., parameters=...)`): they reach the client's response. A dict, so
+    that every path that carries outputs carries these unchanged."""
+
+    __slots__ = ("parameters",)
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], parameters: Mapping[str, ParamValue]):
+        super().__init__(outputs)
+        self.parameters = dict(parameters)
+
+
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an
 # InferdError carries the code the client sees; any other exception is an internal error).
 RequestOutcome = dict[str, np.ndarray] | Exception

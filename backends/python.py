@@ -35,6 +35,7 @@ from inferd.backends.base import (
     InstanceRequest,
     ModelCalls,
     ModelInstance,
+    OutputsWithParameters,
     RequestOutcome,
     Rescheduled,
     ResponseSink,
@@ -413,7 +414,8 @@ class PythonInstance(ModelInstance):
         for name in self._state_outputs:
             if name in given and name not in outputs:
                 outputs[name] = given[name]
-        return outputs
+        parameters = api.response_parameters(response)
+        return OutputsWithParameters(outputs, parameters) if parameters else outputs
 
 
 def _with_rescheduled(

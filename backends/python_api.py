@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -166,10 +166,6 @@ def _dlpack_call(call: Callable[[], _T]) -> _T:
         return call()
     except DLPackError as exc:
         raise TritonModelException(str(exc)) from None
-
-
-def _unsupported(what: str) -> NoReturn:
-    raise TritonModelException(f"{what} is not supported by inferd's python backend")
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,14 +452,13 @@ class InferenceResponse:
         self,
         output_tensors: Sequence[Tensor] | None = None,
         error: TritonError | None = None,
-        parameters: Mapping[str, Any] | str | None = None,
+        parameters: dict[str, bool | int | str] | None = None,
     ) -> None:
         if output_tensors is not None and not isinstance(output_tensors, list | tuple):
             raise TritonModelException('"output_tensors" must be a list.')
-        if parameters:  # the data plane has no place for them: refuse rather than drop them
-            _unsupported("InferenceResponse parameters")
         self._outputs = list(output_tensors or ())
         self._error = error
+        self._parameters: dict[str, ParamValue] = _checked_parameters(parameters)
 
     def output_tensors(self) -> list[Tensor]:
         return self._outputs
@@ -475,11 +470,40 @@ class InferenceResponse:
         return self._error
 
     def parameters(self) -> str:
-        return "{}"
+        """The response's parameters as a JSON object."""
+        return json.dumps(self._parameters)
+
+
+def response_parameters(response: InferenceResponse) -> dict[str, ParamValue]:
+    """What the server sends as the response's parameters."""
+    return response._parameters
+
+
+def _checked_parameters(parameters: object) -> dict[str, ParamValue]:
+    """A model's response parameters, checked as Triton does (its messages): a dict of str
+    keys and bool, int or str values, the types the protocol carries."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"Expect parameters to have type dict, got {type(parameters)}")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(
+                f"Expect parameters keys to have type str, found type {type(key)}"
+            )
+        if not isinstance(value, bool | int | str):
+            raise TritonModelException(
+                f"Expect parameters values to have type bool/int/str, found type {type(value)}"
+            )
+    return dict(parameters)
 
 
 def _bls_response(answer: InferResponse) -> InferenceResponse:
-    return InferenceResponse([Tensor.handed_over(name, array) for name, _, array in answer.outputs])
+    response = InferenceResponse(
+        [Tensor.handed_over(name, array) for name, _, array in answer.outputs]
+    )
+    response._parameters = dict(answer.parameters)  # the called model's, as its client sees them
+    return response
 
 
 def _bls_error(error: InferdError) -> InferenceResponse:

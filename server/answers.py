@@ -1,10 +1,12 @@
 """A request's answer from its model's outputs: the outputs it asked for (all of them when it
-named none), classification applied, in the order asked."""
+named none), classification applied, in the order asked, and the response parameters the model
+set."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from inferd.backends.base import OutputsWithParameters
 from inferd.batching.scheduler import Outputs
 from inferd.repository.manager import ModelVersion
 from inferd.server.classification import classify
@@ -34,6 +36,7 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
         model_version=str(model.version),
         outputs=result,
         id=request.id,
+        parameters=outputs.parameters if isinstance(outputs, OutputsWithParameters) else {},
     )
 
 

@@ -349,3 +349,96 @@ class TritonPythonModel:
             ]))
         return responses
 """
+
+
+# Response parameters, as Triton's own test models set them: PARAMETERS holds them as JSON (a
+# dict; for the decoupled model, a list of dicts, one response each), OUTPUT echoes each one's
+# JSON. Parameters the constructor refuses come back as the request's INVALID_ARG error.
+RESPONSE_PARAMETERS = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def echo(params):
+    return pb_utils.Tensor("OUTPUT", np.array([json.dumps(params).encode()], dtype=np.object_))
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            params = json.loads(
+                pb_utils.get_input_tensor_by_name(request, "PARAMETERS").as_numpy().item()
+            )
+            try:
+                responses.append(pb_utils.InferenceResponse([echo(params)], parameters=params))
+            except pb_utils.TritonModelException as exc:
+                error = pb_utils.TritonError(exc.message(), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses
+"""
+
+RESPONSE_PARAMETERS_DECOUPLED = RESPONSE_PARAMETERS.replace(
+    """            try:
+                responses.append(pb_utils.InferenceResponse([echo(params)], parameters=params))
+            except pb_utils.TritonModelException as exc:
+                error = pb_utils.TritonError(exc.message(), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses""",
+    """            sender = request.get_response_sender()
+            for each in params:
+                sender.send(pb_utils.InferenceResponse([echo(each)], parameters=each))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None""",
+)
+
+# Through BLS: OUTPUT is the JSON of [what response_parameters answered PARAMETERS with, [what
+# each response of response_parameters_decoupled to STREAM held]], as parameters() gives them.
+RESPONSE_PARAMETERS_BLS = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def call(model, tensor, **options):
+    request = pb_utils.InferenceRequest(
+        model_name=model, inputs=[tensor], requested_output_names=["OUTPUT"]
+    )
+    return request.exec(**options)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            single = call(
+                "response_parameters", pb_utils.get_input_tensor_by_name(request, "PARAMETERS")
+            )
+            stream = pb_utils.Tensor(
+                "PARAMETERS", pb_utils.get_input_tensor_by_name(request, "STREAM").as_numpy()
+            )
+            streamed = []
+            for each in call("response_parameters_decoupled", stream, decoupled=True):
+                if each.has_error():
+                    raise pb_utils.TritonModelException(each.error().message())
+                if each.output_tensors():  # not the final flag alone
+                    streamed.append(json.loads(each.parameters()))
+            seen = json.dumps([json.loads(single.parameters()), streamed]).encode()
+            output = pb_utils.Tensor("OUTPUT", np.array([seen], dtype=np.object_))
+            responses.append(pb_utils.InferenceResponse([output]))
+        return responses
+"""
+
+
+def response_parameters_config(inputs: tuple[str, ...], decoupled: bool = False) -> str:
+    tensors = ", ".join(f'{{ name: "{n}" data_type: TYPE_STRING dims: [ 1 ] }}' for n in inputs)
+    policy = "model_transaction_policy { decoupled: true }" if decoupled else ""
+    return f"""
+backend: "python"
+input [{tensors}]
+output [{{ name: "OUTPUT" data_type: TYPE_STRING dims: [ 1 ] }}]
+{policy}
+"""

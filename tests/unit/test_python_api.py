@@ -42,21 +42,36 @@ def _exec(request: pb_utils.InferenceRequest) -> None:
     asyncio.run(request.async_exec())
 
 
-UNSUPPORTED: dict[str, tuple[Callable[[], Any], str]] = {
-    "response parameters": (
-        lambda: pb_utils.InferenceResponse([], parameters={"key": "value"}),
-        "parameters",
+def test_response_parameters_read_back_as_json() -> None:
+    params: dict[str, bool | int | str] = {"bool": True, "str": "Hello World!", "int": 1024}
+    assert json.loads(pb_utils.InferenceResponse([], parameters=params).parameters()) == params
+    assert pb_utils.InferenceResponse([]).parameters() == "{}"
+
+
+BAD_PARAMETERS: dict[str, tuple[Any, str]] = {
+    "a list": ([], "Expect parameters to have type dict, got <class 'list'>"),
+    "an int key": ({1: "x"}, "Expect parameters keys to have type str, found type <class 'int'>"),
+    "a float": (
+        {"int": 2, "float": 0.5},
+        "Expect parameters values to have type bool/int/str, found type <class 'float'>",
+    ),
+    "None": (
+        {"null": None},
+        "Expect parameters values to have type bool/int/str, found type <class 'NoneType'>",
+    ),
+    "a nested list": (
+        {"list": ["variable"]},
+        "Expect parameters values to have type bool/int/str, found type <class 'list'>",
     ),
 }
 
 
-@pytest.mark.parametrize("case", sorted(UNSUPPORTED))
-def test_unsupported_features_raise_a_model_exception_naming_them(case: str) -> None:
-    call, feature = UNSUPPORTED[case]
+@pytest.mark.parametrize("case", sorted(BAD_PARAMETERS))
+def test_response_parameters_are_checked_with_tritons_messages(case: str) -> None:
+    parameters, message = BAD_PARAMETERS[case]
     with pytest.raises(pb_utils.TritonModelException) as raised:
-        call()
-    assert feature in raised.value.message()
-    assert "not supported by inferd" in str(raised.value)
+        pb_utils.InferenceResponse([], parameters=parameters)
+    assert raised.value.message() == message
 
 
 @pytest.mark.parametrize(
