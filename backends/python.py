@@ -262,7 +262,7 @@ class PythonInstance(ModelInstance):
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             raise self._decoupled_failure(describe(exc)) from None
         if inspect.isawaitable(returned):  # runs on while the instance takes its next batch
-            done = partial(self._overlapped_done, sinks)
+            done = partial(self._overlapped_done, batch, sinks)
             self._concurrent_executes().submit(self._in_context(returned), done)
             return [{} for _ in requests]
         if returned is not None:
@@ -274,10 +274,14 @@ class PythonInstance(ModelInstance):
         return _with_rescheduled(batch, [{} for _ in requests])
 
     def _overlapped_done(
-        self, sinks: list[ResponseSink], future: concurrent.futures.Future[Any]
+        self,
+        batch: list[api.InferenceRequest],
+        sinks: list[ResponseSink],
+        future: concurrent.futures.Future[Any],
     ) -> None:
         """An overlapped execute() ended (on its loop's thread): a failure ends the streams of
-        its requests that are still open."""
+        its requests that are still open; so does a request released to be rescheduled, which
+        only iterative models are (and they do not overlap)."""
         try:
             message = None if future.result() is None else self._must_return_none()
         except BaseException as exc:  # cancelled too, when the instance closes
@@ -287,6 +291,10 @@ class PythonInstance(ModelInstance):
             error = self._decoupled_failure(message)
             for sink in sinks:
                 sink.send(error, True)  # refused where the final response went already
+            return
+        for outcome, sink in zip(_with_rescheduled(batch, [{}] * len(batch)), sinks, strict=True):
+            if isinstance(outcome, Rescheduled):
+                sink.send(outcome, True)
 
     def _decoupled_failure(self, message: str) -> InferdError:
         return internal(

@@ -369,6 +369,14 @@ class TritonPythonModel:
 """
 
 
+# The same as `async def execute()`: a decoupled model's calls of it overlap on an instance.
+ASYNC_COUNTDOWN = COUNTDOWN.replace("import json\n", "import asyncio\nimport json\n").replace(
+    "    def execute(self, requests):\n        time.sleep(self.delay)",
+    "    async def execute(self, requests):\n        await asyncio.sleep(self.delay)",
+)
+assert ASYNC_COUNTDOWN.count("async def execute") == 1
+
+
 def countdown_config(decoupled: bool, scheduling: str, delay_ms: int = 0) -> str:
     return f"""
 backend: "python"

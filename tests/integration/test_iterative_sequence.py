@@ -21,7 +21,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
-from tests.decoupled_models import COUNTDOWN, countdown_config
+from tests.decoupled_models import ASYNC_COUNTDOWN, COUNTDOWN, countdown_config
 from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import write_python_model
 
@@ -53,6 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         ("plain", False, "", 0),
     ):
         write_python_model(repo, name, COUNTDOWN, countdown_config(decoupled, scheduling, delay))
+    async_config = countdown_config(True, "dynamic_batching {}")
+    write_python_model(repo, "async_dynamic_stream", ASYNC_COUNTDOWN, async_config)
     # Warmup asks for 5 tokens: its first run reschedules the request, which warms the model.
     warmed_config = countdown_config(True, ITERATIVE) + WARMUP
     warmed = write_python_model(repo, "warmed", COUNTDOWN, warmed_config)
@@ -194,7 +196,7 @@ def test_generate_stream_streams_every_run(server: RunningServer) -> None:
     assert [event["OUTPUT"] for event in events] == [2, 1, 0]
 
 
-@pytest.mark.parametrize("model", ["dynamic_stream", "sequence_stream"])
+@pytest.mark.parametrize("model", ["dynamic_stream", "sequence_stream", "async_dynamic_stream"])
 def test_rescheduling_without_iterative_sequences_ends_the_stream_with_tritons_error(
     stream: Stream, model: str
 ) -> None:
