@@ -13,6 +13,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import ErrorCode, InferdError
@@ -57,6 +58,8 @@ class BackendSettings:
     model_calls: ModelCalls | None = field(default=None, compare=False)
     # Where python models' custom metrics go (exported by the server); None: kept unexported.
     custom_metrics: CustomMetrics | None = field(default=None, compare=False)
+    # The server's pinned host memory budget, shared by its GPU instances' staging buffers.
+    pinned_memory: PinnedMemoryPool = field(default_factory=PinnedMemoryPool, compare=False)
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

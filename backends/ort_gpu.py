@@ -70,7 +70,12 @@ class OrtGpuInstance(ModelInstance):
         self.providers: list[str] = session.get_providers()
         self._stream = stream  # owned here: the session runs on it until closed
         self._runner: IoBindingRunner | None = IoBindingRunner(
-            session, IoStaging(cuda, device.index, stream), "cuda", device.index, config, graphs
+            session,
+            IoStaging(cuda, device.index, stream, settings.pinned_memory),
+            "cuda",
+            device.index,
+            config,
+            graphs,
         )
         self._runner.capture_graphs()
         log.info(

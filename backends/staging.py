@@ -1,5 +1,6 @@
 """An instance's host<->device data movement: one pinned host buffer and one device buffer per
-tensor, reused across batches and grown only when a batch needs more.
+tensor, reused across batches and grown only when a batch needs more. Host buffers are pinned
+while the server's pinned memory budget lasts (pinned_memory.py), pageable beyond it.
 
 Inputs go numpy -> pinned -> device, outputs device -> pinned -> a fresh array, every copy
 queued on the instance's stream, and `finish()` waits once per batch. Inputs that already live
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from inferd.backends.cuda import CudaRuntime, DeviceMemory
+from inferd.backends.pinned_memory import PinnedMemoryPool
 
 _MIN_BYTES = 256  # never hand out a zero-sized buffer: frameworks want a valid address
 
@@ -27,11 +29,15 @@ def _capacity(nbytes: int) -> int:
 
 
 class IoStaging:
-    def __init__(self, cuda: CudaRuntime, device: int, stream: Any) -> None:
+    def __init__(
+        self, cuda: CudaRuntime, device: int, stream: Any, pinned: PinnedMemoryPool
+    ) -> None:
         self._cuda = cuda
         self._device = device
         self._stream = stream
+        self._pinned = pinned
         self._host: dict[tuple[str, str], np.ndarray] = {}
+        self._pinned_bytes: dict[tuple[str, str], int] = {}  # what each host buffer holds of it
         self._memory: dict[tuple[str, str], DeviceMemory] = {}
         self._pending: dict[str, np.ndarray] = {}  # outputs of this batch, in pinned memory
 
@@ -91,10 +97,19 @@ class IoStaging:
         self._pending.clear()
         self._host.clear()
         self._memory.clear()
+        self._pinned.give_back(sum(self._pinned_bytes.values()))
+        self._pinned_bytes.clear()
 
     def _host_buffer(self, key: tuple[str, str], nbytes: int) -> np.ndarray:
         buffer = self._host.get(key)
         if buffer is None or buffer.nbytes < nbytes:
-            buffer = self._cuda.pinned(_capacity(nbytes))
+            self._host.pop(key, None)  # the old buffer goes before the new one is counted
+            self._pinned.give_back(self._pinned_bytes.pop(key, 0))
+            capacity = _capacity(nbytes)
+            if self._pinned.take(capacity):
+                buffer = self._cuda.pinned(capacity)
+                self._pinned_bytes[key] = capacity
+            else:
+                buffer = np.empty(capacity, np.uint8)
             self._host[key] = buffer
         return buffer

@@ -26,6 +26,7 @@ from inferd.backends.autocomplete import (
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.cuda import CudaRuntime
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.staging import IoStaging
 from inferd.backends.trt_engine import EngineIo, describe, load_engine, load_tensorrt
 from inferd.repository.config import ModelConfig, ModelConfigProto
@@ -77,12 +78,21 @@ class TensorRtBackend(Backend):
             raise unsupported(
                 f"model '{config.name}': TensorRT plans run only on GPUs, not on {device}"
             )
-        return TensorRtInstance(config, model_path, device, load_tensorrt(), CudaRuntime.load())
+        trt = load_tensorrt()
+        return TensorRtInstance(
+            config, model_path, device, trt, CudaRuntime.load(), settings.pinned_memory
+        )
 
 
 class TensorRtInstance(ModelInstance):
     def __init__(
-        self, config: ModelConfig, plan_file: Path, device: Device, trt: Any, cuda: CudaRuntime
+        self,
+        config: ModelConfig,
+        plan_file: Path,
+        device: Device,
+        trt: Any,
+        cuda: CudaRuntime,
+        pinned: PinnedMemoryPool,
     ) -> None:
         self._cuda, self._device = cuda, device.index
         cuda.use_device(device.index)  # the engine and its context live on the current device
@@ -92,7 +102,7 @@ class TensorRtInstance(ModelInstance):
         if self._context is None:
             raise invalid(f"{plan_file}: TensorRT cannot create an execution context on {device}")
         self._stream = cuda.stream(device.index)
-        self._staging = IoStaging(cuda, device.index, self._stream)
+        self._staging = IoStaging(cuda, device.index, self._stream, pinned)
         self._profile = 0  # a new context starts on profile 0
         self._batched = config.max_batch_size > 0
         self._scalar = scalar_items(

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.gpu import detect_gpus
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.rate_limiter import RateLimiter
@@ -31,7 +32,13 @@ from inferd.server.http1 import FastRouter
 from inferd.server.http_app import HttpFrontDoor, HttpSettings
 from inferd.server.http_stacks import HttpPort, HttpStartError, serve_http
 from inferd.server.log_settings import LogControl, LogSettings
-from inferd.server.metrics import CacheCollector, MetricsApp, MetricsExporter, stats_factory
+from inferd.server.metrics import (
+    CacheCollector,
+    MetricsApp,
+    MetricsExporter,
+    PinnedMemoryCollector,
+    stats_factory,
+)
 from inferd.server.model_calls import LoopModelCalls
 from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
@@ -115,6 +122,7 @@ class App:
         log.info("GPUs: %s", gpus.describe())
         model_calls = LoopModelCalls(loop)  # models calling models (BLS), once the core is up
         custom_metrics = CustomMetrics()  # python models' own metric families
+        pinned_memory = PinnedMemoryPool(settings.pinned_memory_pool_bytes)
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
@@ -124,6 +132,7 @@ class App:
                     auto_complete=settings.auto_complete_config,
                     model_calls=model_calls,
                     custom_metrics=custom_metrics,
+                    pinned_memory=pinned_memory,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
@@ -164,7 +173,11 @@ class App:
             if settings.metrics_interval_ms <= 0:
                 raise StartupError("--metrics-interval-ms must be a positive number of ms")
             self._system = system_metrics(settings)
-            collectors: list[Collector] = [self._system, custom_metrics]
+            collectors: list[Collector] = [
+                self._system,
+                PinnedMemoryCollector(pinned_memory),
+                custom_metrics,
+            ]
             if cache is not None:
                 collectors.append(
                     CacheCollector(cache, self.core.loaded_versions, settings.metrics_config)

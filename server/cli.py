@@ -215,6 +215,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "response_cache { enable: true })",
     )
     p.add(
+        "--pinned-memory-pool-byte-size",
+        type=_non_negative,
+        default=d.pinned_memory_pool_bytes,
+        help="page-locked host memory for GPU instances' staging buffers (pageable beyond it; "
+        "0 = none)",
+    )
+    p.add(
         "--response-cache-byte-size",
         type=int,
         default=0,
@@ -413,16 +420,20 @@ def _config_name(text: str) -> str:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
-    return value
+    return _at_least(1, text)
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return _at_least(0, text)
+
+
+def _at_least(least: int, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1  # not a number: the same message
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {text}")
     return value
 
 
@@ -495,6 +506,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         load_models=tuple(args.load_model or ()),
         strict_readiness=args.strict_readiness,
         allow_client_shm=args.allow_client_shm,
+        pinned_memory_pool_bytes=args.pinned_memory_pool_byte_size,
         response_cache_bytes=parse_cache_config(
             args.cache_config or (), args.response_cache_byte_size
         ).size,

@@ -68,7 +68,6 @@ INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag("--backend-directory", _BACKENDS),
     InertFlag("--repoagent-directory", "repository agents are not supported"),
     InertFlag("--cache-directory", "the response cache is built in (--cache-config local)"),
-    InertFlag("--pinned-memory-pool-byte-size", _MEMORY, int),
     InertFlag("--cuda-memory-pool-byte-size", _MEMORY, _pair(int, int, "<gpu>:<bytes>"), True),
     InertFlag("--cuda-virtual-address-size", _MEMORY, _pair(int, int, "<gpu>:<bytes>"), True),
     InertFlag("--model-load-gpu-limit", _MEMORY, _pair(int, float, "<device_id>:<fraction>"), True),

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.batching.interface import ModelScheduler
 from inferd.batching.latency_summary import SummarizedDuration, summarized_stats
 from inferd.batching.stats import Duration, Histogram, ModelStats
@@ -466,6 +467,29 @@ class CacheCollector:
         if config.summary_latencies:
             for name, doc, duration in _CACHE_SUMMARIES:
                 yield _summary(name, doc, config, [(lb, duration(s)) for lb, s in counted])
+
+
+class PinnedMemoryCollector:
+    """The pinned memory budget and what GPU instances hold of it, as Triton names them."""
+
+    def __init__(self, pool: PinnedMemoryPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool
+        for name, doc, value in (
+            (
+                "nv_pinned_memory_pool_total_bytes",
+                "Pinned memory pool total memory size, in bytes",
+                pool.total_bytes,
+            ),
+            (
+                "nv_pinned_memory_pool_used_bytes",
+                "Pinned memory pool used memory size, in bytes",
+                pool.used_bytes,
+            ),
+        ):
+            yield _family(name, doc, "gauge", [({}, value)])
 
 
 class MetricsExporter:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from inferd.backends.pinned_memory import DEFAULT_POOL_BYTES
 from inferd.repository.remote import RemoteLocation
 from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
@@ -91,6 +92,7 @@ class Settings:
     strict_readiness: bool = True
     allow_client_shm: bool = False  # as Triton since 26.04: clients may not map server memory
     response_cache_bytes: int = 0  # --cache-config local,size=N; 0 = no response cache
+    pinned_memory_pool_bytes: int = DEFAULT_POOL_BYTES  # --pinned-memory-pool-byte-size
     exit_on_error: bool = False  # Triton defaults to true; see README
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True

@@ -137,6 +137,9 @@ def test_both_endpoints_count_real_traffic(server_factory: Factory) -> None:
         # Models without traffic are there with zeros, so rate() works from the start.
         assert found['nv_inference_request_success{model="digits",version="1"}'] == 0
         assert found["nv_cpu_memory_total_bytes"] >= found["nv_cpu_memory_used_bytes"] > 0
+        # Triton's default budget; only GPU instances' staging buffers use it.
+        assert found["nv_pinned_memory_pool_total_bytes"] == 268435456
+        assert found["nv_pinned_memory_pool_used_bytes"] == 0
         assert 0 <= found["nv_cpu_utilization"] <= 1
     assert families(text) >= TRITON_MODEL_FAMILIES
     assert '{model="simple",version="1",le="0.0001"}' in text  # 100 µs, in seconds

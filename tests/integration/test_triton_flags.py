@@ -270,7 +270,6 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
     settings = serve_flags(
         [
             "--backend-directory=/opt/tritonserver/backends",
-            "--pinned-memory-pool-byte-size=268435456",
             "--cuda-memory-pool-byte-size=0:67108864",
             "--cuda-memory-pool-byte-size=1:67108864",
             "--http-thread-count=8",
@@ -281,7 +280,6 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
     )
     assert [given.split(" ")[0] for given in settings.inert_flags] == [
         "--backend-directory",
-        "--pinned-memory-pool-byte-size",
         "--cuda-memory-pool-byte-size",
         "--host-policy",
         "--http-thread-count",
@@ -289,9 +287,12 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         "--allow-sagemaker",
     ]
     assert serve_flags([]).inert_flags == ()
+    assert serve_flags([]).pinned_memory_pool_bytes == 268435456  # Triton's default
+    assert serve_flags(["--pinned-memory-pool-byte-size=0"]).pinned_memory_pool_bytes == 0
     for flag, message in (
         ("--cuda-memory-pool-byte-size=64", "expected <gpu>:<bytes>"),
-        ("--pinned-memory-pool-byte-size=lots", "invalid int value"),
+        ("--pinned-memory-pool-byte-size=lots", "expected a number >= 0, got lots"),
+        ("--model-load-retry-count=-1", "expected a number >= 0, got -1"),
         ("--grpc-infer-response-compression-level=max", "expected none, low, medium or high"),
         ("--allow-sagemaker=true", "does not serve the SageMaker endpoints"),
         ("--allow-vertex-ai=1", "does not serve the Vertex AI endpoints"),

@@ -15,6 +15,7 @@ from inferd.backends.base import BackendSettings
 from inferd.backends.cuda import CudaRuntime
 from inferd.backends.onnxruntime import OnnxRuntimeBackend
 from inferd.backends.ort_binding import IoBindingRunner, graph_batch_sizes
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.staging import IoStaging
 from inferd.repository.config import ModelConfig, normalize, parse_config_text, to_model_config
 from inferd.server.errors import InferdError
@@ -40,16 +41,22 @@ def load(tmp_path: Path, model: object, config_text: str | None) -> tuple[ModelC
 
 class Setup:
     def __init__(
-        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: object, text: str | None
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+        model: object,
+        text: str | None,
+        pinned: PinnedMemoryPool | None = None,
     ) -> None:
         self.record = fake_cupy.install(monkeypatch)
+        self.pinned = pinned or PinnedMemoryPool()
         self.config, model_file = load(tmp_path, model, text)
         cuda = CudaRuntime.load()
         self.stream = cuda.stream(0)
         session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
         self.runner = IoBindingRunner(
             session,
-            IoStaging(cuda, 0, self.stream),
+            IoStaging(cuda, 0, self.stream, self.pinned),
             "cpu",  # the fake's device memory is host memory
             0,
             self.config,
@@ -98,6 +105,27 @@ def test_growing_batches_reallocate_only_at_powers_of_two(
     # device and pinned buffers and the output's pinned buffer (ORT allocates its device side).
     assert len(setup.record.device_allocations) == 3
     assert len(setup.record.pinned_allocations) == 6
+    # What stays pinned: the last (1 KiB) input and output buffers; the outgrown ones went back.
+    assert setup.pinned.used_bytes == 2048
+    setup.runner.close()
+    assert setup.pinned.used_bytes == 0
+
+
+def test_buffers_beyond_the_pinned_budget_are_pageable_and_still_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Room for the 1 KiB input buffer of a batch of 4, not for its output buffer as well.
+    budget = PinnedMemoryPool(1500)
+    setup = Setup(monkeypatch, tmp_path, identity_model(shape=("batch", 64)), None, budget)
+    x = np.arange(4 * 64, dtype=np.float32).reshape(4, 64)
+    np.testing.assert_array_equal(setup.runner.run({"INPUT0": x})["OUTPUT0"], x)
+    assert setup.record.pinned_allocations == [1024]
+    assert budget.used_bytes == 1024
+    # A pool of 0 bytes (Triton's way to turn it off): nothing is pinned.
+    none = Setup(monkeypatch, tmp_path / "none", identity_model(), None, PinnedMemoryPool(0))
+    ones = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(none.runner.run({"INPUT0": ones})["OUTPUT0"], ones)
+    assert none.record.pinned_allocations == [] and none.pinned.used_bytes == 0
 
 
 def test_cuda_graphs_are_captured_at_load_and_batches_pad_to_a_graph_size(

@@ -12,6 +12,7 @@ import pytest
 
 from inferd.backends.base import BackendSettings, Device
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.tensorrt import TensorRtBackend, TensorRtInstance
 from inferd.backends.trt_engine import EngineIo, describe, load_engine, load_tensorrt
 from inferd.repository.config import ModelConfig, normalize, parse_config_text, to_model_config
@@ -152,7 +153,12 @@ def test_instance_runs_batches_on_its_device_and_stream(fakes: Any, tmp_path: Pa
 def test_fixed_engine_runs_without_a_batch_dim(fakes: Any, tmp_path: Path) -> None:
     plan_file = write_plan(tmp_path, FIXED)
     instance = TensorRtInstance(
-        completed(plan_file), plan_file, Device("gpu", 0), load_tensorrt(), _cuda()
+        completed(plan_file),
+        plan_file,
+        Device("gpu", 0),
+        load_tensorrt(),
+        _cuda(),
+        PinnedMemoryPool(),
     )
     a = np.arange(6, dtype=np.int32).reshape(2, 3)
     np.testing.assert_array_equal(instance.execute({"a": a})["b"], a)
