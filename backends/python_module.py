@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import uuid
@@ -11,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from inferd.backends import python_api
+from inferd.backends.python_imports import ModelPackage, forget_package
 from inferd.server.errors import invalid, unavailable
 
 PB_UTILS = "triton_python_backend_utils"
@@ -45,34 +45,28 @@ def register_api() -> None:
 def load_model_module(model_file: Path, model_name: str) -> ModuleType:
     """Execute model.py as a new module. Triton runs each instance in its own process; a module
     object per load gives each instance (and each of several models that are all called
-    model.py) its own globals. The module is listed in sys.modules under a unique name while
-    it lives, because dataclasses, pickle and typing look classes' modules up there."""
+    model.py) its own globals. It lives in a package of its own (python_imports.py), through
+    which it imports the files beside it; both are listed in sys.modules under unique names
+    while they live, because dataclasses, pickle and typing look classes' modules up there."""
     if not model_file.is_file():
         raise invalid(f"model file {model_file} does not exist")
     register_api()
     safe_name = re.sub(r"\W", "_", model_name)
-    module_name = f"inferd_python_model_{safe_name}_{uuid.uuid4().hex[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, model_file)
-    if spec is None:
-        raise invalid(f"failed to load {model_file}: not a Python source file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    package = ModelPackage(
+        f"inferd_python_model_{safe_name}_{uuid.uuid4().hex[:12]}",
+        (model_file.parent, model_file.parent.parent),  # Triton's order on sys.path
+    )
     try:
-        # Compiled here rather than by the loader: no __pycache__ is written into the model
-        # repository (which may be read-only, and which the poller watches).
-        code = compile(model_file.read_bytes(), str(model_file), "exec", dont_inherit=True)
-        exec(code, module.__dict__)
+        module = package.load(model_file)
     except (Exception, SystemExit) as exc:  # model code may fail in any way: a load error
-        unload_model_module(module)
-        raise invalid(
-            f"failed to load {model_file}: {describe(exc)}{_hint(exc, model_file)}"
-        ) from None
+        forget_package(package.name)
+        raise invalid(f"failed to load {model_file}: {describe(exc)}") from None
     return module
 
 
 def unload_model_module(module: ModuleType) -> None:
-    if sys.modules.get(module.__name__) is module:
-        del sys.modules[module.__name__]
+    assert module.__spec__ is not None
+    forget_package(module.__spec__.name.partition(".")[0])
 
 
 def model_class(module: ModuleType, model_file: Path) -> type:
@@ -82,19 +76,3 @@ def model_class(module: ModuleType, model_file: Path) -> type:
     if not callable(getattr(cls, "execute", None)):
         raise invalid(f"{model_file}: {MODEL_CLASS} has no execute() method")
     return cls
-
-
-def _hint(exc: BaseException, model_file: Path) -> str:
-    """Triton puts the model's folder on sys.path of its per-model process; one process for all
-    models cannot do that without sibling files of different models colliding by name."""
-    name = exc.name if isinstance(exc, ModuleNotFoundError) else None
-    if not name:
-        return ""
-    top = name.partition(".")[0]
-    folder = model_file.parent
-    if (folder / f"{top}.py").exists() or (folder / top).is_dir():
-        return (
-            f" (inferd does not put {folder} on sys.path: import files beside model.py "
-            "through their path, or install them as a package)"
-        )
-    return ""

@@ -254,6 +254,22 @@ output [{ name: "OUTPUT0" data_type: TYPE_BF16 dims: [ 3 ] }]
 """
 
 
+# Imports a file beside it (scaling.py, written by the test): OUTPUT0 = scale(INPUT0).
+HELPED = """
+import triton_python_backend_utils as pb_utils
+from scaling import scale
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", scale(x))]))
+        return responses
+"""
+
+
 def config_named(config: str, name: str) -> str:
     """The add_sub config for a model folder of another name."""
     return config.replace('name: "add_sub"', f'name: "{name}"')

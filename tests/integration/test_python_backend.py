@@ -33,6 +33,7 @@ from tests.python_models import (
     BLS_ASYNC,
     BLS_CONFIG,
     FINALIZER,
+    HELPED,
     IDENTITY_CONFIG,
     IN_PLACE_DLPACK,
     INFO,
@@ -73,6 +74,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "raiser", RAISER, IDENTITY_CONFIG)
     write_python_model(root, "in_place_dlpack", IN_PLACE_DLPACK, IDENTITY_CONFIG)
     write_python_model(root, "bf16_double", BF16_DOUBLE, BF16_CONFIG)
+    # model.py imports the file beside it, as Triton's examples do.
+    helped = write_python_model(root, "helped", HELPED, IDENTITY_CONFIG)
+    (helped / "1" / "scaling.py").write_text("def scale(x):\n    return x * 10\n")
     write_python_model(root, "bls", BLS, BLS_CONFIG)
     write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
     # default_model_filename names the file in place of model.py.
@@ -124,6 +128,12 @@ def test_bf16_tensors_reach_the_model_and_come_back(server: RunningServer, proto
     values = np.array([1.5, -2.0, 0.25], ml_dtypes.bfloat16)
     out = infer(server, protocol, "bf16_double", {"INPUT0": values})
     assert out["OUTPUT0"].astype(np.float32).tolist() == [3.0, -4.0, 0.5]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_model_imports_the_file_beside_it(server: RunningServer, protocol: str) -> None:
+    out = infer(server, protocol, "helped", {"INPUT0": np.arange(4, dtype=np.float32)})
+    assert out["OUTPUT0"].tolist() == [0, 10, 20, 30]
 
 
 def test_default_model_filename_is_respected(server: RunningServer) -> None:
