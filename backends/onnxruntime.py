@@ -23,6 +23,13 @@ from inferd.backends.autocomplete import (
 )
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
+from inferd.backends.ort_options import (
+    INTER_OP_THREADS,
+    INTRA_OP_THREADS,
+    add_run_config,
+    apply_config,
+    int_param,
+)
 from inferd.backends.ort_providers import (
     cuda_start_problem,
     cuda_unavailable_reason,
@@ -49,10 +56,6 @@ _ORT_TYPES: dict[str, DataType] = {
     "tensor(bfloat16)": DataType.BF16,
 }
 
-# Triton's onnxruntime backend parameter names (config `parameters`).
-INTRA_OP_THREADS = "intra_op_thread_count"
-INTER_OP_THREADS = "inter_op_thread_count"
-
 
 def tensor_specs(nodes: Sequence[Any]) -> list[TensorSpec]:
     """ORT's NodeArgs as specs; symbolic or unknown dims (str/None) are variable (-1)."""
@@ -77,34 +80,23 @@ def resolve_model_file(model_path: Path) -> Path:
 
 
 def _session_options(
-    parameters: Mapping[str, str], settings: BackendSettings, *, probe: bool = False
+    config: ModelConfig | None, settings: BackendSettings, *, probe: bool = False
 ) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if probe:  # only reading the graph's inputs and outputs
+    if probe or config is None:  # only reading the graph's inputs and outputs
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
         return options
+    apply_config(options, config)
     # Serving default: split the cores among this model's instances, keeping half of them for
     # the front doors; never spin, so idle pool threads do not steal the event loop's core.
     cores = os.cpu_count() or 1
     default = max(1, cores // (2 * max(1, settings.total_cpu_instances)))
-    options.intra_op_num_threads = int_param(parameters, INTRA_OP_THREADS, default)
-    options.inter_op_num_threads = int_param(parameters, INTER_OP_THREADS, 1)
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int_param(config.parameters, INTRA_OP_THREADS, default)
+    options.inter_op_num_threads = int_param(config.parameters, INTER_OP_THREADS, 1)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
-
-
-def int_param(parameters: Mapping[str, str], key: str, default: int) -> int:
-    raw = parameters.get(key, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"parameter '{key}' must be an integer, got '{raw}'") from None
-    return value if value > 0 else default
 
 
 class OnnxRuntimeBackend(Backend):
@@ -120,7 +112,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = ort.InferenceSession(
                 str(model_file),
-                sess_options=_session_options({}, settings, probe=True),
+                sess_options=_session_options(None, settings, probe=True),
                 providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # ORT raises its own exception types for bad files
@@ -165,13 +157,14 @@ class OnnxRuntimeInstance(ModelInstance):
     runs_on_any_thread = True  # a CPU session may be run from any thread
 
     def __init__(self, config: ModelConfig, model_file: Path, settings: BackendSettings) -> None:
-        options = _session_options(config.parameters, settings)
+        options = _session_options(config, settings)
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
             raise invalid(f"failed to load {model_file}: {exc}") from None
+        self._run_options = add_run_config(ort.RunOptions(), config)
         self._output_names = [t.name for t in config.outputs]
         # ORT string tensors want str elements; the wire gives bytes.
         self._string_inputs = {t.name for t in config.inputs if t.datatype is DataType.BYTES}
@@ -198,7 +191,7 @@ class OnnxRuntimeInstance(ModelInstance):
             if name in self._scalar_items:
                 array = array.reshape(array.shape[:-1])
             feed[name] = array
-        results = self._session.run(self._output_names, feed)
+        results = self._session.run(self._output_names, feed, self._run_options)
         outputs = dict(zip(self._output_names, results, strict=True))
         restore_item_dims(outputs, self._scalar_items)
         return outputs

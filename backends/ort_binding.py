@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from inferd.backends.autocomplete import restore_item_dims, scalar_items
 from inferd.backends.onnxruntime import tensor_specs
+from inferd.backends.ort_options import add_run_config
 from inferd.backends.staging import IoStaging
 from inferd.repository.config import ModelConfig
 from inferd.server.errors import invalid, unsupported
@@ -59,8 +60,8 @@ class _Output:
     item_shape: tuple[int, ...]  # the model's shape without the batch dim (used by graphs)
 
 
-def _run_options(graph_id: int | None) -> ort.RunOptions:
-    options = ort.RunOptions()
+def _run_options(graph_id: int | None, config: ModelConfig) -> ort.RunOptions:
+    options = add_run_config(ort.RunOptions(), config)
     # No stream sync at the end of Run: the output copies are queued on the same stream and
     # the batch waits once, after them.
     options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -123,8 +124,8 @@ class IoBindingRunner:
             ]
         self._bound_inputs: frozenset[str] = frozenset()
         # (batch size, options) per captured graph, smallest first; -1 = never capture.
-        self._graphs = [(size, _run_options(i)) for i, size in enumerate(graph_sizes)]
-        self._plain = _run_options(-1 if graph_sizes else None)
+        self._graphs = [(size, _run_options(i, config)) for i, size in enumerate(graph_sizes)]
+        self._plain = _run_options(-1 if graph_sizes else None, config)
         if graph_sizes:
             self._reserve_fixed_buffers(max(graph_sizes))
 

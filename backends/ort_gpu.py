@@ -12,8 +12,8 @@ import onnxruntime as ort
 
 from inferd.backends.base import BackendSettings, Device, ModelInstance
 from inferd.backends.cuda import CudaRuntime
-from inferd.backends.onnxruntime import INTER_OP_THREADS, INTRA_OP_THREADS, int_param
 from inferd.backends.ort_binding import IoBindingRunner, graph_batch_sizes
+from inferd.backends.ort_options import INTER_OP_THREADS, INTRA_OP_THREADS, apply_config, int_param
 from inferd.backends.ort_providers import (
     TENSORRT_EP,
     Provider,
@@ -31,13 +31,13 @@ from inferd.server.errors import invalid, unavailable
 log = logging.getLogger(__name__)
 
 
-def _session_options(parameters: Mapping[str, str]) -> ort.SessionOptions:
+def _session_options(config: ModelConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors stay visible: they explain a provider that failed
+    apply_config(options, config)
     # The GPU does the work: a CPU thread pool per session would only contend (ORT's advice).
-    options.intra_op_num_threads = int_param(parameters, INTRA_OP_THREADS, 1)
-    options.inter_op_num_threads = int_param(parameters, INTER_OP_THREADS, 1)
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int_param(config.parameters, INTRA_OP_THREADS, 1)
+    options.inter_op_num_threads = int_param(config.parameters, INTER_OP_THREADS, 1)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
@@ -110,7 +110,7 @@ def _open_session(
         )
     try:
         session = ort.InferenceSession(
-            str(model_file), sess_options=_session_options(config.parameters), providers=providers
+            str(model_file), sess_options=_session_options(config), providers=providers
         )
     except Exception as exc:  # ORT raises its own exception types
         raise invalid(f"{where}: failed to load {model_file}: {exc}") from None
