@@ -37,6 +37,7 @@ from inferd.server.http_codec import (
     encode_infer_response,
 )
 from inferd.server.http_generate import GenerateEndpoints
+from inferd.server.http_v1 import V1Endpoints
 from inferd.server.json_body import json_object
 from inferd.server.logging_codec import http_log_changes
 from inferd.server.metrics import MetricsExporter
@@ -515,6 +516,7 @@ def _routes(
     cuda_shm = "/v2/cudasharedmemory"
     cuda_region = cuda_shm + "/region/{region}"
     generate = GenerateEndpoints(core, HTTP_STATUS)
+    v1 = V1Endpoints(core, HTTP_STATUS)
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []
     return [
@@ -557,6 +559,10 @@ def _routes(
         Route(versioned + "/generate", generate.generate, methods=["POST"]),
         Route(model + "/generate_stream", generate.generate_stream, methods=["POST"]),
         Route(versioned + "/generate_stream", generate.generate_stream, methods=["POST"]),
+        # KServe's V1 protocol (http_v1.py).
+        Route("/v1/models", v1.models, methods=["GET"]),
+        Route("/v1/models/{model}", v1.model_ready, methods=["GET"]),
+        Route("/v1/models/{model}:predict", v1.predict, methods=["POST"]),
     ]
 
 

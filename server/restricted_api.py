@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 _MODELS = "/v2/models/"
+_V1_MODELS = "/v1/models"
 
 
 class Api(enum.Enum):
@@ -76,6 +77,10 @@ def http_api(path: str) -> Api | None:
         if len(rest) >= 2 and rest[0] == "versions":
             rest = rest[2:]
         return _MODEL_ROUTES.get("/".join(rest))
+    if path.startswith(_V1_MODELS):  # KServe's V1 protocol (http_v1.py)
+        if path.endswith(":predict"):
+            return Api.INFERENCE
+        return Api.HEALTH if path.strip("/") != _V1_MODELS.strip("/") else Api.METADATA
     for prefix, api in _PREFIXES:
         if path.startswith(prefix):
             return api

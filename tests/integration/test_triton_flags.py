@@ -82,6 +82,10 @@ def test_restricted_http_apis_need_their_header(server_factory: Factory, stacks:
     answer_ = infer(server, "http", "simple", SIMPLE, headers={"infer-key": "secret"})
     assert (answer_["OUTPUT0"] == SIMPLE["INPUT0"] + 1).all()
     assert httpx.get(url + "/metrics").is_success  # scrapers send no extra headers
+    # KServe's V1 predict is inference too.
+    v1_row = {"INPUT0": [0] * 16, "INPUT1": [0] * 16}
+    answer = httpx.post(url + "/v1/models/simple:predict", json={"instances": [v1_row]})
+    assert (answer.status_code, answer.json()) == (403, {"error": refusal})
 
 
 @pytest.mark.parametrize("stacks", STACKS)
@@ -125,6 +129,9 @@ def test_every_http_route_belongs_to_its_api() -> None:
         "/v2/repository/models/m/load": Api.MODEL_REPOSITORY,
         "/v2/systemsharedmemory/status": Api.SHARED_MEMORY,
         "/v2/cudasharedmemory/region/r/register": Api.SHARED_MEMORY,
+        "/v1/models": Api.METADATA,
+        "/v1/models/m": Api.HEALTH,
+        "/v1/models/m:predict": Api.INFERENCE,
         "/metrics": None,
         "/v2/models/m/unknown": None,
     }
