@@ -151,5 +151,6 @@ class _NoLoader(importlib.abc.Loader):
 def forget_package(name: str) -> None:
     """Drop a model's package and every module loaded into it from sys.modules."""
     prefix = name + "."
-    for loaded in [n for n in sys.modules if n == name or n.startswith(prefix)]:
-        del sys.modules[loaded]
+    # list() copies the keys at once (in C, under the GIL): other threads import meanwhile.
+    for loaded in [n for n in list(sys.modules) if n == name or n.startswith(prefix)]:
+        sys.modules.pop(loaded, None)
