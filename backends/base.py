@@ -45,6 +45,18 @@ class ModelCalls(Protocol):
     def stream(self, request: InferRequest) -> ResponseStream:
         """A call whose answers stream (decoupled BLS); returns at once, from any thread."""
 
+    # Model control from model code (Triton's pb_utils.load_model & co.), from an instance
+    # thread. With `wait`, load and unload block until done and raise InferdError when they
+    # fail; without, they return at once and a failure is logged.
+    def load(
+        self, name: str, config: str | None, files: Mapping[str, bytes], wait: bool = True
+    ) -> None: ...
+
+    def unload(self, name: str, unload_dependents: bool = False, wait: bool = True) -> None: ...
+
+    def ready(self, name: str, version: str = "") -> bool:
+        """Whether the model (version) serves; InferdError for a malformed version."""
+
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:

@@ -150,7 +150,12 @@ class PythonInstance(ModelInstance):
         self._instance_name = initialize_args(config, model_file, device)["model_instance_name"]
         # Chosen once: a decoupled model's requests stream their responses through senders.
         self._decoupled = config.decoupled
-        self._bls = None if model_calls is None else api.BlsContext(model_calls, config.name)
+        # What the model's methods find of the server, made once (execute() is the hot path).
+        self._bls = {
+            method: api.BlsContext(model_calls, config.name, method)
+            for method in ("initialize", "execute", "finalize")
+            if model_calls is not None
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         sequence = config.sequence_batching
         # A decoupled model's `async def execute()` calls overlap (python_async.py), unless
@@ -172,7 +177,7 @@ class PythonInstance(ModelInstance):
             initialize = getattr(model, "initialize", None)
             if initialize is not None:
                 step = "initialize()"
-                with self._metrics_context():
+                with self._model_context("initialize"):
                     initialize(initialize_args(config, model_file, device))
         except InferdError:
             self._metrics.release()
@@ -222,25 +227,28 @@ class PythonInstance(ModelInstance):
     def _run_execute(self, batch: list[api.InferenceRequest], overlap: bool = False) -> Any:
         """execute()'s result. `async def execute()` (as Triton allows) runs to its end here,
         unless `overlap`: then its coroutine is returned, ready to run elsewhere."""
-        with self._execute_context():
+        with self._model_context("execute"):
             responses = self._model.execute(batch)
             if inspect.isawaitable(responses) and not overlap:
                 responses = self._own_loop().run_until_complete(responses)
         return responses
 
     @contextmanager
-    def _execute_context(self) -> Iterator[None]:
-        """What execute() finds: the way to the server (BLS), the custom metrics' holder."""
-        token = api.BLS_CONTEXT.set(self._bls) if self._bls is not None else None
+    def _model_context(self, method: str) -> Iterator[None]:
+        """What the model's `method` finds: the way to the server (BLS calls in execute(),
+        model control in all three), its instance's custom metrics' holder."""
+        bls = self._bls.get(method)
+        bls_token = None if bls is None else api.BLS_CONTEXT.set(bls)
+        metrics_token = api.METRICS_CONTEXT.set(self._metrics)
         try:
-            with self._metrics_context():
-                yield
+            yield
         finally:
-            if token is not None:
-                api.BLS_CONTEXT.reset(token)
+            api.METRICS_CONTEXT.reset(metrics_token)
+            if bls_token is not None:
+                api.BLS_CONTEXT.reset(bls_token)
 
     async def _in_context(self, coroutine: Awaitable[Any]) -> Any:
-        with self._execute_context():  # the coroutine's task has a context of its own
+        with self._model_context("execute"):  # the coroutine's task has a context of its own
             return await coroutine
 
     def _execute_decoupled(
@@ -336,7 +344,7 @@ class PythonInstance(ModelInstance):
         try:
             finalize = getattr(model, "finalize", None)
             if finalize is not None:
-                with self._metrics_context():
+                with self._model_context("finalize"):
                     finalize()
         except Exception as exc:
             raise internal(f"{self._file}: finalize() failed: {describe(exc)}") from exc
@@ -347,15 +355,6 @@ class PythonInstance(ModelInstance):
                 self._loop.close()
             self._metrics.release()
             unload_model_module(self._module)
-
-    @contextmanager
-    def _metrics_context(self) -> Iterator[None]:
-        """initialize() and finalize() may make custom metrics (execute() too: _run_execute)."""
-        token = api.METRICS_CONTEXT.set(self._metrics)
-        try:
-            yield
-        finally:
-            api.METRICS_CONTEXT.reset(token)
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop that runs this instance's `async def execute()`, on its thread (made

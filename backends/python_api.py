@@ -35,6 +35,7 @@ from inferd.backends.python_metrics import (
 )
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.model_calls import ResponseStream
+from inferd.server.repository_codec import FILE_PREFIX
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
 __all__ = [
@@ -58,10 +59,13 @@ __all__ = [
     "get_input_tensor_by_name",
     "get_output_config_by_name",
     "get_output_tensor_by_name",
+    "is_model_ready",
+    "load_model",
     "numpy_to_triton_type",
     "serialize_byte_tensor",
     "triton_string_to_numpy",
     "triton_to_numpy_type",
+    "unload_model",
     "using_decoupled_model_transaction_policy",
 ]
 
@@ -170,14 +174,18 @@ def _dlpack_call(call: Callable[[], _T]) -> _T:
 
 @dataclass(frozen=True, slots=True)
 class BlsContext:
-    """What a BLS call made during a model's execute() needs: the way to the server, and the
-    calling model (which may not call itself: its instance would wait for itself)."""
+    """What a call to the server from model code needs: the way to the server, the calling
+    model (which may not call itself: its instance would wait for itself) and the method that
+    runs (`execute`, `initialize` or `finalize`): models may be called during execute() only,
+    loaded and unloaded during all three, as in Triton."""
 
     calls: ModelCalls
     model_name: str
+    method: str = "execute"
 
 
-# Set by the python backend around execute() (and copied into its coroutines); unset elsewhere.
+# Set by the python backend around initialize(), execute() (and copied into its coroutines)
+# and finalize(); unset elsewhere.
 BLS_CONTEXT: ContextVar[BlsContext] = ContextVar("inferd_bls_context")
 # The custom metrics of the instance whose initialize(), execute() or finalize() is running.
 METRICS_CONTEXT: ContextVar[MetricsHolder] = ContextVar("inferd_metrics_context")
@@ -401,10 +409,8 @@ class InferenceRequest:
 
     def _bls_context(self) -> BlsContext:
         context = BLS_CONTEXT.get(None)
-        if context is None:
-            raise TritonModelException(
-                "InferenceRequest.exec() can only be called while the model's execute() runs"
-            )
+        if context is None or context.method != "execute":  # Triton's words
+            raise TritonModelException("BLS is only supported during the 'execute' function.")
         if self._model_name == context.model_name:
             raise TritonModelException(
                 f"model '{self._model_name}' cannot call itself: its instance would wait for itself"
@@ -537,6 +543,85 @@ class ResponseIterator:
         """Ask the called model to stop: a request still queued never runs, a decoupled model
         sees is_cancelled(). The responses in so far still come, then a CANCELLED error."""
         self._stream.cancel()
+
+
+# ---- model control (Triton's model loading API) --------------------------------------------
+
+
+def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | None = None) -> None:
+    """Load or reload a model of this server (explicit model control mode only) and wait
+    until it serves. `config`: a JSON model config used instead of config.pbtxt; `files`:
+    `"file:<path>"` -> content, the whole model folder (with `config`), as the repository
+    API takes them. A model reloading itself from execute() is reloaded after it returns."""
+    _check_str("load_model", model_name=model_name, config=config)
+    folder = _model_files(files or {})
+    context, own = _control_context(model_name)
+    try:
+        context.calls.load(model_name, config or None, folder, wait=not own)
+    except InferdError as error:
+        raise TritonModelException(f"Failed to load model: {error.message}") from None
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload every version of a model (explicit model control mode only) and wait until its
+    requests are done. A model unloading itself from execute() goes after it returns."""
+    _check_str("unload_model", model_name=model_name)
+    context, own = _control_context(model_name)
+    try:
+        context.calls.unload(model_name, bool(unload_dependents), wait=not own)
+    except InferdError as error:
+        raise TritonModelException(f"Failed to unload model: {error.message}") from None
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether the model serves (the version asked for, or any)."""
+    _check_str("is_model_ready", model_name=model_name, model_version=model_version)
+    context = _server_context()
+    try:
+        return context.calls.ready(model_name, model_version)
+    except InferdError as error:
+        raise TritonModelException(f"Failed to check model readiness: {error.message}") from None
+
+
+def _check_str(function: str, **arguments: object) -> None:
+    for name, value in arguments.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{function}(): {name} must be a str, not {type(value).__name__}")
+
+
+def _model_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The `file:` entries as paths in the model folder; other keys mean nothing, as on the
+    repository API."""
+    folder: dict[str, bytes] = {}
+    for key, content in files.items():
+        if not isinstance(content, bytes):  # Triton's words
+            raise TypeError(
+                f"Object of type '{type(content).__name__}' is not an instance of 'bytes'"
+            )
+        if isinstance(key, str) and key.startswith(FILE_PREFIX):
+            folder[key.removeprefix(FILE_PREFIX)] = content
+    return folder
+
+
+def _server_context() -> BlsContext:
+    context = BLS_CONTEXT.get(None)
+    if context is None:
+        raise TritonModelException(
+            "the model loading API can only be used during initialize(), execute() or finalize()"
+        )
+    return context
+
+
+def _control_context(model_name: str) -> tuple[BlsContext, bool]:
+    """The caller's context, and whether it asks about itself: from execute(), the change is
+    made once execute() has returned (unloading waits for it); it is refused elsewhere."""
+    context = _server_context()
+    own = model_name == context.model_name
+    if own and context.method != "execute":
+        raise TritonModelException(
+            f"model '{model_name}' cannot load or unload itself during {context.method}()"
+        )
+    return context, own
 
 
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:

@@ -7,6 +7,7 @@ READY exactly while its composing models are (ensemble_lifecycle.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -66,6 +67,7 @@ class ModelRepository:
         # ensemble with `unload_dependents` unloads them too, unless another ensemble runs them.
         self._implicit: set[str] = set()
         self._load_slots = asyncio.Semaphore(max(1, settings.load_threads))
+        self._closing = False  # close() began: nothing loads any more
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -97,11 +99,19 @@ class ModelRepository:
         await self._load_in_order(wanted, deps)
 
     async def load(
-        self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
+        self,
+        name: str,
+        config: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        take_slot: bool = True,
     ) -> None:
         """Load or reload a model (the repository API). `config` is a JSON ModelConfig used
         instead of config.pbtxt; `files` (path in the model folder -> content) make up the
-        whole model folder and need `config`. Raises when any version fails to load."""
+        whole model folder and need `config`. Raises when any version fails to load.
+        Without `take_slot` the models load beside the --model-load-thread-count ones: a
+        model loading models from its initialize() holds a slot and would wait for itself."""
+        if self._closing:
+            raise unavailable(f"failed to load '{name}': the server is shutting down")
         files = files or {}
         if files and config is None:
             raise invalid(
@@ -122,7 +132,7 @@ class ModelRepository:
                 )
         deps = await self._dependencies({name}, None if override is None else (name, override))
         if name in deps:
-            await self._load_composing(name, deps)
+            await self._load_composing(name, deps, take_slot)
         self._implicit.discard(name)  # asked for by name: no longer only a dependency
         async with self._lock(name):
             written: Path | None = None
@@ -131,7 +141,7 @@ class ModelRepository:
                     write_override, self._overrides_root(), name, files
                 )
                 location = ModelLocation(name, written)
-            installed, reason = await self._load(location, override)
+            installed, reason = await self._load(location, override, take_slot)
             # Whichever folder no longer backs a served version goes.
             stale = written
             if installed:
@@ -143,7 +153,7 @@ class ModelRepository:
         if reason:
             raise invalid(f"load failed for model '{name}': {reason}")  # Triton 2.51's start
 
-    async def _load_composing(self, name: str, deps: Dependencies) -> None:
+    async def _load_composing(self, name: str, deps: Dependencies, take_slot: bool) -> None:
         """Before ensemble `name` loads, the models it is made of that are not loaded yet load,
         as Triton does; those already serving are left as they are."""
         _, cyclic = load_waves(closure([name], deps), deps)
@@ -157,7 +167,7 @@ class ModelRepository:
             and not any(v.ready for v in self._models.get(model, {}).values())
         }
         self._implicit |= missing
-        await self._load_in_order(missing, deps)
+        await self._load_in_order(missing, deps, take_slot=take_slot)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Drain and free every version; the model stays in the index, UNAVAILABLE "unloaded".
@@ -166,6 +176,8 @@ class ModelRepository:
         served has nothing to unload: as in Triton 2.51, that succeeds and changes nothing."""
         if name not in self._models:
             log.info("model '%s' is not loaded: nothing to unload", name)
+            return
+        if self._closing:  # close() unloads it (a model's finalize() may ask meanwhile)
             return
         composing = composing_models(self._models[name].values())
         async with self._lock(name):
@@ -221,7 +233,11 @@ class ModelRepository:
         return deps
 
     async def _load_in_order(
-        self, names: Collection[str], deps: Dependencies, tolerate: bool = False
+        self,
+        names: Collection[str],
+        deps: Dependencies,
+        tolerate: bool = False,
+        take_slot: bool = True,
     ) -> None:
         """Load `names` in waves: models before the ensembles made of them. With `tolerate`,
         an unexpected failure is logged instead of raised."""
@@ -229,7 +245,11 @@ class ModelRepository:
         self._mark_cyclic(cyclic)
         for wave in waves:
             outcomes = await asyncio.gather(
-                *(self._load_locked(self._locations[n]) for n in wave if n in self._locations),
+                *(
+                    self._load_locked(self._locations[n], take_slot)
+                    for n in wave
+                    if n in self._locations
+                ),
                 return_exceptions=tolerate,
             )
             for outcome in outcomes:
@@ -242,9 +262,9 @@ class ModelRepository:
             if not any(v.ready for v in self._models.get(name, {}).values()):
                 self._models[name] = {0: ModelVersion(name, 0, ModelState.UNAVAILABLE, reason)}
 
-    async def _load_locked(self, location: ModelLocation) -> None:
+    async def _load_locked(self, location: ModelLocation, take_slot: bool) -> None:
         async with self._lock(location.name):
-            await self._load(location)
+            await self._load(location, take_slot=take_slot)
 
     async def _forget(self, name: str) -> None:
         async with self._lock(name):
@@ -269,14 +289,16 @@ class ModelRepository:
         return self._override_root
 
     async def _prepare(
-        self, location: ModelLocation, override: ModelConfigProto | None
+        self, location: ModelLocation, override: ModelConfigProto | None, take_slot: bool
     ) -> PreparedModel:
-        """Prepare on a loader thread: at most --model-load-thread-count at once, and
-        --model-load-retry-count more tries when it fails or some version does not load."""
+        """Prepare on a loader thread: at most --model-load-thread-count at once (those that
+        `take_slot`), and --model-load-retry-count more tries when it fails or some version
+        does not load."""
         retries = self._settings.load_retries
+        slot = self._load_slots if take_slot else contextlib.nullcontext()
         for attempt in range(retries + 1):
             last = attempt == retries
-            async with self._load_slots:
+            async with slot:
                 try:
                     prepared = await asyncio.to_thread(self._loader.prepare, location, override)
                 except Exception as exc:
@@ -294,7 +316,10 @@ class ModelRepository:
         raise AssertionError("unreachable: the last try returns or raises")
 
     async def _load(
-        self, location: ModelLocation, override: ModelConfigProto | None = None
+        self,
+        location: ModelLocation,
+        override: ModelConfigProto | None = None,
+        take_slot: bool = True,
     ) -> tuple[bool, str]:
         """Load one model: (whether its new versions were installed, why some failed or "").
 
@@ -309,10 +334,12 @@ class ModelRepository:
         try:
             if location.error:
                 raise invalid(location.error)
-            prepared = await self._prepare(location, override)
+            prepared = await self._prepare(location, override, take_slot)
         except Exception as exc:
+            foreseen = isinstance(exc, InferdError)
             reason = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-            log.error("model '%s' failed to load: %s", name, reason)
+            # A failure inferd did not foresee is a bug: its traceback goes to the log.
+            log.error("model '%s' failed to load: %s", name, reason, exc_info=not foreseen)
             if not serving:
                 # Shown as the version it would have served (the latest folder), as Triton
                 # shows a version whose config failed.
@@ -404,6 +431,7 @@ class ModelRepository:
 
     async def close(self) -> None:
         """Drain every scheduler, free the instances, delete the private model folders."""
+        self._closing = True
         await self._retire([v for vs in self._models.values() for v in vs.values()])
         if self._override_root is not None:
             await asyncio.to_thread(shutil.rmtree, self._override_root, True)

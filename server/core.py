@@ -23,7 +23,7 @@ from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_j
 from inferd.repository.manager import ModelRepository, ModelVersion
 from inferd.server.answers import answer, holds_answer
 from inferd.server.ensemble import EnsembleRunner
-from inferd.server.errors import InferdError, internal, invalid, unavailable
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.request_checks import request_options, validate_request
 from inferd.server.response_cache import ResponseCache, request_key
@@ -106,10 +106,14 @@ class InferenceCore:
             return False
         return not self._settings.strict_readiness or self._repository.all_ready()
 
-    def model_ready(self, name: str, version: str = "") -> bool:
+    def model_ready(self, name: str, version: str = "", check_version: bool = False) -> bool:
+        """Whether the model (version) serves; with `check_version`, a version that is no
+        number raises instead of answering False (as pb_utils.is_model_ready does)."""
         try:
             self._repository.get(name, version)
-        except InferdError:
+        except InferdError as error:
+            if check_version and error.code is ErrorCode.INVALID_ARG:
+                raise
             return False
         return True
 
@@ -191,11 +195,16 @@ class InferenceCore:
         return await self._repository.index(ready_only)
 
     async def load_model(
-        self, name: str, config: str | None = None, files: dict[str, bytes] | None = None
+        self,
+        name: str,
+        config: str | None = None,
+        files: dict[str, bytes] | None = None,
+        by_model: bool = False,
     ) -> None:
-        """Load or reload; returns when the model is ready or has failed (and then raises)."""
+        """Load or reload; returns when the model is ready or has failed (and then raises).
+        `by_model`: a model asked (BLS model control); it may hold a loader slot itself."""
         self._require_model_control()
-        await self._repository.load(name, config, files)
+        await self._repository.load(name, config, files, take_slot=not by_model)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Returns once the model's in-flight requests are done and its instances are freed."""

@@ -5,14 +5,19 @@ and waits for the answer, which goes through the called model's scheduler like a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import queue
-from typing import Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 
 from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
 from inferd.server.types import Cancel, InferRequest, InferResponse, OnStreamResponse
 
 # One answer of a streamed call and whether it is the last (see OnStreamResponse).
 StreamAnswer = tuple[InferResponse | InferdError | None, bool]
+
+log = logging.getLogger(__name__)
 
 _NOT_STARTED = "the server is still starting: no model can be called yet"
 
@@ -21,6 +26,18 @@ class Infers(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
     def stream(self, request: InferRequest, on_response: OnStreamResponse) -> Cancel | None: ...
+
+    async def load_model(
+        self,
+        name: str,
+        config: str | None = None,
+        files: dict[str, bytes] | None = None,
+        by_model: bool = False,
+    ) -> None: ...
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    def model_ready(self, name: str, version: str = "", check_version: bool = False) -> bool: ...
 
 
 class ResponseStream:
@@ -87,19 +104,60 @@ class LoopModelCalls:
 
     def _stream(self, request: InferRequest, stream: ResponseStream) -> None:
         if self._core is None:
-            stream.put(
-                unavailable("the server is still starting: no model can be called yet"), True
-            )
+            stream.put(unavailable(_NOT_STARTED), True)
             return
         stream.started(self._core.stream(request, stream.put))
 
     async def _infer(self, request: InferRequest) -> InferResponse:
+        return await self._started().infer(request)
+
+    # ---- model control (pb_utils.load_model & co.) -----------------------------------------
+
+    def load(
+        self, name: str, config: str | None, files: Mapping[str, bytes], wait: bool = True
+    ) -> None:
+        """Load or reload `name` as the repository API would, on behalf of a model: without a
+        loader slot, since the caller may hold one (a model loading models in initialize())."""
+        self._control(f"load model '{name}'", self._load(name, config, dict(files)), wait)
+
+    def unload(self, name: str, unload_dependents: bool = False, wait: bool = True) -> None:
+        self._control(f"unload model '{name}'", self._unload(name, unload_dependents), wait)
+
+    def ready(self, name: str, version: str = "") -> bool:
+        return bool(self._control(f"check model '{name}'", self._ready(name, version), wait=True))
+
+    async def _load(self, name: str, config: str | None, files: dict[str, bytes]) -> None:
+        await self._started().load_model(name, config, files, by_model=True)
+
+    async def _unload(self, name: str, unload_dependents: bool) -> None:
+        await self._started().unload_model(name, unload_dependents)
+
+    async def _ready(self, name: str, version: str) -> bool:
+        return self._started().model_ready(name, version, check_version=True)
+
+    def _control(self, what: str, change: Coroutine[Any, Any, Any], wait: bool) -> Any:
+        if self._loop_thread():
+            change.close()
+            raise internal(f"a model asked to {what} from the event loop's thread")
+        future = asyncio.run_coroutine_threadsafe(change, self._loop)
+        if wait:
+            return future.result()
+        future.add_done_callback(lambda done: _log_failure(what, done))
+        return None
+
+    def _started(self) -> Infers:
         if self._core is None:
             raise unavailable(_NOT_STARTED)
-        return await self._core.infer(request)
+        return self._core
 
     def _loop_thread(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:  # no loop runs on this thread
             return False
+
+
+def _log_failure(what: str, done: concurrent.futures.Future[Any]) -> None:
+    exc = None if done.cancelled() else done.exception()
+    if exc is not None:
+        log.error("a model's request to %s failed: %s", what, exc)

@@ -458,3 +458,81 @@ input [{tensors}]
 output [{{ name: "OUTPUT" data_type: TYPE_STRING dims: [ 1 ] }}]
 {policy}
 """
+
+
+# Model control from model code (pb_utils.load_model & co.). Each request's OP is a JSON
+# [function, args, kwargs] run on pb_utils; RESULT is {"value": ...} or {"error": "Type: ..."}.
+# ["notes"] gives what initialize() saw: it loads the model its config names in
+# `load_on_init`, tries to call it (BLS) and to load itself; finalize() unloads
+# `unload_on_finalize`.
+MANAGER = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def attempt(call, *args, **kwargs):
+    try:
+        return {"value": call(*args, **kwargs)}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.unload_on_finalize = parameters.get("unload_on_finalize")
+        self.notes = {}
+        target = parameters.get("load_on_init")
+        if target:
+            self.notes["ready_before"] = attempt(pb_utils.is_model_ready, target)
+            self.notes["load"] = attempt(pb_utils.load_model, target)
+            self.notes["ready_after"] = attempt(pb_utils.is_model_ready, target, "1")
+            self.notes["bls"] = attempt(
+                lambda: pb_utils.InferenceRequest(
+                    model_name=target, requested_output_names=["OUTPUT0"], inputs=[]
+                ).exec()
+            )
+            self.notes["load_itself"] = attempt(pb_utils.load_model, self.name)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            op = pb_utils.get_input_tensor_by_name(request, "OP").as_numpy()[0]
+            function, args, kwargs = json.loads(op)
+            if function == "notes":
+                result = {"value": self.notes}
+            else:
+                if "files" in kwargs:  # JSON has no bytes: strings are encoded, others kept
+                    kwargs["files"] = {
+                        k: v.encode() if isinstance(v, str) else v
+                        for k, v in kwargs["files"].items()
+                    }
+                result = attempt(getattr(pb_utils, function), *args, **kwargs)
+            text = np.array([json.dumps(result).encode()], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", text)]))
+        return responses
+
+    def finalize(self):
+        if self.unload_on_finalize:
+            pb_utils.unload_model(self.unload_on_finalize)
+"""
+
+
+def manager_config(load_on_init: str = "", unload_on_finalize: str = "") -> str:
+    parameters = "".join(
+        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+        for key, value in (
+            ("load_on_init", load_on_init),
+            ("unload_on_finalize", unload_on_finalize),
+        )
+        if value
+    )
+    return (
+        'backend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "OP" data_type: TYPE_STRING dims: [ 1 ] }]\n'
+        'output [{ name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] }]\n' + parameters
+    )

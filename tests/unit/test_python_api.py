@@ -83,8 +83,29 @@ def test_response_parameters_are_checked_with_tritons_messages(case: str) -> Non
     ids=["exec", "async_exec"],
 )
 def test_bls_calls_work_only_inside_execute(call: Callable[[], Any]) -> None:
-    with pytest.raises(pb_utils.TritonModelException, match="while the model's execute"):
+    with pytest.raises(pb_utils.TritonModelException, match="only supported during the 'execute'"):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: pb_utils.load_model("other"),
+        lambda: pb_utils.unload_model("other"),
+        lambda: pb_utils.is_model_ready("other"),
+    ],
+    ids=["load", "unload", "ready"],
+)
+def test_model_control_works_only_inside_the_models_methods(call: Callable[[], Any]) -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="during initialize"):
+        call()
+
+
+def test_model_control_checks_its_arguments_first() -> None:
+    with pytest.raises(TypeError, match="model_name must be a str, not int"):
+        pb_utils.load_model(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Object of type 'str' is not an instance of 'bytes'"):
+        pb_utils.load_model("m", "{}", {"file:1/model.py": "text"})  # type: ignore[dict-item]
 
 
 def test_triton_error_codes_and_message() -> None:
