@@ -28,6 +28,7 @@ from inferd.repository.dependencies import (
     read_dependencies,
 )
 from inferd.repository.ensemble_lifecycle import EnsembleTable, composing_models
+from inferd.repository.fingerprint import Fingerprint, fingerprint
 from inferd.repository.layout import ModelLocation, find_models, version_dirs
 from inferd.repository.loader import ModelLoader, PreparedModel, RepositorySettings, close_all
 from inferd.repository.overrides import (
@@ -68,6 +69,9 @@ class ModelRepository:
         self._implicit: set[str] = set()
         self._load_slots = asyncio.Semaphore(max(1, settings.load_threads))
         self._closing = False  # close() began: nothing loads any more
+        # The folder state each model's serving versions were loaded from: loading a model
+        # whose folder has not changed since leaves it as it is, as in Triton.
+        self._sources: dict[str, Fingerprint] = {}
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -141,7 +145,9 @@ class ModelRepository:
                     write_override, self._overrides_root(), name, files
                 )
                 location = ModelLocation(name, written)
-            installed, reason = await self._load(location, override, take_slot)
+            installed, reason = await self._load(
+                location, override, take_slot, keep_unchanged=override is None and not files
+            )
             # Whichever folder no longer backs a served version goes.
             stale = written
             if installed:
@@ -182,6 +188,7 @@ class ModelRepository:
         composing = composing_models(self._models[name].values())
         async with self._lock(name):
             await self._retire(list(self._models.get(name, {}).values()))
+            self._sources.pop(name, None)
             stale = self._overrides.pop(name, None)
             if stale is not None:
                 await asyncio.to_thread(remove_override, stale)
@@ -270,6 +277,7 @@ class ModelRepository:
         async with self._lock(name):
             await self._retire(list(self._models.get(name, {}).values()))
             self._models.pop(name, None)
+            self._sources.pop(name, None)
         self._implicit.discard(name)
         self._ensembles().refresh()
         log.info("model '%s' was removed from the repository and is unloaded", name)
@@ -320,15 +328,22 @@ class ModelRepository:
         location: ModelLocation,
         override: ModelConfigProto | None = None,
         take_slot: bool = True,
+        keep_unchanged: bool = False,
     ) -> tuple[bool, str]:
         """Load one model: (whether its new versions were installed, why some failed or "").
 
         The new versions are prepared next to the serving ones and swapped in when all are
-        ready; a reload that fails leaves the serving versions serving. Call under its lock.
+        ready; a reload that fails leaves the serving versions serving. With
+        `keep_unchanged`, a serving model whose folder is as it was loaded stays as it is.
+        Call under its lock.
         """
         name = location.name
         previous = list(self._models.get(name, {}).values())
         serving = any(v.ready for v in previous)
+        source = await asyncio.to_thread(fingerprint, location)
+        if keep_unchanged and serving and self._sources.get(name) == source:
+            log.info("model '%s' is unchanged since it was loaded: not reloaded", name)
+            return False, ""
         if not serving:
             self._models[name] = {0: ModelVersion(name, 0, ModelState.LOADING)}
         try:
@@ -409,6 +424,7 @@ class ModelRepository:
         # The switch: from here on requests resolve to the new versions, and ensembles made
         # of this model see its new config.
         self._models[name] = {v.version: v for v in prepared.versions}
+        self._sources[name] = source
         self._ensembles().refresh()
         await self._retire(previous)
         return True, failed

@@ -1,46 +1,15 @@
-"""Poll mode: rescan the repository roots every interval and hand what changed to the manager.
-
-A model changed when any file or folder under it was added, removed, resized or touched
-(mtime), so a new version folder, an edited config.pbtxt or a replaced label file all count.
-Hidden entries and `__pycache__` are ignored: a Python model's byte-code cache is not a change.
-"""
+"""Poll mode: rescan the repository roots every interval and hand the models whose folder
+changed (see fingerprint.py) to the manager."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Mapping
-from pathlib import Path
 
-from inferd.repository.layout import ModelLocation
+from inferd.repository.fingerprint import Fingerprint, scan
 from inferd.repository.manager import ModelRepository
 
 log = logging.getLogger(__name__)
-
-Fingerprint = tuple[object, ...]
-
-
-def scan(locations: Mapping[str, ModelLocation]) -> dict[str, Fingerprint]:
-    """Every model's fingerprint (blocking: run it off the event loop)."""
-    return {
-        name: (location.error, *_entries(location.path)) for name, location in locations.items()
-    }
-
-
-def _entries(model_dir: Path) -> list[tuple[str, int, int]]:
-    entries: list[tuple[str, int, int]] = []
-    for folder, dirs, files in os.walk(model_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        for name in [*dirs, *(f for f in files if not f.startswith("."))]:
-            path = os.path.join(folder, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue  # removed while scanning: the next scan sees it gone
-            entries.append((os.path.relpath(path, model_dir), stat.st_size, stat.st_mtime_ns))
-    entries.sort()
-    return entries
 
 
 class RepositoryPoller:

@@ -4,6 +4,7 @@ reload, config override, file upload, and the errors for bad requests and other 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,32 @@ def test_load_unload_and_reload(explicit: tuple[Client, Path], protocol: str) ->
     client.load_model("m")  # loading a loaded model reloads it: version 2 replaces version 1
     assert states(client) == {("m", "2"): ("READY", "")}
     assert as_json(client, "get_model_metadata", "m")["versions"] == ["2"]
+
+
+def inference_count(client: Client, model: str) -> int:
+    stats = as_json(client, "get_inference_statistics", model)["model_stats"]
+    return int(stats[0].get("inference_count", 0))
+
+
+def test_loading_an_unchanged_model_leaves_it_serving_as_it_is(
+    explicit: tuple[Client, Path],
+) -> None:
+    client, repo = explicit
+    folder = write_model(repo, "m", identity_model(), IDENTITY_CONFIG)
+    client.load_model("m")
+    infer(client, "m")
+    client.load_model("m")  # as Triton: the folder is as it was loaded, so nothing reloads
+    assert inference_count(client, "m") == 1  # the same version, its statistics kept
+    config = folder / "config.pbtxt"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1_000_000))
+    client.load_model("m")  # a file touched: reloaded, with fresh statistics
+    assert inference_count(client, "m") == 0
+    # A `config` parameter always reloads; unloading forgets what was loaded.
+    client.load_model("m", config=json.dumps({"max_batch_size": 2}))
+    assert model_config(client, "m")["max_batch_size"] == 2
+    client.unload_model("m")
+    client.load_model("m")
+    assert model_config(client, "m")["max_batch_size"] == 4
 
 
 def model_config(client: Client, name: str) -> dict[str, Any]:
