@@ -94,8 +94,16 @@ class ModelStats:
     queue_us: Histogram = field(default_factory=_latency)
     compute_us: Histogram = field(default_factory=_latency)
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
+    # Whole ms from arrival to a streamed request's first response (Triton's opt-in
+    # first-response histogram; observed for decoupled models); None when not exported.
+    first_response_ms: Histogram | None = None
 
     def fail_request(self, duration_ns: int, reason: str) -> None:
         self.fail.add(duration_ns)
         self.failures[reason] = self.failures.get(reason, 0) + 1
         self.request_us.observe(duration_ns / 1000)
+
+
+def plain_stats(model_config: object = None) -> ModelStats:
+    """A new version's statistics, whatever its config (see RepositorySettings.new_stats)."""
+    return ModelStats()

@@ -25,6 +25,7 @@ from inferd.repository.ensemble_config import (
     parse_ensemble,
     validate_ensemble,
 )
+from inferd.repository.model_metrics import ModelMetricsConfig, parse_model_metrics
 from inferd.repository.sequence_config import (
     SequenceBatching,
     normalize_sequence,
@@ -142,6 +143,7 @@ class ModelConfig:
     # model_transaction_policy { decoupled: true }: 0..n responses per request, streamed
     # (python backend only; see validate_decoupled).
     decoupled: bool = False
+    metrics: ModelMetricsConfig = field(default_factory=ModelMetricsConfig)  # metric_tags & co.
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -418,6 +420,7 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         response_cache=config.response_cache.enable,
         batch_inputs=batch_inputs,
         batch_outputs=batch_outputs,
+        metrics=parse_model_metrics(config, f"model '{config.name}'"),
     )
 
 

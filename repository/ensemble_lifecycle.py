@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import replace
 
-from inferd.batching.stats import ModelStats
+from inferd.batching.stats import ModelStats, plain_stats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_check import composing_error, decoupled_step
 from inferd.repository.ensemble_config import LATEST_VERSION, EnsembleStep
@@ -30,7 +30,7 @@ class EnsembleTable:
         self,
         models: Models,
         found: Container[str],
-        new_stats: Callable[[], ModelStats] = ModelStats,
+        new_stats: Callable[[ModelConfig], ModelStats] = plain_stats,
     ) -> None:
         self._models = models
         self._found = found
@@ -71,7 +71,7 @@ class EnsembleTable:
             if version.state is not ModelState.LOADING:
                 continue
             assert version.config is not None
-            version.ensemble = EnsembleRuntime(version.config, self._new_stats())
+            version.ensemble = EnsembleRuntime(version.config, self._new_stats(version.config))
             why = self.reason(version)
             version.state = ModelState.UNAVAILABLE if why else ModelState.READY
             version.reason = why

@@ -4,6 +4,7 @@ instances, warm them up. Nothing here touches the event loop."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from inferd.batching.padding import padding_spec
 from inferd.batching.ragged import ragged_layout
 from inferd.batching.rate_limiter import RateLimiter, Ticket
 from inferd.batching.scheduler import SchedulerConfig
-from inferd.batching.stats import ModelStats
+from inferd.batching.stats import ModelStats, plain_stats
 from inferd.batching.tensors import BatchLayout
 from inferd.repository.batch_io_config import validate_batch_io_backend
 from inferd.repository.config import (
@@ -55,7 +56,7 @@ class RepositorySettings:
     # --rate-limit=execution_count: every instance registers with it (None: off).
     rate_limiter: RateLimiter | None = field(default=None, compare=False)
     # What each version's statistics start as (--metrics-config: with latency summaries).
-    new_stats: Callable[[], ModelStats] = field(default=ModelStats, compare=False)
+    new_stats: Callable[[ModelConfig], ModelStats] = field(default=plain_stats, compare=False)
     # Brings remote repositories' local copies up to date before each scan (blocking; S3, GCS).
     refresh: Callable[[], None] = field(default=lambda: None, compare=False)
 
@@ -87,6 +88,7 @@ class ModelLoader:
     def prepare(self, location: ModelLocation, override: ModelConfigProto | None) -> PreparedModel:
         """Runs on a loader thread: read and complete the config, create and warm up every
         instance."""
+        started = time.monotonic()
         name, model_dir = location.name, location.path
         if override is None:
             config_name = self._settings.config_name
@@ -100,7 +102,7 @@ class ModelLoader:
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
         if is_ensemble(proto):
-            return _prepare_ensemble(name, model_dir, proto, source, available)
+            return _prepare_ensemble(name, model_dir, proto, source, available, started)
         backend_name = self._backend_name(proto, model_dir, available)
         backend = self._registry.get(backend_name)
         filename = proto.default_model_filename or backend.default_model_filename
@@ -133,7 +135,9 @@ class ModelLoader:
             if t.optional or (t.variable and not t.allow_ragged_batch and t.name not in padded)
         )
         prepared = PreparedModel(config, scheduler_config(config), [], {}, layout)
+        shared_s = time.monotonic() - started  # the config's part of each version's load time
         for number in _wanted_versions(config, available, prepared):
+            version_started = time.monotonic()
             version = ModelVersion(
                 name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
             )
@@ -145,7 +149,7 @@ class ModelLoader:
                 instances = self._create_instances(
                     backend, config, available[number] / filename, devices
                 )
-                stats = self._settings.new_stats()
+                stats = self._settings.new_stats(config)
                 try:
                     run_warmup(warmups, instances, stats, prepared.layout)
                     if self._settings.rate_limiter is not None:  # warmup runs unlimited
@@ -158,6 +162,7 @@ class ModelLoader:
                 prepared.instances[number] = instances
                 prepared.stats[number] = stats
                 version.state = ModelState.LOADING
+                version.load_seconds = shared_s + time.monotonic() - version_started
             except Exception as exc:
                 version.state = ModelState.UNAVAILABLE
                 version.reason = exc.message if isinstance(exc, InferdError) else str(exc)
@@ -233,7 +238,12 @@ class ModelLoader:
 
 
 def _prepare_ensemble(
-    name: str, model_dir: Path, proto: ModelConfigProto, source: str, available: Mapping[int, Path]
+    name: str,
+    model_dir: Path,
+    proto: ModelConfigProto,
+    source: str,
+    available: Mapping[int, Path],
+    started: float,
 ) -> PreparedModel:
     """An ensemble has no backend and no instances: its versions are LOADING until the
     repository checks them against their composing models (ensemble_check.py)."""
@@ -243,9 +253,9 @@ def _prepare_ensemble(
     labels = _read_labels(config, model_dir)
     prepared = PreparedModel(config, None, [], {})
     for number in _wanted_versions(config, available, prepared):
-        prepared.versions.append(
-            ModelVersion(name, number, ModelState.LOADING, config=config, labels=labels)
-        )
+        version = ModelVersion(name, number, ModelState.LOADING, config=config, labels=labels)
+        version.load_seconds = time.monotonic() - started
+        prepared.versions.append(version)
     return prepared
 
 

@@ -38,6 +38,7 @@ class ModelVersion:
     labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
     devices: str = ""  # where the instances run, for logs and status
     gpu_fallback: bool = False  # KIND_GPU instances run on the CPU (--gpu-fallback=cpu)
+    load_seconds: float = 0.0  # config to warmed-up instances (nv_model_load_duration_secs)
     # Inputs whose shape (or absence) must agree for requests to share a batch.
     shape_key_inputs: tuple[str, ...] = ()
 

@@ -361,9 +361,17 @@ class InferenceCore:
     def _stream_responder(
         self, request: InferRequest, model: ModelVersion, on_response: OnStreamResponse
     ) -> OnResponse:
-        """A decoupled model's outputs as responses to `request`."""
+        """A decoupled model's outputs as responses to `request`; the first one's time since
+        arrival goes to the first-response histogram (when exported)."""
+        stats = model.stats
+        histogram = None if stats is None else stats.first_response_ms
+        waiting = [histogram is not None]
 
         def respond(item: StreamItem, final: bool) -> None:
+            if waiting[0] and item is not None:
+                waiting[0] = False
+                assert histogram is not None
+                histogram.observe((time.monotonic_ns() - request.arrival_ns) // 1_000_000)
             if item is None or isinstance(item, InferdError):
                 on_response(item, final)
                 return

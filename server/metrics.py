@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from functools import cache, partial
+from functools import cache
 
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -27,14 +27,14 @@ from starlette.types import Receive, Scope, Send
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.batching.interface import ModelScheduler
 from inferd.batching.latency_summary import SummarizedDuration, summarized_stats
-from inferd.batching.stats import Duration, Histogram, ModelStats
+from inferd.batching.stats import Duration, Histogram, ModelStats, plain_stats
+from inferd.repository.config import ModelConfig
 from inferd.repository.manager import ModelVersion
 from inferd.server.metrics_config import MetricsConfig
 from inferd.server.response_cache import ResponseCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAILURE_REASONS = ("OTHER", "BACKEND", "CANCELED", "REJECTED")  # Triton's, always all four
-MODEL_LABELS = ["model", "version"]
 
 # Triton's cumulative counters; durations in µs from the nanosecond totals, rounded down.
 _COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
@@ -223,13 +223,26 @@ _GAUGES: tuple[tuple[str, str, Callable[[ModelScheduler], float]], ...] = (
 )
 
 
-def stats_factory(config: MetricsConfig, exported: bool = True) -> Callable[[], ModelStats]:
-    """What each model version's statistics start as: with latency summaries when they are
-    exported (`exported`: metrics are served at all), plain (no summary work on the request
-    path) when not."""
-    if not (exported and config.summary_latencies):
-        return ModelStats
-    return partial(summarized_stats, tuple(q.quantile for q in config.summary_quantiles))
+def stats_factory(
+    config: MetricsConfig, exported: bool = True
+) -> Callable[[ModelConfig], ModelStats]:
+    """What each model version's statistics start as: with latency summaries and the
+    first-response histogram (its bounds from the model's config) when they are exported
+    (`exported`: metrics are served at all); plain (no such work on the request path) when
+    not."""
+    summaries = exported and config.summary_latencies
+    histograms = exported and config.histogram_latencies
+    if not (summaries or histograms):
+        return plain_stats
+    quantiles = tuple(q.quantile for q in config.summary_quantiles)
+
+    def new_stats(model: ModelConfig) -> ModelStats:
+        stats = summarized_stats(quantiles) if summaries else ModelStats()
+        if histograms:
+            stats.first_response_ms = Histogram(model.metrics.first_response_buckets_ms)
+        return stats
+
+    return new_stats
 
 
 def _busy_seconds(stats: ModelStats) -> float:
@@ -272,6 +285,13 @@ class ModelCollector:
         for name, doc, gauge in _GAUGES:
             yield _family(name, doc, "gauge", [(lb, gauge(s)) for lb, _, s in scheduled])
         yield _family(
+            "nv_model_load_duration_secs",
+            "Model load time in seconds",
+            "gauge",
+            [(_labels(v), v.load_seconds) for v in versions if v.stats is not None],
+        )
+        yield _first_responses(versions)
+        yield _family(
             "inferd_instance_busy_seconds_total",
             "Instance time spent executing batches, in seconds",
             "counter",
@@ -284,13 +304,14 @@ class ModelCollector:
             [(lb, int(v.gpu_fallback)) for lb, v, _ in scheduled],
         )
         for name, doc, histogram, divisor in _HISTOGRAMS:
-            histograms = HistogramMetricFamily(name, doc, labels=MODEL_LABELS)
+            family = Metric(name, doc, "histogram")
             for labels, stats in counted:
                 h = histogram(stats)
-                histograms.add_metric(
-                    [labels["model"], labels["version"]], _buckets(h, divisor), h.total / divisor
-                )
-            yield histograms
+                for le, cumulative in _buckets(h, divisor):
+                    family.add_sample(name + "_bucket", {**labels, "le": le}, cumulative)
+                family.add_sample(name + "_count", labels, sum(h.counts))
+                family.add_sample(name + "_sum", labels, h.total / divisor)
+            yield family
         if config.summary_latencies:
             # Triton leaves out the request summary of models answered from the cache: its
             # hits would skew it.
@@ -327,7 +348,37 @@ def _summary(
 
 
 def _labels(version: ModelVersion) -> dict[str, str]:
-    return {"model": version.name, "version": str(version.version)}
+    """Triton's labels of a version's series, in its order (prometheus-cpp sorts them): the
+    config's `metric_tags` as `_<key>`, model, version."""
+    labels = {"model": version.name, "version": str(version.version)}
+    if version.config is None or not version.config.metrics.tags:
+        return labels
+    return dict(sorted([*version.config.metrics.tags, *labels.items()]))
+
+
+def _decoupled(version: ModelVersion) -> bool:
+    """It streams its responses: a decoupled model, or an ensemble with a decoupled step."""
+    if version.scheduler is not None:
+        return version.scheduler.streams is not None
+    return version.ensemble is not None and version.ensemble.decoupled
+
+
+def _first_responses(versions: list[ModelVersion]) -> Metric:
+    """Triton's opt-in histogram (histogram_latencies=true) of decoupled versions, in whole
+    ms, in prometheus-cpp's order: _count, _sum, then the buckets."""
+    name = "nv_inference_first_response_histogram_ms"
+    family = Metric(name, "Duration from request to first response in milliseconds", "histogram")
+    for version in versions:
+        stats = version.stats
+        histogram = None if stats is None else stats.first_response_ms
+        if histogram is None or not _decoupled(version):
+            continue
+        labels = _labels(version)
+        family.add_sample(name + "_count", labels, sum(histogram.counts))
+        family.add_sample(name + "_sum", labels, histogram.total)
+        for le, cumulative in _buckets(histogram, 1):
+            family.add_sample(name + "_bucket", {**labels, "le": le}, cumulative)
+    return family
 
 
 def _family(name: str, doc: str, typ: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
@@ -343,8 +394,8 @@ def _failures(counted: list[tuple[dict[str, str], ModelStats]]) -> Metric:
     for labels, stats in counted:
         failures = stats.failures
         for reason in (*FAILURE_REASONS, *(r for r in failures if r not in FAILURE_REASONS)):
-            # Triton's label order (prometheus-cpp sorts them): model, reason, version.
-            ordered = {"model": labels["model"], "reason": reason, "version": labels["version"]}
+            # Triton's label order (prometheus-cpp sorts them): tags, model, reason, version.
+            ordered = dict(sorted({**labels, "reason": reason}.items()))
             family.add_sample(name, ordered, failures.get(reason, 0))
     return family
 

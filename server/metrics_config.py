@@ -1,10 +1,11 @@
 """Triton's `--metrics-config=<setting>=<value>` (repeatable): which per-model latency families
 the metrics endpoint exports. Parsed strictly; the CLI reports a ValueError as a usage error.
 
-Triton 2.51 knows three settings and reads them leniently: `counter_latencies` is off only for
-the exact value `false`, `summary_latencies` on only for `true`, a `true` wins over a later
-`false`, and anything else, unknown settings included, is ignored without a word (a bad
-quantile pair is logged and skipped; if none is left the defaults stay). Only an item without
+Triton knows four settings (`histogram_latencies` in releases after 2.51) and reads them
+leniently: `counter_latencies` is off only for the exact value `false`, `summary_latencies`
+(and `histogram_latencies`) on only for `true`, a `true` wins over a later `false`, and
+anything else, unknown settings included, is ignored without a word (a bad quantile pair is
+logged and skipped; if none is left the defaults stay). Only an item without
 a setting or a value is refused. inferd takes exactly the values that mean something to
 Triton and refuses the rest, so that no flag line means one thing to Triton and another here.
 """
@@ -34,13 +35,15 @@ DEFAULT_QUANTILES = (
     SummaryQuantile(0.99, 0.001),
     SummaryQuantile(0.999, 0.001),
 )
-SETTINGS = ("counter_latencies", "summary_latencies", "summary_quantiles")
+SETTINGS = ("counter_latencies", "histogram_latencies", "summary_latencies", "summary_quantiles")
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     counter_latencies: bool = True  # the five nv_inference_*_duration_us counters
     summary_latencies: bool = False  # the five nv_inference_*_summary_us summaries
+    # nv_inference_first_response_histogram_ms, for decoupled models (Triton after 2.51)
+    histogram_latencies: bool = False
     summary_quantiles: tuple[SummaryQuantile, ...] = DEFAULT_QUANTILES
 
 
@@ -64,6 +67,7 @@ def parse_metrics_config(items: Sequence[str]) -> MetricsConfig:
     return MetricsConfig(
         counter_latencies=_boolean(values, "counter_latencies", default.counter_latencies),
         summary_latencies=_boolean(values, "summary_latencies", default.summary_latencies),
+        histogram_latencies=_boolean(values, "histogram_latencies", default.histogram_latencies),
         summary_quantiles=(
             default.summary_quantiles if quantiles is None else parse_quantiles(quantiles)
         ),

@@ -16,11 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.server.metrics_config import MetricsConfig, SummaryQuantile, parse_metrics_config
 from tests.conftest import EXAMPLES, RunningServer
+from tests.decoupled_models import REPEAT, REPEAT_CONFIG
 from tests.integration.test_cli import settings_for, usage_error
+from tests.integration.test_decoupled import Stream
 from tests.integration.test_ensembles import CHAIN, DOUBLE, write_ensemble
 from tests.integration.test_metrics import infer_simple
 from tests.integration.test_response_cache import calls, write_repository
 from tests.models import double_model, write_model
+from tests.python_models import write_python_model
 
 Factory = Callable[..., RunningServer]
 LATENCIES = ("request", "queue", "compute_input", "compute_infer", "compute_output")
@@ -160,6 +163,68 @@ def test_no_summaries_by_default(examples_server: RunningServer) -> None:
 
 
 # ---- the command line ----------------------------------------------------------------------
+
+
+def test_first_response_histogram_load_time_and_tags(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    """histogram_latencies=true: decoupled models get Triton's first-response histogram
+    (bounds from their model_metrics), others none; every version its load time; metric_tags
+    become `_<key>` labels; an unloaded model's series go."""
+    buckets = (
+        "model_metrics { metric_control [{ metric_identifier { family: "
+        '"nv_inference_first_response_histogram_ms" } histogram_options { buckets: [ -1, 10, '
+        "50000 ] } }] }\n"
+    )
+    write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG + buckets)
+    tags = 'metric_tags { key: "team" value: "search" }\n'
+    write_model(tmp_path, "double", double_model(), DOUBLE + tags)
+    server = server_factory(
+        model_repositories=(tmp_path,),
+        model_control_mode="explicit",
+        load_models=("*",),
+        metrics_config=parse_metrics_config(["histogram_latencies=true"]),
+    )
+    stream = Stream(server)
+    try:
+        stream.send("repeat", [1, 2], 7, "r")  # the first response after 10 + 50 ms
+        assert [a.out for a in stream.take(2)] == [[1], [2]]
+    finally:
+        stream.close()
+    text = scrape(server)
+    family = "nv_inference_first_response_histogram_ms"
+    series = [line for line in text.splitlines() if line.startswith(family + "_")]
+    assert series[:2] == [
+        f'{family}_count{{model="repeat",version="1"}} 1',
+        series[1],  # the sum: whole ms, at least 60
+    ]
+    assert int(series[1].rsplit(" ", 1)[1]) >= 60
+    assert series[2:] == [
+        f'{family}_bucket{{model="repeat",version="1",le="{le}"}} {count}'
+        for le, count in (("-1", 0), ("10", 0), ("50000", 1), ("+Inf", 1))
+    ]
+    load_times = {
+        labels: float(value)
+        for labels, value in re.findall(r"nv_model_load_duration_secs\{(.*)\} (\S+)", text)
+    }
+    assert set(load_times) == {
+        '_team="search",model="double",version="1"',
+        'model="repeat",version="1"',
+    }
+    assert all(seconds > 0 for seconds in load_times.values())
+    assert 'nv_inference_count{_team="search",model="double",version="1"} 0' in text
+    assert (
+        'nv_inference_request_failure{_team="search",model="double",reason="OTHER",version="1"} 0'
+        in text
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.unload_model("repeat")
+    finally:
+        client.close()
+    after = scrape(server)
+    assert family not in after
+    assert 'nv_model_load_duration_secs{model="repeat"' not in after
 
 
 def test_the_flag_and_its_variable() -> None:

@@ -15,7 +15,9 @@ from inferd.batching.latency_summary import (
     SummarizedDuration,
     summarized_stats,
 )
-from inferd.batching.stats import Duration, ModelStats
+from inferd.batching.stats import Duration, plain_stats
+from inferd.repository.config import ModelConfig, parse_config_text, to_model_config
+from inferd.server.errors import InferdError
 from inferd.server.metrics import stats_factory
 from inferd.server.metrics_config import (
     DEFAULT_QUANTILES,
@@ -78,8 +80,8 @@ def test_each_setting() -> None:
         ("=true", "expected <setting>=<value>"),
         ("x,summary_latencies=true", "expected <setting>=<value>"),
         # Triton ignores these without a word.
-        ("histogram_latencies=true", "unknown setting 'histogram_latencies'"),
-        ("summary_latency=true", "known: counter_latencies, summary_latencies"),
+        ("summary_latency=true", "known: counter_latencies, histogram_latencies, summary"),
+        ("histogram_latencies=yes", "expected true or false"),
         ("summary_latencies=True", "expected true or false"),
         ("summary_latencies=1", "expected true or false"),
         ("counter_latencies=no", "expected true or false"),
@@ -112,11 +114,16 @@ def test_parse_quantiles_names_the_pair() -> None:
         parse_quantiles("0.5:0.05,bad,0.9:0.01")
 
 
+def model(extra: str = "") -> ModelConfig:
+    text = 'name: "m" input [{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }] ' + extra
+    return to_model_config(parse_config_text(text, "test"), "python")
+
+
 def test_statistics_have_summaries_only_when_they_are_exported() -> None:
-    assert stats_factory(MetricsConfig()) is ModelStats
+    assert stats_factory(MetricsConfig()) is plain_stats
     on = MetricsConfig(summary_latencies=True)
-    assert stats_factory(on, exported=False) is ModelStats
-    stats = stats_factory(on)()
+    assert stats_factory(on, exported=False) is plain_stats
+    stats = stats_factory(on)(model())
     for duration in (
         stats.success,
         stats.queue,
@@ -127,6 +134,45 @@ def test_statistics_have_summaries_only_when_they_are_exported() -> None:
         assert isinstance(duration, SummarizedDuration)
         assert duration.summary.quantiles == (0.5, 0.9, 0.95, 0.99, 0.999)
     assert type(stats.fail) is Duration  # failures have no summary, as in Triton
+    assert stats.first_response_ms is None
+
+
+def test_first_response_histogram_bounds_come_from_the_model_config() -> None:
+    assert parse_metrics_config(["histogram_latencies=true"]).histogram_latencies
+    on = MetricsConfig(histogram_latencies=True)
+    assert stats_factory(on, exported=False) is plain_stats
+    default = stats_factory(on)(model()).first_response_ms
+    assert default is not None and default.bounds == (100, 500, 2000, 5000)  # Triton's, ms
+    custom = model(
+        "model_metrics { metric_control [{ metric_identifier { family: "
+        '"nv_inference_first_response_histogram_ms" } histogram_options { buckets: [-1, 0, 2.5] '
+        "} }] }"
+    )
+    histogram = stats_factory(on)(custom).first_response_ms
+    assert histogram is not None and histogram.bounds == (-1, 0, 2.5)
+    assert type(stats_factory(on)(custom).success) is Duration  # no summaries asked for
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ('metric_tags { key: "bad-key" value: "x" }', "metric_tags key 'bad-key'"),
+        (
+            "model_metrics { metric_control [{ metric_identifier { family: "
+            '"nv_inference_first_response_histogram_ms" } histogram_options { buckets: [2, 1] '
+            "} }] }",
+            "must be strictly increasing",
+        ),
+    ],
+)
+def test_model_metrics_config_errors_name_the_field(extra: str, words: str) -> None:
+    with pytest.raises(InferdError, match=words):
+        model(extra)
+
+
+def test_metric_tags_become_underscored_labels_in_order() -> None:
+    tags = model('metric_tags { key: "team" value: "a" } metric_tags { key: "app" value: "b" }')
+    assert tags.metrics.tags == (("_app", "b"), ("_team", "a"))
 
 
 # ---- the estimator -------------------------------------------------------------------------
