@@ -23,14 +23,14 @@ from inferd.server.types import InferRequest, InferResponse, ParamValue
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    kind: str  # "cpu" | "gpu"
+    kind: str  # "cpu" | "gpu" | "model" (KIND_MODEL: the model picks its devices)
     index: int = 0
     # The instance's name as Triton gives it, "<instance group>_<n>" (the loader fills it in);
     # a label only, so not part of equality.
     name: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
+        return f"gpu:{self.index}" if self.kind == "gpu" else self.kind
 
 
 class ModelCalls(Protocol):

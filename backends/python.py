@@ -120,7 +120,7 @@ def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> di
     """The `args` of TritonPythonModel.initialize(), all strings as in Triton."""
     return {
         "model_config": json.dumps(config_to_json(config.proto)),
-        "model_instance_kind": "GPU" if device.kind == "gpu" else "CPU",
+        "model_instance_kind": device.kind.upper(),  # CPU, GPU or MODEL, as in Triton
         "model_instance_name": device.name or f"{config.name}_0",
         "model_instance_device_id": str(device.index),
         "model_repository": str(model_file.parent.parent),

@@ -254,8 +254,6 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
     for group in config.instance_group:
         if group.count < 1:
             raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
-        if group.kind == pb.ModelInstanceGroup.KIND_MODEL:
-            raise invalid(f"{where}: instance_group kind KIND_MODEL is not supported")
         _validate_rate_limiter(where, group)
 
 
@@ -279,6 +277,8 @@ def _validate_rate_limiter(where: str, group: Any) -> None:
 
 # Backends whose instances can answer a request with 0..n responses (a response sender).
 DECOUPLED_BACKENDS = frozenset({"python"})
+# Backends whose model code picks its own devices (Triton's KIND_MODEL instances).
+MODEL_KIND_BACKENDS = frozenset({"python"})
 
 
 def validate_decoupled(config: ModelConfigProto, backend: str, source: str) -> None:
@@ -292,6 +292,17 @@ def validate_decoupled(config: ModelConfigProto, backend: str, source: str) -> N
             f"is not supported by inferd's '{backend}' backend (only by: "
             f"{', '.join(sorted(DECOUPLED_BACKENDS))})"
         )
+
+
+def validate_instance_kinds(config: ModelConfigProto, backend: str, source: str) -> None:
+    """KIND_MODEL instances are placed by the model itself: only model code can do that."""
+    for group in config.instance_group:
+        if group.kind == pb.ModelInstanceGroup.KIND_MODEL and backend not in MODEL_KIND_BACKENDS:
+            raise invalid(
+                f"model '{config.name}' ({source}): instance_group '{group.name}' kind "
+                f"KIND_MODEL is not supported by inferd's '{backend}' backend (only by: "
+                f"{', '.join(sorted(MODEL_KIND_BACKENDS))}, whose model picks its devices)"
+            )
 
 
 def _validate_response_cache(where: str, config: ModelConfigProto) -> None:

@@ -31,6 +31,7 @@ from inferd.repository.config import (
     to_model_config,
     validate,
     validate_decoupled,
+    validate_instance_kinds,
 )
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
@@ -114,6 +115,7 @@ class ModelLoader:
         normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
         validate(proto, name, source)
         validate_decoupled(proto, backend_name, source)
+        validate_instance_kinds(proto, backend_name, source)
         validate_batch_io_backend(proto, backend_name, source)
         config = with_initial_state_files(to_model_config(proto, backend_name), model_dir)
         labels = _read_labels(config, model_dir)
@@ -198,7 +200,9 @@ class ModelLoader:
         devices: list[Device] = []
         note = ""
         for group in config.instance_groups:
-            if group.kind is not DeviceKind.GPU:
+            if group.kind is DeviceKind.MODEL:  # the model places itself: it is told device 0
+                devices += _named(group, [Device("model")] * group.count)
+            elif group.kind is not DeviceKind.GPU:
                 devices += _named(group, [Device("cpu")] * group.count)
             elif not gpu_reason:
                 devices += _named(group, _gpu_devices(group, self._settings.gpu_count))

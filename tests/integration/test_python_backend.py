@@ -70,6 +70,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "reverse", REVERSE, REVERSE_CONFIG)
     write_python_model(root, "auto", AUTO)  # no config.pbtxt
     write_python_model(root, "info", INFO, INFO_CONFIG)
+    # KIND_MODEL: the model places itself; Triton tells each instance "MODEL", device 0.
+    placed = INFO_CONFIG + "instance_group [{ kind: KIND_MODEL count: 2 }]"
+    write_python_model(root, "info_placed", INFO, placed)
     write_python_model(root, "batcher", BATCHER, BATCHER_CONFIG)
     write_python_model(root, "raiser", RAISER, IDENTITY_CONFIG)
     write_python_model(root, "in_place_dlpack", IN_PLACE_DLPACK, IDENTITY_CONFIG)
@@ -192,6 +195,18 @@ def test_initialize_gets_tritons_args(server: RunningServer, repo: Path) -> None
         "model_instance_name": "info_0_0",
         "model_instance_device_id": "0",
     }
+
+
+def test_kind_model_instances_are_told_so(server: RunningServer) -> None:
+    names = set()
+    for _ in range(8):  # requests spread over both instances
+        out = infer(
+            server, "http", "info_placed", {"INPUT0": np.array([1], np.int32)}, outputs=["ARGS"]
+        )
+        args = json.loads(out["ARGS"][0])
+        assert (args["model_instance_kind"], args["model_instance_device_id"]) == ("MODEL", "0")
+        names.add(args["model_instance_name"])
+    assert names <= {"info_placed_0_0", "info_placed_0_1"}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

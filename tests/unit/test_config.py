@@ -11,6 +11,7 @@ from inferd.repository.config import (
     parse_config_text,
     to_model_config,
     validate,
+    validate_instance_kinds,
 )
 from inferd.repository.scheduling import scheduler_config
 from inferd.server.errors import ErrorCode, InferdError
@@ -124,6 +125,19 @@ def test_kind_auto_picks_gpu_when_there_is_one() -> None:
     assert typed.instance_groups[0].gpus == (0, 1)
 
 
+def test_kind_model_is_for_backends_whose_model_places_itself() -> None:
+    config = parsed(
+        'input [{name: "x" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "y" data_type: TYPE_FP32 dims: [2]}]\n'
+        "instance_group [{kind: KIND_MODEL count: 2}]",
+        name="m",
+    )
+    validate_instance_kinds(config, "python", "test")
+    assert to_model_config(config, "python").instance_groups[0].kind is DeviceKind.MODEL
+    with pytest.raises(InferdError, match="KIND_MODEL is not supported by inferd's 'onnxruntime'"):
+        validate_instance_kinds(config, "onnxruntime", "test")
+
+
 BAD_CONFIGS = [
     ('name: "other"', "must match the folder name"),
     ("max_batch_size: -1", "max_batch_size"),
@@ -137,7 +151,6 @@ BAD_CONFIGS = [
     ('input [{name: "z" data_type: TYPE_FP32 dims: [0]}]', "must be > 0 or -1"),
     ("dynamic_batching {}", "needs max_batch_size > 0"),
     ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "1..4"),
-    ("instance_group [{kind: KIND_MODEL}]", "KIND_MODEL"),
     (
         "model_transaction_policy { decoupled: true }\nresponse_cache { enable: true }",
         "Response Cache does not currently support model m with 'decoupled' transaction policy",
