@@ -36,6 +36,7 @@ from inferd.repository.config import (
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.rate_limits import register_instances
+from inferd.repository.repo_agents import run_agents
 from inferd.repository.scheduling import scheduler_config
 from inferd.repository.sequence_config import with_initial_state_files
 from inferd.repository.versions import ModelState, ModelVersion
@@ -102,6 +103,7 @@ class ModelLoader:
         available = version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
+        run_agents(proto, model_dir)
         if is_ensemble(proto):
             return _prepare_ensemble(name, model_dir, proto, source, available, started)
         backend_name = self._backend_name(proto, model_dir, available)

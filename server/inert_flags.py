@@ -66,7 +66,7 @@ _VERTEX = "inferd does not serve the Vertex AI endpoints"
 
 INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag("--backend-directory", _BACKENDS),
-    InertFlag("--repoagent-directory", "repository agents are not supported"),
+    InertFlag("--repoagent-directory", "the checksum repository agent is built in"),
     InertFlag("--cache-directory", "the response cache is built in (--cache-config local)"),
     InertFlag("--cuda-memory-pool-byte-size", _MEMORY, _pair(int, int, "<gpu>:<bytes>"), True),
     InertFlag("--cuda-virtual-address-size", _MEMORY, _pair(int, int, "<gpu>:<bytes>"), True),

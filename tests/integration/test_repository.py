@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +143,24 @@ def test_broken_models_are_unavailable_and_others_serve(
     assert "no version folders" in reasons["no_versions"]
     assert "corrupt" in reasons["corrupt"] or "model.onnx" in reasons["corrupt"]
     assert infer_identity(server, "good").as_numpy("OUTPUT0").shape == (1, 4)
+
+
+def test_the_checksum_agent_guards_the_model_files(tmp_path: Path, server_factory: Factory) -> None:
+    for name in ("checked", "tampered"):
+        folder = write_model(tmp_path, name, identity_model(), IDENTITY_CONFIG)
+    digest = hashlib.md5((folder / "1" / "model.onnx").read_bytes()).hexdigest()
+    agent = (
+        'model_repository_agents {{ agents [{{ name: "checksum" parameters {{ key: '
+        '"MD5:1/model.onnx" value: "{}" }} }}] }}'
+    )
+    (tmp_path / "checked" / "config.pbtxt").write_text(IDENTITY_CONFIG + agent.format(digest))
+    (tmp_path / "tampered" / "config.pbtxt").write_text(IDENTITY_CONFIG + agent.format("0" * 32))
+    server = server_factory(model_repositories=(tmp_path,), strict_readiness=False)
+    states = index(server)
+    assert states[("checked", "1")] == ("READY", "")
+    state, reason = states[("tampered", "1")]
+    assert state == "UNAVAILABLE"
+    assert f"Mismatched MD5 hash for file 1/model.onnx, expect: {'0' * 32}, got: {digest}" in reason
 
 
 def test_strict_readiness_reports_not_ready_with_a_broken_model(
