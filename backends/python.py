@@ -163,6 +163,7 @@ class PythonInstance(ModelInstance):
         self._overlap = self._decoupled and not (sequence is not None and sequence.iterative)
         self._concurrent: ConcurrentExecutes | None = None
         self._file = model_file
+        self._model_dir = str(model_file.parent)
         self._outputs = {t.name: t for t in config.outputs}
         self._all_outputs = tuple(self._outputs)
         # Implicit state a sequence model returns: kept for the sequence batcher, whatever the
@@ -240,9 +241,11 @@ class PythonInstance(ModelInstance):
         bls = self._bls.get(method)
         bls_token = None if bls is None else api.BLS_CONTEXT.set(bls)
         metrics_token = api.METRICS_CONTEXT.set(self._metrics)
+        dir_token = api.MODEL_DIR.set(self._model_dir)
         try:
             yield
         finally:
+            api.MODEL_DIR.reset(dir_token)
             api.METRICS_CONTEXT.reset(metrics_token)
             if bls_token is not None:
                 api.BLS_CONTEXT.reset(bls_token)

@@ -39,6 +39,8 @@ from inferd.server.repository_codec import FILE_PREFIX
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
 __all__ = [
+    "TRITONSERVER_MEMORY_CPU",
+    "TRITONSERVER_MEMORY_GPU",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_RELEASE_ALL",
@@ -46,17 +48,21 @@ __all__ = [
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
     "InferenceRequest",
     "InferenceResponse",
+    "InferenceTrace",
     "LogLevel",
     "Logger",
+    "MemoryType",
     "Metric",
     "MetricFamily",
     "ModelConfig",
+    "PreferredMemory",
     "Tensor",
     "TritonError",
     "TritonModelException",
     "deserialize_bytes_tensor",
     "get_input_config_by_name",
     "get_input_tensor_by_name",
+    "get_model_dir",
     "get_output_config_by_name",
     "get_output_tensor_by_name",
     "is_model_ready",
@@ -82,6 +88,35 @@ TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 # Release flags (TRITONSERVER_RequestReleaseFlag): done with the request, or run it again.
 TRITONSERVER_REQUEST_RELEASE_ALL = 1
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+
+class MemoryType(IntEnum):
+    """Where a BLS caller would like its outputs (TRITONSERVER_MemoryType's values)."""
+
+    TRITONSERVER_MEMORY_GPU = 0
+    TRITONSERVER_MEMORY_CPU = 1
+
+
+TRITONSERVER_MEMORY_GPU = MemoryType.TRITONSERVER_MEMORY_GPU
+TRITONSERVER_MEMORY_CPU = MemoryType.TRITONSERVER_MEMORY_CPU
+
+
+class PreferredMemory:
+    """`InferenceRequest(..., preferred_memory=PreferredMemory(TRITONSERVER_MEMORY_GPU, 0))`:
+    a hint; python models hold host memory here, so BLS outputs always come on the CPU."""
+
+    def __init__(self, preferred_memory_type: MemoryType, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type = MemoryType(preferred_memory_type)
+        self.preferred_device_id = int(preferred_device_id)
+
+
+class InferenceTrace:
+    """`request.trace()`: what a BLS request passes on as `trace=`. inferd's traces are
+    Triton's `triton` mode, which has no OpenTelemetry context to give."""
+
+    def get_context(self) -> str | None:
+        return None
+
 
 # config.pbtxt data_type names -> numpy scalar types, as models look them up.
 TRITON_STRING_TO_NUMPY: Mapping[str, type[Any]] = {
@@ -189,6 +224,18 @@ class BlsContext:
 BLS_CONTEXT: ContextVar[BlsContext] = ContextVar("inferd_bls_context")
 # The custom metrics of the instance whose initialize(), execute() or finalize() is running.
 METRICS_CONTEXT: ContextVar[MetricsHolder] = ContextVar("inferd_metrics_context")
+# The folder of that instance's model.py (its version folder), for get_model_dir().
+MODEL_DIR: ContextVar[str] = ContextVar("inferd_model_dir")
+
+
+def get_model_dir() -> str:
+    """The folder of the calling model's model.py (its version folder), as Triton gives it."""
+    model_dir = MODEL_DIR.get(None)
+    if model_dir is None:
+        raise TritonModelException(
+            "get_model_dir() can only be called from the model's own methods"
+        )
+    return model_dir
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -348,6 +395,14 @@ class InferenceRequest:
 
     def flags(self) -> int:
         return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        if not isinstance(flags, int):
+            raise TypeError(f"set_flags(): flags must be an int, not {type(flags).__name__}")
+        self._flags = flags
+
+    def trace(self) -> InferenceTrace:
+        return InferenceTrace()
 
     def timeout(self) -> int:
         return self._timeout
@@ -657,6 +712,8 @@ class LogLevel(IntEnum):
     VERBOSE = 3
 
 
+_LogLevel = LogLevel  # the name again, for use inside Logger (whose LogLevel shadows it)
+
 _LOGGING_LEVELS = {
     LogLevel.INFO: logging.INFO,
     LogLevel.WARNING: logging.WARNING,
@@ -668,9 +725,15 @@ _LOGGING_LEVELS = {
 class Logger:
     """Triton's model logger, writing to Python logging (the server's log)."""
 
+    LogLevel: ClassVar[type[_LogLevel]] = _LogLevel
+    INFO = LogLevel.INFO
+    WARNING = LogLevel.WARNING
+    ERROR = LogLevel.ERROR
+    VERBOSE = LogLevel.VERBOSE
+
     @staticmethod
-    def log(message: str, level: LogLevel = LogLevel.INFO) -> None:
-        log.log(_LOGGING_LEVELS.get(LogLevel(level), logging.INFO), "%s", message)
+    def log(message: str, level: _LogLevel = _LogLevel.INFO) -> None:
+        log.log(_LOGGING_LEVELS.get(_LogLevel(level), logging.INFO), "%s", message)
 
     @staticmethod
     def log_info(message: str) -> None:

@@ -247,17 +247,18 @@ def _os_thread_names() -> list[str]:
 
 def _threads() -> tuple[int, int]:
     """(Python threads, OS threads) without the pools that grow on their own under load: the
-    event loops' executor threads (when loader calls overlap) and gRPC's event-engine threads
-    (when a busy machine delays its work). OS threads include ONNX Runtime's."""
+    event loops' executor threads (when loader calls overlap), gRPC's event-engine threads
+    (when a busy machine delays its work) and libuv's worker pool (uvloop's, started on demand,
+    at most 4). OS threads include ONNX Runtime's."""
     pool = sum(1 for t in threading.enumerate() if t.name.startswith(("asyncio_", "uvloop_")))
-    grpc_threads = 0
+    growing = 0
     for task in os.listdir("/proc/self/task"):
         try:
             name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
         except OSError:  # the thread ended while we looked
             continue
-        grpc_threads += name.startswith(("event_engine", "grpc_"))
-    return threading.active_count() - pool, len(os.listdir("/proc/self/task")) - pool - grpc_threads
+        growing += name.startswith(("event_engine", "grpc_", "libuv-worker"))
+    return threading.active_count() - pool, len(os.listdir("/proc/self/task")) - pool - growing
 
 
 def test_load_unload_cycles_leave_no_threads_or_sessions(

@@ -187,6 +187,7 @@ def test_initialize_gets_tritons_args(server: RunningServer, repo: Path) -> None
     out = infer(server, "http", "info", {"INPUT0": np.array([1], np.int32)}, outputs=["ARGS"])
     args = json.loads(out["ARGS"][0])
     assert json.loads(args.pop("model_config"))["name"] == "info"
+    assert args.pop("get_model_dir()") == str(repo / "info" / "1")  # model.py's folder
     assert args == {
         "model_name": "info",
         "model_repository": str(repo / "info"),

@@ -108,6 +108,27 @@ def test_model_control_checks_its_arguments_first() -> None:
         pb_utils.load_model("m", "{}", {"file:1/model.py": "text"})  # type: ignore[dict-item]
 
 
+def test_bls_hints_and_request_flags_as_triton_has_them() -> None:
+    assert (int(pb_utils.TRITONSERVER_MEMORY_GPU), int(pb_utils.TRITONSERVER_MEMORY_CPU)) == (0, 1)
+    hint = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, 0)
+    assert hint.preferred_memory_type is pb_utils.TRITONSERVER_MEMORY_GPU
+    request = pb_utils.InferenceRequest(
+        model_name="m", inputs=[], requested_output_names=[], preferred_memory=hint
+    )
+    request.set_flags(pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+    assert request.flags() == 2
+    with pytest.raises(TypeError, match="flags must be an int"):
+        request.set_flags("2")  # type: ignore[arg-type]
+    assert request.trace().get_context() is None  # passed on as trace=..., as in Triton
+    assert (pb_utils.Logger.INFO, pb_utils.Logger.ERROR) == (0, 2)
+    assert int(pb_utils.Logger.LogLevel.VERBOSE) == 3
+
+
+def test_get_model_dir_needs_a_model_method() -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="model's own methods"):
+        pb_utils.get_model_dir()
+
+
 def test_triton_error_codes_and_message() -> None:
     codes = [
         pb_utils.TritonError.UNKNOWN,

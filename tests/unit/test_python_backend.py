@@ -194,6 +194,7 @@ def test_initialize_gets_tritons_args(tmp_path: Path) -> None:
     instance.close()
     assert all(isinstance(v, str) for v in args.values())
     config = json.loads(args.pop("model_config"))
+    assert args.pop("get_model_dir()") == str(tmp_path / "info" / "1")
     assert (config["name"], config["backend"]) == ("info", "python")
     assert [o["name"] for o in config["output"]] == ["ARGS", "REQUEST"]
     assert args == {
