@@ -15,17 +15,12 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.conftest import RunningServer
+from tests.integration.test_model_control import IDENTITY_CONFIG
 from tests.models import identity_model, write_model
 from tests.python_models import MANAGER, manager_config, write_python_model
 
 Factory = Callable[..., RunningServer]
 
-TARGET_CONFIG = """
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
-"""
 ONNX = {"platform": "onnxruntime_onnx", "max_batch_size": 4}
 IO = {
     "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
@@ -74,7 +69,7 @@ def eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    write_model(tmp_path, "target", identity_model(), TARGET_CONFIG)
+    write_model(tmp_path, "target", identity_model(), IDENTITY_CONFIG)
     write_python_model(
         tmp_path,
         "manager",
