@@ -352,7 +352,7 @@ class ModelRepository:
             prepared = await self._prepare(location, override, take_slot)
         except Exception as exc:
             foreseen = isinstance(exc, InferdError)
-            reason = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
             # A failure inferd did not foresee is a bug: its traceback goes to the log.
             log.error("model '%s' failed to load: %s", name, reason, exc_info=not foreseen)
             if not serving:
