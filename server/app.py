@@ -40,10 +40,12 @@ from inferd.server.metrics import (
     stats_factory,
 )
 from inferd.server.model_calls import LoopModelCalls
+from inferd.server.otel_trace import OtelExporter
 from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
+from inferd.server.trace_settings import OPENTELEMETRY_MODE, TraceLevel
 from inferd.server.tracing import Tracer
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ class App:
             ),
             cache,
             log_control,
-            Tracer(settings.trace),
+            Tracer(settings.trace, _otel_exporter(settings)),
         )
         model_calls.serve(self.core)
         if settings.allow_metrics:
@@ -319,3 +321,15 @@ def run(settings: Settings) -> int:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _otel_exporter(settings: Settings) -> OtelExporter | None:
+    """The span exporter of `--trace-config mode=opentelemetry` (None in Triton's file mode)."""
+    if settings.trace.mode != OPENTELEMETRY_MODE:
+        return None
+    if TraceLevel.TENSORS in settings.trace.level:
+        log.warning("the opentelemetry trace mode records timestamps only, not TENSORS")
+    try:
+        return OtelExporter(settings.trace_otel)
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None

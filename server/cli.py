@@ -13,7 +13,11 @@ from pathlib import Path
 from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
 from inferd.server.flag_parser import FlagParser, parse_bool
-from inferd.server.flag_values import parse_backend_config, parse_trace_flags
+from inferd.server.flag_values import (
+    parse_backend_config,
+    parse_otel_flags,
+    parse_trace_flags,
+)
 from inferd.server.grpc_tls import grpc_tls
 from inferd.server.header_forward import header_forward
 from inferd.server.inert_flags import add_inert_flags, inert_flags_given
@@ -232,8 +236,10 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         multiple=True,
         env_separator=None,
         help="request tracing, Triton's spelling: level=TIMESTAMPS|TENSORS|OFF (repeatable), "
-        "rate=N (every Nth request), count=N (-1: no limit), triton,file=PATH, "
-        "triton,log-frequency=N (a numbered file every N traces)",
+        "rate=N (every Nth request), count=N (-1: no limit), mode=triton|opentelemetry, "
+        "triton,file=PATH, triton,log-frequency=N (a numbered file every N traces), "
+        "opentelemetry,url=URL (OTLP/HTTP), opentelemetry,resource=KEY=VALUE, "
+        "opentelemetry,bsp_max_queue_size|bsp_schedule_delay|bsp_max_export_batch_size=N",
     )
     for flag, what in (
         ("--trace-file", "triton,file=PATH"),
@@ -544,6 +550,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             count=args.trace_count,
             log_frequency=args.trace_log_frequency,
         ),
+        trace_otel=parse_otel_flags(args.trace_config or ()),
         backend_config=backend_config,
         rate_limit=parse_rate_limit(args.rate_limit, args.rate_limit_resource or ()),
     )

@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferd.server.errors import InferdError
+from inferd.server.otel_trace import OtelSettings, parse_otel_setting
 from inferd.server.trace_settings import (
+    OPENTELEMETRY_MODE,
+    TRITON_MODE,
     TraceLevel,
     TraceSetting,
     overlay,
@@ -62,24 +65,26 @@ def parse_trace_flags(
         if parsed is None:
             raise ValueError(f"--trace-config={item!r}: expected [<mode>,]<setting>=<value>")
         mode, key, value = parsed
-        if mode == "opentelemetry" or (key == "mode" and value == "opentelemetry"):
-            raise ValueError(
-                f"--trace-config={item!r}: inferd writes Triton's trace files only; "
-                "the opentelemetry mode is not supported"
-            )
+        if mode == OPENTELEMETRY_MODE:
+            continue  # the exporter's own settings: parse_otel_flags
         allowed = (
-            {"file", "log-frequency"} if mode == "triton" else {"level", "rate", "count", "mode"}
+            {"file", "log-frequency"} if mode == TRITON_MODE else {"level", "rate", "count", "mode"}
         )
-        if mode not in ("", "triton") or key not in allowed:
+        if mode not in ("", TRITON_MODE) or key not in allowed:
             raise ValueError(f"--trace-config={item!r}: unknown trace setting")
+        if key == "mode" and value not in (TRITON_MODE, OPENTELEMETRY_MODE):
+            raise ValueError(
+                f"--trace-config={item!r}: the mode is {TRITON_MODE} or {OPENTELEMETRY_MODE}"
+            )
         if key == "level":
             level_names.append(value)
-        elif key != "mode":  # mode=triton: the only mode
+        else:
             values[key] = value
     try:
         setting = TraceSetting(
             level=parse_levels(level_names) if level_names else TraceLevel.OFF,
             file=values.get("file", ""),
+            mode=values.get("mode", TRITON_MODE),
         )
         for key, api_key, field in (
             ("rate", "trace_rate", "rate"),
@@ -91,3 +96,17 @@ def parse_trace_flags(
     except InferdError as exc:  # the API's own checks and words
         raise ValueError(f"--trace-config: {exc.message}") from None
     return setting
+
+
+def parse_otel_flags(configs: Sequence[str]) -> OtelSettings:
+    """The `--trace-config opentelemetry,<setting>=<value>` items (url, resource, bsp_*), for
+    the exporter of `mode=opentelemetry`. Raises ValueError."""
+    settings = OtelSettings()
+    for item in configs:
+        parsed = scoped_setting(item)
+        if parsed is not None and parsed[0] == OPENTELEMETRY_MODE:
+            try:
+                settings = parse_otel_setting(settings, parsed[1], parsed[2])
+            except ValueError as exc:
+                raise ValueError(f"--trace-config={item!r}: {exc}") from None
+    return settings

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
@@ -129,6 +129,8 @@ class InferenceService:
         self._core = core
         self._restricted = restricted or {}
         self._header_forward = header_forward
+        # Requests' metadata is read: for forwarded headers, and for OpenTelemetry contexts.
+        self._needs_metadata = header_forward is not None or core.tracing.propagates
 
     def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._core.live())
@@ -255,7 +257,9 @@ class InferenceService:
         # The path on grpc.aio (--grpc-stack=grpcio), and on inferd's own stack when headers
         # are forwarded; otherwise that takes model_infer_now.
         arrival_ns = time.monotonic_ns()
-        trace = self._core.tracing.sample(request.model_name)
+        trace = None
+        if self._core.tracing.enabled:
+            trace = self._core.tracing.sample(request.model_name, _traceparent(call.metadata()))
         try:
             served = self._core.admit(request.model_name, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
@@ -313,7 +317,7 @@ class InferenceService:
         Failures travel as responses with `error_message` set, so the stream stays open.
         """
         stream = _StreamState()
-        if self._header_forward is not None:
+        if self._needs_metadata:
             stream.metadata = call.metadata()
         reader = asyncio.create_task(self._read_stream(requests, stream))
         reader.add_done_callback(lambda _: stream.wake.set())
@@ -353,7 +357,9 @@ class InferenceService:
         # Triton answers those with the id alone.
         accepted = False
         arrival_ns = time.monotonic_ns()
-        trace = self._core.tracing.sample(model) if self._core.tracing.enabled else None
+        trace = None
+        if self._core.tracing.enabled:
+            trace = self._core.tracing.sample(model, _traceparent(stream.metadata))
 
         def respond(answer: InferResponse | InferdError | None, final: bool) -> None:
             if final and trace is not None:  # written with the last answer, once it is queued
@@ -439,8 +445,9 @@ class InferenceService:
                     MethodKind.STREAM_STREAM, self.model_stream_infer, parse, serialize
                 )
             elif method.name == "ModelInfer":
-                # The callback path has no call to read metadata from: forwarding takes a task.
-                answer_now = self.model_infer_now if self._header_forward is None else None
+                # The callback path has no call to read metadata from: forwarding headers or
+                # trace contexts takes a task.
+                answer_now = None if self._needs_metadata else self.model_infer_now
                 methods[path] = RpcMethod(
                     MethodKind.UNARY_UNARY, self.model_infer, parse, serialize, answer_now
                 )
@@ -498,7 +505,7 @@ class _StreamState:
         self.open: set[int] = set()
         self.cancels: dict[int, Callable[[], None]] = {}
         self.closed = False  # the call ended
-        self.metadata: list[tuple[str, str]] = []  # forwarded to each request as parameters
+        self.metadata: list[tuple[str, str]] = []  # for forwarded headers and trace contexts
 
     def started(self, key: int) -> None:
         self.open.add(key)
@@ -649,3 +656,8 @@ async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> Grpc
         settings.stack, methods, settings.address, settings.port, settings.channel, settings.tls
     )
     return GrpcServer(stack, health)
+
+
+def _traceparent(metadata: Iterable[tuple[str, str]]) -> str | None:
+    """The W3C trace context a client sent (OpenTelemetry mode continues its trace)."""
+    return next((value for key, value in metadata if key == "traceparent"), None)

@@ -54,6 +54,8 @@ from inferd.server.types import InferRequest, ModelIndexEntry
 
 log = logging.getLogger(__name__)
 
+TRACEPARENT = b"traceparent"  # W3C trace context header (OpenTelemetry trace mode)
+
 # One table from error codes to HTTP status (Triton's mapping; 413 for over-size bodies).
 HTTP_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.INVALID_ARG: 400,
@@ -166,7 +168,7 @@ class HttpFrontDoor:
             return None
         trace = None
         if self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
-            trace = self._core.tracing.sample(model)
+            trace = self._core.tracing.sample(model, headers.get(TRACEPARENT))
             if trace is not None:
                 reply = traced(trace, reply, "HTTP", arrival_ns)
 
@@ -200,7 +202,7 @@ class HttpFrontDoor:
         """The same for uvicorn's ASGI cycle (`--http-stack=uvicorn`)."""
         arrival_ns = time.monotonic_ns()
         headers = _headers(scope)
-        trace = self._core.tracing.sample(model)
+        trace = self._core.tracing.sample(model, headers.get(TRACEPARENT))
         try:
             served = self._core.admit(model, version, arrival_ns)
             body = await self._read_body(receive, headers)

@@ -103,7 +103,8 @@ class GenerateEndpoints:
         body = await request.body()
         if not self._core.tracing.enabled:  # the trace extension: one flag to read when it is off
             return body, None
-        trace = self._core.tracing.sample(request.path_params["model"])
+        traceparent = request.headers.get("traceparent")  # W3C trace context (OpenTelemetry)
+        trace = self._core.tracing.sample(request.path_params["model"], traceparent)
         if trace is not None:
             traced_read(trace, "HTTP", arrival_ns)
         return body, trace

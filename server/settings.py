@@ -12,6 +12,7 @@ from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.log_settings import LogSettings
 from inferd.server.metrics_config import MetricsConfig
+from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitSettings
 from inferd.server.restricted_api import Restrictions
 from inferd.server.trace_settings import TraceSetting
@@ -111,6 +112,7 @@ class Settings:
     grpc_header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
     inert_flags: tuple[str, ...] = ()  # tritonserver flags given that inferd ignores (logged)
     trace: TraceSetting = field(default_factory=TraceSetting)  # --trace-config
+    trace_otel: OtelSettings = field(default_factory=OtelSettings)  # opentelemetry,...
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)  # --rate-limit*
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -14,6 +14,8 @@ from inferd.server.errors import invalid, unsupported
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 MIN_TRACE_COUNT = -1  # -1 = no limit
+TRITON_MODE = "triton"  # trace files (tracing.py)
+OPENTELEMETRY_MODE = "opentelemetry"  # spans over OTLP/HTTP (otel_trace.py)
 
 
 class TraceLevel(enum.Flag):
@@ -39,14 +41,15 @@ class TraceSetting:
     count: int = -1
     log_frequency: int = 0
     file: str = ""
+    mode: str = TRITON_MODE  # server-wide, from the flags: TRITON_MODE or OPENTELEMETRY_MODE
 
     def invalid_reason(self) -> str:
-        """Why this setting traces nothing ("" when it does)."""
+        """Why this setting samples nothing ("" when it does)."""
         if self.level == TraceLevel.OFF:
             return "tracing is disabled"
         if self.rate == 0:
             return "sample rate must be non-zero"
-        if not self.file:
+        if self.mode == TRITON_MODE and not self.file:
             return "trace file name is not given"
         return ""
 
@@ -59,7 +62,7 @@ class TraceSetting:
             "trace_count": str(self.count),
             "log_frequency": str(self.log_frequency),
             "trace_file": self.file,
-            "trace_mode": "triton",
+            "trace_mode": self.mode,
         }
 
 

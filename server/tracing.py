@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from inferd.server.errors import invalid
+from inferd.server.otel_trace import OtelExporter
 from inferd.server.trace_settings import TraceLevel, TraceSetting, TraceUpdate, overlay
 from inferd.server.types import DataType
 
@@ -76,10 +77,13 @@ class Sampler:
     """Sampling and collection under one effective setting. As in Triton, a new setting counts
     afresh: every `rate`-th request it sees is traced, until `count` traces were taken."""
 
-    def __init__(self, setting: TraceSetting, file: TraceFile | None) -> None:
+    def __init__(
+        self, setting: TraceSetting, file: TraceFile | None, exporter: OtelExporter | None = None
+    ) -> None:
         self.setting = setting
-        self.active = not setting.invalid_reason()  # which includes having a file
+        self.active = not setting.invalid_reason()  # which includes having a file (mode triton)
         self._file = file
+        self._exporter = exporter
         self._seen = 0
         self._remaining = setting.count  # -1 = no limit
         self._buffer: list[bytes] = []
@@ -99,6 +103,16 @@ class Sampler:
         if self._remaining > 0:
             self._remaining -= 1
         return True
+
+    def finish(self, trace: Trace) -> None:
+        """A trace is complete: to the OpenTelemetry exporter, or into the trace file."""
+        if self._exporter is not None:
+            try:
+                self._exporter.export(trace)
+            except Exception:  # a tracing fault must never fail a request
+                log.exception("exporting an OpenTelemetry trace failed")
+            return
+        self.collect(list(trace.entries()))
 
     def collect(self, entries: list[bytes]) -> None:
         """A finished trace's entries."""
@@ -133,6 +147,7 @@ class Trace:
         "id",
         "model_name",
         "model_version",
+        "otel_parent",
         "parent_id",
         "request_id",
     )
@@ -157,6 +172,16 @@ class Trace:
         self._children: list[Trace] = []
         self._new_id = new_id
         self._sampler = sampler
+        self.otel_parent: Any = None  # OpenTelemetry mode: the client's trace context, if any
+
+    @property
+    def timestamps(self) -> list[tuple[str, int]]:
+        return self._timestamps
+
+    @property
+    def children(self) -> list[Trace]:
+        """An ensemble's steps."""
+        return self._children
 
     def stamp(self, name: str, ns: int) -> None:
         self._timestamps.append((name, ns))
@@ -218,9 +243,10 @@ class Trace:
             self.stamp("REQUEST_END", now)
         self.stamp(f"{protocol}_SEND_START", start_ns)
         self.stamp(f"{protocol}_SEND_END", now)
-        self._sampler.collect(list(self._entries()))
+        self._sampler.finish(self)
 
-    def _entries(self) -> Iterator[bytes]:
+    def entries(self) -> Iterator[bytes]:
+        """The trace as Triton's JSON trace file writes it."""
         header: dict[str, Any] = {
             "id": self.id,
             "model_name": self.model_name,
@@ -237,7 +263,7 @@ class Trace:
         for activity, record in self._tensors:
             yield orjson.dumps({"id": self.id, "activity": activity, "tensor": record})
         for child in self._children:
-            yield from child._entries()
+            yield from child.entries()
 
 
 def traced(trace: Trace, send: Send, protocol: str, arrival_ns: int) -> Send:
@@ -288,10 +314,14 @@ def tensor_entry(name: str, datatype: str, array: np.ndarray) -> dict[str, str]:
 class Tracer:
     """The trace settings (global, and per model over the global ones) and their samplers.
 
-    `enabled` is False while no setting can trace: front doors then skip sampling entirely."""
+    `enabled` is False while no setting can trace: front doors then skip sampling entirely.
+    With an OpenTelemetry exporter, a request that carries a `traceparent` is traced whatever
+    the rate and count (`propagates`: front doors pass that header)."""
 
-    def __init__(self, defaults: TraceSetting) -> None:
+    def __init__(self, defaults: TraceSetting, exporter: OtelExporter | None = None) -> None:
         self._defaults = defaults  # from the command line: what clearing a global key restores
+        self._exporter = exporter
+        self.propagates = exporter is not None
         self._global: TraceUpdate = {}  # fields set through the API, over the defaults
         self._models: dict[str, TraceUpdate] = {}  # fields set per model, over the global
         self._files: dict[str, TraceFile] = {}
@@ -300,11 +330,18 @@ class Tracer:
         self.enabled = False
         self._rebuild("")
 
-    def sample(self, model: str) -> Trace | None:
+    def sample(self, model: str, traceparent: str | bytes | None = None) -> Trace | None:
         sampler = self._sampler(model)
-        if not sampler.sample():
+        parent = None
+        if traceparent and self._exporter is not None and sampler.setting.level:
+            if isinstance(traceparent, bytes):
+                traceparent = traceparent.decode("latin-1")
+            parent = self._exporter.parent(traceparent)
+        if parent is None and not sampler.sample():
             return None
-        return Trace(next(self._ids), model, sampler, self._ids)
+        trace = Trace(next(self._ids), model, sampler, self._ids)
+        trace.otel_parent = parent
+        return trace
 
     def setting(self, model: str = "") -> TraceSetting:
         return self._sampler(model).current()
@@ -342,6 +379,8 @@ class Tracer:
             sampler.flush()
         for file in self._files.values():
             file.close()
+        if self._exporter is not None:
+            self._exporter.close()
 
     def _effective(self, model: str) -> TraceSetting:
         setting = overlay(self._defaults, self._global)
@@ -355,13 +394,16 @@ class Tracer:
         else:
             setting = self._effective(model)
             if old is None or old.setting != setting:
-                self._samplers[model] = Sampler(setting, self._file(setting.file))
+                file = None if self._exporter is not None else self._file(setting.file)
+                self._samplers[model] = Sampler(setting, file, self._exporter)
             else:
                 old = None
         if old is not None:
             old.retired = True
             old.flush()
-        self.enabled = any(s.active for s in self._samplers.values())
+        self.enabled = any(
+            s.active or (self.propagates and s.setting.level) for s in self._samplers.values()
+        )
 
     def _file(self, path: str) -> TraceFile | None:
         if not path:

@@ -15,6 +15,7 @@ import pytest
 from inferd.batching.rate_limiter import ExplicitResource
 from inferd.benchmarks.ports import free_port
 from inferd.server.cli import build_parser, main, settings_from_args
+from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES
@@ -158,10 +159,31 @@ def test_trace_flags() -> None:
     assert settings_for(["serve"], env).trace == TraceSetting(TraceLevel.TIMESTAMPS, file="t.json")
 
 
+def test_opentelemetry_trace_flags() -> None:
+    flags = [
+        "serve",
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=opentelemetry,url=collector:4318/v1/traces",
+        "--trace-config=opentelemetry,resource=service.name=fraud",
+        "--trace-config=opentelemetry,resource=deployment.environment=prod",
+        "--trace-config=opentelemetry,bsp_schedule_delay=200",
+    ]
+    settings = settings_for(flags)
+    assert settings.trace == TraceSetting(TraceLevel.TIMESTAMPS, mode="opentelemetry")
+    assert settings.trace_otel == OtelSettings(
+        url="http://collector:4318/v1/traces",  # Triton takes host:port/path
+        resource=(("service.name", "fraud"), ("deployment.environment", "prod")),
+        bsp=(("bsp_schedule_delay", 200),),
+    )
+
+
 def test_bad_trace_configs_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for bad, says in (
-        ("--trace-config=mode=opentelemetry", "opentelemetry mode is not supported"),
-        ("--trace-config=opentelemetry,url=localhost:4318", "opentelemetry mode is not supported"),
+        ("--trace-config=mode=jaeger", "the mode is triton or opentelemetry"),
+        ("--trace-config=opentelemetry,file=t.json", "unknown opentelemetry trace setting"),
+        ("--trace-config=opentelemetry,resource=flat", "expected <key>=<value>"),
+        ("--trace-config=opentelemetry,bsp_max_queue_size=0", "expected a number >= 1"),
         ("--trace-config=triton,rate=5", "unknown trace setting"),
         ("--trace-config=file=t.json", "unknown trace setting"),
         ("--trace-config=level", "expected [<mode>,]<setting>=<value>"),
