@@ -46,19 +46,57 @@ class DecoupledRefused(InferdError):
         super().__init__(ErrorCode.UNSUPPORTED, HTTP_REFUSAL)
 
 
+class SendCredits:
+    """Back-pressure on a decoupled model's sends: each send takes a credit, waiting while
+    there is none; the consumer of the responses gives them back as it takes them on (an
+    ensemble whose later steps are full holds them). Once `open`, nothing waits."""
+
+    def __init__(self, credits: int) -> None:
+        self._changed = threading.Condition()
+        self._credits = credits
+        self._open = False
+
+    def take(self) -> None:
+        with self._changed:
+            while self._credits <= 0 and not self._open:
+                self._changed.wait()
+            self._credits -= 1
+
+    def give(self, count: int = 1) -> None:
+        with self._changed:
+            self._credits += count
+            self._changed.notify(count)
+
+    def open(self) -> None:
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
+
+
 class ResponseStream:
     """The responses of one decoupled request. `send` may be called from any thread; the
     front door's `on_response` runs on the loop, in send order, and never after the final one."""
 
-    __slots__ = ("_closed", "_finished", "_lock", "_loop", "_on_close", "_on_response", "cancelled")
+    __slots__ = (
+        "_closed",
+        "_credits",
+        "_finished",
+        "_lock",
+        "_loop",
+        "_on_close",
+        "_on_response",
+        "cancelled",
+    )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         on_response: OnResponse,
         on_close: Callable[[ResponseStream], None],
+        credits: SendCredits | None = None,
     ) -> None:
         self._loop = loop
+        self._credits = credits  # back-pressure from an ensemble: a send takes a credit
         self._on_response = on_response
         self._on_close = on_close
         self._lock = threading.Lock()
@@ -67,7 +105,10 @@ class ResponseStream:
         self.cancelled = False  # the client went away (the model may ask: is_cancelled())
 
     def send(self, item: StreamItem, final: bool) -> bool:
-        """From any thread. False when the stream is already closed (nothing is sent)."""
+        """From any thread. False when the stream is already closed (nothing is sent). Waits
+        while the stream is held back (never on the loop's own thread)."""
+        if self._credits is not None and not self._on_loop():
+            self._credits.take()
         with self._lock:  # one sender at a time: the loop gets them in this order
             if self._closed:
                 return False
@@ -82,6 +123,12 @@ class ResponseStream:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def seal(self) -> None:
         """From any thread: refuse further sends (the request failed as a whole)."""
@@ -134,6 +181,7 @@ def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRe
         request.outputs,
         request.arrival_ns,
         request.trace,
+        send_credits=request.send_credits,
         responses=responses,
     )
 
@@ -152,9 +200,9 @@ class OpenStreams:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
 
-    def open(self, on_response: OnResponse) -> ResponseStream:
-        """A stream for one request."""
-        stream = ResponseStream(self._loop, on_response, self._closed)
+    def open(self, on_response: OnResponse, credits: SendCredits | None = None) -> ResponseStream:
+        """A stream for one request (`credits`: its back-pressure, see ResponseStream)."""
+        stream = ResponseStream(self._loop, on_response, self._closed, credits)
         self._open.add(stream)
         self._all_closed.clear()
         return stream

@@ -31,6 +31,9 @@ class EnsembleStep:
 @dataclass(frozen=True, slots=True)
 class EnsembleConfig:
     steps: tuple[EnsembleStep, ...]
+    # ensemble_scheduling.max_inflight_requests: at most this many requests at each step at
+    # once, across the ensemble's requests (0: no limit; server/ensemble_limits.py).
+    max_inflight: int = 0
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -52,7 +55,8 @@ def parse_ensemble(proto: Any) -> EnsembleConfig:
                 output_map=dict(step.output_map),
             )
             for step in proto.ensemble_scheduling.step
-        )
+        ),
+        max_inflight=proto.ensemble_scheduling.max_inflight_requests,
     )
 
 
@@ -96,11 +100,6 @@ def validate_ensemble(proto: Any) -> None:
     if proto.model_warmup:
         raise invalid(f"model_warmup can not be specified for ensemble '{name}'")
     scheduling = proto.ensemble_scheduling
-    if scheduling.max_inflight_requests:
-        raise invalid(
-            f"ensemble '{name}': 'max_inflight_requests' is not supported by inferd yet "
-            "(steps are not limited in flight)"
-        )
     if not scheduling.step:
         raise invalid(f"must specify 'step' for ensemble '{name}'")
     inputs = {t.name for t in proto.input}

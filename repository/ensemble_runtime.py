@@ -5,7 +5,9 @@ themselves run through the composing models' schedulers (server/ensemble.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import contextlib
+from collections import deque
+from collections.abc import Callable, Collection
 
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
@@ -32,6 +34,9 @@ class EnsembleRuntime:
         # is decoupled streams the ensemble's responses (server/ensemble.py).
         self.decoupled_step: int | None = None
         self.inflight = 0
+        # max_inflight_requests: one limiter per step, shared by the ensemble's requests.
+        limit = ensemble.max_inflight
+        self.limiters = tuple(StepLimiter(limit) if limit else None for _ in self.steps)
         self._all = self.graph.plan()
         self._plans: dict[frozenset[str], Plan] = {}
         self._closing = False
@@ -70,3 +75,35 @@ class EnsembleRuntime:
         if self.inflight:
             self._drained = asyncio.Event()
             await self._drained.wait()
+
+
+class StepLimiter:
+    """Triton's `max_inflight_requests` for one step of an ensemble: at most `limit` of its
+    requests in flight at once, across the ensemble's requests, each from its dispatch to its
+    final response. Past that, launches wait their turn, first come first served. On the
+    event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+        self._waiting: deque[Callable[[], None]] = deque()
+
+    def acquire(self, launch: Callable[[], None]) -> bool:
+        """True: a place is taken, launch now. False: `launch` is called (its place taken)
+        once one frees."""
+        if self.inflight < self.limit and not self._waiting:
+            self.inflight += 1
+            return True
+        self._waiting.append(launch)
+        return False
+
+    def release(self) -> None:
+        self.inflight -= 1
+        while self._waiting and self.inflight < self.limit:
+            self.inflight += 1
+            self._waiting.popleft()()
+
+    def withdraw(self, launch: Callable[[], None]) -> None:
+        """A waiting launch that is no longer wanted (its request ended)."""
+        with contextlib.suppress(ValueError):  # already called
+            self._waiting.remove(launch)

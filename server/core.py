@@ -323,7 +323,7 @@ class InferenceCore:
             if scheduler is None or scheduler.streams is None:
                 return self._stream_single(request, model, on_response)
             respond = self._stream_responder(request, model, on_response)
-            stream = scheduler.streams.open(respond)
+            stream = scheduler.streams.open(respond, request.send_credits)
         except InferdError as error:
             on_response(error, True)
             return None

@@ -21,7 +21,7 @@ from functools import partial
 
 import numpy as np
 
-from inferd.batching.decoupled import OnResponse, StreamItem
+from inferd.batching.decoupled import OnResponse, SendCredits, StreamItem
 from inferd.batching.scheduler import OnDone, Outputs, resolve
 from inferd.batching.stats import BatchStats
 from inferd.repository.ensemble_graph import EnsembleGraph, Plan, Progress
@@ -137,6 +137,12 @@ class _Run:
         tensors = {name: (array, batch) for name, array in request.inputs.items()}
         graph = runtime.graph
         self._branches: set[_Flow] = set()
+        # max_inflight_requests: the places this request holds at limited steps, and its
+        # launches waiting for one.
+        self._held: dict[int, int] = {}
+        self._waiting: list[_Waiting] = []
+        self._credits: SendCredits | None = None  # the decoupled step's back-pressure
+        self._owed = 0  # its responses taken in while a launch waits: credits to give back
         self._final_flag = False  # the decoupled step has sent its last response
         self._final_alone = False  # ... and its final flag came alone: so does the ensemble's
         self._drop_stream: Cancel | None = None
@@ -148,6 +154,8 @@ class _Run:
         # The steps up to the decoupled one; and per response, the decoupled step (as done
         # already, which starts those that read its outputs) and the steps after it.
         self._decoupled = step
+        if any(runtime.limiters):  # a full step holds back the responses that feed it
+            self._credits = SendCredits(1)
         needed = frozenset(plan.steps)
         self._main = _Flow(graph.subplan((graph.before(step) & needed) | {step}), graph, tensors)
         self._branch_plan = graph.subplan((graph.after(step) & needed) | {step})
@@ -165,6 +173,43 @@ class _Run:
     # ---- steps -------------------------------------------------------------------------------
 
     def _launch(self, flow: _Flow, index: int) -> None:
+        limiter = self.runtime.limiters[index]
+        if limiter is None:
+            self._dispatch(flow, index)
+            return
+        waiting = _Waiting(self, flow, index)
+        if not limiter.acquire(waiting):
+            self._waiting.append(waiting)
+            return
+        self._held[index] = self._held.get(index, 0) + 1
+        self._dispatch(flow, index)
+
+    def launch_waiting(self, waiting: _Waiting) -> None:
+        """A place freed at a full step (the limiter took it for this launch)."""
+        self._waiting.remove(waiting)
+        index = waiting.index
+        self._held[index] = self._held.get(index, 0) + 1
+        try:
+            self._dispatch(waiting.flow, index)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._give_credits()
+
+    def _give_credits(self) -> None:
+        """The decoupled step may send again once nothing of this request waits for a place."""
+        if self._credits is not None and self._owed and not self._waiting:
+            self._credits.give(self._owed)
+            self._owed = 0
+
+    def _release(self, index: int) -> None:
+        """A limited step's request is over: its place goes to the next launch waiting."""
+        limiter = self.runtime.limiters[index]
+        if limiter is not None and self._held.get(index):
+            self._held[index] -= 1
+            limiter.release()
+
+    def _dispatch(self, flow: _Flow, index: int) -> None:
         step = self.runtime.steps[index]
         try:
             model = self._runner.resolve(step.model_name, step.version)
@@ -193,6 +238,7 @@ class _Run:
             outputs=[RequestedOutput(name) for name in step.output_map],
             trace=None if trace is None else trace.child(step.model_name),
             compute=self._compute,
+            send_credits=self._credits if index == self._decoupled else None,
         )
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
         if index == self._decoupled:
@@ -213,7 +259,8 @@ class _Run:
     ) -> None:
         flow.running.pop(index, None)
         if self._over or future.cancelled():
-            return
+            return  # _end() gave back the places held
+        self._release(index)
         error = future.exception()
         if error is not None:
             self._fail(_StepError(index, error))
@@ -245,11 +292,15 @@ class _Run:
             self._fail(_StepError(index, answer))
             return
         self._final_flag = final
+        if final:
+            self._release(index)
+        self._owed += 1  # the credit its send took: back once its branch is under way
         if answer is not None:
             branch = _Flow(self._branch_plan, self.runtime.graph, dict(self._main.tensors))
             self._branches.add(branch)
             outputs = {name: array for name, _, array in answer.outputs}
             self._finished(branch, index, outputs, batch)
+            self._give_credits()
         elif final:
             self._final_alone = True
             if not self._branches:
@@ -367,6 +418,20 @@ class _Run:
     def _end(self) -> None:
         self._over = True
         self.runtime.finished()
+        limiters = self.runtime.limiters
+        for waiting in self._waiting:
+            limiter = limiters[waiting.index]
+            assert limiter is not None
+            limiter.withdraw(waiting)
+        self._waiting.clear()
+        for index, held in self._held.items():
+            for _ in range(held):
+                limiter = limiters[index]
+                assert limiter is not None
+                limiter.release()
+        self._held.clear()
+        if self._credits is not None:
+            self._credits.open()  # a model waiting to send goes on (its sends are dropped)
         flows = [self._main, *self._branches]
         self._branches.clear()
         if self._drop_stream is not None:
@@ -375,6 +440,20 @@ class _Run:
             for step in flow.running.values():
                 step.cancel()  # the schedulers drop cancelled requests before they run
             flow.running.clear()
+
+
+class _Waiting:
+    """A launch of a step waiting for a place (max_inflight_requests)."""
+
+    __slots__ = ("flow", "index", "run")
+
+    def __init__(self, run: _Run, flow: _Flow, index: int) -> None:
+        self.run = run
+        self.flow = flow
+        self.index = index
+
+    def __call__(self) -> None:
+        self.run.launch_waiting(self)
 
 
 class _StepError(Exception):

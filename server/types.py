@@ -21,6 +21,7 @@ ParamValue = bool | int | float | str
 Params = dict[str, ParamValue]
 
 if TYPE_CHECKING:
+    from inferd.batching.decoupled import SendCredits
     from inferd.server.tracing import Trace
 
 
@@ -136,6 +137,9 @@ class InferRequest:
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     trace: Trace | None = None  # when the trace extension sampled this request
     compute: ComputeTimes | None = None  # an ensemble step's: where its compute time adds up
+    # An ensemble's decoupled step under max_inflight_requests: each of the model's sends
+    # takes a credit, waiting while the steps after it are full (back-pressure).
+    send_credits: SendCredits | None = None
 
 
 @dataclass(slots=True)

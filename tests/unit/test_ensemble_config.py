@@ -4,6 +4,7 @@ case, Triton's messages where Triton has one)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from inferd.repository.config import config_to_json, normalize, parse_config_text, to_model_config
 from inferd.repository.config import validate as validate_config
 from inferd.repository.dependencies import closure, ensemble_steps, load_waves
+from inferd.repository.ensemble_runtime import StepLimiter
 from inferd.server.errors import ErrorCode, InferdError
 
 IO = """
@@ -62,6 +64,27 @@ def test_steps_parse_into_typed_config() -> None:
     assert config.platform == "ensemble" and config.backend == ""
     pinned = CHAIN.replace("model_version: -1", "model_version: 3", 1)
     assert to_model_config(load(pinned), "").ensemble.steps[0].version == "3"  # type: ignore[union-attr]
+
+
+def test_max_inflight_requests_limits_each_step_across_requests() -> None:
+    limited = to_model_config(load(CHAIN.replace("step [", "max_inflight_requests: 2 step [")), "")
+    assert limited.ensemble is not None and limited.ensemble.max_inflight == 2
+    limiter = StepLimiter(2)
+    launched: list[str] = []
+    assert limiter.acquire(lambda: launched.append("a"))
+    assert limiter.acquire(lambda: launched.append("b"))
+    for name in ("c", "d", "e"):
+        assert not limiter.acquire(partial(launched.append, name))  # full: they wait, in order
+    withdrawn = limiter._waiting[1]
+    limiter.withdraw(withdrawn)  # d's request ended while it waited
+    limiter.release()
+    assert launched == ["c"] and limiter.inflight == 2
+    limiter.release()
+    assert launched == ["c", "e"]
+    limiter.release()
+    limiter.release()
+    assert limiter.inflight == 0
+    assert limiter.acquire(lambda: None)  # free again: no wait
 
 
 def test_other_models_have_no_steps() -> None:
@@ -203,11 +226,6 @@ BROKEN = [
         CHAIN.replace('model_name: "pre"', 'model_name: "pre" model_namespace: "ns"'),
         "'model_namespace' in step 0 of ensemble 'ens' is not supported",
         id="namespace",
-    ),
-    pytest.param(
-        CHAIN.replace("step [", "max_inflight_requests: 4 step ["),
-        "'max_inflight_requests' is not supported by inferd yet",
-        id="max-inflight-requests",
     ),
 ]
 
