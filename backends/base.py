@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.model_calls import ResponseStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,9 @@ class InstanceRequest:
     outputs: tuple[str, ...] | None = None  # the outputs the client asked for; None = all
     # Decoupled models only: where this request's 0..n responses go.
     responses: ResponseSink | None = None
+    # The request's trace when the trace extension sampled it: a python model hands it on to
+    # its BLS calls (`trace=request.trace()`), which are then traced as its children.
+    trace: Trace | None = None
 
 
 class OutputsWithParameters(dict[str, np.ndarray]):

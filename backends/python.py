@@ -390,6 +390,7 @@ class PythonInstance(ModelInstance):
             flags=flags,
             timeout=timeout if isinstance(timeout, int) else 0,
             parameters=custom,
+            trace=api.InferenceTrace(request.trace),
         )
 
     def _outcome(self, response: object, request: InstanceRequest) -> RequestOutcome:

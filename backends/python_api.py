@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -37,6 +37,9 @@ from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.model_calls import ResponseStream
 from inferd.server.repository_codec import FILE_PREFIX
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Trace
 
 __all__ = [
     "TRITONSERVER_MEMORY_CPU",
@@ -111,11 +114,22 @@ class PreferredMemory:
 
 
 class InferenceTrace:
-    """`request.trace()`: what a BLS request passes on as `trace=`. inferd's traces are
-    Triton's `triton` mode, which has no OpenTelemetry context to give."""
+    """`request.trace()`: what a BLS request passes on as `trace=`, to be traced as a child of
+    the request (when the trace extension sampled it)."""
+
+    def __init__(self, trace: Trace | None = None) -> None:
+        self._trace = trace
 
     def get_context(self) -> str | None:
-        return None
+        """In the OpenTelemetry trace mode, the request's W3C trace context as JSON
+        (`{"traceparent": ...}`) for the model's own calls; None otherwise, as in Triton."""
+        if self._trace is None:
+            return None
+        traceparent = self._trace.traceparent()
+        return None if traceparent is None else json.dumps({"traceparent": traceparent})
+
+    def _child(self, model_name: str) -> Trace | None:
+        return None if self._trace is None else self._trace.child(model_name)
 
 
 # config.pbtxt data_type names -> numpy scalar types, as models look them up.
@@ -372,8 +386,10 @@ class InferenceRequest:
         timeout: int = 0,
         parameters: Mapping[str, Any] | str | None = None,
         model_version: int = -1,
-        **_bls_options: Any,  # preferred_memory, trace: hints with no effect here
+        trace: InferenceTrace | None = None,
+        **_bls_options: Any,  # preferred_memory: a hint with no effect here
     ) -> None:
+        self._trace = trace if trace is not None else InferenceTrace()
         self._model_name = model_name
         self._model_version = model_version
         self._inputs = list(inputs)
@@ -402,7 +418,7 @@ class InferenceRequest:
         self._flags = flags
 
     def trace(self) -> InferenceTrace:
-        return InferenceTrace()
+        return self._trace
 
     def timeout(self) -> int:
         return self._timeout
@@ -491,6 +507,7 @@ class InferenceRequest:
             id=self._request_id,
             parameters=parameters,
             outputs=[RequestedOutput(name) for name in self._requested] or None,
+            trace=self._trace._child(self._model_name),
         )
 
     # How execute() releases the request: RESCHEDULE runs it again in a later batch (an

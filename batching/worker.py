@@ -227,4 +227,6 @@ def instance_request(item: BatchItem) -> InstanceRequest:
     outputs = None if request.outputs is None else tuple(o.name for o in request.outputs)
     # A decoupled model's requests carry their response stream (batching/decoupled.py).
     responses = getattr(request, "responses", None)
-    return InstanceRequest(item.inputs, request.id, request.parameters, outputs, responses)
+    return InstanceRequest(
+        item.inputs, request.id, request.parameters, outputs, responses, request.trace
+    )

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 from prometheus_client.registry import Collector
@@ -40,13 +41,15 @@ from inferd.server.metrics import (
     stats_factory,
 )
 from inferd.server.model_calls import LoopModelCalls
-from inferd.server.otel_trace import OtelExporter
 from inferd.server.response_cache import ResponseCache
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
 from inferd.server.trace_settings import OPENTELEMETRY_MODE, TraceLevel
 from inferd.server.tracing import Tracer
+
+if TYPE_CHECKING:
+    from inferd.server.otel_export import OtelExporter
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +333,10 @@ def _otel_exporter(settings: Settings) -> OtelExporter | None:
     if TraceLevel.TENSORS in settings.trace.level:
         log.warning("the opentelemetry trace mode records timestamps only, not TENSORS")
     try:
-        return OtelExporter(settings.trace_otel)
-    except RuntimeError as exc:
-        raise StartupError(str(exc)) from None
+        from inferd.server.otel_export import OtelExporter
+    except ImportError as exc:
+        raise StartupError(
+            "--trace-config mode=opentelemetry needs the opentelemetry packages: "
+            f"pip install 'inferd[otel]' ({exc})"
+        ) from None
+    return OtelExporter(settings.trace_otel)

@@ -12,17 +12,20 @@ import dataclasses
 import itertools
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 import numpy as np
 import orjson
 
 from inferd.server.errors import invalid
-from inferd.server.otel_trace import OtelExporter
 from inferd.server.trace_settings import TraceLevel, TraceSetting, TraceUpdate, overlay
 from inferd.server.types import DataType
+
+if TYPE_CHECKING:
+    from inferd.server.otel_export import OtelExporter
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,8 @@ class Trace:
         "model_name",
         "model_version",
         "otel_parent",
+        "otel_span_id",
+        "otel_trace_id",
         "parent_id",
         "request_id",
     )
@@ -172,7 +177,11 @@ class Trace:
         self._children: list[Trace] = []
         self._new_id = new_id
         self._sampler = sampler
-        self.otel_parent: Any = None  # OpenTelemetry mode: the client's trace context, if any
+        # OpenTelemetry mode: the client's trace context, if any, and the ids the trace and
+        # this request's model span get (known up front, so that model code can pass them on).
+        self.otel_parent: Any = None
+        self.otel_trace_id = 0
+        self.otel_span_id = 0
 
     @property
     def timestamps(self) -> list[tuple[str, int]]:
@@ -190,10 +199,19 @@ class Trace:
         return any(n == name for n, _ in self._timestamps)
 
     def child(self, model_name: str) -> Trace:
-        """The trace of an ensemble step, written with this one."""
+        """The trace of an ensemble step or a BLS call, written with this one."""
         child = Trace(next(self._new_id), model_name, self._sampler, self._new_id, self.id)
+        if self.otel_trace_id:
+            child.otel_trace_id = self.otel_trace_id
+            child.otel_span_id = random.getrandbits(64) or 1
         self._children.append(child)
         return child
+
+    def traceparent(self) -> str | None:
+        """OpenTelemetry mode: the W3C trace context of this request's model span."""
+        if not self.otel_trace_id:
+            return None
+        return f"00-{self.otel_trace_id:032x}-{self.otel_span_id:016x}-01"
 
     def started(
         self, version: int, request_id: str, inputs: Mapping[str, np.ndarray], now: int
@@ -340,7 +358,10 @@ class Tracer:
         if parent is None and not sampler.sample():
             return None
         trace = Trace(next(self._ids), model, sampler, self._ids)
-        trace.otel_parent = parent
+        if self._exporter is not None:
+            trace.otel_parent = parent
+            trace.otel_trace_id = self._exporter.trace_id(parent)
+            trace.otel_span_id = random.getrandbits(64) or 1
         return trace
 
     def setting(self, model: str = "") -> TraceSetting:

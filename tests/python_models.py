@@ -537,3 +537,45 @@ def manager_config(load_on_init: str = "", unload_on_finalize: str = "") -> str:
         'input [{ name: "OP" data_type: TYPE_STRING dims: [ 1 ] }]\n'
         'output [{ name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] }]\n' + parameters
     )
+
+
+# A python model that calls `simple` through BLS with its own request's trace, and answers
+# the trace context model code gets.
+BLS_TRACE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            inputs = [
+                pb_utils.Tensor(n, pb_utils.get_input_tensor_by_name(request, n).as_numpy())
+                for n in ("INPUT0", "INPUT1")
+            ]
+            answer = pb_utils.InferenceRequest(
+                model_name="simple", inputs=inputs, requested_output_names=["OUTPUT0"],
+                trace=request.trace(),
+            ).exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            context = request.trace().get_context() or "None"
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.get_output_tensor_by_name(answer, "OUTPUT0"),
+                pb_utils.Tensor("CONTEXT", np.array([context.encode()], np.object_)),
+            ]))
+        return responses
+"""
+BLS_TRACE_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "CONTEXT" data_type: TYPE_STRING dims: [ 1 ] }
+]
+"""

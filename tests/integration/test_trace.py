@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES, RunningServer
+from tests.python_models import BLS_TRACE, BLS_TRACE_CONFIG, write_python_model
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
 Factory = Callable[..., RunningServer]
@@ -359,3 +360,23 @@ def test_generate_requests_are_traced(server_factory: Factory, tmp_path: Path, s
         assert times == sorted(times), dict(zip(names, times, strict=True))
     refused = found[2]["timestamps"]
     assert set(refused) == {"HTTP_RECV_START", "HTTP_RECV_END", "HTTP_SEND_START", "HTTP_SEND_END"}
+
+
+def test_bls_calls_are_traced_as_children_of_their_caller(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLES / "simple", repo / "simple")
+    write_python_model(repo, "bls_trace", BLS_TRACE, BLS_TRACE_CONFIG)
+    setting = TraceSetting(TraceLevel.TIMESTAMPS, rate=1, file=str(tmp_path / "trace.json"))
+    server = server_factory(model_repositories=(repo,), trace=setting)
+    out = infer(server, "http", "bls_trace", SIMPLE)
+    assert out["CONTEXT"][0] == b"None"  # no OpenTelemetry context in Triton's file mode
+    found = traces(tmp_path / "trace.json", 2)
+    (caller,) = [t for t in found.values() if "parent_id" not in t]
+    (child,) = [t for t in found.values() if "parent_id" in t]
+    assert (caller["model_name"], child["model_name"]) == ("bls_trace", "simple")
+    assert child["parent_id"] == caller["id"]
+    stamps = child["timestamps"]
+    assert caller["timestamps"]["COMPUTE_START"] <= stamps["REQUEST_START"]
+    assert stamps["REQUEST_END"] <= caller["timestamps"]["COMPUTE_END"]

@@ -4,6 +4,7 @@ the client's W3C trace context continued; requests with one are traced whatever 
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import time
@@ -19,6 +20,7 @@ from inferd.server.otel_trace import OtelSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES, RunningServer
 from tests.otel_collector import Collector
+from tests.python_models import BLS_TRACE, BLS_TRACE_CONFIG, write_python_model
 from tests.wire import client_for, infer
 
 Factory = Callable[..., RunningServer]
@@ -174,3 +176,23 @@ def test_a_streamed_request_continues_the_streams_context(
     assert {s.trace_id.hex() for s in found} == {TRACE_ID}
     (root,) = [s for s in found if s.name == "InferRequest"]
     assert events(root)[:2] == ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END"]
+
+
+def test_bls_calls_nest_under_the_calling_model_which_sees_its_context(
+    server_factory: Factory, collector: Collector, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLES / "simple", repo / "simple")
+    write_python_model(repo, "bls_trace", BLS_TRACE, BLS_TRACE_CONFIG)
+    server = otel_server(server_factory, collector, repo)
+    out = infer(server, "http", "bls_trace", SIMPLE, headers={"traceparent": TRACEPARENT})
+    found = [s for _, s in collector.wait_for(5)]
+    assert len(found) == 5  # root, the BLS model and its compute, simple and its compute
+    assert tree(found) == {
+        "InferRequest": ["bls_trace"],
+        "bls_trace": ["compute", "simple"],
+        "simple": ["compute"],
+    }
+    (model_span,) = [s for s in found if s.name == "bls_trace"]
+    context = json.loads(out["CONTEXT"][0])
+    assert context == {"traceparent": f"00-{TRACE_ID}-{model_span.span_id.hex()}-01"}
