@@ -268,10 +268,8 @@ def test_tensors_level_records_inputs_and_outputs(server_factory: Factory, tmp_p
     }
 
 
-def test_ensemble_steps_are_traced_with_their_parent(
-    server_factory: Factory, tmp_path: Path
-) -> None:
-    repo = tmp_path / "repo"
+def twice_repository(repo: Path) -> Path:
+    """`simple`, and `twice`: an ensemble that runs it twice in a row (OUT = A + 2B)."""
     shutil.copytree(EXAMPLES / "simple", repo / "simple")
     tensor = "{{ name: {!r} data_type: TYPE_INT32 dims: [ 16 ] }}"
     (repo / "twice" / "1").mkdir(parents=True)
@@ -286,6 +284,13 @@ def test_ensemble_steps_are_traced_with_their_parent(
         '    input_map { key: "INPUT1" value: "B" } output_map { key: "OUTPUT0" value: "OUT" } }\n'
         "] }\n".replace("'", '"')
     )
+    return repo
+
+
+def test_ensemble_steps_are_traced_with_their_parent(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    repo = twice_repository(tmp_path / "repo")
     setting = TraceSetting(TraceLevel.TIMESTAMPS, rate=1, file=str(tmp_path / "trace.json"))
     server = server_factory(model_repositories=(repo,), trace=setting)
     out = infer(server, "http", "twice", {"A": A, "B": np.ones((1, 16), dtype=np.int32)})

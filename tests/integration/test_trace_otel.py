@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 from inferd.server.otel_trace import OtelSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES, RunningServer
+from tests.integration.test_trace import twice_repository
 from tests.otel_collector import Collector
 from tests.python_models import BLS_TRACE, BLS_TRACE_CONFIG, write_python_model
 from tests.wire import client_for, infer
@@ -128,21 +129,7 @@ def test_a_client_trace_context_is_continued_whatever_the_rate(
 def test_an_ensembles_steps_nest_under_it(
     server_factory: Factory, collector: Collector, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLES / "simple", repo / "simple")
-    tensor = '{{ name: "{}" data_type: TYPE_INT32 dims: [ 16 ] }}'
-    (repo / "twice" / "1").mkdir(parents=True)
-    (repo / "twice" / "config.pbtxt").write_text(
-        'platform: "ensemble"\nmax_batch_size: 8\n'
-        f"input [ {tensor.format('A')}, {tensor.format('B')} ]\n"
-        f"output [ {tensor.format('OUT')} ]\n"
-        "ensemble_scheduling { step [\n"
-        '  { model_name: "simple" model_version: -1 input_map { key: "INPUT0" value: "A" }\n'
-        '    input_map { key: "INPUT1" value: "B" } output_map { key: "OUTPUT0" value: "s" } },\n'
-        '  { model_name: "simple" model_version: -1 input_map { key: "INPUT0" value: "s" }\n'
-        '    input_map { key: "INPUT1" value: "B" } output_map { key: "OUTPUT0" value: "OUT" } }\n'
-        "] }\n"
-    )
+    repo = twice_repository(tmp_path / "repo")
     server = otel_server(server_factory, collector, repo)
     infer(server, "http", "twice", {"A": A, "B": np.ones((1, 16), dtype=np.int32)})
     found = [s for _, s in collector.wait_for(6)]
