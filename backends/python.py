@@ -43,6 +43,8 @@ from inferd.backends.base import (
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.python_async import ConcurrentExecutes
 from inferd.backends.python_autocomplete import run_auto_complete
+from inferd.backends.python_env import EXECUTION_ENV_PATH
+from inferd.backends.python_env import activate as activate_env
 from inferd.backends.python_metrics import CustomMetrics, MetricsHolder
 from inferd.backends.python_module import (
     MODEL_CLASS,
@@ -54,14 +56,10 @@ from inferd.backends.python_module import (
 from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
-from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid
 from inferd.server.types import DataType, ParamValue
 
 log = logging.getLogger(__name__)
-
-# Triton's python-backend parameter for a packed conda environment: inferd runs models in its
-# own environment, so a model that asks for another one would run with different code.
-EXECUTION_ENV_PATH = "EXECUTION_ENV_PATH"
 
 # Request parameters Triton consumes itself: a model never sees them in parameters().
 _RESERVED_PARAMETERS = frozenset(
@@ -89,11 +87,9 @@ class PythonBackend(Backend):
             config.backend = "python"  # found by its model.py: the config endpoint says so
         if not config.default_model_filename:  # as Triton's python backend, even without
             config.default_model_filename = cls.default_model_filename  # auto-complete
-        if EXECUTION_ENV_PATH in config.parameters:
-            raise unsupported(
-                f"parameter {EXECUTION_ENV_PATH} is not supported by inferd: python models run "
-                "in the server's own environment (install their packages there instead)"
-            )
+        env = config.parameters.get(EXECUTION_ENV_PATH)
+        if env is not None:  # before model.py is read: it may import the environment's packages
+            activate_env(env.string_value, model_path.parent.parent, settings.cache_dir)
         if not settings.auto_complete:
             return
         model_name = config.name or model_path.parent.parent.name

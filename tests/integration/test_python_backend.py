@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -353,3 +355,43 @@ def test_async_execute_awaits_concurrent_bls_calls(server: RunningServer, protoc
     out = infer(server, protocol, "bls_async", {"INPUT0": a, "INPUT1": b})
     np.testing.assert_array_equal(out["OUTPUT0"], a + b)
     np.testing.assert_array_equal(out["OUTPUT1"], a - b)
+
+
+# Scales its input by a factor that only the packed environment's package knows.
+ENV_SCALED = """
+import inferd_test_env_only
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(
+                "OUTPUT0",
+                pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+                * inferd_test_env_only.FACTOR,
+            )])
+            for r in requests
+        ]
+"""
+
+
+def test_a_model_imports_its_packed_environment(
+    tmp_path: Path, server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where it is unpacked
+    env = tmp_path / "env" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (env / "site-packages" / "inferd_test_env_only").mkdir(parents=True)
+    (env / "site-packages" / "inferd_test_env_only" / "__init__.py").write_text("FACTOR = 3\n")
+    repo = tmp_path / "repo"
+    config = IDENTITY_CONFIG + (
+        'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: '
+        '"$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }'
+    )
+    model_dir = write_python_model(repo, "env_scaled", ENV_SCALED, config)
+    with tarfile.open(model_dir / "env.tar.gz", "w:gz") as packed:
+        packed.add(tmp_path / "env", ".")
+    server = server_factory(model_repositories=(repo,))
+    x = {"INPUT0": np.arange(4, dtype=np.float32)}
+    assert infer(server, "http", "env_scaled", x)["OUTPUT0"].tolist() == [0, 3, 6, 9]
+    assert list((tmp_path / "cache" / "inferd" / "python-envs").iterdir())

@@ -360,9 +360,9 @@ def test_complete_config(tmp_path: Path) -> None:
         + 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "x" } }'
     )
     write_python_model(tmp_path, "env", ADD_SUB, env)
-    with pytest.raises(InferdError, match="EXECUTION_ENV_PATH is not supported") as raised:
+    with pytest.raises(InferdError, match=r"EXECUTION_ENV_PATH '.*x' is neither") as raised:
         load_config(tmp_path, "env")
-    assert raised.value.code is ErrorCode.UNSUPPORTED
+    assert raised.value.code is ErrorCode.INVALID_ARG
 
 
 def test_auto_complete_runs_only_when_enabled(tmp_path: Path) -> None:
