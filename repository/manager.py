@@ -171,6 +171,9 @@ class ModelRepository:
             for model in closure([name], deps) - {name}
             if model in self._locations
             and not any(v.ready for v in self._models.get(model, {}).values())
+            # A model asking from its initialize() for an ensemble made of itself: its own
+            # load holds its lock. The ensemble follows once that load is done.
+            and (take_slot or not self._lock(model).locked())
         }
         self._implicit |= missing
         await self._load_in_order(missing, deps, take_slot=take_slot)

@@ -182,3 +182,28 @@ def test_other_modes_refuse_with_tritons_message(repo: Path, server_factory: Fac
         assert client.is_model_ready("target")
     finally:
         client.close()
+
+
+def test_an_ensemble_made_of_the_loading_model_follows_it_without_a_deadlock(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    write_python_model(tmp_path, "manager", MANAGER, manager_config(load_on_init="ens"))
+    (tmp_path / "ens" / "1").mkdir(parents=True)
+    (tmp_path / "ens" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 0\n'
+        'input [{ name: "OP" data_type: TYPE_STRING dims: [ 1 ] }]\n'
+        'output [{ name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] }]\n'
+        'ensemble_scheduling { step [{ model_name: "manager" model_version: -1 '
+        'input_map { key: "OP" value: "OP" } output_map { key: "RESULT" value: "RESULT" } }] }\n'
+    )
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", load_models=("manager",)
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        # From initialize() the manager is still loading: the ensemble cannot serve yet...
+        assert "'manager': LOADING" in run(client, "notes")["load"]["error"]
+        # ...and serves once it has loaded.
+        assert eventually(lambda: client.is_model_ready("ens"))
+    finally:
+        client.close()
