@@ -52,7 +52,12 @@ class ModelCalls(Protocol):
     # thread. With `wait`, load and unload block until done and raise InferdError when they
     # fail; without, they return at once and a failure is logged.
     def load(
-        self, name: str, config: str | None, files: Mapping[str, bytes], wait: bool = True
+        self,
+        name: str,
+        config: str | None,
+        files: Mapping[str, bytes],
+        wait: bool = True,
+        requested_by: str = "",
     ) -> None: ...
 
     def unload(self, name: str, unload_dependents: bool = False, wait: bool = True) -> None: ...

@@ -629,7 +629,9 @@ def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | N
     folder = _model_files(files or {})
     context, own = _control_context(model_name)
     try:
-        context.calls.load(model_name, config or None, folder, wait=not own)
+        # A model reloading itself does not wait for it: it is no requester to wait for.
+        requester = "" if own else context.model_name
+        context.calls.load(model_name, config or None, folder, not own, requester)
     except InferdError as error:
         raise TritonModelException(f"Failed to load model: {error.message}") from None
 

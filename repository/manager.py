@@ -69,6 +69,8 @@ class ModelRepository:
         self._implicit: set[str] = set()
         self._load_slots = asyncio.Semaphore(max(1, settings.load_threads))
         self._closing = False  # close() began: nothing loads any more
+        # Loads that models' code asked for and waits on: (requesting model, model loading).
+        self._model_waits: list[tuple[str, str]] = []
         # The folder state each model's serving versions were loaded from: loading a model
         # whose folder has not changed since leaves it as it is, as in Triton.
         self._sources: dict[str, Fingerprint] = {}
@@ -107,15 +109,50 @@ class ModelRepository:
         name: str,
         config: str | None = None,
         files: Mapping[str, bytes] | None = None,
-        take_slot: bool = True,
+        requested_by: str = "",
     ) -> None:
         """Load or reload a model (the repository API). `config` is a JSON ModelConfig used
         instead of config.pbtxt; `files` (path in the model folder -> content) make up the
         whole model folder and need `config`. Raises when any version fails to load.
-        Without `take_slot` the models load beside the --model-load-thread-count ones: a
-        model loading models from its initialize() holds a slot and would wait for itself."""
+        `requested_by`: the model whose code asks (pb_utils.load_model). Such loads take no
+        --model-load-thread-count slot (a model loading models from its initialize() holds
+        one), and a load that would wait for its own requester is refused."""
         if self._closing:
             raise unavailable(f"failed to load '{name}': the server is shutting down")
+        if not requested_by:
+            await self._load_request(name, config, files, take_slot=True)
+            return
+        self._refuse_cycle(requested_by, name)
+        wait = (requested_by, name)
+        self._model_waits.append(wait)
+        try:
+            await self._load_request(name, config, files, take_slot=False)
+        finally:
+            self._model_waits.remove(wait)
+
+    def _refuse_cycle(self, requester: str, name: str) -> None:
+        """Refuse a model's load of `name` when `name`'s code already waits, through other
+        models' loads, for the requester (two initialize() calls loading each other)."""
+        reached, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            if current == requester:
+                raise invalid(
+                    f"failed to load '{name}': model '{requester}' asked for it while '{name}' "
+                    f"waits for '{requester}' to load (models that load each other from "
+                    "initialize() would wait forever)"
+                )
+            if current not in reached:
+                reached.add(current)
+                todo += [target for asker, target in self._model_waits if asker == current]
+
+    async def _load_request(
+        self,
+        name: str,
+        config: str | None,
+        files: Mapping[str, bytes] | None,
+        take_slot: bool,
+    ) -> None:
         files = files or {}
         if files and config is None:
             raise invalid(

@@ -199,12 +199,12 @@ class InferenceCore:
         name: str,
         config: str | None = None,
         files: dict[str, bytes] | None = None,
-        by_model: bool = False,
+        requested_by: str = "",
     ) -> None:
         """Load or reload; returns when the model is ready or has failed (and then raises).
-        `by_model`: a model asked (BLS model control); it may hold a loader slot itself."""
+        `requested_by`: the model whose code asks (pb_utils.load_model)."""
         self._require_model_control()
-        await self._repository.load(name, config, files, take_slot=not by_model)
+        await self._repository.load(name, config, files, requested_by)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Returns once the model's in-flight requests are done and its instances are freed."""

@@ -32,7 +32,7 @@ class Infers(Protocol):
         name: str,
         config: str | None = None,
         files: dict[str, bytes] | None = None,
-        by_model: bool = False,
+        requested_by: str = "",
     ) -> None: ...
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
@@ -114,11 +114,17 @@ class LoopModelCalls:
     # ---- model control (pb_utils.load_model & co.) -----------------------------------------
 
     def load(
-        self, name: str, config: str | None, files: Mapping[str, bytes], wait: bool = True
+        self,
+        name: str,
+        config: str | None,
+        files: Mapping[str, bytes],
+        wait: bool = True,
+        requested_by: str = "",
     ) -> None:
-        """Load or reload `name` as the repository API would, on behalf of a model: without a
-        loader slot, since the caller may hold one (a model loading models in initialize())."""
-        self._control(f"load model '{name}'", self._load(name, config, dict(files)), wait)
+        """Load or reload `name` as the repository API would, on behalf of model
+        `requested_by` (see ModelRepository.load)."""
+        load = self._load(name, config, dict(files), requested_by)
+        self._control(f"load model '{name}'", load, wait)
 
     def unload(self, name: str, unload_dependents: bool = False, wait: bool = True) -> None:
         self._control(f"unload model '{name}'", self._unload(name, unload_dependents), wait)
@@ -126,8 +132,10 @@ class LoopModelCalls:
     def ready(self, name: str, version: str = "") -> bool:
         return bool(self._control(f"check model '{name}'", self._ready(name, version), wait=True))
 
-    async def _load(self, name: str, config: str | None, files: dict[str, bytes]) -> None:
-        await self._started().load_model(name, config, files, by_model=True)
+    async def _load(
+        self, name: str, config: str | None, files: dict[str, bytes], requested_by: str
+    ) -> None:
+        await self._started().load_model(name, config, files, requested_by)
 
     async def _unload(self, name: str, unload_dependents: bool) -> None:
         await self._started().unload_model(name, unload_dependents)

@@ -207,3 +207,25 @@ def test_an_ensemble_made_of_the_loading_model_follows_it_without_a_deadlock(
         assert eventually(lambda: client.is_model_ready("ens"))
     finally:
         client.close()
+
+
+def test_models_that_load_each_other_from_initialize_are_refused_not_stuck(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    write_python_model(tmp_path, "first", MANAGER, manager_config(load_on_init="second"))
+    write_python_model(tmp_path, "second", MANAGER, manager_config(load_on_init="first"))
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", load_models=("first",)
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        # first's initialize() loads second, whose initialize() asks for first: refused.
+        assert client.is_model_ready("first") and client.is_model_ready("second")
+        op = httpclient.InferInput("OP", [1], "BYTES")
+        op.set_data_from_numpy(np.array([json.dumps(["notes", [], {}]).encode()], np.object_))
+        answer = client.infer("second", [op]).as_numpy("RESULT")
+        assert answer is not None
+        refused = json.loads(answer[0])["value"]["load"]["error"]
+        assert "model 'second' asked for it while 'first' waits for 'second'" in refused
+    finally:
+        client.close()
