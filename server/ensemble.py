@@ -238,7 +238,10 @@ class _Run:
             outputs=[RequestedOutput(name) for name in step.output_map],
             trace=None if trace is None else trace.child(step.model_name),
             compute=self._compute,
-            send_credits=self._credits if index == self._decoupled else None,
+            # Its own back-pressure, or, as the decoupled step of another ensemble, that one's.
+            send_credits=(self._credits or self._request.send_credits)
+            if index == self._decoupled
+            else None,
         )
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
         if index == self._decoupled:

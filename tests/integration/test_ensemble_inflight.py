@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.conftest import RunningServer
@@ -25,6 +26,7 @@ PRODUCER = """
 import json
 
 import numpy as np
+import pytest
 import triton_python_backend_utils as pb_utils
 
 
@@ -51,6 +53,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 import triton_python_backend_utils as pb_utils
 
 
@@ -89,8 +92,9 @@ def tensor(name: str, dims: str) -> str:
     return f'{{ name: "{name}" data_type: TYPE_INT32 dims: [ {dims} ] }}'
 
 
-def pipeline(tmp_path: Path, server_factory: Factory) -> RunningServer:
-    """producer (decoupled) -> consumer, under max_inflight_requests: 1."""
+def pipeline(tmp_path: Path, server_factory: Factory, nested: bool = False) -> RunningServer:
+    """producer (decoupled) -> consumer, under max_inflight_requests: 1; `nested`: the
+    producer inside an ensemble of its own, which is the decoupled step."""
     sent_file = tmp_path / "sent"
     sent_file.write_text("")
     repo = tmp_path / "repo"
@@ -103,10 +107,16 @@ def pipeline(tmp_path: Path, server_factory: Factory) -> RunningServer:
         'platform: "ensemble"\nmax_batch_size: 0\n'
         f"input [{tensor('IN', '-1')}]\noutput [{tensor('OUT', '1')}, {tensor('LAG', '1')}]\n"
         "ensemble_scheduling { max_inflight_requests: 1 step [ "
-        + step("producer", {"IN": "IN"}, {"OUT": "each"})
+        + step("inner" if nested else "producer", {"IN": "IN"}, {"OUT": "each"})
         + ","
         + step("consumer", {"X": "each"}, {"Y": "OUT", "LAG": "LAG"})
         + " ] }\n"
+    )
+    (repo / "inner" / "1").mkdir(parents=True)
+    (repo / "inner" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 0\n'
+        f"input [{tensor('IN', '-1')}]\noutput [{tensor('OUT', '1')}]\n"
+        "ensemble_scheduling { step [ " + step("producer", {"IN": "IN"}, {"OUT": "OUT"}) + " ] }\n"
     )
     return server_factory(model_repositories=(repo,))
 
@@ -138,10 +148,11 @@ def run(server: RunningServer) -> tuple[list[int], list[int]]:
     return outs, lags
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["direct", "nested"])
 def test_a_full_step_holds_the_decoupled_producer_back(
-    tmp_path: Path, server_factory: Factory
+    tmp_path: Path, server_factory: Factory, nested: bool
 ) -> None:
-    outs, lags = run(pipeline(tmp_path, server_factory))
+    outs, lags = run(pipeline(tmp_path, server_factory, nested))
     assert sorted(outs) == [v + 100 for v in range(VALUES)]
     # One response at the consumer, one waiting for its place, one send under way: the
     # producer is never further ahead (without the limit it runs VALUES - 1 ahead).
