@@ -386,7 +386,7 @@ class PythonInstance(ModelInstance):
             flags=flags,
             timeout=timeout if isinstance(timeout, int) else 0,
             parameters=custom,
-            trace=api.InferenceTrace(request.trace),
+            trace=None if request.trace is None else api.InferenceTrace(request.trace),
         )
 
     def _outcome(self, response: object, request: InstanceRequest) -> RequestOutcome:

@@ -132,6 +132,9 @@ class InferenceTrace:
         return None if self._trace is None else self._trace.child(model_name)
 
 
+UNTRACED = InferenceTrace()  # what untraced requests share (most of them)
+
+
 # config.pbtxt data_type names -> numpy scalar types, as models look them up.
 TRITON_STRING_TO_NUMPY: Mapping[str, type[Any]] = {
     "TYPE_BOOL": np.bool_,
@@ -389,7 +392,7 @@ class InferenceRequest:
         trace: InferenceTrace | None = None,
         **_bls_options: Any,  # preferred_memory: a hint with no effect here
     ) -> None:
-        self._trace = trace if trace is not None else InferenceTrace()
+        self._trace = trace if trace is not None else UNTRACED
         self._model_name = model_name
         self._model_version = model_version
         self._inputs = list(inputs)

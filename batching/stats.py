@@ -104,6 +104,6 @@ class ModelStats:
         self.request_us.observe(duration_ns / 1000)
 
 
-def plain_stats(model_config: object = None) -> ModelStats:
+def plain_stats(model_config: object) -> ModelStats:
     """A new version's statistics, whatever its config (see RepositorySettings.new_stats)."""
     return ModelStats()

@@ -32,7 +32,7 @@ class EnsembleStep:
 class EnsembleConfig:
     steps: tuple[EnsembleStep, ...]
     # ensemble_scheduling.max_inflight_requests: at most this many requests at each step at
-    # once, across the ensemble's requests (0: no limit; server/ensemble_limits.py).
+    # once, across the ensemble's requests (0: no limit; StepLimiter in ensemble_runtime.py).
     max_inflight: int = 0
 
     @property

@@ -364,14 +364,13 @@ class InferenceCore:
         """A decoupled model's outputs as responses to `request`; the first one's time since
         arrival goes to the first-response histogram (when exported)."""
         stats = model.stats
-        histogram = None if stats is None else stats.first_response_ms
-        waiting = [histogram is not None]
+        first = None if stats is None else stats.first_response_ms  # None once observed
 
         def respond(item: StreamItem, final: bool) -> None:
-            if waiting[0] and item is not None:
-                waiting[0] = False
-                assert histogram is not None
-                histogram.observe((time.monotonic_ns() - request.arrival_ns) // 1_000_000)
+            nonlocal first
+            if first is not None and item is not None:
+                first.observe((time.monotonic_ns() - request.arrival_ns) // 1_000_000)
+                first = None
             if item is None or isinstance(item, InferdError):
                 on_response(item, final)
                 return

@@ -189,7 +189,7 @@ class Trace:
 
     @property
     def children(self) -> list[Trace]:
-        """An ensemble's steps."""
+        """An ensemble's steps, and BLS calls made with this request's trace."""
         return self._children
 
     def stamp(self, name: str, ns: int) -> None:
@@ -203,7 +203,7 @@ class Trace:
         child = Trace(next(self._new_id), model_name, self._sampler, self._new_id, self.id)
         if self.otel_trace_id:
             child.otel_trace_id = self.otel_trace_id
-            child.otel_span_id = random.getrandbits(64) or 1
+            child.otel_span_id = _span_id()
         self._children.append(child)
         return child
 
@@ -284,6 +284,11 @@ class Trace:
             yield from child.entries()
 
 
+def _span_id() -> int:
+    """A random OpenTelemetry span id (never 0, which means none)."""
+    return random.getrandbits(64) or 1
+
+
 def traced(trace: Trace, send: Send, protocol: str, arrival_ns: int) -> Send:
     """`send` (how a front door answers a request: once, on the loop) for a traced request:
     stamps reading the request and sending the answer, then writes the trace."""
@@ -361,7 +366,7 @@ class Tracer:
         if self._exporter is not None:
             trace.otel_parent = parent
             trace.otel_trace_id = self._exporter.trace_id(parent)
-            trace.otel_span_id = random.getrandbits(64) or 1
+            trace.otel_span_id = _span_id()
         return trace
 
     def setting(self, model: str = "") -> TraceSetting:
