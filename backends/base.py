@@ -17,7 +17,7 @@ from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import ErrorCode, InferdError
-from inferd.server.model_calls import ResponseStream
+from inferd.server.model_calls import AnswerStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class ModelCalls(Protocol):
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """From a coroutine on an instance's own event loop."""
 
-    def stream(self, request: InferRequest) -> ResponseStream:
+    def stream(self, request: InferRequest) -> AnswerStream:
         """A call whose answers stream (decoupled BLS); returns at once, from any thread."""
 
     # Model control from model code (Triton's pb_utils.load_model & co.), from an instance
@@ -80,6 +80,9 @@ class BackendSettings:
     custom_metrics: CustomMetrics | None = field(default=None, compare=False)
     # The server's pinned host memory budget, shared by its GPU instances' staging buffers.
     pinned_memory: PinnedMemoryPool = field(default_factory=PinnedMemoryPool, compare=False)
+    # Where python model instances run: "thread" (in the server's process) or "process" (a
+    # stub process each, as in Triton); a model's parameter may choose (python_process.py).
+    python_isolation: str = "thread"
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -96,7 +99,9 @@ class ResponseSink(Protocol):
     """Where the responses of a request to a decoupled model go, from any thread, in send
     order (batching/decoupled.py's ResponseStream)."""
 
-    cancelled: bool  # the client went away
+    @property
+    def cancelled(self) -> bool:
+        """The client went away."""
 
     @property
     def closed(self) -> bool:
@@ -184,6 +189,15 @@ class ModelInstance(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the framework session and its memory."""
+
+
+def execute_one(instance: ModelInstance, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """execute() of an instance that takes requests: one request (warmup), its outputs or its
+    error raised."""
+    outcome = instance.execute_requests([InstanceRequest(inputs)])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 class Backend(ABC):

@@ -39,6 +39,7 @@ from inferd.backends.base import (
     RequestOutcome,
     Rescheduled,
     ResponseSink,
+    execute_one,
 )
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.python_async import ConcurrentExecutes
@@ -53,6 +54,7 @@ from inferd.backends.python_module import (
     model_class,
     unload_model_module,
 )
+from inferd.backends.python_process import StubInstance, isolation
 from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
@@ -107,6 +109,8 @@ class PythonBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
+        if isolation(config, settings) == "process":
+            return StubInstance(config, model_path, device, settings)
         return PythonInstance(
             config, model_path, device, settings.model_calls, settings.custom_metrics
         )
@@ -187,11 +191,7 @@ class PythonInstance(ModelInstance):
         self._model: Any = model
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One request (warmup): its outputs, or its error raised."""
-        outcome = self.execute_requests([InstanceRequest(inputs)])[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return execute_one(self, inputs)
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         assert self._model is not None, "execute() after close()"

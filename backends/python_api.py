@@ -34,7 +34,7 @@ from inferd.backends.python_metrics import (
     Series,
 )
 from inferd.server.errors import ErrorCode, InferdError
-from inferd.server.model_calls import ResponseStream
+from inferd.server.model_calls import AnswerStream
 from inferd.server.repository_codec import FILE_PREFIX
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
@@ -597,7 +597,7 @@ class ResponseIterator:
     them, each read as it arrives (iterating blocks until the next one is in). When the model
     ends with the final flag alone, the last response has no outputs, as in Triton."""
 
-    def __init__(self, stream: ResponseStream) -> None:
+    def __init__(self, stream: AnswerStream) -> None:
         self._stream = stream
         self._done = False
 

@@ -138,6 +138,7 @@ class App:
                     model_calls=model_calls,
                     custom_metrics=custom_metrics,
                     pinned_memory=pinned_memory,
+                    python_isolation=settings.python_isolation,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from inferd.backends.python_process import ISOLATIONS
 from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
 from inferd.server.flag_parser import FlagParser, parse_bool
@@ -467,6 +468,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"default-max-batch-size must be a non-negative integer: {raw_max_batch!r}"
         )
     max_batch = int(raw_max_batch)
+    python_isolation = backend_config.get("python", {}).get("isolation", "thread")
+    if python_isolation not in ISOLATIONS:
+        raise ValueError(
+            f"python isolation must be one of {', '.join(ISOLATIONS)}: {python_isolation!r}"
+        )
     log_level = "debug" if args.log_verbose > 0 else args.log_level
     return Settings(
         server_id=args.id,
@@ -520,6 +526,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
         default_max_batch_size=max_batch,
+        python_isolation=python_isolation,
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
         http_stack=args.http_stack,

@@ -27,6 +27,17 @@ class InferdError(Exception):
     def __repr__(self) -> str:
         return f"InferdError({self.code.name}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled (to and from python stub processes) as its class, code and message: the
+        # default would call the class with the message alone.
+        return (_rebuild, (type(self), self.code, self.message))
+
+
+def _rebuild(cls: type[InferdError], code: ErrorCode, message: str) -> InferdError:
+    error = Exception.__new__(cls)
+    InferdError.__init__(error, code, message)
+    return error
+
 
 def invalid(message: str) -> InferdError:
     return InferdError(ErrorCode.INVALID_ARG, message)

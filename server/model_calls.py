@@ -40,6 +40,16 @@ class Infers(Protocol):
     def model_ready(self, name: str, version: str = "", check_version: bool = False) -> bool: ...
 
 
+class AnswerStream(Protocol):
+    """What a model reads the answers of a streamed call from."""
+
+    def get(self) -> StreamAnswer:
+        """The next answer; blocks until it is in."""
+
+    def cancel(self) -> None:
+        """Drop the call (see ResponseStream.cancel)."""
+
+
 class ResponseStream:
     """The answers to one streamed call, filled on the loop, read on the caller's thread."""
 

@@ -98,6 +98,7 @@ class Settings:
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
+    python_isolation: str = "thread"  # --backend-config=python,isolation=process|thread
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     http_stack: HttpStackName = "inferd"

@@ -62,8 +62,10 @@ instance_group [{ count: 2 kind: KIND_CPU }]
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("metrics")
     write_python_model(root, "metered", METERED, METERED_CONFIG)
     running = start_server(
@@ -72,6 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             model_repositories=(root,),
             model_control_mode="explicit",
             load_models=("metered",),
+            python_isolation=request.param,
         )
     )
     yield running

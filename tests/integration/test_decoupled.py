@@ -86,10 +86,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["inferd", "alt"])
+@pytest.fixture(scope="module", params=["inferd", "alt", "process"])
 def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    """inferd's own HTTP and gRPC stacks, and the alternatives (uvicorn, grpc.aio)."""
-    stacks: dict[str, Any] = {} if request.param == "inferd" else ALT_STACKS
+    """inferd's own HTTP and gRPC stacks, the alternatives (uvicorn, grpc.aio), and inferd's
+    stacks with the python models in stub processes."""
+    stacks: dict[str, Any] = {
+        "inferd": {},
+        "alt": ALT_STACKS,
+        "process": {"python_isolation": "process"},
+    }[request.param]
     running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,), **stacks))
     yield running
     running.stop()

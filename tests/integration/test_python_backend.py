@@ -94,9 +94,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[RunningServer]:
-    running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,)))
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """Every test runs on instances in the server's process, then in stub processes."""
+    running = start_server(
+        replace(TEST_SETTINGS, model_repositories=(repo,), python_isolation=request.param)
+    )
     yield running
     running.stop()
 

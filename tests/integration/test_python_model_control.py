@@ -79,15 +79,19 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def client(repo: Path, server_factory: Factory) -> Iterator[httpclient.InferenceServerClient]:
+@pytest.fixture(params=["thread", "process"])
+def client(
+    repo: Path, server_factory: Factory, request: pytest.FixtureRequest
+) -> Iterator[httpclient.InferenceServerClient]:
     """Explicit mode, only the manager asked for, one loader slot: the manager loads the
-    target from its initialize() while it holds that slot."""
+    target from its initialize() while it holds that slot. The manager runs in the server's
+    process, then in a stub process."""
     server = server_factory(
         model_repositories=(repo,),
         model_control_mode="explicit",
         load_models=("manager",),
         model_load_thread_count=1,
+        python_isolation=request.param,
     )
     client = httpclient.InferenceServerClient(server.http_url)
     yield client

@@ -1,0 +1,389 @@
+"""Python model instances in processes of their own (Triton's stub processes), chosen with
+`--backend-config=python,isolation=process` or a model's `inferd.python_isolation` parameter.
+
+Each instance is a child process (python_stub.py) that runs model.py; the server's end here
+forwards every batch, and serves what the model asks of the server: calls to other models
+and model control on a small thread pool, custom metrics, decoupled responses, log records.
+Instances then run model code in parallel (one GIL each), and a model that crashes its
+process fails only its own requests.
+
+When the stub dies, its requests in flight fail with Triton's "Stub process '<instance>' is
+not healthy."; the next batch starts a new stub (initialize() again). Triton 2.51 leaves the
+instance failing every request until the model is loaded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.backends.base import (
+    BackendSettings,
+    Device,
+    InstanceRequest,
+    ModelCalls,
+    ModelInstance,
+    RequestOutcome,
+    ResponseSink,
+    execute_one,
+)
+from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
+from inferd.backends.python_stub import StubInit, WireRequest
+from inferd.backends.stub_channel import (
+    CALL,
+    CLOSE,
+    EXECUTE,
+    INIT,
+    INIT_DONE,
+    LOG,
+    REPLY,
+    SEAL,
+    SEND,
+    STREAM,
+    STREAM_ANSWER,
+    STREAM_CANCEL,
+    Channel,
+    ChannelClosed,
+)
+from inferd.repository.config import ModelConfig
+from inferd.server.errors import InferdError, internal, invalid
+from inferd.server.model_calls import AnswerStream
+
+log = logging.getLogger(__name__)
+
+ISOLATION_PARAMETER = "inferd.python_isolation"
+ISOLATIONS = ("thread", "process")
+STUB_MODULE = "inferd.backends.python_stub"
+_CLOSE_TIMEOUT_S = 30.0  # finalize() included
+_EXIT_TIMEOUT_S = 5.0
+_MODEL_CALL_THREADS = 16  # BLS calls and model control a stub may have waiting at once
+_MODEL_CALLS = frozenset({"infer", "load", "unload", "ready"})
+
+
+def isolation(config: ModelConfig, settings: BackendSettings) -> str:
+    """'process' or 'thread': the model's parameter, else the server's setting."""
+    parameter = config.proto.parameters.get(ISOLATION_PARAMETER)
+    if parameter is None:
+        return settings.python_isolation
+    if parameter.string_value not in ISOLATIONS:
+        raise invalid(
+            f"model '{config.name}': parameter '{ISOLATION_PARAMETER}' must be one of "
+            f"{', '.join(ISOLATIONS)}, got {parameter.string_value!r}"
+        )
+    return str(parameter.string_value)
+
+
+def not_healthy(instance: str) -> InferdError:
+    return internal(f"Stub process '{instance}' is not healthy.")
+
+
+class StubInstance(ModelInstance):
+    """A python model instance whose model runs in a stub process."""
+
+    takes_requests = True
+
+    def __init__(
+        self, config: ModelConfig, model_file: Path, device: Device, settings: BackendSettings
+    ) -> None:
+        self._name = device.name or f"{config.name}_0"
+        self._init = StubInit(
+            config=config.proto.SerializeToString(),
+            model_file=str(model_file),
+            device=device,
+            cache_dir=str(settings.cache_dir),
+            log_level=logging.getLogger().getEffectiveLevel(),
+            model_calls=settings.model_calls is not None,
+        )
+        self._calls = settings.model_calls
+        self._metrics = settings.custom_metrics or CustomMetrics()
+        self._stub = self._start()
+
+    def _start(self) -> Stub:
+        return Stub(self._name, self._init, self._calls, self._metrics)
+
+    @property
+    def pid(self) -> int:
+        """The stub's process id (tests, diagnostics)."""
+        return self._stub.pid
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return execute_one(self, inputs)
+
+    def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        if not self._stub.alive:
+            log.warning("model instance '%s': starting its stub process again", self._name)
+            self._stub = self._start()
+        return self._stub.execute(requests)
+
+    def close(self) -> None:
+        self._stub.close()
+
+
+class StubMetrics:
+    """A stub's custom metrics in the server's registry, named by handles across the wire;
+    all given back when the stub ends."""
+
+    def __init__(self, registry: CustomMetrics) -> None:
+        self._registry = registry
+        self._holder = MetricsHolder(registry)
+        self._objects: dict[int, Family | Series] = {}
+
+    def serve(self, method: str, *args: Any) -> Any:
+        if method == "family":
+            return self._handle(self._holder.family(*args))
+        if method == "metric":
+            family, labels, buckets = args
+            made = self._objects[family]
+            assert isinstance(made, Family)
+            return self._handle(self._holder.metric(made, labels, buckets))
+        if method in ("increment", "set", "observe", "value"):
+            series = self._objects[args[0]]
+            assert isinstance(series, Series)
+            return getattr(self._registry, method)(series, *args[1:])
+        raise internal(f"unknown metrics call '{method}'")
+
+    def _handle(self, made: Family | Series) -> int:
+        self._objects[id(made)] = made
+        return id(made)
+
+    def release(self) -> None:
+        self._holder.release()
+        self._objects.clear()
+
+
+class Stub:
+    """The server's end of one stub process."""
+
+    def __init__(
+        self, name: str, init: StubInit, calls: ModelCalls | None, metrics: CustomMetrics
+    ) -> None:
+        self._name = name
+        self._calls = calls
+        self._metrics = StubMetrics(metrics)
+        self._sinks: dict[int, ResponseSink] = {}
+        self._streams: dict[int, AnswerStream] = {}
+        self._lock = threading.Lock()
+        self._started: Future[None] = Future()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closing = False
+        self.alive = True
+        ours, theirs = socket.socketpair()
+        try:
+            # A session of its own: a terminal's Ctrl-C reaches the server, which closes it.
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", STUB_MODULE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.pid = self._process.pid
+        self._channel = Channel(Connection(ours.detach()))
+        self._reader = threading.Thread(target=self._read, name=f"{name}-stub", daemon=True)
+        self._reader.start()
+        try:
+            self._channel.send(INIT, init)
+            self._started.result()
+        except BaseException:
+            self._end()
+            raise
+
+    # ---- the server's calls --------------------------------------------------------------
+
+    def execute(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        wire: list[WireRequest] = []
+        sink_ids: list[int] = []
+        with self._lock:
+            for request in requests:
+                sink_id = None
+                if request.responses is not None:
+                    sink_id = id(request.responses)
+                    self._sinks[sink_id] = request.responses
+                    sink_ids.append(sink_id)
+                wire.append(
+                    (
+                        dict(request.inputs),
+                        request.id,
+                        dict(request.parameters),
+                        request.outputs,
+                        sink_id,
+                    )
+                )
+        try:
+            outcomes: list[RequestOutcome] = self._channel.call(EXECUTE, wire).result()
+        except (InferdError, ChannelClosed) as exc:
+            with self._lock:  # the scheduler ends these requests' streams with the error
+                for sink_id in sink_ids:
+                    self._sinks.pop(sink_id, None)
+            if isinstance(exc, ChannelClosed):
+                raise not_healthy(self._name) from None
+            raise
+        return outcomes
+
+    def close(self) -> None:
+        """finalize() and the end of the process; raises finalize()'s failure."""
+        self._closing = True
+        try:
+            if self.alive:
+                self._channel.call(CLOSE).result(timeout=_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("model instance '%s': its stub did not close in time", self._name)
+        except ChannelClosed:
+            pass  # it is gone already
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self._closing = True
+        try:
+            self._process.wait(_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._channel.close()
+        self._reader.join(_EXIT_TIMEOUT_S)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- what the stub sends -------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self._channel.receive()
+                try:
+                    self._dispatch(*message)
+                except ChannelClosed:
+                    raise
+                except Exception:  # a bug here must not end the instance's reader
+                    log.exception("model instance '%s': a stub message failed", self._name)
+        except ChannelClosed:
+            self._died()
+
+    def _dispatch(self, op: str, *args: Any) -> None:
+        if op == REPLY:
+            self._channel.resolve(*args)
+        elif op == SEND:
+            self._send(*args)
+        elif op == SEAL:
+            with self._lock:
+                sink = self._sinks.pop(args[0], None)
+            if sink is not None:
+                sink.seal()
+        elif op == CALL:
+            self._serve_call(*args)
+        elif op == STREAM:
+            threading.Thread(
+                target=self._serve_stream, args=args, name=f"{self._name}-bls", daemon=True
+            ).start()
+        elif op == STREAM_CANCEL:
+            stream = self._streams.get(args[0])
+            if stream is not None:
+                stream.cancel()
+        elif op == LOG:
+            name, level, text = args
+            logging.getLogger(name).log(level, "%s", text)
+        elif op == INIT_DONE:
+            ok, error = args
+            if ok:
+                self._started.set_result(None)
+            else:
+                self._started.set_exception(error)
+        else:
+            log.error("model instance '%s': unknown stub message '%s'", self._name, op)
+
+    def _send(self, sink_id: int, item: Any, final: bool) -> None:
+        with self._lock:
+            sink = self._sinks.pop(sink_id, None) if final else self._sinks.get(sink_id)
+        if sink is not None:
+            sink.send(item, final)
+
+    def _serve_call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        if method == "cancelled":  # answered here: it must not wait behind model calls
+            with self._lock:
+                sink = self._sinks.get(args[0])
+            self._channel.reply(call_id, True, sink is not None and sink.cancelled)
+        elif method == "metrics":
+            self._answer(call_id, lambda: self._metrics.serve(*args))
+        elif method in _MODEL_CALLS and self._calls is not None:
+            calls = self._calls
+            self._model_call_pool().submit(
+                self._answer, call_id, lambda: getattr(calls, method)(*args)
+            )
+        else:
+            self._channel.reply(call_id, False, internal(f"a model cannot call '{method}' here"))
+
+    def _answer(self, call_id: int, run: Any) -> None:
+        try:
+            value = run()
+        except Exception as exc:
+            ok, value = (
+                False,
+                exc if isinstance(exc, InferdError | ValueError) else internal(str(exc)),
+            )
+        else:
+            ok = True
+        try:
+            self._channel.reply(call_id, ok, value)
+        except ChannelClosed:
+            return
+
+    def _model_call_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:  # only on the reader thread
+            self._pool = ThreadPoolExecutor(_MODEL_CALL_THREADS, f"{self._name}-calls")
+        return self._pool
+
+    def _serve_stream(self, stream_id: int, request: Any) -> None:
+        """A streamed BLS call: its answers go to the stub as they come."""
+        if self._calls is None:
+            self._channel.send(STREAM_ANSWER, stream_id, internal("no model calls here"), True)
+            return
+        try:
+            stream = self._calls.stream(request)
+        except InferdError as error:
+            self._channel.send(STREAM_ANSWER, stream_id, error, True)
+            return
+        self._streams[stream_id] = stream
+        try:
+            final = False
+            while not final:
+                answer, final = stream.get()
+                self._channel.send(STREAM_ANSWER, stream_id, answer, final)
+        except ChannelClosed:
+            stream.cancel()
+        finally:
+            self._streams.pop(stream_id, None)
+
+    def _died(self) -> None:
+        """The stub's end of the channel closed: it exited (or closed it, then exits)."""
+        self.alive = False
+        try:
+            code = self._process.wait(_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            code = self._process.wait()
+        error = not_healthy(self._name)
+        if not self._started.done():
+            self._started.set_exception(
+                internal(f"Stub process '{self._name}' exited with code {code} while starting")
+            )
+        elif not self._closing:
+            log.error("model instance '%s': its stub process exited with code %s", self._name, code)
+        self._channel.fail_calls(error)
+        with self._lock:
+            sinks, self._sinks = self._sinks, {}
+        for sink in sinks.values():
+            sink.send(error, True)
+        for stream in list(self._streams.values()):
+            stream.cancel()
+        self._metrics.release()

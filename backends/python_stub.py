@@ -1,0 +1,356 @@
+"""A python model instance in a process of its own, as Triton's python backend runs every
+instance (its "stub process"): `python -m inferd.backends.python_stub FD`, started by
+python_process.py with FD one end of a socket pair.
+
+The stub runs the same PythonInstance as the server would in-process. What the model reaches
+of the server goes over the channel (stub_channel.py): its calls to other models and to model
+control (RemoteCalls), its custom metrics (RemoteMetrics), a decoupled request's responses
+(RemoteSink), its log records. Batches run on the main thread, one at a time; a reader thread
+takes the server's messages. When the server goes away, the stub exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from inferd.backends.base import Device, InstanceRequest, RequestOutcome
+from inferd.backends.python_env import EXECUTION_ENV_PATH
+from inferd.backends.python_env import activate as activate_env
+from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Series
+from inferd.backends.stub_channel import (
+    CALL,
+    CLOSE,
+    EXECUTE,
+    INIT_DONE,
+    LOG,
+    REPLY,
+    SEAL,
+    SEND,
+    STREAM,
+    STREAM_ANSWER,
+    STREAM_CANCEL,
+    Channel,
+    ChannelClosed,
+)
+from inferd.repository.config import to_model_config
+from inferd.server.errors import InferdError, internal
+from inferd.server.model_calls import StreamAnswer
+from inferd.server.types import InferRequest, InferResponse
+
+
+@dataclass(frozen=True, slots=True)
+class StubInit:
+    """What a stub is started with (the first message it receives)."""
+
+    config: bytes  # the model's normalised config, serialised
+    model_file: str
+    device: Device
+    cache_dir: str
+    log_level: int  # the server's, when the stub started
+    model_calls: bool  # whether the model may call models (BLS, model control)
+
+
+# One request as the server sends it: inputs, id, parameters, requested outputs, and the id of
+# its decoupled response sink (None without one).
+WireRequest = tuple[
+    Mapping[str, np.ndarray], str, Mapping[str, Any], "tuple[str, ...] | None", "int | None"
+]
+
+
+class RemoteSink:
+    """A decoupled request's ResponseSink: responses go to the server's sink as they are sent."""
+
+    def __init__(self, channel: Channel, sink_id: int) -> None:
+        self._channel = channel
+        self._id = sink_id
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Asked of the server each time (the client may leave at any moment)."""
+        return bool(self._channel.call(CALL, "cancelled", (self._id,)).result())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, item: dict[str, np.ndarray] | InferdError | None, final: bool) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = final
+            try:
+                self._channel.send(SEND, self._id, item, final)
+            except ChannelClosed:
+                return False
+        return True
+
+    def seal(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._channel.send(SEAL, self._id)
+        except ChannelClosed:
+            return
+
+
+class RemoteStream:
+    """The answers of a streamed BLS call, as the server forwards them."""
+
+    def __init__(self, channel: Channel, stream_id: int) -> None:
+        self._channel = channel
+        self._id = stream_id
+        self.answers: queue.SimpleQueue[StreamAnswer] = queue.SimpleQueue()
+
+    def get(self) -> StreamAnswer:
+        return self.answers.get()
+
+    def cancel(self) -> None:
+        try:
+            self._channel.send(STREAM_CANCEL, self._id)
+        except ChannelClosed:
+            return
+
+
+class RemoteCalls:
+    """ModelCalls through the server: each call waits for the server's answer."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._streams: dict[int, RemoteStream] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self._channel.call(CALL, method, args).result()
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        result: InferResponse = self._call("infer", request)
+        return result
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        result: InferResponse = await asyncio.wrap_future(
+            self._channel.call(CALL, "infer", (request,))
+        )
+        return result
+
+    def stream(self, request: InferRequest) -> RemoteStream:
+        stream_id = self._channel.new_id()
+        stream = RemoteStream(self._channel, stream_id)
+        with self._lock:
+            self._streams[stream_id] = stream
+        self._channel.send(STREAM, stream_id, request)
+        return stream
+
+    def answer(self, stream_id: int, answer: Any, final: bool) -> None:
+        """A streamed call's answer came in (reader thread)."""
+        with self._lock:
+            stream = self._streams.pop(stream_id) if final else self._streams.get(stream_id)
+        if stream is not None:
+            stream.answers.put((answer, final))
+
+    def end_streams(self, error: InferdError) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.answers.put((error, True))
+
+    def load(
+        self,
+        name: str,
+        config: str | None,
+        files: Mapping[str, bytes],
+        wait: bool = True,
+        requested_by: str = "",
+    ) -> None:
+        self._call("load", name, config, dict(files), wait, requested_by)
+
+    def unload(self, name: str, unload_dependents: bool = False, wait: bool = True) -> None:
+        self._call("unload", name, unload_dependents, wait)
+
+    def ready(self, name: str, version: str = "") -> bool:
+        return bool(self._call("ready", name, version))
+
+
+class RemoteMetrics(CustomMetrics):
+    """The server's custom metrics registry, seen from the stub: families and metrics are the
+    server's, known here by handle; this process keeps stand-ins that name them."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self._channel = channel
+        self._handles: dict[int, int] = {}  # id(stand-in) -> the server's handle
+        self._stand_ins: list[Family | Series] = []  # alive while handles name them
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self._channel.call(CALL, "metrics", (method, *args)).result()
+
+    def _handle(self, stand_in: Family | Series) -> int:
+        return self._handles[id(stand_in)]
+
+    def _keep(self, stand_in: Family | Series, handle: int) -> None:
+        self._handles[id(stand_in)] = handle
+        self._stand_ins.append(stand_in)
+
+    def family(self, name: str, description: str, kind: int) -> Family:
+        handle = self._call("family", name, description, kind)
+        family = Family(name, str(description), MetricKind(kind))
+        self._keep(family, handle)
+        return family
+
+    def metric(
+        self,
+        family: Family,
+        labels: Mapping[str, str] | None,
+        buckets: Sequence[float] | None = None,
+    ) -> Series:
+        labels = None if labels is None else dict(labels)
+        buckets = None if buckets is None else list(buckets)
+        handle = self._call("metric", self._handle(family), labels, buckets)
+        series = Series(family.kind, ())
+        self._keep(series, handle)
+        return series
+
+    def release(self, family: Family, series: Sequence[Series]) -> None:
+        # The server gives the instance's metrics back when the stub closes or dies.
+        return
+
+    def increment(self, series: Series, value: float) -> None:
+        self._call("increment", self._handle(series), value)
+
+    def set(self, series: Series, value: float) -> None:
+        self._call("set", self._handle(series), value)
+
+    def observe(self, series: Series, value: float) -> None:
+        self._call("observe", self._handle(series), value)
+
+    def value(self, series: Series) -> float:
+        return float(self._call("value", self._handle(series)))
+
+
+class ForwardLogs(logging.Handler):
+    """Log records go to the server's logger of the same name (one log, one format)."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        try:
+            self._channel.send(LOG, record.name, record.levelno, text)
+        except ChannelClosed:
+            return
+
+
+def _requests(channel: Channel, wire: Sequence[WireRequest]) -> list[InstanceRequest]:
+    return [
+        InstanceRequest(
+            inputs,
+            request_id,
+            parameters,
+            outputs,
+            None if sink_id is None else RemoteSink(channel, sink_id),
+        )
+        for inputs, request_id, parameters, outputs, sink_id in wire
+    ]
+
+
+def _as_error(exc: BaseException) -> InferdError:
+    return exc if isinstance(exc, InferdError) else internal(f"{type(exc).__name__}: {exc}")
+
+
+def _outcome(outcome: RequestOutcome) -> RequestOutcome:
+    return outcome if isinstance(outcome, dict) else _as_error(outcome)
+
+
+def serve(channel: Channel) -> None:
+    """Start the instance the server asks for, then run its batches until CLOSE."""
+    init: StubInit = channel.receive()[1]
+    root = logging.getLogger()
+    root.setLevel(init.log_level)
+    root.addHandler(ForwardLogs(channel))
+    calls = RemoteCalls(channel) if init.model_calls else None
+    inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                message = channel.receive()
+                op = message[0]
+                if op == REPLY:
+                    channel.resolve(*message[1:])
+                elif op == STREAM_ANSWER and calls is not None:
+                    calls.answer(*message[1:])
+                else:
+                    inbox.put(message)
+        except ChannelClosed:
+            os._exit(0)  # the server is gone: nothing is left to answer
+
+    threading.Thread(target=read, name="stub-reader", daemon=True).start()
+    try:
+        instance = _start(init, channel, calls)
+    except BaseException as exc:
+        channel.send(INIT_DONE, False, _as_error(exc))
+        return
+    channel.send(INIT_DONE, True, None)
+    while True:
+        op, call_id, *args = inbox.get()
+        if op == EXECUTE:
+            try:
+                outcomes = instance.execute_requests(_requests(channel, args[0]))
+                channel.reply(call_id, True, [_outcome(o) for o in outcomes])
+            except BaseException as exc:
+                channel.reply(call_id, False, _as_error(exc))
+        elif op == CLOSE:
+            try:
+                instance.close()
+                channel.reply(call_id, True, None)
+            except BaseException as exc:
+                channel.reply(call_id, False, _as_error(exc))
+            return
+
+
+def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
+    from inferd.backends.python import PythonInstance  # which starts stubs: imported late
+
+    proto = model_config_pb2.ModelConfig.FromString(init.config)
+    model_file = Path(init.model_file)
+    env = proto.parameters.get(EXECUTION_ENV_PATH)
+    if env is not None:  # unpacked already by the server, which read the config
+        activate_env(env.string_value, model_file.parent.parent, Path(init.cache_dir))
+    config = to_model_config(proto, "python")
+    return PythonInstance(config, model_file, init.device, calls, RemoteMetrics(channel))
+
+
+def main(argv: Sequence[str]) -> int:
+    channel = Channel(Connection(int(argv[1])))
+    try:
+        serve(channel)
+    except ChannelClosed:
+        return 0
+    finally:
+        logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,210 @@
+"""Python model instances in stub processes (python_process.py, python_stub.py): real child
+processes running real model.py files. What every python model does is also run in stub
+processes by the integration suites (test_python_backend, test_decoupled, test_custom_metrics,
+test_python_model_control); here is what only a process can do: crash, restart, exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.backends.base import BackendSettings, Device, InstanceRequest
+from inferd.backends.python import PythonBackend, PythonInstance
+from inferd.backends.python_process import ISOLATION_PARAMETER, StubInstance
+from inferd.server.errors import ErrorCode, InferdError
+from tests.python_models import write_python_model
+from tests.unit.test_python_backend import load_config
+
+PROCESS = BackendSettings(python_isolation="process")
+
+# Answers its process id and how many times initialize() ran in that process; a negative
+# input ends the process in the middle of execute(), as a crashing extension would.
+PID = """
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+INITIALIZED = 0
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        global INITIALIZED
+        INITIALIZED += 1
+        if os.environ.get("PID_MODEL_CRASH_ON_INIT"):
+            os._exit(4)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if value[0] < 0:
+                os._exit(3)
+            pb_utils.Logger.log_warn(f"pid model: {value[0]}")
+            answer = np.array([os.getpid(), INITIALIZED], np.int64)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", answer)]))
+        return responses
+
+    def finalize(self):
+        if os.environ.get("PID_MODEL_FINALIZE_FAILS"):
+            raise RuntimeError("finalize failed on purpose")
+"""
+
+PID_CONFIG = """
+name: "pid"
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_INT64 dims: [ 2 ] }]
+"""
+
+
+def start(repo: Path, settings: BackendSettings = PROCESS, config: str = PID_CONFIG) -> Path:
+    write_python_model(repo, "pid", PID, config)
+    return repo / "pid" / "1" / "model.py"
+
+
+def create(repo: Path, settings: BackendSettings = PROCESS, config: str = PID_CONFIG) -> object:
+    model_file = start(repo, settings, config)
+    return PythonBackend.create_instance(
+        load_config(repo, "pid", settings), model_file, Device("cpu", name="pid_0_0"), settings
+    )
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[StubInstance]:
+    instance = create(tmp_path)
+    assert isinstance(instance, StubInstance)
+    yield instance
+    instance.close()
+
+
+def ask(instance: object, value: int) -> tuple[int, int]:
+    assert isinstance(instance, StubInstance | PythonInstance)
+    pid, initialized = instance.execute({"INPUT0": np.array([value], np.int32)})["OUTPUT0"]
+    return int(pid), int(initialized)
+
+
+def gone(pid: int) -> bool:
+    """The process ended (and was reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_model_runs_in_a_process_of_its_own(stub: StubInstance) -> None:
+    pid, initialized = ask(stub, 1)
+    assert pid == stub.pid != os.getpid()
+    assert initialized == 1
+
+
+def test_a_crash_fails_the_batch_in_tritons_words_and_the_next_batch_restarts_the_stub(
+    stub: StubInstance, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = ask(stub, 1)
+    requests = [InstanceRequest({"INPUT0": np.array([v], np.int32)}) for v in (2, -1)]
+    with pytest.raises(InferdError) as failed:
+        stub.execute_requests(requests)
+    assert failed.value.code is ErrorCode.INTERNAL
+    assert failed.value.message == "Stub process 'pid_0_0' is not healthy."
+    assert any("exited with code 3" in r.getMessage() for r in caplog.records)
+    assert gone(first)
+    second, initialized = ask(stub, 1)  # a new process, initialized again
+    assert second != first and initialized == 1
+
+
+def test_a_stub_that_dies_while_starting_fails_the_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PID_MODEL_CRASH_ON_INIT", "1")
+    with pytest.raises(InferdError, match=r"Stub process 'pid_0_0' exited with code 4"):
+        create(tmp_path)
+
+
+def test_initialize_errors_read_as_in_the_servers_process(tmp_path: Path) -> None:
+    source = (
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise FileNotFoundError('weights.bin')\n"
+        "    def execute(self, requests):\n"
+        "        return []\n"
+    )
+    messages = []
+    for isolation in ("thread", "process"):
+        settings = BackendSettings(python_isolation=isolation)
+        write_python_model(tmp_path, "pid", source, PID_CONFIG)
+        with pytest.raises(InferdError) as failed:
+            PythonBackend.create_instance(
+                load_config(tmp_path, "pid", settings),
+                tmp_path / "pid" / "1" / "model.py",
+                Device("cpu"),
+                settings,
+            )
+        messages.append(failed.value.message)
+    assert messages[0] == messages[1]
+    assert "initialize() failed: FileNotFoundError: weights.bin" in messages[0]
+
+
+def test_log_records_reach_the_servers_log(
+    stub: StubInstance, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        ask(stub, 7)
+        deadline = time.monotonic() + 10
+        while not any("pid model: 7" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the model's log record never came"
+            time.sleep(0.01)
+    record = next(r for r in caplog.records if "pid model: 7" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert record.name == "inferd.backends.python_api"
+
+
+def test_close_runs_finalize_and_ends_the_process(tmp_path: Path) -> None:
+    instance = create(tmp_path)
+    assert isinstance(instance, StubInstance)
+    pid = instance.pid
+    instance.close()
+    assert gone(pid)
+
+
+def test_a_finalize_failure_is_raised_and_the_process_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PID_MODEL_FINALIZE_FAILS", "1")
+    instance = create(tmp_path)
+    assert isinstance(instance, StubInstance)
+    pid = instance.pid
+    with pytest.raises(InferdError, match="finalize failed on purpose"):
+        instance.close()
+    assert gone(pid)
+
+
+def test_the_models_parameter_overrides_the_servers_setting(tmp_path: Path) -> None:
+    in_process = PID_CONFIG + (
+        f'parameters {{ key: "{ISOLATION_PARAMETER}" value {{ string_value: "thread" }} }}'
+    )
+    instance = create(tmp_path, PROCESS, in_process)
+    assert isinstance(instance, PythonInstance)
+    assert ask(instance, 1)[0] == os.getpid()
+    instance.close()
+    isolated = in_process.replace('"thread"', '"process"')
+    instance = create(tmp_path, replace(PROCESS, python_isolation="thread"), isolated)
+    assert isinstance(instance, StubInstance)
+    instance.close()
+
+
+def test_an_unknown_isolation_fails_the_load_naming_the_choices(tmp_path: Path) -> None:
+    config = PID_CONFIG + (
+        f'parameters {{ key: "{ISOLATION_PARAMETER}" value {{ string_value: "fork" }} }}'
+    )
+    with pytest.raises(InferdError, match=r"must be one of thread, process, got 'fork'"):
+        create(tmp_path, PROCESS, config)
