@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -177,18 +177,25 @@ class Stub:
         self._pool: ThreadPoolExecutor | None = None
         self._closing = False
         self.alive = True
+        # Channel messages read so far: a batch's answer waits for those it counts.
+        self._read_count = 0
+        self._read_more = threading.Condition()
         ours, theirs = socket.socketpair()
+        ours_direct, theirs_direct = socket.socketpair()
+        fds = (theirs.fileno(), theirs_direct.fileno())
         try:
             # A session of its own: a terminal's Ctrl-C reaches the server, which closes it.
             self._process = subprocess.Popen(
-                [sys.executable, "-m", STUB_MODULE, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                [sys.executable, "-m", STUB_MODULE, *map(str, fds)],
+                pass_fds=fds,
                 start_new_session=True,
             )
         finally:
             theirs.close()
+            theirs_direct.close()
         self.pid = self._process.pid
         self._channel = Channel(Connection(ours.detach()))
+        self._direct = Channel(Connection(ours_direct.detach()))
         self._reader = threading.Thread(target=self._read, name=f"{name}-stub", daemon=True)
         self._reader.start()
         try:
@@ -220,28 +227,48 @@ class Stub:
                     )
                 )
         try:
-            outcomes: list[RequestOutcome] = self._channel.call(EXECUTE, wire).result()
-        except (InferdError, ChannelClosed) as exc:
+            ok, value, sent = self._ask(EXECUTE, wire)
+        except ChannelClosed:
             with self._lock:  # the scheduler ends these requests' streams with the error
                 for sink_id in sink_ids:
                     self._sinks.pop(sink_id, None)
-            if isinstance(exc, ChannelClosed):
-                raise not_healthy(self._name) from None
-            raise
+            raise not_healthy(self._name) from None
+        if sink_ids:  # the responses the batch sent go out before its answer is taken
+            with self._read_more:
+                self._read_more.wait_for(lambda: self._read_count >= sent or not self.alive)
+        if not ok:
+            with self._lock:
+                for sink_id in sink_ids:
+                    self._sinks.pop(sink_id, None)
+            raise value
+        outcomes: list[RequestOutcome] = value
         return outcomes
+
+    def _ask(self, op: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:
+        """Send a direct message and read its answer; ChannelClosed when the stub is gone."""
+        try:
+            self._direct.send(op, *args)
+            return self._direct.receive(timeout)
+        except ChannelClosed:
+            self.alive = False
+            self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
+            raise
 
     def close(self) -> None:
         """finalize() and the end of the process; raises finalize()'s failure."""
         self._closing = True
+        ok, value = True, cast(Any, None)
         try:
             if self.alive:
-                self._channel.call(CLOSE).result(timeout=_CLOSE_TIMEOUT_S)
+                ok, value, _ = self._ask(CLOSE, timeout=_CLOSE_TIMEOUT_S)
         except TimeoutError:
             log.warning("model instance '%s': its stub did not close in time", self._name)
         except ChannelClosed:
             pass  # it is gone already
         finally:
             self._end()
+        if not ok:
+            raise value
 
     def _end(self) -> None:
         self._closing = True
@@ -251,6 +278,7 @@ class Stub:
             self._process.kill()
             self._process.wait()
         self._channel.close()
+        self._direct.close()
         self._reader.join(_EXIT_TIMEOUT_S)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -267,6 +295,9 @@ class Stub:
                     raise
                 except Exception:  # a bug here must not end the instance's reader
                     log.exception("model instance '%s': a stub message failed", self._name)
+                with self._read_more:
+                    self._read_count += 1
+                    self._read_more.notify_all()
         except ChannelClosed:
             self._died()
 
@@ -387,3 +418,5 @@ class Stub:
         for stream in list(self._streams.values()):
             stream.cancel()
         self._metrics.release()
+        with self._read_more:  # a batch waiting for its responses waits no more
+            self._read_more.notify_all()

@@ -1,12 +1,12 @@
 """A python model instance in a process of its own, as Triton's python backend runs every
-instance (its "stub process"): `python -m inferd.backends.python_stub FD`, started by
-python_process.py with FD one end of a socket pair.
+instance (its "stub process"): `python -m inferd.backends.python_stub CHANNEL_FD DIRECT_FD`,
+started by python_process.py with the stub's ends of two socket pairs (stub_channel.py).
 
 The stub runs the same PythonInstance as the server would in-process. What the model reaches
 of the server goes over the channel (stub_channel.py): its calls to other models and to model
 control (RemoteCalls), its custom metrics (RemoteMetrics), a decoupled request's responses
-(RemoteSink), its log records. Batches run on the main thread, one at a time; a reader thread
-takes the server's messages. When the server goes away, the stub exits.
+(RemoteSink), its log records. Batches come to the main thread, which runs them one at a time;
+a reader thread takes the server's other messages. When the server goes away, the stub exits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
@@ -282,26 +282,22 @@ def _outcome(outcome: RequestOutcome) -> RequestOutcome:
     return outcome if isinstance(outcome, dict) else _as_error(outcome)
 
 
-def serve(channel: Channel) -> None:
+def serve(channel: Channel, direct: Channel) -> None:
     """Start the instance the server asks for, then run its batches until CLOSE."""
     init: StubInit = channel.receive()[1]
     root = logging.getLogger()
     root.setLevel(init.log_level)
     root.addHandler(ForwardLogs(channel))
     calls = RemoteCalls(channel) if init.model_calls else None
-    inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while True:
-                message = channel.receive()
-                op = message[0]
+                op, *args = channel.receive()
                 if op == REPLY:
-                    channel.resolve(*message[1:])
+                    channel.resolve(*args)
                 elif op == STREAM_ANSWER and calls is not None:
-                    calls.answer(*message[1:])
-                else:
-                    inbox.put(message)
+                    calls.answer(*args)
         except ChannelClosed:
             os._exit(0)  # the server is gone: nothing is left to answer
 
@@ -313,19 +309,21 @@ def serve(channel: Channel) -> None:
         return
     channel.send(INIT_DONE, True, None)
     while True:
-        op, call_id, *args = inbox.get()
-        if op == EXECUTE:
-            try:
-                outcomes = instance.execute_requests(_requests(channel, args[0]))
-                channel.reply(call_id, True, [_outcome(o) for o in outcomes])
-            except BaseException as exc:
-                channel.reply(call_id, False, _as_error(exc))
-        elif op == CLOSE:
-            try:
+        op, *args = direct.receive()
+        ok, value = True, cast(Any, None)
+        try:
+            if op == EXECUTE:
+                value = [
+                    _outcome(o) for o in instance.execute_requests(_requests(channel, args[0]))
+                ]
+            else:
                 instance.close()
-                channel.reply(call_id, True, None)
-            except BaseException as exc:
-                channel.reply(call_id, False, _as_error(exc))
+        except BaseException as exc:
+            ok, value = False, _as_error(exc)
+        # What the batch sent on the channel (decoupled responses) is counted in: the server
+        # takes the answer once it has read those.
+        direct.send(ok, value, channel.sent)
+        if op == CLOSE:
             return
 
 
@@ -343,8 +341,9 @@ def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
 
 def main(argv: Sequence[str]) -> int:
     channel = Channel(Connection(int(argv[1])))
+    direct = Channel(Connection(int(argv[2])))
     try:
-        serve(channel)
+        serve(channel, direct)
     except ChannelClosed:
         return 0
     finally:

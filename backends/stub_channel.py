@@ -1,9 +1,12 @@
 """The wire between the server and a python model's stub process (python_process.py is the
-server's end, python_stub.py the stub's): pickled tuples `(op, ...)` over one socket.
+server's end, python_stub.py the stub's): pickled tuples `(op, ...)` over two sockets.
 
-Either end sends from any thread (a lock keeps messages whole) and receives on one reader
-thread of its own. A call is a message with an id; its answer is `(REPLY, id, ok, value)`,
-where value is the result, or the exception when not ok (InferdError pickles whole).
+Batches go over the direct socket: the server's instance thread sends EXECUTE and reads the
+answer itself, the stub's main thread reads EXECUTE and answers itself (no thread between
+them). Everything else goes over the channel socket: either end sends from any thread (a lock
+keeps messages whole) and receives on one reader thread of its own. A call there is a message
+with an id; its answer is `(REPLY, id, ok, value)`, where value is the result, or the
+exception when not ok (InferdError pickles whole).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
-# Ops, server -> stub.
+# Direct, server -> stub; answered (ok, outcomes or error, messages the stub had sent on the
+# channel by then).
+EXECUTE = "execute"  # ([request],) -> [outcome]
+CLOSE = "close"  # () -> None, once finalize() ran
+# Channel, server -> stub.
 INIT = "init"  # (python_stub.StubInit,): the first message
-EXECUTE = "execute"  # (id, [request]) -> [outcome]
-CLOSE = "close"  # (id,) -> None, once finalize() ran
 STREAM_ANSWER = "stream-answer"  # (stream id, answer, final): a streamed BLS call's answer
 # Ops, stub -> server.
 INIT_DONE = "init-done"  # (ok, error or None)
@@ -45,18 +50,23 @@ class Channel:
         self._calls: dict[int, Future[Any]] = {}
         self._calls_lock = threading.Lock()
         self._closed: BaseException | None = None
+        self.sent = 0  # messages sent so far
 
     def send(self, *message: Any) -> None:
         """Raises ChannelClosed when the other end is gone."""
         try:
             with self._send_lock:
                 self._connection.send(message)
+                self.sent += 1
         except (OSError, EOFError, ValueError) as exc:  # ValueError: our end was closed
             raise ChannelClosed(str(exc)) from None
 
-    def receive(self) -> tuple[Any, ...]:
-        """The next message (reader thread only); ChannelClosed at the end."""
+    def receive(self, timeout: float | None = None) -> tuple[Any, ...]:
+        """The next message (one thread only); ChannelClosed at the end, TimeoutError when
+        none came in `timeout` seconds."""
         try:
+            if timeout is not None and not self._connection.poll(timeout):
+                raise TimeoutError
             message: tuple[Any, ...] = self._connection.recv()
         except (OSError, EOFError, ValueError) as exc:
             raise ChannelClosed(str(exc) or "the other end closed the channel") from None

@@ -1,0 +1,137 @@
+"""Python models in the server's process or in stub processes: a model whose execute() spends
+its time in pure Python (it holds the GIL), served with several instances, measured with
+perf_analyzer. In the server's process its instances take turns on one GIL; in stub processes
+(`--backend-config=python,isolation=process`) each has its own, as on Triton, which serves
+the same repository when the peers are set up (`triton-py`).
+
+    python -m inferd.benchmarks.python_isolation --out /tmp/isolation
+
+Writes the repository (model "spin", `--instances` instances of a loop of `--loop` steps per
+request), then for each server in turn: launch on 127.0.0.1, first inference, perf_analyzer at
+each concurrency, stop. Prints a table and writes it (table.md, results.json) to --out. This is
+a benchmark, never a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferd.benchmarks import compare, peers, perf_sweep, ports, report, servers
+from inferd.benchmarks.perf_sweep import Cell
+from inferd.benchmarks.procs import Probe
+
+MODEL = "spin"
+# Triton's stub ignores PYTHONPATH: the model adds the site-packages the peer's numpy is in.
+SPIN = """
+import os
+import sys
+
+if os.environ.get("SPIN_SITE_PACKAGES"):
+    sys.path.insert(0, os.environ["SPIN_SITE_PACKAGES"])
+
+import triton_python_backend_utils as pb_utils
+
+LOOP = {loop}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            total = 0
+            for step in range(LOOP):  # pure Python: the GIL is held throughout
+                total += step
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", tensor.as_numpy())])
+            )
+        return responses
+"""
+
+SPIN_CONFIG = """
+name: "spin"
+backend: "python"
+max_batch_size: 0
+input [{{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}]
+output [{{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}]
+instance_group [{{ count: {instances} kind: KIND_CPU }}]
+"""
+
+PROBE = Probe.of(MODEL, {"INPUT0": ("FP32", (16,))})
+
+
+def write_repository(root: Path, loop: int, instances: int) -> Path:
+    model = root / MODEL
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    (model / "1" / "model.py").write_text(SPIN.format(loop=loop))
+    (model / "config.pbtxt").write_text(SPIN_CONFIG.format(instances=instances))
+    return root
+
+
+def build(name: str, repo: Path, peers_path: Path | None, workdir: Path) -> servers.Server:
+    port = ports.free_port_block(3)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if name == "triton-py":
+        assert peers_path is not None
+        server = servers.triton_py(peers_path, port, workdir)
+        site = next(peers_path.glob("venv-pytriton/lib/python*/site-packages"))
+        return servers.Server(
+            name,
+            [*server.argv, f"--model-repository={repo}"],
+            workdir,
+            port,
+            PROBE,
+            {**server.env, "SPIN_SITE_PACKAGES": str(site)},
+        )
+    isolation = name.removeprefix("inferd-")
+    args = [f"--backend-config=python,isolation={isolation}", "--log-level=warning"]
+    server = servers.inferd(port, workdir, repository=repo, extra_args=args)
+    return servers.Server(name, server.argv, workdir, port, PROBE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="results folder (created)")
+    parser.add_argument("--loop", type=int, default=20000, help="loop steps per request")
+    parser.add_argument("--instances", type=int, default=2, help="instances of the model")
+    parser.add_argument(
+        "--servers",
+        default="inferd-thread,inferd-process,triton-py",
+        help="comma-separated, of inferd-thread, inferd-process, triton-py (needs the peers)",
+    )
+    parser.add_argument("--protocols", default="http", help="http and/or grpc")
+    parser.add_argument("--startup-timeout", type=float, default=120)
+    perf_sweep.add_sweep_arguments(parser)
+    parser.set_defaults(concurrency=[2, 8])
+    args = parser.parse_args(argv)
+    args.models = [MODEL]
+    args.protocols = args.protocols.split(",")
+    names = args.servers.split(",")
+    found = peers.peers_dir(args.peers, required=False)
+    peers_path = found if found.is_dir() else None
+    pa = peers.find_perf_analyzer(args.perf_analyzer, peers_path)
+    if pa is None:
+        sys.exit(f"perf_analyzer not found: {peers.SETUP_HINT}")
+    if "triton-py" in names and peers_path is None:
+        sys.exit(f"triton-py needs the peers: {peers.SETUP_HINT}")
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    repo = write_repository(args.out / "repo", args.loop, args.instances)
+    startups: dict[str, list[dict[str, float | None]]] = {}
+    cells: list[Cell] = []
+    for name in names:
+        server = build(name, repo, peers_path, args.out / "work" / name)
+        startup, server_cells = compare.run_server(server, args, pa, peers_path or Path())
+        startups[name] = [startup]
+        cells += server_cells
+        compare.write_results(
+            args.out, startups, cells, ["python -m inferd.benchmarks.python_isolation"]
+        )
+    print(report.perf_table(cells))
+    return 1 if any(c.error for c in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
