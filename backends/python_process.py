@@ -229,20 +229,17 @@ class Stub:
         try:
             ok, value, sent = self._ask(EXECUTE, wire)
         except ChannelClosed:
-            with self._lock:  # the scheduler ends these requests' streams with the error
-                for sink_id in sink_ids:
-                    self._sinks.pop(sink_id, None)
-            raise not_healthy(self._name) from None
-        if sink_ids:  # the responses the batch sent go out before its answer is taken
+            ok, value, sent = False, not_healthy(self._name), 0
+        if sink_ids:  # the responses the batch sent are passed on before its answer
             with self._read_more:
                 self._read_more.wait_for(lambda: self._read_count >= sent or not self.alive)
-        if not ok:
-            with self._lock:
-                for sink_id in sink_ids:
-                    self._sinks.pop(sink_id, None)
-            raise value
-        outcomes: list[RequestOutcome] = value
-        return outcomes
+        if ok:
+            outcomes: list[RequestOutcome] = value
+            return outcomes
+        with self._lock:  # the scheduler ends these requests' streams with the error
+            for sink_id in sink_ids:
+                self._sinks.pop(sink_id, None)
+        raise value
 
     def _ask(self, op: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:
         """Send a direct message and read its answer; ChannelClosed when the stub is gone."""

@@ -23,7 +23,12 @@ from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
 from tests.python_models import write_python_model
 
 Factory = Callable[..., RunningServer]
-STACKS = {"inferd": {}, "alt": {"grpc_stack": "grpcio"}}
+# inferd's gRPC stack, grpc.aio, and inferd's with the models in stub processes.
+STACKS: dict[str, dict[str, str]] = {
+    "inferd": {},
+    "alt": {"grpc_stack": "grpcio"},
+    "process": {"python_isolation": "process"},
+}
 STATE = """
 sequence_batching {
   control_input [

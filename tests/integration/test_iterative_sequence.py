@@ -38,8 +38,11 @@ RESCHEDULE_REFUSED = (
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    """The models in the server's process, then in stub processes."""
     repo = tmp_path_factory.mktemp("iterative")
     for name, decoupled, scheduling, delay in (
         ("stream", True, ITERATIVE, 0),
@@ -65,6 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         model_repositories=(repo,),
         model_control_mode="explicit",
         load_models=("*",),
+        python_isolation=request.param,
     )
     running = start_server(settings)
     yield running
