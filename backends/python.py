@@ -54,7 +54,7 @@ from inferd.backends.python_module import (
     model_class,
     unload_model_module,
 )
-from inferd.backends.python_process import StubInstance, isolation
+from inferd.backends.python_process import StubInstance, complete_in_stub, isolation
 from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
@@ -89,17 +89,11 @@ class PythonBackend(Backend):
             config.backend = "python"  # found by its model.py: the config endpoint says so
         if not config.default_model_filename:  # as Triton's python backend, even without
             config.default_model_filename = cls.default_model_filename  # auto-complete
-        env = config.parameters.get(EXECUTION_ENV_PATH)
-        if env is not None:  # before model.py is read: it may import the environment's packages
-            activate_env(env.string_value, model_path.parent.parent, settings.cache_dir)
-        if not settings.auto_complete:
-            return
         model_name = config.name or model_path.parent.parent.name
-        module = load_model_module(model_path, model_name)
-        try:
-            run_auto_complete(config, model_class(module, model_path), model_name, model_path)
-        finally:
-            unload_model_module(module)
+        if isolation(config, model_name, settings) == "thread":
+            complete_here(config, model_path, settings)
+        elif settings.auto_complete:  # else the instances' stubs set up the environment
+            complete_in_stub(config, model_path, settings)
 
     @classmethod
     def gpu_unavailable_reason(cls, gpus: GpuInfo) -> str:
@@ -109,11 +103,26 @@ class PythonBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
-        if isolation(config, settings) == "process":
+        if isolation(config.proto, config.name, settings) == "process":
             return StubInstance(config, model_path, device, settings)
         return PythonInstance(
             config, model_path, device, settings.model_calls, settings.custom_metrics
         )
+
+
+def complete_here(config: ModelConfigProto, model_path: Path, settings: BackendSettings) -> None:
+    """The environment and auto_complete_config() of a python model, in this process."""
+    env = config.parameters.get(EXECUTION_ENV_PATH)
+    if env is not None:  # before model.py is read: it may import the environment's packages
+        activate_env(env.string_value, model_path.parent.parent, settings.cache_dir)
+    if not settings.auto_complete:
+        return
+    model_name = config.name or model_path.parent.parent.name
+    module = load_model_module(model_path, model_name)
+    try:
+        run_auto_complete(config, model_class(module, model_path), model_name, model_path)
+    finally:
+        unload_model_module(module)
 
 
 def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> dict[str, str]:

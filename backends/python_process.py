@@ -15,9 +15,11 @@ instance failing every request until the model is loaded again.
 from __future__ import annotations
 
 import logging
+import pickle
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +40,7 @@ from inferd.backends.base import (
     execute_one,
 )
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
-from inferd.backends.python_stub import StubInit, WireRequest
+from inferd.backends.python_stub import COMPLETE, StubInit, WireRequest
 from inferd.backends.stub_channel import (
     CALL,
     CLOSE,
@@ -55,7 +57,7 @@ from inferd.backends.stub_channel import (
     Channel,
     ChannelClosed,
 )
-from inferd.repository.config import ModelConfig
+from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
 
@@ -70,17 +72,37 @@ _MODEL_CALL_THREADS = 16  # BLS calls and model control a stub may have waiting 
 _MODEL_CALLS = frozenset({"infer", "load", "unload", "ready"})
 
 
-def isolation(config: ModelConfig, settings: BackendSettings) -> str:
+def isolation(config: ModelConfigProto, model_name: str, settings: BackendSettings) -> str:
     """'process' or 'thread': the model's parameter, else the server's setting."""
-    parameter = config.proto.parameters.get(ISOLATION_PARAMETER)
+    parameter = config.parameters.get(ISOLATION_PARAMETER)
     if parameter is None:
         return settings.python_isolation
     if parameter.string_value not in ISOLATIONS:
         raise invalid(
-            f"model '{config.name}': parameter '{ISOLATION_PARAMETER}' must be one of "
+            f"model '{model_name}': parameter '{ISOLATION_PARAMETER}' must be one of "
             f"{', '.join(ISOLATIONS)}, got {parameter.string_value!r}"
         )
     return str(parameter.string_value)
+
+
+def complete_in_stub(config: ModelConfigProto, model_path: Path, settings: BackendSettings) -> None:
+    """The python backend's complete_config() run in a process of its own (as Triton runs
+    auto_complete_config() in a stub): model.py and its environment's packages are imported
+    there, not in the server. `config` gets the completed config."""
+    with tempfile.TemporaryDirectory(prefix="inferd-complete-") as folder:
+        given, answer = Path(folder) / "config", Path(folder) / "answer"
+        given.write_bytes(config.SerializeToString())
+        argv = [COMPLETE, str(given), str(answer), str(model_path), str(settings.cache_dir)]
+        done = subprocess.run([sys.executable, "-m", STUB_MODULE, *argv], check=False)
+        if not answer.exists():
+            raise internal(
+                f"{model_path}: the stub process that completes its config exited with code "
+                f"{done.returncode}"
+            )
+        ok, value = pickle.loads(answer.read_bytes())
+    if not ok:
+        raise value
+    config.CopyFrom(type(config).FromString(value))
 
 
 def not_healthy(instance: str) -> InferdError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import Any, cast
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from inferd.backends.base import Device, InstanceRequest, RequestOutcome
+from inferd.backends.base import BackendSettings, Device, InstanceRequest, RequestOutcome
 from inferd.backends.python_env import EXECUTION_ENV_PATH
 from inferd.backends.python_env import activate as activate_env
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Series
@@ -50,6 +51,8 @@ from inferd.repository.config import to_model_config
 from inferd.server.errors import InferdError, internal
 from inferd.server.model_calls import StreamAnswer
 from inferd.server.types import InferRequest, InferResponse
+
+COMPLETE = "complete"  # argv[1] of a stub that completes a config (python_process.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +342,23 @@ def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
     return PythonInstance(config, model_file, init.device, calls, RemoteMetrics(channel))
 
 
+def complete(given: Path, answer: Path, model_path: Path, cache_dir: Path) -> None:
+    """Complete the config in `given` (auto-complete on) and write (ok, config or error)."""
+    from inferd.backends.python import complete_here
+
+    proto = model_config_pb2.ModelConfig.FromString(given.read_bytes())
+    try:
+        complete_here(proto, model_path, BackendSettings(cache_dir=cache_dir))
+        result: tuple[bool, Any] = (True, proto.SerializeToString())
+    except BaseException as exc:
+        result = (False, _as_error(exc))
+    answer.write_bytes(pickle.dumps(result))
+
+
 def main(argv: Sequence[str]) -> int:
+    if argv[1] == COMPLETE:
+        complete(*map(Path, argv[2:6]))
+        return 0
     channel = Channel(Connection(int(argv[1])))
     direct = Channel(Connection(int(argv[2])))
     try:

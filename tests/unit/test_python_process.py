@@ -19,7 +19,7 @@ from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, StubInstance
 from inferd.server.errors import ErrorCode, InferdError
-from tests.python_models import write_python_model
+from tests.python_models import AUTO, write_python_model
 from tests.unit.test_python_backend import load_config
 
 PROCESS = BackendSettings(python_isolation="process")
@@ -208,3 +208,36 @@ def test_an_unknown_isolation_fails_the_load_naming_the_choices(tmp_path: Path) 
     )
     with pytest.raises(InferdError, match=r"must be one of thread, process, got 'fork'"):
         create(tmp_path, PROCESS, config)
+
+
+# Notes the process that imports it, then completes its config as AUTO does.
+IMPORTED_BY = """
+import os
+
+with open(os.environ["IMPORTED_BY_FILE"], "a") as notes:
+    notes.write(f"{os.getpid()}\\n")
+""" + AUTO.replace("import triton_python_backend_utils", "\nimport triton_python_backend_utils")
+
+
+def test_auto_complete_runs_model_py_in_a_stub_not_in_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notes = tmp_path / "imported_by"
+    monkeypatch.setenv("IMPORTED_BY_FILE", str(notes))
+    write_python_model(tmp_path, "auto", IMPORTED_BY)
+    config = load_config(tmp_path, "auto", PROCESS)
+    assert [t.name for t in config.inputs] == ["INPUT0"]
+    assert config.max_batch_size == 4
+    importers = notes.read_text().split()
+    assert importers and str(os.getpid()) not in importers
+
+
+def test_auto_complete_errors_read_as_in_the_servers_process(tmp_path: Path) -> None:
+    source = AUTO.replace("set_max_batch_size(4)", "set_max_batch_size('four')")
+    write_python_model(tmp_path, "auto", source)
+    messages = []
+    for settings in (BackendSettings(), PROCESS):
+        with pytest.raises(InferdError) as failed:
+            load_config(tmp_path, "auto", settings)
+        messages.append(failed.value.message)
+    assert messages[0] == messages[1]
