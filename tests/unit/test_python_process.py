@@ -14,20 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, StubInstance
 from inferd.server.errors import ErrorCode, InferdError
+from tests.conftest import TEST_SETTINGS, start_server
 from tests.python_models import AUTO, write_python_model
 from tests.unit.test_python_backend import load_config
 
 PROCESS = BackendSettings(python_isolation="process")
 
 # Answers its process id and how many times initialize() ran in that process; a negative
-# input ends the process in the middle of execute(), as a crashing extension would.
+# input ends the process in the middle of execute(), as a crashing extension would; 100 or
+# more takes that many ms.
 PID = """
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -48,6 +52,8 @@ class TritonPythonModel:
             value = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             if value[0] < 0:
                 os._exit(3)
+            if value[0] >= 100:
+                time.sleep(value[0] / 1000)
             pb_utils.Logger.log_warn(f"pid model: {value[0]}")
             answer = np.array([os.getpid(), INITIALIZED], np.int64)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", answer)]))
@@ -241,3 +247,24 @@ def test_auto_complete_errors_read_as_in_the_servers_process(tmp_path: Path) -> 
             load_config(tmp_path, "auto", settings)
         messages.append(failed.value.message)
     assert messages[0] == messages[1]
+
+
+def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
+    start(tmp_path)
+    (tmp_path / "pid" / "config.pbtxt").write_text(
+        PID_CONFIG + "instance_group [{ count: 2 kind: KIND_CPU }]"
+    )
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(tmp_path,), python_isolation="process")
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=2)
+        tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([200], np.int32))  # slow: both instances work
+        answers = [client.async_infer("pid", [tensor]) for _ in range(2)]
+        pids = {int(a.get_result().as_numpy("OUTPUT0")[0]) for a in answers}
+        client.close()
+    finally:
+        server.stop()
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all(gone(pid) for pid in pids)
