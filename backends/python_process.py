@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from inferd.backends.base import (
     execute_one,
 )
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
-from inferd.backends.python_stub import COMPLETE, StubInit, WireRequest
+from inferd.backends.python_stub import COMPLETE, StubInit, TraceHandle, WireRequest
 from inferd.backends.stub_channel import (
     CALL,
     CLOSE,
@@ -60,6 +60,10 @@ from inferd.backends.stub_channel import (
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
+from inferd.server.types import InferRequest
+
+if TYPE_CHECKING:
+    from inferd.server.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,10 @@ class Stub:
         self._metrics = StubMetrics(metrics)
         self._sinks: dict[int, ResponseSink] = {}
         self._streams: dict[int, AnswerStream] = {}
+        # The traces of the requests in the stub, for the BLS calls they make: a batch's, until
+        # it returns; a decoupled request's, until its final response.
+        self._traces: dict[int, Trace] = {}
+        self._sink_traces: dict[int, int] = {}
         self._lock = threading.Lock()
         self._started: Future[None] = Future()
         self._pool: ThreadPoolExecutor | None = None
@@ -232,13 +240,21 @@ class Stub:
     def execute(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         wire: list[WireRequest] = []
         sink_ids: list[int] = []
+        traces: list[int] = []
         with self._lock:
             for request in requests:
-                sink_id = None
+                sink_id = trace = None
                 if request.responses is not None:
                     sink_id = id(request.responses)
                     self._sinks[sink_id] = request.responses
                     sink_ids.append(sink_id)
+                if request.trace is not None:
+                    trace = TraceHandle(id(request.trace), request.trace.traceparent())
+                    self._traces[trace.handle] = request.trace
+                    if sink_id is None:
+                        traces.append(trace.handle)
+                    else:
+                        self._sink_traces[sink_id] = trace.handle
                 wire.append(
                     (
                         dict(request.inputs),
@@ -246,6 +262,7 @@ class Stub:
                         dict(request.parameters),
                         request.outputs,
                         sink_id,
+                        trace,
                     )
                 )
         try:
@@ -255,13 +272,23 @@ class Stub:
         if sink_ids:  # the responses the batch sent are passed on before its answer
             with self._read_more:
                 self._read_more.wait_for(lambda: self._read_count >= sent or not self.alive)
+        with self._lock:
+            for handle in traces:
+                self._traces.pop(handle, None)
+            if not ok:  # the scheduler ends these requests' streams with the error
+                for sink_id in sink_ids:
+                    self._forget_sink(sink_id)
         if ok:
             outcomes: list[RequestOutcome] = value
             return outcomes
-        with self._lock:  # the scheduler ends these requests' streams with the error
-            for sink_id in sink_ids:
-                self._sinks.pop(sink_id, None)
         raise value
+
+    def _forget_sink(self, sink_id: int) -> ResponseSink | None:
+        """The sink and the trace of a request whose stream ended (under the lock)."""
+        handle = self._sink_traces.pop(sink_id, None)
+        if handle is not None:
+            self._traces.pop(handle, None)
+        return self._sinks.pop(sink_id, None)
 
     def _ask(self, op: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:
         """Send a direct message and read its answer; ChannelClosed when the stub is gone."""
@@ -327,7 +354,7 @@ class Stub:
             self._send(*args)
         elif op == SEAL:
             with self._lock:
-                sink = self._sinks.pop(args[0], None)
+                sink = self._forget_sink(args[0])
             if sink is not None:
                 sink.seal()
         elif op == CALL:
@@ -354,7 +381,7 @@ class Stub:
 
     def _send(self, sink_id: int, item: Any, final: bool) -> None:
         with self._lock:
-            sink = self._sinks.pop(sink_id, None) if final else self._sinks.get(sink_id)
+            sink = self._forget_sink(sink_id) if final else self._sinks.get(sink_id)
         if sink is not None:
             sink.send(item, final)
 
@@ -367,6 +394,8 @@ class Stub:
             self._answer(call_id, lambda: self._metrics.serve(*args))
         elif method in _MODEL_CALLS and self._calls is not None:
             calls = self._calls
+            if method == "infer":
+                args = (self._traced(args[0]),)
             self._model_call_pool().submit(
                 self._answer, call_id, lambda: getattr(calls, method)(*args)
             )
@@ -388,6 +417,15 @@ class Stub:
         except ChannelClosed:
             return
 
+    def _traced(self, request: InferRequest) -> InferRequest:
+        """A BLS request made with a traced request's trace is traced as its child."""
+        marker: Any = request.trace
+        if isinstance(marker, TraceHandle):
+            with self._lock:
+                trace = self._traces.get(marker.handle)
+            request.trace = None if trace is None else trace.child(marker.called_model)
+        return request
+
     def _model_call_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:  # only on the reader thread
             self._pool = ThreadPoolExecutor(_MODEL_CALL_THREADS, f"{self._name}-calls")
@@ -399,7 +437,7 @@ class Stub:
             self._channel.send(STREAM_ANSWER, stream_id, internal("no model calls here"), True)
             return
         try:
-            stream = self._calls.stream(request)
+            stream = self._calls.stream(self._traced(request))
         except InferdError as error:
             self._channel.send(STREAM_ANSWER, stream_id, error, True)
             return
@@ -432,6 +470,8 @@ class Stub:
         self._channel.fail_calls(error)
         with self._lock:
             sinks, self._sinks = self._sinks, {}
+            self._traces.clear()
+            self._sink_traces.clear()
         for sink in sinks.values():
             sink.send(error, True)
         for stream in list(self._streams.values()):

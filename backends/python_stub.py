@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
@@ -52,6 +52,9 @@ from inferd.server.errors import InferdError, internal
 from inferd.server.model_calls import StreamAnswer
 from inferd.server.types import InferRequest, InferResponse
 
+if TYPE_CHECKING:
+    from inferd.server.tracing import Trace
+
 COMPLETE = "complete"  # argv[1] of a stub that completes a config (python_process.py)
 
 
@@ -67,10 +70,32 @@ class StubInit:
     model_calls: bool  # whether the model may call models (BLS, model control)
 
 
-# One request as the server sends it: inputs, id, parameters, requested outputs, and the id of
-# its decoupled response sink (None without one).
+@dataclass(frozen=True, slots=True)
+class TraceHandle:
+    """A traced request's trace as a stub knows it (the trace stays in the server): what
+    `request.trace()` wraps, and what a BLS request made with it carries back, naming the
+    called model, for the server to trace the call as the request's child."""
+
+    handle: int
+    context: str | None = None  # the W3C traceparent (OpenTelemetry mode)
+    called_model: str = ""
+
+    def traceparent(self) -> str | None:
+        return self.context
+
+    def child(self, model_name: str) -> TraceHandle:
+        return TraceHandle(self.handle, None, model_name)
+
+
+# One request as the server sends it: inputs, id, parameters, requested outputs, the id of its
+# decoupled response sink (None without one), and its trace (None when not traced).
 WireRequest = tuple[
-    Mapping[str, np.ndarray], str, Mapping[str, Any], "tuple[str, ...] | None", "int | None"
+    Mapping[str, np.ndarray],
+    str,
+    Mapping[str, Any],
+    "tuple[str, ...] | None",
+    "int | None",
+    "TraceHandle | None",
 ]
 
 
@@ -272,8 +297,10 @@ def _requests(channel: Channel, wire: Sequence[WireRequest]) -> list[InstanceReq
             parameters,
             outputs,
             None if sink_id is None else RemoteSink(channel, sink_id),
+            # The model only asks a trace for its context and children: a handle answers both.
+            cast("Trace | None", trace),
         )
-        for inputs, request_id, parameters, outputs, sink_id in wire
+        for inputs, request_id, parameters, outputs, sink_id, trace in wire
     ]
 
 

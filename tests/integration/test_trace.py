@@ -367,14 +367,15 @@ def test_generate_requests_are_traced(server_factory: Factory, tmp_path: Path, s
     assert set(refused) == {"HTTP_RECV_START", "HTTP_RECV_END", "HTTP_SEND_START", "HTTP_SEND_END"}
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_bls_calls_are_traced_as_children_of_their_caller(
-    server_factory: Factory, tmp_path: Path
+    server_factory: Factory, tmp_path: Path, isolation: str
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLES / "simple", repo / "simple")
     write_python_model(repo, "bls_trace", BLS_TRACE, BLS_TRACE_CONFIG)
     setting = TraceSetting(TraceLevel.TIMESTAMPS, rate=1, file=str(tmp_path / "trace.json"))
-    server = server_factory(model_repositories=(repo,), trace=setting)
+    server = server_factory(model_repositories=(repo,), trace=setting, python_isolation=isolation)
     out = infer(server, "http", "bls_trace", SIMPLE)
     assert out["CONTEXT"][0] == b"None"  # no OpenTelemetry context in Triton's file mode
     found = traces(tmp_path / "trace.json", 2)

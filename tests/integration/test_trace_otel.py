@@ -165,13 +165,14 @@ def test_a_streamed_request_continues_the_streams_context(
     assert events(root)[:2] == ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END"]
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_bls_calls_nest_under_the_calling_model_which_sees_its_context(
-    server_factory: Factory, collector: Collector, tmp_path: Path
+    server_factory: Factory, collector: Collector, tmp_path: Path, isolation: str
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLES / "simple", repo / "simple")
     write_python_model(repo, "bls_trace", BLS_TRACE, BLS_TRACE_CONFIG)
-    server = otel_server(server_factory, collector, repo)
+    server = otel_server(server_factory, collector, repo, python_isolation=isolation)
     out = infer(server, "http", "bls_trace", SIMPLE, headers={"traceparent": TRACEPARENT})
     found = [s for _, s in collector.wait_for(5)]
     assert len(found) == 5  # root, the BLS model and its compute, simple and its compute
