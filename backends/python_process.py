@@ -23,7 +23,6 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -148,6 +147,7 @@ class StubInstance(ModelInstance):
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         if not self._stub.alive:
             log.warning("model instance '%s': starting its stub process again", self._name)
+            self._stub.close()  # what is left of it: its sockets
             self._stub = self._start()
         return self._stub.execute(requests)
 
@@ -224,8 +224,8 @@ class Stub:
             theirs.close()
             theirs_direct.close()
         self.pid = self._process.pid
-        self._channel = Channel(Connection(ours.detach()))
-        self._direct = Channel(Connection(ours_direct.detach()))
+        self._channel = Channel(ours)
+        self._direct = Channel(ours_direct)
         self._reader = threading.Thread(target=self._read, name=f"{name}-stub", daemon=True)
         self._reader.start()
         try:

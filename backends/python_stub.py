@@ -16,12 +16,12 @@ import logging
 import os
 import pickle
 import queue
+import socket
 import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -386,8 +386,8 @@ def main(argv: Sequence[str]) -> int:
     if argv[1] == COMPLETE:
         complete(*map(Path, argv[2:6]))
         return 0
-    channel = Channel(Connection(int(argv[1])))
-    direct = Channel(Connection(int(argv[2])))
+    channel = Channel(socket.socket(fileno=int(argv[1])))
+    direct = Channel(socket.socket(fileno=int(argv[2])))
     try:
         serve(channel, direct)
     except ChannelClosed:

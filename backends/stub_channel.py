@@ -11,11 +11,15 @@ exception when not ok (InferdError pickles whole).
 
 from __future__ import annotations
 
+import io
 import itertools
+import pickle
+import select
+import socket
+import struct
 import threading
 from concurrent.futures import Future
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 # Direct, server -> stub; answered (ok, outcomes or error, messages the stub had sent on the
 # channel by then).
@@ -36,15 +40,27 @@ LOG = "log"  # (logger name, level, text)
 REPLY = "reply"  # (id, ok, value)
 
 
+_HEAD = struct.Struct("<QI")  # the pickle's length, the number of buffers
+_SIZE = struct.Struct("<Q")  # a buffer's length
+_IN_BAND = 64 * 1024  # smaller buffers travel in the pickle
+_READ_BUFFER = 256 * 1024
+
+
 class ChannelClosed(ConnectionError):
     """The other end is gone (it exited, or closed the socket)."""
 
 
 class Channel:
-    """One end of the wire, with the calls it made that wait for their reply."""
+    """One end of the wire, with the calls it made that wait for their reply.
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    A message is a frame: the pickle's length, how many buffers follow it, their sizes, the
+    pickle, then the buffers. Tensors above _IN_BAND bytes travel as such buffers (pickle
+    protocol 5 out of band): sent straight from the array's memory and read straight into the
+    memory of the array that receives them, one copy each way through the kernel."""
+
+    def __init__(self, end: socket.socket) -> None:
+        self._socket = end
+        self._reader = cast(io.BufferedReader, end.makefile("rb", buffering=_READ_BUFFER))
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._calls: dict[int, Future[Any]] = {}
@@ -54,23 +70,55 @@ class Channel:
 
     def send(self, *message: Any) -> None:
         """Raises ChannelClosed when the other end is gone."""
+        buffers: list[memoryview] = []
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            view = buffer.raw()
+            if view.nbytes < _IN_BAND:
+                return True  # small: in the pickle, where it costs no send of its own
+            buffers.append(view)
+            return False
+
+        data = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+        sizes = b"".join(_SIZE.pack(view.nbytes) for view in buffers)
         try:
             with self._send_lock:
-                self._connection.send(message)
+                self._socket.sendall(_HEAD.pack(len(data), len(buffers)) + sizes + data)
+                for view in buffers:
+                    self._socket.sendall(view)
                 self.sent += 1
-        except (OSError, EOFError, ValueError) as exc:  # ValueError: our end was closed
+        except (OSError, ValueError) as exc:  # ValueError: our end was closed
             raise ChannelClosed(str(exc)) from None
 
     def receive(self, timeout: float | None = None) -> tuple[Any, ...]:
         """The next message (one thread only); ChannelClosed at the end, TimeoutError when
-        none came in `timeout` seconds."""
+        none came in `timeout` seconds (for a channel with nothing else unread)."""
         try:
-            if timeout is not None and not self._connection.poll(timeout):
+            if timeout is not None and not select.select([self._socket], [], [], timeout)[0]:
                 raise TimeoutError
-            message: tuple[Any, ...] = self._connection.recv()
+            length, count = _HEAD.unpack(self._read(_HEAD.size))
+            sizes = [_SIZE.unpack(self._read(_SIZE.size))[0] for _ in range(count)]
+            data = self._read(length)
+            buffers = [self._read_into(bytearray(size)) for size in sizes]
+            message: tuple[Any, ...] = pickle.loads(data, buffers=buffers)
         except (OSError, EOFError, ValueError) as exc:
             raise ChannelClosed(str(exc) or "the other end closed the channel") from None
         return message
+
+    def _read(self, size: int) -> bytes:
+        data = self._reader.read(size)
+        if len(data) < size:
+            raise EOFError("the other end closed the channel")
+        return data
+
+    def _read_into(self, buffer: bytearray) -> bytearray:
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            read = self._reader.readinto(view[got:])
+            if not read:
+                raise EOFError("the other end closed the channel")
+            got += read
+        return buffer
 
     def new_id(self) -> int:
         return next(self._ids)
@@ -115,4 +163,5 @@ class Channel:
             future.set_exception(error)
 
     def close(self) -> None:
-        self._connection.close()
+        self._reader.close()
+        self._socket.close()
