@@ -457,6 +457,26 @@ def _log_settings(args: argparse.Namespace, level: str) -> LogSettings | None:
     return replace(LogSettings.from_level(level), **given) if given else None
 
 
+# The --backend-config settings inferd reads: (backend or "" for every backend, setting).
+BACKEND_CONFIG_USED = frozenset(
+    {
+        ("", "default-max-batch-size"),
+        ("onnxruntime", "default-max-batch-size"),
+        ("python", "isolation"),
+    }
+)
+
+
+def _unused_backend_config(config: dict[str, dict[str, str]]) -> list[str]:
+    """Triton backends' settings given that inferd has no use for (logged at start)."""
+    return [
+        f"--backend-config={backend + ',' if backend else ''}{key} (no such setting in inferd)"
+        for backend, settings in config.items()
+        for key in settings
+        if (backend, key) not in BACKEND_CONFIG_USED
+    ]
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Raises ValueError for values argparse cannot check on its own."""
     backend_config = parse_backend_config(args.backend_config or [])
@@ -548,7 +568,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grpc_stack=args.grpc_stack,
         log_level=log_level,
         log=_log_settings(args, log_level),
-        inert_flags=tuple(inert_flags_given(args)),
+        inert_flags=(*inert_flags_given(args), *_unused_backend_config(backend_config)),
         trace=parse_trace_flags(
             args.trace_config or (),
             file=args.trace_file,

@@ -294,6 +294,19 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         "--allow-sagemaker",
     ]
     assert serve_flags([]).inert_flags == ()
+    backend_settings = serve_flags(
+        [
+            "--backend-config=python,shm-default-byte-size=1048576",
+            "--backend-config=python,isolation=process",
+            "--backend-config=default-max-batch-size=8",
+            "--backend-config=tensorflow,version=2",
+        ]
+    )
+    assert backend_settings.python_isolation == "process"
+    assert backend_settings.inert_flags == (
+        "--backend-config=python,shm-default-byte-size (no such setting in inferd)",
+        "--backend-config=tensorflow,version (no such setting in inferd)",
+    )
     assert serve_flags([]).pinned_memory_pool_bytes == 268435456  # Triton's default
     assert serve_flags(["--pinned-memory-pool-byte-size=0"]).pinned_memory_pool_bytes == 0
     for flag, message in (
