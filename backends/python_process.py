@@ -40,22 +40,7 @@ from inferd.backends.base import (
 )
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
 from inferd.backends.python_stub import COMPLETE, StubInit, TraceHandle, WireRequest
-from inferd.backends.stub_channel import (
-    CALL,
-    CLOSE,
-    EXECUTE,
-    INIT,
-    INIT_DONE,
-    LOG,
-    REPLY,
-    SEAL,
-    SEND,
-    STREAM,
-    STREAM_ANSWER,
-    STREAM_CANCEL,
-    Channel,
-    ChannelClosed,
-)
+from inferd.backends.stub_channel import Channel, ChannelClosed, Op
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
@@ -229,7 +214,7 @@ class Stub:
         self._reader = threading.Thread(target=self._read, name=f"{name}-stub", daemon=True)
         self._reader.start()
         try:
-            self._channel.send(INIT, init)
+            self._channel.send(Op.INIT, init)
             self._started.result()
         except BaseException:
             self._end()
@@ -266,7 +251,7 @@ class Stub:
                     )
                 )
         try:
-            ok, value, sent = self._ask(EXECUTE, wire)
+            ok, value, sent = self._ask(Op.EXECUTE, wire)
         except ChannelClosed:
             ok, value, sent = False, not_healthy(self._name), 0
         if sink_ids:  # the responses the batch sent are passed on before its answer
@@ -306,7 +291,7 @@ class Stub:
         ok, value = True, cast(Any, None)
         try:
             if self.alive:
-                ok, value, _ = self._ask(CLOSE, timeout=_CLOSE_TIMEOUT_S)
+                ok, value, _ = self._ask(Op.CLOSE, timeout=_CLOSE_TIMEOUT_S)
         except TimeoutError:
             log.warning("model instance '%s': its stub did not close in time", self._name)
         except ChannelClosed:
@@ -348,29 +333,29 @@ class Stub:
             self._died()
 
     def _dispatch(self, op: str, *args: Any) -> None:
-        if op == REPLY:
+        if op == Op.REPLY:
             self._channel.resolve(*args)
-        elif op == SEND:
+        elif op == Op.SEND:
             self._send(*args)
-        elif op == SEAL:
+        elif op == Op.SEAL:
             with self._lock:
                 sink = self._forget_sink(args[0])
             if sink is not None:
                 sink.seal()
-        elif op == CALL:
+        elif op == Op.CALL:
             self._serve_call(*args)
-        elif op == STREAM:
+        elif op == Op.STREAM:
             threading.Thread(
                 target=self._serve_stream, args=args, name=f"{self._name}-bls", daemon=True
             ).start()
-        elif op == STREAM_CANCEL:
+        elif op == Op.STREAM_CANCEL:
             stream = self._streams.get(args[0])
             if stream is not None:
                 stream.cancel()
-        elif op == LOG:
+        elif op == Op.LOG:
             name, level, text = args
             logging.getLogger(name).log(level, "%s", text)
-        elif op == INIT_DONE:
+        elif op == Op.INIT_DONE:
             ok, error = args
             if ok:
                 self._started.set_result(None)
@@ -434,19 +419,19 @@ class Stub:
     def _serve_stream(self, stream_id: int, request: Any) -> None:
         """A streamed BLS call: its answers go to the stub as they come."""
         if self._calls is None:
-            self._channel.send(STREAM_ANSWER, stream_id, internal("no model calls here"), True)
+            self._channel.send(Op.STREAM_ANSWER, stream_id, internal("no model calls here"), True)
             return
         try:
             stream = self._calls.stream(self._traced(request))
         except InferdError as error:
-            self._channel.send(STREAM_ANSWER, stream_id, error, True)
+            self._channel.send(Op.STREAM_ANSWER, stream_id, error, True)
             return
         self._streams[stream_id] = stream
         try:
             final = False
             while not final:
                 answer, final = stream.get()
-                self._channel.send(STREAM_ANSWER, stream_id, answer, final)
+                self._channel.send(Op.STREAM_ANSWER, stream_id, answer, final)
         except ChannelClosed:
             stream.cancel()
         finally:

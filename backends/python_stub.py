@@ -32,21 +32,7 @@ from inferd.backends.base import BackendSettings, Device, InstanceRequest, Reque
 from inferd.backends.python_env import EXECUTION_ENV_PATH
 from inferd.backends.python_env import activate as activate_env
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Series
-from inferd.backends.stub_channel import (
-    CALL,
-    CLOSE,
-    EXECUTE,
-    INIT_DONE,
-    LOG,
-    REPLY,
-    SEAL,
-    SEND,
-    STREAM,
-    STREAM_ANSWER,
-    STREAM_CANCEL,
-    Channel,
-    ChannelClosed,
-)
+from inferd.backends.stub_channel import Channel, ChannelClosed, Op
 from inferd.repository.config import to_model_config
 from inferd.server.errors import InferdError, internal
 from inferd.server.model_calls import StreamAnswer
@@ -111,7 +97,7 @@ class RemoteSink:
     @property
     def cancelled(self) -> bool:
         """Asked of the server each time (the client may leave at any moment)."""
-        return bool(self._channel.call(CALL, "cancelled", (self._id,)).result())
+        return bool(self._channel.call(Op.CALL, "cancelled", (self._id,)).result())
 
     @property
     def closed(self) -> bool:
@@ -123,7 +109,7 @@ class RemoteSink:
                 return False
             self._closed = final
             try:
-                self._channel.send(SEND, self._id, item, final)
+                self._channel.send(Op.SEND, self._id, item, final)
             except ChannelClosed:
                 return False
         return True
@@ -134,7 +120,7 @@ class RemoteSink:
                 return
             self._closed = True
         try:
-            self._channel.send(SEAL, self._id)
+            self._channel.send(Op.SEAL, self._id)
         except ChannelClosed:
             return
 
@@ -152,7 +138,7 @@ class RemoteStream:
 
     def cancel(self) -> None:
         try:
-            self._channel.send(STREAM_CANCEL, self._id)
+            self._channel.send(Op.STREAM_CANCEL, self._id)
         except ChannelClosed:
             return
 
@@ -166,7 +152,7 @@ class RemoteCalls:
         self._lock = threading.Lock()
 
     def _call(self, method: str, *args: Any) -> Any:
-        return self._channel.call(CALL, method, args).result()
+        return self._channel.call(Op.CALL, method, args).result()
 
     def infer(self, request: InferRequest) -> InferResponse:
         result: InferResponse = self._call("infer", request)
@@ -174,7 +160,7 @@ class RemoteCalls:
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         result: InferResponse = await asyncio.wrap_future(
-            self._channel.call(CALL, "infer", (request,))
+            self._channel.call(Op.CALL, "infer", (request,))
         )
         return result
 
@@ -183,7 +169,7 @@ class RemoteCalls:
         stream = RemoteStream(self._channel, stream_id)
         with self._lock:
             self._streams[stream_id] = stream
-        self._channel.send(STREAM, stream_id, request)
+        self._channel.send(Op.STREAM, stream_id, request)
         return stream
 
     def answer(self, stream_id: int, answer: Any, final: bool) -> None:
@@ -227,7 +213,7 @@ class RemoteMetrics(CustomMetrics):
         self._stand_ins: list[Family | Series] = []  # alive while handles name them
 
     def _call(self, method: str, *args: Any) -> Any:
-        return self._channel.call(CALL, "metrics", (method, *args)).result()
+        return self._channel.call(Op.CALL, "metrics", (method, *args)).result()
 
     def _handle(self, stand_in: Family | Series) -> int:
         return self._handles[id(stand_in)]
@@ -284,7 +270,7 @@ class ForwardLogs(logging.Handler):
         if record.exc_info:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
         try:
-            self._channel.send(LOG, record.name, record.levelno, text)
+            self._channel.send(Op.LOG, record.name, record.levelno, text)
         except ChannelClosed:
             return
 
@@ -324,9 +310,9 @@ def serve(channel: Channel, direct: Channel) -> None:
         try:
             while True:
                 op, *args = channel.receive()
-                if op == REPLY:
+                if op == Op.REPLY:
                     channel.resolve(*args)
-                elif op == STREAM_ANSWER and calls is not None:
+                elif op == Op.STREAM_ANSWER and calls is not None:
                     calls.answer(*args)
         except ChannelClosed:
             os._exit(0)  # the server is gone: nothing is left to answer
@@ -335,14 +321,14 @@ def serve(channel: Channel, direct: Channel) -> None:
     try:
         instance = _start(init, channel, calls)
     except BaseException as exc:
-        channel.send(INIT_DONE, False, _as_error(exc))
+        channel.send(Op.INIT_DONE, False, _as_error(exc))
         return
-    channel.send(INIT_DONE, True, None)
+    channel.send(Op.INIT_DONE, True, None)
     while True:
         op, *args = direct.receive()
         ok, value = True, cast(Any, None)
         try:
-            if op == EXECUTE:
+            if op == Op.EXECUTE:
                 value = [
                     _outcome(o) for o in instance.execute_requests(_requests(channel, args[0]))
                 ]
@@ -353,7 +339,7 @@ def serve(channel: Channel, direct: Channel) -> None:
         # What the batch sent on the channel (decoupled responses) is counted in: the server
         # takes the answer once it has read those.
         direct.send(ok, value, channel.sent)
-        if op == CLOSE:
+        if op == Op.CLOSE:
             return
 
 

@@ -21,23 +21,27 @@ import threading
 from concurrent.futures import Future
 from typing import Any, cast
 
-# Direct, server -> stub; answered (ok, outcomes or error, messages the stub had sent on the
-# channel by then).
-EXECUTE = "execute"  # ([request],) -> [outcome]
-CLOSE = "close"  # () -> None, once finalize() ran
-# Channel, server -> stub.
-INIT = "init"  # (python_stub.StubInit,): the first message
-STREAM_ANSWER = "stream-answer"  # (stream id, answer, final): a streamed BLS call's answer
-# Ops, stub -> server.
-INIT_DONE = "init-done"  # (ok, error or None)
-CALL = "call"  # (id, method, args): ModelCalls or metrics, run by the server
-STREAM = "stream"  # (stream id, request): start a streamed BLS call
-STREAM_CANCEL = "stream-cancel"  # (stream id,)
-SEND = "send"  # (sink id, item, final): a decoupled response
-SEAL = "seal"  # (sink id,)
-LOG = "log"  # (logger name, level, text)
-# Both ways.
-REPLY = "reply"  # (id, ok, value)
+
+class Op:
+    """What a message is: its first item (plain strings, cheap to pickle)."""
+
+    # Direct, server -> stub; answered (ok, outcomes or error, messages the stub had sent on
+    # the channel by then).
+    EXECUTE = "execute"  # ([request],) -> [outcome]
+    CLOSE = "close"  # () -> None, once finalize() ran
+    # Channel, server -> stub.
+    INIT = "init"  # (python_stub.StubInit,): the first message
+    STREAM_ANSWER = "stream-answer"  # (stream id, answer, final): a streamed BLS call's answer
+    # Channel, stub -> server.
+    INIT_DONE = "init-done"  # (ok, error or None)
+    CALL = "call"  # (id, method, args): ModelCalls or metrics, run by the server
+    STREAM = "stream"  # (stream id, request): start a streamed BLS call
+    STREAM_CANCEL = "stream-cancel"  # (stream id,)
+    SEND = "send"  # (sink id, item, final): a decoupled response
+    SEAL = "seal"  # (sink id,)
+    LOG = "log"  # (logger name, level, text)
+    # Channel, both ways.
+    REPLY = "reply"  # (id, ok, value)
 
 
 _HEAD = struct.Struct("<QI")  # the pickle's length, the number of buffers
@@ -141,7 +145,7 @@ class Channel:
         return future
 
     def reply(self, call_id: int, ok: bool, value: Any) -> None:
-        self.send(REPLY, call_id, ok, value)
+        self.send(Op.REPLY, call_id, ok, value)
 
     def resolve(self, call_id: int, ok: bool, value: Any) -> None:
         """A REPLY came in (reader thread)."""
