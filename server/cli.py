@@ -282,7 +282,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--backend-config",
         multiple=True,
         env_separator=None,
-        help="BACKEND,SETTING=VALUE (e.g. onnxruntime,default-max-batch-size=8)",
+        help="BACKEND,SETTING=VALUE (onnxruntime,default-max-batch-size=8; "
+        "python,isolation=process)",
     )
     p.add(
         "--gpu-fallback",

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -268,3 +269,52 @@ def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
         server.stop()
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(gone(pid) for pid in pids)
+
+
+# Doubles its input in place (a model owns its input tensors, as in Triton) and answers it,
+# whatever its type and size.
+IN_PLACE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            x *= 2
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
+        return responses
+"""
+
+
+@pytest.mark.parametrize(
+    ("datatype", "dtype"),
+    [("TYPE_FP32", "float32"), ("TYPE_BF16", "bfloat16"), ("TYPE_INT8", "int8")],
+)
+@pytest.mark.parametrize("count", [16, 1 << 20])  # in the message; beside it (out of band)
+def test_tensors_of_any_size_and_type_cross_both_ways(
+    tmp_path: Path, datatype: str, dtype: str, count: int
+) -> None:
+    config = f"""
+name: "in_place"
+backend: "python"
+input [{{ name: "INPUT0" data_type: {datatype} dims: [ -1 ] }}]
+output [{{ name: "OUTPUT0" data_type: {datatype} dims: [ -1 ] }}]
+"""
+    write_python_model(tmp_path, "in_place", IN_PLACE, config)
+    instance = PythonBackend.create_instance(
+        load_config(tmp_path, "in_place", PROCESS),
+        tmp_path / "in_place" / "1" / "model.py",
+        Device("cpu"),
+        PROCESS,
+    )
+    try:
+        sent = (np.arange(count) % 50).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+        sent.flags.writeable = False  # as the server's views of request bytes are
+        answer = instance.execute({"INPUT0": sent})["OUTPUT0"]
+    finally:
+        instance.close()
+    assert answer.dtype == sent.dtype and answer.shape == sent.shape
+    assert np.array_equal(answer.astype(np.float32), sent.astype(np.float32) * 2)
+    assert sent[1] == 1  # the caller's array is untouched
