@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 3.0  # for the last spans at shutdown
 DEFAULT_SERVICE = "triton-inference-server"  # Triton's service.name, kept for dashboards
 ROOT_SPAN = "InferRequest"
 COMPUTE_SPAN = "compute"
@@ -71,6 +73,7 @@ class OtelExporter:
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("inferd")
         self._propagator = TraceContextTextMapPropagator()
+        self._url = settings.url
         log.info("OpenTelemetry traces go to %s", settings.url)
 
     def parent(self, traceparent: str) -> Any | None:
@@ -141,9 +144,21 @@ class OtelExporter:
             span.add_event(event, timestamp=ns + offset)
         return span
 
-    def close(self) -> None:
-        """Ship what is queued, then stop the processor's thread."""
-        self._provider.shutdown()
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Ship what is queued, then stop the processor's thread, within `timeout_s`: a
+        collector that is down or stalls does not hold the server's exit (the spans it did
+        not take are dropped, and the log says so)."""
+        closing = threading.Thread(
+            target=self._provider.shutdown, name="otel-shutdown", daemon=True
+        )
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            log.warning(
+                "OpenTelemetry: %s did not take the last spans within %g s; they are dropped",
+                self._url,
+                timeout_s,
+            )
 
 
 def _end(span: Any, stamps: Iterable[tuple[str, int]], offset: int) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import tritonclient.grpc as grpcclient
 
 from inferd.server.otel_trace import OtelSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
-from tests.conftest import EXAMPLES, RunningServer
+from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
 from tests.integration.test_trace import twice_repository
 from tests.otel_collector import Collector
 from tests.python_models import BLS_TRACE, BLS_TRACE_CONFIG, write_python_model
@@ -184,3 +186,29 @@ def test_bls_calls_nest_under_the_calling_model_which_sees_its_context(
     (model_span,) = [s for s in found if s.name == "bls_trace"]
     context = json.loads(out["CONTEXT"][0])
     assert context == {"traceparent": f"00-{TRACE_ID}-{model_span.span_id.hex()}-01"}
+
+
+def test_a_stalled_collector_does_not_hold_the_servers_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The collector takes the connection and never answers: the last spans are dropped,
+    with a warning, once the exporter's close budget is spent."""
+    stalled = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{stalled.getsockname()[1]}/v1/traces"
+    server = start_server(
+        replace(
+            TEST_SETTINGS,
+            model_repositories=(EXAMPLES,),
+            trace=TraceSetting(TraceLevel.TIMESTAMPS, rate=1, mode="opentelemetry"),
+            trace_otel=OtelSettings(url=url, bsp=(("bsp_schedule_delay", 20),)),
+        )
+    )
+    try:
+        infer(server, "http", "simple", SIMPLE)
+    finally:
+        server.stop()
+        stalled.close()
+    assert any(
+        "did not take the last spans" in r.getMessage() and url in r.getMessage()
+        for r in caplog.records
+    )
