@@ -223,6 +223,12 @@ class Backend(ABC):
         return f"backend '{cls.name}' does not run on GPUs"
 
     @classmethod
+    def creates_instances_in_parallel(cls, config: ModelConfig, settings: BackendSettings) -> bool:
+        """Whether a model's instances may be created at once, on threads of their own (each
+        instance's creation must then touch nothing another one does). Default: one by one."""
+        return False
+
+    @classmethod
     @abstractmethod
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings

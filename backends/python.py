@@ -100,6 +100,12 @@ class PythonBackend(Backend):
         return ""  # the model itself uses the device it is told (see the module docstring)
 
     @classmethod
+    def creates_instances_in_parallel(cls, config: ModelConfig, settings: BackendSettings) -> bool:
+        # Stubs start and run initialize() each in a process of its own, as Triton's do in
+        # parallel; in the server's process, models' initialize() may not expect that.
+        return isolation(config.proto, config.name, settings) == "process"
+
+    @classmethod
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:

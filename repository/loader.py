@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -230,17 +231,31 @@ class ModelLoader:
         settings = replace(
             self._settings.backend, total_cpu_instances=sum(1 for d in devices if d.kind == "cpu")
         )
-        instances: list[ModelInstance] = []
         model_config = model_side(config)  # with `reshape`, the backend sees the model's shapes
-        try:
-            for device in devices:
-                instance = backend.create_instance(model_config, path, device, settings)
-                instances.append(reshaped(instance, config))
-        except BaseException:
-            for instance in instances:
-                instance.close()
-            raise
-        return instances
+
+        def create(device: Device) -> ModelInstance:
+            return reshaped(backend.create_instance(model_config, path, device, settings), config)
+
+        if len(devices) < 2 or not backend.creates_instances_in_parallel(config, settings):
+            instances: list[ModelInstance] = []
+            try:
+                for device in devices:
+                    instances.append(create(device))
+            except BaseException:
+                for instance in instances:
+                    instance.close()
+                raise
+            return instances
+        with ThreadPoolExecutor(len(devices), "instance-loader") as pool:
+            futures = [pool.submit(create, device) for device in devices]
+            wait(futures)
+        errors = [error for future in futures if (error := future.exception()) is not None]
+        if errors:  # the first failure, in instance order, as a serial load would give it
+            for future in futures:
+                if future.exception() is None:
+                    future.result().close()
+            raise errors[0]
+        return [future.result() for future in futures]
 
 
 def _prepare_ensemble(

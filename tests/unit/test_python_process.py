@@ -318,3 +318,60 @@ output [{{ name: "OUTPUT0" data_type: {datatype} dims: [ -1 ] }}]
     assert answer.dtype == sent.dtype and answer.shape == sent.shape
     assert np.array_equal(answer.astype(np.float32), sent.astype(np.float32) * 2)
     assert sent[1] == 1  # the caller's array is untouched
+
+
+# Each instance's initialize() notes its pid, then waits until all three have started: only
+# instances started at once get past it. With BARRIER_FAIL, instance 1 fails instead.
+BARRIER = """
+import os
+import pathlib
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        folder = pathlib.Path(os.environ["BARRIER_DIR"])
+        name = args["model_instance_name"]
+        (folder / name).write_text(str(os.getpid()))
+        if name.endswith("_1") and os.environ.get("BARRIER_FAIL"):
+            raise RuntimeError("instance 1 fails on purpose")
+        deadline = time.monotonic() + 30
+        while len(list(folder.iterdir())) < 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the instances were started one by one")
+            time.sleep(0.01)
+
+    def execute(self, requests):
+        return []
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_stubs_start_at_once_and_a_failure_ends_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("BARRIER_DIR", str(barrier))
+    if fails:
+        monkeypatch.setenv("BARRIER_FAIL", "1")
+    repo = tmp_path / "repo"
+    config = PID_CONFIG.replace('"pid"', '"barrier"') + "instance_group [{ count: 3 }]"
+    write_python_model(repo, "barrier", BARRIER, config)
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(repo,), python_isolation="process")
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        ready = client.is_model_ready("barrier")
+        (entry,) = client.get_model_repository_index()
+        client.close()
+    finally:
+        server.stop()
+    pids = [int(marker.read_text()) for marker in barrier.iterdir()]
+    assert len(pids) == 3 and all(gone(pid) for pid in pids)
+    if fails:
+        assert not ready
+        assert "instance 1 fails on purpose" in entry["reason"]
+    else:
+        assert ready
