@@ -43,7 +43,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from inferd.benchmarks import peers, ports, procs, servers
 
 MODELS = ("gen_iterative", "gen_static")
-SERVERS = ("inferd", "triton-py")
+# inferd-process: inferd with the python models in stub processes, as Triton runs them.
+SERVERS = ("inferd", "inferd-process", "triton-py")
+DEFAULT_SERVERS = ("inferd", "triton-py")
 
 MODEL_PY = """
 import time
@@ -237,8 +239,10 @@ def mean_batch(http_url: str, model: str) -> float:
 
 
 def build(name: str, peers_path: Path | None, port: int, work: Path, repo: Path) -> servers.Server:
-    if name == "inferd":
-        return servers.inferd(port, work, repository=repo, extra_args=["--log-level=warning"])
+    if name.startswith("inferd"):
+        isolation = "process" if name == "inferd-process" else "thread"
+        args = ["--log-level=warning", f"--backend-config=python,isolation={isolation}"]
+        return servers.inferd(port, work, repository=repo, extra_args=args, name=name)
     assert peers_path is not None
     triton = servers.triton_py(peers_path, port, work)
     argv = [*triton.argv, f"--model-repository={repo}"]
@@ -282,11 +286,12 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
             cells = " | ".join(f"{row[c]:,.1f}" for c in columns)
             lines.append(f"| {server} | {model} | {cells} |")
     ratios = []
-    inferd = results.get("inferd", {})
-    for model, row in results.get("triton-py", {}).items():
-        if model in inferd and row["tokens_per_s"] > 0:
-            ratio = inferd[model]["tokens_per_s"] / row["tokens_per_s"]
-            ratios.append(f"- {model}: inferd / triton-py tokens/s = {ratio:.2f}x")
+    for name in ("inferd", "inferd-process"):
+        inferd = results.get(name, {})
+        for model, row in results.get("triton-py", {}).items():
+            if model in inferd and row["tokens_per_s"] > 0:
+                ratio = inferd[model]["tokens_per_s"] / row["tokens_per_s"]
+                ratios.append(f"- {model}: {name} / triton-py tokens/s = {ratio:.2f}x")
     for server, models in results.items():
         if {"gen_iterative", "gen_static"} <= set(models) and models["gen_static"]["tokens_per_s"]:
             gain = models["gen_iterative"]["tokens_per_s"] / models["gen_static"]["tokens_per_s"]
@@ -297,7 +302,9 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results folder (created)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="inferd and/or triton-py")
+    parser.add_argument(
+        "--servers", default=",".join(DEFAULT_SERVERS), help=f"of {', '.join(SERVERS)}"
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="gen_iterative, gen_static")
     parser.add_argument("--users", type=int, default=16, help="concurrent streams (default 16)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per request: 1..N")
