@@ -107,6 +107,10 @@ class ResponseSink(Protocol):
     def closed(self) -> bool:
         """The final response was sent: nothing more may be."""
 
+    @property
+    def holds_back(self) -> bool:
+        """Whether send() may wait (back-pressure from the ensemble steps after the model)."""
+
     def send(self, item: dict[str, np.ndarray] | InferdError | None, final: bool) -> bool:
         """Outputs, an error, or None with `final` (the final flag alone). False when the
         request's final response was sent already (nothing is sent)."""

@@ -228,28 +228,20 @@ class Stub:
         traces: list[int] = []
         with self._lock:
             for request in requests:
-                sink_id = trace = None
+                sink = trace = None
                 if request.responses is not None:
-                    sink_id = id(request.responses)
-                    self._sinks[sink_id] = request.responses
-                    sink_ids.append(sink_id)
+                    sink = (id(request.responses), request.responses.holds_back)
+                    self._sinks[sink[0]] = request.responses
+                    sink_ids.append(sink[0])
                 if request.trace is not None:
                     trace = TraceHandle(id(request.trace), request.trace.traceparent())
                     self._traces[trace.handle] = request.trace
-                    if sink_id is None:
+                    if sink is None:
                         traces.append(trace.handle)
                     else:
-                        self._sink_traces[sink_id] = trace.handle
-                wire.append(
-                    (
-                        dict(request.inputs),
-                        request.id,
-                        dict(request.parameters),
-                        request.outputs,
-                        sink_id,
-                        trace,
-                    )
-                )
+                        self._sink_traces[sink[0]] = trace.handle
+                inputs, parameters = dict(request.inputs), dict(request.parameters)
+                wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
         try:
             ok, value, sent = self._ask(Op.EXECUTE, wire)
         except ChannelClosed:
@@ -364,11 +356,10 @@ class Stub:
         else:
             log.error("model instance '%s': unknown stub message '%s'", self._name, op)
 
-    def _send(self, sink_id: int, item: Any, final: bool) -> None:
+    def _send(self, sink_id: int, item: Any, final: bool) -> bool:
         with self._lock:
             sink = self._forget_sink(sink_id) if final else self._sinks.get(sink_id)
-        if sink is not None:
-            sink.send(item, final)
+        return sink is not None and sink.send(item, final)
 
     def _serve_call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
         if method == "cancelled":  # answered here: it must not wait behind model calls
@@ -377,6 +368,8 @@ class Stub:
             self._channel.reply(call_id, True, sink is not None and sink.cancelled)
         elif method == "metrics":
             self._answer(call_id, lambda: self._metrics.serve(*args))
+        elif method == "send":  # a sink that holds sends back: waits off the reader thread
+            self._model_call_pool().submit(self._answer, call_id, lambda: self._send(*args))
         elif method in _MODEL_CALLS and self._calls is not None:
             calls = self._calls
             if method == "infer":

@@ -89,6 +89,7 @@ class DiscardSink:
 
     cancelled = False
     closed = False
+    holds_back = False
 
     def send(self, item: dict[str, np.ndarray] | InferdError | None, final: bool) -> bool:
         return True

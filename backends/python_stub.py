@@ -73,26 +73,30 @@ class TraceHandle:
         return TraceHandle(self.handle, None, model_name)
 
 
-# One request as the server sends it: inputs, id, parameters, requested outputs, the id of its
-# decoupled response sink (None without one), and its trace (None when not traced).
+# One request as the server sends it: inputs, id, parameters, requested outputs, its decoupled
+# response sink (None without one) as its id and whether it holds sends back, and its trace
+# (None when not traced).
 WireRequest = tuple[
     Mapping[str, np.ndarray],
     str,
     Mapping[str, Any],
     "tuple[str, ...] | None",
-    "int | None",
+    "tuple[int, bool] | None",
     "TraceHandle | None",
 ]
 
 
 class RemoteSink:
-    """A decoupled request's ResponseSink: responses go to the server's sink as they are sent."""
+    """A decoupled request's ResponseSink: responses go to the server's sink as they are sent.
+    When the server's sink holds sends back, each send waits for it, so that the back-pressure
+    reaches the model; otherwise sends do not wait."""
 
-    def __init__(self, channel: Channel, sink_id: int) -> None:
+    def __init__(self, channel: Channel, sink_id: int, holds_back: bool) -> None:
         self._channel = channel
         self._id = sink_id
         self._lock = threading.Lock()
         self._closed = False
+        self.holds_back = holds_back
 
     @property
     def cancelled(self) -> bool:
@@ -109,6 +113,9 @@ class RemoteSink:
                 return False
             self._closed = final
             try:
+                if self.holds_back:
+                    call = self._channel.call(Op.CALL, "send", (self._id, item, final))
+                    return bool(call.result())
                 self._channel.send(Op.SEND, self._id, item, final)
             except ChannelClosed:
                 return False
@@ -282,11 +289,11 @@ def _requests(channel: Channel, wire: Sequence[WireRequest]) -> list[InstanceReq
             request_id,
             parameters,
             outputs,
-            None if sink_id is None else RemoteSink(channel, sink_id),
+            None if sink is None else RemoteSink(channel, *sink),
             # The model only asks a trace for its context and children: a handle answers both.
             cast("Trace | None", trace),
         )
-        for inputs, request_id, parameters, outputs, sink_id, trace in wire
+        for inputs, request_id, parameters, outputs, sink, trace in wire
     ]
 
 

@@ -124,6 +124,10 @@ class ResponseStream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def holds_back(self) -> bool:
+        return self._credits is not None
+
     def _on_loop(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop

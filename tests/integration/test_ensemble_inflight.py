@@ -92,9 +92,12 @@ def tensor(name: str, dims: str) -> str:
     return f'{{ name: "{name}" data_type: TYPE_INT32 dims: [ {dims} ] }}'
 
 
-def pipeline(tmp_path: Path, server_factory: Factory, nested: bool = False) -> RunningServer:
+def pipeline(
+    tmp_path: Path, server_factory: Factory, nested: bool = False, isolation: str = "thread"
+) -> RunningServer:
     """producer (decoupled) -> consumer, under max_inflight_requests: 1; `nested`: the
-    producer inside an ensemble of its own, which is the decoupled step."""
+    producer inside an ensemble of its own, which is the decoupled step; `isolation`: where
+    the python models run."""
     sent_file = tmp_path / "sent"
     sent_file.write_text("")
     repo = tmp_path / "repo"
@@ -118,7 +121,7 @@ def pipeline(tmp_path: Path, server_factory: Factory, nested: bool = False) -> R
         f"input [{tensor('IN', '-1')}]\noutput [{tensor('OUT', '1')}]\n"
         "ensemble_scheduling { step [ " + step("producer", {"IN": "IN"}, {"OUT": "OUT"}) + " ] }\n"
     )
-    return server_factory(model_repositories=(repo,))
+    return server_factory(model_repositories=(repo,), python_isolation=isolation)
 
 
 def start(server: RunningServer, count: int) -> tuple[Any, queue.Queue[Any]]:
@@ -148,21 +151,23 @@ def run(server: RunningServer) -> tuple[list[int], list[int]]:
     return outs, lags
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 @pytest.mark.parametrize("nested", [False, True], ids=["direct", "nested"])
 def test_a_full_step_holds_the_decoupled_producer_back(
-    tmp_path: Path, server_factory: Factory, nested: bool
+    tmp_path: Path, server_factory: Factory, nested: bool, isolation: str
 ) -> None:
-    outs, lags = run(pipeline(tmp_path, server_factory, nested))
+    outs, lags = run(pipeline(tmp_path, server_factory, nested, isolation))
     assert sorted(outs) == [v + 100 for v in range(VALUES)]
     # One response at the consumer, one waiting for its place, one send under way: the
     # producer is never further ahead (without the limit it runs VALUES - 1 ahead).
     assert max(lags) <= 3, lags
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_a_client_that_leaves_releases_the_held_back_producer(
-    tmp_path: Path, server_factory: Factory
+    tmp_path: Path, server_factory: Factory, isolation: str
 ) -> None:
-    server = pipeline(tmp_path, server_factory)
+    server = pipeline(tmp_path, server_factory, isolation=isolation)
     client, answers = start(server, 200)  # the producer is held back most of the time
     answers.get(timeout=30)
     client.stop_stream(cancel_requests=True)
