@@ -39,7 +39,13 @@ from inferd.backends.base import (
     execute_one,
 )
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
-from inferd.backends.python_stub import COMPLETE, StubInit, TraceHandle, WireRequest
+from inferd.backends.python_stub import (
+    COMPLETE,
+    StubInit,
+    TraceHandle,
+    WireRequest,
+    log_levels,
+)
 from inferd.backends.stub_channel import Channel, ChannelClosed, Op
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
@@ -111,7 +117,7 @@ class StubInstance(ModelInstance):
             model_file=str(model_file),
             device=device,
             cache_dir=str(settings.cache_dir),
-            log_level=logging.getLogger().getEffectiveLevel(),
+            log_levels=log_levels(),
             model_calls=settings.model_calls is not None,
         )
         self._calls = settings.model_calls
@@ -243,7 +249,7 @@ class Stub:
                 inputs, parameters = dict(request.inputs), dict(request.parameters)
                 wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
         try:
-            ok, value, sent = self._ask(Op.EXECUTE, wire)
+            ok, value, sent = self._ask(Op.EXECUTE, wire, log_levels())
         except ChannelClosed:
             ok, value, sent = False, not_healthy(self._name), 0
         if sink_ids:  # the responses the batch sent are passed on before its answer

@@ -42,6 +42,18 @@ if TYPE_CHECKING:
     from inferd.server.tracing import Trace
 
 COMPLETE = "complete"  # argv[1] of a stub that completes a config (python_process.py)
+# The levels of the root logger and of inferd's package (verbose logging, pb_utils.Logger's
+# log_verbose), which the logging extension changes at run time: each batch brings them.
+LogLevels = tuple[int, int]
+
+
+def log_levels() -> LogLevels:
+    return logging.getLogger().getEffectiveLevel(), logging.getLogger("inferd").level
+
+
+def set_log_levels(levels: LogLevels) -> None:
+    logging.getLogger().setLevel(levels[0])
+    logging.getLogger("inferd").setLevel(levels[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +64,7 @@ class StubInit:
     model_file: str
     device: Device
     cache_dir: str
-    log_level: int  # the server's, when the stub started
+    log_levels: LogLevels  # the server's, when the stub started
     model_calls: bool  # whether the model may call models (BLS, model control)
 
 
@@ -308,9 +320,9 @@ def _outcome(outcome: RequestOutcome) -> RequestOutcome:
 def serve(channel: Channel, direct: Channel) -> None:
     """Start the instance the server asks for, then run its batches until CLOSE."""
     init: StubInit = channel.receive()[1]
-    root = logging.getLogger()
-    root.setLevel(init.log_level)
-    root.addHandler(ForwardLogs(channel))
+    levels = init.log_levels
+    set_log_levels(levels)
+    logging.getLogger().addHandler(ForwardLogs(channel))
     calls = RemoteCalls(channel) if init.model_calls else None
 
     def read() -> None:
@@ -336,9 +348,11 @@ def serve(channel: Channel, direct: Channel) -> None:
         ok, value = True, cast(Any, None)
         try:
             if op == Op.EXECUTE:
-                value = [
-                    _outcome(o) for o in instance.execute_requests(_requests(channel, args[0]))
-                ]
+                wire, batch_levels = args
+                if batch_levels != levels:
+                    levels = batch_levels
+                    set_log_levels(levels)
+                value = [_outcome(o) for o in instance.execute_requests(_requests(channel, wire))]
             else:
                 instance.close()
         except BaseException as exc:

@@ -27,7 +27,7 @@ class Op:
 
     # Direct, server -> stub; answered (ok, outcomes or error, messages the stub had sent on
     # the channel by then).
-    EXECUTE = "execute"  # ([request],) -> [outcome]
+    EXECUTE = "execute"  # ([request], the server's log levels) -> [outcome]
     CLOSE = "close"  # () -> None, once finalize() ran
     # Channel, server -> stub.
     INIT = "init"  # (python_stub.StubInit,): the first message

@@ -375,3 +375,47 @@ def test_stubs_start_at_once_and_a_failure_ends_the_others(
         assert "instance 1 fails on purpose" in entry["reason"]
     else:
         assert ready
+
+
+VERBOSE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            pb_utils.Logger.log_verbose(f"verbose model: {value[0]}")
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", value)]))
+        return responses
+"""
+
+VERBOSE_CONFIG = """
+name: "verbose"
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]
+"""
+
+
+def test_log_settings_changed_at_run_time_reach_the_stubs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_python_model(tmp_path, "verbose", VERBOSE, VERBOSE_CONFIG)
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(tmp_path,), python_isolation="process")
+    )
+    client = httpclient.InferenceServerClient(server.http_url)
+    tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+    try:
+        for value, verbose in ((1, 0), (2, 1)):
+            client.update_log_settings({"log_verbose_level": verbose})
+            tensor.set_data_from_numpy(np.array([value], np.int32))
+            client.infer("verbose", [tensor])
+        client.update_log_settings({"log_verbose_level": 0})
+    finally:
+        client.close()
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if "verbose model" in r.getMessage()]
+    assert lines == ["verbose model: 2"]  # sent once verbose logging was on, not before
