@@ -27,8 +27,11 @@ from tests.python_models import (
 from tests.wire import PROTOCOLS, client_for
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    """The models in the server's process, then in stub processes."""
     root = tmp_path_factory.mktemp("response_parameters")
     single = response_parameters_config(("PARAMETERS",))
     write_python_model(root, "response_parameters", RESPONSE_PARAMETERS, single)
@@ -38,7 +41,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     bls = response_parameters_config(("PARAMETERS", "STREAM"))
     write_python_model(root, "response_parameters_bls", RESPONSE_PARAMETERS_BLS, bls)
-    running = start_server(replace(TEST_SETTINGS, model_repositories=(root,)))
+    running = start_server(
+        replace(TEST_SETTINGS, model_repositories=(root,), python_isolation=request.param)
+    )
     yield running
     running.stop()
 

@@ -76,10 +76,18 @@ ensemble_scheduling { step [{
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[RunningServer]:
-    running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,)))
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The python models in the server's process, or where a test's parameter says."""
+    isolation = getattr(request, "param", "thread")
+    running = start_server(
+        replace(TEST_SETTINGS, model_repositories=(repo,), python_isolation=isolation)
+    )
     yield running
     running.stop()
+
+
+# For the tests of python sequence models: in the server's process, then in stub processes.
+ISOLATIONS = pytest.mark.parametrize("server", ["thread", "process"], indirect=True)
 
 
 def step(
@@ -215,6 +223,7 @@ def info(result: dict[str, np.ndarray]) -> dict[str, Any]:
     return loaded
 
 
+@ISOLATIONS
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_python_model_sees_controls_and_request_flags(server: RunningServer, protocol: str) -> None:
     first = step(server, protocol, "seq_py", 4, "user-7", sequence_start=True)
@@ -237,6 +246,7 @@ def test_python_model_sees_controls_and_request_flags(server: RunningServer, pro
     assert info(numeric)["CORRID"] == 12 and info(numeric)["correlation_id"] == 12
 
 
+@ISOLATIONS
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_bls_calls_carry_the_sequence(server: RunningServer, protocol: str) -> None:
     assert run_sequence(server, protocol, "forward", 900, [5, 3]) == [5, 8]
@@ -244,6 +254,7 @@ def test_bls_calls_carry_the_sequence(server: RunningServer, protocol: str) -> N
     assert "must specify the START flag" in message
 
 
+@ISOLATIONS
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_direct_pads_the_slots_without_a_request(server: RunningServer, protocol: str) -> None:
     step(server, protocol, "seq_py_direct", 1, 31, sequence_start=True)  # slot 0
