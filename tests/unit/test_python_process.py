@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import psutil
 import pytest
 import tritonclient.http as httpclient
 
@@ -419,3 +420,35 @@ def test_log_settings_changed_at_run_time_reach_the_stubs(
         server.stop()
     lines = [r.getMessage() for r in caplog.records if "verbose model" in r.getMessage()]
     assert lines == ["verbose model: 2"]  # sent once verbose logging was on, not before
+
+
+def test_load_unload_cycles_leave_no_process_or_descriptor_behind(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "pid", PID, PID_CONFIG + "instance_group [{ count: 2 }]")
+    server = start_server(
+        replace(
+            TEST_SETTINGS,
+            model_repositories=(tmp_path,),
+            model_control_mode="explicit",
+            python_isolation="process",
+        )
+    )
+    me = psutil.Process()
+    client = httpclient.InferenceServerClient(server.http_url)
+    tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([1], np.int32))
+    try:
+        counts = []
+        for _ in range(3):
+            client.load_model("pid")
+            assert len(me.children()) == 2  # a stub per instance
+            client.infer("pid", [tensor])
+            client.unload_model("pid")
+            deadline = time.monotonic() + 30
+            while client.is_model_ready("pid") or me.children():
+                assert time.monotonic() < deadline, "the stubs outlived the unload"
+                time.sleep(0.05)
+            counts.append(me.num_fds())
+    finally:
+        client.close()
+        server.stop()
+    assert counts[2] <= counts[0], counts  # the first cycle opened what later ones reuse
