@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -125,7 +126,8 @@ class StubInstance(ModelInstance):
         self._stub = self._start()
 
     def _start(self) -> Stub:
-        return Stub(self._name, self._init, self._calls, self._metrics)
+        init = replace(self._init, log_levels=log_levels())  # as they are now (a restart)
+        return Stub(self._name, init, self._calls, self._metrics)
 
     @property
     def pid(self) -> int:
