@@ -116,11 +116,14 @@ class PythonBackend(Backend):
         )
 
 
-def complete_here(config: ModelConfigProto, model_path: Path, settings: BackendSettings) -> None:
-    """The environment and auto_complete_config() of a python model, in this process."""
+def complete_here(
+    config: ModelConfigProto, model_path: Path, settings: BackendSettings, env_first: bool = False
+) -> None:
+    """The environment and auto_complete_config() of a python model, in this process
+    (`env_first`: a stub's, see python_env.activate)."""
     env = config.parameters.get(EXECUTION_ENV_PATH)
     if env is not None:  # before model.py is read: it may import the environment's packages
-        activate_env(env.string_value, model_path.parent.parent, settings.cache_dir)
+        activate_env(env.string_value, model_path.parent.parent, settings.cache_dir, env_first)
     if not settings.auto_complete:
         return
     model_name = config.name or model_path.parent.parent.name

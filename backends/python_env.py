@@ -1,12 +1,14 @@
 """Triton's `EXECUTION_ENV_PATH` for python models: a packed conda environment (conda-pack's
 `.tar.gz`) or an unpacked one, whose packages the model imports.
 
-Triton runs the model in a stub process on that environment's Python. inferd runs models in
-its own process, so it adds the environment's `site-packages` to the import path instead
-(after the server's own packages, `.pth` files included): a model finds there what the server
-lacks (a library, another framework), while what the server has already loaded (numpy) stays
-the server's. As for Triton's stub, the environment must be for the server's Python version.
-An archive is unpacked once, into the cache folder, keyed by its path, size and mtime.
+Triton runs the model in a stub process on that environment's Python. inferd adds the
+environment's `site-packages` to the import path instead (`.pth` files included). In the
+server's process it comes after the server's own packages: a model finds there what the server
+lacks (a library, another framework), while what the server has (numpy) stays the server's. In
+a stub process (python_process.py) it comes first, as in Triton, for every module the stub has
+not imported yet (all but numpy, protobuf and the few the stub itself runs on). As for
+Triton's stub, the environment must be for the server's Python version. An archive is unpacked
+once, into the cache folder, keyed by its path, size and mtime.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"  # Triton's placeholder for the mod
 _ARCHIVES = (".tar.gz", ".tgz")
 
 
-def activate(value: str, model_dir: Path, cache_dir: Path) -> Path:
+def activate(value: str, model_dir: Path, cache_dir: Path, first: bool = False) -> Path:
     """Make the environment's packages importable; its site-packages folder. Blocking (it may
-    unpack the archive). Raises InferdError saying what is wrong with the environment."""
+    unpack the archive). Raises InferdError saying what is wrong with the environment.
+    `first` (in a stub process, which serves this model alone): its packages come before the
+    server's, as in Triton, for every module not imported yet."""
     path = Path(value.replace(MODEL_DIRECTORY, str(model_dir)))
     if not path.is_absolute():
         path = model_dir / path
@@ -46,7 +50,10 @@ def activate(value: str, model_dir: Path, cache_dir: Path) -> Path:
         )
     packages = site_packages(root)
     if str(packages) not in sys.path:
+        before = list(sys.path)
         site.addsitedir(str(packages))  # appended: the server's own packages come first
+        if first:
+            sys.path[:] = [entry for entry in sys.path if entry not in before] + before
         log.info("python models may import the packages of %s", path)
     return packages
 

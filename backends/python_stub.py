@@ -371,7 +371,7 @@ def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
     model_file = Path(init.model_file)
     env = proto.parameters.get(EXECUTION_ENV_PATH)
     if env is not None:  # unpacked already by the server, which read the config
-        activate_env(env.string_value, model_file.parent.parent, Path(init.cache_dir))
+        activate_env(env.string_value, model_file.parent.parent, Path(init.cache_dir), first=True)
     config = to_model_config(proto, "python")
     return PythonInstance(config, model_file, init.device, calls, RemoteMetrics(channel))
 
@@ -382,7 +382,7 @@ def complete(given: Path, answer: Path, model_path: Path, cache_dir: Path) -> No
 
     proto = model_config_pb2.ModelConfig.FromString(given.read_bytes())
     try:
-        complete_here(proto, model_path, BackendSettings(cache_dir=cache_dir))
+        complete_here(proto, model_path, BackendSettings(cache_dir=cache_dir), env_first=True)
         result: tuple[bool, Any] = (True, proto.SerializeToString())
     except BaseException as exc:
         result = (False, _as_error(exc))

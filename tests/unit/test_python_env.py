@@ -1,5 +1,6 @@
 """EXECUTION_ENV_PATH environments made here as conda-pack would pack them: unpacked once into
-the cache, their site-packages importable after the server's, for the server's Python only."""
+the cache, their site-packages importable after the server's (first in a stub), for the
+server's Python only."""
 
 from __future__ import annotations
 
@@ -66,6 +67,24 @@ def test_an_unpacked_environment_is_used_in_place(tmp_path: Path) -> None:
     assert packages == env / "lib" / VERSION / "site-packages"
     assert importlib.import_module("envpkg_b").VALUE == 42
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_the_environment_comes_after_the_servers_packages_or_first(
+    tmp_path: Path, first: bool
+) -> None:
+    """After them in the server's process; first in a stub's, its .pth entries included."""
+    server = tmp_path / "server"
+    (server / "envpkg_d").mkdir(parents=True)
+    (server / "envpkg_d" / "__init__.py").write_text("VALUE = 1\n")
+    sys.path.insert(0, str(server))
+    env = make_env(tmp_path / "env", "envpkg_d")
+    packages = activate(str(env), tmp_path, tmp_path / "cache", first=first)
+    added = [str(packages), str(packages / "extra")]
+    assert (sys.path[:2] == added) is first
+    value = importlib.import_module("envpkg_d").VALUE
+    assert value == (42 if first else 1)
+    assert importlib.import_module("envpkg_d_extra").EXTRA
 
 
 def test_an_environment_for_another_python_is_refused(tmp_path: Path) -> None:

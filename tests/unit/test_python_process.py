@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,7 +24,7 @@ from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, STUB_MODULE, StubInstance
 from inferd.server.errors import ErrorCode, InferdError
 from tests.conftest import TEST_SETTINGS, start_server
-from tests.python_models import AUTO, write_python_model
+from tests.python_models import AUTO, IDENTITY_CONFIG, write_python_model
 from tests.unit.test_python_backend import load_config
 
 PROCESS = BackendSettings(python_isolation="process")
@@ -463,3 +464,57 @@ def test_load_unload_cycles_leave_no_process_or_descriptor_behind(tmp_path: Path
         client.close()
         server.stop()
     assert counts[2] <= counts[0], counts  # the first cycle opened what later ones reuse
+
+
+# Scales its input by `yaml.MARK` where the yaml it imports has one (the environment's does;
+# the server's, PyYAML, does not).
+SHADOWED = """
+import numpy as np
+import yaml
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        factor = getattr(yaml, "MARK", 1)
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", factor * pb_utils.get_input_tensor_by_name(
+                    request, "INPUT0").as_numpy())]
+            )
+            for request in requests
+        ]
+"""
+
+
+@pytest.mark.parametrize(("isolation", "factor"), [("thread", 1), ("process", 3)])
+def test_a_stubs_environment_comes_before_the_servers_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolation: str, factor: int
+) -> None:
+    """In a stub, as in Triton, the environment's packages win, except the few the stub runs
+    on itself (numpy): a broken numpy in the environment is never imported."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # thread isolation adds to it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = tmp_path / "repo" / "shadowed" / "env" / "lib" / version / "site-packages"
+    for name, source in (("yaml", "MARK = 3\n"), ("numpy", "raise ImportError('env numpy')\n")):
+        (packages / name).mkdir(parents=True)
+        (packages / name / "__init__.py").write_text(source)
+    config = IDENTITY_CONFIG + (
+        'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: '
+        '"$$TRITON_MODEL_DIRECTORY/env" } }'
+    )
+    write_python_model(tmp_path / "repo", "shadowed", SHADOWED, config)
+    settings = BackendSettings(python_isolation=isolation, cache_dir=tmp_path / "cache")
+    instance = PythonBackend.create_instance(
+        load_config(tmp_path / "repo", "shadowed", settings),
+        tmp_path / "repo" / "shadowed" / "1" / "model.py",
+        Device("cpu"),
+        settings,
+    )
+    try:
+        answer = instance.execute({"INPUT0": np.ones(4, np.float32)})["OUTPUT0"]
+    finally:
+        instance.close()
+    assert answer.tolist() == [factor] * 4
