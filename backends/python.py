@@ -3,8 +3,10 @@ TritonPythonModel class, config `backend: "python"`), run unchanged.
 
 Triton runs every instance in a stub process of its own and hands `execute()` the list of
 requests of a batch. Here every instance loads model.py as a module object of its own (no
-globals shared between instances or models) and runs on its instance thread; batches arrive
-request by request (`takes_requests`), each with its own tensors, id and parameters.
+globals shared between instances or models) and runs on its instance thread, or, with process
+isolation, in a stub process of its own (python_process.py) that runs this same PythonInstance;
+batches arrive request by request (`takes_requests`), each with its own tensors, id and
+parameters.
 
 GPUs: Triton runs python models on the CPU and only tells the model its device
 (args["model_instance_kind"], args["model_instance_device_id"]); the model decides what to put
