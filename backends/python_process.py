@@ -51,6 +51,7 @@ from inferd.backends.stub_channel import Channel, ChannelClosed, Op
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
+from inferd.server.settings import PYTHON_ISOLATIONS
 from inferd.server.types import InferRequest
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ISOLATION_PARAMETER = "inferd.python_isolation"
-ISOLATIONS = ("thread", "process")
 STUB_MODULE = "inferd.backends.python_stub"
 _CLOSE_TIMEOUT_S = 30.0  # finalize() included
 _EXIT_TIMEOUT_S = 5.0
@@ -72,10 +72,10 @@ def isolation(config: ModelConfigProto, model_name: str, settings: BackendSettin
     parameter = config.parameters.get(ISOLATION_PARAMETER)
     if parameter is None:
         return settings.python_isolation
-    if parameter.string_value not in ISOLATIONS:
+    if parameter.string_value not in PYTHON_ISOLATIONS:
         raise invalid(
             f"model '{model_name}': parameter '{ISOLATION_PARAMETER}' must be one of "
-            f"{', '.join(ISOLATIONS)}, got {parameter.string_value!r}"
+            f"{', '.join(PYTHON_ISOLATIONS)}, got {parameter.string_value!r}"
         )
     return str(parameter.string_value)
 

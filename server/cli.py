@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from inferd.backends.python_process import ISOLATIONS
 from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
 from inferd.server.flag_parser import FlagParser, parse_bool
@@ -27,7 +26,7 @@ from inferd.server.metrics_config import parse_metrics_config
 from inferd.server.rate_limit_settings import parse_rate_limit
 from inferd.server.response_cache import parse_cache_config
 from inferd.server.restricted_api import parse_restrictions
-from inferd.server.settings import GrpcChannel, Settings
+from inferd.server.settings import PYTHON_ISOLATIONS, GrpcChannel, Settings
 
 
 def _knative_port(p: FlagParser) -> int | None:
@@ -490,9 +489,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     max_batch = int(raw_max_batch)
     python_isolation = backend_config.get("python", {}).get("isolation", "thread")
-    if python_isolation not in ISOLATIONS:
+    if python_isolation not in PYTHON_ISOLATIONS:
         raise ValueError(
-            f"python isolation must be one of {', '.join(ISOLATIONS)}: {python_isolation!r}"
+            f"python isolation must be one of {', '.join(PYTHON_ISOLATIONS)}: {python_isolation!r}"
         )
     log_level = "debug" if args.log_verbose > 0 else args.log_level
     return Settings(

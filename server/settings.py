@@ -64,6 +64,11 @@ class GrpcChannel:
         return options + [(key, value) for key, value in optional if value > 0]
 
 
+# Where python model instances run: in the server's process, or a stub process each
+# (backends/python_process.py).
+PYTHON_ISOLATIONS = ("thread", "process")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     server_id: str = "inferd"  # --id: the server metadata's name
@@ -98,7 +103,7 @@ class Settings:
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
-    python_isolation: str = "thread"  # --backend-config=python,isolation=process|thread
+    python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     http_stack: HttpStackName = "inferd"
