@@ -9,6 +9,8 @@ The goal is at most 5 %. Prints a summary and writes every sample as JSON.
 
     .venv/bin/python benchmarks/lifecycle_rss.py                       # digits, 100 cycles
     .venv/bin/python benchmarks/lifecycle_rss.py --model simple --files --cycles 200
+    .venv/bin/python benchmarks/lifecycle_rss.py --repository R --model M \
+        --server-arg=--backend-config=python,isolation=process   # a python model in stubs
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def start_server(repository: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    repository: Path, port: int, log: Path, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -52,6 +56,7 @@ def start_server(repository: Path, port: int, log: Path) -> subprocess.Popen[byt
         "--grpc-port=0",
         "--allow-metrics=false",
         "--log-level=warning",
+        *(extra or []),
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -103,7 +108,7 @@ def inputs_for(metadata: dict[str, Any]) -> list[httpclient.InferInput]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    process = start_server(args.repository, port, args.out.with_suffix(".log"))
+    process = start_server(args.repository, port, args.out.with_suffix(".log"), args.server_arg)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
     config, files = model_files(args.repository / args.model) if args.files else (None, None)
     samples: list[int] = [rss_bytes(process.pid)]
@@ -149,6 +154,13 @@ def main() -> int:
     parser.add_argument("--infers", type=int, default=5, help="inferences per cycle")
     parser.add_argument(
         "--files", action="store_true", help="send config and model files with each load"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra flag for `inferd serve` (repeatable), e.g. "
+        "--server-arg=--backend-config=python,isolation=process",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "lifecycle_rss.json")
     args = parser.parse_args()
