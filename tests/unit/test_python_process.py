@@ -24,6 +24,7 @@ from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, STUB_MODULE, StubInstance
 from inferd.server.errors import ErrorCode, InferdError
 from tests.conftest import TEST_SETTINGS, start_server
+from tests.integration.test_cli import spawn_inferd, wait_ready
 from tests.python_models import AUTO, IDENTITY_CONFIG, write_python_model
 from tests.unit.test_python_backend import load_config
 
@@ -518,3 +519,37 @@ def test_a_stubs_environment_comes_before_the_servers_packages(
     finally:
         instance.close()
     assert answer.tolist() == [factor] * 4
+
+
+def ended(pid: int) -> bool:
+    """The process exited (reaped, or a zombie that no parent reaps: its parent was killed)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stubs_end_when_the_server_is_killed(tmp_path: Path) -> None:
+    """No orphans: a server killed outright (SIGKILL, an OOM kill) takes its stubs with it."""
+    write_python_model(tmp_path, "pid", PID, PID_CONFIG + "instance_group [{ count: 2 }]")
+    process, url = spawn_inferd(
+        f"--model-repository={tmp_path}", "--backend-config=python,isolation=process"
+    )
+    try:
+        wait_ready(url, process)
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"), concurrency=2)
+        tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([200], np.int32))  # slow: both instances work
+        answers = [client.async_infer("pid", [tensor]) for _ in range(2)]
+        pids = {int(a.get_result().as_numpy("OUTPUT0")[0]) for a in answers}
+        client.close()
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    assert len(pids) == 2
+    deadline = time.monotonic() + 30
+    while not all(ended(pid) for pid in pids):
+        assert time.monotonic() < deadline, "stubs outlived their server"
+        time.sleep(0.05)
