@@ -1,7 +1,9 @@
 """Python model instances in stub processes (python_process.py, python_stub.py): real child
 processes running real model.py files. What every python model does is also run in stub
-processes by the integration suites (test_python_backend, test_decoupled, test_custom_metrics,
-test_python_model_control); here is what only a process can do: crash, restart, exit."""
+processes by the integration suites that take an isolation parameter (test_python_backend,
+test_decoupled, test_custom_metrics, test_python_model_control, the sequence, trace and
+ensemble ones); here is what only processes do: crash, restart, start together, exit, carry
+tensors and log records across, put an environment first."""
 
 from __future__ import annotations
 
@@ -76,13 +78,9 @@ output [{ name: "OUTPUT0" data_type: TYPE_INT64 dims: [ 2 ] }]
 """
 
 
-def start(repo: Path, settings: BackendSettings = PROCESS, config: str = PID_CONFIG) -> Path:
-    write_python_model(repo, "pid", PID, config)
-    return repo / "pid" / "1" / "model.py"
-
-
 def create(repo: Path, settings: BackendSettings = PROCESS, config: str = PID_CONFIG) -> object:
-    model_file = start(repo, settings, config)
+    write_python_model(repo, "pid", PID, config)
+    model_file = repo / "pid" / "1" / "model.py"
     return PythonBackend.create_instance(
         load_config(repo, "pid", settings), model_file, Device("cpu", name="pid_0_0"), settings
     )
@@ -254,10 +252,7 @@ def test_auto_complete_errors_read_as_in_the_servers_process(tmp_path: Path) -> 
 
 
 def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
-    start(tmp_path)
-    (tmp_path / "pid" / "config.pbtxt").write_text(
-        PID_CONFIG + "instance_group [{ count: 2 kind: KIND_CPU }]"
-    )
+    write_python_model(tmp_path, "pid", PID, PID_CONFIG + "instance_group [{ count: 2 }]")
     server = start_server(
         replace(TEST_SETTINGS, model_repositories=(tmp_path,), python_isolation="process")
     )
