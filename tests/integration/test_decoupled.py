@@ -393,13 +393,16 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_unload_waits_for_streaming_requests(
-    tmp_path: Path, server_factory: Factory, scheduler: str
+    tmp_path: Path, server_factory: Factory, scheduler: str, isolation: str
 ) -> None:
     config, sequence = SCHEDULERS[scheduler]
     write_python_model(tmp_path, "repeat", REPEAT, REPEAT_CONFIG + config)
-    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", python_isolation=isolation
+    )
     http = httpclient.InferenceServerClient(server.http_url)
     http.load_model("repeat")
     opened = Stream(server)
@@ -416,13 +419,16 @@ def test_unload_waits_for_streaming_requests(
         http.close()
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_unload_ends_requests_that_never_finish_after_its_bound(
-    tmp_path: Path, server_factory: Factory, scheduler: str
+    tmp_path: Path, server_factory: Factory, scheduler: str, isolation: str
 ) -> None:
     config, sequence = SCHEDULERS[scheduler]
     write_python_model(tmp_path, "stuck", REPEAT, REPEAT_CONFIG + config + UNLOAD_TIMEOUT % "0.2")
-    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    server = server_factory(
+        model_repositories=(tmp_path,), model_control_mode="explicit", python_isolation=isolation
+    )
     http = httpclient.InferenceServerClient(server.http_url)
     http.load_model("stuck")
     opened = Stream(server)
