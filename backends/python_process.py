@@ -23,7 +23,6 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -118,7 +117,6 @@ class StubInstance(ModelInstance):
             model_file=str(model_file),
             device=device,
             cache_dir=str(settings.cache_dir),
-            log_levels=log_levels(),
             model_calls=settings.model_calls is not None,
         )
         self._calls = settings.model_calls
@@ -126,8 +124,7 @@ class StubInstance(ModelInstance):
         self._stub = self._start()
 
     def _start(self) -> Stub:
-        init = replace(self._init, log_levels=log_levels())  # as they are now (a restart)
-        return Stub(self._name, init, self._calls, self._metrics)
+        return Stub(self._name, self._init, self._calls, self._metrics)
 
     @property
     def pid(self) -> int:
@@ -222,7 +219,7 @@ class Stub:
         self._reader = threading.Thread(target=self._read, name=f"{name}-stub", daemon=True)
         self._reader.start()
         try:
-            self._channel.send(Op.INIT, init)
+            self._channel.send(Op.INIT, init, log_levels())
             self._started.result()
         except BaseException:
             self._end()

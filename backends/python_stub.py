@@ -64,7 +64,6 @@ class StubInit:
     model_file: str
     device: Device
     cache_dir: str
-    log_levels: LogLevels  # the server's, when the stub started
     model_calls: bool  # whether the model may call models (BLS, model control)
 
 
@@ -198,12 +197,6 @@ class RemoteCalls:
         if stream is not None:
             stream.answers.put((answer, final))
 
-    def end_streams(self, error: InferdError) -> None:
-        with self._lock:
-            streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            stream.answers.put((error, True))
-
     def load(
         self,
         name: str,
@@ -319,8 +312,8 @@ def _outcome(outcome: RequestOutcome) -> RequestOutcome:
 
 def serve(channel: Channel, direct: Channel) -> None:
     """Start the instance the server asks for, then run its batches until CLOSE."""
-    init: StubInit = channel.receive()[1]
-    levels = init.log_levels
+    init: StubInit
+    _, init, levels = channel.receive()  # with the server's log levels of now
     set_log_levels(levels)
     logging.getLogger().addHandler(ForwardLogs(channel))
     calls = RemoteCalls(channel) if init.model_calls else None
@@ -370,7 +363,7 @@ def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
     proto = model_config_pb2.ModelConfig.FromString(init.config)
     model_file = Path(init.model_file)
     env = proto.parameters.get(EXECUTION_ENV_PATH)
-    if env is not None:  # unpacked already by the server, which read the config
+    if env is not None:  # before model.py is read; an archive is unpacked once, into the cache
         activate_env(env.string_value, model_file.parent.parent, Path(init.cache_dir), first=True)
     config = to_model_config(proto, "python")
     return PythonInstance(config, model_file, init.device, calls, RemoteMetrics(channel))

@@ -30,7 +30,7 @@ class Op:
     EXECUTE = "execute"  # ([request], the server's log levels) -> [outcome]
     CLOSE = "close"  # () -> None, once finalize() ran
     # Channel, server -> stub.
-    INIT = "init"  # (python_stub.StubInit,): the first message
+    INIT = "init"  # (python_stub.StubInit, the server's log levels): the first message
     STREAM_ANSWER = "stream-answer"  # (stream id, answer, final): a streamed BLS call's answer
     # Channel, stub -> server.
     INIT_DONE = "init-done"  # (ok, error or None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -246,9 +246,8 @@ class ModelLoader:
                     instance.close()
                 raise
             return instances
-        with ThreadPoolExecutor(len(devices), "instance-loader") as pool:
+        with ThreadPoolExecutor(len(devices), "instance-loader") as pool:  # waits for all
             futures = [pool.submit(create, device) for device in devices]
-            wait(futures)
         errors = [error for future in futures if (error := future.exception()) is not None]
         if errors:  # the first failure, in instance order, as a serial load would give it
             for future in futures:

@@ -249,6 +249,19 @@ def test_auto_complete_errors_read_as_in_the_servers_process(tmp_path: Path) -> 
             load_config(tmp_path, "auto", settings)
         messages.append(failed.value.message)
     assert messages[0] == messages[1]
+    assert "auto_complete_config() failed: TypeError" in messages[0]
+
+
+def both_instances_pids(address: str) -> set[int]:
+    """The process ids that the pid model's two instances answer, asked two slow requests at
+    once (so both instances work)."""
+    client = httpclient.InferenceServerClient(address, concurrency=2)
+    tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([200], np.int32))
+    answers = [client.async_infer("pid", [tensor]) for _ in range(2)]
+    pids = {int(a.get_result().as_numpy("OUTPUT0")[0]) for a in answers}
+    client.close()
+    return pids
 
 
 def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
@@ -257,12 +270,7 @@ def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
         replace(TEST_SETTINGS, model_repositories=(tmp_path,), python_isolation="process")
     )
     try:
-        client = httpclient.InferenceServerClient(server.http_url, concurrency=2)
-        tensor = httpclient.InferInput("INPUT0", [1], "INT32")
-        tensor.set_data_from_numpy(np.array([200], np.int32))  # slow: both instances work
-        answers = [client.async_infer("pid", [tensor]) for _ in range(2)]
-        pids = {int(a.get_result().as_numpy("OUTPUT0")[0]) for a in answers}
-        client.close()
+        pids = both_instances_pids(server.http_url)
     finally:
         server.stop()
     assert len(pids) == 2 and os.getpid() not in pids
@@ -532,12 +540,7 @@ def test_stubs_end_when_the_server_is_killed(tmp_path: Path) -> None:
     )
     try:
         wait_ready(url, process)
-        client = httpclient.InferenceServerClient(url.removeprefix("http://"), concurrency=2)
-        tensor = httpclient.InferInput("INPUT0", [1], "INT32")
-        tensor.set_data_from_numpy(np.array([200], np.int32))  # slow: both instances work
-        answers = [client.async_infer("pid", [tensor]) for _ in range(2)]
-        pids = {int(a.get_result().as_numpy("OUTPUT0")[0]) for a in answers}
-        client.close()
+        pids = both_instances_pids(url.removeprefix("http://"))
     finally:
         process.kill()
         process.wait()
