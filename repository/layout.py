@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,22 +16,27 @@ class ModelLocation:
     error: str = ""  # set when the model cannot be loaded from this layout (e.g. a duplicate)
 
 
-def find_models(roots: Sequence[Path]) -> dict[str, ModelLocation]:
-    """Every sub-folder of every root is a model; a name in two roots is an error for that model."""
+def find_models(
+    roots: Sequence[Path], renamed: Mapping[Path, Mapping[str, str]] | None = None
+) -> dict[str, ModelLocation]:
+    """Every sub-folder of every root is a model, named as the folder unless `renamed` (root ->
+    folder -> name) names it otherwise; a name in two roots is an error for that model."""
     models: dict[str, ModelLocation] = {}
     for root in roots:
+        names = renamed.get(root, {}) if renamed else {}
         for entry in sorted(root.iterdir()):
             if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
                 continue  # hidden folders and Python's byte-code cache are never models
-            if entry.name in models:
-                first = models[entry.name].path.parent
-                models[entry.name] = ModelLocation(
-                    entry.name,
+            name = names.get(entry.name, entry.name)
+            if name in models:
+                first = models[name].path.parent
+                models[name] = ModelLocation(
+                    name,
                     entry,
-                    f"model '{entry.name}' appears in more than one repository ({first}, {root})",
+                    f"model '{name}' appears in more than one repository ({first}, {root})",
                 )
             else:
-                models[entry.name] = ModelLocation(entry.name, entry)
+                models[name] = ModelLocation(name, entry)
     return models
 
 

@@ -38,7 +38,7 @@ from inferd.repository.overrides import (
     write_override,
 )
 from inferd.repository.versions import UNLOADED, ModelState, ModelVersion
-from inferd.server.errors import InferdError, invalid, not_found, unavailable
+from inferd.server.errors import InferdError, already_exists, invalid, not_found, unavailable
 from inferd.server.types import ModelIndexEntry
 
 __all__ = ["ModelRepository", "ModelState", "ModelVersion", "RepositorySettings"]
@@ -74,16 +74,44 @@ class ModelRepository:
         # The folder state each model's serving versions were loaded from: loading a model
         # whose folder has not changed since leaves it as it is, as in Triton.
         self._sources: dict[str, Fingerprint] = {}
+        # Repositories added while serving (a SageMaker multi-model endpoint's models), with
+        # the names their model folders are served under: root -> folder -> name.
+        self._registered: dict[Path, dict[str, str]] = {}
 
     @property
     def roots(self) -> tuple[Path, ...]:
-        return self._settings.roots
+        return (*self._settings.roots, *self._registered)
 
     def locate(self) -> dict[str, ModelLocation]:
         """The models in the repositories now, remote ones brought up to date first (blocking:
         run it off the event loop). Raises InferdError when a remote repository cannot be read."""
         self._settings.refresh()
-        return find_models(self.roots)
+        return find_models(self.roots, self._registered)
+
+    async def register(self, root: Path, names: Mapping[str, str]) -> None:
+        """Add a repository: its model folders are served under `names` (folder -> name), the
+        others under their own names. Triton's TRITONSERVER_ServerRegisterModelRepository."""
+        if root in self.roots:
+            raise already_exists(f"model repository '{root}' has already been registered")
+        if not await asyncio.to_thread(root.is_dir):
+            raise invalid(f"failed to register '{root}': no such folder")
+        found = await asyncio.to_thread(find_models, self.roots, self._registered)
+        in_use = {
+            name
+            for name, versions in self._models.items()
+            if any(v.state is not ModelState.UNAVAILABLE for v in versions.values())
+        }
+        for name in names.values():
+            if name in found or name in in_use or name in self._overrides:
+                raise already_exists(
+                    f"failed to register '{root}', there is a conflicting mapping for '{name}'"
+                )
+        self._registered[root] = dict(names)
+
+    def unregister(self, root: Path) -> None:
+        """Remove a repository `register` added (its models are unloaded first)."""
+        if self._registered.pop(root, None) is None:
+            raise not_found(f"failed to unregister '{root}', repository not found")
 
     # ---- lifecycle -------------------------------------------------------------------------
 

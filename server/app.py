@@ -42,11 +42,13 @@ from inferd.server.metrics import (
 )
 from inferd.server.model_calls import LoopModelCalls
 from inferd.server.response_cache import ResponseCache
+from inferd.server.sagemaker import SageMakerFrontDoor
 from inferd.server.settings import Settings, bundled_examples
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.system_metrics import SystemMetrics, system_metrics
 from inferd.server.trace_settings import OPENTELEMETRY_MODE, TraceLevel
 from inferd.server.tracing import Tracer
+from inferd.server.vertex_ai import VertexAiFrontDoor, default_model
 
 if TYPE_CHECKING:
     from inferd.server.otel_export import OtelExporter
@@ -92,6 +94,9 @@ class App:
         self._system: SystemMetrics | None = None
         self._metrics_http: HttpPort | None = None
         self.metrics_port = 0
+        self._hosted: list[HttpPort] = []  # the SageMaker and Vertex AI ports
+        self.sagemaker_port = 0
+        self.vertex_ai_port = 0
         self._remote = RemoteRepositories(dict(os.environ))  # object stores' local copies
 
     async def start(self) -> None:
@@ -221,14 +226,27 @@ class App:
             await self.stop()
             names = ", ".join(failed)
             raise StartupError(f"failed to load model(s) {names} and --exit-on-error is true")
+        try:  # as in Triton, once the models are loaded: Vertex AI's default model is checked
+            await self._start_hosted(self.core)
+        except StartupError:
+            await self.stop()
+            raise
         self.core.mark_started()
         if self._poller is not None:
             self._poller.start()
         log.info(
-            "inferd is ready: HTTP on port %s, gRPC on port %s, metrics on port %s",
+            "inferd is ready: HTTP on port %s, gRPC on port %s, metrics on port %s%s",
             self.http_port if settings.allow_http else "off",
             self.grpc_port if settings.allow_grpc else "off",
             self.metrics_port if settings.allow_metrics else "off",
+            "".join(
+                f", {name} on port {port}"
+                for name, port in (
+                    ("SageMaker", self.sagemaker_port),
+                    ("Vertex AI", self.vertex_ai_port),
+                )
+                if port
+            ),
         )
 
     def _startup_models(self) -> set[str] | None:
@@ -238,12 +256,9 @@ class App:
         names = set(self.settings.load_models)
         return None if "*" in names else names
 
-    async def _start_http(self, core: InferenceCore) -> None:
+    def _http_front_door(self, core: InferenceCore) -> HttpFrontDoor:
         settings = self.settings
-        sock = _bind(settings.http_address, settings.http_port, settings.reuse_http_port)
-        self._sockets.append(sock)
-        self.http_port = sock.getsockname()[1]
-        app = HttpFrontDoor(
+        return HttpFrontDoor(
             core,
             HttpSettings(
                 max_input_size=settings.http_max_input_size,
@@ -252,7 +267,40 @@ class App:
             ),
             self._metrics,
         )
+
+    async def _start_http(self, core: InferenceCore) -> None:
+        settings = self.settings
+        sock = _bind(settings.http_address, settings.http_port, settings.reuse_http_port)
+        self._sockets.append(sock)
+        self.http_port = sock.getsockname()[1]
+        app = self._http_front_door(core)
         self._http = await self._serve(app, sock, app.fast_route)
+
+    async def _start_hosted(self, core: InferenceCore) -> None:
+        """The SageMaker and Vertex AI ports: their routes over an HTTP front door of their own
+        (the HTTP port's restrictions and body limit apply, as in Triton)."""
+        settings = self.settings
+        limit = settings.http_max_input_size
+        if settings.sagemaker is not None:
+            sagemaker = SageMakerFrontDoor(
+                self._http_front_door(core), settings.sagemaker, core, limit
+            )
+            self.sagemaker_port = await self._serve_hosted(sagemaker, settings.sagemaker.port)
+        if settings.vertex_ai is not None:
+            try:
+                model = default_model(settings.vertex_ai, await core.repository_index(True))
+            except ValueError as exc:
+                raise StartupError(f"failed to start Vertex AI service: {exc}") from None
+            vertex = VertexAiFrontDoor(
+                self._http_front_door(core), settings.vertex_ai, model, limit
+            )
+            self.vertex_ai_port = await self._serve_hosted(vertex, settings.vertex_ai.port)
+
+    async def _serve_hosted(self, app: ASGIApp, port: int) -> int:
+        sock = _bind(self.settings.http_address, port)
+        self._sockets.append(sock)
+        self._hosted.append(await self._serve(app, sock))
+        return int(sock.getsockname()[1])
 
     async def _start_metrics(self, exporter: MetricsExporter) -> None:
         """Triton's metrics port: a second HTTP server on the same loop."""
@@ -280,8 +328,9 @@ class App:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then unload every model. Both front
         doors stop accepting at once and drain together, within one --exit-timeout-secs."""
-        doors = [door for door in (self._grpc, self._http) if door is not None]
+        doors = [door for door in (self._grpc, self._http, *self._hosted) if door is not None]
         self._grpc = self._http = None
+        self._hosted.clear()
         await asyncio.gather(*(door.stop(self.settings.exit_timeout_secs) for door in doors))
         if self._poller is not None:
             await self._poller.stop()

@@ -20,6 +20,13 @@ from inferd.server.flag_values import (
 )
 from inferd.server.grpc_tls import grpc_tls
 from inferd.server.header_forward import header_forward
+from inferd.server.hosted_flags import (
+    add_hosted_flags,
+    check_ports,
+    in_vertex_ai,
+    sagemaker_from_args,
+    vertex_ai_from_args,
+)
 from inferd.server.inert_flags import add_inert_flags, inert_flags_given
 from inferd.server.log_settings import DEFAULT_FORMAT, LOG_FORMATS, LogSettings
 from inferd.server.metrics_config import parse_metrics_config
@@ -55,7 +62,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "Triton's; booleans take true/false.",
     )
     p = FlagParser(serve, dict(os.environ if environ is None else environ))
+    serve.set_defaults(environ=p.environ)  # the platform variables settings_from_args reads
     d, g = Settings(), GrpcChannel()
+    vertex_ai = in_vertex_ai(p.environ)
     p.add("--id", default=d.server_id, help="the server's name in its metadata")
     p.add(
         "--model-repository",
@@ -64,8 +73,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         type=_repository,
         multiple=True,
         help="model repository root: a folder, s3://[host:port/]bucket/path, "
-        "gs://bucket/path or as://account/container/path (repeatable); none = the bundled "
-        "examples",
+        "gs://bucket/path or as://account/container/path (repeatable); none = "
+        "$AIP_STORAGE_URI, else the bundled examples",
     )
     p.add(
         "--model-config-name",
@@ -143,8 +152,18 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="as --http-header-forward-pattern, for gRPC request metadata",
     )
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
-    p.add("--allow-http", type=parse_bool, default=d.allow_http, help="serve HTTP")
-    p.add("--allow-grpc", type=parse_bool, default=d.allow_grpc, help="serve gRPC")
+    p.add(
+        "--allow-http",
+        type=parse_bool,
+        default=d.allow_http and not vertex_ai,
+        help="serve HTTP (default: true, false when AIP_MODE=PREDICTION)",
+    )
+    p.add(
+        "--allow-grpc",
+        type=parse_bool,
+        default=d.allow_grpc and not vertex_ai,
+        help="serve gRPC (default: true, false when AIP_MODE=PREDICTION)",
+    )
     p.add(
         "--allow-metrics",
         type=parse_bool,
@@ -398,6 +417,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         help="default: 'TIME LEVEL logger: message'; ISO8601: the time in UTC as ISO 8601",
     )
     p.add("--log-file", help="log to this file instead of stderr")
+    add_hosted_flags(p)
     add_inert_flags(p)
     return parser
 
@@ -418,6 +438,16 @@ def _repository(text: str) -> Path | RemoteLocation:
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
     return Path(text)
+
+
+def _aip_storage(environ: dict[str, str]) -> list[Path | RemoteLocation]:
+    """Vertex AI names the model's storage in AIP_STORAGE_URI: the repository when no flag
+    names one (as in Triton)."""
+    uri = environ.get("AIP_STORAGE_URI")
+    try:
+        return [_repository(uri)] if uri else []
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"AIP_STORAGE_URI={uri!r}: {exc}") from None
 
 
 def _config_name(text: str) -> str:
@@ -494,9 +524,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"python isolation must be one of {', '.join(PYTHON_ISOLATIONS)}: {python_isolation!r}"
         )
     log_level = "debug" if args.log_verbose > 0 else args.log_level
-    return Settings(
+    settings = Settings(
         server_id=args.id,
-        model_repositories=tuple(args.model_repository or ()),
+        model_repositories=tuple(args.model_repository or _aip_storage(args.environ)),
         model_config_name=args.model_config_name,
         model_load_thread_count=args.model_load_thread_count,
         model_load_retry_count=args.model_load_retry_count,
@@ -580,7 +610,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trace_otel=parse_otel_flags(args.trace_config or ()),
         backend_config=backend_config,
         rate_limit=parse_rate_limit(args.rate_limit, args.rate_limit_resource or ()),
+        sagemaker=sagemaker_from_args(args, args.environ),
+        vertex_ai=vertex_ai_from_args(args, args.environ),
     )
+    check_ports(settings)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

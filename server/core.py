@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import inferd
@@ -205,6 +206,14 @@ class InferenceCore:
         `requested_by`: the model whose code asks (pb_utils.load_model)."""
         self._require_model_control()
         await self._repository.load(name, config, files, requested_by)
+
+    async def register_repository(self, root: Path, names: Mapping[str, str]) -> None:
+        """Serve the models of another repository, some under names of their own (folder ->
+        name); they load when asked for (a SageMaker multi-model endpoint's models)."""
+        await self._repository.register(root, names)
+
+    def unregister_repository(self, root: Path) -> None:
+        self._repository.unregister(root)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Returns once the model's in-flight requests are done and its instances are freed."""

@@ -47,6 +47,10 @@ def not_found(message: str) -> InferdError:
     return InferdError(ErrorCode.NOT_FOUND, message)
 
 
+def already_exists(message: str) -> InferdError:
+    return InferdError(ErrorCode.ALREADY_EXISTS, message)
+
+
 def unavailable(message: str) -> InferdError:
     return InferdError(ErrorCode.UNAVAILABLE, message)
 

@@ -1,6 +1,6 @@
 """tritonserver flags that have nothing to act on in inferd, accepted so that a Triton command
 line starts unchanged (values are still checked, and what was given is logged at start-up).
-Values inferd cannot honour (SageMaker, Vertex AI, model namespacing) are usage errors."""
+Values inferd cannot honour (model namespacing) are usage errors."""
 
 from __future__ import annotations
 
@@ -32,13 +32,6 @@ def _host_policy(text: str) -> str:
     return text
 
 
-def _port_range(text: str) -> str:
-    low, dash, high = text.partition("-")
-    if not (dash and low.isdigit() and high.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected <integer>-<integer>, got '{text}'")
-    return text
-
-
 def _compression(text: str) -> str:
     if text not in ("none", "low", "medium", "high"):
         raise argparse.ArgumentTypeError(f"expected none, low, medium or high, got '{text}'")
@@ -61,8 +54,6 @@ class InertFlag:
 _BACKENDS = "backends are Python packages found by entry point"
 _MEMORY = "tensor memory is the frameworks' own (ONNX Runtime, TensorRT, CuPy)"
 _THREADS = "front doors are asynchronous, on one event loop"
-_SAGEMAKER = "inferd does not serve the SageMaker endpoints"
-_VERTEX = "inferd does not serve the Vertex AI endpoints"
 
 INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag("--backend-directory", _BACKENDS),
@@ -87,14 +78,8 @@ INERT_FLAGS: tuple[InertFlag, ...] = (
         refused_when_true="--model-namespacing=true is not supported: model names must be "
         "unique across repositories",
     ),
-    InertFlag("--allow-sagemaker", _SAGEMAKER, parse_bool, refused_when_true=_SAGEMAKER),
-    InertFlag("--sagemaker-port", _SAGEMAKER, int),
-    InertFlag("--sagemaker-safe-port-range", _SAGEMAKER, _port_range),
-    InertFlag("--sagemaker-thread-count", _SAGEMAKER, int),
-    InertFlag("--allow-vertex-ai", _VERTEX, parse_bool, refused_when_true=_VERTEX),
-    InertFlag("--vertex-ai-port", _VERTEX, int),
-    InertFlag("--vertex-ai-thread-count", _VERTEX, int),
-    InertFlag("--vertex-ai-default-model", _VERTEX),
+    InertFlag("--sagemaker-thread-count", _THREADS, int),
+    InertFlag("--vertex-ai-thread-count", _THREADS, int),
 )
 
 

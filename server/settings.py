@@ -15,7 +15,9 @@ from inferd.server.metrics_config import MetricsConfig
 from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitSettings
 from inferd.server.restricted_api import Restrictions
+from inferd.server.sagemaker import SageMakerSettings
 from inferd.server.trace_settings import TraceSetting
+from inferd.server.vertex_ai import VertexAiSettings
 
 # What carries the gRPC port: inferd's own HTTP/2 layer, or grpc.aio (server/grpc_stacks.py).
 GrpcStackName = Literal["inferd", "grpcio"]
@@ -121,6 +123,8 @@ class Settings:
     trace_otel: OtelSettings = field(default_factory=OtelSettings)  # opentelemetry,...
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)  # --rate-limit*
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    sagemaker: SageMakerSettings | None = None  # --allow-sagemaker
+    vertex_ai: VertexAiSettings | None = None  # --allow-vertex-ai
 
 
 def bundled_examples() -> Path:

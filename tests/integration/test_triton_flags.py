@@ -280,7 +280,7 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
             "--cuda-memory-pool-byte-size=0:67108864",
             "--cuda-memory-pool-byte-size=1:67108864",
             "--http-thread-count=8",
-            "--allow-sagemaker=false",
+            "--sagemaker-thread-count=8",
             "--grpc-infer-response-compression-level=none",
             "--host-policy=gpu0,numa-node=0",
         ]
@@ -291,7 +291,7 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         "--host-policy",
         "--http-thread-count",
         "--grpc-infer-response-compression-level",
-        "--allow-sagemaker",
+        "--sagemaker-thread-count",
     ]
     assert serve_flags([]).inert_flags == ()
     backend_settings = serve_flags(
@@ -314,8 +314,6 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         ("--pinned-memory-pool-byte-size=lots", "expected a number >= 0, got lots"),
         ("--model-load-retry-count=-1", "expected a number >= 0, got -1"),
         ("--grpc-infer-response-compression-level=max", "expected none, low, medium or high"),
-        ("--allow-sagemaker=true", "does not serve the SageMaker endpoints"),
-        ("--allow-vertex-ai=1", "does not serve the Vertex AI endpoints"),
         ("--model-namespacing=true", "--model-namespacing=true is not supported"),
         ("--model-config-name=a b", "no spaces"),
         ("--model-load-thread-count=0", "expected a number >= 1"),

@@ -1,0 +1,140 @@
+"""What the hosted platforms' front doors (Vertex AI, SageMaker) share: each serves a few
+routes of its platform's own on a port of its own, and answers them by passing a rewritten
+request to the HTTP front door, so that inference and every other endpoint behave there as
+on the HTTP port (the same core, restrictions and body limit, as in Triton)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid
+
+INFERENCE_HEADER = b"inference-header-content-length"
+CONTENT_TYPE = b"content-type"
+JSON = b"application/json"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class BinaryJsonType:
+    """A platform's content type for the binary tensor data extension, `<prefix>N` where N is
+    the length of the JSON header before the binary data (what Triton's own HTTP port reads
+    from Inference-Header-Content-Length, which these ports ignore)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.encode()
+
+    def header_length(self, content_type: bytes | None, body_length: int) -> int | None:
+        """N from a request's content type; None when it is not this type (all JSON)."""
+        if content_type is None or self.prefix not in content_type:
+            return None
+        text = content_type.decode("latin-1")
+        if not content_type.startswith(self.prefix):
+            raise invalid(
+                f"expect MIME type for binary data starts with '{self.prefix.decode()}', "
+                f"got: {text}"
+            )
+        raw = text[len(self.prefix) :]
+        length = _leading_int(raw)  # as C's atoi: digits up to the first other character
+        if length < 0 or length > body_length:
+            raise invalid(
+                f"inference header size should be in range (0, {body_length}), got: {raw}"
+            )
+        return length
+
+    def response_headers(self, headers: Headers) -> Headers:
+        """The HTTP front door's answer headers with its binary marker in this type."""
+        length = next((value for key, value in headers if key == INFERENCE_HEADER), None)
+        if length is None:
+            return headers
+        kept = [(k, v) for k, v in headers if k not in (INFERENCE_HEADER, CONTENT_TYPE)]
+        return [(CONTENT_TYPE, self.prefix + length), *kept]
+
+
+def _leading_int(text: str) -> int:
+    text = text.strip()
+    end = 1 if text[:1] in ("-", "+") else 0
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    try:
+        return int(text[:end])
+    except ValueError:
+        return 0
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, refused past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes) -> Receive:
+    """A `receive` that hands on a body already read."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def forward(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    path: str,
+    method: str,
+    headers: Headers | None = None,
+    answer: Callable[[int, Headers], tuple[int, Headers]] | None = None,
+) -> None:
+    """Serve the request as `method path` on `app` (the HTTP front door); `answer` may change
+    the status and headers of what it sends back."""
+    rewritten = dict(scope)
+    rewritten.update(path=path, raw_path=path.encode(), method=method, query_string=b"")
+    if headers is not None:
+        rewritten["headers"] = headers
+    if answer is None:
+        await app(rewritten, receive, send)
+        return
+
+    async def send_changed(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status, changed = answer(message["status"], list(message.get("headers", [])))
+            message = {**message, "status": status, "headers": changed}
+        await send(message)
+
+    await app(rewritten, receive, send_changed)
+
+
+async def reply(send: Send, status: int, body: bytes = b"", content_type: bytes = JSON) -> None:
+    headers = [(b"content-length", b"%d" % len(body))]
+    if body:
+        headers.append((CONTENT_TYPE, content_type))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def reply_error(send: Send, status: int, error: InferdError) -> None:
+    await reply(send, status, orjson.dumps({"error": error.message}))
+
+
+def refusal_status(error: InferdError) -> int:
+    """The status of a request refused before it reached the HTTP front door."""
+    return 413 if error.code is ErrorCode.TOO_LARGE else 400

@@ -1,0 +1,335 @@
+"""The SageMaker front door (`--allow-sagemaker`), as Triton serves it for Amazon SageMaker
+endpoints: on its own port (8080), `/ping` answers whether the server is ready (or live), and
+`/invocations` runs the default model (SAGEMAKER_TRITON_DEFAULT_MODEL_NAME). A multi-model
+endpoint loads, lists, invokes and unloads models under `/models` as SageMaker asks: each
+model is a folder SageMaker unpacked, registered as a repository of its own.
+
+As in Triton, a failed inference answers 400 (507 when the error says memory ran out), and the
+binary tensor extension is marked by the content type
+`application/vnd.sagemaker-triton.binary+json;json-header-size=N`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferd.server.errors import ErrorCode, InferdError, already_exists, invalid
+from inferd.server.hosted_routes import (
+    INFERENCE_HEADER,
+    BinaryJsonType,
+    Headers,
+    forward,
+    read_body,
+    replay,
+    reply,
+    reply_error,
+)
+
+BINARY_TYPE = BinaryJsonType("application/vnd.sagemaker-triton.binary+json;json-header-size=")
+TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
+UNSPECIFIED_MODEL = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"
+PING_MODES = ("ready", "live")
+INSUFFICIENT_STORAGE = 507
+_MODELS = re.compile(r"/models(?:/)?([^/]+)?(/invoke)?")
+_SYSTEM_FOLDERS = ("/dev/", "/proc/", "/sys/")
+_NOT_FORWARDED = (INFERENCE_HEADER, b"accept-encoding", b"content-encoding")
+_ENSEMBLE = re.compile(r'platform:\s*"ensemble"')
+# Words in an error that mean memory ran out: SageMaker then unloads other models and retries.
+_OUT_OF_MEMORY = (
+    "CUDA out of memory",
+    "CUDA_OUT_OF_MEMORY",
+    "Out of memory",
+    "Out Of Memory",
+    "out of memory",
+    "MemoryError",
+    "OutOfMemory",
+    "OOM",
+    "Dst tensor is not initialized",
+    "Src tensor is not initialized",
+    "CNMEM_STATUS_OUT_OF_MEMORY",
+    "CUDNN_STATUS_NOT_INITIALIZED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_NOT_INITIALIZED",
+    "Failed to allocate memory",
+    "failed to allocate memory",
+    "No space left on device",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SageMakerSettings:
+    """--allow-sagemaker, --sagemaker-port and the SAGEMAKER_TRITON_* environment."""
+
+    port: int = 8080
+    # --sagemaker-safe-port-range: the ports the server's other front doors must use.
+    safe_port_range: tuple[int, int] | None = None
+    default_model: str = UNSPECIFIED_MODEL  # SAGEMAKER_TRITON_DEFAULT_MODEL_NAME
+    ping_mode: str = "ready"  # SAGEMAKER_TRITON_PING_MODE: ready | live
+
+
+def sagemaker_settings(
+    environ: Mapping[str, str], port: int, safe_port_range: tuple[int, int] | None
+) -> SageMakerSettings:
+    ping_mode = environ.get("SAGEMAKER_TRITON_PING_MODE", "ready")
+    if ping_mode not in PING_MODES:
+        raise ValueError(f"SAGEMAKER_TRITON_PING_MODE must be ready or live, got {ping_mode!r}")
+    return SageMakerSettings(
+        port=port,
+        safe_port_range=safe_port_range,
+        default_model=environ.get("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME", UNSPECIFIED_MODEL),
+        ping_mode=ping_mode,
+    )
+
+
+class ModelControl(Protocol):
+    """What a multi-model endpoint needs of the core."""
+
+    async def register_repository(self, root: Path, names: Mapping[str, str]) -> None: ...
+
+    def unregister_repository(self, root: Path) -> None: ...
+
+    async def load_model(self, name: str) -> None: ...
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    def model_ready(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A multi-model endpoint's model: the repository it was registered as, its name there."""
+
+    root: Path
+    model: str
+
+
+class SageMakerFrontDoor:
+    """The ASGI application of the SageMaker port, in front of the HTTP front door `http`."""
+
+    def __init__(
+        self,
+        http: ASGIApp,
+        settings: SageMakerSettings,
+        models: ModelControl,
+        max_input_size: int,
+    ) -> None:
+        self._http = http
+        self._models = models
+        self._ping_path = f"/v2/health/{settings.ping_mode}"
+        self._default_model = settings.default_model
+        self._max_input_size = max_input_size
+        # The multi-model endpoint's models, by the name SageMaker gave them.
+        self._loaded: dict[str, _Loaded] = {}
+        self._lock = asyncio.Lock()  # loads and unloads, one at a time
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/ping":
+            await forward(self._http, scope, receive, send, self._ping_path, method)
+        elif path == "/invocations":
+            await self._infer(scope, receive, send, self._default_model)
+        elif (found := _MODELS.fullmatch(path)) is not None:
+            await self._multi_model(scope, receive, send, method, found[1], found[2])
+        else:
+            await reply(send, 400)
+
+    # ---- inference -----------------------------------------------------------------------
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+        # Bodies travel as they are both ways: no compression on this port, as in Triton.
+        headers: Headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
+        content_type = dict(headers).get(b"content-type")
+        if content_type is not None and BINARY_TYPE.prefix in content_type:
+            try:
+                body = await read_body(receive, self._max_input_size)
+                length = BINARY_TYPE.header_length(content_type, len(body))
+            except InferdError as error:
+                await reply_error(send, _status(error.message), error)
+                return
+            headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
+            receive = replay(body)
+        await forward(
+            self._http,
+            scope,
+            receive,
+            _FailuresAsBadRequest(send),
+            f"/v2/models/{model}/infer",
+            scope["method"],
+            headers,
+            lambda status, answer: (status, BINARY_TYPE.response_headers(answer)),
+        )
+
+    # ---- the multi-model endpoint ----------------------------------------------------------
+
+    async def _multi_model(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        name: str | None,
+        invoke: str | None,
+    ) -> None:
+        target = dict(scope["headers"]).get(TARGET_MODEL_HEADER)
+        if method == "GET" and name is None and invoke is None:
+            await self._list(send)
+        elif method == "GET" and name is not None and invoke is None:
+            await self._describe(send, name)
+        elif method == "POST" and invoke is not None and name is not None:
+            loaded = self._loaded.get(name)
+            if loaded is None:
+                await reply(send, 404)
+                return
+            model = target.decode("latin-1") if target is not None else loaded.model
+            await self._infer(scope, receive, send, model)
+        elif method == "POST" and name is None:
+            await self._load(receive, send, target)
+        elif method == "DELETE" and name is not None and invoke is None:
+            await self._unload(send, name)
+        else:
+            await reply(send, 400)
+
+    async def _list(self, send: Send) -> None:
+        # As Triton: a model that is not ready (any more) is listed as an empty object.
+        models = [
+            {"modelName": name, "modelUrl": str(loaded.root)}
+            if self._models.model_ready(loaded.model)
+            else {}
+            for name, loaded in self._loaded.items()
+        ]
+        await reply(send, 200, orjson.dumps({"models": models}))
+
+    async def _describe(self, send: Send, name: str) -> None:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            await reply(send, 404)
+            return
+        await reply(send, 200, orjson.dumps({"modelName": name, "modelUrl": str(loaded.root)}))
+
+    async def _load(self, receive: Receive, send: Send, target: bytes | None) -> None:
+        try:
+            request = _load_request(await read_body(receive, self._max_input_size))
+        except InferdError as error:
+            await reply_error(send, 400, error)
+            return
+        name, url = request
+        folder = Path(os.path.abspath(os.path.normpath(url)))  # as given: not through links
+        if str(folder).startswith(_SYSTEM_FOLDERS) or str(folder) + "/" in _SYSTEM_FOLDERS:
+            await reply(send, 400)
+            return
+        model = target.decode("latin-1") if target is not None else name
+        root, subfolder = await asyncio.to_thread(_model_folder, folder)
+        async with self._lock:
+            if name in self._loaded:
+                await reply_error(send, 409, already_exists(f"model '{name}' is already loaded"))
+                return
+            try:
+                await self._models.register_repository(root, {subfolder: model})
+            except InferdError as error:
+                await reply_error(
+                    send, 409 if error.code is ErrorCode.ALREADY_EXISTS else 400, error
+                )
+                return
+            try:
+                await self._models.load_model(model)
+            except InferdError as error:
+                self._models.unregister_repository(root)
+                await reply_error(send, _status(error.message), error)
+                return
+            self._loaded[name] = _Loaded(root, model)
+        await reply(send, 200)
+
+    async def _unload(self, send: Send, name: str) -> None:
+        async with self._lock:
+            loaded = self._loaded.get(name)
+            if loaded is None:
+                await reply(send, 404)
+                return
+            try:
+                # The models an ensemble loaded for itself go with it.
+                await self._models.unload_model(loaded.model, unload_dependents=True)
+            except InferdError as error:
+                await reply_error(send, 400, error)
+                return
+            self._models.unregister_repository(loaded.root)
+            del self._loaded[name]
+        await reply(send, 200)
+
+
+def _load_request(body: bytes) -> tuple[str, str]:
+    """`{"model_name": ..., "url": ...}` from a load request."""
+    try:
+        request: Any = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the load request: {exc}") from None
+    if not isinstance(request, dict):
+        raise invalid("the load request must be a JSON object")
+    name, url = request.get("model_name", ""), request.get("url", "")
+    if not isinstance(name, str) or not isinstance(url, str):
+        raise invalid("'model_name' and 'url' must be strings")
+    if not name or not url:
+        raise invalid("a load request needs 'model_name' and 'url'")
+    return name, url
+
+
+def _model_folder(url: Path) -> tuple[Path, str]:
+    """The repository to register and the model folder in it: `url` itself when it holds a
+    config.pbtxt; else the folder under it, or its ensemble when there are several (the
+    other models are the ensemble's steps)."""
+    if (url / "config.pbtxt").is_file():
+        return url.parent, url.name
+    chosen = ""
+    try:
+        for entry in sorted(url.iterdir()):
+            if not entry.is_dir():
+                continue
+            if not chosen:
+                chosen = entry.name
+            config = entry / "config.pbtxt"
+            if config.is_file() and _ENSEMBLE.search(config.read_text(errors="replace")):
+                return url, entry.name
+    except OSError:
+        pass  # the load reports the missing folder
+    return url, chosen
+
+
+def _status(message: str) -> int:
+    """Triton's SageMaker answer to a failure: 400, or 507 when memory ran out."""
+    return INSUFFICIENT_STORAGE if any(w in message for w in _OUT_OF_MEMORY) else 400
+
+
+class _FailuresAsBadRequest:
+    """A `send` that gives a failed inference SageMaker's status: 400, or 507 for memory."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._start: Message | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            self._start = message  # the status waits for the error's words
+            return
+        if self._start is not None and message["type"] == "http.response.body":
+            start, self._start = self._start, None
+            status = _status(_error_text(message.get("body", b"")))
+            await self._send({**start, "status": status})
+        await self._send(message)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        error = orjson.loads(body).get("error", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return error if isinstance(error, str) else ""

@@ -1,0 +1,312 @@
+"""The SageMaker and Vertex AI front doors: real servers on their own ports, driven with
+httpx and tritonclient's own request and response codec, and their flags and environment."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from inferd.server.app import StartupError
+from inferd.server.cli import build_parser, settings_from_args
+from inferd.server.sagemaker import SageMakerSettings
+from inferd.server.settings import Settings
+from inferd.server.vertex_ai import VertexAiSettings
+from tests.conftest import EXAMPLES, RunningServer
+from tests.python_models import write_python_model
+
+Factory = Callable[..., RunningServer]
+VERTEX = VertexAiSettings(port=0, predict_route="/predict", health_route="/health")
+VERTEX_BINARY = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
+SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+TARGET = "X-Amzn-SageMaker-Target-Model"
+REDIRECT = "X-Vertex-Ai-Triton-Redirect"
+
+
+def simple_inputs() -> tuple[list[httpclient.InferInput], np.ndarray, np.ndarray]:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.int32)
+    inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32")]
+    inputs.append(httpclient.InferInput("INPUT1", [1, 16], "INT32"))
+    inputs[0].set_data_from_numpy(a, binary_data=True)
+    inputs[1].set_data_from_numpy(b, binary_data=True)
+    return inputs, a, b
+
+
+def json_body() -> dict[str, object]:
+    return {
+        "inputs": [
+            {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+            {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16},
+        ]
+    }
+
+
+def binary_round_trip(url: str, content_type_prefix: str, **headers: str) -> None:
+    """A request in the binary tensor extension, marked by the platform's content type; the
+    answer comes back the same way and tritonclient decodes it."""
+    inputs, a, b = simple_inputs()
+    outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs)
+    answer = httpx.post(
+        url, content=body, headers={"Content-Type": f"{content_type_prefix}{json_size}", **headers}
+    )
+    assert answer.status_code == 200, answer.text
+    content_type = answer.headers["content-type"]
+    assert content_type.startswith(content_type_prefix)
+    assert "inference-header-content-length" not in answer.headers
+    length = int(content_type[len(content_type_prefix) :])
+    result = httpclient.InferenceServerClient.parse_response_body(
+        answer.content, header_length=length
+    )
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+
+
+# ---- Vertex AI -------------------------------------------------------------------------------
+
+
+def vertex_url(server: RunningServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.app.vertex_ai_port}{path}"
+
+
+@pytest.fixture
+def vertex(server_factory: Factory) -> RunningServer:
+    return server_factory(
+        model_repositories=(EXAMPLES,),
+        vertex_ai=VertexAiSettings(
+            port=0, predict_route="/predict", health_route="/health", default_model="simple"
+        ),
+    )
+
+
+def test_vertex_health_and_predict_run_the_default_model(vertex: RunningServer) -> None:
+    assert httpx.get(vertex_url(vertex, "/health")).status_code == 200
+    answer = httpx.post(vertex_url(vertex, "/predict"), json=json_body())
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_name"] == "simple"
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    assert outputs["OUTPUT0"] == [i + 1 for i in range(16)]
+    binary_round_trip(vertex_url(vertex, "/predict"), VERTEX_BINARY)
+    # Bad input is answered in the protocol's own words, as on the HTTP port.
+    bad = httpx.post(vertex_url(vertex, "/predict"), json={"inputs": []})
+    assert bad.status_code == 400 and "error" in bad.json()
+    for header_size in ("9999999", "-1"):
+        refused = httpx.post(
+            vertex_url(vertex, "/predict"),
+            content=b"{}",
+            headers={"Content-Type": VERTEX_BINARY + header_size},
+        )
+        assert refused.status_code == 400
+        assert "inference header size should be in range (0, 2)" in refused.json()["error"]
+    # Anything else on the port is a bad request, as in Triton; predict takes POST only.
+    assert httpx.get(vertex_url(vertex, "/v2/health/ready")).status_code == 400
+    assert httpx.get(vertex_url(vertex, "/predict")).status_code == 405
+
+
+def test_vertex_redirect_reaches_every_endpoint_by_post(vertex: RunningServer) -> None:
+    def redirected(target: str, **kwargs: object) -> httpx.Response:
+        return httpx.post(vertex_url(vertex, "/predict"), headers={REDIRECT: target}, **kwargs)  # type: ignore[arg-type]
+
+    config = redirected("v2/models/identity_fp32/config")
+    assert config.status_code == 200 and config.json()["name"] == "identity_fp32"
+    assert redirected("v2/models/digits").json()["name"] == "digits"  # metadata
+    assert redirected("v2/models/digits/ready").status_code == 200
+    assert redirected("v2/health/live").status_code == 200
+    assert redirected("v2").json()["name"] == "inferd"
+    stats = redirected("v2/models/simple/stats").json()["model_stats"]
+    assert stats[0]["name"] == "simple"
+    index = redirected("v2/repository/index").json()
+    assert {entry["name"] for entry in index} >= {"simple", "digits"}
+    assert redirected("v2/systemsharedmemory/status").status_code == 200
+    infer = redirected("v2/models/simple/infer", json=json_body())
+    assert infer.status_code == 200 and infer.json()["model_name"] == "simple"
+    binary_round_trip(
+        vertex_url(vertex, "/predict"), VERTEX_BINARY, **{REDIRECT: "v2/models/simple/infer"}
+    )
+    # In explicit mode only: the repository API answers as on the HTTP port.
+    unload = redirected("v2/repository/models/simple/unload")
+    assert unload.status_code == 503 and "explicit" in unload.json()["error"]
+    assert redirected("v2/foo").status_code == 400
+    assert redirected("v2/models/simple/generate").status_code == 400
+    with_get = httpx.get(vertex_url(vertex, "/predict"), headers={REDIRECT: "v2"})
+    assert with_get.status_code == 405
+
+
+def test_vertex_default_model_must_be_loaded_or_the_only_one(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    with pytest.raises(StartupError, match="only a single model if default model"):
+        server_factory(model_repositories=(EXAMPLES,), vertex_ai=VERTEX)
+    with pytest.raises(StartupError, match="Expect the default model 'nope' is loaded"):
+        server_factory(
+            model_repositories=(EXAMPLES,),
+            vertex_ai=VertexAiSettings(
+                port=0, predict_route="/predict", health_route="/health", default_model="nope"
+            ),
+        )
+    shutil.copytree(EXAMPLES / "simple", tmp_path / "simple")
+    server = server_factory(model_repositories=(tmp_path,), vertex_ai=VERTEX)
+    answer = httpx.post(vertex_url(server, "/predict"), json=json_body())
+    assert answer.json()["model_name"] == "simple"
+
+
+def test_vertex_environment_sets_the_defaults(tmp_path: Path) -> None:
+    def settings(environ: dict[str, str], *flags: str) -> Settings:
+        return settings_from_args(build_parser(environ).parse_args(["serve", *flags]))
+
+    environ = {
+        "AIP_MODE": "PREDICTION",
+        "AIP_HTTP_PORT": "7080",
+        "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict",
+        "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2",
+        "AIP_STORAGE_URI": str(tmp_path),
+    }
+    vertex = settings(environ)
+    assert vertex.vertex_ai == VertexAiSettings(
+        7080, "", environ["AIP_PREDICT_ROUTE"], environ["AIP_HEALTH_ROUTE"]
+    )
+    assert (vertex.allow_http, vertex.allow_grpc) == (False, False)  # as in Triton
+    assert vertex.model_repositories == (tmp_path,)
+    both = settings(environ, "--allow-http=true", "--vertex-ai-port=9090", "--model-store=/m")
+    assert both.allow_http and both.vertex_ai is not None and both.vertex_ai.port == 9090
+    assert both.model_repositories == (Path("/m"),)
+    assert settings({}).vertex_ai is None and settings({}).allow_grpc
+    with pytest.raises(ValueError, match="AIP_HEALTH_ROUTE is not defined"):
+        settings({"AIP_PREDICT_ROUTE": "/p"}, "--allow-vertex-ai=true")
+
+
+def test_two_front_doors_never_share_a_port() -> None:
+    def settings(*flags: str) -> Settings:
+        return settings_from_args(build_parser({}).parse_args(["serve", *flags]))
+
+    with pytest.raises(ValueError, match="cannot listen to HTTP requests and SageMaker requests "):
+        settings("--http-port=8080", "--allow-sagemaker=true")
+    with pytest.raises(ValueError, match="GRPC requests and metrics requests at the same address"):
+        settings("--grpc-port=8002", "--grpc-address=0.0.0.0")
+    with pytest.raises(ValueError, match=r"HTTP requests at port 8000, allowed port range is \["):
+        settings("--allow-sagemaker=true", "--sagemaker-safe-port-range=9000-9100")
+    ok = settings("--allow-sagemaker", "--sagemaker-safe-port-range=8000-8002")
+    assert ok.sagemaker == SageMakerSettings(safe_port_range=(8000, 8002))
+    assert settings("--http-port=0", "--grpc-port=0").grpc_port == 0  # any free port: no clash
+
+
+# ---- SageMaker -------------------------------------------------------------------------------
+
+
+def sagemaker_url(server: RunningServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.app.sagemaker_port}{path}"
+
+
+FAILING = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        text = pb_utils.get_input_tensor_by_name(requests[0], "TEXT").as_numpy()[0].decode()
+        raise pb_utils.TritonModelException(text)
+"""
+
+FAILING_CONFIG = """
+name: "failing"
+backend: "python"
+input [{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }]
+output [{ name: "OUT" data_type: TYPE_STRING dims: [ 1 ] }]
+"""
+
+
+def test_sagemaker_ping_and_invocations(server_factory: Factory) -> None:
+    server = server_factory(
+        model_repositories=(EXAMPLES,),
+        sagemaker=SageMakerSettings(port=0, default_model="simple"),
+    )
+    assert httpx.get(sagemaker_url(server, "/ping")).status_code == 200
+    answer = httpx.post(sagemaker_url(server, "/invocations"), json=json_body())
+    assert answer.status_code == 200 and answer.json()["model_name"] == "simple"
+    binary_round_trip(sagemaker_url(server, "/invocations"), SAGEMAKER_BINARY)
+    bad = httpx.post(sagemaker_url(server, "/invocations"), content=b"not json")
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert httpx.get(sagemaker_url(server, "/elsewhere")).status_code == 400
+
+
+def test_sagemaker_failures_answer_400_or_507_for_memory(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    write_python_model(tmp_path, "failing", FAILING, FAILING_CONFIG)
+    server = server_factory(
+        model_repositories=(tmp_path,),
+        sagemaker=SageMakerSettings(port=0, default_model="failing"),
+    )
+
+    def invoke(text: str) -> httpx.Response:
+        body = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+        return httpx.post(sagemaker_url(server, "/invocations"), json=body)
+
+    plain = invoke("the model failed")
+    assert plain.status_code == 400 and "the model failed" in plain.json()["error"]
+    memory = invoke("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert memory.status_code == 507 and "CUDA out of memory" in memory.json()["error"], memory.text
+    missing = server_factory(model_repositories=(tmp_path,), sagemaker=SageMakerSettings(port=0))
+    unknown = httpx.post(sagemaker_url(missing, "/invocations"), json=json_body())
+    assert unknown.status_code == 400
+    assert "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in unknown.json()["error"]
+
+
+def test_sagemaker_ping_follows_the_ping_mode(server_factory: Factory, tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()  # fails to load: the server is live, not ready
+    (tmp_path / "broken" / "config.pbtxt").write_text('backend: "nope"')
+    ready = server_factory(model_repositories=(tmp_path,), sagemaker=SageMakerSettings(port=0))
+    assert httpx.get(sagemaker_url(ready, "/ping")).status_code == 400
+    live = server_factory(
+        model_repositories=(tmp_path,), sagemaker=SageMakerSettings(port=0, ping_mode="live")
+    )
+    assert httpx.get(sagemaker_url(live, "/ping")).status_code == 200
+
+
+def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path) -> None:
+    empty = tmp_path / "repository"
+    empty.mkdir()
+    server = server_factory(
+        model_repositories=(empty,),
+        model_control_mode="explicit",
+        sagemaker=SageMakerSettings(port=0),
+    )
+    # As SageMaker unpacks a model archive: /opt/ml/models/<hash>/model/<model folder>.
+    unpacked = tmp_path / "models" / "0123abcd" / "model"
+    shutil.copytree(EXAMPLES / "simple", unpacked / "simple")
+    url = str(unpacked)
+
+    def models(path: str = "", method: str = "GET", **kwargs: object) -> httpx.Response:
+        return httpx.request(method, sagemaker_url(server, "/models" + path), **kwargs)  # type: ignore[arg-type]
+
+    headers = {TARGET: "simple"}
+    load = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
+    assert load.status_code == 200, load.text
+    listed = models().json()
+    assert listed == {"models": [{"modelName": "0123abcd", "modelUrl": url}]}
+    assert models("/0123abcd").json() == {"modelName": "0123abcd", "modelUrl": url}
+    assert models("/unknown").status_code == 404
+    invoke = models("/0123abcd/invoke", method="POST", json=json_body(), headers=headers)
+    assert invoke.status_code == 200 and invoke.json()["model_name"] == "simple"
+    binary_round_trip(sagemaker_url(server, "/models/0123abcd/invoke"), SAGEMAKER_BINARY, **headers)
+    again = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
+    assert again.status_code == 409 and "error" in again.json()
+    assert models("/0123abcd", method="DELETE", headers=headers).status_code == 200
+    assert models("/0123abcd", method="DELETE", headers=headers).status_code == 404
+    assert models("/0123abcd/invoke", method="POST", json=json_body()).status_code == 404
+    assert models().json() == {"models": []}
+    # Loadable again once unloaded (the repository it was registered as is gone).
+    reload = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
+    assert reload.status_code == 200, reload.text
+    # Refused: system folders, a request that is not JSON, a folder with no model.
+    proc = models(method="POST", json={"model_name": "p", "url": "/proc/self"})
+    assert proc.status_code == 400
+    assert models(method="POST", content=b"{").status_code == 400
+    nothing = models(method="POST", json={"model_name": "n", "url": str(tmp_path / "none")})
+    assert nothing.status_code == 400 and "error" in nothing.json()
+    assert models("/n").status_code == 404  # a failed load leaves nothing behind
