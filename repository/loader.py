@@ -101,6 +101,8 @@ class ModelLoader:
             )
         else:
             proto, source = override, "the load request's 'config' parameter"
+        if model_dir.name != name:  # served under another name (a registered repository's)
+            proto.name = name
         available = version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")

@@ -94,7 +94,7 @@ class ModelRepository:
         if root in self.roots:
             raise already_exists(f"model repository '{root}' has already been registered")
         if not await asyncio.to_thread(root.is_dir):
-            raise invalid(f"failed to register '{root}': no such folder")
+            raise invalid(f"failed to register '{root}', repository not found")
         found = await asyncio.to_thread(find_models, self.roots, self._registered)
         in_use = {
             name

@@ -5,8 +5,6 @@ on the HTTP port (the same core, restrictions and body limit, as in Triton)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,25 +100,13 @@ async def forward(
     path: str,
     method: str,
     headers: Headers | None = None,
-    answer: Callable[[int, Headers], tuple[int, Headers]] | None = None,
 ) -> None:
-    """Serve the request as `method path` on `app` (the HTTP front door); `answer` may change
-    the status and headers of what it sends back."""
+    """Serve the request as `method path` on `app` (the HTTP front door)."""
     rewritten = dict(scope)
     rewritten.update(path=path, raw_path=path.encode(), method=method, query_string=b"")
     if headers is not None:
         rewritten["headers"] = headers
-    if answer is None:
-        await app(rewritten, receive, send)
-        return
-
-    async def send_changed(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            status, changed = answer(message["status"], list(message.get("headers", [])))
-            message = {**message, "status": status, "headers": changed}
-        await send(message)
-
-    await app(rewritten, receive, send_changed)
+    await app(rewritten, receive, send)
 
 
 async def reply(send: Send, status: int, body: bytes = b"", content_type: bytes = JSON) -> None:

@@ -28,6 +28,7 @@ from inferd.server.hosted_routes import (
     Headers,
     forward,
     read_body,
+    refusal_status,
     replay,
     reply,
     reply_error,
@@ -36,7 +37,6 @@ from inferd.server.hosted_routes import (
 BINARY_TYPE = BinaryJsonType("application/vnd.sagemaker-triton.binary+json;json-header-size=")
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
 UNSPECIFIED_MODEL = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"
-PING_MODES = ("ready", "live")
 INSUFFICIENT_STORAGE = 507
 _MODELS = re.compile(r"/models(?:/)?([^/]+)?(/invoke)?")
 _SYSTEM_FOLDERS = ("/dev/", "/proc/", "/sys/")
@@ -78,9 +78,8 @@ class SageMakerSettings:
 def sagemaker_settings(
     environ: Mapping[str, str], port: int, safe_port_range: tuple[int, int] | None
 ) -> SageMakerSettings:
-    ping_mode = environ.get("SAGEMAKER_TRITON_PING_MODE", "ready")
-    if ping_mode not in PING_MODES:
-        raise ValueError(f"SAGEMAKER_TRITON_PING_MODE must be ready or live, got {ping_mode!r}")
+    # Any value but "live" means readiness, as in Triton.
+    ping_mode = "live" if environ.get("SAGEMAKER_TRITON_PING_MODE") == "live" else "ready"
     return SageMakerSettings(
         port=port,
         safe_port_range=safe_port_range,
@@ -146,7 +145,12 @@ class SageMakerFrontDoor:
 
     # ---- inference -----------------------------------------------------------------------
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, multi_model: bool = False
+    ) -> None:
+        """Inference on `model`. As in Triton, a failure while the model runs answers 400 (507
+        for memory); a request refused before it runs keeps the HTTP port's status, except on
+        a multi-model endpoint, where every failure answers 400 (or 507)."""
         # Bodies travel as they are both ways: no compression on this port, as in Triton.
         headers: Headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
         content_type = dict(headers).get(b"content-type")
@@ -155,20 +159,13 @@ class SageMakerFrontDoor:
                 body = await read_body(receive, self._max_input_size)
                 length = BINARY_TYPE.header_length(content_type, len(body))
             except InferdError as error:
-                await reply_error(send, _status(error.message), error)
+                await reply_error(send, refusal_status(error), error)
                 return
             headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
             receive = replay(body)
-        await forward(
-            self._http,
-            scope,
-            receive,
-            _FailuresAsBadRequest(send),
-            f"/v2/models/{model}/infer",
-            scope["method"],
-            headers,
-            lambda status, answer: (status, BINARY_TYPE.response_headers(answer)),
-        )
+        path = f"/v2/models/{model}/infer"
+        answer = _SageMakerAnswer(send, multi_model)
+        await forward(self._http, scope, receive, answer, path, scope["method"], headers)
 
     # ---- the multi-model endpoint ----------------------------------------------------------
 
@@ -182,21 +179,23 @@ class SageMakerFrontDoor:
         invoke: str | None,
     ) -> None:
         target = dict(scope["headers"]).get(TARGET_MODEL_HEADER)
-        if method == "GET" and name is None and invoke is None:
+        if method == "GET" and name is None:
             await self._list(send)
-        elif method == "GET" and name is not None and invoke is None:
+        elif method == "GET" and name is not None:  # `/invoke` too, as in Triton
             await self._describe(send, name)
         elif method == "POST" and invoke is not None and name is not None:
             loaded = self._loaded.get(name)
             if loaded is None:
                 await reply(send, 404)
                 return
+            # The model the header names, else the one this name loaded (Triton would take
+            # the name in the path, which is not the model's name when a header named it).
             model = target.decode("latin-1") if target is not None else loaded.model
-            await self._infer(scope, receive, send, model)
+            await self._infer(scope, receive, send, model, multi_model=True)
         elif method == "POST" and name is None:
             await self._load(receive, send, target)
-        elif method == "DELETE" and name is not None and invoke is None:
-            await self._unload(send, name)
+        elif method == "DELETE":
+            await self._unload(send, name or "")
         else:
             await reply(send, 400)
 
@@ -309,20 +308,28 @@ def _status(message: str) -> int:
     return INSUFFICIENT_STORAGE if any(w in message for w in _OUT_OF_MEMORY) else 400
 
 
-class _FailuresAsBadRequest:
-    """A `send` that gives a failed inference SageMaker's status: 400, or 507 for memory."""
+class _SageMakerAnswer:
+    """A `send` that gives the HTTP front door's answer SageMaker's form: binary data marked
+    by the content type, and failures answered 400 (every one, or those of a running model:
+    the HTTP port's 500), or 507 when memory ran out."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, every_failure: bool) -> None:
         self._send = send
+        self._every_failure = every_failure
         self._start: Message | None = None
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            self._start = message  # the status waits for the error's words
-            return
-        if self._start is not None and message["type"] == "http.response.body":
+        if message["type"] == "http.response.start":
+            headers = BINARY_TYPE.response_headers(list(message.get("headers", [])))
+            message = {**message, "headers": headers}
+            if message["status"] >= 400:
+                self._start = message  # the status waits for the error's words
+                return
+        elif self._start is not None and message["type"] == "http.response.body":
             start, self._start = self._start, None
-            status = _status(_error_text(message.get("body", b"")))
+            status = start["status"]
+            if self._every_failure or status == 500:
+                status = _status(_error_text(message.get("body", b"")))
             await self._send({**start, "status": status})
         await self._send(message)
 

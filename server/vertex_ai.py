@@ -161,13 +161,5 @@ class VertexAiFrontDoor:
                 return
             headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
             receive = replay(body)
-        await forward(
-            self._http,
-            scope,
-            receive,
-            send,
-            path,
-            method,
-            headers,
-            lambda status, answer: (status, BINARY_TYPE.response_headers(answer)),
-        )
+        # The answer keeps the HTTP port's form (Inference-Header-Content-Length), as in Triton.
+        await forward(self._http, scope, receive, send, path, method, headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.sagemaker import SageMakerSettings
 from inferd.server.settings import Settings
+from inferd.server.types import ModelIndexEntry
 from inferd.server.vertex_ai import VertexAiSettings
 from tests.conftest import EXAMPLES, RunningServer
 from tests.python_models import write_python_model
@@ -47,9 +49,10 @@ def json_body() -> dict[str, object]:
     }
 
 
-def binary_round_trip(url: str, content_type_prefix: str, **headers: str) -> None:
-    """A request in the binary tensor extension, marked by the platform's content type; the
-    answer comes back the same way and tritonclient decodes it."""
+def binary_round_trip(url: str, content_type_prefix: str, **headers: str) -> httpx.Response:
+    """A request in the binary tensor extension, marked by the platform's content type;
+    tritonclient decodes the answer, whose JSON header's length either the same content type
+    (SageMaker) or the HTTP port's Inference-Header-Content-Length (Vertex AI) gives."""
     inputs, a, b = simple_inputs()
     outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)]
     body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs)
@@ -58,13 +61,17 @@ def binary_round_trip(url: str, content_type_prefix: str, **headers: str) -> Non
     )
     assert answer.status_code == 200, answer.text
     content_type = answer.headers["content-type"]
-    assert content_type.startswith(content_type_prefix)
-    assert "inference-header-content-length" not in answer.headers
-    length = int(content_type[len(content_type_prefix) :])
+    if content_type.startswith(content_type_prefix):
+        assert "inference-header-content-length" not in answer.headers
+        length = int(content_type[len(content_type_prefix) :])
+    else:
+        assert content_type == "application/octet-stream"
+        length = int(answer.headers["inference-header-content-length"])
     result = httpclient.InferenceServerClient.parse_response_body(
         answer.content, header_length=length
     )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    return answer
 
 
 # ---- Vertex AI -------------------------------------------------------------------------------
@@ -91,7 +98,9 @@ def test_vertex_health_and_predict_run_the_default_model(vertex: RunningServer) 
     assert answer.json()["model_name"] == "simple"
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
     assert outputs["OUTPUT0"] == [i + 1 for i in range(16)]
-    binary_round_trip(vertex_url(vertex, "/predict"), VERTEX_BINARY)
+    # Binary answers keep the HTTP port's form on this port, as in Triton.
+    binary = binary_round_trip(vertex_url(vertex, "/predict"), VERTEX_BINARY)
+    assert binary.headers["content-type"] == "application/octet-stream"
     # Bad input is answered in the protocol's own words, as on the HTTP port.
     bad = httpx.post(vertex_url(vertex, "/predict"), json={"inputs": []})
     assert bad.status_code == 400 and "error" in bad.json()
@@ -198,6 +207,18 @@ def test_two_front_doors_never_share_a_port() -> None:
 # ---- SageMaker -------------------------------------------------------------------------------
 
 
+def test_sagemaker_environment_names_the_model_and_the_ping() -> None:
+    def sagemaker(environ: dict[str, str]) -> SageMakerSettings | None:
+        args = build_parser(environ).parse_args(["serve", "--allow-sagemaker=true"])
+        return settings_from_args(args).sagemaker
+
+    environ = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "m", "SAGEMAKER_TRITON_PING_MODE": "live"}
+    assert sagemaker(environ) == SageMakerSettings(default_model="m", ping_mode="live")
+    # Any other ping mode means readiness, as in Triton.
+    assert sagemaker({"SAGEMAKER_TRITON_PING_MODE": "bogus"}) == SageMakerSettings()
+    assert settings_from_args(build_parser({}).parse_args(["serve"])).sagemaker is None
+
+
 def sagemaker_url(server: RunningServer, path: str) -> str:
     return f"http://127.0.0.1:{server.app.sagemaker_port}{path}"
 
@@ -228,7 +249,8 @@ def test_sagemaker_ping_and_invocations(server_factory: Factory) -> None:
     assert httpx.get(sagemaker_url(server, "/ping")).status_code == 200
     answer = httpx.post(sagemaker_url(server, "/invocations"), json=json_body())
     assert answer.status_code == 200 and answer.json()["model_name"] == "simple"
-    binary_round_trip(sagemaker_url(server, "/invocations"), SAGEMAKER_BINARY)
+    binary = binary_round_trip(sagemaker_url(server, "/invocations"), SAGEMAKER_BINARY)
+    assert binary.headers["content-type"].startswith(SAGEMAKER_BINARY)
     bad = httpx.post(sagemaker_url(server, "/invocations"), content=b"not json")
     assert bad.status_code == 400 and "error" in bad.json()
     assert httpx.get(sagemaker_url(server, "/elsewhere")).status_code == 400
@@ -253,7 +275,7 @@ def test_sagemaker_failures_answer_400_or_507_for_memory(
     assert memory.status_code == 507 and "CUDA out of memory" in memory.json()["error"], memory.text
     missing = server_factory(model_repositories=(tmp_path,), sagemaker=SageMakerSettings(port=0))
     unknown = httpx.post(sagemaker_url(missing, "/invocations"), json=json_body())
-    assert unknown.status_code == 400
+    assert unknown.status_code == 404  # refused before it ran: the HTTP port's status
     assert "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in unknown.json()["error"]
 
 
@@ -284,7 +306,8 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     def models(path: str = "", method: str = "GET", **kwargs: object) -> httpx.Response:
         return httpx.request(method, sagemaker_url(server, "/models" + path), **kwargs)  # type: ignore[arg-type]
 
-    headers = {TARGET: "simple"}
+    # The model is served under the header's name, whatever its config calls it (Triton).
+    headers = {TARGET: "simple.tar.gz"}
     load = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
     assert load.status_code == 200, load.text
     listed = models().json()
@@ -292,7 +315,15 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     assert models("/0123abcd").json() == {"modelName": "0123abcd", "modelUrl": url}
     assert models("/unknown").status_code == 404
     invoke = models("/0123abcd/invoke", method="POST", json=json_body(), headers=headers)
-    assert invoke.status_code == 200 and invoke.json()["model_name"] == "simple"
+    assert invoke.status_code == 200 and invoke.json()["model_name"] == "simple.tar.gz"
+    assert models("/0123abcd/invoke").json()["modelName"] == "0123abcd"  # GET: as /0123abcd
+    # Every failure of an invocation answers 400 here, as in Triton.
+    bad = models("/0123abcd/invoke", method="POST", json={"inputs": []}, headers=headers)
+    assert bad.status_code == 400 and "error" in bad.json()
+    other = models("/0123abcd/invoke", method="POST", json=json_body(), headers={TARGET: "x"})
+    assert other.status_code == 400 and "unknown model: 'x'" in other.json()["error"]
+    without_header = models("/0123abcd/invoke", method="POST", json=json_body())
+    assert without_header.json()["model_name"] == "simple.tar.gz"  # the model it loaded
     binary_round_trip(sagemaker_url(server, "/models/0123abcd/invoke"), SAGEMAKER_BINARY, **headers)
     again = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
     assert again.status_code == 409 and "error" in again.json()
@@ -310,3 +341,67 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     nothing = models(method="POST", json={"model_name": "n", "url": str(tmp_path / "none")})
     assert nothing.status_code == 400 and "error" in nothing.json()
     assert models("/n").status_code == 404  # a failed load leaves nothing behind
+    assert models(method="DELETE").status_code == 404
+    assert models(method="PUT").status_code == 400
+    assert httpx.post(sagemaker_url(server, "/ping")).status_code == 405
+
+
+PIPELINE = """
+name: "pipeline"
+platform: "ensemble"
+max_batch_size: 8
+input [
+  { name: "A" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "B" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+output [{ name: "SUM" data_type: TYPE_INT32 dims: [ 16 ] }]
+ensemble_scheduling { step [ {
+  model_name: "simple" model_version: -1
+  input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "B" }
+  output_map { key: "OUTPUT0" value: "SUM" }
+} ] }
+"""
+
+
+def repository_index(server: RunningServer, ready_only: bool = False) -> list[ModelIndexEntry]:
+    core = server.app.core
+    assert core is not None
+    return cast(list[ModelIndexEntry], server.call(core.repository_index(ready_only)))
+
+
+def test_sagemaker_multi_model_endpoint_loads_an_ensemble_with_its_steps(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    empty = tmp_path / "repository"
+    empty.mkdir()
+    server = server_factory(
+        model_repositories=(empty,),
+        model_control_mode="explicit",
+        sagemaker=SageMakerSettings(port=0),
+    )
+    unpacked = tmp_path / "models" / "feed" / "model"
+    shutil.copytree(EXAMPLES / "simple", unpacked / "simple")
+    (unpacked / "pipeline" / "1").mkdir(parents=True)
+    (unpacked / "pipeline" / "config.pbtxt").write_text(PIPELINE)
+    headers = {TARGET: "pipeline.tar.gz"}
+    load = httpx.post(
+        sagemaker_url(server, "/models"),
+        json={"model_name": "feed", "url": str(unpacked)},
+        headers=headers,
+    )
+    assert load.status_code == 200, load.text
+    body = {
+        "inputs": [
+            {"name": "A", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+            {"name": "B", "shape": [1, 16], "datatype": "INT32", "data": [2] * 16},
+        ]
+    }
+    invoke = httpx.post(sagemaker_url(server, "/models/feed/invoke"), json=body, headers=headers)
+    assert invoke.status_code == 200, invoke.text
+    assert invoke.json()["outputs"][0]["data"] == [i + 2 for i in range(16)]
+    index = {(e.name, e.state) for e in repository_index(server)}
+    assert {("pipeline.tar.gz", "READY"), ("simple", "READY")} <= index
+    unload = httpx.delete(sagemaker_url(server, "/models/feed"), headers=headers)
+    assert unload.status_code == 200
+    ready = [e.name for e in repository_index(server, ready_only=True)]
+    assert ready == []  # the ensemble's step went with it
