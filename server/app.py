@@ -282,10 +282,11 @@ class App:
         settings = self.settings
         limit = settings.http_max_input_size
         if settings.sagemaker is not None:
-            sagemaker = SageMakerFrontDoor(
-                self._http_front_door(core), settings.sagemaker, core, limit
+            http = self._http_front_door(core)
+            sagemaker = SageMakerFrontDoor(http, settings.sagemaker, core, limit, http.fast_route)
+            self.sagemaker_port = await self._serve_hosted(
+                sagemaker, settings.sagemaker.port, sagemaker.fast_route
             )
-            self.sagemaker_port = await self._serve_hosted(sagemaker, settings.sagemaker.port)
         if settings.vertex_ai is not None:
             try:
                 model = default_model(settings.vertex_ai, await core.repository_index(True))
@@ -296,10 +297,12 @@ class App:
             )
             self.vertex_ai_port = await self._serve_hosted(vertex, settings.vertex_ai.port)
 
-    async def _serve_hosted(self, app: ASGIApp, port: int) -> int:
+    async def _serve_hosted(
+        self, app: ASGIApp, port: int, fast_route: FastRouter | None = None
+    ) -> int:
         sock = _bind(self.settings.http_address, port)
         self._sockets.append(sock)
-        self._hosted.append(await self._serve(app, sock))
+        self._hosted.append(await self._serve(app, sock, fast_route))
         return int(sock.getsockname()[1])
 
     async def _start_metrics(self, exporter: MetricsExporter) -> None:

@@ -5,6 +5,8 @@ on the HTTP port (the same core, restrictions and body limit, as in Triton)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,11 +45,11 @@ class BinaryJsonType:
             )
         return length
 
-    def response_headers(self, headers: Headers) -> Headers:
+    def response_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
         """The HTTP front door's answer headers with its binary marker in this type."""
         length = next((value for key, value in headers if key == INFERENCE_HEADER), None)
         if length is None:
-            return headers
+            return list(headers)
         kept = [(k, v) for k, v in headers if k not in (INFERENCE_HEADER, CONTENT_TYPE)]
         return [(CONTENT_TYPE, self.prefix + length), *kept]
 

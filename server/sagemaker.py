@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.server.errors import ErrorCode, InferdError, already_exists, invalid
 from inferd.server.hosted_routes import (
+    CONTENT_TYPE,
     INFERENCE_HEADER,
+    JSON,
     BinaryJsonType,
     Headers,
     forward,
@@ -33,6 +35,8 @@ from inferd.server.hosted_routes import (
     reply,
     reply_error,
 )
+from inferd.server.http1 import FastHandler, FastRouter, HttpRequest, Reply
+from inferd.server.http1 import Headers as ReplyHeaders
 
 BINARY_TYPE = BinaryJsonType("application/vnd.sagemaker-triton.binary+json;json-header-size=")
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
@@ -119,11 +123,19 @@ class SageMakerFrontDoor:
         settings: SageMakerSettings,
         models: ModelControl,
         max_input_size: int,
+        http_fast_route: FastRouter | None = None,
     ) -> None:
         self._http = http
         self._models = models
         self._ping_path = f"/v2/health/{settings.ping_mode}"
         self._default_model = settings.default_model
+        # The HTTP front door's fast route for the default model's inference (inferd's HTTP/1.1
+        # server takes it without an ASGI cycle; uvicorn never asks).
+        self._fast_infer = (
+            None
+            if http_fast_route is None
+            else http_fast_route("POST", f"/v2/models/{settings.default_model}/infer")
+        )
         self._max_input_size = max_input_size
         # The multi-model endpoint's models, by the name SageMaker gave them.
         self._loaded: dict[str, _Loaded] = {}
@@ -142,6 +154,31 @@ class SageMakerFrontDoor:
             await self._multi_model(scope, receive, send, method, found[1], found[2])
         else:
             await reply(send, 400)
+
+    def fast_route(self, method: str, path: str) -> FastHandler | None:
+        """For inferd's HTTP/1.1 server: `/invocations` on the HTTP front door's fast route."""
+        if method == "POST" and path == "/invocations" and self._fast_infer is not None:
+            return self._invocations
+        return None
+
+    def _invocations(self, http: HttpRequest, reply: Reply) -> asyncio.Future[Any] | None:
+        assert self._fast_infer is not None
+        headers = [(k, v) for k, v in http.headers if k not in _NOT_FORWARDED]
+        content_type = next((v for k, v in headers if k == CONTENT_TYPE), None)
+        if content_type is not None and BINARY_TYPE.prefix in content_type:
+            try:
+                length = BINARY_TYPE.header_length(content_type, len(http.body))
+            except InferdError as error:
+                reply(refusal_status(error), [(CONTENT_TYPE, JSON)], _error_body(error))
+                return None
+            headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
+        http.headers = headers  # the request is this route's: rewritten in place
+
+        def answer(status: int, answer_headers: ReplyHeaders, body: bytes) -> None:
+            changed = BINARY_TYPE.response_headers(answer_headers)
+            reply(_answer_status(status, body, every_failure=False), changed, body)
+
+        return self._fast_infer(http, answer)
 
     # ---- inference -----------------------------------------------------------------------
 
@@ -327,11 +364,21 @@ class _SageMakerAnswer:
                 return
         elif self._start is not None and message["type"] == "http.response.body":
             start, self._start = self._start, None
-            status = start["status"]
-            if self._every_failure or status == 500:
-                status = _status(_error_text(message.get("body", b"")))
+            body = message.get("body", b"")
+            status = _answer_status(start["status"], body, self._every_failure)
             await self._send({**start, "status": status})
         await self._send(message)
+
+
+def _answer_status(status: int, body: bytes, every_failure: bool) -> int:
+    """The status of the HTTP front door's answer on this port."""
+    if status >= 400 and (every_failure or status == 500):
+        return _status(_error_text(body))
+    return status
+
+
+def _error_body(error: InferdError) -> bytes:
+    return orjson.dumps({"error": error.message})
 
 
 def _error_text(body: bytes) -> str:
