@@ -241,10 +241,12 @@ output [{ name: "OUT" data_type: TYPE_STRING dims: [ 1 ] }]
 """
 
 
-def test_sagemaker_ping_and_invocations(server_factory: Factory) -> None:
+@pytest.mark.parametrize("stack", ["inferd", "uvicorn"])  # the fast path, and ASGI's
+def test_sagemaker_ping_and_invocations(server_factory: Factory, stack: str) -> None:
     server = server_factory(
         model_repositories=(EXAMPLES,),
         sagemaker=SageMakerSettings(port=0, default_model="simple"),
+        http_stack=stack,
     )
     assert httpx.get(sagemaker_url(server, "/ping")).status_code == 200
     answer = httpx.post(sagemaker_url(server, "/invocations"), json=json_body())
@@ -253,6 +255,17 @@ def test_sagemaker_ping_and_invocations(server_factory: Factory) -> None:
     assert binary.headers["content-type"].startswith(SAGEMAKER_BINARY)
     bad = httpx.post(sagemaker_url(server, "/invocations"), content=b"not json")
     assert bad.status_code == 400 and "error" in bad.json()
+    too_long = httpx.post(
+        sagemaker_url(server, "/invocations"),
+        content=b"{}",
+        headers={"Content-Type": SAGEMAKER_BINARY + "3"},
+    )
+    assert too_long.status_code == 400
+    assert too_long.json() == {"error": "inference header size should be in range (0, 2), got: 3"}
+    compressed = httpx.post(
+        sagemaker_url(server, "/invocations"), json=json_body(), headers={"Accept-Encoding": "gzip"}
+    )
+    assert "content-encoding" not in compressed.headers  # never compressed here, as in Triton
     assert httpx.get(sagemaker_url(server, "/elsewhere")).status_code == 400
 
 
