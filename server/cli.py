@@ -406,7 +406,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default=d.log_level,
         help="log level",
     )
-    p.add("--log-verbose", type=int, default=0, help="Triton spelling: > 0 means --log-level=debug")
+    p.add(
+        "--log-verbose",
+        type=_verbosity,
+        default=0,
+        help="Triton spelling: a level or true/false; > 0 (true) means --log-level=debug",
+    )
     for severity in ("info", "warning", "error"):
         p.add(
             f"--log-{severity}", type=parse_bool, help=f"log {severity} records (Triton's switch)"
@@ -448,6 +453,19 @@ def _aip_storage(environ: dict[str, str]) -> list[Path | RemoteLocation]:
         return [_repository(uri)] if uri else []
     except argparse.ArgumentTypeError as exc:
         raise ValueError(f"AIP_STORAGE_URI={uri!r}: {exc}") from None
+
+
+def _verbosity(text: str) -> int:
+    """Triton's --log-verbose: an integer, or a boolean (its SageMaker script passes true)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return int(lowered == "true")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or true/false, got '{text}'"
+        ) from None
 
 
 def _config_name(text: str) -> str:
@@ -617,11 +635,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """`environ`: where INFERD_* and the platforms' variables are read (default os.environ)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "serve")  # `inferd --model-repository=...` as one would call tritonserver
-    parser = build_parser()
+    parser = build_parser(environ)
     args = parser.parse_args(argv)
     if args.command != "serve":
         parser.print_help()

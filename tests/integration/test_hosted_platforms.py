@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -16,10 +17,12 @@ import tritonclient.http as httpclient
 from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.sagemaker import SageMakerSettings
+from inferd.server.sagemaker_container import ContainerError, container_setup
+from inferd.server.sagemaker_container import main as sagemaker_container_main
 from inferd.server.settings import Settings
 from inferd.server.types import ModelIndexEntry
 from inferd.server.vertex_ai import VertexAiSettings
-from tests.conftest import EXAMPLES, RunningServer
+from tests.conftest import EXAMPLES, RunningServer, start_server
 from tests.python_models import write_python_model
 
 Factory = Callable[..., RunningServer]
@@ -418,3 +421,53 @@ def test_sagemaker_multi_model_endpoint_loads_an_ensemble_with_its_steps(
     assert unload.status_code == 200
     ready = [e.name for e in repository_index(server, ready_only=True)]
     assert ready == []  # the ensemble's step went with it
+
+
+# ---- the SageMaker container's entry point ---------------------------------------------------
+
+
+def test_sagemaker_container_serves_the_only_model(tmp_path: Path) -> None:
+    single = tmp_path / "opt-ml-model"
+    shutil.copytree(EXAMPLES / "simple", single / "simple")
+    environ = {"SAGEMAKER_BIND_TO_PORT": "0", "SAGEMAKER_TRITON_LOG_VERBOSE": "true"}
+    flags, environment = container_setup(environ, single, tmp_path / "mme")
+    assert flags[-1] == "--load-model=simple"
+    assert environment["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"] == "simple"
+    settings = settings_from_args(build_parser(environment).parse_args(["serve", *flags]))
+    assert (settings.allow_http, settings.allow_grpc, settings.allow_metrics) == (False,) * 3
+    assert settings.log_level == "debug" and settings.model_control_mode == "explicit"
+    server = start_server(replace(settings, http_address="127.0.0.1"))
+    try:
+        answer = httpx.post(sagemaker_url(server, "/invocations"), json=json_body())
+        assert answer.status_code == 200 and answer.json()["model_name"] == "simple"
+    finally:
+        server.stop()
+
+
+def test_sagemaker_container_refuses_what_triton_refuses(tmp_path: Path) -> None:
+    single = tmp_path / "model"
+    single.mkdir()
+    with pytest.raises(ContainerError, match="No model found"):
+        container_setup({}, single, tmp_path / "mme")
+    (single / "a").mkdir()
+    (single / "b").mkdir()
+    with pytest.raises(ContainerError, match="Directories found in model repository: a b"):
+        container_setup({}, single, tmp_path / "mme")
+    assert container_setup({"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "b"}, single)[0][-1] == (
+        "--load-model=b"
+    )
+    with pytest.raises(ContainerError, match="SAGEMAKER_TRITON_DEFAULT_MODEL_NAME c does not"):
+        container_setup({"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "c"}, single)
+    (single / "config.pbtxt").write_text("")
+    with pytest.raises(ContainerError, match="Incorrect directory structure"):
+        container_setup({}, single)
+    # A multi-model endpoint starts with no model, on a folder of its own.
+    flags, _ = container_setup(
+        {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_SAFE_PORT_RANGE": "8000-9000"},
+        single,
+        tmp_path / "mme",
+    )
+    assert f"--model-repository={tmp_path / 'mme'}" in flags and (tmp_path / "mme").is_dir()
+    assert "--sagemaker-safe-port-range=8000-9000" in flags
+    assert not any(flag.startswith("--load-model") for flag in flags)
+    assert sagemaker_container_main(["predict"]) == 2
