@@ -108,10 +108,17 @@ class ModelRepository:
                 )
         self._registered[root] = dict(names)
 
-    def unregister(self, root: Path) -> None:
-        """Remove a repository `register` added (its models are unloaded first)."""
-        if self._registered.pop(root, None) is None:
+    async def unregister(self, root: Path) -> None:
+        """Remove a repository `register` added: the models found in it are unloaded and
+        leave the index (Triton's TRITONSERVER_ServerUnregisterModelRepository)."""
+        names = self._registered.pop(root, None)
+        if names is None:
             raise not_found(f"failed to unregister '{root}', repository not found")
+        found = await asyncio.to_thread(find_models, [root], {root: names})
+        for name in found:
+            if name in self._models:
+                await self._forget(name)
+            self._locations.pop(name, None)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

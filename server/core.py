@@ -212,8 +212,9 @@ class InferenceCore:
         name); they load when asked for (a SageMaker multi-model endpoint's models)."""
         await self._repository.register(root, names)
 
-    def unregister_repository(self, root: Path) -> None:
-        self._repository.unregister(root)
+    async def unregister_repository(self, root: Path) -> None:
+        """Forget a repository register_repository added, unloading its models."""
+        await self._repository.unregister(root)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Returns once the model's in-flight requests are done and its instances are freed."""

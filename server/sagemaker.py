@@ -97,7 +97,7 @@ class ModelControl(Protocol):
 
     async def register_repository(self, root: Path, names: Mapping[str, str]) -> None: ...
 
-    def unregister_repository(self, root: Path) -> None: ...
+    async def unregister_repository(self, root: Path) -> None: ...
 
     async def load_model(self, name: str) -> None: ...
 
@@ -280,7 +280,8 @@ class SageMakerFrontDoor:
             try:
                 await self._models.load_model(model)
             except InferdError as error:
-                self._models.unregister_repository(root)
+                # What loaded for it (an ensemble's steps) goes with the repository.
+                await self._models.unregister_repository(root)
                 await reply_error(send, _status(error.message), error)
                 return
             self._loaded[name] = _Loaded(root, model)
@@ -298,7 +299,7 @@ class SageMakerFrontDoor:
             except InferdError as error:
                 await reply_error(send, 400, error)
                 return
-            self._models.unregister_repository(loaded.root)
+            await self._models.unregister_repository(loaded.root)
             del self._loaded[name]
         await reply(send, 200)
 

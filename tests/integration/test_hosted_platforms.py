@@ -419,8 +419,17 @@ def test_sagemaker_multi_model_endpoint_loads_an_ensemble_with_its_steps(
     assert {("pipeline.tar.gz", "READY"), ("simple", "READY")} <= index
     unload = httpx.delete(sagemaker_url(server, "/models/feed"), headers=headers)
     assert unload.status_code == 200
-    ready = [e.name for e in repository_index(server, ready_only=True)]
-    assert ready == []  # the ensemble's step went with it
+    assert repository_index(server) == []  # its step went with it, and both left the index
+    # An ensemble that fails to load takes the steps it loaded with it, and its repository.
+    (unpacked / "pipeline" / "config.pbtxt").write_text(PIPELINE.replace('"SUM"', '"NOPE"', 1))
+    failed = httpx.post(
+        sagemaker_url(server, "/models"),
+        json={"model_name": "feed", "url": str(unpacked)},
+        headers=headers,
+    )
+    assert failed.status_code == 400, failed.text
+    assert repository_index(server) == []
+    assert httpx.get(sagemaker_url(server, "/models/feed")).status_code == 404
 
 
 # ---- the SageMaker container's entry point ---------------------------------------------------
