@@ -77,6 +77,7 @@ class ModelRepository:
         # Repositories added while serving (a SageMaker multi-model endpoint's models), with
         # the names their model folders are served under: root -> folder -> name.
         self._registered: dict[Path, dict[str, str]] = {}
+        self._registering: set[Path] = set()
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -91,22 +92,26 @@ class ModelRepository:
     async def register(self, root: Path, names: Mapping[str, str]) -> None:
         """Add a repository: its model folders are served under `names` (folder -> name), the
         others under their own names. Triton's TRITONSERVER_ServerRegisterModelRepository."""
-        if root in self.roots:
+        if root in self.roots or root in self._registering:
             raise already_exists(f"model repository '{root}' has already been registered")
-        if not await asyncio.to_thread(root.is_dir):
-            raise invalid(f"failed to register '{root}', repository not found")
-        found = await asyncio.to_thread(find_models, self.roots, self._registered)
-        in_use = {
-            name
-            for name, versions in self._models.items()
-            if any(v.state is not ModelState.UNAVAILABLE for v in versions.values())
-        }
-        for name in names.values():
-            if name in found or name in in_use or name in self._overrides:
-                raise already_exists(
-                    f"failed to register '{root}', there is a conflicting mapping for '{name}'"
-                )
-        self._registered[root] = dict(names)
+        self._registering.add(root)  # the checks below wait on the disk
+        try:
+            if not await asyncio.to_thread(root.is_dir):
+                raise invalid(f"failed to register '{root}', repository not found")
+            found = await asyncio.to_thread(find_models, self.roots, self._registered)
+            in_use = {
+                name
+                for name, versions in self._models.items()
+                if any(v.state is not ModelState.UNAVAILABLE for v in versions.values())
+            }
+            for name in names.values():
+                if name in found or name in in_use or name in self._overrides:
+                    raise already_exists(
+                        f"failed to register '{root}', there is a conflicting mapping for '{name}'"
+                    )
+            self._registered[root] = dict(names)
+        finally:
+            self._registering.discard(root)
 
     async def unregister(self, root: Path) -> None:
         """Remove a repository `register` added: the models found in it are unloaded and

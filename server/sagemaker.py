@@ -139,7 +139,7 @@ class SageMakerFrontDoor:
         self._max_input_size = max_input_size
         # The multi-model endpoint's models, by the name SageMaker gave them.
         self._loaded: dict[str, _Loaded] = {}
-        self._lock = asyncio.Lock()  # loads and unloads, one at a time
+        self._changing: set[str] = set()  # names being loaded or unloaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -265,42 +265,53 @@ class SageMakerFrontDoor:
             await reply(send, 400)
             return
         model = target.decode("latin-1") if target is not None else name
-        root, subfolder = await asyncio.to_thread(_model_folder, folder)
-        async with self._lock:
-            if name in self._loaded:
-                await reply_error(send, 409, already_exists(f"model '{name}' is already loaded"))
-                return
-            try:
-                await self._models.register_repository(root, {subfolder: model})
-            except InferdError as error:
-                await reply_error(
-                    send, 409 if error.code is ErrorCode.ALREADY_EXISTS else 400, error
-                )
-                return
-            try:
-                await self._models.load_model(model)
-            except InferdError as error:
-                # What loaded for it (an ensemble's steps) goes with the repository.
-                await self._models.unregister_repository(root)
-                await reply_error(send, _status(error.message), error)
-                return
-            self._loaded[name] = _Loaded(root, model)
-        await reply(send, 200)
+        if name in self._loaded or name in self._changing:
+            await reply_error(send, 409, already_exists(f"model '{name}' is already loaded"))
+            return
+        self._changing.add(name)  # loads of other models go on meanwhile
+        try:
+            root, subfolder = await asyncio.to_thread(_model_folder, folder)
+            status, failure = await self._register_and_load(root, {subfolder: model}, model)
+            if failure is None:
+                self._loaded[name] = _Loaded(root, model)
+        finally:
+            self._changing.discard(name)
+        if failure is not None:
+            await reply_error(send, status, failure)
+        else:
+            await reply(send, 200)
+
+    async def _register_and_load(
+        self, root: Path, names: dict[str, str], model: str
+    ) -> tuple[int, InferdError | None]:
+        try:
+            await self._models.register_repository(root, names)
+        except InferdError as error:
+            return (409 if error.code is ErrorCode.ALREADY_EXISTS else 400), error
+        try:
+            await self._models.load_model(model)
+        except InferdError as error:
+            # What loaded for it (an ensemble's steps) goes with the repository.
+            await self._models.unregister_repository(root)
+            return _status(error.message), error
+        return 200, None
 
     async def _unload(self, send: Send, name: str) -> None:
-        async with self._lock:
-            loaded = self._loaded.get(name)
-            if loaded is None:
-                await reply(send, 404)
-                return
-            try:
-                # The models an ensemble loaded for itself go with it.
-                await self._models.unload_model(loaded.model, unload_dependents=True)
-            except InferdError as error:
-                await reply_error(send, 400, error)
-                return
+        loaded = self._loaded.get(name)
+        if loaded is None or name in self._changing:
+            await reply(send, 404)
+            return
+        self._changing.add(name)
+        try:
+            # The models an ensemble loaded for itself go with it, then its repository.
+            await self._models.unload_model(loaded.model, unload_dependents=True)
             await self._models.unregister_repository(loaded.root)
             del self._loaded[name]
+        except InferdError as error:
+            await reply_error(send, 400, error)
+            return
+        finally:
+            self._changing.discard(name)
         await reply(send, 200)
 
 

@@ -3,11 +3,12 @@ httpx and tritonclient's own request and response codec, and their flags and env
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -480,3 +481,35 @@ def test_sagemaker_container_refuses_what_triton_refuses(tmp_path: Path) -> None
     assert "--sagemaker-safe-port-range=8000-9000" in flags
     assert not any(flag.startswith("--load-model") for flag in flags)
     assert sagemaker_container_main(["predict"]) == 2
+
+
+def test_sagemaker_multi_model_loads_run_side_by_side(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    empty = tmp_path / "repository"
+    empty.mkdir()
+    server = server_factory(
+        model_repositories=(empty,),
+        model_control_mode="explicit",
+        sagemaker=SageMakerSettings(port=0),
+    )
+    for name in ("one", "two", "three"):
+        shutil.copytree(EXAMPLES / "simple", tmp_path / name / "model" / "simple")
+
+    async def load_all() -> list[int]:
+        async with httpx.AsyncClient() as client:
+
+            def load(name: str, url_of: str) -> Any:
+                body = {"model_name": name, "url": str(tmp_path / url_of / "model")}
+                headers = {TARGET: f"{name}.tar.gz"}
+                return client.post(sagemaker_url(server, "/models"), json=body, headers=headers)
+
+            answers = await asyncio.gather(
+                load("one", "one"), load("two", "two"), load("one", "two")
+            )
+            return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(load_all())
+    assert sorted(statuses) == [200, 200, 409]  # one name, asked for twice at once
+    listed = httpx.get(sagemaker_url(server, "/models")).json()["models"]
+    assert sorted(m["modelName"] for m in listed) == ["one", "two"]
