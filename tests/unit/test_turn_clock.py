@@ -31,15 +31,24 @@ def _spin(seconds: float) -> None:
         pass
 
 
-@pytest.mark.skipif(not _HAS_SCHEDSTAT, reason="needs Linux's per-thread schedstat")
-async def test_a_turn_after_a_busy_one_dates_back_to_the_busy_turn() -> None:
+async def _busy_then_idle() -> tuple[bool, bool]:
+    """(the turn after a busy one dated back to it, the turn after a sleep did not)."""
     clock = TurnClock()
     first = clock.now_ns()
     _spin(0.005)  # the loop never polls: bytes that came meanwhile wait unread
     await asyncio.sleep(0)
     second = clock.now_ns()
-    assert second < first + 1_000_000  # read now, but they may have waited since the busy turn
     await asyncio.sleep(0.005)  # the loop sleeps in its poll: the next request woke it
     third = clock.now_ns()
-    assert third >= first + 10_000_000
     clock.close()
+    # Read now, but they may have waited since the busy turn; after the sleep, a new stamp.
+    return second < first + 1_000_000, third >= first + 10_000_000
+
+
+@pytest.mark.skipif(not _HAS_SCHEDSTAT, reason="needs Linux's per-thread schedstat")
+async def test_a_turn_after_a_busy_one_dates_back_to_the_busy_turn() -> None:
+    # The kernel's accounts of a thread's time lag a little; on a machine busy with other
+    # work they may count a few µs of the spin as sleep, so one of three tries must show it.
+    outcomes = [await _busy_then_idle() for _ in range(3)]
+    assert any(dated_back for dated_back, _ in outcomes), outcomes
+    assert all(restamped for _, restamped in outcomes)
