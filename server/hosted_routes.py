@@ -5,7 +5,7 @@ on the HTTP port (the same core, restrictions and body limit, as in Triton)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,10 +27,20 @@ class BinaryJsonType:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.encode()
 
-    def header_length(self, content_type: bytes | None, body_length: int) -> int | None:
-        """N from a request's content type; None when it is not this type (all JSON)."""
+    def marks(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether the request's content type is this type (else all its body is JSON)."""
+        content_type = _content_type(headers)
+        return content_type is not None and self.prefix in content_type
+
+    def request_headers(
+        self, headers: Sequence[tuple[bytes, bytes]], dropped: Collection[bytes], body_length: int
+    ) -> Headers:
+        """The request's headers for the HTTP front door: those in `dropped` left out, and N
+        given as Inference-Header-Content-Length. InferdError for a malformed N."""
+        kept = [(key, value) for key, value in headers if key not in dropped]
+        content_type = _content_type(kept)
         if content_type is None or self.prefix not in content_type:
-            return None
+            return kept
         text = content_type.decode("latin-1")
         if not content_type.startswith(self.prefix):
             raise invalid(
@@ -43,7 +53,8 @@ class BinaryJsonType:
             raise invalid(
                 f"inference header size should be in range (0, {body_length}), got: {raw}"
             )
-        return length
+        kept.append((INFERENCE_HEADER, b"%d" % length))
+        return kept
 
     def response_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
         """The HTTP front door's answer headers with its binary marker in this type."""
@@ -52,6 +63,21 @@ class BinaryJsonType:
             return list(headers)
         kept = [(k, v) for k, v in headers if k not in (INFERENCE_HEADER, CONTENT_TYPE)]
         return [(CONTENT_TYPE, self.prefix + length), *kept]
+
+
+def _content_type(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    return next((value for key, value in headers if key == CONTENT_TYPE), None)
+
+
+async def binary_request(
+    scope: Scope, receive: Receive, binary: BinaryJsonType, limit: int, dropped: Collection[bytes]
+) -> tuple[Headers, Receive]:
+    """An inference request's headers for the HTTP front door (see `request_headers`), and
+    where its body is read from: a body this type marks is read first, for its length."""
+    if not binary.marks(scope["headers"]):
+        return [(key, value) for key, value in scope["headers"] if key not in dropped], receive
+    body = await read_body(receive, limit)
+    return binary.request_headers(scope["headers"], dropped, len(body)), replay(body)
 
 
 def _leading_int(text: str) -> int:

@@ -27,11 +27,10 @@ from inferd.server.hosted_routes import (
     INFERENCE_HEADER,
     JSON,
     BinaryJsonType,
-    Headers,
+    binary_request,
     forward,
     read_body,
     refusal_status,
-    replay,
     reply,
     reply_error,
 )
@@ -163,16 +162,11 @@ class SageMakerFrontDoor:
 
     def _invocations(self, http: HttpRequest, reply: Reply) -> asyncio.Future[Any] | None:
         assert self._fast_infer is not None
-        headers = [(k, v) for k, v in http.headers if k not in _NOT_FORWARDED]
-        content_type = next((v for k, v in headers if k == CONTENT_TYPE), None)
-        if content_type is not None and BINARY_TYPE.prefix in content_type:
-            try:
-                length = BINARY_TYPE.header_length(content_type, len(http.body))
-            except InferdError as error:
-                reply(refusal_status(error), [(CONTENT_TYPE, JSON)], _error_body(error))
-                return None
-            headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
-        http.headers = headers  # the request is this route's: rewritten in place
+        try:  # the request is this route's: rewritten in place
+            http.headers = BINARY_TYPE.request_headers(http.headers, _NOT_FORWARDED, len(http.body))
+        except InferdError as error:
+            reply(refusal_status(error), [(CONTENT_TYPE, JSON)], _error_body(error))
+            return None
 
         def answer(status: int, answer_headers: ReplyHeaders, body: bytes) -> None:
             changed = BINARY_TYPE.response_headers(answer_headers)
@@ -189,17 +183,13 @@ class SageMakerFrontDoor:
         for memory); a request refused before it runs keeps the HTTP port's status, except on
         a multi-model endpoint, where every failure answers 400 (or 507)."""
         # Bodies travel as they are both ways: no compression on this port, as in Triton.
-        headers: Headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
-        content_type = dict(headers).get(b"content-type")
-        if content_type is not None and BINARY_TYPE.prefix in content_type:
-            try:
-                body = await read_body(receive, self._max_input_size)
-                length = BINARY_TYPE.header_length(content_type, len(body))
-            except InferdError as error:
-                await reply_error(send, refusal_status(error), error)
-                return
-            headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
-            receive = replay(body)
+        try:
+            headers, receive = await binary_request(
+                scope, receive, BINARY_TYPE, self._max_input_size, _NOT_FORWARDED
+            )
+        except InferdError as error:
+            await reply_error(send, refusal_status(error), error)
+            return
         path = f"/v2/models/{model}/infer"
         answer = _SageMakerAnswer(send, multi_model)
         await forward(self._http, scope, receive, answer, path, scope["method"], headers)

@@ -15,11 +15,9 @@ from inferd.server.errors import InferdError
 from inferd.server.hosted_routes import (
     INFERENCE_HEADER,
     BinaryJsonType,
-    Headers,
+    binary_request,
     forward,
-    read_body,
     refusal_status,
-    replay,
     reply,
     reply_error,
 )
@@ -149,17 +147,13 @@ class VertexAiFrontDoor:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str
     ) -> None:
-        """An inference request, its binary data marked by this platform's content type."""
-        headers: Headers = [(k, v) for k, v in scope["headers"] if k != INFERENCE_HEADER]
-        content_type = dict(headers).get(b"content-type")
-        if method == "POST" and content_type is not None and BINARY_TYPE.prefix in content_type:
-            try:
-                body = await read_body(receive, self._max_input_size)
-                length = BINARY_TYPE.header_length(content_type, len(body))
-            except InferdError as error:
-                await reply_error(send, refusal_status(error), error)
-                return
-            headers.append((INFERENCE_HEADER, b"%d" % (length or 0)))
-            receive = replay(body)
-        # The answer keeps the HTTP port's form (Inference-Header-Content-Length), as in Triton.
+        """An inference request, its binary data marked by this platform's content type; the
+        answer keeps the HTTP port's form (Inference-Header-Content-Length), as in Triton."""
+        try:
+            headers, receive = await binary_request(
+                scope, receive, BINARY_TYPE, self._max_input_size, (INFERENCE_HEADER,)
+            )
+        except InferdError as error:
+            await reply_error(send, refusal_status(error), error)
+            return
         await forward(self._http, scope, receive, send, path, method, headers)

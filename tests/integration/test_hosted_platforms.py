@@ -307,14 +307,19 @@ def test_sagemaker_ping_follows_the_ping_mode(server_factory: Factory, tmp_path:
     assert httpx.get(sagemaker_url(live, "/ping")).status_code == 200
 
 
-def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path) -> None:
+def multi_model_server(server_factory: Factory, tmp_path: Path) -> RunningServer:
+    """A multi-model endpoint: explicit mode, an empty repository, SageMaker on."""
     empty = tmp_path / "repository"
     empty.mkdir()
-    server = server_factory(
+    return server_factory(
         model_repositories=(empty,),
         model_control_mode="explicit",
         sagemaker=SageMakerSettings(port=0),
     )
+
+
+def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path) -> None:
+    server = multi_model_server(server_factory, tmp_path)
     # As SageMaker unpacks a model archive: /opt/ml/models/<hash>/model/<model folder>.
     unpacked = tmp_path / "models" / "0123abcd" / "model"
     shutil.copytree(EXAMPLES / "simple", unpacked / "simple")
@@ -389,13 +394,7 @@ def repository_index(server: RunningServer, ready_only: bool = False) -> list[Mo
 def test_sagemaker_multi_model_endpoint_loads_an_ensemble_with_its_steps(
     server_factory: Factory, tmp_path: Path
 ) -> None:
-    empty = tmp_path / "repository"
-    empty.mkdir()
-    server = server_factory(
-        model_repositories=(empty,),
-        model_control_mode="explicit",
-        sagemaker=SageMakerSettings(port=0),
-    )
+    server = multi_model_server(server_factory, tmp_path)
     unpacked = tmp_path / "models" / "feed" / "model"
     shutil.copytree(EXAMPLES / "simple", unpacked / "simple")
     (unpacked / "pipeline" / "1").mkdir(parents=True)
@@ -486,13 +485,7 @@ def test_sagemaker_container_refuses_what_triton_refuses(tmp_path: Path) -> None
 def test_sagemaker_multi_model_loads_run_side_by_side(
     server_factory: Factory, tmp_path: Path
 ) -> None:
-    empty = tmp_path / "repository"
-    empty.mkdir()
-    server = server_factory(
-        model_repositories=(empty,),
-        model_control_mode="explicit",
-        sagemaker=SageMakerSettings(port=0),
-    )
+    server = multi_model_server(server_factory, tmp_path)
     for name in ("one", "two", "three"):
         shutil.copytree(EXAMPLES / "simple", tmp_path / name / "model" / "simple")
 
