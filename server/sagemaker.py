@@ -4,9 +4,11 @@ endpoints: on its own port (8080), `/ping` answers whether the server is ready (
 endpoint loads, lists, invokes and unloads models under `/models` as SageMaker asks: each
 model is a folder SageMaker unpacked, registered as a repository of its own.
 
-As in Triton, a failed inference answers 400 (507 when the error says memory ran out), and the
-binary tensor extension is marked by the content type
-`application/vnd.sagemaker-triton.binary+json;json-header-size=N`."""
+As in Triton 2.51 (its answers were compared here): a model that fails while it runs answers
+400, or 507 when the error says memory ran out (SageMaker then unloads models and retries); a
+request refused before it runs keeps the HTTP port's status, except on a multi-model endpoint;
+the binary tensor extension is marked by the content type
+`application/vnd.sagemaker-triton.binary+json;json-header-size=N`, and nothing is compressed."""
 
 from __future__ import annotations
 
@@ -227,7 +229,7 @@ class SageMakerFrontDoor:
             await reply(send, 400)
 
     async def _list(self, send: Send) -> None:
-        # As Triton: a model that is not ready (any more) is listed as an empty object.
+        # A model that is not ready (any more) is an empty object, as Triton lists it.
         models = [
             {"modelName": name, "modelUrl": str(loaded.root)}
             if self._models.model_ready(loaded.model)
