@@ -283,7 +283,14 @@ class App:
         limit = settings.http_max_input_size
         if settings.sagemaker is not None:
             http = self._http_front_door(core)
-            sagemaker = SageMakerFrontDoor(http, settings.sagemaker, core, limit, http.fast_route)
+            sagemaker = SageMakerFrontDoor(
+                http,
+                settings.sagemaker,
+                core,
+                limit,
+                http.fast_route,
+                settings.http_restricted_api,
+            )
             self.sagemaker_port = await self._serve_hosted(
                 sagemaker, settings.sagemaker.port, sagemaker.fast_route
             )

@@ -38,6 +38,7 @@ from inferd.server.hosted_routes import (
 )
 from inferd.server.http1 import FastHandler, FastRouter, HttpRequest, Reply
 from inferd.server.http1 import Headers as ReplyHeaders
+from inferd.server.restricted_api import Api, Restrictions, http_refusal
 
 BINARY_TYPE = BinaryJsonType("application/vnd.sagemaker-triton.binary+json;json-header-size=")
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
@@ -125,9 +126,13 @@ class SageMakerFrontDoor:
         models: ModelControl,
         max_input_size: int,
         http_fast_route: FastRouter | None = None,
+        restricted: Restrictions | None = None,
     ) -> None:
         self._http = http
         self._models = models
+        # --http-restricted-api's model-repository group covers the /models routes, as in
+        # Triton (the others are the HTTP front door's to check).
+        self._repository_restriction = (restricted or {}).get(Api.MODEL_REPOSITORY)
         self._ping_path = f"/v2/health/{settings.ping_mode}"
         self._default_model = settings.default_model
         # The HTTP front door's fast route for the default model's inference (inferd's HTTP/1.1
@@ -207,7 +212,13 @@ class SageMakerFrontDoor:
         name: str | None,
         invoke: str | None,
     ) -> None:
-        target = dict(scope["headers"]).get(TARGET_MODEL_HEADER)
+        headers = dict(scope["headers"])
+        target = headers.get(TARGET_MODEL_HEADER)
+        restriction = self._repository_restriction
+        manages = invoke is None or method != "POST"  # everything but an invocation
+        if manages and restriction is not None and not restriction.admits(headers):
+            await reply(send, 403, _error_body(invalid(http_refusal(restriction))))
+            return
         if method == "GET" and name is None:
             await self._list(send)
         elif method == "GET" and name is not None:  # `/invoke` too, as in Triton

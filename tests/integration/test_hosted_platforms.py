@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from inferd.repository.remote import RemoteLocation
 from inferd.server.app import StartupError
 from inferd.server.cli import build_parser, settings_from_args
+from inferd.server.restricted_api import Api, Restriction
 from inferd.server.sagemaker import SageMakerSettings
 from inferd.server.sagemaker_container import ContainerError, container_setup
 from inferd.server.sagemaker_container import main as sagemaker_container_main
@@ -189,6 +191,11 @@ def test_vertex_environment_sets_the_defaults(tmp_path: Path) -> None:
     assert both.allow_http and both.vertex_ai is not None and both.vertex_ai.port == 9090
     assert both.model_repositories == (Path("/m"),)
     assert settings({}).vertex_ai is None and settings({}).allow_grpc
+    gcs = settings({"AIP_STORAGE_URI": "gs://bucket/models"}).model_repositories
+    assert isinstance(gcs[0], RemoteLocation) and (gcs[0].bucket, gcs[0].prefix) == (
+        "bucket",
+        "models",
+    )
     with pytest.raises(ValueError, match="AIP_HEALTH_ROUTE is not defined"):
         settings({"AIP_PREDICT_ROUTE": "/p"}, "--allow-vertex-ai=true")
 
@@ -506,3 +513,33 @@ def test_sagemaker_multi_model_loads_run_side_by_side(
     assert sorted(statuses) == [200, 200, 409]  # one name, asked for twice at once
     listed = httpx.get(sagemaker_url(server, "/models")).json()["models"]
     assert sorted(m["modelName"] for m in listed) == ["one", "two"]
+
+
+def test_restricted_apis_hold_on_the_hosted_ports(server_factory: Factory, tmp_path: Path) -> None:
+    restricted = {
+        Api.MODEL_REPOSITORY: Restriction("admin", "yes"),
+        Api.INFERENCE: Restriction("infer-key", "secret"),
+    }
+    server = server_factory(
+        model_repositories=(EXAMPLES,),
+        model_control_mode="explicit",
+        load_models=("simple",),
+        http_restricted_api=restricted,
+        sagemaker=SageMakerSettings(port=0, default_model="simple"),
+        vertex_ai=replace(VERTEX, default_model="simple"),
+    )
+    refused = httpx.get(sagemaker_url(server, "/models"))
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "This API is restricted, expecting header 'admin'"}
+    assert httpx.get(sagemaker_url(server, "/models"), headers={"admin": "yes"}).status_code == 200
+    invocations = sagemaker_url(server, "/invocations")
+    assert httpx.post(invocations, json=json_body()).status_code == 403
+    allowed = httpx.post(invocations, json=json_body(), headers={"infer-key": "secret"})
+    assert allowed.status_code == 200
+    assert httpx.get(sagemaker_url(server, "/ping")).status_code == 200  # health: open
+    predict = vertex_url(server, "/predict")
+    assert httpx.post(predict, json=json_body()).status_code == 403
+    index = httpx.post(predict, headers={REDIRECT: "v2/repository/index"})
+    assert index.status_code == 403
+    index = httpx.post(predict, headers={REDIRECT: "v2/repository/index", "admin": "yes"})
+    assert index.status_code == 200
