@@ -18,12 +18,14 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "tensorrt": "inferd.backends.tensorrt:TensorRtBackend",
     "python": "inferd.backends.python:PythonBackend",
     "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",
+    "pytorch": "inferd.backends.pytorch:PyTorchBackend",
 }
 
 # What to install when a built-in backend's framework is missing.
 INSTALL_HINTS: Mapping[str, str] = {
     "onnxruntime": "install the inferd[cpu] extra (onnxruntime) or inferd[gpu] (onnxruntime-gpu)",
     "tensorflow": "install the inferd[tensorflow] extra (tensorflow-cpu)",
+    "pytorch": "install the inferd[pytorch] extra (torch)",
 }
 
 # Triton's platform names for the backends (config `platform:`).
@@ -43,6 +45,7 @@ DEFAULT_MODEL_FILES: Mapping[str, str] = {
     "model.savedmodel": "tensorflow",
     "model.graphdef": "tensorflow",
     "model.py": "python",
+    "model.pt": "pytorch",
 }
 
 

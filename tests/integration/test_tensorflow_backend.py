@@ -1,5 +1,5 @@
 """TensorFlow SavedModels and GraphDefs through a real server and the real clients (skipped
-where TensorFlow is not installed: run tools/tensorflow-check)."""
+where TensorFlow is not installed: run tools/extra-check tensorflow)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,331 @@
+"""PyTorch backend, as Triton's libtorch backend: TorchScript models (`platform:
+"pytorch_libtorch"` or `backend: "pytorch"`, file model.pt), one loaded module per instance.
+
+The config names the tensors (TorchScript keeps no names): inputs by the forward() argument
+names, else by `<name>__<index>`, else in config order; outputs by `<name>__<index>`, else in
+config order of what forward() returns (a tensor, or a tuple or list of them). A single
+`Dict[str, Tensor]` argument takes the inputs by their config names. BYTES tensors are 1-D
+lists of strings. torch is an optional extra (inferd[pytorch]), imported only when a model of
+this backend loads; its objects are typed Any so that this module type-checks without it.
+
+The config's `parameters` follow Triton's: INFERENCE_MODE, DISABLE_OPTIMIZED_EXECUTION,
+ENABLE_CACHE_CLEANING, INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT (process-wide in
+PyTorch: the first model that sets them wins, as in Triton).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.backends.gpu import GpuInfo
+from inferd.backends.registry import INSTALL_HINTS
+from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.sequence_config import sequence_tensors
+from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
+from inferd.server.types import DataType
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "pytorch_libtorch"
+_NAMED_INDEX = re.compile(r"^.*__(\d+)$")
+_BOOLEAN_PARAMETERS = (
+    "INFERENCE_MODE",
+    "DISABLE_OPTIMIZED_EXECUTION",
+    "ENABLE_CACHE_CLEANING",
+    # Accepted as Triton's are; the Python API runs TorchScript's default executor with them.
+    "ENABLE_JIT_EXECUTOR",
+    "ENABLE_JIT_PROFILING",
+    "ENABLE_TENSOR_FUSER",
+    "ENABLE_NVFUSER",
+    "ENABLE_WEIGHT_SHARING",
+)
+_THREAD_PARAMETERS = ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT")
+_threads_set: set[str] = set()  # PyTorch's thread pools are the process's: set once
+_threads_lock = threading.Lock()
+
+
+def import_torch() -> Any:
+    """The torch module, or a load error that says what to install."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise unsupported(f"PyTorch is not installed ({exc}); {INSTALL_HINTS['pytorch']}") from None
+    return torch
+
+
+def _torch_dtype(torch: Any, datatype: DataType) -> Any:
+    """The torch dtype of a config data type; None where libtorch has none (BYTES: lists)."""
+    return {
+        DataType.BOOL: torch.bool,
+        DataType.UINT8: torch.uint8,
+        DataType.INT8: torch.int8,
+        DataType.INT16: torch.int16,
+        DataType.INT32: torch.int32,
+        DataType.INT64: torch.int64,
+        DataType.FP16: torch.float16,
+        DataType.FP32: torch.float32,
+        DataType.FP64: torch.float64,
+        DataType.BF16: torch.bfloat16,
+    }.get(datatype)
+
+
+@dataclass(frozen=True, slots=True)
+class TorchParameters:
+    inference_mode: bool = False
+    optimized_execution: bool = True
+    cache_cleaning: bool = False
+    intra_op_threads: int = 0  # 0: PyTorch's default
+    inter_op_threads: int = 0
+
+
+def parse_parameters(parameters: Mapping[str, str], model: str) -> TorchParameters:
+    """The config's parameters this backend reads; a malformed value fails the load."""
+    flags: dict[str, bool] = {}
+    for key in _BOOLEAN_PARAMETERS:
+        raw = parameters.get(key)
+        if raw is None:
+            continue
+        if raw.strip().lower() not in ("true", "false"):
+            raise invalid(f"model '{model}': parameter {key} must be true or false, got '{raw}'")
+        flags[key] = raw.strip().lower() == "true"
+    threads: dict[str, int] = {}
+    for key in _THREAD_PARAMETERS:
+        raw = parameters.get(key)
+        if raw is None:
+            continue
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise invalid(
+                f"model '{model}': parameter {key} must be a positive integer, got '{raw}'"
+            )
+        threads[key] = int(raw)
+    return TorchParameters(
+        inference_mode=flags.get("INFERENCE_MODE", False),
+        optimized_execution=not flags.get("DISABLE_OPTIMIZED_EXECUTION", False),
+        cache_cleaning=flags.get("ENABLE_CACHE_CLEANING", False),
+        intra_op_threads=threads.get("INTRA_OP_THREAD_COUNT", 0),
+        inter_op_threads=threads.get("INTER_OP_THREAD_COUNT", 0),
+    )
+
+
+def _set_threads(torch: Any, parameters: TorchParameters) -> None:
+    """PyTorch's thread pools belong to the process: the first model to size one wins."""
+    with _threads_lock:
+        if parameters.intra_op_threads and "intra" not in _threads_set:
+            torch.set_num_threads(parameters.intra_op_threads)
+            _threads_set.add("intra")
+        if parameters.inter_op_threads and "inter" not in _threads_set:
+            try:
+                torch.set_num_interop_threads(parameters.inter_op_threads)
+            except RuntimeError as exc:  # PyTorch allows it once, before any parallel work
+                log.warning("INTER_OP_THREAD_COUNT not applied: %s", exc)
+            _threads_set.add("inter")
+
+
+def index_map(names: Sequence[str], forward_arguments: Sequence[str]) -> dict[str, int]:
+    """Where each config tensor goes: its forward() argument's position when every name is
+    one, else the index in `<name>__<index>` when every name has one, else config order
+    (Triton's three naming conventions, tried in that order)."""
+    if forward_arguments and all(name in forward_arguments for name in names):
+        return {name: forward_arguments.index(name) for name in names}
+    indexed = [_NAMED_INDEX.match(name) for name in names]
+    if all(indexed):
+        return {name: int(found[1]) for name, found in zip(names, indexed, strict=True) if found}
+    return {name: position for position, name in enumerate(names)}
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+    platforms = (PLATFORM,)
+    default_model_filename = "model.pt"
+
+    @classmethod
+    def complete_config(
+        cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
+    ) -> None:
+        # Triton's libtorch backend completes nothing: TorchScript keeps no tensor names.
+        if not config.platform and not config.backend:
+            config.platform = PLATFORM
+
+    @classmethod
+    def gpu_unavailable_reason(cls, gpus: GpuInfo) -> str:
+        try:
+            torch = import_torch()
+        except InferdError as error:
+            return error.message
+        if not torch.cuda.is_available():
+            return f"this PyTorch ({torch.__version__}) cannot use the GPU (CPU-only build?)"
+        return ""
+
+    @classmethod
+    def create_instance(
+        cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
+    ) -> ModelInstance:
+        return PyTorchInstance(config, model_path, device)
+
+
+class PyTorchInstance(ModelInstance):
+    def __init__(self, config: ModelConfig, model_path: Path, device: Device) -> None:
+        torch = self._torch = import_torch()
+        self._parameters = parse_parameters(config.parameters, config.name)
+        _set_threads(torch, self._parameters)
+        self._device = torch.device("cuda", device.index) if device.kind == "gpu" else None
+        if not model_path.is_file():
+            raise invalid(f"model file {model_path} does not exist")
+        # KIND_MODEL: the module stays where it was saved and places its tensors itself.
+        location = None if device.kind == "model" else (self._device or "cpu")
+        try:
+            module = torch.jit.load(str(model_path), map_location=location)
+        except Exception as exc:  # TorchScript raises its own types for a bad file
+            raise invalid(f"failed to load model '{config.name}': {exc}") from None
+        module.eval()
+        self._module: Any = module
+        self._batching = config.max_batch_size > 0
+        controls, state_outputs = sequence_tensors(config.sequence_batching)
+        batch_inputs = [name for item in config.batch_inputs for name in item.targets]
+        names = [t.name for t in config.inputs] + batch_inputs + controls
+        arguments, self._dict_input = _forward_arguments(module, config.name)
+        if not self._dict_input and len(arguments) != len(names):
+            raise invalid(
+                f"unable to load model '{config.name}', configuration expects {len(names)} "
+                f"inputs, model provides {len(arguments)}"
+            )
+        self._inputs = index_map(names, arguments)
+        types = {t.name: t.datatype for t in (*config.inputs, *config.outputs)}
+        if config.sequence_batching is not None:
+            types |= {c.name: c.datatype for c in config.sequence_batching.controls}
+            types |= {s.output_name: s.datatype for s in config.sequence_batching.states}
+            types |= {s.input_name: s.datatype for s in config.sequence_batching.states}
+        for name in (*names, *(t.name for t in config.outputs)):
+            datatype = types.get(name)
+            if datatype not in (None, DataType.BYTES) and _torch_dtype(torch, datatype) is None:
+                raise internal(
+                    f"unsupported datatype {datatype.config_name} for '{name}' for model "
+                    f"'{config.name}'"
+                )
+        self._types = types
+        output_names = [t.name for t in config.outputs] + state_outputs
+        self._outputs = index_map(output_names, ())
+        self._model = config.name
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        try:
+            with self._mode():
+                if self._dict_input:
+                    result = self._module(
+                        {name: self._tensor(name, a) for name, a in inputs.items()}
+                    )
+                else:
+                    arguments: list[Any] = [None] * len(self._inputs)
+                    for name, array in inputs.items():
+                        arguments[self._inputs[name]] = self._tensor(name, array)
+                    result = self._module(*arguments)
+        except InferdError:
+            raise
+        except Exception as exc:
+            raise internal(f"PyTorch execute failure: {exc}") from None
+        finally:
+            if self._parameters.cache_cleaning and self._device is not None:
+                torch.cuda.empty_cache()
+        returned = list(result) if isinstance(result, tuple | list) else [result]
+        outputs: dict[str, np.ndarray] = {}
+        for name, index in self._outputs.items():
+            if not 0 <= index < len(returned):
+                raise InferdError(
+                    ErrorCode.INVALID_ARG,
+                    f"The output {name} in the model configuration refers to an output index "
+                    f"which doesn't exist. This model has {len(returned)} outputs",
+                )
+            outputs[name] = self._array(name, returned[index])
+        return outputs
+
+    @contextlib.contextmanager
+    def _mode(self) -> Iterator[None]:
+        torch = self._torch
+        grad = torch.inference_mode() if self._parameters.inference_mode else torch.no_grad()
+        with grad, torch.jit.optimized_execution(self._parameters.optimized_execution):
+            yield
+
+    def _tensor(self, name: str, array: np.ndarray) -> Any:
+        """An input as forward() takes it: a tensor on the instance's device, or a list of
+        strings (BYTES)."""
+        torch = self._torch
+        if array.dtype == object:  # BYTES: 1-D, as Triton allows
+            return [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in array.reshape(-1)
+            ]
+        if array.dtype == ml_dtypes.bfloat16:
+            tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(
+                torch.bfloat16
+            )
+        else:
+            if not array.flags.writeable:  # torch wants a writable buffer; it never writes
+                array = array.copy()
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor if self._device is None else tensor.to(self._device, non_blocking=False)
+
+    def _array(self, name: str, value: Any) -> np.ndarray:
+        """An output as the wire takes it, its type checked against the config's."""
+        torch = self._torch
+        datatype = self._types.get(name)
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            if datatype is not DataType.BYTES:
+                raise internal(f"output '{name}' of model '{self._model}' is a list of strings")
+            return np.array([v.encode() for v in value], dtype=object)
+        if not isinstance(value, torch.Tensor):
+            raise internal(
+                f"output '{name}' of model '{self._model}' is a {type(value).__name__}, not a "
+                "tensor"
+            )
+        tensor = value.detach().cpu().contiguous()
+        expected = _torch_dtype(torch, datatype) if datatype is not None else None
+        if expected is not None and tensor.dtype != expected:
+            raise internal(
+                f"unexpected datatype {tensor.dtype} for inference output '{name}', expecting "
+                f"{datatype.config_name if datatype else '?'}"
+            )
+        if tensor.dtype == torch.bfloat16:
+            bits: np.ndarray = tensor.view(torch.int16).numpy()
+            return bits.view(ml_dtypes.bfloat16)
+        array: np.ndarray = tensor.numpy()
+        return array
+
+    def close(self) -> None:
+        self._module = None
+        if self._device is not None:
+            self._torch.cuda.empty_cache()
+
+
+def _forward_arguments(module: Any, model: str) -> tuple[list[str], bool]:
+    """forward()'s argument names (self left out), and whether it takes one Dict[str, Tensor].
+    Arguments of other kinds than tensors and lists fail the load, in Triton's words."""
+    arguments = list(module.forward.schema.arguments)
+    if arguments and arguments[0].type.kind() == "ClassType":  # the module itself
+        arguments = arguments[1:]
+    kinds = [a.type.kind() for a in arguments]
+    if len(arguments) == 1 and kinds[0] == "DictType":
+        return [], True
+    if kinds.count("DictType"):
+        raise internal(
+            "Multiple inputs of kind DictType were detected. Only a single input of type "
+            "Dict(str, Tensor) is supported."
+        )
+    for argument, kind in zip(arguments, kinds, strict=True):
+        if kind not in ("TensorType", "ListType"):
+            raise internal(
+                f"An input of type '{argument.type}' was detected in the model. Only a single "
+                "input of type Dict(str, Tensor) or input(s) of type Tensor are supported."
+            )
+    return [a.name for a in arguments], False

@@ -1,0 +1,298 @@
+"""TorchScript models (Triton's libtorch backend) through a real server and the real clients
+(skipped where torch is not installed: run tools/extra-check pytorch)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+pytest.importorskip("torch")
+
+from tests.conftest import RunningServer
+from tests.torch_models import (
+    Accumulate,
+    AddSub,
+    DictInput,
+    Fails,
+    Scale,
+    TakesInt,
+    Words,
+    save,
+)
+
+Factory = Callable[..., RunningServer]
+
+# TorchScript is deprecated in the newest torch releases, and still what Triton serves.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def add_sub_config(inputs: tuple[str, str], outputs: tuple[str, str], extra: str = "") -> str:
+    tensors = ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ 4 ] }}' for n in inputs)
+    results = ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ 4 ] }}' for n in outputs)
+    return f"""
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ {tensors} ]
+output [ {results} ]
+dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
+{extra}
+"""
+
+
+def infer(
+    url: str, model: str, inputs: dict[str, np.ndarray], grpc: bool = False
+) -> dict[str, np.ndarray]:
+    module = grpcclient if grpc else httpclient
+    client = module.InferenceServerClient(url)
+    try:
+        tensors = []
+        for name, array in inputs.items():
+            datatype = (
+                "BYTES"
+                if array.dtype == object
+                else {"float32": "FP32", "int64": "INT64"}[str(array.dtype)]
+            )
+            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = client.infer(model, tensors)
+        response = result.get_response()
+        names = (
+            [o.name for o in response.outputs] if grpc else [o["name"] for o in response["outputs"]]
+        )
+        return {name: result.as_numpy(name) for name in names}
+    finally:
+        client.close()
+
+
+ONE_INPUT = """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
+output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
+"""
+
+
+@pytest.fixture
+def server(server_factory: Factory, tmp_path: Path) -> RunningServer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        save(
+            AddSub(),
+            tmp_path,
+            "indexed",
+            add_sub_config(("INPUT__0", "INPUT__1"), ("OUTPUT__0", "OUTPUT__1")),
+        )
+        # Named as forward()'s arguments, listed in the other order: found by name.
+        save(AddSub(), tmp_path, "by_argument", add_sub_config(("y", "x"), ("SUM__0", "DIFF__1")))
+        # Neither: config order, inputs and outputs alike.
+        save(AddSub(), tmp_path, "by_order", add_sub_config(("A", "B"), ("S", "D")))
+        save(
+            DictInput(),
+            tmp_path,
+            "dict",
+            """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [
+  { name: "b" data_type: TYPE_FP32 dims: [ 3 ] },
+  { name: "a" data_type: TYPE_FP32 dims: [ 3 ] }
+]
+output [{ name: "OUT__0" data_type: TYPE_FP32 dims: [ 3 ] }]
+""",
+        )
+        save(
+            Words(),
+            tmp_path,
+            "words",
+            """
+backend: "pytorch"
+max_batch_size: 0
+input [{ name: "WORDS__0" data_type: TYPE_STRING dims: [ -1 ] }]
+output [
+  { name: "UPPER__0" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "LENGTH__1" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+""",
+        )
+        save(
+            Scale(3.0),
+            tmp_path,
+            "scale",
+            """
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
+output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
+parameters [
+  { key: "INFERENCE_MODE" value: { string_value: "true" } },
+  { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" } }
+]
+instance_group [{ count: 2 kind: KIND_CPU }]
+""",
+        )
+        save(
+            Fails(),
+            tmp_path,
+            "fails",
+            """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
+output [
+  { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] },
+  { name: "OUTPUT__3" data_type: TYPE_FP32 dims: [ 2 ] }
+]
+""",
+        )
+        return server_factory(model_repositories=(tmp_path,))
+
+
+def test_addsub_by_each_naming_convention(server: RunningServer) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    y = np.ones((2, 4), dtype=np.float32)
+    indexed = infer(server.http_url, "indexed", {"INPUT__0": x, "INPUT__1": y})
+    np.testing.assert_array_equal(indexed["OUTPUT__0"], x + y)
+    np.testing.assert_array_equal(indexed["OUTPUT__1"], x - y)
+    by_argument = infer(server.grpc_url, "by_argument", {"x": x, "y": y}, grpc=True)
+    np.testing.assert_array_equal(by_argument["SUM__0"], x + y)
+    np.testing.assert_array_equal(by_argument["DIFF__1"], x - y)
+    by_order = infer(server.http_url, "by_order", {"A": x, "B": y})
+    np.testing.assert_array_equal(by_order["D"], x - y)
+
+
+def test_requests_are_batched_and_split_back(server: RunningServer) -> None:
+    def one(i: int) -> tuple[int, np.ndarray]:
+        x = np.full((1, 4), i, dtype=np.float32)
+        return i, infer(server.http_url, "indexed", {"INPUT__0": x, "INPUT__1": x})["OUTPUT__0"]
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, total in pool.map(one, range(16)):
+            np.testing.assert_array_equal(total, np.full((1, 4), 2 * i, dtype=np.float32))
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics("indexed")["model_stats"][0]
+    finally:
+        client.close()
+    assert stats["inference_count"] == 16
+    assert stats["execution_count"] < 16  # some requests ran in one batch
+
+
+def test_dict_strings_parameters_and_instances(server: RunningServer) -> None:
+    a = np.array([1, 2, 3], dtype=np.float32)
+    b = np.array([4, 5, 6], dtype=np.float32)
+    np.testing.assert_array_equal(
+        infer(server.http_url, "dict", {"a": a, "b": b})["OUT__0"], a * 10 + b
+    )
+    words = np.array([b"triton", b"inferd"], dtype=object)
+    out = infer(server.grpc_url, "words", {"WORDS__0": words}, grpc=True)
+    assert list(out["UPPER__0"]) == [b"TRITON", b"INFERD"]
+    np.testing.assert_array_equal(out["LENGTH__1"], [6, 6])
+    x = np.ones((3, 2), dtype=np.float32)
+    np.testing.assert_array_equal(
+        infer(server.http_url, "scale", {"INPUT__0": x})["OUTPUT__0"], x * 3
+    )
+
+
+def test_failures_answer_in_tritons_words(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        tensor = httpclient.InferInput("INPUT__0", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1, -1], dtype=np.float32))
+        with pytest.raises(
+            InferenceServerException, match=r"(?s)PyTorch execute failure: .*negative input"
+        ):
+            client.infer("fails", [tensor])
+        tensor.set_data_from_numpy(np.array([1, 1], dtype=np.float32))
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("fails", [tensor])
+        assert (
+            "The output OUTPUT__3 in the model configuration refers to an output index which "
+            "doesn't exist. This model has 1 outputs" in str(raised.value)
+        )
+        assert raised.value.status() == "400"
+    finally:
+        client.close()
+
+
+def test_models_that_cannot_load_say_why(server_factory: Factory, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        save(AddSub(), tmp_path, "too_few", ONE_INPUT)
+        save(TakesInt(), tmp_path, "takes_int", add_sub_config(("x", "n"), ("OUT__0", "OUT__1")))
+        save(Scale(), tmp_path, "uint16", ONE_INPUT.replace("TYPE_FP32", "TYPE_UINT16", 1))
+        bad_parameter = 'parameters [{ key: "INFERENCE_MODE" value: { string_value: "yes" } }]'
+        save(Scale(), tmp_path, "bad_parameter", ONE_INPUT + bad_parameter)
+    (tmp_path / "not_torchscript" / "1").mkdir(parents=True)
+    (tmp_path / "not_torchscript" / "1" / "model.pt").write_bytes(b"not a model")
+    (tmp_path / "not_torchscript" / "config.pbtxt").write_text(
+        add_sub_config(("INPUT__0", "INPUT__1"), ("OUTPUT__0", "OUTPUT__1"))
+    )
+    server = server_factory(model_repositories=(tmp_path,), strict_readiness=False)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        reasons = {e["name"]: e.get("reason", "") for e in client.get_model_repository_index()}
+    finally:
+        client.close()
+    assert (
+        "unable to load model 'too_few', configuration expects 1 inputs, model provides 2"
+        in reasons["too_few"]
+    )
+    assert "An input of type 'int' was detected in the model" in reasons["takes_int"]
+    assert "unsupported datatype TYPE_UINT16 for 'INPUT__0' for model 'uint16'" in reasons["uint16"]
+    assert "parameter INFERENCE_MODE must be true or false, got 'yes'" in reasons["bad_parameter"]
+    assert "failed to load model 'not_torchscript'" in reasons["not_torchscript"]
+
+
+ACCUMULATE = """
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1 ] }]
+output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 1 ] }]
+sequence_batching {
+  control_input [{
+    name: "START__1"
+    control [{ kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] }]
+  }]
+  state [{
+    input_name: "STATE__2" output_name: "STATE__1" data_type: TYPE_FP32 dims: [ 1 ]
+    initial_state { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zero" }
+  }]
+}
+"""
+
+
+def test_a_sequence_model_gets_its_controls_and_state(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        save(Accumulate(), tmp_path, "accumulate", ACCUMULATE)
+    server = server_factory(model_repositories=(tmp_path,))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        totals = {}
+        for sequence in (1, 2):
+            for step, value in enumerate((1.0, 2.0, 3.0)):
+                tensor = grpcclient.InferInput("INPUT__0", [1, 1], "FP32")
+                tensor.set_data_from_numpy(np.array([[value * sequence]], dtype=np.float32))
+                result = client.infer(
+                    "accumulate",
+                    [tensor],
+                    sequence_id=sequence,
+                    sequence_start=step == 0,
+                    sequence_end=step == 2,
+                )
+                totals[sequence, step] = float(result.as_numpy("OUTPUT__0")[0, 0])
+    finally:
+        client.close()
+    assert [totals[1, s] for s in range(3)] == [1.0, 3.0, 6.0]
+    assert [totals[2, s] for s in range(3)] == [2.0, 6.0, 12.0]

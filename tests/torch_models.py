@@ -1,0 +1,78 @@
+"""Tiny TorchScript models for the PyTorch backend's tests, scripted with the installed torch
+(only imported where torch is)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class AddSub(torch.nn.Module):
+    """(x + y, x - y): two inputs, two outputs, as Triton's add_sub example."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + y, x - y
+
+
+class Scale(torch.nn.Module):
+    """One input, one output: the input times `factor` (a weight the module keeps)."""
+
+    def __init__(self, factor: float = 2.0) -> None:
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.tensor(factor), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class DictInput(torch.nn.Module):
+    """A single Dict[str, Tensor] argument: the inputs by their config names."""
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return inputs["a"] * 10 + inputs["b"]
+
+
+class Words(torch.nn.Module):
+    """A list of strings in, each upper-cased out, with their lengths."""
+
+    def forward(self, words: list[str]) -> tuple[list[str], torch.Tensor]:
+        upper = [w.upper() for w in words]
+        lengths = torch.tensor([len(w) for w in words], dtype=torch.int64)
+        return upper, lengths
+
+
+class Fails(torch.nn.Module):
+    """Fails when the input holds a negative number."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise RuntimeError("negative input")
+        return x
+
+
+class TakesInt(torch.nn.Module):
+    """An argument of a type the backend cannot feed."""
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x * n
+
+
+def save(module: torch.nn.Module, repo: Path, name: str, config: str) -> Path:
+    """Script `module` into <repo>/<name>/1/model.pt, with its config."""
+    folder = repo / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    scripted = torch.jit.script(module)
+    scripted.save(str(folder / "1" / "model.pt"))  # type: ignore[no-untyped-call,unused-ignore]
+    (folder / "config.pbtxt").write_text(config)
+    return folder
+
+
+class Accumulate(torch.nn.Module):
+    """A sequence's running total, kept in an implicit state: reset where START is set."""
+
+    def forward(
+        self, x: torch.Tensor, start: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        total = torch.where(start > 0, x, state + x)
+        return total, total
