@@ -12,6 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid
 
+# A scope key naming the model of an inference request forwarded to the HTTP front door (a
+# SageMaker model's name may hold a '/', which no path can carry).
+INFER_MODEL = "inferd.infer_model"
 INFERENCE_HEADER = b"inference-header-content-length"
 CONTENT_TYPE = b"content-type"
 JSON = b"application/json"

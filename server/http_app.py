@@ -27,6 +27,7 @@ from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid, unsupported
 from inferd.server.header_forward import HeaderForward
+from inferd.server.hosted_routes import INFER_MODEL
 from inferd.server.http1 import FastHandler, HttpRequest, Reply
 from inferd.server.http_codec import (
     HeaderCache,
@@ -131,7 +132,8 @@ class HttpFrontDoor:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
-                target = _parse_infer_path(path)
+                named = scope.get(INFER_MODEL)
+                target = (named, "") if named is not None else _parse_infer_path(path)
                 if target is not None:
                     await self._infer(scope, receive, send, *target)
                     return

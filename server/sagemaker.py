@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inferd.server.errors import ErrorCode, InferdError, already_exists, invalid
 from inferd.server.hosted_routes import (
     CONTENT_TYPE,
+    INFER_MODEL,
     INFERENCE_HEADER,
     JSON,
     BinaryJsonType,
@@ -139,7 +141,7 @@ class SageMakerFrontDoor:
         # server takes it without an ASGI cycle; uvicorn never asks).
         self._fast_infer = (
             None
-            if http_fast_route is None
+            if http_fast_route is None or "/" in settings.default_model
             else http_fast_route("POST", f"/v2/models/{settings.default_model}/infer")
         )
         self._max_input_size = max_input_size
@@ -197,8 +199,10 @@ class SageMakerFrontDoor:
         except InferdError as error:
             await reply_error(send, refusal_status(error), error)
             return
-        path = f"/v2/models/{model}/infer"
+        # The name travels beside the path: SageMaker's may hold a '/' (an S3 key).
+        path = f"/v2/models/{quote(model, safe='')}/infer"
         answer = _SageMakerAnswer(send, multi_model)
+        scope = {**scope, INFER_MODEL: model}
         await forward(self._http, scope, receive, answer, path, scope["method"], headers)
 
     # ---- the multi-model endpoint ----------------------------------------------------------

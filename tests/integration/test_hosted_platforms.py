@@ -335,8 +335,9 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     def models(path: str = "", method: str = "GET", **kwargs: object) -> httpx.Response:
         return httpx.request(method, sagemaker_url(server, "/models" + path), **kwargs)  # type: ignore[arg-type]
 
-    # The model is served under the header's name, whatever its config calls it (Triton).
-    headers = {TARGET: "simple.tar.gz"}
+    # The model is served under the header's name, whatever its config calls it, as in Triton;
+    # the name is the archive's path under the endpoint's S3 prefix, so it may hold a slash.
+    headers = {TARGET: "v1/simple.tar.gz"}
     load = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
     assert load.status_code == 200, load.text
     listed = models().json()
@@ -344,7 +345,7 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     assert models("/0123abcd").json() == {"modelName": "0123abcd", "modelUrl": url}
     assert models("/unknown").status_code == 404
     invoke = models("/0123abcd/invoke", method="POST", json=json_body(), headers=headers)
-    assert invoke.status_code == 200 and invoke.json()["model_name"] == "simple.tar.gz"
+    assert invoke.status_code == 200 and invoke.json()["model_name"] == "v1/simple.tar.gz"
     assert models("/0123abcd/invoke").json()["modelName"] == "0123abcd"  # GET: as /0123abcd
     # Every failure of an invocation answers 400 here, as in Triton.
     bad = models("/0123abcd/invoke", method="POST", json={"inputs": []}, headers=headers)
@@ -352,7 +353,7 @@ def test_sagemaker_multi_model_endpoint(server_factory: Factory, tmp_path: Path)
     other = models("/0123abcd/invoke", method="POST", json=json_body(), headers={TARGET: "x"})
     assert other.status_code == 400 and "unknown model: 'x'" in other.json()["error"]
     without_header = models("/0123abcd/invoke", method="POST", json=json_body())
-    assert without_header.json()["model_name"] == "simple.tar.gz"  # the model it loaded
+    assert without_header.json()["model_name"] == "v1/simple.tar.gz"  # the model it loaded
     binary_round_trip(sagemaker_url(server, "/models/0123abcd/invoke"), SAGEMAKER_BINARY, **headers)
     again = models(method="POST", json={"model_name": "0123abcd", "url": url}, headers=headers)
     assert again.status_code == 409 and "error" in again.json()
