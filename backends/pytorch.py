@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,12 +53,19 @@ _BOOLEAN_PARAMETERS = (
     "ENABLE_WEIGHT_SHARING",
 )
 _THREAD_PARAMETERS = ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT")
-_threads_set: set[str] = set()  # PyTorch's thread pools are the process's: set once
+# PyTorch's thread pools are the process's: pool -> who sized it ("explicit": a model's
+# parameter, which later models cannot change; "default": inferd's serving default).
+_threads_sized: dict[str, str] = {}
 _threads_lock = threading.Lock()
 
 
 def import_torch() -> Any:
     """The torch module, or a load error that says what to install."""
+    if "torch" not in sys.modules:
+        # PyTorch's OpenMP threads spin after each operator by default, taking the CPU from
+        # the event loop and the other instances (ten times fewer answers at one request in
+        # flight on 2 cores, measured): a server wants them asleep. Read when OpenMP loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError as exc:
@@ -118,18 +127,25 @@ def parse_parameters(parameters: Mapping[str, str], model: str) -> TorchParamete
     )
 
 
-def _set_threads(torch: Any, parameters: TorchParameters) -> None:
-    """PyTorch's thread pools belong to the process: the first model to size one wins."""
+def _set_threads(torch: Any, parameters: TorchParameters, cpu_instances: int) -> None:
+    """Size PyTorch's process-wide pools: the first model that sets a count wins, as in
+    Triton. Without one (and without OMP_NUM_THREADS), the intra-op pool gets what inferd
+    gives ONNX Runtime: half the cores, shared among the model's CPU instances. PyTorch's own
+    default, every core, makes its threads and the event loop take turns on a small machine."""
     with _threads_lock:
-        if parameters.intra_op_threads and "intra" not in _threads_set:
-            torch.set_num_threads(parameters.intra_op_threads)
-            _threads_set.add("intra")
-        if parameters.inter_op_threads and "inter" not in _threads_set:
+        intra = parameters.intra_op_threads
+        if intra and _threads_sized.get("intra") != "explicit":
+            torch.set_num_threads(intra)
+            _threads_sized["intra"] = "explicit"
+        elif not intra and "intra" not in _threads_sized and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * max(1, cpu_instances))))
+            _threads_sized["intra"] = "default"
+        if parameters.inter_op_threads and "inter" not in _threads_sized:
             try:
                 torch.set_num_interop_threads(parameters.inter_op_threads)
             except RuntimeError as exc:  # PyTorch allows it once, before any parallel work
                 log.warning("INTER_OP_THREAD_COUNT not applied: %s", exc)
-            _threads_set.add("inter")
+            _threads_sized["inter"] = "explicit"
 
 
 def index_map(names: Sequence[str], forward_arguments: Sequence[str]) -> dict[str, int]:
@@ -171,15 +187,20 @@ class PyTorchBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
-        return PyTorchInstance(config, model_path, device)
+        return PyTorchInstance(config, model_path, device, settings.total_cpu_instances)
 
 
 class PyTorchInstance(ModelInstance):
-    def __init__(self, config: ModelConfig, model_path: Path, device: Device) -> None:
+    def __init__(
+        self, config: ModelConfig, model_path: Path, device: Device, cpu_instances: int = 1
+    ) -> None:
         torch = self._torch = import_torch()
         self._parameters = parse_parameters(config.parameters, config.name)
-        _set_threads(torch, self._parameters)
+        _set_threads(torch, self._parameters, cpu_instances)
         self._device = torch.device("cuda", device.index) if device.kind == "gpu" else None
+        # A CPU module may be called from any thread: short batches then run on the event loop
+        # instead of paying a thread hop (CUDA work stays on the instance's thread).
+        self.runs_on_any_thread = self._device is None and device.kind != "model"
         if not model_path.is_file():
             raise invalid(f"model file {model_path} does not exist")
         # KIND_MODEL: the module stays where it was saved and places its tensors itself.
