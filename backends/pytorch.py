@@ -211,7 +211,6 @@ class PyTorchInstance(ModelInstance):
             raise invalid(f"failed to load model '{config.name}': {exc}") from None
         module.eval()
         self._module: Any = module
-        self._batching = config.max_batch_size > 0
         controls, state_outputs = sequence_tensors(config.sequence_batching)
         batch_inputs = [name for item in config.batch_inputs for name in item.targets]
         names = [t.name for t in config.inputs] + batch_inputs + controls
@@ -234,6 +233,14 @@ class PyTorchInstance(ModelInstance):
                     f"unsupported datatype {datatype.config_name} for '{name}' for model "
                     f"'{config.name}'"
                 )
+        batched = int(config.max_batch_size > 0)
+        for tensor in (*config.inputs, *config.outputs):  # strings are lists: one dim
+            shape = tensor.reshape if tensor.reshape is not None else tensor.dims
+            if tensor.datatype is DataType.BYTES and len(shape) + batched > 1:
+                raise internal(
+                    "Triton only supports 1 dimensional List of String as input or output for "
+                    f"'{tensor.name}' for model '{config.name}'"
+                )
         self._types = types
         output_names = [t.name for t in config.outputs] + state_outputs
         self._outputs = index_map(output_names, ())
@@ -245,12 +252,12 @@ class PyTorchInstance(ModelInstance):
             with self._mode():
                 if self._dict_input:
                     result = self._module(
-                        {name: self._tensor(name, a) for name, a in inputs.items()}
+                        {name: self._tensor(array) for name, array in inputs.items()}
                     )
                 else:
                     arguments: list[Any] = [None] * len(self._inputs)
                     for name, array in inputs.items():
-                        arguments[self._inputs[name]] = self._tensor(name, array)
+                        arguments[self._inputs[name]] = self._tensor(array)
                     result = self._module(*arguments)
         except InferdError:
             raise
@@ -278,7 +285,7 @@ class PyTorchInstance(ModelInstance):
         with grad, torch.jit.optimized_execution(self._parameters.optimized_execution):
             yield
 
-    def _tensor(self, name: str, array: np.ndarray) -> Any:
+    def _tensor(self, array: np.ndarray) -> Any:
         """An input as forward() takes it: a tensor on the instance's device, or a list of
         strings (BYTES)."""
         torch = self._torch
@@ -311,11 +318,10 @@ class PyTorchInstance(ModelInstance):
                 "tensor"
             )
         tensor = value.detach().cpu().contiguous()
-        expected = _torch_dtype(torch, datatype) if datatype is not None else None
-        if expected is not None and tensor.dtype != expected:
+        if datatype is not None and tensor.dtype != _torch_dtype(torch, datatype):
             raise internal(
                 f"unexpected datatype {tensor.dtype} for inference output '{name}', expecting "
-                f"{datatype.config_name if datatype else '?'}"
+                f"{datatype.config_name}"
             )
         if tensor.dtype == torch.bfloat16:
             bits: np.ndarray = tensor.view(torch.int16).numpy()

@@ -229,6 +229,8 @@ def test_models_that_cannot_load_say_why(server_factory: Factory, tmp_path: Path
         save(AddSub(), tmp_path, "too_few", ONE_INPUT)
         save(TakesInt(), tmp_path, "takes_int", add_sub_config(("x", "n"), ("OUT__0", "OUT__1")))
         save(Scale(), tmp_path, "uint16", ONE_INPUT.replace("TYPE_FP32", "TYPE_UINT16", 1))
+        strings = ONE_INPUT.replace("TYPE_FP32 dims: [ 2 ]", "TYPE_STRING dims: [ 2, 2 ]", 1)
+        save(Words(), tmp_path, "strings_2d", strings)
         bad_parameter = 'parameters [{ key: "INFERENCE_MODE" value: { string_value: "yes" } }]'
         save(Scale(), tmp_path, "bad_parameter", ONE_INPUT + bad_parameter)
     (tmp_path / "not_torchscript" / "1").mkdir(parents=True)
@@ -249,6 +251,7 @@ def test_models_that_cannot_load_say_why(server_factory: Factory, tmp_path: Path
     assert "An input of type 'int' was detected in the model" in reasons["takes_int"]
     assert "unsupported datatype TYPE_UINT16 for 'INPUT__0' for model 'uint16'" in reasons["uint16"]
     assert "parameter INFERENCE_MODE must be true or false, got 'yes'" in reasons["bad_parameter"]
+    assert "only supports 1 dimensional List of String" in reasons["strings_2d"]
     assert "failed to load model 'not_torchscript'" in reasons["not_torchscript"]
 
 
