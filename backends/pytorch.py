@@ -179,8 +179,10 @@ class PyTorchBackend(Backend):
             torch = import_torch()
         except InferdError as error:
             return error.message
+        if torch.version.cuda is None:
+            return f"this PyTorch ({torch.__version__}) is a CPU-only build"
         if not torch.cuda.is_available():
-            return f"this PyTorch ({torch.__version__}) cannot use the GPU (CPU-only build?)"
+            return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU"
         return ""
 
     @classmethod

@@ -299,3 +299,23 @@ def test_a_sequence_model_gets_its_controls_and_state(
         client.close()
     assert [totals[1, s] for s in range(3)] == [1.0, 3.0, 6.0]
     assert [totals[2, s] for s in range(3)] == [2.0, 6.0, 12.0]
+
+
+def test_kind_gpu_without_a_usable_gpu_follows_the_fallback(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    from inferd.backends.gpu import GpuInfo
+    from inferd.backends.pytorch import PyTorchBackend
+
+    # Here torch sees no GPU: the reason names the build, and --gpu-fallback decides.
+    reason = PyTorchBackend.gpu_unavailable_reason(GpuInfo(count=1))
+    assert "PyTorch" in reason and ("CPU-only" in reason or "no usable GPU" in reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        gpu = ONE_INPUT + "instance_group [{ kind: KIND_GPU }]"
+        save(Scale(2.0), tmp_path, "on_gpu", gpu)
+    server = server_factory(model_repositories=(tmp_path,), gpu_fallback_to_cpu=True)
+    x = np.ones((2,), dtype=np.float32)
+    np.testing.assert_array_equal(
+        infer(server.http_url, "on_gpu", {"INPUT__0": x})["OUTPUT__0"], x * 2
+    )
