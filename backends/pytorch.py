@@ -9,8 +9,8 @@ lists of strings. torch is an optional extra (inferd[pytorch]), imported only wh
 this backend loads; its objects are typed Any so that this module type-checks without it.
 
 The config's `parameters` follow Triton's: INFERENCE_MODE, DISABLE_OPTIMIZED_EXECUTION,
-ENABLE_CACHE_CLEANING, INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT (process-wide in
-PyTorch: the first model that sets them wins, as in Triton).
+ENABLE_CACHE_CLEANING, ENABLE_WEIGHT_SHARING, INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT
+(process-wide in PyTorch: the first model that sets them wins, as in Triton).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,12 @@ _BOOLEAN_PARAMETERS = (
     "INFERENCE_MODE",
     "DISABLE_OPTIMIZED_EXECUTION",
     "ENABLE_CACHE_CLEANING",
+    "ENABLE_WEIGHT_SHARING",
     # Accepted as Triton's are; the Python API runs TorchScript's default executor with them.
     "ENABLE_JIT_EXECUTOR",
     "ENABLE_JIT_PROFILING",
     "ENABLE_TENSOR_FUSER",
     "ENABLE_NVFUSER",
-    "ENABLE_WEIGHT_SHARING",
 )
 _THREAD_PARAMETERS = ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT")
 # PyTorch's thread pools are the process's: pool -> who sized it ("explicit": a model's
@@ -94,7 +94,8 @@ class TorchParameters:
     inference_mode: bool = False
     optimized_execution: bool = True
     cache_cleaning: bool = False
-    intra_op_threads: int = 0  # 0: PyTorch's default
+    weight_sharing: bool = False  # a model's instances on one device share one loaded module
+    intra_op_threads: int = 0  # 0: inferd's default (_set_threads)
     inter_op_threads: int = 0
 
 
@@ -122,6 +123,7 @@ def parse_parameters(parameters: Mapping[str, str], model: str) -> TorchParamete
         inference_mode=flags.get("INFERENCE_MODE", False),
         optimized_execution=not flags.get("DISABLE_OPTIMIZED_EXECUTION", False),
         cache_cleaning=flags.get("ENABLE_CACHE_CLEANING", False),
+        weight_sharing=flags.get("ENABLE_WEIGHT_SHARING", False),
         intra_op_threads=threads.get("INTRA_OP_THREAD_COUNT", 0),
         inter_op_threads=threads.get("INTER_OP_THREAD_COUNT", 0),
     )
@@ -207,11 +209,15 @@ class PyTorchInstance(ModelInstance):
             raise invalid(f"model file {model_path} does not exist")
         # KIND_MODEL: the module stays where it was saved and places its tensors itself.
         location = None if device.kind == "model" else (self._device or "cpu")
-        try:
-            module = torch.jit.load(str(model_path), map_location=location)
-        except Exception as exc:  # TorchScript raises its own types for a bad file
-            raise invalid(f"failed to load model '{config.name}': {exc}") from None
-        module.eval()
+        self._shared_key: tuple[object, ...] | None = None
+        if self._parameters.weight_sharing:  # the file as it is now: a reload reads it anew
+            stat = model_path.stat()
+            self._shared_key = (str(model_path), stat.st_mtime_ns, stat.st_size, str(location))
+            module = _SHARED.acquire(
+                self._shared_key, lambda: _load(torch, model_path, location, config.name)
+            )
+        else:
+            module = _load(torch, model_path, location, config.name)
         self._module: Any = module
         controls, state_outputs = sequence_tensors(config.sequence_batching)
         batch_inputs = [name for item in config.batch_inputs for name in item.targets]
@@ -333,8 +339,42 @@ class PyTorchInstance(ModelInstance):
 
     def close(self) -> None:
         self._module = None
+        if self._shared_key is not None:
+            _SHARED.release(self._shared_key)
         if self._device is not None:
             self._torch.cuda.empty_cache()
+
+
+def _load(torch: Any, model_path: Path, location: Any, model: str) -> Any:
+    try:
+        module = torch.jit.load(str(model_path), map_location=location)
+    except Exception as exc:  # TorchScript raises its own types for a bad file
+        raise invalid(f"failed to load model '{model}': {exc}") from None
+    return module.eval()
+
+
+class _SharedModules:
+    """ENABLE_WEIGHT_SHARING: one loaded module per file and device, for every instance that
+    asks, until the last one closes (TorchScript's forward() may run on several threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._modules: dict[tuple[object, ...], tuple[Any, int]] = {}
+
+    def acquire(self, key: tuple[object, ...], load: Callable[[], Any]) -> Any:
+        with self._lock:  # instances of a model are created one by one: loading here is fine
+            module, users = self._modules.get(key) or (load(), 0)
+            self._modules[key] = (module, users + 1)
+            return module
+
+    def release(self, key: tuple[object, ...]) -> None:
+        with self._lock:
+            module, users = self._modules.pop(key)
+            if users > 1:
+                self._modules[key] = (module, users - 1)
+
+
+_SHARED = _SharedModules()
 
 
 def _forward_arguments(module: Any, model: str) -> tuple[list[str], bool]:

@@ -319,3 +319,29 @@ def test_kind_gpu_without_a_usable_gpu_follows_the_fallback(
     np.testing.assert_array_equal(
         infer(server.http_url, "on_gpu", {"INPUT__0": x})["OUTPUT__0"], x * 2
     )
+
+
+def test_weight_sharing_loads_one_module_for_a_devices_instances(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    from inferd.backends import pytorch
+
+    sharing = 'parameters [{ key: "ENABLE_WEIGHT_SHARING" value: { string_value: "true" } }]'
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        config = ONE_INPUT + sharing + "instance_group [{ count: 3 kind: KIND_CPU }]"
+        save(Scale(5.0), tmp_path, "shared", config)
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("shared")
+        users = [count for _, count in pytorch._SHARED._modules.values()]
+        assert users == [3]  # one module, three instances
+        x = np.ones((2,), dtype=np.float32)
+        np.testing.assert_array_equal(
+            infer(server.http_url, "shared", {"INPUT__0": x})["OUTPUT__0"], x * 5
+        )
+        client.unload_model("shared")
+        assert pytorch._SHARED._modules == {}  # the last instance let it go
+    finally:
+        client.close()
