@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 pytest.importorskip("torch")
 
 from tests.conftest import RunningServer
+from tests.python_models import write_python_model
 from tests.torch_models import (
     Accumulate,
     AddSub,
@@ -345,3 +346,46 @@ def test_weight_sharing_loads_one_module_for_a_devices_instances(
         assert pytorch._SHARED._modules == {}  # the last instance let it go
     finally:
         client.close()
+
+
+TORCH_DLPACK_MODEL = """
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            shared = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())  # no copy
+            doubled = torch.from_dlpack(tensor) * 2
+            total = pb_utils.Tensor.from_dlpack(
+                "OUTPUT0", torch.utils.dlpack.to_dlpack(shared + doubled)
+            )
+            tens = pb_utils.Tensor.from_dlpack("OUTPUT1", shared * 10)
+            responses.append(pb_utils.InferenceResponse([total, tens]))
+        return responses
+"""
+
+TORCH_DLPACK_CONFIG = """
+backend: "python"
+max_batch_size: 4
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 3 ] }]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 3 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 3 ] }
+]
+"""
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_python_models_trade_tensors_with_torch_through_dlpack(
+    server_factory: Factory, tmp_path: Path, isolation: str
+) -> None:
+    write_python_model(tmp_path, "dlpack", TORCH_DLPACK_MODEL, TORCH_DLPACK_CONFIG)
+    server = server_factory(model_repositories=(tmp_path,), python_isolation=isolation)
+    x = np.array([[1, 2, 3]], dtype=np.float32)
+    out = infer(server.http_url, "dlpack", {"INPUT0": x})
+    np.testing.assert_array_equal(out["OUTPUT0"], x * 3)
+    np.testing.assert_array_equal(out["OUTPUT1"], x * 10)
