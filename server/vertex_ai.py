@@ -53,6 +53,10 @@ class VertexAiSettings:
         ):
             if not route:
                 raise ValueError(f"{name} is not defined for Vertex AI endpoint")
+            try:  # matched as a regular expression, as Triton matches it
+                re.compile(route)
+            except re.error as exc:
+                raise ValueError(f"{name}={route!r} is not a valid route: {exc}") from None
 
 
 def vertex_settings(

@@ -198,6 +198,8 @@ def test_vertex_environment_sets_the_defaults(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="AIP_HEALTH_ROUTE is not defined"):
         settings({"AIP_PREDICT_ROUTE": "/p"}, "--allow-vertex-ai=true")
+    with pytest.raises(ValueError, match=r"AIP_PREDICT_ROUTE='/p\[' is not a valid route"):
+        settings({"AIP_PREDICT_ROUTE": "/p[", "AIP_HEALTH_ROUTE": "/h"}, "--allow-vertex-ai")
 
 
 def test_two_front_doors_never_share_a_port() -> None:
