@@ -264,6 +264,7 @@ class App:
                 max_input_size=settings.http_max_input_size,
                 restricted=settings.http_restricted_api,
                 header_forward=settings.http_header_forward,
+                stream_buffer_bytes=settings.stream_buffer_bytes,
             ),
             self._metrics,
         )

@@ -151,6 +151,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default="",
         help="as --http-header-forward-pattern, for gRPC request metadata",
     )
+    p.add(
+        "--stream-buffer-byte-size",
+        type=_positive,
+        default=d.stream_buffer_bytes,
+        help="bytes of a gRPC stream's (or a generate_stream request's) responses that may wait "
+        "for a client that reads them slowly; past it the stream ends (RESOURCE_EXHAUSTED, or "
+        "an error event) and its requests are cancelled",
+    )
     p.add("--metrics-port", type=int, default=d.metrics_port, help="metrics port")
     p.add(
         "--allow-http",
@@ -628,6 +636,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trace_otel=parse_otel_flags(args.trace_config or ()),
         backend_config=backend_config,
         rate_limit=parse_rate_limit(args.rate_limit, args.rate_limit_resource or ()),
+        stream_buffer_bytes=args.stream_buffer_byte_size,
         sagemaker=sagemaker_from_args(args, args.environ),
         vertex_ai=vertex_ai_from_args(args, args.environ),
     )

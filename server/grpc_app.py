@@ -43,7 +43,12 @@ from inferd.server.header_forward import HeaderForward
 from inferd.server.logging_codec import grpc_log_changes, grpc_log_settings
 from inferd.server.repository_codec import grpc_load_parameters, grpc_unload_dependents
 from inferd.server.restricted_api import Restrictions, grpc_api, grpc_header, grpc_refusal
-from inferd.server.settings import GrpcChannel, GrpcStackName, Settings
+from inferd.server.settings import (
+    DEFAULT_STREAM_BUFFER_BYTES,
+    GrpcChannel,
+    GrpcStackName,
+    Settings,
+)
 from inferd.server.shared_memory_codec import grpc_status
 from inferd.server.tensor_codec import EMPTY_FINAL_RESPONSE
 from inferd.server.trace_settings import grpc_trace_update
@@ -83,6 +88,7 @@ class GrpcSettings:
     restricted: Restrictions = field(default_factory=dict)  # --grpc-restricted-protocol
     header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
     tls: GrpcTls | None = None  # --grpc-use-ssl
+    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES  # --stream-buffer-byte-size
 
 
 def grpc_settings(settings: Settings) -> GrpcSettings:
@@ -94,6 +100,7 @@ def grpc_settings(settings: Settings) -> GrpcSettings:
         settings.grpc_restricted_protocol,
         settings.grpc_header_forward,
         settings.grpc_tls,
+        settings.stream_buffer_bytes,
     )
 
 
@@ -125,10 +132,12 @@ class InferenceService:
         core: InferenceCore,
         restricted: Restrictions | None = None,
         header_forward: HeaderForward | None = None,
+        stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
     ) -> None:
         self._core = core
         self._restricted = restricted or {}
         self._header_forward = header_forward
+        self._stream_buffer_bytes = stream_buffer_bytes
         # Requests' metadata is read: for forwarded headers, and for OpenTelemetry contexts.
         self._needs_metadata = header_forward is not None or core.tracing.propagates
 
@@ -315,8 +324,11 @@ class InferenceService:
         interleaved with those of other requests.
 
         Failures travel as responses with `error_message` set, so the stream stays open.
+        Answers wait here while the client reads slower than the models answer, up to
+        --stream-buffer-byte-size: past it, the call ends with RESOURCE_EXHAUSTED and its
+        requests are cancelled, rather than the server's memory filling up.
         """
-        stream = _StreamState()
+        stream = _StreamState(self._stream_buffer_bytes)
         if self._needs_metadata:
             stream.metadata = call.metadata()
         reader = asyncio.create_task(self._read_stream(requests, stream))
@@ -324,7 +336,11 @@ class InferenceService:
         try:
             while True:
                 while stream.writes:
-                    await call.write(stream.writes.popleft())
+                    reply, size = stream.writes.popleft()
+                    await call.write(reply)
+                    stream.waiting_bytes -= size
+                if stream.overflow:
+                    raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, stream.overflow)
                 if reader.done() and (not stream.inflight or reader.exception() is not None):
                     break  # all answered, or the client's side of the call failed
                 stream.wake.clear()
@@ -377,8 +393,7 @@ class InferenceService:
                 log.exception("encoding a ModelStreamInfer response of '%s' failed", model)
                 reply = encode_stream_error(request_id, f"internal error: {exc}")
             if reply is not None:
-                stream.writes.append(reply)
-                stream.wake.set()
+                stream.write(reply)
             if final:
                 stream.finished(key)
 
@@ -496,8 +511,12 @@ class _StreamState:
     """One ModelStreamInfer call: answers waiting to be written, and its unfinished requests
     (a request is finished with its final answer)."""
 
-    def __init__(self) -> None:
-        self.writes: deque[pb.ModelStreamInferResponse] = deque()
+    def __init__(self, buffer_bytes: int) -> None:
+        # Answers to write, with their sizes; how many bytes of them wait, and how many may.
+        self.writes: deque[tuple[pb.ModelStreamInferResponse, int]] = deque()
+        self.waiting_bytes = 0
+        self.buffer_bytes = buffer_bytes
+        self.overflow = ""  # why the call ends: the client read too slowly
         self.wake = asyncio.Event()  # an answer to write, or the reader is done
         self.room = asyncio.Event()  # a request finished: the reader may go on
         self.inflight = 0
@@ -509,6 +528,22 @@ class _StreamState:
 
     def started(self, key: int) -> None:
         self.open.add(key)
+
+    def write(self, reply: pb.ModelStreamInferResponse) -> None:
+        """Queue an answer for the writer; past the buffer, end the call instead."""
+        size = reply.ByteSize()
+        self.waiting_bytes += size
+        self.writes.append((reply, size))
+        if self.waiting_bytes > self.buffer_bytes:
+            self.overflow = (
+                f"the client reads the stream's responses too slowly: more than "
+                f"{self.buffer_bytes} bytes of them wait to be sent (--stream-buffer-byte-size)"
+            )
+            self.closed = True  # later answers are dropped; the writer ends the call
+            self.writes.clear()
+            for cancel in list(self.cancels.values()):
+                cancel()  # the models may stop (is_cancelled()); queued requests never run
+        self.wake.set()
 
     def finished(self, key: int) -> None:
         self.inflight -= 1
@@ -648,7 +683,9 @@ class GrpcServer:
 async def start_grpc_server(core: InferenceCore, settings: GrpcSettings) -> GrpcServer:
     health = HealthService(core)
     methods = {
-        **InferenceService(core, settings.restricted, settings.header_forward).methods(),
+        **InferenceService(
+            core, settings.restricted, settings.header_forward, settings.stream_buffer_bytes
+        ).methods(),
         **health.methods(),
         **reflection_methods((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)),
     }

@@ -44,6 +44,7 @@ from inferd.server.logging_codec import http_log_changes
 from inferd.server.metrics import MetricsExporter
 from inferd.server.repository_codec import http_load_parameters, http_unload_dependents
 from inferd.server.restricted_api import Api, Restrictions, http_api, http_refusal
+from inferd.server.settings import DEFAULT_STREAM_BUFFER_BYTES
 from inferd.server.shared_memory_codec import (
     http_cuda_register,
     http_status,
@@ -82,6 +83,7 @@ class HttpSettings:
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     restricted: Restrictions = field(default_factory=dict)  # --http-restricted-api
     header_forward: HeaderForward | None = None  # --http-header-forward-pattern
+    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES  # --stream-buffer-byte-size
 
 
 class JSONResponse(Response):
@@ -115,7 +117,7 @@ class HttpFrontDoor:
         self._header_forward = settings.header_forward
         self._fast_routes: dict[str, FastHandler] = {}  # by path: parsed once, not per request
         self._router = Starlette(
-            routes=_routes(core, self._infer_route, metrics),
+            routes=_routes(core, self._infer_route, metrics, settings.stream_buffer_bytes),
             exception_handlers={
                 HTTPException: _http_exception,
                 InferdError: _inferd_error,
@@ -404,7 +406,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def _routes(
     core: InferenceCore,
     infer: Callable[[Scope, Receive, Send], Awaitable[None]],
-    metrics: MetricsExporter | None = None,
+    metrics: MetricsExporter | None,
+    stream_buffer_bytes: int,
 ) -> list[Route]:
     async def server_metadata(request: Request) -> Response:
         meta = core.server_metadata()
@@ -519,7 +522,7 @@ def _routes(
     system_region = system_shm + "/region/{region}"
     cuda_shm = "/v2/cudasharedmemory"
     cuda_region = cuda_shm + "/region/{region}"
-    generate = GenerateEndpoints(core, HTTP_STATUS)
+    generate = GenerateEndpoints(core, HTTP_STATUS, stream_buffer_bytes)
     v1 = V1Endpoints(core, HTTP_STATUS)
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []

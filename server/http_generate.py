@@ -33,8 +33,9 @@ from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid
 from inferd.server.http_codec import encode_error
 from inferd.server.json_body import json_object
+from inferd.server.settings import DEFAULT_STREAM_BUFFER_BYTES
 from inferd.server.tracing import Trace, traced_read
-from inferd.server.types import DataType, InferRequest, InferResponse, Params
+from inferd.server.types import Cancel, DataType, InferRequest, InferResponse, Params
 
 # Triton's answer when /generate gets none or several responses.
 ONE_RESPONSE = (
@@ -51,9 +52,15 @@ _Item = tuple[InferResponse | InferdError | None, bool]
 class GenerateEndpoints:
     """The two endpoints over the core's streaming call (core.stream)."""
 
-    def __init__(self, core: InferenceCore, http_status: Mapping[ErrorCode, int]) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        http_status: Mapping[ErrorCode, int],
+        buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
+    ) -> None:
         self._core = core
         self._status = http_status
+        self._buffer_bytes = buffer_bytes  # --stream-buffer-byte-size
 
     async def generate(self, request: Request) -> Response:
         body, trace = await self._read(request)
@@ -116,9 +123,9 @@ class GenerateEndpoints:
         specs, batching = self._core.model_inputs(name, version)
         decoded = decode_generate_request(body, name, version, specs, batching)
         decoded.trace = trace
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        cancel = self._core.stream(decoded, lambda item, final: queue.put_nowait((item, final)))
-        return _drain(queue, cancel)
+        waiting = _Waiting(self._buffer_bytes)
+        waiting.cancel = self._core.stream(decoded, waiting.put)
+        return waiting.drain()
 
     def _refuse(self, error: InferdError, trace: Trace | None) -> Response:
         """The error answer; a traced request's is stamped as sent (untraced ones go to the
@@ -160,17 +167,62 @@ async def _one_response(answers: AsyncIterator[_Item]) -> InferResponse:
     return first
 
 
-async def _drain(queue: asyncio.Queue[_Item], cancel: Any) -> AsyncIterator[_Item]:
-    """The answers in order, up to the final one; a client that leaves early cancels."""
-    done = False
-    try:
-        while not done:
-            item, final = await queue.get()
-            done = final
-            yield item, final
-    finally:
-        if not done and cancel is not None:
-            cancel()
+class _Waiting:
+    """A request's answers waiting for its client, up to `buffer_bytes` of them (tensor data):
+    past it, the answers go, the request is cancelled, and an error ends the stream, rather
+    than a client that reads slowly filling the server's memory."""
+
+    def __init__(self, buffer_bytes: int) -> None:
+        self._queue: asyncio.Queue[tuple[InferResponse | InferdError | None, bool, int]] = (
+            asyncio.Queue()
+        )
+        self._bytes = 0
+        self._buffer_bytes = buffer_bytes
+        self._over = False
+        self.cancel: Cancel | None = None
+
+    def put(self, item: InferResponse | InferdError | None, final: bool) -> None:
+        """On the loop, from the core, in order."""
+        if self._over:
+            return
+        size = _data_bytes(item)
+        self._bytes += size
+        if self._bytes <= self._buffer_bytes:
+            self._queue.put_nowait((item, final, size))
+            return
+        self._over = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self.cancel is not None:
+            self.cancel()  # the model may stop (is_cancelled()); a queued request never runs
+        error = InferdError(
+            ErrorCode.TOO_LARGE,
+            f"the client reads the stream's responses too slowly: more than "
+            f"{self._buffer_bytes} bytes of them wait to be sent (--stream-buffer-byte-size)",
+        )
+        self._queue.put_nowait((error, True, 0))
+
+    async def drain(self) -> AsyncIterator[_Item]:
+        """The answers in order, up to the final one; a client that leaves early cancels."""
+        done = False
+        try:
+            while not done:
+                item, final, size = await self._queue.get()
+                self._bytes -= size
+                done = final
+                yield item, final
+        finally:
+            if not done and self.cancel is not None:
+                self.cancel()
+
+
+def _data_bytes(item: InferResponse | InferdError | None) -> int:
+    if not isinstance(item, InferResponse):
+        return 0
+    return sum(
+        sum(len(v) for v in array.flat) if array.dtype == object else array.nbytes
+        for _, _, array in item.outputs
+    )
 
 
 def decode_generate_request(

@@ -66,6 +66,10 @@ class GrpcChannel:
         return options + [(key, value) for key, value in optional if value > 0]
 
 
+# How many bytes of a stream's responses may wait for a client that reads slowly (gRPC
+# ModelStreamInfer, HTTP generate_stream): past it the stream ends and its requests are cancelled.
+DEFAULT_STREAM_BUFFER_BYTES = 256 * 1024 * 1024
+
 # Where python model instances run: in the server's process, or a stub process each
 # (backends/python_process.py).
 PYTHON_ISOLATIONS = ("thread", "process")
@@ -123,6 +127,7 @@ class Settings:
     trace_otel: OtelSettings = field(default_factory=OtelSettings)  # opentelemetry,...
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)  # --rate-limit*
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES  # --stream-buffer-byte-size
     sagemaker: SageMakerSettings | None = None  # --allow-sagemaker
     vertex_ai: VertexAiSettings | None = None  # --allow-vertex-ai
 
