@@ -1,6 +1,7 @@
-"""SageMaker's `POST /invocations` under load: inferd and Triton 2.51 (`--allow-sagemaker`),
+"""The hosted platforms' inference routes under load, SageMaker's `POST /invocations` and
+Vertex AI's predict route: inferd and Triton 2.51 (`--allow-sagemaker`, `--allow-vertex-ai`),
 each serving Triton's python-backend repository of the peers unchanged ($PEERS/models/repo-py,
-model `tiny`), with inferd's own `/v2/models/tiny/infer` beside them for what the route costs.
+model `tiny`), with inferd's own `/v2/models/tiny/infer` beside them for what the routes cost.
 
     python -m inferd.benchmarks.hosted_bench --out /tmp/hosted
 
@@ -28,7 +29,11 @@ from inferd.benchmarks.http_pool import HttpPool, post_request
 from inferd.benchmarks.procs import LOCALHOST, launch, stop, wait_first_infer
 
 MODEL = "tiny"
-BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+BINARY_TYPES = {
+    "/invocations": "application/vnd.sagemaker-triton.binary+json;json-header-size=",
+    "/predict": "application/vnd.vertex-ai-triton.binary+json;json-header-size=",
+}
+Route = tuple[str, int]  # a path and the port it is served on
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,12 @@ def request_body() -> tuple[bytes, int]:
 
 
 def requests(port: int, route: str) -> bytes:
+    """One request's bytes, its binary data marked as the route's platform marks it."""
     body, header_length = request_body()
     host = f"{LOCALHOST}:{port}"
-    if route == "/invocations":
-        return post_request(host, route, body, {"Content-Type": f"{BINARY_TYPE}{header_length}"})
+    binary_type = BINARY_TYPES.get(route)
+    if binary_type is not None:
+        return post_request(host, route, body, {"Content-Type": f"{binary_type}{header_length}"})
     headers = {"Inference-Header-Content-Length": str(header_length)}
     return post_request(host, route, body, headers)
 
@@ -112,22 +119,33 @@ async def closed_loop(port: int, request: bytes, concurrency: int, duration_s: f
     return Row("", "", concurrency, count / elapsed, percentile(0.5), percentile(0.99), errors)
 
 
-def server_for(name: str, peers_path: Path, workdir: Path) -> tuple[servers.Server, int]:
-    """The server with its SageMaker port (another free port) on, default model `tiny`."""
-    sagemaker_port = ports.free_port()
-    env = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": MODEL}
-    flags = ["--allow-sagemaker=true", f"--sagemaker-port={sagemaker_port}"]
+def server_for(name: str, peers_path: Path, workdir: Path) -> tuple[servers.Server, list[Route]]:
+    """The server with its SageMaker and Vertex AI ports on (other free ports), both running
+    `tiny` by default; the routes to measure, with their ports."""
+    sagemaker_port, vertex_port = ports.free_port(), ports.free_port()
+    env = {
+        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": MODEL,
+        "AIP_PREDICT_ROUTE": "/predict",
+        "AIP_HEALTH_ROUTE": "/health",
+    }
+    flags = [
+        "--allow-sagemaker=true",
+        f"--sagemaker-port={sagemaker_port}",
+        "--allow-vertex-ai=true",
+        f"--vertex-ai-port={vertex_port}",
+        f"--vertex-ai-default-model={MODEL}",
+    ]
     base = servers.build(name, peers_path, ports.free_port_block(3), workdir)
+    routes = [("/invocations", sagemaker_port), ("/predict", vertex_port)]
     if name.startswith("inferd"):
         flags.append("--log-level=warning")
-    return replace(base, argv=[*base.argv, *flags], env={**base.env, **env}), sagemaker_port
+        routes.append((f"/v2/models/{MODEL}/infer", base.base_port))
+    server = replace(base, argv=[*base.argv, *flags], env={**base.env, **env})
+    return server, routes
 
 
 def run(name: str, args: argparse.Namespace, peers_path: Path) -> list[Row]:
-    server, sagemaker_port = server_for(name, peers_path, args.out / "work" / name)
-    routes = [("/invocations", sagemaker_port)]
-    if name.startswith("inferd"):
-        routes.append((f"/v2/models/{MODEL}/infer", server.base_port))
+    server, routes = server_for(name, peers_path, args.out / "work" / name)
     rows: list[Row] = []
     with (args.out / "logs" / f"{name}.log").open("wb") as log:
         proc = launch(server.argv, cwd=server.cwd, env=server.env, log=log)

@@ -300,10 +300,11 @@ class App:
                 model = default_model(settings.vertex_ai, await core.repository_index(True))
             except ValueError as exc:
                 raise StartupError(f"failed to start Vertex AI service: {exc}") from None
-            vertex = VertexAiFrontDoor(
-                self._http_front_door(core), settings.vertex_ai, model, limit
+            http = self._http_front_door(core)
+            vertex = VertexAiFrontDoor(http, settings.vertex_ai, model, limit, http.fast_route)
+            self.vertex_ai_port = await self._serve_hosted(
+                vertex, settings.vertex_ai.port, vertex.fast_route
             )
-            self.vertex_ai_port = await self._serve_hosted(vertex, settings.vertex_ai.port)
 
     async def _serve_hosted(
         self, app: ASGIApp, port: int, fast_route: FastRouter | None = None

@@ -39,8 +39,16 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[bytes, bytes]]
 # How a handler answers: status, headers (without Content-Length), body. Called once.
 Reply = Callable[[int, Headers, bytes], None]
+
+
+class Declined:
+    """What a fast handler returns for a request that is the ASGI app's after all (one its
+    path claimed, but its headers send elsewhere); it must not have answered or changed it."""
+
+
+DECLINED = Declined()
 # A fast route answers through `reply` and may return a future that a disconnect cancels.
-FastHandler = Callable[["HttpRequest", Reply], "asyncio.Future[Any] | None"]
+FastHandler = Callable[["HttpRequest", Reply], "asyncio.Future[Any] | Declined | None"]
 # Picks the fast handler for (method, decoded path); None sends the request to the ASGI app.
 FastRouter = Callable[[str, str], FastHandler | None]
 
@@ -264,7 +272,9 @@ class Http1Connection(asyncio.Protocol):
                 log.exception("%s %s failed unexpectedly", request.method, request.path)
                 self._reply(500, JSON_HEADERS, encode_error(f"internal error: {exc}"))
                 continue
-            if self._current is request:  # not answered yet
+            if isinstance(future, Declined):
+                self._start_asgi(request)
+            elif self._current is request:  # not answered yet
                 self._cancel = future
         if self._continue_owed:
             self._owe_continue()

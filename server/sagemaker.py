@@ -26,19 +26,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.server.errors import ErrorCode, InferdError, already_exists, invalid
 from inferd.server.hosted_routes import (
-    CONTENT_TYPE,
     INFER_MODEL,
     INFERENCE_HEADER,
-    JSON,
     BinaryJsonType,
     binary_request,
+    error_body,
+    fast_request,
     forward,
     read_body,
     refusal_status,
     reply,
     reply_error,
 )
-from inferd.server.http1 import FastHandler, FastRouter, HttpRequest, Reply
+from inferd.server.http1 import Declined, FastHandler, FastRouter, HttpRequest, Reply
 from inferd.server.http1 import Headers as ReplyHeaders
 from inferd.server.restricted_api import Api, Restrictions, http_refusal
 
@@ -169,12 +169,11 @@ class SageMakerFrontDoor:
             return self._invocations
         return None
 
-    def _invocations(self, http: HttpRequest, reply: Reply) -> asyncio.Future[Any] | None:
+    def _invocations(
+        self, http: HttpRequest, reply: Reply
+    ) -> asyncio.Future[Any] | Declined | None:
         assert self._fast_infer is not None
-        try:  # the request is this route's: rewritten in place
-            http.headers = BINARY_TYPE.request_headers(http.headers, _NOT_FORWARDED, len(http.body))
-        except InferdError as error:
-            reply(refusal_status(error), [(CONTENT_TYPE, JSON)], _error_body(error))
+        if not fast_request(http, BINARY_TYPE, _NOT_FORWARDED, reply):
             return None
 
         def answer(status: int, answer_headers: ReplyHeaders, body: bytes) -> None:
@@ -221,7 +220,7 @@ class SageMakerFrontDoor:
         restriction = self._repository_restriction
         manages = invoke is None or method != "POST"  # everything but an invocation
         if manages and restriction is not None and not restriction.admits(headers):
-            await reply(send, 403, _error_body(invalid(http_refusal(restriction))))
+            await reply(send, 403, error_body(invalid(http_refusal(restriction))))
             return
         if method == "GET" and name is None:
             await self._list(send)
@@ -394,10 +393,6 @@ def _answer_status(status: int, body: bytes, every_failure: bool) -> int:
     if status >= 400 and (every_failure or status == 500):
         return _status(_error_text(body))
     return status
-
-
-def _error_body(error: InferdError) -> bytes:
-    return orjson.dumps({"error": error.message})
 
 
 def _error_text(body: bytes) -> str:

@@ -5,9 +5,11 @@ X-Vertex-Ai-Triton-Redirect, any HTTP endpoint of the server (Vertex AI only sen
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,11 +18,13 @@ from inferd.server.hosted_routes import (
     INFERENCE_HEADER,
     BinaryJsonType,
     binary_request,
+    fast_request,
     forward,
     refusal_status,
     reply,
     reply_error,
 )
+from inferd.server.http1 import DECLINED, Declined, FastHandler, FastRouter, HttpRequest, Reply
 from inferd.server.types import ModelIndexEntry
 
 REDIRECT_HEADER = b"x-vertex-ai-triton-redirect"
@@ -113,13 +117,39 @@ class VertexAiFrontDoor:
     """The ASGI application of the Vertex AI port, in front of the HTTP front door `http`."""
 
     def __init__(
-        self, http: ASGIApp, settings: VertexAiSettings, model: str, max_input_size: int
+        self,
+        http: ASGIApp,
+        settings: VertexAiSettings,
+        model: str,
+        max_input_size: int,
+        http_fast_route: FastRouter | None = None,
     ) -> None:
         self._http = http
         self._predict = re.compile(settings.predict_route)
         self._health = re.compile(settings.health_route)
         self._infer_path = f"/v2/models/{model}/infer"
         self._max_input_size = max_input_size
+        # The HTTP front door's fast route for the default model (inferd's HTTP/1.1 server).
+        self._fast_infer = (
+            None if http_fast_route is None else http_fast_route("POST", self._infer_path)
+        )
+
+    def fast_route(self, method: str, path: str) -> FastHandler | None:
+        """For inferd's HTTP/1.1 server: a predict request on the HTTP front door's fast path
+        (one with a redirect header declines it, for the ASGI app)."""
+        if method == "POST" and self._fast_infer is not None and self._predict.fullmatch(path):
+            return self._predict_now
+        return None
+
+    def _predict_now(
+        self, http: HttpRequest, reply: Reply
+    ) -> asyncio.Future[Any] | Declined | None:
+        assert self._fast_infer is not None
+        if any(key == REDIRECT_HEADER for key, _ in http.headers):
+            return DECLINED
+        if not fast_request(http, BINARY_TYPE, (INFERENCE_HEADER,), reply):
+            return None
+        return self._fast_infer(http, reply)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

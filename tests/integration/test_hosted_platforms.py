@@ -87,13 +87,14 @@ def vertex_url(server: RunningServer, path: str) -> str:
     return f"http://127.0.0.1:{server.app.vertex_ai_port}{path}"
 
 
-@pytest.fixture
-def vertex(server_factory: Factory) -> RunningServer:
+@pytest.fixture(params=["inferd", "uvicorn"])  # the fast path, and ASGI's
+def vertex(server_factory: Factory, request: pytest.FixtureRequest) -> RunningServer:
     return server_factory(
         model_repositories=(EXAMPLES,),
         vertex_ai=VertexAiSettings(
             port=0, predict_route="/predict", health_route="/health", default_model="simple"
         ),
+        http_stack=request.param,
     )
 
 
