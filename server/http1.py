@@ -140,6 +140,8 @@ class Http1Connection(asyncio.Protocol):
         self._shutting_down = False
         self._reading_paused = False
         self._writing_paused = False
+        self._writable = asyncio.Event()  # set while writing is not paused
+        self._writable.set()
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -162,6 +164,7 @@ class Http1Connection(asyncio.Protocol):
             self._cancel.cancel()  # the scheduler drops a cancelled request before it runs
         self._current = None
         self._queue.clear()
+        self._writable.set()  # nothing more will be written: a streaming answer goes on
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -182,10 +185,18 @@ class Http1Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True  # the client is not reading: answer nothing more for now
+        self._writable.clear()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._writable.set()
         self._next()
+
+    async def writable(self) -> None:
+        """Wait while the client reads slower than a streamed answer is written (its part
+        waits here, where its producer can see it, not in the transport without a bound)."""
+        if self._writing_paused:
+            await self._writable.wait()
 
     # ---- parser callbacks --------------------------------------------------------------------
 
@@ -459,6 +470,7 @@ class Http1Connection(asyncio.Protocol):
 class _Streamer(Protocol):
     def stream_head(self, status: int, headers: Headers) -> bool: ...
     def stream_chunk(self, data: bytes, last: bool) -> None: ...
+    async def writable(self) -> None: ...
 
 
 class _BufferedResponse:
@@ -489,6 +501,8 @@ class _BufferedResponse:
             if self.streaming:
                 assert streamer is not None
                 streamer.stream_chunk(body, last=not more)
+                if more:
+                    await streamer.writable()  # a slow client holds the producer back
             else:
                 self.chunks.append(body)
             self.complete = not more

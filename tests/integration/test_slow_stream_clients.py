@@ -1,7 +1,7 @@
 """A client that reads a decoupled model's stream slower than the model answers: the answers
 wait in the server up to --stream-buffer-byte-size, then the stream ends with an error the
-client reads, and the model sees its request cancelled, instead of the server's memory filling
-up. A real gRPC client that reads nothing, and an HTTP generate_stream client likewise."""
+client reads, the rest is dropped and the request cancelled, instead of the server's memory
+filling up. A real gRPC client that reads nothing, and an HTTP generate_stream client alike."""
 
 from __future__ import annotations
 
@@ -80,7 +80,9 @@ def flood(server_factory: Factory, tmp_path: Path) -> tuple[RunningServer, Path]
 
 
 def wait_for(report: Path) -> dict[str, object]:
-    """The model's report, once it has stopped sending (bounded: the test fails past it)."""
+    """The model's report, once it has stopped sending (bounded: the test fails past it). It
+    stops early when it sees the cancellation; on a busy machine it may have sent everything
+    before the server read its first responses, which the server then drops."""
     for _ in range(600):
         if report.exists() and report.read_text():
             loaded: dict[str, object] = json.loads(report.read_text())
@@ -97,15 +99,14 @@ def test_a_grpc_stream_that_is_not_read_ends_with_resource_exhausted(
     for name, value in (("COUNT", COUNT), ("SIZE", SIZE)):
         tensor = request.inputs.add(name=name, datatype="INT32", shape=[1])
         tensor.contents.int_contents.append(value)
-    channel = grpc.insecure_channel(
-        server.grpc_url, options=[("grpc.max_receive_message_length", -1)]
-    )
+    # gRPC's own window probing would otherwise let this client take in most of the stream
+    # unasked: it reads nothing only while its windows stay at their initial 64 KiB.
+    options = [("grpc.max_receive_message_length", -1), ("grpc.http2.bdp_probe", 0)]
+    channel = grpc.insecure_channel(server.grpc_url, options=options)
     try:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         answers = stub.ModelStreamInfer(iter([request]))
-        outcome = wait_for(report)  # the client has read nothing so far
-        assert outcome["cancelled"] is True
-        assert isinstance(outcome["sent"], int) and outcome["sent"] < COUNT
+        wait_for(report)  # the model is done sending; the client has read nothing so far
         received = 0
         with pytest.raises(grpc.RpcError) as raised:
             for _ in answers:
@@ -129,9 +130,7 @@ def test_an_http_event_stream_that_is_not_read_ends_with_an_error_event(
             b"POST /v2/models/flood/generate_stream HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         )
-        outcome = wait_for(report)  # nothing read yet
-        assert outcome["cancelled"] is True
-        assert isinstance(outcome["sent"], int) and outcome["sent"] < COUNT
+        wait_for(report)  # the model is done sending; nothing read yet
         client.settimeout(30)
         received = b""
         while chunk := client.recv(1 << 20):
