@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,7 +63,9 @@ def save(module: torch.nn.Module, repo: Path, name: str, config: str) -> Path:
     """Script `module` into <repo>/<name>/1/model.pt, with its config."""
     folder = repo / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    scripted = torch.jit.script(module)
+    with warnings.catch_warnings():  # TorchScript: deprecated by torch, still what Triton serves
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(module)
     scripted.save(str(folder / "1" / "model.pt"))  # type: ignore[no-untyped-call,unused-ignore]
     (folder / "config.pbtxt").write_text(config)
     return folder

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 pytest.importorskip("torch")
 
@@ -35,7 +34,7 @@ Factory = Callable[..., RunningServer]
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def add_sub_config(inputs: tuple[str, str], outputs: tuple[str, str], extra: str = "") -> str:
+def add_sub_config(inputs: tuple[str, str], outputs: tuple[str, str]) -> str:
     tensors = ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ 4 ] }}' for n in inputs)
     results = ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ 4 ] }}' for n in outputs)
     return f"""
@@ -44,7 +43,6 @@ max_batch_size: 8
 input [ {tensors} ]
 output [ {results} ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
-{extra}
 """
 
 
@@ -56,12 +54,7 @@ def infer(
     try:
         tensors = []
         for name, array in inputs.items():
-            datatype = (
-                "BYTES"
-                if array.dtype == object
-                else {"float32": "FP32", "int64": "INT64"}[str(array.dtype)]
-            )
-            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         result = client.infer(model, tensors)
@@ -84,23 +77,21 @@ output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
 
 @pytest.fixture
 def server(server_factory: Factory, tmp_path: Path) -> RunningServer:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        save(
-            AddSub(),
-            tmp_path,
-            "indexed",
-            add_sub_config(("INPUT__0", "INPUT__1"), ("OUTPUT__0", "OUTPUT__1")),
-        )
-        # Named as forward()'s arguments, listed in the other order: found by name.
-        save(AddSub(), tmp_path, "by_argument", add_sub_config(("y", "x"), ("SUM__0", "DIFF__1")))
-        # Neither: config order, inputs and outputs alike.
-        save(AddSub(), tmp_path, "by_order", add_sub_config(("A", "B"), ("S", "D")))
-        save(
-            DictInput(),
-            tmp_path,
-            "dict",
-            """
+    save(
+        AddSub(),
+        tmp_path,
+        "indexed",
+        add_sub_config(("INPUT__0", "INPUT__1"), ("OUTPUT__0", "OUTPUT__1")),
+    )
+    # Named as forward()'s arguments, listed in the other order: found by name.
+    save(AddSub(), tmp_path, "by_argument", add_sub_config(("y", "x"), ("SUM__0", "DIFF__1")))
+    # Neither: config order, inputs and outputs alike.
+    save(AddSub(), tmp_path, "by_order", add_sub_config(("A", "B"), ("S", "D")))
+    save(
+        DictInput(),
+        tmp_path,
+        "dict",
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 0
 input [
@@ -109,12 +100,12 @@ input [
 ]
 output [{ name: "OUT__0" data_type: TYPE_FP32 dims: [ 3 ] }]
 """,
-        )
-        save(
-            Words(),
-            tmp_path,
-            "words",
-            """
+    )
+    save(
+        Words(),
+        tmp_path,
+        "words",
+        """
 backend: "pytorch"
 max_batch_size: 0
 input [{ name: "WORDS__0" data_type: TYPE_STRING dims: [ -1 ] }]
@@ -123,12 +114,12 @@ output [
   { name: "LENGTH__1" data_type: TYPE_INT64 dims: [ -1 ] }
 ]
 """,
-        )
-        save(
-            Scale(3.0),
-            tmp_path,
-            "scale",
-            """
+    )
+    save(
+        Scale(3.0),
+        tmp_path,
+        "scale",
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 4
 input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
@@ -139,12 +130,12 @@ parameters [
 ]
 instance_group [{ count: 2 kind: KIND_CPU }]
 """,
-        )
-        save(
-            Fails(),
-            tmp_path,
-            "fails",
-            """
+    )
+    save(
+        Fails(),
+        tmp_path,
+        "fails",
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 0
 input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] }]
@@ -153,8 +144,8 @@ output [
   { name: "OUTPUT__3" data_type: TYPE_FP32 dims: [ 2 ] }
 ]
 """,
-        )
-        return server_factory(model_repositories=(tmp_path,))
+    )
+    return server_factory(model_repositories=(tmp_path,))
 
 
 def test_addsub_by_each_naming_convention(server: RunningServer) -> None:
@@ -225,15 +216,13 @@ def test_failures_answer_in_tritons_words(server: RunningServer) -> None:
 
 
 def test_models_that_cannot_load_say_why(server_factory: Factory, tmp_path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        save(AddSub(), tmp_path, "too_few", ONE_INPUT)
-        save(TakesInt(), tmp_path, "takes_int", add_sub_config(("x", "n"), ("OUT__0", "OUT__1")))
-        save(Scale(), tmp_path, "uint16", ONE_INPUT.replace("TYPE_FP32", "TYPE_UINT16", 1))
-        strings = ONE_INPUT.replace("TYPE_FP32 dims: [ 2 ]", "TYPE_STRING dims: [ 2, 2 ]", 1)
-        save(Words(), tmp_path, "strings_2d", strings)
-        bad_parameter = 'parameters [{ key: "INFERENCE_MODE" value: { string_value: "yes" } }]'
-        save(Scale(), tmp_path, "bad_parameter", ONE_INPUT + bad_parameter)
+    save(AddSub(), tmp_path, "too_few", ONE_INPUT)
+    save(TakesInt(), tmp_path, "takes_int", add_sub_config(("x", "n"), ("OUT__0", "OUT__1")))
+    save(Scale(), tmp_path, "uint16", ONE_INPUT.replace("TYPE_FP32", "TYPE_UINT16", 1))
+    strings = ONE_INPUT.replace("TYPE_FP32 dims: [ 2 ]", "TYPE_STRING dims: [ 2, 2 ]", 1)
+    save(Words(), tmp_path, "strings_2d", strings)
+    bad_parameter = 'parameters [{ key: "INFERENCE_MODE" value: { string_value: "yes" } }]'
+    save(Scale(), tmp_path, "bad_parameter", ONE_INPUT + bad_parameter)
     (tmp_path / "not_torchscript" / "1").mkdir(parents=True)
     (tmp_path / "not_torchscript" / "1" / "model.pt").write_bytes(b"not a model")
     (tmp_path / "not_torchscript" / "config.pbtxt").write_text(
@@ -277,9 +266,7 @@ sequence_batching {
 def test_a_sequence_model_gets_its_controls_and_state(
     server_factory: Factory, tmp_path: Path
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        save(Accumulate(), tmp_path, "accumulate", ACCUMULATE)
+    save(Accumulate(), tmp_path, "accumulate", ACCUMULATE)
     server = server_factory(model_repositories=(tmp_path,))
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -311,10 +298,8 @@ def test_kind_gpu_without_a_usable_gpu_follows_the_fallback(
     # Here torch sees no GPU: the reason names the build, and --gpu-fallback decides.
     reason = PyTorchBackend.gpu_unavailable_reason(GpuInfo(count=1))
     assert "PyTorch" in reason and ("CPU-only" in reason or "no usable GPU" in reason)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        gpu = ONE_INPUT + "instance_group [{ kind: KIND_GPU }]"
-        save(Scale(2.0), tmp_path, "on_gpu", gpu)
+    gpu = ONE_INPUT + "instance_group [{ kind: KIND_GPU }]"
+    save(Scale(2.0), tmp_path, "on_gpu", gpu)
     server = server_factory(model_repositories=(tmp_path,), gpu_fallback_to_cpu=True)
     x = np.ones((2,), dtype=np.float32)
     np.testing.assert_array_equal(
@@ -328,10 +313,8 @@ def test_weight_sharing_loads_one_module_for_a_devices_instances(
     from inferd.backends import pytorch
 
     sharing = 'parameters [{ key: "ENABLE_WEIGHT_SHARING" value: { string_value: "true" } }]'
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        config = ONE_INPUT + sharing + "instance_group [{ count: 3 kind: KIND_CPU }]"
-        save(Scale(5.0), tmp_path, "shared", config)
+    config = ONE_INPUT + sharing + "instance_group [{ count: 3 kind: KIND_CPU }]"
+    save(Scale(5.0), tmp_path, "shared", config)
     server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
     client = httpclient.InferenceServerClient(server.http_url)
     try:
