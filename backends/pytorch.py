@@ -250,6 +250,11 @@ class PyTorchInstance(ModelInstance):
                     f"'{tensor.name}' for model '{config.name}'"
                 )
         self._types = types
+        # What each output must come back as (None: strings, or a tensor the config leaves
+        # untyped), looked up once rather than per batch.
+        self._output_dtypes = {
+            name: _torch_dtype(torch, datatype) for name, datatype in types.items()
+        }
         output_names = [t.name for t in config.outputs] + state_outputs
         self._outputs = index_map(output_names, ())
         self._model = config.name
@@ -326,7 +331,7 @@ class PyTorchInstance(ModelInstance):
                 "tensor"
             )
         tensor = value.detach().cpu().contiguous()
-        if datatype is not None and tensor.dtype != _torch_dtype(torch, datatype):
+        if datatype is not None and tensor.dtype != self._output_dtypes[name]:
             raise internal(
                 f"unexpected datatype {tensor.dtype} for inference output '{name}', expecting "
                 f"{datatype.config_name}"

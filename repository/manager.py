@@ -116,10 +116,11 @@ class ModelRepository:
     async def unregister(self, root: Path) -> None:
         """Remove a repository `register` added: the models found in it are unloaded and
         leave the index (Triton's TRITONSERVER_ServerUnregisterModelRepository)."""
-        names = self._registered.pop(root, None)
-        if names is None:
+        if self._registered.pop(root, None) is None:
             raise not_found(f"failed to unregister '{root}', repository not found")
-        found = await asyncio.to_thread(find_models, [root], {root: names})
+        # Every model loaded from it was located there first (no second walk of the disk,
+        # which SageMaker may be clearing).
+        found = [name for name, at in self._locations.items() if at.path.parent == root]
         for name in found:
             if name in self._models:
                 await self._forget(name)
