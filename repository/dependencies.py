@@ -4,16 +4,23 @@ that contain themselves, directly or through others, are refused with the cycle.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from inferd.repository.config import read_config
 from inferd.repository.ensemble_config import is_ensemble
-from inferd.repository.layout import ModelLocation
+from inferd.repository.layout import ModelId, ModelLocation
 from inferd.server.errors import InferdError
 
-# ensemble name -> the names of the models its steps run
-Dependencies = Mapping[str, Sequence[str]]
+
+class _Key(Hashable, Protocol):
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+K = TypeVar("K", bound=_Key)
+
+# ensemble -> the models its steps run (the repository's ModelIds; names in unit tests)
+Dependencies = Mapping[K, Sequence[K]]
 
 
 def ensemble_steps(proto: Any) -> tuple[str, ...] | None:
@@ -27,23 +34,24 @@ def ensemble_steps(proto: Any) -> tuple[str, ...] | None:
 
 def read_dependencies(
     locations: Iterable[ModelLocation], config_name: str = ""
-) -> dict[str, tuple[str, ...]]:
-    """The ensembles among these model folders (blocking: run it off the loop). A config that
-    cannot be read counts as no ensemble here: its load says what is wrong with it."""
-    found: dict[str, tuple[str, ...]] = {}
+) -> dict[ModelId, tuple[str, ...]]:
+    """The ensembles among these model folders, with the names of their steps' models
+    (blocking: run it off the loop). A config that cannot be read counts as no ensemble here:
+    its load says what is wrong with it."""
+    found: dict[ModelId, tuple[str, ...]] = {}
     for location in locations:
         try:
             steps = ensemble_steps(read_config(location.path, config_name))
         except InferdError:
             continue
         if steps is not None:
-            found[location.name] = steps
+            found[location.id] = steps
     return found
 
 
-def closure(names: Iterable[str], deps: Dependencies) -> set[str]:
+def closure(names: Iterable[K], deps: Dependencies[K]) -> set[K]:
     """`names` and every model they need, transitively."""
-    result: set[str] = set()
+    result: set[K] = set()
     todo = list(names)
     while todo:
         name = todo.pop()
@@ -53,9 +61,7 @@ def closure(names: Iterable[str], deps: Dependencies) -> set[str]:
     return result
 
 
-def load_waves(
-    names: Collection[str], deps: Dependencies
-) -> tuple[list[list[str]], dict[str, str]]:
+def load_waves(names: Collection[K], deps: Dependencies[K]) -> tuple[list[list[K]], dict[K, str]]:
     """`names` in waves that load one after the other (the models of a wave in parallel):
     first every model that is no ensemble, then each ensemble after the ensembles among
     `names` that it is made of. Also the ensembles on a cycle, with the reason."""
@@ -67,21 +73,21 @@ def load_waves(
             break
         waves.append(wave)
         pending -= set(wave)
-    cyclic: dict[str, str] = {}
+    cyclic: dict[K, str] = {}
     for name in sorted(pending):
         path = _cycle_from(name, deps)
         if path is not None:
-            cyclic[name] = "circular dependency between ensembles: " + " -> ".join(path)
+            cyclic[name] = "circular dependency between ensembles: " + " -> ".join(map(str, path))
     rest = sorted(pending - set(cyclic))
     if rest:  # made of an ensemble on a cycle: they load last, and fail as it is not ready
         waves.append(rest)
     return [wave for wave in waves if wave], cyclic
 
 
-def _cycle_from(start: str, deps: Dependencies) -> list[str] | None:
+def _cycle_from(start: K, deps: Dependencies[K]) -> list[K] | None:
     """A path of ensembles from `start` back to itself, if there is one."""
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
+    stack: list[tuple[K, list[K]]] = [(start, [start])]
+    seen: set[K] = set()
     while stack:
         name, path = stack.pop()
         for dep in deps.get(name, ()):

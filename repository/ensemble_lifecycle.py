@@ -6,29 +6,31 @@ as in Triton, and needs no reload of its own."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable
 from dataclasses import replace
+from functools import partial
 
 from inferd.batching.stats import ModelStats, plain_stats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_check import composing_error, decoupled_step
 from inferd.repository.ensemble_config import LATEST_VERSION, EnsembleStep
 from inferd.repository.ensemble_runtime import EnsembleRuntime
+from inferd.repository.layout import ModelId
+from inferd.repository.model_table import ModelTable
 from inferd.repository.versions import ModelState, ModelVersion
+from inferd.server.errors import InferdError
 
 log = logging.getLogger(__name__)
 
-Models = Mapping[str, Mapping[int, ModelVersion]]
-
 
 class EnsembleTable:
-    """Reads the repository's model table (name -> version -> ModelVersion, shared, never
-    copied) and `found` (the model folders in the repositories) to judge ensembles;
-    `new_stats` makes a new ensemble version's statistics."""
+    """Reads the repository's model table (shared, never copied) and `found` (the names of
+    the model folders in the repositories) to judge ensembles; `new_stats` makes a new
+    ensemble version's statistics."""
 
     def __init__(
         self,
-        models: Models,
+        models: ModelTable,
         found: Container[str],
         new_stats: Callable[[ModelConfig], ModelStats] = plain_stats,
     ) -> None:
@@ -36,9 +38,14 @@ class EnsembleTable:
         self._found = found
         self._new_stats = new_stats
 
-    def composing_config(self, step: EnsembleStep) -> ModelConfig | str:
-        """The config of the version a step runs, or why there is none."""
-        versions = self._models.get(step.model_name)
+    def composing_config(self, step: EnsembleStep, namespace: str = "") -> ModelConfig | str:
+        """The config of the version a step of an ensemble in `namespace` runs, or why there
+        is none."""
+        try:
+            key = self._models.find(step.model_name, namespace)
+        except InferdError as exc:
+            return exc.message
+        versions = None if key is None else self._models.get(key)
         if not versions:
             return "not loaded" if step.model_name in self._found else "not found"
         if step.model_version == LATEST_VERSION:
@@ -60,9 +67,10 @@ class EnsembleTable:
         config = version.config
         assert config is not None and config.ensemble is not None
         assert version.ensemble is not None
-        why = composing_error(config, config.ensemble, self.composing_config)
+        step_config = partial(self.composing_config, namespace=version.namespace)
+        why = composing_error(config, config.ensemble, step_config)
         if not why:
-            version.ensemble.decoupled_step = decoupled_step(config.ensemble, self.composing_config)
+            version.ensemble.decoupled_step = decoupled_step(config.ensemble, step_config)
         return why
 
     def activate(self, versions: Iterable[ModelVersion]) -> None:
@@ -120,28 +128,31 @@ class EnsembleTable:
             log.info("ensemble '%s' version %d is READY again", version.name, version.version)
         return True
 
-    def users(self, name: str) -> list[str]:
-        """The loaded ensembles (ready or waiting for their models) that run model `name`."""
+    def users(self, model: ModelId) -> list[ModelId]:
+        """The loaded ensembles (ready or waiting for their models) that run `model`."""
         return sorted(
             ensemble
             for ensemble, versions in self._models.items()
-            if any(v.ensemble is not None and name in _step_models(v) for v in versions.values())
+            if any(
+                v.ensemble is not None and model in self.composing([v]) for v in versions.values()
+            )
         )
 
-
-def composing_models(versions: Iterable[ModelVersion]) -> list[str]:
-    """The models the steps of these (ensemble) versions run."""
-    names: dict[str, None] = {}
-    for version in versions:
-        names.update(dict.fromkeys(_step_models(version)))
-    return list(names)
-
-
-def _step_models(version: ModelVersion) -> tuple[str, ...]:
-    config = version.config
-    if config is None or config.ensemble is None:
-        return ()
-    return config.ensemble.model_names
+    def composing(self, versions: Iterable[ModelVersion]) -> list[ModelId]:
+        """The models the steps of these (ensemble) versions run, those the table has."""
+        found: dict[ModelId, None] = {}
+        for version in versions:
+            config = version.config
+            if config is None or config.ensemble is None:
+                continue
+            for name in config.ensemble.model_names:
+                try:
+                    key = self._models.find(name, version.namespace)
+                except InferdError:
+                    continue
+                if key is not None:
+                    found[key] = None
+        return list(found)
 
 
 def _as_step(version: ModelVersion) -> ModelConfig:

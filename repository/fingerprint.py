@@ -9,14 +9,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from inferd.repository.layout import ModelLocation
+from inferd.repository.layout import ModelId, ModelLocation
 
 Fingerprint = tuple[object, ...]
 
 
-def scan(locations: Mapping[str, ModelLocation]) -> dict[str, Fingerprint]:
+def scan(locations: Mapping[ModelId, ModelLocation]) -> dict[ModelId, Fingerprint]:
     """Every model's fingerprint (blocking: run it off the event loop)."""
-    return {name: fingerprint(location) for name, location in locations.items()}
+    return {key: fingerprint(location) for key, location in locations.items()}
 
 
 def fingerprint(location: ModelLocation) -> Fingerprint:

@@ -5,8 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from inferd.repository.config import VersionPolicy
+
+
+class ModelId(NamedTuple):
+    """A model as the repository keys it. Its namespace is the repository it was found in
+    with --model-namespacing, else "": then names are unique across repositories."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}::{self.name}" if self.namespace else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,29 +26,40 @@ class ModelLocation:
     name: str
     path: Path
     error: str = ""  # set when the model cannot be loaded from this layout (e.g. a duplicate)
+    namespace: str = ""
+
+    @property
+    def id(self) -> ModelId:
+        return ModelId(self.namespace, self.name)
 
 
 def find_models(
-    roots: Sequence[Path], renamed: Mapping[Path, Mapping[str, str]] | None = None
-) -> dict[str, ModelLocation]:
+    roots: Sequence[Path],
+    renamed: Mapping[Path, Mapping[str, str]] | None = None,
+    namespaces: Mapping[Path, str] | None = None,
+) -> dict[ModelId, ModelLocation]:
     """Every sub-folder of every root is a model, named as the folder unless `renamed` (root ->
-    folder -> name) names it otherwise; a name in two roots is an error for that model."""
-    models: dict[str, ModelLocation] = {}
+    folder -> name) names it otherwise. With `namespaces` (root -> namespace: the
+    --model-namespacing kind) each root's models are apart from the others'; without, a name
+    in two roots is an error for that model."""
+    models: dict[ModelId, ModelLocation] = {}
     for root in roots:
         names = renamed.get(root, {}) if renamed else {}
+        namespace = "" if namespaces is None else namespaces.get(root, str(root))
         for entry in sorted(root.iterdir()):
             if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
                 continue  # hidden folders and Python's byte-code cache are never models
             name = names.get(entry.name, entry.name)
-            if name in models:
-                first = models[name].path.parent
-                models[name] = ModelLocation(
+            key = ModelId(namespace, name)
+            if key in models:
+                first = models[key].path.parent
+                models[key] = ModelLocation(
                     name,
                     entry,
                     f"model '{name}' appears in more than one repository ({first}, {root})",
                 )
             else:
-                models[name] = ModelLocation(name, entry)
+                models[key] = ModelLocation(name, entry, namespace=namespace)
     return models
 
 

@@ -60,6 +60,9 @@ class RepositorySettings:
     rate_limiter: RateLimiter | None = field(default=None, compare=False)
     # What each version's statistics start as (--metrics-config: with latency summaries).
     new_stats: Callable[[ModelConfig], ModelStats] = field(default=plain_stats, compare=False)
+    # --model-namespacing: each root's namespace (the repository as given); None: off, and
+    # model names are unique across repositories.
+    namespaces: Mapping[Path, str] | None = field(default=None, compare=False)
     # Brings remote repositories' local copies up to date before each scan (blocking; S3, GCS).
     refresh: Callable[[], None] = field(default=lambda: None, compare=False)
 

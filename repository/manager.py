@@ -27,10 +27,11 @@ from inferd.repository.dependencies import (
     load_waves,
     read_dependencies,
 )
-from inferd.repository.ensemble_lifecycle import EnsembleTable, composing_models
+from inferd.repository.ensemble_lifecycle import EnsembleTable
 from inferd.repository.fingerprint import Fingerprint, fingerprint
-from inferd.repository.layout import ModelLocation, find_models, version_dirs
+from inferd.repository.layout import ModelId, ModelLocation, find_models, version_dirs
 from inferd.repository.loader import ModelLoader, PreparedModel, RepositorySettings, close_all
+from inferd.repository.model_table import ModelTable, pick
 from inferd.repository.overrides import (
     check_file_paths,
     check_model_name,
@@ -56,24 +57,24 @@ class ModelRepository:
         self._settings = settings
         self._loader = ModelLoader(settings, registry)
         self._loop = loop
-        self._locations: dict[str, ModelLocation] = {}
-        # name -> version -> ModelVersion, for every model the repository has seen.
-        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._locations: dict[ModelId, ModelLocation] = {}
+        # Every model the repository has seen, with its versions.
+        self._models = ModelTable()
         # Load, reload and unload of one model run one at a time; different models in parallel.
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[ModelId, asyncio.Lock] = {}
         # Private folders of models loaded with `file:` parameters, under one temporary root.
-        self._overrides: dict[str, Path] = {}
+        self._overrides: dict[ModelId, Path] = {}
         self._override_root: Path | None = None
         # Models loaded only because an ensemble needed them (explicit mode): unloading that
         # ensemble with `unload_dependents` unloads them too, unless another ensemble runs them.
-        self._implicit: set[str] = set()
+        self._implicit: set[ModelId] = set()
         self._load_slots = asyncio.Semaphore(max(1, settings.load_threads))
         self._closing = False  # close() began: nothing loads any more
         # Loads that models' code asked for and waits on: (requesting model, model loading).
         self._model_waits: list[tuple[str, str]] = []
         # The folder state each model's serving versions were loaded from: loading a model
         # whose folder has not changed since leaves it as it is, as in Triton.
-        self._sources: dict[str, Fingerprint] = {}
+        self._sources: dict[ModelId, Fingerprint] = {}
         # Repositories added while serving (a SageMaker multi-model endpoint's models), with
         # the names their model folders are served under: root -> folder -> name.
         self._registered: dict[Path, dict[str, str]] = {}
@@ -83,11 +84,14 @@ class ModelRepository:
     def roots(self) -> tuple[Path, ...]:
         return (*self._settings.roots, *self._registered)
 
-    def locate(self) -> dict[str, ModelLocation]:
+    def locate(self) -> dict[ModelId, ModelLocation]:
         """The models in the repositories now, remote ones brought up to date first (blocking:
         run it off the event loop). Raises InferdError when a remote repository cannot be read."""
         self._settings.refresh()
-        return find_models(self.roots, self._registered)
+        return self._find()
+
+    def _find(self) -> dict[ModelId, ModelLocation]:
+        return find_models(self.roots, self._registered, self._settings.namespaces)
 
     async def register(self, root: Path, names: Mapping[str, str]) -> None:
         """Add a repository: its model folders are served under `names` (folder -> name), the
@@ -98,14 +102,14 @@ class ModelRepository:
         try:
             if not await asyncio.to_thread(root.is_dir):
                 raise invalid(f"failed to register '{root}', repository not found")
-            found = await asyncio.to_thread(find_models, self.roots, self._registered)
+            found = {key.name for key in await asyncio.to_thread(self._find)}
             in_use = {
-                name
-                for name, versions in self._models.items()
+                key.name
+                for key, versions in self._models.items()
                 if any(v.state is not ModelState.UNAVAILABLE for v in versions.values())
             }
             for name in names.values():
-                if name in found or name in in_use or name in self._overrides:
+                if name in found or name in in_use or ModelId("", name) in self._overrides:
                     raise already_exists(
                         f"failed to register '{root}', there is a conflicting mapping for '{name}'"
                     )
@@ -120,11 +124,11 @@ class ModelRepository:
             raise not_found(f"failed to unregister '{root}', repository not found")
         # Every model loaded from it was located there first (no second walk of the disk,
         # which SageMaker may be clearing).
-        found = [name for name, at in self._locations.items() if at.path.parent == root]
-        for name in found:
-            if name in self._models:
-                await self._forget(name)
-            self._locations.pop(name, None)
+        found = [key for key, at in self._locations.items() if at.path.parent == root]
+        for key in found:
+            if key in self._models:
+                await self._forget(key)
+            self._locations.pop(key, None)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -132,12 +136,12 @@ class ModelRepository:
         """Start-up: load every model found under the roots, or only `names` (explicit mode)
         and the models the ensembles among them are made of, each on its own loader thread."""
         self._locations = await asyncio.to_thread(self.locate)
-        for missing in sorted((names or set()) - set(self._locations)):
-            self._models[missing] = {
+        found = set(self._locations)
+        for missing in sorted((names or set()) - {key.name for key in found}):
+            self._models[ModelId("", missing)] = {
                 0: ModelVersion(missing, 0, ModelState.UNAVAILABLE, "not found in any repository")
             }
-        found = set(self._locations)
-        wanted = found if names is None else names & found
+        wanted = found if names is None else {key for key in found if key.name in names}
         deps = await self._dependencies(wanted)
         if names is not None:
             composing = (closure(wanted, deps) & found) - wanted
@@ -201,52 +205,71 @@ class ModelRepository:
                 "(the model folder they make up has no config.pbtxt)"
             )
         override = None if config is None else config_from_json(config, "the 'config' parameter")
-        location: ModelLocation | None = None
         if files:
             check_model_name(name)
             check_file_paths(files)
+            reasons = [await self._load_one(ModelId("", name), None, override, files, take_slot)]
         else:
             self._locations = await asyncio.to_thread(self.locate)
-            location = self._locations.get(name)
-            if location is None:
+            # One model folder, or with --model-namespacing one in each repository holding it.
+            found = [at for key, at in self._locations.items() if key.name == name]
+            if not found:
                 raise not_found(
                     f"failed to load '{name}': no model folder '{name}' in any repository"
                 )
-        deps = await self._dependencies({name}, None if override is None else (name, override))
-        if name in deps:
-            await self._load_composing(name, deps, take_slot)
-        self._implicit.discard(name)  # asked for by name: no longer only a dependency
-        async with self._lock(name):
+            reasons = await asyncio.gather(
+                *(self._load_one(at.id, at, override, {}, take_slot) for at in found)
+            )
+        failed = "\n".join(reason for reason in reasons if reason)
+        if failed:
+            raise invalid(failed)
+
+    async def _load_one(
+        self,
+        key: ModelId,
+        location: ModelLocation | None,
+        override: ModelConfigProto | None,
+        files: Mapping[str, bytes],
+        take_slot: bool,
+    ) -> str:
+        """Load one model for a load request (from `files` when there is no `location`):
+        why it failed in Triton 2.51's words, or ""."""
+        deps = await self._dependencies({key}, None if override is None else (key, override))
+        if key in deps:
+            await self._load_composing(key, deps, take_slot)
+        self._implicit.discard(key)  # asked for by name: no longer only a dependency
+        async with self._lock(key):
             written: Path | None = None
             if location is None:
                 written = await asyncio.to_thread(
-                    write_override, self._overrides_root(), name, files
+                    write_override, self._overrides_root(), key.name, files
                 )
-                location = ModelLocation(name, written)
+                location = ModelLocation(key.name, written)
             installed, reason = await self._load(
                 location, override, take_slot, keep_unchanged=override is None and not files
             )
             # Whichever folder no longer backs a served version goes.
             stale = written
             if installed:
-                stale = self._overrides.pop(name, None)
+                stale = self._overrides.pop(key, None)
                 if written is not None:
-                    self._overrides[name] = written
+                    self._overrides[key] = written
             if stale is not None:
                 await asyncio.to_thread(remove_override, stale)
-        if reason:
-            raise invalid(f"load failed for model '{name}': {reason}")  # Triton 2.51's start
+        return f"load failed for model '{key}': {reason}" if reason else ""
 
-    async def _load_composing(self, name: str, deps: Dependencies, take_slot: bool) -> None:
-        """Before ensemble `name` loads, the models it is made of that are not loaded yet load,
+    async def _load_composing(
+        self, key: ModelId, deps: Dependencies[ModelId], take_slot: bool
+    ) -> None:
+        """Before ensemble `key` loads, the models it is made of that are not loaded yet load,
         as Triton does; those already serving are left as they are."""
-        _, cyclic = load_waves(closure([name], deps), deps)
-        if name in cyclic:
-            self._mark_cyclic({name: cyclic[name]})
-            raise invalid(f"failed to load '{name}': {cyclic[name]}")
+        _, cyclic = load_waves(closure([key], deps), deps)
+        if key in cyclic:
+            self._mark_cyclic({key: cyclic[key]})
+            raise invalid(f"failed to load '{key.name}': {cyclic[key]}")
         missing = {
             model
-            for model in closure([name], deps) - {name}
+            for model in closure([key], deps) - {key}
             if model in self._locations
             and not any(v.ready for v in self._models.get(model, {}).values())
             # A model asking from its initialize() for an ensemble made of itself: its own
@@ -257,86 +280,110 @@ class ModelRepository:
         await self._load_in_order(missing, deps, take_slot=take_slot)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Drain and free every version; the model stays in the index, UNAVAILABLE "unloaded".
+        """Drain and free every version (of each model of that name, with
+        --model-namespacing); the model stays in the index, UNAVAILABLE "unloaded".
         Ensembles made of it become UNAVAILABLE. With `unload_dependents`, the models an
         ensemble loaded for itself go too, unless another ensemble runs them. A model never
         served has nothing to unload: as in Triton 2.51, that succeeds and changes nothing."""
-        if name not in self._models:
+        keys = self._models.ids(name)
+        if not keys:
             log.info("model '%s' is not loaded: nothing to unload", name)
             return
         if self._closing:  # close() unloads it (a model's finalize() may ask meanwhile)
             return
-        composing = composing_models(self._models[name].values())
-        async with self._lock(name):
-            await self._retire(list(self._models.get(name, {}).values()))
-            self._sources.pop(name, None)
-            stale = self._overrides.pop(name, None)
+        for key in keys:
+            await self._unload(key, unload_dependents)
+
+    async def _unload(self, key: ModelId, unload_dependents: bool) -> None:
+        versions = self._models.get(key)
+        if versions is None:
+            return
+        composing = self._ensembles().composing(versions.values())
+        async with self._lock(key):
+            await self._retire(list(self._models.get(key, {}).values()))
+            self._sources.pop(key, None)
+            stale = self._overrides.pop(key, None)
             if stale is not None:
                 await asyncio.to_thread(remove_override, stale)
-        self._implicit.discard(name)
+        self._implicit.discard(key)
         self._ensembles().refresh()
-        log.info("model '%s' is unloaded", name)
+        log.info("model '%s' is unloaded", key)
         if unload_dependents:
             for model in composing:
                 if model in self._implicit and not self._ensembles().users(model):
-                    await self.unload(model, unload_dependents=True)
+                    await self._unload(model, unload_dependents=True)
 
     async def apply_changes(
         self,
-        changed: Iterable[str],
-        removed: Iterable[str],
-        locations: Mapping[str, ModelLocation],
+        changed: Iterable[ModelId],
+        removed: Iterable[ModelId],
+        locations: Mapping[ModelId, ModelLocation],
     ) -> None:
         """Poll mode: (re)load the models whose folder changed, unload and forget removed ones;
         `locations`: the scan that found the changes. Failures are logged and shown in the
         index; a failed reload keeps the old versions."""
         self._locations = dict(locations)
         outcomes = await asyncio.gather(
-            *(self._forget(name) for name in removed), return_exceptions=True
+            *(self._forget(key) for key in removed), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.error("repository change failed: %r", outcome)
-        names = {name for name in changed if name in self._locations}
-        await self._load_in_order(names, await self._dependencies(names), tolerate=True)
+        keys = {key for key in changed if key in self._locations}
+        await self._load_in_order(keys, await self._dependencies(keys), tolerate=True)
 
     async def _dependencies(
-        self, names: Iterable[str], own: tuple[str, ModelConfigProto] | None = None
-    ) -> dict[str, tuple[str, ...]]:
-        """The ensembles among `names` and among the models they are made of, transitively,
+        self, keys: Iterable[ModelId], own: tuple[ModelId, ModelConfigProto] | None = None
+    ) -> dict[ModelId, tuple[ModelId, ...]]:
+        """The ensembles among `keys` and among the models they are made of, transitively,
         with their composing models. `own`: a model's config given with its load request."""
-        deps: dict[str, tuple[str, ...]] = {}
+        steps: dict[ModelId, tuple[str, ...]] = {}
         if own is not None:
-            steps = ensemble_steps(own[1])
-            if steps is not None:
-                deps[own[0]] = steps
-        todo, seen = set(names), set[str]()
+            named = ensemble_steps(own[1])
+            if named is not None:
+                steps[own[0]] = named
+        deps: dict[ModelId, tuple[ModelId, ...]] = {}
+        todo, seen = set(keys), set[ModelId]()
         while todo:
             seen |= todo
-            locations = [self._locations[n] for n in todo if n in self._locations and n not in deps]
-            deps.update(
+            locations = [
+                self._locations[k] for k in todo if k in self._locations and k not in steps
+            ]
+            steps.update(
                 await asyncio.to_thread(read_dependencies, locations, self._settings.config_name)
             )
-            todo = {model for name in todo for model in deps.get(name, ())} - seen
+            for key in todo & steps.keys():
+                deps[key] = tuple(self._step_model(name, key.namespace) for name in steps[key])
+            todo = {model for key in todo for model in deps.get(key, ())} - seen
         return deps
+
+    def _step_model(self, name: str, namespace: str) -> ModelId:
+        """The model an ensemble's step names: the one of that name in the ensemble's own
+        repository, else the only one anywhere (Triton's rule with --model-namespacing)."""
+        candidates = {key for key in (*self._locations, *self._models) if key.name == name}
+        try:
+            found = pick(candidates, name, namespace)
+        except InferdError:
+            found = None  # several, none in the ensemble's repository: its load says so
+        return found or ModelId(namespace, name)
 
     async def _load_in_order(
         self,
-        names: Collection[str],
-        deps: Dependencies,
+        keys: Collection[ModelId],
+        deps: Dependencies[ModelId],
         tolerate: bool = False,
         take_slot: bool = True,
     ) -> None:
-        """Load `names` in waves: models before the ensembles made of them. With `tolerate`,
+        """Load `keys` in waves: models before the ensembles made of them. With `tolerate`,
         an unexpected failure is logged instead of raised."""
-        waves, cyclic = load_waves(names, deps)
+        waves, cyclic = load_waves(keys, deps)
         self._mark_cyclic(cyclic)
         for wave in waves:
             outcomes = await asyncio.gather(
                 *(
-                    self._load_locked(self._locations[n], take_slot)
-                    for n in wave
-                    if n in self._locations
+                    self._load_locked(self._locations[key], take_slot)
+                    for key in wave
+                    if key in self._locations
                 ),
                 return_exceptions=tolerate,
             )
@@ -344,33 +391,34 @@ class ModelRepository:
                 if isinstance(outcome, BaseException):
                     log.error("repository change failed: %r", outcome)
 
-    def _mark_cyclic(self, cyclic: Mapping[str, str]) -> None:
-        for name, reason in cyclic.items():
-            log.error("model '%s' failed to load: %s", name, reason)
-            if not any(v.ready for v in self._models.get(name, {}).values()):
-                self._models[name] = {0: ModelVersion(name, 0, ModelState.UNAVAILABLE, reason)}
+    def _mark_cyclic(self, cyclic: Mapping[ModelId, str]) -> None:
+        for key, reason in cyclic.items():
+            log.error("model '%s' failed to load: %s", key, reason)
+            if not any(v.ready for v in self._models.get(key, {}).values()):
+                self._models[key] = {0: _version(key, 0, ModelState.UNAVAILABLE, reason)}
 
     async def _load_locked(self, location: ModelLocation, take_slot: bool) -> None:
-        async with self._lock(location.name):
+        async with self._lock(location.id):
             await self._load(location, take_slot=take_slot)
 
-    async def _forget(self, name: str) -> None:
-        async with self._lock(name):
-            await self._retire(list(self._models.get(name, {}).values()))
-            self._models.pop(name, None)
-            self._sources.pop(name, None)
-        self._implicit.discard(name)
+    async def _forget(self, key: ModelId) -> None:
+        async with self._lock(key):
+            await self._retire(list(self._models.get(key, {}).values()))
+            self._models.pop(key)
+            self._sources.pop(key, None)
+        self._implicit.discard(key)
         self._ensembles().refresh()
-        log.info("model '%s' was removed from the repository and is unloaded", name)
+        log.info("model '%s' was removed from the repository and is unloaded", key)
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
+    def _lock(self, key: ModelId) -> asyncio.Lock:
+        lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
+            lock = self._locks[key] = asyncio.Lock()
         return lock
 
     def _ensembles(self) -> EnsembleTable:
-        return EnsembleTable(self._models, self._locations, self._settings.new_stats)
+        found = {key.name for key in self._locations}
+        return EnsembleTable(self._models, found, self._settings.new_stats)
 
     def _overrides_root(self) -> Path:
         if self._override_root is None:
@@ -418,15 +466,15 @@ class ModelRepository:
         `keep_unchanged`, a serving model whose folder is as it was loaded stays as it is.
         Call under its lock.
         """
-        name = location.name
-        previous = list(self._models.get(name, {}).values())
+        key, name = location.id, location.name
+        previous = list(self._models.get(key, {}).values())
         serving = any(v.ready for v in previous)
         source = await asyncio.to_thread(fingerprint, location)
-        if keep_unchanged and serving and self._sources.get(name) == source:
-            log.info("model '%s' is unchanged since it was loaded: not reloaded", name)
+        if keep_unchanged and serving and self._sources.get(key) == source:
+            log.info("model '%s' is unchanged since it was loaded: not reloaded", key)
             return False, ""
         if not serving:
-            self._models[name] = {0: ModelVersion(name, 0, ModelState.LOADING)}
+            self._models[key] = {0: _version(key, 0, ModelState.LOADING)}
         try:
             if location.error:
                 raise invalid(location.error)
@@ -435,15 +483,15 @@ class ModelRepository:
             foreseen = isinstance(exc, InferdError)
             reason = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
             # A failure inferd did not foresee is a bug: its traceback goes to the log.
-            log.error("model '%s' failed to load: %s", name, reason, exc_info=not foreseen)
+            log.error("model '%s' failed to load: %s", key, reason, exc_info=not foreseen)
             if not serving:
                 # Shown as the version it would have served (the latest folder), as Triton
                 # shows a version whose config failed.
                 number = _latest_version(location.path)
-                self._models[name] = {
-                    number: ModelVersion(name, number, ModelState.UNAVAILABLE, reason)
-                }
+                self._models[key] = {number: _version(key, number, ModelState.UNAVAILABLE, reason)}
             return False, reason
+        for version in prepared.versions:
+            version.namespace = key.namespace
         if prepared.config is not None and prepared.config.ensemble is not None:
             self._ensembles().activate(prepared.versions)
         failed = "\n".join(  # Triton 2.51's words for each version that failed
@@ -452,7 +500,7 @@ class ModelRepository:
             if v.state is ModelState.UNAVAILABLE
         )
         if failed and serving:
-            log.error("model '%s' failed to reload; the loaded versions keep serving", name)
+            log.error("model '%s' failed to reload; the loaded versions keep serving", key)
             deregister_all(t for tickets in prepared.tickets.values() for t in tickets)
             await asyncio.gather(
                 *(asyncio.to_thread(close_all, i) for i in prepared.instances.values())
@@ -504,8 +552,8 @@ class ModelRepository:
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)
         # The switch: from here on requests resolve to the new versions, and ensembles made
         # of this model see its new config.
-        self._models[name] = {v.version: v for v in prepared.versions}
-        self._sources[name] = source
+        self._models[key] = {v.version: v for v in prepared.versions}
+        self._sources[key] = source
         self._ensembles().refresh()
         await self._retire(previous)
         return True, failed
@@ -537,9 +585,11 @@ class ModelRepository:
 
     # ---- queries (event loop, hot path) ------------------------------------------------------
 
-    def get(self, name: str, version: str = "") -> ModelVersion:
-        """The ready version asked for, or the highest ready one when `version` is empty."""
-        versions = self._models.get(name)
+    def get(self, name: str, version: str = "", namespace: str | None = None) -> ModelVersion:
+        """The ready version asked for, or the highest ready one when `version` is empty.
+        `namespace`: the asker's (an ensemble's), which settles a name that several
+        repositories hold (--model-namespacing)."""
+        versions = self._models.versions(name, namespace)
         if versions is None:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         if version:
@@ -572,7 +622,7 @@ class ModelRepository:
         return best
 
     def model_versions(self, name: str) -> list[ModelVersion]:
-        versions = self._models.get(name)
+        versions = self._models.versions(name)
         if versions is None:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         return sorted(versions.values(), key=lambda v: v.version)
@@ -580,16 +630,16 @@ class ModelRepository:
     def ready_versions(self) -> list[ModelVersion]:
         return [
             v
-            for name in sorted(self._models)
-            for v in sorted(self._models[name].values(), key=lambda v: v.version)
+            for key in _by_name(self._models)
+            for v in sorted(self._models[key].values(), key=lambda v: v.version)
             if v.ready
         ]
 
     def failed_models(self) -> list[str]:
         """Models with a version that failed to load (from memory: no rescan of the roots)."""
         return sorted(
-            name
-            for name, versions in self._models.items()
+            str(key)
+            for key, versions in self._models.items()
             if any(
                 v.state is ModelState.UNAVAILABLE and v.reason != UNLOADED
                 for v in versions.values()
@@ -610,12 +660,13 @@ class ModelRepository:
         from request files, with each version's state."""
         self._locations = await asyncio.to_thread(self.locate)
         entries: list[ModelIndexEntry] = []
-        for name in sorted({*self._models, *self._locations}):
-            if name not in self._models:
+        for key in _by_name({*self._models, *self._locations}):
+            name = key.name
+            if key not in self._models:
                 if not ready_only:
                     entries.append(ModelIndexEntry(name=name))  # found, never loaded
                 continue
-            for version in sorted(self._models[name].values(), key=lambda v: v.version):
+            for version in sorted(self._models[key].values(), key=lambda v: v.version):
                 if ready_only and not version.ready:
                     continue
                 entries.append(
@@ -627,6 +678,15 @@ class ModelRepository:
                     )
                 )
         return entries
+
+
+def _version(key: ModelId, number: int, state: ModelState, reason: str = "") -> ModelVersion:
+    return ModelVersion(key.name, number, state, reason, namespace=key.namespace)
+
+
+def _by_name(keys: Iterable[ModelId]) -> list[ModelId]:
+    """In name order, as the index and statistics list models (then by repository)."""
+    return sorted(keys, key=lambda key: (key.name, key.namespace))
 
 
 def _latest_version(model_dir: Path) -> int:

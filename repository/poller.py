@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from inferd.repository.fingerprint import Fingerprint, scan
+from inferd.repository.layout import ModelId
 from inferd.repository.manager import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ class RepositoryPoller:
     def __init__(self, repository: ModelRepository, interval_s: float) -> None:
         self._repository = repository
         self._interval_s = interval_s
-        self._seen: dict[str, Fingerprint] = {}
+        self._seen: dict[ModelId, Fingerprint] = {}
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -38,14 +39,14 @@ class RepositoryPoller:
         # One scan (and one listing of remote repositories) per poll, handed to the manager.
         locations = await asyncio.to_thread(self._repository.locate)
         current = await asyncio.to_thread(scan, locations)
-        changed = {name for name, fp in current.items() if self._seen.get(name) != fp}
+        changed = {key for key, fp in current.items() if self._seen.get(key) != fp}
         removed = set(self._seen) - set(current)
         self._seen = current
         if changed or removed:
             log.info(
                 "repository poll: %s changed or added, %s removed",
-                sorted(changed) or "none",
-                sorted(removed) or "none",
+                sorted(map(str, changed)) or "none",
+                sorted(map(str, removed)) or "none",
             )
             await self._repository.apply_changes(changed, removed, locations)
 

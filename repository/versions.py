@@ -41,6 +41,7 @@ class ModelVersion:
     load_seconds: float = 0.0  # config to warmed-up instances (nv_model_load_duration_secs)
     # Inputs whose shape (or absence) must agree for requests to share a batch.
     shape_key_inputs: tuple[str, ...] = ()
+    namespace: str = ""  # its repository, with --model-namespacing (layout.ModelId)
 
     @property
     def ready(self) -> bool:

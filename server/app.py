@@ -102,6 +102,7 @@ class App:
     async def start(self) -> None:
         settings = self.settings
         roots: list[Path] = []
+        namespaces: dict[Path, str] = {}  # with --model-namespacing: the repository as given
         for repository in settings.model_repositories or (bundled_examples(),):
             if isinstance(repository, RemoteLocation):
                 try:
@@ -112,6 +113,7 @@ class App:
                 raise StartupError(f"model repository {repository} is not a directory")
             else:
                 roots.append(repository)
+            namespaces[roots[-1]] = str(repository)
         try:
             await asyncio.to_thread(self._remote.sync)  # the first copy of remote repositories
         except InferdError as exc:
@@ -136,6 +138,7 @@ class App:
         self._repository = ModelRepository(
             RepositorySettings(
                 roots=tuple(roots),
+                namespaces=namespaces if settings.model_namespacing else None,
                 refresh=self._remote.sync,
                 backend=BackendSettings(
                     default_max_batch_size=settings.default_max_batch_size,

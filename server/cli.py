@@ -94,6 +94,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         default=d.model_load_retry_count,
         help="further tries to load a model that fails to load",
     )
+    p.add(
+        "--model-namespacing",
+        type=parse_bool,
+        default=d.model_namespacing,
+        help="models of the same name may live in several repositories, each in its own "
+        "(a request must name a model only one repository holds; ensembles use their own's)",
+    )
     p.add("--http-address", default=d.http_address, help="HTTP bind address")
     p.add(
         "--reuse-http-port",
@@ -556,6 +563,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_config_name=args.model_config_name,
         model_load_thread_count=args.model_load_thread_count,
         model_load_retry_count=args.model_load_retry_count,
+        model_namespacing=args.model_namespacing,
         reuse_http_port=args.reuse_http_port,
         http_restricted_api=parse_restrictions(
             args.http_restricted_api or (), "--http-restricted-api", "api"

@@ -182,7 +182,9 @@ class InferenceCore:
             models = [self._repository.get(name, version)]
         elif name:
             models = [v for v in self._repository.ready_versions() if v.name == name]
-            if not models:  # never loaded, or no version ready: Triton 2.51's words
+            if not models or len({v.namespace for v in models}) > 1:
+                # Never loaded, no version ready, or (--model-namespacing) several models of
+                # that name: Triton 2.51's words.
                 raise invalid(f"requested model '{name}' is not available")
         else:
             models = self._repository.ready_versions()
@@ -314,14 +316,21 @@ class InferenceCore:
         )
         return model, future
 
-    def stream(self, request: InferRequest, on_response: OnStreamResponse) -> Cancel | None:
+    def stream(
+        self,
+        request: InferRequest,
+        on_response: OnStreamResponse,
+        model: ModelVersion | None = None,
+    ) -> Cancel | None:
         """A request whose answers stream (gRPC ModelStreamInfer): `on_response(response,
         final)` runs on the loop for each answer, in order, the last with `final` set. A
         decoupled model sends 0..n responses (None with `final` = the final flag alone); any
         other model exactly one. Failures arrive as an InferdError response; this never
-        raises. Returns how to drop the request if the client leaves (None once answered)."""
+        raises. Returns how to drop the request if the client leaves (None once answered).
+        `model`: the version an ensemble's step resolved."""
         try:
-            model = self._repository.get(request.model_name, request.model_version)
+            if model is None:
+                model = self._repository.get(request.model_name, request.model_version)
             scheduler = model.scheduler
             if model.ensemble is not None and model.ensemble.decoupled:
                 if request.trace is not None:

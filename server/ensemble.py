@@ -38,12 +38,13 @@ from inferd.server.types import (
 
 log = logging.getLogger(__name__)
 
-# The core's model lookup (name, version -> ready version), its submit() and its stream().
-Resolve = Callable[[str, str], ModelVersion]
+# The core's model lookup (name, version, the ensemble's namespace -> ready version), its
+# submit() and its stream().
+Resolve = Callable[[str, str, str], ModelVersion]
 Submit = Callable[
     [InferRequest, ModelVersion, OnDone], tuple[ModelVersion, asyncio.Future[Outputs]]
 ]
-Stream = Callable[[InferRequest, OnStreamResponse], Cancel | None]
+Stream = Callable[[InferRequest, OnStreamResponse, ModelVersion], Cancel | None]
 # A tensor between steps, with the batch size it was made with (0: by a model that does not
 # batch, so its first dim is no batch dim).
 Tensor = tuple[np.ndarray, int]
@@ -124,6 +125,7 @@ class _Run:
         runtime = model.ensemble
         assert runtime is not None
         self.runtime = runtime
+        self._namespace = model.namespace  # where its steps' models are looked up first
         self._runner = runner
         self._request = request
         self._respond = respond
@@ -212,7 +214,7 @@ class _Run:
     def _dispatch(self, flow: _Flow, index: int) -> None:
         step = self.runtime.steps[index]
         try:
-            model = self._runner.resolve(step.model_name, step.version)
+            model = self._runner.resolve(step.model_name, step.version, self._namespace)
         except InferdError as exc:
             raise _StepError(index, exc) from None
         config = model.config
@@ -246,7 +248,7 @@ class _Run:
         batch = next(iter(inputs.values())).shape[0] if batching and inputs else 0
         if index == self._decoupled:
             respond = partial(self._streamed, index, batch)
-            self._drop_stream = self._runner.stream_step(request, respond)
+            self._drop_stream = self._runner.stream_step(request, respond, model)
             return
         try:
             _, future = self._runner.submit_step(

@@ -44,7 +44,6 @@ class InertFlag:
     why: str  # why there is nothing for it to do in inferd
     parse: Callable[[str], Any] = str
     multiple: bool = False
-    refused_when_true: str = ""  # a boolean flag inferd cannot honour when true: the reason
 
     @property
     def dest(self) -> str:
@@ -71,13 +70,6 @@ INERT_FLAGS: tuple[InertFlag, ...] = (
     InertFlag(
         "--grpc-infer-response-compression-level", "responses are sent uncompressed", _compression
     ),
-    InertFlag(
-        "--model-namespacing",
-        "model names are unique across repositories",
-        parse_bool,
-        refused_when_true="--model-namespacing=true is not supported: model names must be "
-        "unique across repositories",
-    ),
     InertFlag("--sagemaker-thread-count", _THREADS, int),
     InertFlag("--vertex-ai-thread-count", _THREADS, int),
 )
@@ -94,13 +86,9 @@ def add_inert_flags(p: FlagParser) -> None:
 
 
 def inert_flags_given(args: argparse.Namespace) -> list[str]:
-    """The inert flags given, as `--flag (why)`; ValueError for a value inferd cannot honour."""
-    given = []
-    for inert in INERT_FLAGS:
-        value = getattr(args, inert.dest)
-        if value is None:
-            continue
-        if value is True and inert.refused_when_true:
-            raise ValueError(inert.refused_when_true)
-        given.append(f"{inert.flag} ({inert.why})")
-    return given
+    """The inert flags given, as `--flag (why)`."""
+    return [
+        f"{inert.flag} ({inert.why})"
+        for inert in INERT_FLAGS
+        if getattr(args, inert.dest) is not None
+    ]

@@ -349,11 +349,15 @@ def _summary(
 
 def _labels(version: ModelVersion) -> dict[str, str]:
     """Triton's labels of a version's series, in its order (prometheus-cpp sorts them): the
-    config's `metric_tags` as `_<key>`, model, version."""
+    config's `metric_tags` as `_<key>`, model, its repository with --model-namespacing,
+    version."""
     labels = {"model": version.name, "version": str(version.version)}
-    if version.config is None or not version.config.metrics.tags:
+    if version.namespace:
+        labels["namespace"] = version.namespace
+    elif version.config is None or not version.config.metrics.tags:
         return labels
-    return dict(sorted([*version.config.metrics.tags, *labels.items()]))
+    tags = version.config.metrics.tags if version.config is not None else ()
+    return dict(sorted([*tags, *labels.items()]))
 
 
 def _decoupled(version: ModelVersion) -> bool:

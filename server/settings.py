@@ -84,6 +84,7 @@ class Settings:
     model_config_name: str = ""  # configs/<name>.pbtxt before config.pbtxt
     model_load_thread_count: int = 4  # models prepared at once, as in Triton
     model_load_retry_count: int = 0  # further tries after a failed load
+    model_namespacing: bool = False  # each repository's models apart (Triton's namespaces)
     http_address: str = "0.0.0.0"
     http_port: int = 8000
     reuse_http_port: bool = False  # SO_REUSEPORT on the HTTP and metrics ports

@@ -314,7 +314,7 @@ def test_inert_flags_are_accepted_checked_and_named(capsys: pytest.CaptureFixtur
         ("--pinned-memory-pool-byte-size=lots", "expected a number >= 0, got lots"),
         ("--model-load-retry-count=-1", "expected a number >= 0, got -1"),
         ("--grpc-infer-response-compression-level=max", "expected none, low, medium or high"),
-        ("--model-namespacing=true", "--model-namespacing=true is not supported"),
+        ("--model-namespacing=maybe", "expected true or false"),
         ("--model-config-name=a b", "no spaces"),
         ("--model-load-thread-count=0", "expected a number >= 1"),
         ("--log-format=xml", "invalid choice"),
