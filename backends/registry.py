@@ -19,6 +19,7 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "python": "inferd.backends.python:PythonBackend",
     "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",
     "pytorch": "inferd.backends.pytorch:PyTorchBackend",
+    "openvino": "inferd.backends.openvino:OpenVinoBackend",
 }
 
 # What to install when a built-in backend's framework is missing.
@@ -26,6 +27,7 @@ INSTALL_HINTS: Mapping[str, str] = {
     "onnxruntime": "install the inferd[cpu] extra (onnxruntime) or inferd[gpu] (onnxruntime-gpu)",
     "tensorflow": "install the inferd[tensorflow] extra (tensorflow-cpu)",
     "pytorch": "install the inferd[pytorch] extra (torch)",
+    "openvino": "install the inferd[openvino] extra (openvino)",
 }
 
 # Triton's platform names for the backends (config `platform:`).
@@ -46,6 +48,7 @@ DEFAULT_MODEL_FILES: Mapping[str, str] = {
     "model.graphdef": "tensorflow",
     "model.py": "python",
     "model.pt": "pytorch",
+    "model.xml": "openvino",
 }
 
 

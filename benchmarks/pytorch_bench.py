@@ -14,8 +14,6 @@ the pytorch extra (and onnx, from the test extra).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 import warnings
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.backends.pytorch import import_torch
-from inferd.benchmarks import compare, peers, perf_sweep, ports, servers
+from inferd.benchmarks import backend_bench
 from inferd.benchmarks.procs import Probe
 
 MODEL = "mlp"
@@ -94,51 +92,18 @@ def raw_samples_per_s(module: Any, width: int, batch: int, seconds: float) -> fl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results folder (created)")
+    parser = backend_bench.arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=256, help="features per layer")
     parser.add_argument("--depth", type=int, default=4, help="Linear+ReLU layers")
-    parser.add_argument("--startup-timeout", type=float, default=120)
-    perf_sweep.add_sweep_arguments(parser)
-    parser.set_defaults(concurrency=[1, 16])
     args = parser.parse_args(argv)
-    args.models = [MODEL, ONNX_MODEL]
-    args.protocols = ["http"]
-    found = peers.peers_dir(args.peers, required=False)
-    pa = peers.find_perf_analyzer(args.perf_analyzer, found if found.is_dir() else None)
-    if pa is None:
-        sys.exit(f"perf_analyzer not found: {peers.SETUP_HINT}")
-    for folder_name in ("logs", "work"):
-        (args.out / folder_name).mkdir(parents=True, exist_ok=True)
     module = build_module(args.width, args.depth)
     write_repository(module, args.out / "repo", args.width)
-    raw = {batch: raw_samples_per_s(module, args.width, batch, 3.0) for batch in (1, 16)}
-    probe = Probe.of(MODEL, {"INPUT__0": ("FP32", (1, args.width))})
-    port = ports.free_port_block(3)
-    base = servers.inferd(port, args.out / "work", repository=args.out / "repo")
-    server = servers.Server("inferd", [*base.argv, "--log-level=warning"], base.cwd, port, probe)
-    _, cells = compare.run_server(server, args, pa, found)
-    onnx = {c.concurrency: c.infer_per_s for c in cells if c.model == ONNX_MODEL}
-    lines = [
-        "| measure | samples/s | p99 ms | vs the ONNX export served alike |",
-        "|---|---|---|---|",
-        *(f"| raw torch in-process, batch {b} | {v:,.0f} | | |" for b, v in raw.items()),
-        *(
-            f"| inferd `{c.model}`, concurrency {c.concurrency} | {c.infer_per_s:,.0f} "
-            f"| {c.p99_ms} | {c.infer_per_s / (onnx.get(c.concurrency) or c.infer_per_s):.2f} |"
-            for c in cells
-            if c.infer_per_s
-        ),
-    ]
-    table = "\n".join(lines)
-    print(table)
-    (args.out / "table.md").write_text(table + "\n")
-    results = {
-        "raw": raw,
-        "inferd": [[c.model, c.concurrency, c.infer_per_s, c.p99_ms] for c in cells],
+    raw = {
+        f"raw torch in-process, batch {b}": raw_samples_per_s(module, args.width, b, 3.0)
+        for b in (1, 16)
     }
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    return 1 if not cells or any(c.error for c in cells) else 0
+    probe = Probe.of(MODEL, {"INPUT__0": ("FP32", (1, args.width))})
+    return backend_bench.serve_and_compare(args, [MODEL, ONNX_MODEL], ONNX_MODEL, raw, probe)
 
 
 if __name__ == "__main__":

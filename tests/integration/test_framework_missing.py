@@ -1,6 +1,6 @@
-"""A TensorFlow or TorchScript model where its framework is not installed: a load error that
-says what to install, while the rest of the repository serves. Runs with and without the
-frameworks (None in sys.modules is Python's own way to block an import)."""
+"""A TensorFlow, TorchScript or OpenVINO model where its framework is not installed: a load
+error that says what to install, while the rest of the repository serves. Runs with and
+without the frameworks (None in sys.modules is Python's own way to block an import)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,16 @@ def test_a_torchscript_model_without_torch_says_what_to_install(
         assert states[name]["state"] == "UNAVAILABLE"
         assert "PyTorch is not installed" in states[name]["reason"]
         assert "inferd[pytorch]" in states[name]["reason"]
+
+
+def test_an_openvino_model_without_openvino_says_what_to_install(
+    tmp_path: Path, server_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.delitem(sys.modules, "inferd.backends.openvino", raising=False)
+    (tmp_path / "ir" / "1").mkdir(parents=True)
+    (tmp_path / "ir" / "1" / "model.xml").write_text("<net/>")  # no config: found by its file
+    states = index_beside_an_onnx_model(server_factory, tmp_path)
+    assert states["ir"]["state"] == "UNAVAILABLE"
+    assert "backend 'openvino' is not installed" in states["ir"]["reason"]
+    assert "inferd[openvino]" in states["ir"]["reason"]

@@ -284,7 +284,11 @@ def test_load_unload_cycles_leave_no_threads_or_sessions(
         client.unload_model("cycle")
     assert not any(t.name.startswith("cycle:") for t in threading.enumerate())
     after = _threads()
-    assert after[0] <= threads[0] and after[1] <= threads[1], (threads, after, _os_thread_names())
+    assert after[0] <= threads[0] and after[1] <= threads[1], (
+        threads,
+        after,
+        " ".join(_os_thread_names()),
+    )
     assert _open_sessions() <= sessions
 
 
