@@ -20,6 +20,7 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "tensorflow": "inferd.backends.tensorflow:TensorFlowBackend",
     "pytorch": "inferd.backends.pytorch:PyTorchBackend",
     "openvino": "inferd.backends.openvino:OpenVinoBackend",
+    "fil": "inferd.backends.fil:FilBackend",
 }
 
 # What to install when a built-in backend's framework is missing.
@@ -28,6 +29,7 @@ INSTALL_HINTS: Mapping[str, str] = {
     "tensorflow": "install the inferd[tensorflow] extra (tensorflow-cpu)",
     "pytorch": "install the inferd[pytorch] extra (torch)",
     "openvino": "install the inferd[openvino] extra (openvino)",
+    "fil": "install the inferd[fil] extra (treelite)",
 }
 
 # Triton's platform names for the backends (config `platform:`).

@@ -1,4 +1,4 @@
-"""A TensorFlow, TorchScript or OpenVINO model where its framework is not installed: a load
+"""A TensorFlow, TorchScript, OpenVINO or FIL model where its framework is not installed: a load
 error that says what to install, while the rest of the repository serves. Runs with and
 without the frameworks (None in sys.modules is Python's own way to block an import)."""
 
@@ -85,3 +85,20 @@ def test_an_openvino_model_without_openvino_says_what_to_install(
     assert states["ir"]["state"] == "UNAVAILABLE"
     assert "backend 'openvino' is not installed" in states["ir"]["reason"]
     assert "inferd[openvino]" in states["ir"]["reason"]
+
+
+def test_a_forest_without_treelite_says_what_to_install(
+    tmp_path: Path, server_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "treelite", None)
+    monkeypatch.delitem(sys.modules, "inferd.backends.fil", raising=False)
+    (tmp_path / "forest" / "1").mkdir(parents=True)
+    (tmp_path / "forest" / "1" / "xgboost.json").write_text("{}")
+    (tmp_path / "forest" / "config.pbtxt").write_text(
+        'backend: "fil"\nmax_batch_size: 8\n'
+        'input [{ name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+        'output [{ name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+    )
+    states = index_beside_an_onnx_model(server_factory, tmp_path)
+    assert states["forest"]["state"] == "UNAVAILABLE"
+    assert "inferd[fil]" in states["forest"]["reason"]
