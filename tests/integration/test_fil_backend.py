@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
-from tests.wire import PROTOCOLS, infer
+from tests.wire import PROTOCOLS, infer, load_failure
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
@@ -197,10 +196,4 @@ def test_load_errors(
 ) -> None:
     trained["xgb_binary"].save_model(write(tmp_path, "broken", text) / "xgboost.json")
     server = server_factory(model_repositories=(tmp_path,))
-    client = httpclient.InferenceServerClient(server.http_url)
-    try:
-        [entry] = client.get_model_repository_index()
-    finally:
-        client.close()
-    assert entry["state"] == "UNAVAILABLE"
-    assert message in entry["reason"]
+    assert message in load_failure(server)

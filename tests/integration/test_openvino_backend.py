@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import double_model, identity_model
-from tests.wire import PROTOCOLS, client_for, infer
+from tests.wire import PROTOCOLS, client_for, infer, load_failure
 
 ov = pytest.importorskip("openvino")
 
@@ -173,10 +173,4 @@ def test_load_errors_in_tritons_words(
 ) -> None:
     write_model(tmp_path, "broken", double_model(), config)
     server = server_factory(model_repositories=(tmp_path,))
-    client = httpclient.InferenceServerClient(server.http_url)
-    try:
-        [entry] = client.get_model_repository_index()
-    finally:
-        client.close()
-    assert entry["state"] == "UNAVAILABLE"
-    assert message in entry["reason"]
+    assert message in load_failure(server)
