@@ -10,6 +10,7 @@ from inferd.batching.interface import ModelScheduler
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_runtime import EnsembleRuntime
+from inferd.repository.layout import ModelId
 
 UNLOADED = "unloaded"  # the reason of a version unloaded on purpose (Triton's word)
 
@@ -42,6 +43,10 @@ class ModelVersion:
     # Inputs whose shape (or absence) must agree for requests to share a batch.
     shape_key_inputs: tuple[str, ...] = ()
     namespace: str = ""  # its repository, with --model-namespacing (layout.ModelId)
+
+    @property
+    def id(self) -> ModelId:
+        return ModelId(self.namespace, self.name)
 
     @property
     def ready(self) -> bool:

@@ -443,7 +443,9 @@ class InferenceCore:
         cache = self.response_cache
         assert cache is not None
         start = time.monotonic_ns()
-        key = request_key(request.model_name, model.version, request.inputs, request.parameters)
+        # The model's id, not the request's name: with --model-namespacing, ensembles in two
+        # repositories run two models of one name.
+        key = request_key(str(model.id), model.version, request.inputs, request.parameters)
         outputs = cache.get(key)
         if outputs is not None and not holds_answer(outputs, request, model):
             outputs = None

@@ -194,3 +194,18 @@ def test_poll_mode_follows_models_that_come_and_go(tmp_path: Path, server_factor
     wait_for(lambda: index(server).count(("m", "READY")) == 2)
     assert add(server, "ens_b") == [300, 300]
     assert add(server, "ens_a") == [1, 1]
+
+
+def test_the_response_cache_tells_the_repositories_apart(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    a, b = two_repositories(tmp_path)
+    for repo in (a, b):
+        config = repo / "m" / "config.pbtxt"
+        config.write_text(config.read_text() + "response_cache { enable: true }\n")
+    server = server_factory(
+        model_repositories=(a, b), model_namespacing=True, response_cache_bytes=1 << 20
+    )
+    for _ in range(2):  # the second time from the cache
+        assert add(server, "ens_a") == [1, 1]
+        assert add(server, "ens_b") == [100, 100]
