@@ -243,10 +243,9 @@ def _states(seq: Any, where: str, taken: set[str]) -> tuple[SequenceState, ...]:
             raise invalid(f"{what}: output_name '{item.output_name}' is used twice")
         taken.add(item.input_name)
         outputs.add(item.output_name)
-        if item.use_growable_memory:
-            raise invalid(f"{what}: 'use_growable_memory' is not supported by inferd")
-        # use_same_buffer_for_input_output is a memory hint with the same results: honoured
-        # trivially, since every state is a fresh array here.
+        # use_same_buffer_for_input_output and use_growable_memory are memory hints with the
+        # same results: honoured trivially, since every state is a fresh array here that is
+        # as large as the model makes it.
         if item.data_type == pb.TYPE_INVALID:
             raise invalid(f"{what} has no data_type")
         if not item.dims or any(d < -1 or d == 0 for d in item.dims):
