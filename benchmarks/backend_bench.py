@@ -1,7 +1,8 @@
 """What the backend benchmarks share (pytorch_bench, openvino_bench): serve a repository with
 inferd, sweep perf_analyzer over HTTP over its models at --concurrency, and print a table of
-each model's infer/s next to the framework's own in-process figures, as a ratio to a reference
-model served alike by the same server. A benchmark, never a test: nothing here asserts."""
+each model's infer/s next to the framework's own in-process figures, and as a ratio to a
+reference model served alike by the same server where there is one. A benchmark, never a test:
+nothing here asserts."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ def arguments(description: str) -> argparse.ArgumentParser:
 def serve_and_compare(
     args: argparse.Namespace,
     models: list[str],
-    reference: str,
+    reference: str | None,
     raw: Mapping[str, float],
     probe: Probe,
 ) -> int:
     """Serve `args.out`/repo (written by the caller) and sweep `models`; `raw`: label ->
-    samples/s measured in-process; `reference`: the model the ratios are to. Writes
-    table.md and results.json to `args.out`; returns the exit status."""
+    samples/s measured in-process; `reference`: the model the ratios are to (None: no
+    ratios). Writes table.md and results.json to `args.out`; returns the exit status."""
     args.models, args.protocols = models, ["http"]
     found = peers.peers_dir(args.peers, required=False)
     pa = peers.find_perf_analyzer(args.perf_analyzer, found if found.is_dir() else None)
@@ -46,13 +47,14 @@ def serve_and_compare(
     server = servers.Server("inferd", [*base.argv, "--log-level=warning"], base.cwd, port, probe)
     _, cells = compare.run_server(server, args, pa, found)
     ref = {c.concurrency: c.infer_per_s for c in cells if c.model == reference}
+    versus = f"vs `{reference}` served alike" if reference else ""
     lines = [
-        f"| measure | samples/s | p99 ms | vs `{reference}` served alike |",
+        f"| measure | samples/s | p99 ms | {versus} |",
         "|---|---|---|---|",
         *(f"| {label} | {value:,.0f} | | |" for label, value in raw.items()),
         *(
             f"| inferd `{c.model}`, concurrency {c.concurrency} | {c.infer_per_s:,.0f} "
-            f"| {c.p99_ms} | {c.infer_per_s / (ref.get(c.concurrency) or c.infer_per_s):.2f} |"
+            f"| {c.p99_ms} | {_ratio(c.infer_per_s, ref.get(c.concurrency))} |"
             for c in cells
             if c.infer_per_s
         ),
@@ -66,3 +68,7 @@ def serve_and_compare(
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     return 1 if not cells or any(c.error for c in cells) else 0
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else ""
