@@ -38,6 +38,11 @@ GRPC_REFUSAL = "ModelInfer RPC doesn't support models with decoupled transaction
 StreamItem = Outputs | InferdError | None
 OnResponse = Callable[[StreamItem, bool], None]
 
+# Responses of one stream handed to the loop and not yet taken on by it: past this, a model
+# sending faster than the loop takes them waits (its own thread only), so that a busy loop's
+# queue cannot grow without bound. The front doors bound what waits for slow clients.
+MAX_UNDELIVERED = 128
+
 
 class DecoupledRefused(InferdError):
     """A decoupled model asked for a single answer: each front door words it as Triton does."""
@@ -85,6 +90,7 @@ class ResponseStream:
         "_loop",
         "_on_close",
         "_on_response",
+        "_undelivered",
         "cancelled",
     )
 
@@ -99,7 +105,8 @@ class ResponseStream:
         self._credits = credits  # back-pressure from an ensemble: a send takes a credit
         self._on_response = on_response
         self._on_close = on_close
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._undelivered = 0  # sent, not yet taken on by the loop
         self._closed = False  # sender side: the final flag was sent, nothing more may come
         self._finished = False  # loop side: the final response was handed to the front door
         self.cancelled = False  # the client went away (the model may ask: is_cancelled())
@@ -110,15 +117,28 @@ class ResponseStream:
         if self._credits is not None and not self._on_loop():
             self._credits.take()
         with self._lock:  # one sender at a time: the loop gets them in this order
+            if self._undelivered >= MAX_UNDELIVERED and not self._on_loop():
+                self._lock.wait_for(self._may_send)
             if self._closed:
                 return False
             self._closed = final
             try:
-                self._loop.call_soon_threadsafe(self._deliver, item, final)
+                self._loop.call_soon_threadsafe(self._take, item, final)
             except RuntimeError:  # the loop is gone (process exit): nobody reads any more
                 self._closed = True
                 return False
+            self._undelivered += 1
         return True
+
+    def _may_send(self) -> bool:
+        return self._undelivered < MAX_UNDELIVERED or self._finished or self.cancelled
+
+    def _take(self, item: StreamItem, final: bool) -> None:
+        """On the loop: a sent response arrives."""
+        with self._lock:
+            self._undelivered -= 1
+            self._lock.notify()
+        self._deliver(item, final)
 
     @property
     def closed(self) -> bool:
@@ -157,6 +177,8 @@ class ResponseStream:
             return
         if final:
             self._finished = True
+            with self._lock:  # a sender waiting for room sends into a finished stream
+                self._lock.notify_all()
             self._on_close(self)
         try:
             self._on_response(item, final)
