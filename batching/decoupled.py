@@ -90,7 +90,9 @@ class ResponseStream:
         "_loop",
         "_on_close",
         "_on_response",
-        "_undelivered",
+        "_sent",
+        "_taken",
+        "_waiting",
         "cancelled",
     )
 
@@ -105,8 +107,12 @@ class ResponseStream:
         self._credits = credits  # back-pressure from an ensemble: a send takes a credit
         self._on_response = on_response
         self._on_close = on_close
-        self._lock = threading.Condition()
-        self._undelivered = 0  # sent, not yet taken on by the loop
+        self._lock = threading.Condition(threading.Lock())
+        # Responses handed to the loop, and taken on by it (counted by the loop alone, with
+        # no lock: the loop never waits for a sender).
+        self._sent = 0
+        self._taken = 0
+        self._waiting = 0  # senders waiting for room
         self._closed = False  # sender side: the final flag was sent, nothing more may come
         self._finished = False  # loop side: the final response was handed to the front door
         self.cancelled = False  # the client went away (the model may ask: is_cancelled())
@@ -117,8 +123,12 @@ class ResponseStream:
         if self._credits is not None and not self._on_loop():
             self._credits.take()
         with self._lock:  # one sender at a time: the loop gets them in this order
-            if self._undelivered >= MAX_UNDELIVERED and not self._on_loop():
-                self._lock.wait_for(self._may_send)
+            if self._sent - self._taken >= MAX_UNDELIVERED and not self._on_loop():
+                self._waiting += 1
+                while not self._may_send():
+                    # Woken by the loop; the timeout covers a wake-up that raced the count.
+                    self._lock.wait(0.005)
+                self._waiting -= 1
             if self._closed:
                 return False
             self._closed = final
@@ -127,17 +137,20 @@ class ResponseStream:
             except RuntimeError:  # the loop is gone (process exit): nobody reads any more
                 self._closed = True
                 return False
-            self._undelivered += 1
+            self._sent += 1
         return True
 
     def _may_send(self) -> bool:
-        return self._undelivered < MAX_UNDELIVERED or self._finished or self.cancelled
+        return self._sent - self._taken < MAX_UNDELIVERED or self._finished or self.cancelled
 
     def _take(self, item: StreamItem, final: bool) -> None:
         """On the loop: a sent response arrives."""
-        with self._lock:
-            self._undelivered -= 1
-            self._lock.notify()
+        self._taken += 1
+        # A waiting sender goes on once half the room is free: it then sends a run of
+        # responses instead of waking for each one.
+        if self._waiting and self._sent - self._taken <= MAX_UNDELIVERED // 2:
+            with self._lock:
+                self._lock.notify()
         self._deliver(item, final)
 
     @property
@@ -177,8 +190,9 @@ class ResponseStream:
             return
         if final:
             self._finished = True
-            with self._lock:  # a sender waiting for room sends into a finished stream
-                self._lock.notify_all()
+            if self._waiting:  # a sender waiting for room sends into a finished stream
+                with self._lock:
+                    self._lock.notify_all()
             self._on_close(self)
         try:
             self._on_response(item, final)
