@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from inferd.benchmarks import compare, peers, perf_sweep, ports, servers
@@ -23,6 +24,18 @@ def arguments(description: str) -> argparse.ArgumentParser:
     perf_sweep.add_sweep_arguments(parser)
     parser.set_defaults(concurrency=[1, 16])
     return parser
+
+
+def samples_per_s(call: Callable[[], object], batch: int, seconds: float) -> float:
+    """Samples per second of back-to-back `call`s of `batch` samples each, after 20 to warm up
+    (frameworks optimise over the first calls)."""
+    for _ in range(20):
+        call()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
 
 
 def serve_and_compare(

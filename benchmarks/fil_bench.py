@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,13 +59,9 @@ def raw_samples_per_s(path: Path, features: int, batch: int, seconds: float) -> 
     model: Any = treelite.frontend.load_xgboost_model(str(path), format_choice="json")
     threads = max(1, (os.cpu_count() or 1) // 2)
     x = np.random.default_rng(0).normal(size=(batch, features)).astype(np.float32)
-    for _ in range(20):
-        treelite.gtil.predict(model, x, nthread=threads)
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        treelite.gtil.predict(model, x, nthread=threads)
-        calls += 1
-    return calls * batch / (time.perf_counter() - started)
+    return backend_bench.samples_per_s(
+        lambda: treelite.gtil.predict(model, x, nthread=threads), batch, seconds
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

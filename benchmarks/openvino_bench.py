@@ -15,7 +15,6 @@ extra and onnx (test extra).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,13 +89,7 @@ def raw_samples_per_s(ir: Path, width: int, batch: int, seconds: float) -> float
     properties: Any = serving_properties(parse_parameters({}), 1)
     request = core.compile_model(model, "CPU", properties).create_infer_request()
     x = np.random.default_rng(0).random((batch, width), dtype=np.float32)
-    for _ in range(20):
-        request.infer({"INPUT0": x})
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        request.infer({"INPUT0": x}, share_inputs=True, share_outputs=False)
-        calls += 1
-    return calls * batch / (time.perf_counter() - started)
+    return backend_bench.samples_per_s(lambda: request.infer({"INPUT0": x}), batch, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

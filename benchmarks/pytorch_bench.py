@@ -15,7 +15,6 @@ the pytorch extra (and onnx, from the test extra).
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,13 +81,7 @@ def raw_samples_per_s(module: Any, width: int, batch: int, seconds: float) -> fl
 
     x = torch.rand(batch, width)
     with torch.no_grad():
-        for _ in range(20):  # warm-up: TorchScript optimises over the first calls
-            module(x)
-        calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            module(x)
-            calls += 1
-    return calls * batch / (time.perf_counter() - started)
+        return backend_bench.samples_per_s(lambda: module(x), batch, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
