@@ -9,7 +9,8 @@ run smaller batches."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +108,19 @@ def parse_parameters(parameters: Mapping[str, str]) -> OpenVinoParameters:
 
 
 def serving_properties(parameters: OpenVinoParameters, cpu_instances: int) -> dict[str, str]:
-    """What the model is compiled with: its parameters, and where they say nothing, inferd's
-    serving default, as for ONNX Runtime: one stream (an instance runs one batch at a time)
-    and the cores split among the model's instances, half of them left to the front doors.
-    OpenVINO's own default, every core, makes its threads and the event loop take turns."""
+    """What the model is compiled with, once for all its instances: its parameters, and where
+    they say nothing, inferd's serving default, as for ONNX Runtime: a stream per instance
+    (each runs one batch at a time) and half the cores, the other half left to the front
+    doors. OpenVINO's own default, every core, makes its threads and the event loop take
+    turns."""
     properties = dict(parameters.properties or {})
     if parameters.device != "CPU":
         return properties
     if "PERFORMANCE_HINT" not in properties:
-        properties.setdefault("NUM_STREAMS", "1")
+        properties.setdefault("NUM_STREAMS", str(cpu_instances))
     cores = os.cpu_count() or 1
-    properties.setdefault("INFERENCE_NUM_THREADS", str(max(1, cores // (2 * cpu_instances))))
+    # OpenVINO runs no more streams than threads.
+    properties.setdefault("INFERENCE_NUM_THREADS", str(max(cpu_instances, cores // 2)))
     return properties
 
 
@@ -296,10 +299,22 @@ class OpenVinoInstance(ModelInstance):
         )
         model = _fit(model, layout)
         properties = serving_properties(parameters, max(1, cpu_instances))
+        stat = model_file.stat()  # the file as it is now: a reload compiles it anew
+        self._shared_key: tuple[object, ...] | None = (
+            str(model_file),
+            stat.st_mtime_ns,
+            stat.st_size,
+            parameters.device,
+            tuple(sorted(properties.items())),
+            repr(layout),
+        )
         try:
-            compiled = core.compile_model(model, parameters.device, properties)
+            compiled = _COMPILED.acquire(
+                self._shared_key, lambda: core.compile_model(model, parameters.device, properties)
+            )
             self._request: Any = compiled.create_infer_request()
         except Exception as exc:
+            self._release()
             raise _openvino_error("loading model", exc) from None
         # Tensors by port index: OpenVINO's name-keyed infer() costs a third more per call.
         self._inputs = {port.get_any_name(): i for i, port in enumerate(compiled.inputs)}
@@ -335,3 +350,44 @@ class OpenVinoInstance(ModelInstance):
 
     def close(self) -> None:
         self._request = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._shared_key is not None:
+            _COMPILED.release(self._shared_key)
+            self._shared_key = None
+
+
+class _CompiledModels:
+    """One compiled model per model file and compile settings, for every instance that asks,
+    until the last one closes: Triton compiles a model once for all its instances, each of
+    which runs its own infer request on it (on a stream of its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[tuple[object, ...], tuple[Any, int]] = {}
+
+    def acquire(self, key: tuple[object, ...], compile_model: Callable[[], Any]) -> Any:
+        with self._lock:
+            found = self._models.get(key)
+            if found is not None:
+                self._models[key] = (found[0], found[1] + 1)
+                return found[0]
+        compiled = compile_model()  # outside the lock: other models compile meanwhile
+        with self._lock:
+            compiled, users = self._models.get(key, (compiled, 0))
+            self._models[key] = (compiled, users + 1)
+            return compiled
+
+    def release(self, key: tuple[object, ...]) -> None:
+        with self._lock:
+            found = self._models.pop(key, None)
+            if found is not None and found[1] > 1:
+                self._models[key] = (found[0], found[1] - 1)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+# Compiled models are the process's, as OpenVINO's own caches are.
+_COMPILED = _CompiledModels()

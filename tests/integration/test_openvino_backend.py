@@ -174,3 +174,28 @@ def test_load_errors_in_tritons_words(
     write_model(tmp_path, "broken", double_model(), config)
     server = server_factory(model_repositories=(tmp_path,))
     assert message in load_failure(server)
+
+
+def test_instances_share_one_compiled_model(tmp_path: Path, server_factory: Factory) -> None:
+    from inferd.backends import openvino
+
+    config = DOUBLE + "instance_group [{ count: 3 kind: KIND_CPU }]\n"
+    write_model(tmp_path, "shared", double_model(), config)
+    before = len(openvino._COMPILED)
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("shared")
+        assert len(openvino._COMPILED) == before + 1  # compiled once, as Triton does
+
+        def one(i: int) -> np.ndarray:
+            x = np.full((1, 4), i, dtype=np.float32)
+            return infer(server, "http", "shared", {"INPUT0": x})["OUTPUT0"]
+
+        with ThreadPoolExecutor(6) as pool:  # the instances' requests run side by side
+            for i, out in enumerate(pool.map(one, range(12))):
+                np.testing.assert_array_equal(out, np.full((1, 4), 2 * i))
+        client.unload_model("shared")
+        assert len(openvino._COMPILED) == before  # freed with the last instance
+    finally:
+        client.close()

@@ -37,9 +37,10 @@ def test_tritons_parameters_become_openvino_properties() -> None:
 
 
 def test_defaults_leave_cores_to_the_front_doors() -> None:
-    threads = str(max(1, (os.cpu_count() or 1) // 4))
+    # One compiled model for the model's instances: a stream each, half the cores in all.
+    threads = str(max(2, (os.cpu_count() or 1) // 2))
     assert serving_properties(parse_parameters({}), 2) == {
-        "NUM_STREAMS": "1",
+        "NUM_STREAMS": "2",
         "INFERENCE_NUM_THREADS": threads,
     }
     hinted = serving_properties(parse_parameters({"PERFORMANCE_HINT": "latency"}), 2)
