@@ -9,8 +9,7 @@ run smaller batches."""
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from inferd.backends.autocomplete import (
     scalar_items,
 )
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.backends.shared_objects import SharedObjects
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.sequence_config import generated_names, sequence_tensors
 from inferd.server.errors import InferdError, internal, invalid
@@ -358,36 +358,6 @@ class OpenVinoInstance(ModelInstance):
             self._shared_key = None
 
 
-class _CompiledModels:
-    """One compiled model per model file and compile settings, for every instance that asks,
-    until the last one closes: Triton compiles a model once for all its instances, each of
-    which runs its own infer request on it (on a stream of its own)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._models: dict[tuple[object, ...], tuple[Any, int]] = {}
-
-    def acquire(self, key: tuple[object, ...], compile_model: Callable[[], Any]) -> Any:
-        with self._lock:
-            found = self._models.get(key)
-            if found is not None:
-                self._models[key] = (found[0], found[1] + 1)
-                return found[0]
-        compiled = compile_model()  # outside the lock: other models compile meanwhile
-        with self._lock:
-            compiled, users = self._models.get(key, (compiled, 0))
-            self._models[key] = (compiled, users + 1)
-            return compiled
-
-    def release(self, key: tuple[object, ...]) -> None:
-        with self._lock:
-            found = self._models.pop(key, None)
-            if found is not None and found[1] > 1:
-                self._models[key] = (found[0], found[1] - 1)
-
-    def __len__(self) -> int:
-        return len(self._models)
-
-
-# Compiled models are the process's, as OpenVINO's own caches are.
-_COMPILED = _CompiledModels()
+# Compiled models are the process's, as OpenVINO's own caches are: Triton compiles a model
+# once for all its instances, each of which runs its own infer request on it.
+_COMPILED = SharedObjects()

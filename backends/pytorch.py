@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import INSTALL_HINTS
+from inferd.backends.shared_objects import SharedObjects
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.sequence_config import sequence_tensors
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
@@ -358,28 +359,9 @@ def _load(torch: Any, model_path: Path, location: Any, model: str) -> Any:
     return module.eval()
 
 
-class _SharedModules:
-    """ENABLE_WEIGHT_SHARING: one loaded module per file and device, for every instance that
-    asks, until the last one closes (TorchScript's forward() may run on several threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._modules: dict[tuple[object, ...], tuple[Any, int]] = {}
-
-    def acquire(self, key: tuple[object, ...], load: Callable[[], Any]) -> Any:
-        with self._lock:  # instances of a model are created one by one: loading here is fine
-            module, users = self._modules.get(key) or (load(), 0)
-            self._modules[key] = (module, users + 1)
-            return module
-
-    def release(self, key: tuple[object, ...]) -> None:
-        with self._lock:
-            module, users = self._modules.pop(key)
-            if users > 1:
-                self._modules[key] = (module, users - 1)
-
-
-_SHARED = _SharedModules()
+# ENABLE_WEIGHT_SHARING: one loaded module per file and device, for every instance that asks
+# (TorchScript's forward() may run on several threads).
+_SHARED = SharedObjects()
 
 
 def _forward_arguments(module: Any, model: str) -> tuple[list[str], bool]:

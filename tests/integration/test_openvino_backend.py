@@ -181,12 +181,12 @@ def test_instances_share_one_compiled_model(tmp_path: Path, server_factory: Fact
 
     config = DOUBLE + "instance_group [{ count: 3 kind: KIND_CPU }]\n"
     write_model(tmp_path, "shared", double_model(), config)
-    before = len(openvino._COMPILED)
+    before = len(openvino._COMPILED.users())
     server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
     client = httpclient.InferenceServerClient(server.http_url)
     try:
         client.load_model("shared")
-        assert len(openvino._COMPILED) == before + 1  # compiled once, as Triton does
+        assert len(openvino._COMPILED.users()) == before + 1  # compiled once, as Triton does
 
         def one(i: int) -> np.ndarray:
             x = np.full((1, 4), i, dtype=np.float32)
@@ -196,6 +196,6 @@ def test_instances_share_one_compiled_model(tmp_path: Path, server_factory: Fact
             for i, out in enumerate(pool.map(one, range(12))):
                 np.testing.assert_array_equal(out, np.full((1, 4), 2 * i))
         client.unload_model("shared")
-        assert len(openvino._COMPILED) == before  # freed with the last instance
+        assert len(openvino._COMPILED.users()) == before  # freed with the last instance
     finally:
         client.close()

@@ -319,14 +319,13 @@ def test_weight_sharing_loads_one_module_for_a_devices_instances(
     client = httpclient.InferenceServerClient(server.http_url)
     try:
         client.load_model("shared")
-        users = [count for _, count in pytorch._SHARED._modules.values()]
-        assert users == [3]  # one module, three instances
+        assert pytorch._SHARED.users() == [3]  # one module, three instances
         x = np.ones((2,), dtype=np.float32)
         np.testing.assert_array_equal(
             infer(server.http_url, "shared", {"INPUT__0": x})["OUTPUT__0"], x * 5
         )
         client.unload_model("shared")
-        assert pytorch._SHARED._modules == {}  # the last instance let it go
+        assert pytorch._SHARED.users() == []  # the last instance let it go
     finally:
         client.close()
 
