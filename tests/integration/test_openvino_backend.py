@@ -18,6 +18,7 @@ from onnx import TensorProto
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import double_model, identity_model
+from tests.sequence_models import accumulator_config, accumulator_model
 from tests.wire import PROTOCOLS, client_for, infer, load_failure
 
 ov = pytest.importorskip("openvino")
@@ -86,6 +87,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         'input [{ name: "INPUT0" data_type: TYPE_FP16 dims: [ 4 ] }]\n'
         'output [{ name: "OUTPUT0" data_type: TYPE_FP16 dims: [ 4 ] }]\n',
     )
+    # A stateful model: the sequence batcher's controls and implicit state are inputs too.
+    sequence = accumulator_config("sequence").replace(
+        'platform: "onnxruntime_onnx"', 'backend: "openvino"'
+    )
+    write_model(repo, "sequence", accumulator_model(), sequence)
     running = start_server(replace(TEST_SETTINGS, model_repositories=(repo,)))
     yield running
     running.stop()
@@ -197,5 +203,24 @@ def test_instances_share_one_compiled_model(tmp_path: Path, server_factory: Fact
                 np.testing.assert_array_equal(out, np.full((1, 4), 2 * i))
         client.unload_model("shared")
         assert len(openvino._COMPILED.users()) == before  # freed with the last instance
+    finally:
+        client.close()
+
+
+def test_a_stateful_model_keeps_its_state(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+
+        def step(sequence: int, value: int, **flags: bool) -> int:
+            given = httpclient.InferInput("INPUT", [1, 1], "INT32")
+            given.set_data_from_numpy(np.array([[value]], np.int32))
+            result = client.infer("sequence", [given], sequence_id=sequence, **flags)
+            return int(result.as_numpy("OUTPUT")[0, 0])
+
+        assert step(1, 1, sequence_start=True) == 1
+        assert step(2, 10, sequence_start=True) == 10  # another sequence, its own state
+        assert step(1, 2) == 3
+        assert step(2, 5, sequence_end=True) == 15
+        assert step(1, 4, sequence_end=True) == 7
     finally:
         client.close()
