@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 pytest.importorskip("torch")
 
@@ -27,6 +27,7 @@ from tests.torch_models import (
     Words,
     save,
 )
+from tests.wire import infer
 
 Factory = Callable[..., RunningServer]
 
@@ -44,27 +45,6 @@ input [ {tensors} ]
 output [ {results} ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
 """
-
-
-def infer(
-    url: str, model: str, inputs: dict[str, np.ndarray], grpc: bool = False
-) -> dict[str, np.ndarray]:
-    module = grpcclient if grpc else httpclient
-    client = module.InferenceServerClient(url)
-    try:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        result = client.infer(model, tensors)
-        response = result.get_response()
-        names = (
-            [o.name for o in response.outputs] if grpc else [o["name"] for o in response["outputs"]]
-        )
-        return {name: result.as_numpy(name) for name in names}
-    finally:
-        client.close()
 
 
 ONE_INPUT = """
@@ -151,20 +131,20 @@ output [
 def test_addsub_by_each_naming_convention(server: RunningServer) -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     y = np.ones((2, 4), dtype=np.float32)
-    indexed = infer(server.http_url, "indexed", {"INPUT__0": x, "INPUT__1": y})
+    indexed = infer(server, "http", "indexed", {"INPUT__0": x, "INPUT__1": y})
     np.testing.assert_array_equal(indexed["OUTPUT__0"], x + y)
     np.testing.assert_array_equal(indexed["OUTPUT__1"], x - y)
-    by_argument = infer(server.grpc_url, "by_argument", {"x": x, "y": y}, grpc=True)
+    by_argument = infer(server, "grpc", "by_argument", {"x": x, "y": y})
     np.testing.assert_array_equal(by_argument["SUM__0"], x + y)
     np.testing.assert_array_equal(by_argument["DIFF__1"], x - y)
-    by_order = infer(server.http_url, "by_order", {"A": x, "B": y})
+    by_order = infer(server, "http", "by_order", {"A": x, "B": y})
     np.testing.assert_array_equal(by_order["D"], x - y)
 
 
 def test_requests_are_batched_and_split_back(server: RunningServer) -> None:
     def one(i: int) -> tuple[int, np.ndarray]:
         x = np.full((1, 4), i, dtype=np.float32)
-        return i, infer(server.http_url, "indexed", {"INPUT__0": x, "INPUT__1": x})["OUTPUT__0"]
+        return i, infer(server, "http", "indexed", {"INPUT__0": x, "INPUT__1": x})["OUTPUT__0"]
 
     with ThreadPoolExecutor(8) as pool:
         for i, total in pool.map(one, range(16)):
@@ -182,15 +162,15 @@ def test_dict_strings_parameters_and_instances(server: RunningServer) -> None:
     a = np.array([1, 2, 3], dtype=np.float32)
     b = np.array([4, 5, 6], dtype=np.float32)
     np.testing.assert_array_equal(
-        infer(server.http_url, "dict", {"a": a, "b": b})["OUT__0"], a * 10 + b
+        infer(server, "http", "dict", {"a": a, "b": b})["OUT__0"], a * 10 + b
     )
     words = np.array([b"triton", b"inferd"], dtype=object)
-    out = infer(server.grpc_url, "words", {"WORDS__0": words}, grpc=True)
+    out = infer(server, "grpc", "words", {"WORDS__0": words})
     assert list(out["UPPER__0"]) == [b"TRITON", b"INFERD"]
     np.testing.assert_array_equal(out["LENGTH__1"], [6, 6])
     x = np.ones((3, 2), dtype=np.float32)
     np.testing.assert_array_equal(
-        infer(server.http_url, "scale", {"INPUT__0": x})["OUTPUT__0"], x * 3
+        infer(server, "http", "scale", {"INPUT__0": x})["OUTPUT__0"], x * 3
     )
 
 
@@ -303,7 +283,7 @@ def test_kind_gpu_without_a_usable_gpu_follows_the_fallback(
     server = server_factory(model_repositories=(tmp_path,), gpu_fallback_to_cpu=True)
     x = np.ones((2,), dtype=np.float32)
     np.testing.assert_array_equal(
-        infer(server.http_url, "on_gpu", {"INPUT__0": x})["OUTPUT__0"], x * 2
+        infer(server, "http", "on_gpu", {"INPUT__0": x})["OUTPUT__0"], x * 2
     )
 
 
@@ -322,7 +302,7 @@ def test_weight_sharing_loads_one_module_for_a_devices_instances(
         assert pytorch._SHARED.users() == [3]  # one module, three instances
         x = np.ones((2,), dtype=np.float32)
         np.testing.assert_array_equal(
-            infer(server.http_url, "shared", {"INPUT__0": x})["OUTPUT__0"], x * 5
+            infer(server, "http", "shared", {"INPUT__0": x})["OUTPUT__0"], x * 5
         )
         client.unload_model("shared")
         assert pytorch._SHARED.users() == []  # the last instance let it go
@@ -368,6 +348,6 @@ def test_python_models_trade_tensors_with_torch_through_dlpack(
     write_python_model(tmp_path, "dlpack", TORCH_DLPACK_MODEL, TORCH_DLPACK_CONFIG)
     server = server_factory(model_repositories=(tmp_path,), python_isolation=isolation)
     x = np.array([[1, 2, 3]], dtype=np.float32)
-    out = infer(server.http_url, "dlpack", {"INPUT0": x})
+    out = infer(server, "http", "dlpack", {"INPUT0": x})
     np.testing.assert_array_equal(out["OUTPUT0"], x * 3)
     np.testing.assert_array_equal(out["OUTPUT1"], x * 10)
