@@ -212,6 +212,12 @@ class Backend(ABC):
     default_model_filename: ClassVar[str]
 
     @classmethod
+    def model_filename(cls, config: ModelConfigProto) -> str:
+        """The model file in each version folder: the config's default_model_filename, else
+        the backend's default (which a backend may derive from the config)."""
+        return config.default_model_filename or cls.default_model_filename
+
+    @classmethod
     def complete_config(
         cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
     ) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import treelite
 
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
-from inferd.repository.config import ModelConfig
+from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.types import DataType
 
@@ -81,14 +81,6 @@ def _bool(parameters: Mapping[str, str], key: str, default: bool) -> bool:
     return text == "true"
 
 
-def model_file(model_path: Path, config: ModelConfig, model_type: str) -> Path:
-    """The config's default_model_filename, else FIL's file for the model type (the loader
-    hands the backend the version folder joined with Backend.default_model_filename)."""
-    if config.default_model_filename:
-        return model_path
-    return model_path.parent / MODEL_FILES[model_type]
-
-
 def load_model(path: Path, parameters: FilParameters) -> Any:
     """The forest, read by Treelite (blocking)."""
     if not path.is_file():
@@ -120,8 +112,16 @@ def _starts_like_json(path: Path) -> bool:
 
 class FilBackend(Backend):
     name = "fil"
-    # The loader appends this to the version folder; model_file() swaps in the model type's.
-    default_model_filename = "xgboost.model"
+    default_model_filename = MODEL_FILES["xgboost"]
+
+    @classmethod
+    def model_filename(cls, config: ModelConfigProto) -> str:
+        """FIL's file for the config's model_type, unless the config names one (an unknown
+        model_type fails the load when the instance reads its parameters)."""
+        if config.default_model_filename or "model_type" not in config.parameters:
+            return super().model_filename(config)
+        model_type = config.parameters["model_type"].string_value.strip()
+        return MODEL_FILES.get(model_type, cls.default_model_filename)
 
     @classmethod
     def create_instance(
@@ -135,7 +135,7 @@ class FilInstance(ModelInstance):
 
     def __init__(self, config: ModelConfig, model_path: Path, cpu_instances: int = 1) -> None:
         parameters = parse_parameters(config.parameters)
-        self._model = load_model(model_file(model_path, config, parameters.model_type), parameters)
+        self._model = load_model(model_path, parameters)
         self._parameters = parameters
         [self._input, self._width] = _check_tensors(config, self._model)
         header = self._model.get_header_accessor()

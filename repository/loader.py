@@ -114,7 +114,7 @@ class ModelLoader:
             return _prepare_ensemble(name, model_dir, proto, source, available, started)
         backend_name = self._backend_name(proto, model_dir, available)
         backend = self._registry.get(backend_name)
-        filename = proto.default_model_filename or backend.default_model_filename
+        filename = backend.model_filename(proto)
         latest = available[max(available)]
         backend.complete_config(proto, latest / filename, self._settings.backend)
         gpu_reason = self._gpu_unavailable_reason(backend)
