@@ -152,9 +152,13 @@ def _openvino_error(what: str, exc: Exception) -> InferdError:
     return internal(f"openvino error in {what} : {exc}")
 
 
+def _not_found(model_file: Path, model: str) -> InferdError:
+    return invalid(f"unable to find '{model_file}' for model '{model}'")
+
+
 def _read(core: Any, model_file: Path, model: str, extension: str) -> Any:
     if not model_file.exists():
-        raise invalid(f"unable to find '{model_file}' for model '{model}'")
+        raise _not_found(model_file, model)
     if extension:
         try:
             core.add_extension(extension)
@@ -288,8 +292,6 @@ class OpenVinoInstance(ModelInstance):
 
     def __init__(self, config: ModelConfig, model_file: Path, cpu_instances: int = 1) -> None:
         parameters = parse_parameters(config.parameters)
-        core = ov.Core()
-        model = _read(core, model_file, config.name, parameters.extension)
         layout = _Layout(
             config.max_batch_size > 0,
             {t.name: t.reshape or t.dims for t in config.inputs}
@@ -297,10 +299,21 @@ class OpenVinoInstance(ModelInstance):
             else {},
             {t.name: t.datatype for t in (*config.inputs, *config.outputs)},
         )
-        model = _fit(model, layout)
         properties = serving_properties(parameters, max(1, cpu_instances))
-        stat = model_file.stat()  # the file as it is now: a reload compiles it anew
-        self._shared_key: tuple[object, ...] | None = (
+
+        def compile_model() -> Any:  # by the model's first instance only
+            core = ov.Core()
+            model = _fit(_read(core, model_file, config.name, parameters.extension), layout)
+            try:
+                return core.compile_model(model, parameters.device, properties)
+            except Exception as exc:
+                raise _openvino_error("loading model", exc) from None
+
+        try:
+            stat = model_file.stat()  # the file as it is now: a reload compiles it anew
+        except OSError:
+            raise _not_found(model_file, config.name) from None
+        key = (
             str(model_file),
             stat.st_mtime_ns,
             stat.st_size,
@@ -308,14 +321,13 @@ class OpenVinoInstance(ModelInstance):
             tuple(sorted(properties.items())),
             repr(layout),
         )
+        compiled = _COMPILED.acquire(key, compile_model)  # held from here on
+        self._shared_key: tuple[object, ...] | None = key
         try:
-            compiled = _COMPILED.acquire(
-                self._shared_key, lambda: core.compile_model(model, parameters.device, properties)
-            )
             self._request: Any = compiled.create_infer_request()
         except Exception as exc:
             self._release()
-            raise _openvino_error("loading model", exc) from None
+            raise _openvino_error("creating infer request object", exc) from None
         # Tensors by port index: OpenVINO's name-keyed infer() costs a third more per call.
         self._inputs = {port.get_any_name(): i for i, port in enumerate(compiled.inputs)}
         outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
@@ -324,7 +336,7 @@ class OpenVinoInstance(ModelInstance):
         # Per-item scalars the config writes as dims [1]: reshaped on the way in and out.
         self._scalar_items = scalar_items(
             (*config.inputs, *config.outputs),
-            tensor_specs([*model.inputs, *model.outputs]),
+            tensor_specs([*compiled.inputs, *compiled.outputs]),
             layout.batched,
         )
 
