@@ -19,6 +19,7 @@ import numpy as np
 import treelite
 
 from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.backends.shared_objects import SharedObjects
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.types import DataType
@@ -135,9 +136,20 @@ class FilInstance(ModelInstance):
 
     def __init__(self, config: ModelConfig, model_path: Path, cpu_instances: int = 1) -> None:
         parameters = parse_parameters(config.parameters)
-        self._model = load_model(model_path, parameters)
+        try:
+            stat = model_path.stat()  # the file as it is now: a reload reads it anew
+        except OSError:
+            stat = None  # load_model says what is missing
+        # One forest for the model's instances (GTIL predicts from several threads at once).
+        key = (str(model_path), stat and (stat.st_mtime_ns, stat.st_size), parameters)
+        self._model = _FORESTS.acquire(key, lambda: load_model(model_path, parameters))
+        self._key: tuple[object, ...] | None = key
         self._parameters = parameters
-        [self._input, self._width] = _check_tensors(config, self._model)
+        try:
+            self._input = _check_tensors(config, self._model)
+        except Exception:
+            self.close()
+            raise
         header = self._model.get_header_accessor()
         self._classes = int(header.get_field("num_class")[0])
         self._output_dims = next(t.dims for t in config.outputs if t.name == OUTPUT)
@@ -173,9 +185,16 @@ class FilInstance(ModelInstance):
 
     def close(self) -> None:
         self._model = None
+        if self._key is not None:
+            _FORESTS.release(self._key)
+            self._key = None
 
 
-def _check_tensors(config: ModelConfig, model: Any) -> tuple[str, int]:
+# Forests are the process's: a model's instances share one (as Treelite's GTIL allows).
+_FORESTS = SharedObjects()
+
+
+def _check_tensors(config: ModelConfig, model: Any) -> str:
     """FIL's layout: one FP32 input of the model's feature count (FIL does not check it;
     Treelite would pad short rows with NaN and misread long ones), and `output__0`."""
     if config.max_batch_size <= 0:
@@ -201,4 +220,4 @@ def _check_tensors(config: ModelConfig, model: Any) -> tuple[str, int]:
     output = next(t for t in config.outputs if t.name == OUTPUT)
     if output.datatype is not DataType.FP32:
         raise invalid(f"output '{OUTPUT}' must be TYPE_FP32, got {output.datatype.config_name}")
-    return tensor.name, features
+    return tensor.name

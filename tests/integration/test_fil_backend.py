@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, infer, load_failure
@@ -197,3 +198,24 @@ def test_load_errors(
     trained["xgb_binary"].save_model(write(tmp_path, "broken", text) / "xgboost.json")
     server = server_factory(model_repositories=(tmp_path,))
     assert message in load_failure(server)
+
+
+def test_instances_share_one_forest(
+    tmp_path: Path, server_factory: Factory, trained: dict[str, Any]
+) -> None:
+    from inferd.backends import fil
+
+    text = config("xgboost_json", True).replace("{ kind: KIND_CPU }", "{ count: 3 kind: KIND_CPU }")
+    trained["xgb_binary"].save_model(write(tmp_path, "shared", text) / "xgboost.json")
+    before = fil._FORESTS.users()
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("shared")
+        assert sorted(fil._FORESTS.users()) == sorted([*before, 3])  # one forest, 3 instances
+        p = predict(trained["xgb_binary"], ROWS)
+        np.testing.assert_array_equal(answer(server, "shared"), (p > 0.5).astype(np.float32))
+        client.unload_model("shared")
+        assert fil._FORESTS.users() == before
+    finally:
+        client.close()
