@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,9 +352,17 @@ class PyTorchInstance(ModelInstance):
             self._torch.cuda.empty_cache()
 
 
+_QUIET_LOAD = threading.Lock()
+
+
 def _load(torch: Any, model_path: Path, location: Any, model: str) -> Any:
     try:
-        module = torch.jit.load(str(model_path), map_location=location)
+        # torch 2.13 deprecates TorchScript, which is what Triton's backend serves. The lock:
+        # catch_warnings swaps process-wide filters, which loads on two threads would mix up.
+        with _QUIET_LOAD, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(model_path), map_location=location)
     except Exception as exc:  # TorchScript raises its own types for a bad file
         raise invalid(f"failed to load model '{model}': {exc}") from None
     return module.eval()

@@ -64,7 +64,8 @@ def save(module: torch.nn.Module, repo: Path, name: str, config: str) -> Path:
     folder = repo / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # TorchScript: deprecated by torch, still what Triton serves
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 and later
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13
         scripted = torch.jit.script(module)
     scripted.save(str(folder / "1" / "model.pt"))  # type: ignore[no-untyped-call,unused-ignore]
     (folder / "config.pbtxt").write_text(config)
