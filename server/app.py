@@ -23,6 +23,7 @@ from inferd.batching.rate_limiter import RateLimiter
 from inferd.repository.manager import ModelRepository, RepositorySettings
 from inferd.repository.poller import RepositoryPoller
 from inferd.repository.remote import RemoteLocation, RemoteRepositories
+from inferd.server.cache_config import CacheConfig, LocalCacheConfig, RedisCacheConfig
 from inferd.server.core import CoreSettings, InferenceCore
 from inferd.server.cuda_shared_memory import CudaIpc
 from inferd.server.errors import InferdError
@@ -41,6 +42,7 @@ from inferd.server.metrics import (
     stats_factory,
 )
 from inferd.server.model_calls import LoopModelCalls
+from inferd.server.redis_cache import RedisCache, RedisCacheError
 from inferd.server.response_cache import ResponseCache
 from inferd.server.sagemaker import SageMakerFrontDoor
 from inferd.server.settings import Settings, bundled_examples
@@ -54,6 +56,16 @@ if TYPE_CHECKING:
     from inferd.server.otel_export import OtelExporter
 
 log = logging.getLogger(__name__)
+
+
+async def _response_cache(config: CacheConfig | None) -> ResponseCache | RedisCache | None:
+    if isinstance(config, LocalCacheConfig):
+        return ResponseCache(config.size)
+    if isinstance(config, RedisCacheConfig):
+        cache = RedisCache(config)
+        await cache.connect()
+        return cache
+    return None
 
 
 class StartupError(Exception):
@@ -98,6 +110,7 @@ class App:
         self.sagemaker_port = 0
         self.vertex_ai_port = 0
         self._remote = RemoteRepositories(dict(os.environ))  # object stores' local copies
+        self._cache: ResponseCache | RedisCache | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -120,7 +133,13 @@ class App:
             self._remote.close()
             raise StartupError(exc.message) from None
         if settings.model_control_mode == "poll" and not settings.repository_poll_secs > 0:
+            self._remote.close()
             raise StartupError("--repository-poll-secs must be > 0 in poll mode")
+        try:  # before any model loads: a Redis that does not answer stops the start, as in Triton
+            self._cache = await _response_cache(settings.response_cache)
+        except RedisCacheError as exc:
+            self._remote.close()
+            raise StartupError(str(exc)) from None
         log_control = LogControl(settings.log or LogSettings.from_level(settings.log_level))
         if settings.log is not None:
             log_control.apply()  # Triton's log switches, from the start
@@ -164,9 +183,7 @@ class App:
             self._registry,
             loop,
         )
-        cache = (
-            ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
-        )
+        cache = self._cache
         self.core = InferenceCore(
             self._repository,
             CoreSettings(
@@ -353,6 +370,9 @@ class App:
         if self._repository is not None:
             await self._repository.close()
         self._remote.close()
+        if isinstance(self._cache, RedisCache):
+            await self._cache.close()  # after the drain: its last inserts go through
+        self._cache = None
         if self.core is not None:
             self.core.shared_memory.close()
             self.core.logging.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
+from inferd.server.cache_config import parse_cache_config
 from inferd.server.flag_parser import FlagParser, parse_bool
 from inferd.server.flag_values import (
     parse_backend_config,
@@ -31,7 +32,6 @@ from inferd.server.inert_flags import add_inert_flags, inert_flags_given
 from inferd.server.log_settings import DEFAULT_FORMAT, LOG_FORMATS, LogSettings
 from inferd.server.metrics_config import parse_metrics_config
 from inferd.server.rate_limit_settings import parse_rate_limit
-from inferd.server.response_cache import parse_cache_config
 from inferd.server.restricted_api import parse_restrictions
 from inferd.server.settings import PYTHON_ISOLATIONS, GrpcChannel, Settings
 
@@ -249,8 +249,10 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--cache-config",
         multiple=True,
         env_separator=None,
-        help="response cache, Triton's spelling: local,size=BYTES (models opt in with "
-        "response_cache { enable: true })",
+        help="response cache, Triton's spelling: local,size=BYTES, or Redis shared by replicas: "
+        "redis,host=H and redis,port=P (and user, password, db, connect_timeout, socket_timeout, "
+        "pool_size, wait_timeout, tls_enabled, cert, key, cacert, cacert_dir, sni); models opt "
+        "in with response_cache { enable: true }",
     )
     p.add(
         "--pinned-memory-pool-byte-size",
@@ -603,9 +605,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         strict_readiness=args.strict_readiness,
         allow_client_shm=args.allow_client_shm,
         pinned_memory_pool_bytes=args.pinned_memory_pool_byte_size,
-        response_cache_bytes=parse_cache_config(
-            args.cache_config or (), args.response_cache_byte_size
-        ).size,
+        response_cache=parse_cache_config(
+            args.cache_config or (), args.response_cache_byte_size, args.environ
+        ),
         exit_on_error=args.exit_on_error,
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,15 +19,16 @@ from inferd.batching.decoupled import (
     stream_request,
 )
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs
-from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
 from inferd.repository.manager import ModelRepository, ModelVersion
-from inferd.server.answers import answer, holds_answer
+from inferd.server.answers import answer
+from inferd.server.cached_answers import CachedAnswers
 from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.log_settings import LogControl, LogSettings
+from inferd.server.redis_cache import RedisCache
 from inferd.server.request_checks import request_options, validate_request
-from inferd.server.response_cache import ResponseCache, request_key
+from inferd.server.response_cache import ResponseCache
 from inferd.server.shared_memory import SharedMemoryRegistry
 from inferd.server.statistics import model_stats_document
 from inferd.server.trace_settings import TraceSetting, TraceUpdate
@@ -75,7 +76,7 @@ class InferenceCore:
         repository: ModelRepository,
         settings: CoreSettings,
         shared_memory: SharedMemoryRegistry | None = None,
-        response_cache: ResponseCache | None = None,
+        response_cache: ResponseCache | RedisCache | None = None,
         log_control: LogControl | None = None,
         tracer: Tracer | None = None,
     ) -> None:
@@ -84,7 +85,7 @@ class InferenceCore:
         # Client shared-memory regions; without a registry, registration is refused.
         self.shared_memory = shared_memory or SharedMemoryRegistry(allow_client=False)
         # --cache-config: answers of models with response_cache enabled; None = no cache.
-        self.response_cache = response_cache
+        self._cached = CachedAnswers(response_cache) if response_cache is not None else None
         # The logging extension's settings (process-wide, as in Triton).
         self.logging = log_control or LogControl(LogSettings())
         # The trace extension's settings and samplers (front doors sample, the core stamps).
@@ -294,7 +295,7 @@ class InferenceCore:
             raise
         if scheduler.streams is not None and not isinstance(request, StreamRequest):
             raise DecoupledRefused()  # a decoupled model's answers need a stream to go to
-        if self.response_cache is not None and model.caches:
+        if self._cached is not None and model.caches:
             submit = partial(
                 scheduler.submit,
                 request.inputs,
@@ -304,7 +305,7 @@ class InferenceCore:
                 options or DEFAULT_OPTIONS,
                 request=request,
             )
-            return model, self._cached(request, model, scheduler.stats, submit, on_done)
+            return model, self._cached.submit(request, model, scheduler.stats, submit, on_done)
         future = scheduler.submit(
             request.inputs,
             batch_size,
@@ -409,9 +410,9 @@ class InferenceCore:
         if ensemble.decoupled:
             raise DecoupledRefused()
         batch_size = self._check_ensemble_request(request, model)
-        if self.response_cache is not None and model.caches:
+        if self._cached is not None and model.caches:
             submit = partial(self._ensembles.submit, request, model, batch_size)
-            return self._cached(request, model, ensemble.stats, submit, on_done)
+            return self._cached.submit(request, model, ensemble.stats, submit, on_done)
         return self._ensembles.submit(request, model, batch_size, on_done)
 
     def _check_ensemble_request(self, request: InferRequest, model: ModelVersion) -> int:
@@ -428,58 +429,6 @@ class InferenceCore:
             ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
         return batch_size
-
-    def _cached(
-        self,
-        request: InferRequest,
-        model: ModelVersion,
-        stats: ModelStats,
-        submit: Callable[[OnDone | None], asyncio.Future[Outputs]],
-        on_done: OnDone | None,
-    ) -> asyncio.Future[Outputs]:
-        """Answer from the response cache, or submit and store the outputs once they succeed.
-        A hit counts as a successful request that queued for its lookup (Triton's accounting),
-        without inference or execution counts."""
-        cache = self.response_cache
-        assert cache is not None
-        start = time.monotonic_ns()
-        # The model's id, not the request's name: with --model-namespacing, ensembles in two
-        # repositories run two models of one name.
-        key = request_key(str(model.id), model.version, request.inputs, request.parameters)
-        outputs = cache.get(key)
-        if outputs is not None and not holds_answer(outputs, request, model):
-            outputs = None
-        end = time.monotonic_ns()
-        cache.record_lookup(outputs is not None, end - start)
-        if outputs is None:
-            future = submit(on_done)
-            future.add_done_callback(partial(self._store, key, stats, end - start))
-            return future
-        stats.cache_hit.add(end - start)
-        stats.queue.add(end - start)
-        stats.queue_us.observe((end - start) / 1000)
-        stats.success.add(end - request.arrival_ns)
-        stats.request_us.observe((end - request.arrival_ns) / 1000)
-        stats.last_inference_ms = time.time_ns() // 1_000_000
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        future.set_result(outputs)
-        if on_done is not None:
-            # After submit() returns, as from a scheduler: the caller's callback reads what
-            # submit() returned to it.
-            loop.call_soon(on_done, future)
-        return future
-
-    def _store(
-        self, key: bytes, stats: ModelStats, lookup_ns: int, future: asyncio.Future[Outputs]
-    ) -> None:
-        """Cache a successful answer. A miss counts once, with its lookup and insertion time
-        (Triton's miss duration), when its request ends."""
-        insertion_ns = 0
-        if not future.cancelled() and future.exception() is None:  # only successes are cached
-            assert self.response_cache is not None
-            insertion_ns = self.response_cache.put(key, future.result())
-        stats.cache_miss.add(lookup_ns + insertion_ns)
 
     def response(
         self, request: InferRequest, model: ModelVersion, outputs: Outputs

@@ -31,6 +31,7 @@ from inferd.batching.stats import Duration, Histogram, ModelStats, plain_stats
 from inferd.repository.config import ModelConfig
 from inferd.repository.manager import ModelVersion
 from inferd.server.metrics_config import MetricsConfig
+from inferd.server.redis_cache import RedisCache
 from inferd.server.response_cache import ResponseCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -477,7 +478,7 @@ class CacheCollector:
 
     def __init__(
         self,
-        cache: ResponseCache,
+        cache: ResponseCache | RedisCache,
         versions: Callable[[], Iterable[ModelVersion]],
         config: MetricsConfig | None = None,
     ) -> None:
@@ -492,21 +493,26 @@ class CacheCollector:
         for name, doc, value in _CACHE_COUNTERS if config.counter_latencies else ():
             yield _family(name, doc, "counter", [(lb, value(s)) for lb, s in counted])
         cache = self._cache
-        for name, doc, gauge in (
-            ("nv_cache_util", "Cache utilization [0.0 - 1.0]", cache.used / cache.capacity),
-            ("nv_cache_num_entries", "Number of responses stored in response cache", len(cache)),
+        gauges: list[tuple[str, str, float]] = []
+        if isinstance(cache, ResponseCache):  # Redis keeps its fill to itself
+            gauges += [
+                ("nv_cache_util", "Cache utilization [0.0 - 1.0]", cache.used / cache.capacity),
+                (
+                    "nv_cache_num_entries",
+                    "Number of responses stored in response cache",
+                    len(cache),
+                ),
+                (
+                    "nv_cache_num_evictions",
+                    "Number of cache evictions in response cache",
+                    cache.evictions,
+                ),
+            ]
+        lookups = cache.hits + cache.misses
+        gauges += [
             ("nv_cache_num_hits", "Number of cache hits in response cache", cache.hits),
             ("nv_cache_num_misses", "Number of cache misses in response cache", cache.misses),
-            (
-                "nv_cache_num_lookups",
-                "Number of cache lookups in response cache",
-                cache.hits + cache.misses,
-            ),
-            (
-                "nv_cache_num_evictions",
-                "Number of cache evictions in response cache",
-                cache.evictions,
-            ),
+            ("nv_cache_num_lookups", "Number of cache lookups in response cache", lookups),
             (
                 "nv_cache_lookup_duration",
                 "Total cache lookup duration (hit and miss), in microseconds",
@@ -517,7 +523,8 @@ class CacheCollector:
                 "Total cache insertion duration, in microseconds",
                 cache.insertion_ns // 1000,
             ),
-        ):
+        ]
+        for name, doc, gauge in gauges:
             yield _family(name, doc, "gauge", [({}, gauge)])
         if config.summary_latencies:
             for name, doc, duration in _CACHE_SUMMARIES:

@@ -1,5 +1,5 @@
-"""Triton's response cache (`--cache-config local,size=N` and `response_cache { enable: true }`):
-the outputs of successful requests, keyed by a hash of what determines them, shared by all
+"""Triton's local response cache (`--cache-config local,size=N` and `response_cache { enable:
+true }`): the outputs of successful requests, keyed by a hash of what determines them, shared by all
 models within one byte budget, least recently used out first.
 
 Differences from Triton's local cache, both on the side of correct answers: the key is a 128-bit
@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -30,46 +29,34 @@ ENTRY_OVERHEAD = 256
 SCHEDULING_PARAMETERS = frozenset({"priority", "timeout", "inferd.latency_slo_ms"})
 
 
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    """`--cache-config` parsed: inferd has Triton's `local` cache only."""
+class LookupCounters:
+    """Triton's cache-wide gauges, which every cache keeps: lookups by outcome, and time spent
+    looking up and inserting."""
 
-    size: int = 0  # bytes; 0 = no cache
-
-
-def parse_cache_config(items: Sequence[str], byte_size: int = 0) -> CacheConfig:
-    """Triton's `--cache-config=<cache>,<key>=<value>` (repeatable) and the deprecated
-    `--response-cache-byte-size=N`, which means `local,size=N`. Raises ValueError."""
-    size = byte_size
-    for item in items:
-        cache, comma, setting = item.partition(",")
-        key, eq, value = setting.partition("=")
-        if not comma or not eq or not key:
-            raise ValueError(f"--cache-config={item!r}: expected <cache>,<key>=<value>")
-        if cache != "local":
-            raise ValueError(
-                f"--cache-config={item!r}: inferd has only the 'local' cache, not {cache!r}"
-            )
-        if key != "size":
-            raise ValueError(f"--cache-config={item!r}: the local cache takes only 'size'")
-        if not value.isdigit():
-            raise ValueError(f"--cache-config={item!r}: size must be a number of bytes")
-        size = int(value)
-    return CacheConfig(size)
-
-
-class ResponseCache:
-    """Used on the event loop only: no locks."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.evictions = 0
-        # Triton's cache-wide gauges: lookups by outcome, and time spent looking up and inserting.
+    def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
         self.lookup_ns = 0
         self.insertion_ns = 0
+
+    def record_lookup(self, hit: bool, ns: int) -> None:
+        """A lookup's outcome, as the caller judged it (an entry lacking a requested output is
+        a miss), and how long it took."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        self.lookup_ns += ns
+
+
+class ResponseCache(LookupCounters):
+    """The `local` cache. Used on the event loop only: no locks."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.used = 0
+        self.evictions = 0
         self._entries: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -81,15 +68,6 @@ class ResponseCache:
             return None
         self._entries.move_to_end(key)
         return entry[0]
-
-    def record_lookup(self, hit: bool, ns: int) -> None:
-        """A lookup's outcome, as the caller judged it (an entry lacking a requested output is
-        a miss), and how long it took."""
-        if hit:
-            self.hits += 1
-        else:
-            self.misses += 1
-        self.lookup_ns += ns
 
     def put(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> int:
         """Store copies, read-only: the answers that hits share must not change. An entry

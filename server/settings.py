@@ -8,6 +8,7 @@ from typing import Literal
 
 from inferd.backends.pinned_memory import DEFAULT_POOL_BYTES
 from inferd.repository.remote import RemoteLocation
+from inferd.server.cache_config import CacheConfig
 from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.log_settings import LogSettings
@@ -104,7 +105,7 @@ class Settings:
     load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)
     strict_readiness: bool = True
     allow_client_shm: bool = False  # as Triton since 26.04: clients may not map server memory
-    response_cache_bytes: int = 0  # --cache-config local,size=N; 0 = no response cache
+    response_cache: CacheConfig | None = None  # --cache-config local,... or redis,...
     pinned_memory_pool_bytes: int = DEFAULT_POOL_BYTES  # --pinned-memory-pool-byte-size
     exit_on_error: bool = False  # Triton defaults to true; see README
     exit_timeout_secs: float = 30.0

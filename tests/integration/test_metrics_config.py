@@ -14,6 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferd.server.cache_config import LocalCacheConfig
 from inferd.server.metrics_config import MetricsConfig, SummaryQuantile, parse_metrics_config
 from tests.conftest import EXAMPLES, RunningServer
 from tests.decoupled_models import REPEAT, REPEAT_CONFIG
@@ -132,7 +133,7 @@ def test_cached_models(tmp_path: Path, server_factory: Factory) -> None:
     config = parse_metrics_config(["summary_latencies=true", "counter_latencies=false"])
     server = server_factory(
         model_repositories=(write_repository(tmp_path),),
-        response_cache_bytes=1 << 20,
+        response_cache=LocalCacheConfig(1 << 20),
         metrics_config=config,
     )
     x = np.array([[1.0, 2.0]], np.float32)

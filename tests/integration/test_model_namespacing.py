@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from inferd.server.cache_config import LocalCacheConfig
 from tests.conftest import RunningServer
 from tests.integration.test_ensembles import wait_for
 from tests.python_models import write_python_model
@@ -204,7 +205,7 @@ def test_the_response_cache_tells_the_repositories_apart(
         config = repo / "m" / "config.pbtxt"
         config.write_text(config.read_text() + "response_cache { enable: true }\n")
     server = server_factory(
-        model_repositories=(a, b), model_namespacing=True, response_cache_bytes=1 << 20
+        model_repositories=(a, b), model_namespacing=True, response_cache=LocalCacheConfig(1 << 20)
     )
     for _ in range(2):  # the second time from the cache
         assert add(server, "ens_a") == [1, 1]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferd.server.cache_config import LocalCacheConfig
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.python_models import RAISER, write_python_model
 from tests.wire import PROTOCOLS, client_for, fails, infer
@@ -88,7 +89,7 @@ def write_repository(root: Path) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = write_repository(tmp_path_factory.mktemp("cache"))
     running = start_server(
-        replace(TEST_SETTINGS, model_repositories=(root,), response_cache_bytes=1 << 20)
+        replace(TEST_SETTINGS, model_repositories=(root,), response_cache=LocalCacheConfig(1 << 20))
     )
     yield running
     running.stop()

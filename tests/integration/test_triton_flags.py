@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from inferd.server.header_forward import HeaderForward
 from inferd.server.restricted_api import Api, http_api, parse_restrictions
 from inferd.server.settings import GrpcChannel, Settings
 from inferd.server.types import InferRequest
+from tests.certificates import make_certificates
 from tests.conftest import EXAMPLES, RunningServer
 from tests.integration.test_cli import (
     settings_for,
@@ -434,22 +433,7 @@ def test_header_forward_patterns_as_triton_reads_them(capsys: pytest.CaptureFixt
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate it signed for localhost and 127.0.0.1, and a client one."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    commands = [
-        ["req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca"],
-        ["req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
-        ["req", *key, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=client"],
-    ]
-    for who, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
-        sign = ["x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"]
-        commands.append([*sign, "-CAcreateserial", "-out", f"{who}.crt", "-days", "1", *extra])
-    for command in commands:
-        subprocess.run(["openssl", *command], cwd=folder, check=True, capture_output=True)
-    return folder
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 def tls_client(server: RunningServer, certs: Path, own_certificate: bool) -> Any:

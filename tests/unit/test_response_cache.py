@@ -8,7 +8,6 @@ import pytest
 from inferd.server.response_cache import (
     ENTRY_OVERHEAD,
     ResponseCache,
-    parse_cache_config,
     request_key,
 )
 
@@ -69,12 +68,3 @@ def test_the_least_recently_used_entries_leave_first_within_the_budget() -> None
     assert cache.evictions == 1 and cache.used == 3 * entry
     cache.put(b"huge", {"Y": np.zeros(10_000, np.float32)})  # larger than the whole cache
     assert cache.get(b"huge") is None and len(cache) == 3
-
-
-def test_cache_config_parsing() -> None:
-    assert parse_cache_config(["local,size=1024"]).size == 1024
-    assert parse_cache_config([], byte_size=2048).size == 2048
-    assert parse_cache_config([]).size == 0
-    for bad in ("redis,host=x", "local,size=-1", "local,other=1", "local"):
-        with pytest.raises(ValueError):
-            parse_cache_config([bad])
