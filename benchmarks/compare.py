@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         metavar="BYTES",
         help="turn the response cache on (this many bytes) and enable it in every model: "
-        "perf_analyzer sends the same tensors each time, so this measures cache hits",
+        "perf_analyzer sends the same tensors each time, so this measures cache hits; an "
+        "--inferd-arg=--cache-config=... replaces inferd's local cache (Redis)",
     )
     perf_sweep.add_sweep_arguments(parser)
     args = parser.parse_args(argv)

@@ -169,7 +169,8 @@ def build(
         repo = require(peers / "models" / ("repo" if name == "inferd" else "repo-py"))
         if cache_bytes:
             repo = with_response_cache(repo, workdir / "repo")
-            inferd_args = [*inferd_args, f"--cache-config=local,size={cache_bytes}"]
+            if not any(arg.startswith("--cache-config") for arg in inferd_args):  # e.g. Redis
+                inferd_args = [*inferd_args, f"--cache-config=local,size={cache_bytes}"]
         return inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
     return PEERS[name](peers, base_port, workdir)
 

@@ -9,7 +9,8 @@ and the request's hash in hex. Eviction is Redis's (its maxmemory policy), as in
 A cache is a shortcut, never a dependency: a Redis that fails or times out makes lookups misses
 and inserts skipped, so requests run their models; after a failure Redis is left alone for
 RETRY_AFTER_S, so that an outage does not add a timeout to every request. Inserts run after
-the answer has gone, at most MAX_PENDING_INSERTS at a time.
+the answer has gone; beyond MAX_PENDING_TASKS of them (and lookups) under way, they are skipped.
+Lookups that arrive while others are under way go together, one pipeline per connection.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 KEY_PREFIX = "inferd:"
 RETRY_AFTER_S = 1.0
-MAX_PENDING_INSERTS = 64
+MAX_PENDING_TASKS = 64
 # Triton's fields for buffer 0: the entry, its size, memory type (0: CPU) and memory type id.
 ENTRY, SIZE, MEMORY_TYPE, MEMORY_TYPE_ID = "0:b", "0:s", "0:t", "0:i"
 
@@ -91,7 +92,10 @@ class RedisCache(LookupCounters):
         self.config = config
         self._redis = Redis(connection_pool=connection_pool(config))
         self._retry_at = 0.0  # monotonic seconds; Redis is left alone until then
-        self._inserts: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # inserts and lookups under way
+        self._waiting: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._flush_due = False
+        self._fetching = 0  # pipelines under way, at most pool_size
 
     async def connect(self) -> None:
         """Ping Redis once, as Triton does at start-up. Raises RedisCacheError."""
@@ -102,17 +106,17 @@ class RedisCache(LookupCounters):
             raise RedisCacheError(f"Failed to initialize RedisCache: {_reason(exc)}") from None
 
     async def get(self, key: bytes) -> Outputs | None:
-        """The entry under `key`; None for a miss, and while Redis fails."""
+        """The entry under `key`; None for a miss, and while Redis fails. The lookups that
+        arrive while others are under way go together, in one pipeline (one round trip)."""
         if not self._reachable():
             return None
-        try:
-            entry: bytes | None = await self._redis.hget(  # type: ignore[assignment]
-                KEY_PREFIX + key.hex(), ENTRY
-            )
-        except (RedisError, OSError) as exc:
-            self._failed("looking up an entry", exc)
-            return None
-        self._recovered()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        self._waiting.append((KEY_PREFIX + key.hex(), waiter))
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)  # after this turn's other lookups
+        entry = await waiter
         if entry is None:
             return None
         try:
@@ -121,15 +125,43 @@ class RedisCache(LookupCounters):
             log.debug("response cache: entry %s unreadable: %s", key.hex(), exc)
             return None
 
+    def _flush(self) -> None:
+        self._flush_due = False
+        if not self._waiting or self._fetching >= self.config.pool_size:
+            return  # a pipeline under way flushes these when it ends
+        batch, self._waiting = self._waiting, []
+        self._fetching += 1
+        task = asyncio.get_running_loop().create_task(self._fetch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        entries: list[object] = [None] * len(batch)
+        try:
+            pipeline = self._redis.pipeline(transaction=False)
+            for name, _ in batch:
+                pipeline.hget(name, ENTRY)
+            # A key that holds something else answers its own error: a miss for that one.
+            entries = await pipeline.execute(raise_on_error=False)
+            self._recovered()
+        except (RedisError, OSError) as exc:
+            self._failed("looking up entries", exc)
+        finally:
+            self._fetching -= 1
+            for (_, waiter), entry in zip(batch, entries, strict=True):
+                if not waiter.done():  # its requester may have left
+                    waiter.set_result(entry if isinstance(entry, bytes) else None)
+        self._flush()
+
     def put(self, key: bytes, outputs: Outputs, stored: Callable[[int], None]) -> None:
         """Store `outputs` in the background; `stored` gets the insertion's nanoseconds (0 when
         it was skipped or failed) once it ends."""
-        if not self._reachable() or len(self._inserts) >= MAX_PENDING_INSERTS:
+        if not self._reachable() or len(self._tasks) >= MAX_PENDING_TASKS:
             stored(0)
             return
         task = asyncio.get_running_loop().create_task(self._insert(key, outputs, stored))
-        self._inserts.add(task)
-        task.add_done_callback(self._inserts.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _insert(self, key: bytes, outputs: Outputs, stored: Callable[[int], None]) -> None:
         start = time.monotonic_ns()
@@ -147,10 +179,10 @@ class RedisCache(LookupCounters):
         stored(took)
 
     async def close(self) -> None:
-        """Let the inserts under way end (they are bounded by the socket timeout), then close
-        the connections."""
-        if self._inserts:
-            await asyncio.gather(*self._inserts, return_exceptions=True)
+        """Let the lookups and inserts under way end (the socket timeout bounds them), then
+        close the connections."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose(close_connection_pool=True)
 
     def _reachable(self) -> bool:
