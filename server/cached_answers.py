@@ -83,7 +83,7 @@ class CachedAnswers:
         on_done: OnDone | None,
     ) -> asyncio.Future[Outputs]:
         answer: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        lookup = asyncio.ensure_future(cache.get(key))
+        lookup = cache.get(key)
         lookup.add_done_callback(
             partial(
                 self._looked_up,
