@@ -11,6 +11,8 @@ this backend loads; its objects are typed Any so that this module type-checks wi
 The config's `parameters` follow Triton's: INFERENCE_MODE, DISABLE_OPTIMIZED_EXECUTION,
 ENABLE_CACHE_CLEANING, ENABLE_WEIGHT_SHARING, INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT
 (process-wide in PyTorch: the first model that sets them wins, as in Triton).
+
+PyTorch 2 packages (`platform: "torch_aoti"`, model.pt2) run in pytorch_aoti.py.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from inferd.server.types import DataType
 log = logging.getLogger(__name__)
 
 PLATFORM = "pytorch_libtorch"
+AOTI_PLATFORM = "torch_aoti"  # PyTorch 2 packages: pytorch_aoti.py
+AOTI_MODEL_FILE = "model.pt2"
 _NAMED_INDEX = re.compile(r"^.*__(\d+)$")
 _BOOLEAN_PARAMETERS = (
     "INFERENCE_MODE",
@@ -75,7 +79,7 @@ def import_torch() -> Any:
     return torch
 
 
-def _torch_dtype(torch: Any, datatype: DataType) -> Any:
+def torch_dtype(torch: Any, datatype: DataType) -> Any:
     """The torch dtype of a config data type; None where libtorch has none (BYTES: lists)."""
     return {
         DataType.BOOL: torch.bool,
@@ -97,56 +101,65 @@ class TorchParameters:
     optimized_execution: bool = True
     cache_cleaning: bool = False
     weight_sharing: bool = False  # a model's instances on one device share one loaded module
-    intra_op_threads: int = 0  # 0: inferd's default (_set_threads)
+    intra_op_threads: int = 0  # 0: inferd's default (set_threads)
     inter_op_threads: int = 0
 
 
 def parse_parameters(parameters: Mapping[str, str], model: str) -> TorchParameters:
     """The config's parameters this backend reads; a malformed value fails the load."""
+    flags = read_flags(parameters, _BOOLEAN_PARAMETERS, model)
+    intra, inter = read_thread_counts(parameters, model)
+    return TorchParameters(
+        inference_mode=flags.get("INFERENCE_MODE", False),
+        optimized_execution=not flags.get("DISABLE_OPTIMIZED_EXECUTION", False),
+        cache_cleaning=flags.get("ENABLE_CACHE_CLEANING", False),
+        weight_sharing=flags.get("ENABLE_WEIGHT_SHARING", False),
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+    )
+
+
+def read_flags(parameters: Mapping[str, str], keys: Sequence[str], model: str) -> dict[str, bool]:
+    """The boolean parameters among `keys` that the config sets."""
     flags: dict[str, bool] = {}
-    for key in _BOOLEAN_PARAMETERS:
+    for key in keys:
         raw = parameters.get(key)
         if raw is None:
             continue
         if raw.strip().lower() not in ("true", "false"):
             raise invalid(f"model '{model}': parameter {key} must be true or false, got '{raw}'")
         flags[key] = raw.strip().lower() == "true"
-    threads: dict[str, int] = {}
+    return flags
+
+
+def read_thread_counts(parameters: Mapping[str, str], model: str) -> tuple[int, int]:
+    """INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT; 0 where the config leaves them."""
+    counts: list[int] = []
     for key in _THREAD_PARAMETERS:
         raw = parameters.get(key)
-        if raw is None:
-            continue
-        if not raw.strip().isdigit() or int(raw) < 1:
+        if raw is not None and (not raw.strip().isdigit() or int(raw) < 1):
             raise invalid(
                 f"model '{model}': parameter {key} must be a positive integer, got '{raw}'"
             )
-        threads[key] = int(raw)
-    return TorchParameters(
-        inference_mode=flags.get("INFERENCE_MODE", False),
-        optimized_execution=not flags.get("DISABLE_OPTIMIZED_EXECUTION", False),
-        cache_cleaning=flags.get("ENABLE_CACHE_CLEANING", False),
-        weight_sharing=flags.get("ENABLE_WEIGHT_SHARING", False),
-        intra_op_threads=threads.get("INTRA_OP_THREAD_COUNT", 0),
-        inter_op_threads=threads.get("INTER_OP_THREAD_COUNT", 0),
-    )
+        counts.append(int(raw) if raw is not None else 0)
+    return counts[0], counts[1]
 
 
-def _set_threads(torch: Any, parameters: TorchParameters, cpu_instances: int) -> None:
+def set_threads(torch: Any, intra: int, inter: int, cpu_instances: int) -> None:
     """Size PyTorch's process-wide pools: the first model that sets a count wins, as in
     Triton. Without one (and without OMP_NUM_THREADS), the intra-op pool gets what inferd
     gives ONNX Runtime: half the cores, shared among the model's CPU instances. PyTorch's own
     default, every core, makes its threads and the event loop take turns on a small machine."""
     with _threads_lock:
-        intra = parameters.intra_op_threads
         if intra and _threads_sized.get("intra") != "explicit":
             torch.set_num_threads(intra)
             _threads_sized["intra"] = "explicit"
         elif not intra and "intra" not in _threads_sized and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * max(1, cpu_instances))))
             _threads_sized["intra"] = "default"
-        if parameters.inter_op_threads and "inter" not in _threads_sized:
+        if inter and "inter" not in _threads_sized:
             try:
-                torch.set_num_interop_threads(parameters.inter_op_threads)
+                torch.set_num_interop_threads(inter)
             except RuntimeError as exc:  # PyTorch allows it once, before any parallel work
                 log.warning("INTER_OP_THREAD_COUNT not applied: %s", exc)
             _threads_sized["inter"] = "explicit"
@@ -166,14 +179,21 @@ def index_map(names: Sequence[str], forward_arguments: Sequence[str]) -> dict[st
 
 class PyTorchBackend(Backend):
     name = "pytorch"
-    platforms = (PLATFORM,)
+    platforms = (PLATFORM, AOTI_PLATFORM)
     default_model_filename = "model.pt"
+
+    @classmethod
+    def model_filename(cls, config: ModelConfigProto) -> str:
+        if config.platform == AOTI_PLATFORM and not config.default_model_filename:
+            return AOTI_MODEL_FILE
+        return super().model_filename(config)
 
     @classmethod
     def complete_config(
         cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
     ) -> None:
-        # Triton's libtorch backend completes nothing: TorchScript keeps no tensor names.
+        # Triton's PyTorch backend completes nothing: TorchScript keeps no tensor names, and
+        # an AOTInductor package no datatypes or shapes.
         if not config.platform and not config.backend:
             config.platform = PLATFORM
 
@@ -193,6 +213,10 @@ class PyTorchBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
+        if config.platform == AOTI_PLATFORM:
+            from inferd.backends.pytorch_aoti import AotiInstance
+
+            return AotiInstance(config, model_path, device, settings.total_cpu_instances)
         return PyTorchInstance(config, model_path, device, settings.total_cpu_instances)
 
 
@@ -202,7 +226,8 @@ class PyTorchInstance(ModelInstance):
     ) -> None:
         torch = self._torch = import_torch()
         self._parameters = parse_parameters(config.parameters, config.name)
-        _set_threads(torch, self._parameters, cpu_instances)
+        parameters = self._parameters
+        set_threads(torch, parameters.intra_op_threads, parameters.inter_op_threads, cpu_instances)
         self._device = torch.device("cuda", device.index) if device.kind == "gpu" else None
         # A CPU module may be called from any thread: short batches then run on the event loop
         # instead of paying a thread hop (CUDA work stays on the instance's thread).
@@ -215,7 +240,7 @@ class PyTorchInstance(ModelInstance):
         if self._parameters.weight_sharing:  # the file as it is now: a reload reads it anew
             stat = model_path.stat()
             self._shared_key = (str(model_path), stat.st_mtime_ns, stat.st_size, str(location))
-            module = _SHARED.acquire(
+            module = SHARED_MODULES.acquire(
                 self._shared_key, lambda: _load(torch, model_path, location, config.name)
             )
         else:
@@ -238,7 +263,7 @@ class PyTorchInstance(ModelInstance):
             types |= {s.input_name: s.datatype for s in config.sequence_batching.states}
         for name in (*names, *(t.name for t in config.outputs)):
             datatype = types.get(name)
-            if datatype not in (None, DataType.BYTES) and _torch_dtype(torch, datatype) is None:
+            if datatype not in (None, DataType.BYTES) and torch_dtype(torch, datatype) is None:
                 raise internal(
                     f"unsupported datatype {datatype.config_name} for '{name}' for model "
                     f"'{config.name}'"
@@ -255,7 +280,7 @@ class PyTorchInstance(ModelInstance):
         # What each output must come back as (None: strings, or a tensor the config leaves
         # untyped), looked up once rather than per batch.
         self._output_dtypes = {
-            name: _torch_dtype(torch, datatype) for name, datatype in types.items()
+            name: torch_dtype(torch, datatype) for name, datatype in types.items()
         }
         output_names = [t.name for t in config.outputs] + state_outputs
         self._outputs = index_map(output_names, ())
@@ -309,15 +334,7 @@ class PyTorchInstance(ModelInstance):
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                 for v in array.reshape(-1)
             ]
-        if array.dtype == ml_dtypes.bfloat16:
-            tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(
-                torch.bfloat16
-            )
-        else:
-            if not array.flags.writeable:  # torch wants a writable buffer; it never writes
-                array = array.copy()
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-        return tensor if self._device is None else tensor.to(self._device, non_blocking=False)
+        return to_tensor(torch, array, self._device)
 
     def _array(self, name: str, value: Any) -> np.ndarray:
         """An output as the wire takes it, its type checked against the config's."""
@@ -338,18 +355,34 @@ class PyTorchInstance(ModelInstance):
                 f"unexpected datatype {tensor.dtype} for inference output '{name}', expecting "
                 f"{datatype.config_name}"
             )
-        if tensor.dtype == torch.bfloat16:
-            bits: np.ndarray = tensor.view(torch.int16).numpy()
-            return bits.view(ml_dtypes.bfloat16)
-        array: np.ndarray = tensor.numpy()
-        return array
+        return to_array(torch, tensor)
 
     def close(self) -> None:
         self._module = None
         if self._shared_key is not None:
-            _SHARED.release(self._shared_key)
+            SHARED_MODULES.release(self._shared_key)
         if self._device is not None:
             self._torch.cuda.empty_cache()
+
+
+def to_tensor(torch: Any, array: np.ndarray, device: Any) -> Any:
+    """A numeric input as a tensor, on `device` (None: the CPU)."""
+    if array.dtype == ml_dtypes.bfloat16:
+        tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    else:
+        if not array.flags.writeable:  # torch wants a writable buffer; it never writes
+            array = array.copy()
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor if device is None else tensor.to(device, non_blocking=False)
+
+
+def to_array(torch: Any, tensor: Any) -> np.ndarray:
+    """A contiguous CPU tensor as an array, bfloat16 included."""
+    if tensor.dtype == torch.bfloat16:
+        bits: np.ndarray = tensor.view(torch.int16).numpy()
+        return bits.view(ml_dtypes.bfloat16)
+    array: np.ndarray = tensor.numpy()
+    return array
 
 
 _QUIET_LOAD = threading.Lock()
@@ -370,7 +403,7 @@ def _load(torch: Any, model_path: Path, location: Any, model: str) -> Any:
 
 # ENABLE_WEIGHT_SHARING: one loaded module per file and device, for every instance that asks
 # (TorchScript's forward() may run on several threads).
-_SHARED = SharedObjects()
+SHARED_MODULES = SharedObjects()
 
 
 def _forward_arguments(module: Any, model: str) -> tuple[list[str], bool]:

@@ -39,6 +39,7 @@ PLATFORMS: Mapping[str, str] = {
     "tensorflow_savedmodel": "tensorflow",
     "tensorflow_graphdef": "tensorflow",
     "pytorch_libtorch": "pytorch",
+    "torch_aoti": "pytorch",
 }
 
 

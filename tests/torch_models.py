@@ -1,5 +1,5 @@
-"""Tiny TorchScript models for the PyTorch backend's tests, scripted with the installed torch
-(only imported where torch is)."""
+"""Tiny models for the PyTorch backend's tests, scripted (TorchScript) or exported and compiled
+(AOTInductor) with the installed torch (only imported where torch is)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,35 @@ class Accumulate(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.where(start > 0, x, state + x)
         return total, total
+
+
+class Mixed(torch.nn.Module):
+    """Positional, nested and keyword inputs; a dict with a tuple inside for outputs."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        extra: dict[str, torch.Tensor],
+        *,
+        bias: torch.Tensor,
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        return {"sum": x + y + bias, "parts": (x - y, x * extra["scale"])}
+
+
+def compile_mixed(path: Path, sample: dict[str, torch.Tensor]) -> Path:
+    """Mixed exported with a dynamic batch dim, compiled for the CPU into the package `path`."""
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(
+        Mixed(),
+        (sample["x"], sample["y"], {"scale": sample["scale"]}),
+        {"bias": sample["bias"]},
+        dynamic_shapes={
+            "x": {0: batch},
+            "y": {0: batch},
+            "extra": {"scale": {0: batch}},
+            "bias": {0: batch},
+        },
+    )
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+    return path

@@ -299,13 +299,13 @@ def test_weight_sharing_loads_one_module_for_a_devices_instances(
     client = httpclient.InferenceServerClient(server.http_url)
     try:
         client.load_model("shared")
-        assert pytorch._SHARED.users() == [3]  # one module, three instances
+        assert pytorch.SHARED_MODULES.users() == [3]  # one module, three instances
         x = np.ones((2,), dtype=np.float32)
         np.testing.assert_array_equal(
             infer(server, "http", "shared", {"INPUT__0": x})["OUTPUT__0"], x * 5
         )
         client.unload_model("shared")
-        assert pytorch._SHARED.users() == []  # the last instance let it go
+        assert pytorch.SHARED_MODULES.users() == []  # the last instance let it go
     finally:
         client.close()
 
