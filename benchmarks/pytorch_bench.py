@@ -1,11 +1,11 @@
-"""The PyTorch backend's serving cost: a TorchScript MLP served by inferd (perf_analyzer over
-HTTP) against the same weights exported to ONNX and served by the same server, and against the
-module called in-process by raw torch. No peer here serves TorchScript (the peers' Triton has
-no libtorch backend), so these are the references.
+"""The PyTorch backend's serving cost: an MLP served by inferd as TorchScript and as a PyTorch 2
+AOTInductor package (perf_analyzer over HTTP), against the same weights exported to ONNX and
+served by the same server, and against the module called in-process by raw torch. No peer here
+serves PyTorch models (the peers' Triton has no PyTorch backend), so these are the references.
 
     python -m inferd.benchmarks.pytorch_bench --out /tmp/torchbench
 
-Writes the repository (models "mlp" and "mlp_onnx": FP32 [batch, --width], --depth
+Writes the repository (models "mlp", "mlp_aoti" and "mlp_onnx": FP32 [batch, --width], --depth
 Linear+ReLU layers, dynamic batching up to 16, one CPU instance each), measures raw torch at
 batch 1 and 16, then serves both and sweeps perf_analyzer at --concurrency. Prints a table (and
 writes it, with results.json, to --out). A benchmark, never a test: nothing here asserts. Needs
@@ -25,6 +25,7 @@ from inferd.benchmarks import backend_bench
 from inferd.benchmarks.procs import Probe
 
 MODEL = "mlp"
+AOTI_MODEL = "mlp_aoti"
 ONNX_MODEL = "mlp_onnx"
 CONFIG = """
 platform: "{platform}"
@@ -43,24 +44,44 @@ def build_module(width: int, depth: int) -> Any:
     for _ in range(depth):
         layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript: deprecated, still served
-        return torch.jit.script(torch.nn.Sequential(*layers).eval())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def script(module: Any) -> Any:
+    import torch
+
+    with warnings.catch_warnings():  # TorchScript: deprecated, still served
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
 
 
 def write_repository(module: Any, repo: Path, width: int) -> None:
-    """The TorchScript module and its ONNX export, side by side."""
+    """The module scripted, compiled ahead of time, and exported to ONNX, side by side."""
     import torch
 
     for name, platform, filename in (
         (MODEL, "pytorch_libtorch", "model.pt"),
+        (AOTI_MODEL, "torch_aoti", "model.pt2"),
         (ONNX_MODEL, "onnxruntime_onnx", "model.onnx"),
     ):
         folder = repo / name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         (folder / "config.pbtxt").write_text(CONFIG.format(platform=platform, width=width))
         if filename == "model.pt":
-            module.save(str(folder / "1" / filename))
+            script(module).save(str(folder / "1" / filename))
+            continue
+        if filename == "model.pt2":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exported = torch.export.export(
+                    module,
+                    (torch.rand(2, width),),
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=16)},),
+                )
+                torch._inductor.aoti_compile_and_package(
+                    exported, package_path=str(folder / "1" / filename)
+                )
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,11 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = build_module(args.width, args.depth)
     write_repository(module, args.out / "repo", args.width)
     raw = {
-        f"raw torch in-process, batch {b}": raw_samples_per_s(module, args.width, b, 3.0)
+        f"raw torch in-process, batch {b}": raw_samples_per_s(script(module), args.width, b, 3.0)
         for b in (1, 16)
     }
     probe = Probe.of(MODEL, {"INPUT__0": ("FP32", (1, args.width))})
-    return backend_bench.serve_and_compare(args, [MODEL, ONNX_MODEL], ONNX_MODEL, raw, probe)
+    models = [MODEL, AOTI_MODEL, ONNX_MODEL]
+    return backend_bench.serve_and_compare(args, models, ONNX_MODEL, raw, probe)
 
 
 if __name__ == "__main__":
