@@ -278,7 +278,7 @@ def _validate_rate_limiter(where: str, group: Any) -> None:
 # Backends whose instances can answer a request with 0..n responses (a response sender).
 DECOUPLED_BACKENDS = frozenset({"python"})
 # Backends whose model code picks its own devices (Triton's KIND_MODEL instances).
-MODEL_KIND_BACKENDS = frozenset({"python"})
+MODEL_KIND_BACKENDS = frozenset({"python", "pytorch"})
 
 
 def validate_decoupled(config: ModelConfigProto, backend: str, source: str) -> None:

@@ -351,3 +351,16 @@ def test_python_models_trade_tensors_with_torch_through_dlpack(
     out = infer(server, "http", "dlpack", {"INPUT0": x})
     np.testing.assert_array_equal(out["OUTPUT0"], x * 3)
     np.testing.assert_array_equal(out["OUTPUT1"], x * 10)
+
+
+def test_kind_model_leaves_the_module_where_it_was_saved(
+    server_factory: Factory, tmp_path: Path
+) -> None:
+    """Triton's libtorch backend takes KIND_MODEL (a module that places itself): inputs go in
+    on the CPU, and the module stays on the devices it was saved on (the CPU here)."""
+    save(Scale(3.0), tmp_path, "placed", ONE_INPUT + "instance_group [{ kind: KIND_MODEL }]")
+    server = server_factory(model_repositories=(tmp_path,))
+    x = np.arange(2, dtype=np.float32)
+    np.testing.assert_array_equal(
+        infer(server, "grpc", "placed", {"INPUT__0": x})["OUTPUT__0"], x * 3
+    )
