@@ -145,8 +145,8 @@ class AotiInstance(ModelInstance):
             if baked and baked != wanted:
                 raise invalid(
                     f"model '{name}': {model_file.name} was compiled for {baked}, and "
-                    f"{'KIND_GPU' if self._device is not None else 'KIND_CPU'} instances run on "
-                    f"{wanted}: export and compile it on the device it is to run on"
+                    f"KIND_{device.kind.upper()} instances run on {wanted}: export and compile "
+                    "it on the device it is to run on"
                 )
             model_inputs, model_outputs = tensor_names(
                 torch.utils._pytree, *self._runner.get_call_spec()
