@@ -43,7 +43,7 @@ class CachedAnswers:
         # repositories run two models of one name.
         key = request_key(str(model.id), model.version, request.inputs, request.parameters)
         if isinstance(self.cache, RedisCache):
-            return self._ask_redis(self.cache, key, request, model, stats, submit, on_done)
+            return _RedisLookup(self.cache, key, request, model, stats, submit, on_done).answer
         start = time.monotonic_ns()
         outputs = self.cache.get(key)
         if outputs is not None and not holds_answer(outputs, request, model):
@@ -72,36 +72,25 @@ class CachedAnswers:
             insertion_ns = self.cache.put(key, future.result())
         stats.cache_miss.add(lookup_ns + insertion_ns)
 
-    def _ask_redis(
-        self,
-        cache: RedisCache,
-        key: bytes,
-        request: InferRequest,
-        model: ModelVersion,
-        stats: ModelStats,
-        submit: Submit,
-        on_done: OnDone | None,
-    ) -> asyncio.Future[Outputs]:
-        answer: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        lookup = cache.get(key)
-        lookup.add_done_callback(
-            partial(
-                self._looked_up,
-                cache,
-                key,
-                request,
-                model,
-                stats,
-                submit,
-                on_done,
-                answer,
-                time.monotonic_ns(),
-            )
-        )
-        answer.add_done_callback(lambda _: lookup.cancel())  # a requester that left
-        return answer
 
-    def _looked_up(
+class _RedisLookup:
+    """One request to a model that caches in Redis: asked, then answered from the entry or
+    by the model, whose answer is then stored."""
+
+    __slots__ = (
+        "answer",
+        "cache",
+        "key",
+        "lookup_ns",
+        "model",
+        "on_done",
+        "request",
+        "started_ns",
+        "stats",
+        "submit",
+    )
+
+    def __init__(
         self,
         cache: RedisCache,
         key: bytes,
@@ -110,54 +99,54 @@ class CachedAnswers:
         stats: ModelStats,
         submit: Submit,
         on_done: OnDone | None,
-        answer: asyncio.Future[Outputs],
-        start_ns: int,
-        lookup: asyncio.Future[Outputs | None],
     ) -> None:
-        if answer.done():
+        self.cache, self.key, self.request, self.model = cache, key, request, model
+        self.stats, self.submit, self.on_done = stats, submit, on_done
+        self.answer: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self.lookup_ns = 0
+        self.started_ns = time.monotonic_ns()
+        found = cache.get(key)
+        found.add_done_callback(self._looked_up)
+        self.answer.add_done_callback(lambda _: found.cancel())  # a requester that left
+
+    def _looked_up(self, found: asyncio.Future[Outputs | None]) -> None:
+        if self.answer.done():
             return  # the requester left while Redis was asked
-        outputs = lookup.result()
-        if outputs is not None and not holds_answer(outputs, request, model):
+        outputs = found.result()
+        if outputs is not None and not holds_answer(outputs, self.request, self.model):
             outputs = None
-        lookup_ns = time.monotonic_ns() - start_ns
-        cache.record_lookup(outputs is not None, lookup_ns)
+        self.lookup_ns = time.monotonic_ns() - self.started_ns
+        self.cache.record_lookup(outputs is not None, self.lookup_ns)
         if outputs is not None:
-            _count_hit(stats, request, lookup_ns)
-            resolve(answer, on_done, outputs)
+            _count_hit(self.stats, self.request, self.lookup_ns)
+            resolve(self.answer, self.on_done, outputs)
             return
         try:
-            future = submit(None)
+            future = self.submit(None)
         except Exception as exc:  # refused at once (a full queue): the requester hears it
-            stats.cache_miss.add(lookup_ns)
-            resolve(answer, on_done, exc)
+            self.stats.cache_miss.add(self.lookup_ns)
+            resolve(self.answer, self.on_done, exc)
             return
-        answer.add_done_callback(lambda _: future.cancel())
-        future.add_done_callback(
-            partial(self._answered_after_miss, cache, key, stats, lookup_ns, on_done, answer)
-        )
+        self.answer.add_done_callback(lambda _: future.cancel())
+        future.add_done_callback(self._answered)
 
-    @staticmethod
-    def _answered_after_miss(
-        cache: RedisCache,
-        key: bytes,
-        stats: ModelStats,
-        lookup_ns: int,
-        on_done: OnDone | None,
-        answer: asyncio.Future[Outputs],
-        future: asyncio.Future[Outputs],
-    ) -> None:
+    def _answered(self, future: asyncio.Future[Outputs]) -> None:
+        """The model answered after a miss: the answer goes first, then into Redis."""
         if future.cancelled():
-            answer.cancel()
-            stats.cache_miss.add(lookup_ns)
+            self.answer.cancel()
+            self.stats.cache_miss.add(self.lookup_ns)
             return
         outcome = future.exception()
         if outcome is not None:
-            stats.cache_miss.add(lookup_ns)
-            resolve(answer, on_done, outcome)
+            self.stats.cache_miss.add(self.lookup_ns)
+            resolve(self.answer, self.on_done, outcome)
             return
         outputs = future.result()
-        resolve(answer, on_done, outputs)  # the answer goes before the insert
-        cache.put(key, outputs, lambda insertion_ns: stats.cache_miss.add(lookup_ns + insertion_ns))
+        resolve(self.answer, self.on_done, outputs)
+        stats, lookup_ns = self.stats, self.lookup_ns
+        self.cache.put(
+            self.key, outputs, lambda insert_ns: stats.cache_miss.add(lookup_ns + insert_ns)
+        )
 
 
 def _count_hit(stats: ModelStats, request: InferRequest, lookup_ns: int) -> None:
