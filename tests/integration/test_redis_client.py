@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -13,15 +12,7 @@ import pytest
 
 from inferd.server.redis_cache import RedisCache
 from inferd.server.redis_client import RedisClient, RedisReplyError, _parse
-from tests.redis_server import RedisServer, free_port
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+from tests.redis_server import RedisServer
 
 
 def test_replies_parse_whole_or_wait_for_the_rest() -> None:
