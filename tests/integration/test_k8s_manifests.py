@@ -23,6 +23,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferd.benchmarks.ports import free_port
+from inferd.server.cache_config import RedisCacheConfig
 from inferd.server.cli import build_parser, settings_from_args
 from inferd.server.settings import Settings
 from tests.conftest import REPO_ROOT
@@ -32,6 +33,7 @@ from tests.k8s_validation import validate_files, validator
 K8S = REPO_ROOT / "k8s"
 KNATIVE, KSERVE, DEPLOYMENT = K8S / "knative", K8S / "kserve", K8S / "deployment"
 FOLDERS = (KNATIVE, KSERVE, DEPLOYMENT)
+REDIS_CACHE = K8S / "redis-cache"  # a component that the overlay knative-redis-cache adds
 EXAMPLES = REPO_ROOT / "examples"
 METRICS_PORT = 8002
 
@@ -83,6 +85,7 @@ def test_every_manifest_is_valid_for_its_schema_and_knatives_rules() -> None:
     assert len(files) == 8
     # The Services use exactly the pod fields the feature patch enables.
     assert validate_files(files, features=enabled_features()) == []
+    assert validate_files([REDIS_CACHE / "redis.yaml"]) == []
     assert validate_files([KNATIVE / "service-http.yaml"]) != []
 
 
@@ -95,6 +98,30 @@ def test_kustomize_renders_each_folder_with_the_image_set(folder: Path) -> None:
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
     assert set(images(docs)) == {"registry.example.com/inferd:0.1.0"}
     assert validator().validate(docs, features=enabled_features()) == []
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_redis_cache_overlay_gives_every_service_one_shared_cache() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "knative-redis-cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert validator().validate(docs, features=enabled_features()) == []
+    assert set(images(docs)) == {"registry.example.com/inferd:0.1.0", "redis:7.4-alpine"}
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    redis_port = by_kind[("Service", "inferd-redis")]["spec"]["ports"][0]["port"]
+    secret = {"secretKeyRef": {"name": "inferd-redis", "key": "password"}}
+    for name in ("inferd", "inferd-grpc"):
+        container = only_container(by_kind[("Service", name)]["spec"]["template"]["spec"])
+        cache = settings_of(container["args"]).response_cache
+        assert cache == RedisCacheConfig("inferd-redis", redis_port), name
+        assert container["env"] == [{"name": "TRITONCACHE_REDIS_PASSWORD", "valueFrom": secret}]
+    redis = only_container(by_kind[("Deployment", "inferd-redis")]["spec"]["template"]["spec"])
+    assert redis["env"][0]["valueFrom"] == secret  # the password both ends read
+    assert redis["args"][redis["args"].index("--maxmemory-policy") + 1] == "allkeys-lru"
 
 
 def images(value: Any) -> Iterator[str]:
