@@ -218,6 +218,12 @@ class Backend(ABC):
         return config.default_model_filename or cls.default_model_filename
 
     @classmethod
+    def schemaless(cls, config: ModelConfigProto) -> bool:
+        """Whether the model takes and answers tensors its config does not declare. Default:
+        no, the config lists them all."""
+        return False
+
+    @classmethod
     def complete_config(
         cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
     ) -> None:

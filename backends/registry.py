@@ -21,6 +21,7 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "pytorch": "inferd.backends.pytorch:PyTorchBackend",
     "openvino": "inferd.backends.openvino:OpenVinoBackend",
     "fil": "inferd.backends.fil:FilBackend",
+    "mlserver": "inferd.backends.mlserver:MLServerBackend",
 }
 
 # What to install when a built-in backend's framework is missing.
@@ -30,6 +31,7 @@ INSTALL_HINTS: Mapping[str, str] = {
     "pytorch": "install the inferd[pytorch] extra (torch)",
     "openvino": "install the inferd[openvino] extra (openvino)",
     "fil": "install the inferd[fil] extra (treelite)",
+    "mlserver": "install the inferd[mlserver] extra (mlserver, and the runtimes the models use)",
 }
 
 # Triton's platform names for the backends (config `platform:`).

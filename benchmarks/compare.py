@@ -24,7 +24,7 @@ from inferd.benchmarks import peers, perf_sweep, ports, procs, report, servers
 from inferd.benchmarks.perf_sweep import Cell, SweepOptions
 
 # inferd-examples has no tiny model to compare; inferd-py serves triton-py's own repository.
-ALL_SERVERS = ["inferd", "inferd-py", *servers.PEERS]
+ALL_SERVERS = ["inferd", "inferd-py", "inferd-mlserver", *servers.PEERS]
 
 
 def run_server(

@@ -8,7 +8,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from inferd.benchmarks.peers import require
@@ -154,7 +154,8 @@ def build(
     cache_bytes: int = 0,
 ) -> Server:
     """inferd (on $PEERS/models/repo), inferd-py (on triton-py's python-backend repository,
-    $PEERS/models/repo-py, unchanged), inferd-examples (bundled examples) or a peer by name.
+    $PEERS/models/repo-py, unchanged), inferd-mlserver (on MLServer's repository,
+    $PEERS/mlserver-repo, unchanged), inferd-examples (bundled examples) or a peer by name.
     `cache_bytes`: the response cache on, and enabled in every model (CACHING servers only)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if cache_bytes and name not in CACHING:
@@ -172,7 +173,11 @@ def build(
             if not any(arg.startswith("--cache-config") for arg in inferd_args):  # e.g. Redis
                 inferd_args = [*inferd_args, f"--cache-config=local,size={cache_bytes}"]
         return inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
+    if name == "inferd-mlserver":
+        repo = require(peers / "mlserver-repo")  # settings.json (MLServer's ports) is not read
+        server = inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
+        return replace(server, http_json=True)  # perf_analyzer sends what it sends MLServer
     return PEERS[name](peers, base_port, workdir)
 
 
-NAMES = ["inferd", "inferd-py", "inferd-examples", *PEERS]
+NAMES = ["inferd", "inferd-py", "inferd-mlserver", "inferd-examples", *PEERS]

@@ -144,6 +144,9 @@ class ModelConfig:
     # (python backend only; see validate_decoupled).
     decoupled: bool = False
     metrics: ModelMetricsConfig = field(default_factory=ModelMetricsConfig)  # metric_tags & co.
+    # Any tensors in and out, the declared ones being metadata only (MLServer models without
+    # `inputs`/`outputs` in their settings); such a model does not batch.
+    schemaless: bool = False
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -226,8 +229,11 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
             group.gpus.extend(range(gpu_count))
 
 
-def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
-    """Reject configs inferd cannot serve faithfully; messages name the field and the model."""
+def validate(
+    config: ModelConfigProto, model_name: str, source: str, schemaless: bool = False
+) -> None:
+    """Reject configs inferd cannot serve faithfully; messages name the field and the model.
+    `schemaless`: the model takes and answers tensors its config need not declare."""
     where = f"model '{model_name}' ({source})"
     if config.name != model_name:
         raise invalid(f"{where}: config name '{config.name}' must match the folder name")
@@ -235,9 +241,9 @@ def validate(config: ModelConfigProto, model_name: str, source: str) -> None:
         _validate_response_cache(where, config)
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
-    if not config.input:
+    if not config.input and not schemaless:
         raise invalid(f"{where}: the model has no inputs (and none could be auto-completed)")
-    if not config.output:
+    if not config.output and not schemaless:
         raise invalid(f"{where}: the model has no outputs (and none could be auto-completed)")
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()
@@ -394,7 +400,9 @@ def _validate_batching(where: str, config: ModelConfigProto) -> None:
         raise invalid(f"{where}: default_priority_level must be set when priority_levels > 0")
 
 
-def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
+def to_model_config(
+    config: ModelConfigProto, backend: str, schemaless: bool = False
+) -> ModelConfig:
     """The typed, read-only view of a normalised and validated config."""
     inputs = tuple(_tensor(t, is_input=True) for t in config.input)
     batch_inputs, batch_outputs = parse_batch_io(config, f"model '{config.name}'")
@@ -429,6 +437,7 @@ def to_model_config(config: ModelConfigProto, backend: str) -> ModelConfig:
         ),
         decoupled=config.model_transaction_policy.decoupled,
         response_cache=config.response_cache.enable,
+        schemaless=schemaless,
         batch_inputs=batch_inputs,
         batch_outputs=batch_outputs,
         metrics=parse_model_metrics(config, f"model '{config.name}'"),

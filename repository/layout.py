@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from inferd.repository.config import VersionPolicy
+from inferd.repository.config import CONFIG_FILENAME, VersionPolicy
+from inferd.repository.mlserver_settings import is_mlserver_model, served_name
 
 
 class ModelId(NamedTuple):
@@ -49,7 +50,7 @@ def find_models(
         for entry in sorted(root.iterdir()):
             if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
                 continue  # hidden folders and Python's byte-code cache are never models
-            name = names.get(entry.name, entry.name)
+            name = names.get(entry.name) or _own_name(entry)
             key = ModelId(namespace, name)
             if key in models:
                 first = models[key].path.parent
@@ -81,3 +82,10 @@ def select_versions(available: Iterable[int], policy: VersionPolicy) -> list[int
     if policy.kind == "specific":
         return [v for v in versions if v in policy.versions]
     return versions[-policy.num_versions :] if versions else []
+
+
+def _own_name(model_dir: Path) -> str:
+    """The folder's name, or an MLServer model's `name` (which MLServer serves it under)."""
+    if is_mlserver_model(model_dir, model_dir / CONFIG_FILENAME):
+        return served_name(model_dir)
+    return model_dir.name

@@ -36,6 +36,7 @@ from inferd.repository.config import (
 )
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
+from inferd.repository.mlserver_settings import SETTINGS_FILE, is_mlserver_model, mlserver_config
 from inferd.repository.rate_limits import register_instances
 from inferd.repository.repo_agents import run_agents
 from inferd.repository.scheduling import scheduler_config
@@ -96,17 +97,22 @@ class ModelLoader:
         instance."""
         started = time.monotonic()
         name, model_dir = location.name, location.path
+        mlserver = False
         if override is None:
             config_name = self._settings.config_name
-            proto, source = (
-                read_config(model_dir, config_name),
-                str(config_path(model_dir, config_name)),
-            )
+            config_file = config_path(model_dir, config_name)
+            mlserver = is_mlserver_model(model_dir, config_file)
+            if mlserver:  # an MLServer model folder: its settings are its config
+                proto, source = mlserver_config(model_dir), str(model_dir / SETTINGS_FILE)
+            else:
+                proto, source = read_config(model_dir, config_name), str(config_file)
         else:
             proto, source = override, "the load request's 'config' parameter"
-        if model_dir.name != name:  # served under another name (a registered repository's)
+        if model_dir.name != name:  # served under another name (a registered repository's,
+            # or an MLServer model's own)
             proto.name = name
-        available = version_dirs(model_dir)
+        # An MLServer model has no version folders: its folder is its one version.
+        available = {1: model_dir} if mlserver else version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
         run_agents(proto, model_dir)
@@ -121,11 +127,14 @@ class ModelLoader:
         if gpu_reason and self._settings.gpu_count and _asks_auto(proto):
             log.warning("model '%s': KIND_AUTO instances run on the CPU: %s", name, gpu_reason)
         normalize(proto, name, 0 if gpu_reason else self._settings.gpu_count)
-        validate(proto, name, source)
+        schemaless = backend.schemaless(proto)
+        validate(proto, name, source, schemaless)
         validate_decoupled(proto, backend_name, source)
         validate_instance_kinds(proto, backend_name, source)
         validate_batch_io_backend(proto, backend_name, source)
-        config = with_initial_state_files(to_model_config(proto, backend_name), model_dir)
+        config = with_initial_state_files(
+            to_model_config(proto, backend_name, schemaless), model_dir
+        )
         labels = _read_labels(config, model_dir)
         warmups = warmup_samples(proto, config, model_dir)
         padding = padding_spec(config)

@@ -10,6 +10,7 @@ from inferd.backends.base import OutputsWithParameters
 from inferd.batching.scheduler import Outputs
 from inferd.repository.manager import ModelVersion
 from inferd.server.classification import classify
+from inferd.server.errors import invalid
 from inferd.server.types import DataType, InferRequest, InferResponse
 
 
@@ -17,12 +18,21 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
     config = model.config
     assert config is not None
     result: list[tuple[str, DataType, np.ndarray]] = []
+    types = {t.name: t.datatype for t in config.outputs}
+    if config.schemaless:  # what the model answered, typed by its arrays
+        types = {
+            name: types.get(name) or DataType.from_numpy(a.dtype) for name, a in outputs.items()
+        }
     if request.outputs is None:
-        for tensor in config.outputs:
-            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
+        names = list(outputs) if config.schemaless else [t.name for t in config.outputs]
+        for name in names:
+            result.append((name, types[name], outputs[name]))
     else:
-        types = {t.name: t.datatype for t in config.outputs}
         for wanted in request.outputs:
+            if wanted.name not in outputs:  # only a schemaless model can leave one out
+                raise invalid(
+                    f"unexpected inference output '{wanted.name}' for model '{config.name}'"
+                )
             array = outputs[wanted.name]
             if wanted.classification > 0:
                 labels = model.labels.get(wanted.name, ())
@@ -45,4 +55,4 @@ def holds_answer(outputs: Outputs, request: InferRequest, model: ModelVersion) -
     if request.outputs is not None:
         return all(o.name in outputs for o in request.outputs)
     assert model.config is not None
-    return all(t.name in outputs for t in model.config.outputs)
+    return model.config.schemaless or all(t.name in outputs for t in model.config.outputs)

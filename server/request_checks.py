@@ -18,6 +18,8 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
     """Check the request against the model config; return its batch size and shape key."""
     config = model.config
     assert config is not None
+    if config.schemaless:  # any tensors: the model checks them itself; no batching
+        return 1, model.shape_key({})
     specs = config.input_by_name
     batching = config.max_batch_size > 0
     batch_size = 1

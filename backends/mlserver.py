@@ -1,0 +1,156 @@
+"""MLServer models (`model-settings.json`): the settings' `implementation`, an MLServer
+`MLModel` (a custom one, or a runtime such as mlserver_sklearn.SKLearnModel), loaded and called
+as MLServer does, from the installed `mlserver` package (the `mlserver` extra).
+
+Each instance runs its model on an event loop of its own, on its own thread: `load()` once,
+then `predict()` per batch, with a batch's requests joined into one InferenceRequest as
+MLServer's adaptive batcher joins them. Tensors go in as MLServer's REST layer hands them over
+(a RequestInput with a flat `data` list and the wire shape; BYTES elements as strings where they
+are UTF-8) and come back through MLServer's NumpyCodec, as its REST layer would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.mlserver_settings import BACKEND, SETTINGS_FILE
+from inferd.server.errors import internal, invalid, unsupported
+from inferd.server.tensor_codec import object_array
+from inferd.server.types import DataType
+
+INSTALL_HINT = "install the inferd[mlserver] extra (mlserver, and its runtimes the models use)"
+# sys.path is the process's: imports of implementations take turns.
+_IMPORTS = threading.Lock()
+
+
+class MLServerBackend(Backend):
+    name = BACKEND
+    default_model_filename = SETTINGS_FILE
+
+    @classmethod
+    def schemaless(cls, config: ModelConfigProto) -> bool:
+        # MLServer's metadata is optional: without it, any tensors go in and out.
+        return not (config.input and config.output)
+
+    @classmethod
+    def create_instance(
+        cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
+    ) -> ModelInstance:
+        return MLServerInstance(config, model_path)
+
+
+class MLServerInstance(ModelInstance):
+    def __init__(self, config: ModelConfig, settings_file: Path) -> None:
+        load_model_settings = _import_mlserver()
+        self._model_name = config.name
+        self._loop = asyncio.new_event_loop()
+        try:
+            # As `mlserver start REPOSITORY` does: the repository's folder is importable from
+            # then on (a runtime module beside the model folders); MLServer adds the model's
+            # own folder while it imports the implementation.
+            with _IMPORTS:
+                root = str(settings_file.parent.parent)
+                if root not in sys.path:
+                    sys.path.insert(0, root)
+                settings = load_model_settings(str(settings_file))
+                settings.name = config.name
+                implementation = settings.implementation
+            self._model = implementation(settings)
+            loaded = self._loop.run_until_complete(self._model.load())
+        except Exception as exc:
+            self._loop.close()
+            raise invalid(f"failed to load model '{config.name}': {_describe(exc)}") from None
+        if loaded is False:
+            self._loop.close()
+            raise invalid(f"failed to load model '{config.name}': its load() returned False")
+        self._model.ready = True
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from mlserver.codecs import NumpyCodec
+        from mlserver.types import InferenceRequest, RequestInput
+
+        request = InferenceRequest(
+            inputs=[
+                RequestInput(
+                    name=name,
+                    shape=list(array.shape),
+                    datatype=DataType.from_numpy(array.dtype).value,
+                    data=_wire_data(array),
+                )
+                for name, array in inputs.items()
+            ]
+        )
+        try:
+            response = self._loop.run_until_complete(self._model.predict(request))
+        except Exception as exc:
+            raise internal(f"model '{self._model_name}' failed: {_describe(exc)}") from None
+        return {output.name: _array(NumpyCodec, output) for output in response.outputs}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # a model's unload() failing must not stop ours
+            self._loop.run_until_complete(self._model.unload())
+        self._loop.close()
+
+
+def _import_mlserver() -> Any:
+    """mlserver's load_model_settings, once mlserver imports beside tritonclient. Both carry
+    the KServe v2 protocol's gRPC messages in the protobuf package `inference` (Triton's are a
+    superset), and protobuf's pool takes each symbol from one file only: mlserver is given
+    tritonclient's module for its own (inferd never starts mlserver's servers)."""
+    if "mlserver.grpc.dataplane_pb2" not in sys.modules:
+        from tritonclient.grpc import service_pb2
+
+        sys.modules["mlserver.grpc.dataplane_pb2"] = service_pb2
+    try:
+        from mlserver.repository.load import load_model_settings
+    except ImportError as exc:
+        raise unsupported(f"MLServer is not installed ({exc}); {INSTALL_HINT}") from None
+    return load_model_settings
+
+
+def _wire_data(array: np.ndarray) -> list[Any]:
+    """A tensor's `data` as MLServer's REST layer builds it from JSON: flat, BYTES elements as
+    strings (as bytes where they are not UTF-8)."""
+    if array.dtype != object:
+        return array.ravel().tolist()
+    return [_text(item) for item in array.ravel().tolist()]
+
+
+def _array(codec: Any, output: Any) -> np.ndarray:
+    """An output as the wire would carry it: MLServer's own decoding, except for BYTES, which
+    it reads as fixed-width characters; here each element is one item of `data` (or, from
+    NumpyCodec's fixed-width arrays, one equal slice of a single buffer)."""
+    shape = tuple(output.shape)
+    if output.datatype != "BYTES":
+        array: np.ndarray = codec.decode_output(output).reshape(shape)
+        return array
+    items = list(getattr(output.data, "root", output.data))
+    count = int(np.prod(shape))
+    if len(items) == 1 and count > 1 and isinstance(items[0], bytes):
+        width = len(items[0]) // count
+        items = [items[0][i * width : (i + 1) * width] for i in range(count)]
+    elements = [item.encode() if isinstance(item, str) else bytes(item) for item in items]
+    return object_array(elements).reshape(shape)
+
+
+def _text(item: object) -> object:
+    if isinstance(item, bytes):
+        try:
+            return item.decode()
+        except UnicodeDecodeError:
+            return item
+    return item
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

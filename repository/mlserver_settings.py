@@ -1,0 +1,102 @@
+"""MLServer model folders (`model-settings.json`, no config.pbtxt) read as model configs, so
+that an MLServer repository serves unchanged: the model runs its MLModel `implementation`
+(backends/mlserver.py), behind inferd's front doors and batcher.
+
+What the settings give: the name (else the folder's), `inputs`/`outputs` (MLServer's
+metadata: name, datatype, shape; a first dim of -1 is the batch) and adaptive batching
+(`max_batch_size`, `max_batch_time` in seconds), which becomes the dynamic batcher. Without both
+inputs and outputs the model is schemaless, as MLServer's are: any tensors go in and come out,
+and requests are not joined (there is no declared batch dim to join them on).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as pb
+
+from inferd.repository.config import ModelConfigProto
+from inferd.server.errors import invalid
+from inferd.server.types import DATATYPES
+
+SETTINGS_FILE = "model-settings.json"
+BACKEND = "mlserver"
+UNLIMITED_BATCH = 2**31 - 1  # a config's max_batch_size is an int32
+
+
+def is_mlserver_model(model_dir: Path, config_file: Path) -> bool:
+    return not config_file.is_file() and (model_dir / SETTINGS_FILE).is_file()
+
+
+def read_settings(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / SETTINGS_FILE
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise invalid(f"failed to read {path}: {exc}") from None
+    if not isinstance(settings, dict):
+        raise invalid(f"failed to read {path}: the settings are not a JSON object")
+    return settings
+
+
+def served_name(model_dir: Path) -> str:
+    """The settings' `name`, as MLServer serves it (the folder's when it has none, or when
+    the file cannot be read: the load then says why)."""
+    try:
+        name = read_settings(model_dir).get("name")
+    except Exception:
+        return model_dir.name
+    return name if isinstance(name, str) and name else model_dir.name
+
+
+def mlserver_config(model_dir: Path) -> ModelConfigProto:
+    settings = read_settings(model_dir)
+    where = f"{model_dir / SETTINGS_FILE}"
+    config = pb.ModelConfig(name=served_name(model_dir), backend=BACKEND)
+    inputs, outputs = settings.get("inputs") or [], settings.get("outputs") or []
+    tensors = [*inputs, *outputs]
+    # MLServer's convention: a first dim of -1 is the batch. Requests of any batch size are
+    # taken, as MLServer takes them, and joined only where adaptive batching is on.
+    batched = bool(inputs and outputs) and all(_shape(t, where)[:1] == [-1] for t in tensors)
+    max_batch = int(settings.get("max_batch_size") or 0)
+    batch_time = float(settings.get("max_batch_time") or 0)
+    if batched:
+        config.max_batch_size = max_batch if max_batch > 1 else UNLIMITED_BATCH
+        if max_batch > 1 and batch_time > 0:
+            config.dynamic_batching.max_queue_delay_microseconds = int(batch_time * 1_000_000)
+    for target, declared in ((config.input, inputs), (config.output, outputs)):
+        for tensor in declared:
+            target.add(**_tensor(tensor, batched, where))
+    # One instance, as MLServer's default of one worker; the instance runs the model on its
+    # own event loop.
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    return config
+
+
+def _shape(tensor: Any, where: str) -> list[int]:
+    if not isinstance(tensor, dict) or not tensor.get("name"):
+        raise invalid(f"{where}: each of `inputs` and `outputs` needs a name")
+    try:
+        return [int(d) for d in tensor.get("shape") or [-1]]
+    except (TypeError, ValueError):
+        raise invalid(
+            f"{where}: tensor '{tensor['name']}' has a shape that is not numbers"
+        ) from None
+
+
+def _tensor(tensor: Any, batched: bool, where: str) -> dict[str, Any]:
+    shape = _shape(tensor, where)
+    datatype = DATATYPES.get(str(tensor.get("datatype", "")))
+    if datatype is None:
+        raise invalid(
+            f"{where}: tensor '{tensor['name']}' has datatype {tensor.get('datatype')!r}; "
+            f"expected one of {', '.join(DATATYPES)}"
+        )
+    dims = shape[1:] if batched else shape
+    return {
+        "name": tensor["name"],
+        "data_type": pb.DataType.Value(datatype.config_name),
+        "dims": dims or [1],
+    }

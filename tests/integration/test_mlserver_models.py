@@ -1,0 +1,181 @@
+"""MLServer model repositories (model-settings.json and MLModel implementations) served
+unchanged by a real server, through the real clients, with the real mlserver package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.wire import PROTOCOLS, client_for, fails, infer
+
+# Found, not imported: the server imports mlserver its own way (backends/mlserver.py).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mlserver") is None, reason="mlserver is not installed"
+)
+
+# A runtime module beside the model folders, as MLServer repositories keep custom code.
+RUNTIME = '''
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class Scaler(MLModel):
+    async def load(self) -> bool:
+        self.factor = float(self.settings.parameters.extra["factor"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        rows = np.full((x.shape[0], 1), x.shape[0], dtype=np.int32)  # rows in this predict()
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[
+                NumpyCodec.encode_output("y", (x * self.factor).astype(np.float32)),
+                NumpyCodec.encode_output("rows", rows),
+            ],
+        )
+
+
+class Echo(MLModel):
+    """Schemaless: every input back, as `echo_<name>`, strings through MLServer's codec."""
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        outputs = []
+        for tensor in payload.inputs:
+            if tensor.datatype == "BYTES":
+                words = StringCodec.decode_input(tensor)
+                outputs.append(StringCodec.encode_output("echo_" + tensor.name, words))
+            else:
+                array = NumpyCodec.decode_input(tensor)
+                outputs.append(NumpyCodec.encode_output("echo_" + tensor.name, array))
+        return InferenceResponse(model_name=self.name, outputs=outputs)
+
+
+class Broken(MLModel):
+    async def load(self) -> bool:
+        raise RuntimeError("no weights here")
+
+
+class NotReady(MLModel):
+    async def load(self) -> bool:
+        return False
+'''
+
+
+def write_model(root: Path, folder: str, settings: dict[str, Any]) -> None:
+    (root / folder).mkdir(parents=True)
+    (root / folder / "model-settings.json").write_text(json.dumps(settings))
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mlserver")
+    (root / "runtime.py").write_text(RUNTIME)
+    tensor = {"datatype": "FP32", "shape": [-1, 2]}
+    write_model(
+        root,
+        "scaler",
+        {
+            "name": "scaler",
+            "implementation": "runtime.Scaler",
+            "parameters": {"extra": {"factor": 3}},
+            "max_batch_size": 8,
+            "max_batch_time": 0.01,
+            "inputs": [{"name": "x", **tensor}],
+            "outputs": [
+                {"name": "y", **tensor},
+                {"name": "rows", "datatype": "INT32", "shape": [-1, 1]},
+            ],
+        },
+    )
+    # Served under its settings' name, as MLServer serves it.
+    write_model(root, "echo-folder", {"name": "echo", "implementation": "runtime.Echo"})
+    write_model(root, "broken", {"implementation": "runtime.Broken"})
+    write_model(root, "not_ready", {"implementation": "runtime.NotReady"})
+    write_model(root, "missing", {"implementation": "runtime.NoSuchModel"})
+    (root / "garbled").mkdir()
+    (root / "garbled" / "model-settings.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[RunningServer]:
+    running = start_server(
+        replace(TEST_SETTINGS, model_repositories=(repository,), strict_readiness=False)
+    )
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_mlmodel_answers_over_both_protocols(server: RunningServer, protocol: str) -> None:
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    outputs = infer(server, protocol, "scaler", {"x": x})
+    np.testing.assert_array_equal(outputs["y"], x * 3)
+    assert outputs["y"].dtype == np.float32
+
+
+def test_concurrent_requests_are_batched_into_one_predict_and_split_back(
+    server: RunningServer,
+) -> None:
+    def one(i: int) -> int:
+        x = np.full((1 + i % 2, 2), i, np.float32)
+        outputs = infer(server, "http", "scaler", {"x": x})
+        np.testing.assert_array_equal(outputs["y"], x * 3)  # its own rows, whatever the batch
+        return int(outputs["rows"][0, 0])
+
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(one, range(48)))
+    assert all(1 <= r <= 8 for r in rows)
+
+
+def test_metadata_is_the_settings(server: RunningServer) -> None:
+    with client_for(server, "http") as client:
+        metadata = client.get_model_metadata("scaler")
+        config = client.get_model_config("scaler")
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+    assert config["max_batch_size"] == 8
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 10_000
+    assert config["backend"] == "mlserver"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_model_without_metadata_takes_and_answers_any_tensors(
+    server: RunningServer, protocol: str
+) -> None:
+    numbers = np.arange(6, dtype=np.int64).reshape(2, 3)
+    words = np.array([b"hello", "caf\u00e9".encode()], dtype=object)
+    outputs = infer(server, protocol, "echo", {"numbers": numbers, "words": words})
+    np.testing.assert_array_equal(outputs["echo_numbers"], numbers)
+    # MLServer's codecs give a 1-D answer a second dim: shape [2, 1], as MLServer sends it.
+    assert outputs["echo_words"].tolist() == [[b"hello"], ["caf\u00e9".encode()]]
+    # Asking for one output answers that one; one it does not answer is refused.
+    asked = infer(server, protocol, "echo", {"numbers": numbers}, outputs=["echo_numbers"])
+    assert list(asked) == ["echo_numbers"]
+    message = fails(
+        lambda: infer(server, protocol, "echo", {"numbers": numbers}, outputs=["nope"]),
+        protocol,
+        "invalid",
+    )
+    assert "unexpected inference output 'nope' for model 'echo'" in message
+
+
+def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
+    with client_for(server, "http") as client:
+        reasons = {e["name"]: e.get("reason", "") for e in client.get_model_repository_index()}
+    assert "failed to load model 'broken': RuntimeError: no weights here" in reasons["broken"]
+    assert "its load() returned False" in reasons["not_ready"]
+    assert "NoSuchModel" in reasons["missing"]
+    assert "failed to read" in reasons["garbled"] and "model-settings.json" in reasons["garbled"]
+    assert "echo-folder" not in reasons  # served as "echo"
