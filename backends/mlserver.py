@@ -15,18 +15,27 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
+from inferd.backends.base import (
+    Backend,
+    BackendSettings,
+    Device,
+    InstanceRequest,
+    ModelInstance,
+    OutputsWithParameters,
+    RequestOutcome,
+    execute_one,
+)
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import BACKEND, SETTINGS_FILE
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
-from inferd.server.types import DataType
+from inferd.server.types import DataType, ParamValue
 
 INSTALL_HINT = "install the inferd[mlserver] extra (mlserver, and its runtimes the models use)"
 # sys.path is the process's: imports of implementations take turns.
@@ -50,6 +59,8 @@ class MLServerBackend(Backend):
 
 
 class MLServerInstance(ModelInstance):
+    takes_requests = True  # predict() sees a request's id, parameters and asked-for outputs
+
     def __init__(self, config: ModelConfig, settings_file: Path) -> None:
         load_model_settings = _import_mlserver()
         self._model_name = config.name
@@ -76,10 +87,45 @@ class MLServerInstance(ModelInstance):
         self._model.ready = True
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return execute_one(self, inputs)
+
+    def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        """One predict() per batch: a lone request as it came (id, parameters, the outputs it
+        asked for), several joined on their first dim, as MLServer's adaptive batcher joins
+        them (with the first one's parameters), and their rows split back."""
+        first = requests[0]
+        if len(requests) == 1:
+            return [self._predict(first.inputs, first.id, first.parameters, first.outputs)]
+        rows = [len(next(iter(r.inputs.values()))) for r in requests]
+        joined = {name: np.concatenate([r.inputs[name] for r in requests]) for name in first.inputs}
+        answered = self._predict(joined, "", first.parameters, None)
+        parameters = answered.parameters if isinstance(answered, OutputsWithParameters) else {}
+        for name, array in answered.items():
+            if array.ndim == 0 or len(array) != sum(rows):
+                raise internal(
+                    f"model '{self._model_name}' answered output '{name}' with shape "
+                    f"{list(array.shape)} for a batch of {sum(rows)} rows"
+                )
+        bounds = np.cumsum(rows)[:-1]
+        parts = {name: np.split(array, bounds) for name, array in answered.items()}
+        return [
+            OutputsWithParameters({name: split[i] for name, split in parts.items()}, parameters)
+            for i in range(len(requests))
+        ]
+
+    def _predict(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        request_id: str,
+        parameters: Mapping[str, ParamValue],
+        outputs: tuple[str, ...] | None,
+    ) -> OutputsWithParameters:
         from mlserver.codecs import NumpyCodec
-        from mlserver.types import InferenceRequest, RequestInput
+        from mlserver.types import InferenceRequest, Parameters, RequestInput, RequestOutput
 
         request = InferenceRequest(
+            id=request_id or None,
+            parameters=Parameters(**parameters) if parameters else None,
             inputs=[
                 RequestInput(
                     name=name,
@@ -88,13 +134,17 @@ class MLServerInstance(ModelInstance):
                     data=_wire_data(array),
                 )
                 for name, array in inputs.items()
-            ]
+            ],
+            outputs=[RequestOutput(name=name) for name in outputs] if outputs else None,
         )
         try:
             response = self._loop.run_until_complete(self._model.predict(request))
         except Exception as exc:
             raise internal(f"model '{self._model_name}' failed: {_describe(exc)}") from None
-        return {output.name: _array(NumpyCodec, output) for output in response.outputs}
+        answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
+        given = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
+        scalars = {k: v for k, v in given.items() if isinstance(v, bool | int | float | str)}
+        return OutputsWithParameters(answered, scalars)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a model's unload() failing must not stop ours

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, client_for, fails, infer
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 # A runtime module beside the model folders, as MLServer repositories keep custom code.
 RUNTIME = '''
+import json
+
 import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec, StringCodec
@@ -60,6 +64,22 @@ class Echo(MLModel):
                 array = NumpyCodec.decode_input(tensor)
                 outputs.append(NumpyCodec.encode_output("echo_" + tensor.name, array))
         return InferenceResponse(model_name=self.name, outputs=outputs)
+
+
+class Inspect(MLModel):
+    """What predict() was handed: the request's id, parameters and asked-for outputs."""
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        seen = {
+            "id": payload.id,
+            "content_type": payload.parameters.content_type if payload.parameters else None,
+            "outputs": [o.name for o in payload.outputs or []],
+        }
+        return InferenceResponse(
+            model_name=self.name,
+            parameters={"answered_by": "inspect"},
+            outputs=[StringCodec.encode_output("seen", [json.dumps(seen)])],
+        )
 
 
 class Broken(MLModel):
@@ -101,6 +121,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     # Served under its settings' name, as MLServer serves it.
     write_model(root, "echo-folder", {"name": "echo", "implementation": "runtime.Echo"})
+    write_model(root, "inspect", {"implementation": "runtime.Inspect"})
     write_model(root, "broken", {"implementation": "runtime.Broken"})
     write_model(root, "not_ready", {"implementation": "runtime.NotReady"})
     write_model(root, "missing", {"implementation": "runtime.NoSuchModel"})
@@ -169,6 +190,32 @@ def test_a_model_without_metadata_takes_and_answers_any_tensors(
         "invalid",
     )
     assert "unexpected inference output 'nope' for model 'echo'" in message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_predict_sees_the_requests_id_parameters_and_outputs(
+    server: RunningServer, protocol: str
+) -> None:
+    client = client_for(server, protocol)
+    module: Any = httpclient if protocol == "http" else grpcclient
+    try:
+        given = module.InferInput("x", [1], "FP32")
+        given.set_data_from_numpy(np.ones(1, np.float32))
+        result = client.infer(
+            "inspect",
+            [given],
+            request_id="req-7",
+            parameters={"content_type": "np"},
+            outputs=[module.InferRequestedOutput("seen")],
+        )
+        response = result.get_response() if protocol == "http" else result.get_response(True)
+    finally:
+        client.close()
+    seen = json.loads(result.as_numpy("seen").ravel()[0])
+    assert seen == {"id": "req-7", "content_type": "np", "outputs": ["seen"]}
+    parameters = response["parameters"]
+    value = parameters["answered_by"]
+    assert (value if protocol == "http" else value["string_param"]) == "inspect"
 
 
 def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
