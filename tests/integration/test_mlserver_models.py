@@ -93,6 +93,9 @@ class NotReady(MLModel):
 '''
 
 
+RUNTIME_LIGHTGBM = "mlserver_lightgbm.LightGBMModel"
+
+
 def write_model(root: Path, folder: str, settings: dict[str, Any]) -> None:
     (root / folder).mkdir(parents=True)
     (root / folder / "model-settings.json").write_text(json.dumps(settings))
@@ -226,3 +229,32 @@ def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
     assert "NoSuchModel" in reasons["missing"]
     assert "failed to read" in reasons["garbled"] and "model-settings.json" in reasons["garbled"]
     assert "echo-folder" not in reasons  # served as "echo"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlserver_lightgbm") is None, reason="mlserver-lightgbm missing"
+)
+def test_one_of_mlservers_own_runtimes_serves_its_model(tmp_path: Path) -> None:
+    """mlserver-lightgbm, as MLServer users deploy it: a booster file and two lines of
+    settings (the model file is found in the folder, as MLServer finds it)."""
+    import lightgbm
+
+    rng = np.random.default_rng(0)
+    features = rng.random((200, 4))
+    labels = features @ np.array([1.0, -2.0, 0.5, 3.0])
+    booster = lightgbm.train(
+        {"objective": "regression", "verbose": -1, "num_leaves": 4},
+        lightgbm.Dataset(features, labels),
+        num_boost_round=5,
+    )
+    write_model(tmp_path, "lgb-model", {"name": "lgb", "implementation": RUNTIME_LIGHTGBM})
+    booster.save_model(str(tmp_path / "lgb-model" / "model.bst"))
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        x = features[:3].astype(np.float64)
+        for protocol in PROTOCOLS:
+            answered = infer(server, protocol, "lgb", {"input-0": x})["predict"]
+            # MLServer's codec gives the 1-D prediction a second dim, as MLServer answers it.
+            np.testing.assert_allclose(answered, booster.predict(x).reshape(3, 1))
+    finally:
+        server.stop()
