@@ -255,6 +255,7 @@ def test_one_of_mlservers_own_runtimes_serves_its_model(tmp_path: Path) -> None:
         for protocol in PROTOCOLS:
             answered = infer(server, protocol, "lgb", {"input-0": x})["predict"]
             # MLServer's codec gives the 1-D prediction a second dim, as MLServer answers it.
-            np.testing.assert_allclose(answered, booster.predict(x).reshape(3, 1))
+            expected = np.asarray(booster.predict(x)).reshape(3, 1)
+            np.testing.assert_allclose(answered, expected)
     finally:
         server.stop()
