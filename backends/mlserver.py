@@ -31,13 +31,13 @@ from inferd.backends.base import (
     RequestOutcome,
     execute_one,
 )
+from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import BACKEND, SETTINGS_FILE
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
 from inferd.server.types import DataType, ParamValue
 
-INSTALL_HINT = "install the inferd[mlserver] extra (mlserver, and its runtimes the models use)"
 # sys.path is the process's: imports of implementations take turns.
 _IMPORTS = threading.Lock()
 
@@ -164,7 +164,8 @@ def _import_mlserver() -> Any:
     try:
         from mlserver.repository.load import load_model_settings
     except ImportError as exc:
-        raise unsupported(f"MLServer is not installed ({exc}); {INSTALL_HINT}") from None
+        hint = INSTALL_HINTS["mlserver"]
+        raise unsupported(f"MLServer is not installed ({exc}); {hint}") from None
     return load_model_settings
 
 

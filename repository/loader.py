@@ -97,12 +97,12 @@ class ModelLoader:
         instance."""
         started = time.monotonic()
         name, model_dir = location.name, location.path
-        mlserver = False
+        from_settings = False  # an MLServer model folder: its settings are its config
         if override is None:
             config_name = self._settings.config_name
             config_file = config_path(model_dir, config_name)
-            mlserver = is_mlserver_model(model_dir, config_file)
-            if mlserver:  # an MLServer model folder: its settings are its config
+            from_settings = is_mlserver_model(model_dir, config_file)
+            if from_settings:
                 proto, source = mlserver_config(model_dir), str(model_dir / SETTINGS_FILE)
             else:
                 proto, source = read_config(model_dir, config_name), str(config_file)
@@ -112,7 +112,7 @@ class ModelLoader:
             # or an MLServer model's own)
             proto.name = name
         # An MLServer model has no version folders: its folder is its one version.
-        available = {1: model_dir} if mlserver else version_dirs(model_dir)
+        available = {1: model_dir} if from_settings else version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
         run_agents(proto, model_dir)
