@@ -259,3 +259,46 @@ def test_one_of_mlservers_own_runtimes_serves_its_model(tmp_path: Path) -> None:
             np.testing.assert_allclose(answered, expected)
     finally:
         server.stop()
+
+
+def test_explicit_unload_runs_unload_and_a_reload_reads_the_code_anew(tmp_path: Path) -> None:
+    (tmp_path / "versioned.py").write_text(VERSIONED.format(answer=1))
+    write_model(tmp_path, "answer", {"implementation": "versioned.Answer"})
+    settings = replace(
+        TEST_SETTINGS,
+        model_repositories=(tmp_path,),
+        model_control_mode="explicit",
+        load_models=("answer",),
+    )
+    server = start_server(settings)
+    try:
+        x = {"x": np.zeros(1, np.float32)}
+        assert infer(server, "http", "answer", x)["answer"].ravel().tolist() == [1]
+        with client_for(server, "http") as client:
+            client.unload_model("answer")
+            assert (tmp_path / "unloaded").read_text() == "answer"  # its unload() ran
+            (tmp_path / "versioned.py").write_text(VERSIONED.format(answer=2))
+            client.load_model("answer")
+        assert infer(server, "http", "answer", x)["answer"].ravel().tolist() == [2]
+    finally:
+        server.stop()
+
+
+VERSIONED = """
+from pathlib import Path
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class Answer(MLModel):
+    async def predict(self, payload):
+        answer = NumpyCodec.encode_output("answer", np.array([{answer}], dtype=np.int32))
+        return InferenceResponse(model_name=self.name, outputs=[answer])
+
+    async def unload(self):
+        (Path(__file__).parent / "unloaded").write_text(self.name)
+        return True
+"""
