@@ -47,6 +47,13 @@ def find_models(
     for root in roots:
         names = renamed.get(root, {}) if renamed else {}
         namespace = "" if namespaces is None else namespaces.get(root, str(root))
+        if is_mlserver_model(root, root / CONFIG_FILENAME):
+            # One MLServer model as the whole repository (`mlserver start MODEL_FOLDER`, and
+            # KServe's storageUri folders): its sub-folders are its own files.
+            models[ModelId(namespace, served_name(root))] = ModelLocation(
+                served_name(root), root, namespace=namespace
+            )
+            continue
         for entry in sorted(root.iterdir()):
             if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
                 continue  # hidden folders and Python's byte-code cache are never models

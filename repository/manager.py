@@ -124,7 +124,7 @@ class ModelRepository:
             raise not_found(f"failed to unregister '{root}', repository not found")
         # Every model loaded from it was located there first (no second walk of the disk,
         # which SageMaker may be clearing).
-        found = [key for key, at in self._locations.items() if at.path.parent == root]
+        found = [key for key, at in self._locations.items() if root in (at.path, at.path.parent)]
         for key in found:
             if key in self._models:
                 await self._forget(key)

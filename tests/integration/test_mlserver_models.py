@@ -302,3 +302,23 @@ class Answer(MLModel):
         (Path(__file__).parent / "unloaded").write_text(self.name)
         return True
 """
+
+
+def test_a_repository_that_is_one_model_folder_serves_that_model(tmp_path: Path) -> None:
+    """`mlserver start MODEL_FOLDER`, and KServe's storageUri folders: the settings at the top,
+    the model's files (sub-folders too) beside them."""
+    (tmp_path / "runtime.py").write_text(RUNTIME)
+    (tmp_path / "artifacts").mkdir()  # not a model: the model's own files
+    settings = {"name": "top", "implementation": "runtime.Echo"}
+    (tmp_path / "model-settings.json").write_text(json.dumps(settings))
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        with client_for(server, "http") as client:
+            index = client.get_model_repository_index()
+        assert [(e["name"], e["state"]) for e in index] == [("top", "READY")]
+        numbers = np.arange(3, dtype=np.float32)
+        np.testing.assert_array_equal(
+            infer(server, "grpc", "top", {"n": numbers})["echo_n"].ravel(), numbers
+        )
+    finally:
+        server.stop()
