@@ -132,6 +132,8 @@ class InstanceRequest:
     # The request's trace when the trace extension sampled it: a python model hands it on to
     # its BLS calls (`trace=request.trace()`), which are then traced as its children.
     trace: Trace | None = None
+    # Each input's own parameters (InferRequest.input_parameters).
+    input_parameters: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
 
 
 class OutputsWithParameters(dict[str, np.ndarray]):

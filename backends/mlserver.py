@@ -36,7 +36,7 @@ from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import BACKEND, SETTINGS_FILE
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
-from inferd.server.types import DataType, ParamValue
+from inferd.server.types import DataType
 
 # sys.path is the process's: imports of implementations take turns.
 _IMPORTS = threading.Lock()
@@ -95,10 +95,10 @@ class MLServerInstance(ModelInstance):
         them (with the first one's parameters), and their rows split back."""
         first = requests[0]
         if len(requests) == 1:
-            return [self._predict(first.inputs, first.id, first.parameters, first.outputs)]
+            return [self._predict(first, first.inputs, first.id, first.outputs)]
         rows = [len(next(iter(r.inputs.values()))) for r in requests]
         joined = {name: np.concatenate([r.inputs[name] for r in requests]) for name in first.inputs}
-        answered = self._predict(joined, "", first.parameters, None)
+        answered = self._predict(first, joined, "", None)
         parameters = answered.parameters if isinstance(answered, OutputsWithParameters) else {}
         for name, array in answered.items():
             if array.ndim == 0 or len(array) != sum(rows):
@@ -115,23 +115,26 @@ class MLServerInstance(ModelInstance):
 
     def _predict(
         self,
+        like: InstanceRequest,
         inputs: Mapping[str, np.ndarray],
         request_id: str,
-        parameters: Mapping[str, ParamValue],
         outputs: tuple[str, ...] | None,
     ) -> OutputsWithParameters:
+        """predict() of `inputs`, with the parameters (its own and its inputs') of `like`."""
         from mlserver.codecs import NumpyCodec
         from mlserver.types import InferenceRequest, Parameters, RequestInput, RequestOutput
 
+        own = like.input_parameters
         request = InferenceRequest(
             id=request_id or None,
-            parameters=Parameters(**parameters) if parameters else None,
+            parameters=Parameters(**like.parameters) if like.parameters else None,
             inputs=[
                 RequestInput(
                     name=name,
                     shape=list(array.shape),
                     datatype=DataType.from_numpy(array.dtype).value,
                     data=_wire_data(array),
+                    parameters=Parameters(**own[name]) if name in own else None,
                 )
                 for name, array in inputs.items()
             ],

@@ -222,6 +222,7 @@ def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRe
         request.arrival_ns,
         request.trace,
         send_credits=request.send_credits,
+        input_parameters=request.input_parameters,
         responses=responses,
     )
 

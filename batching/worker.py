@@ -228,5 +228,11 @@ def instance_request(item: BatchItem) -> InstanceRequest:
     # A decoupled model's requests carry their response stream (batching/decoupled.py).
     responses = getattr(request, "responses", None)
     return InstanceRequest(
-        item.inputs, request.id, request.parameters, outputs, responses, request.trace
+        item.inputs,
+        request.id,
+        request.parameters,
+        outputs,
+        responses,
+        request.trace,
+        request.input_parameters,
     )

@@ -17,7 +17,11 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.errors import InferdError, invalid, unsupported
-from inferd.server.shared_memory import SharedMemoryRegistry, shared_memory_ref
+from inferd.server.shared_memory import (
+    SharedMemoryRegistry,
+    own_parameters,
+    shared_memory_ref,
+)
 from inferd.server.tensor_codec import (
     object_array,
     pack_bytes,
@@ -64,8 +68,13 @@ def decode_infer_request(
     region without a registry is refused)."""
     tensors = message.inputs
     raws = message.raw_input_contents
+    input_parameters: dict[str, Params] = {}
     if any(tensor.parameters for tensor in tensors):
         inputs = _inputs(tensors, raws, message.model_name, shared_memory)
+        for tensor in tensors:
+            own = own_parameters(_parameter_values(tensor.parameters))
+            if own:
+                input_parameters[tensor.name] = own
     elif raws:
         inputs = _raw_inputs(tensors, raws, message.model_name)
     else:
@@ -78,6 +87,7 @@ def decode_infer_request(
         parameters=_decode_parameters(message.parameters) if message.parameters else {},
         # No requested outputs means every output, as over HTTP without an 'outputs' key.
         outputs=_requested_outputs(message.outputs) if message.outputs else None,
+        input_parameters=input_parameters,
     )
 
 

@@ -15,7 +15,11 @@ import numpy as np
 import orjson
 
 from inferd.server.errors import invalid, unsupported
-from inferd.server.shared_memory import SharedMemoryRegistry, shared_memory_ref
+from inferd.server.shared_memory import (
+    SharedMemoryRegistry,
+    own_parameters,
+    shared_memory_ref,
+)
 from inferd.server.tensor_codec import (
     bytes_elements,
     element_bytes,
@@ -149,7 +153,9 @@ def decode_infer_request(
         raise invalid(f"request 'id' must be a string, got {_json_name(request_id)}")
     encoding = OutputEncoding()
     parameters = _request_parameters(doc.get("parameters"), encoding)
-    inputs, binary = _decode_inputs(doc.get("inputs"), view, header_length, shared_memory)
+    inputs, binary, input_parameters = _decode_inputs(
+        doc.get("inputs"), view, header_length, shared_memory
+    )
     outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
     request = InferRequest(
         model_name=model_name,
@@ -158,6 +164,7 @@ def decode_infer_request(
         id=request_id,
         parameters=parameters,
         outputs=outputs,
+        input_parameters=input_parameters,
     )
     if key is not None and binary is not None:
         assert cache is not None
@@ -239,12 +246,14 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
 
 def _decode_inputs(
     raw: object, view: memoryview, header_length: int, shared: SharedMemoryRegistry | None
-) -> tuple[dict[str, np.ndarray], list[_BinaryInput] | None]:
-    """The inputs, and their binary layout when every one of them is binary."""
+) -> tuple[dict[str, np.ndarray], list[_BinaryInput] | None, dict[str, Params]]:
+    """The inputs, their binary layout when every one of them is binary (and none has
+    parameters of its own), and their own parameters."""
     if not isinstance(raw, list):
         raise invalid("the request must have an 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
     binary: list[_BinaryInput] | None = []
+    input_parameters: dict[str, Params] = {}
     cursor = header_length  # next unread byte of the binary section
     for item in raw:
         if not isinstance(item, dict):
@@ -252,6 +261,10 @@ def _decode_inputs(
         name, datatype, shape, params = _tensor_header(item)
         if name in inputs:
             raise invalid(f"input '{name}' already exists in request")
+        own = own_parameters(params)
+        if own:
+            input_parameters[name] = own
+            binary = None  # a cached header plan carries no per-input parameters
         size = params.get("binary_data_size")
         ref = shared_memory_ref(params, f"input '{name}'")
         if ref is not None:
@@ -288,7 +301,7 @@ def _decode_inputs(
         raise invalid(
             f"the request body has {len(view) - cursor} bytes after the last binary input"
         )
-    return inputs, binary
+    return inputs, binary, input_parameters
 
 
 def _shared_input(

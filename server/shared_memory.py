@@ -25,7 +25,7 @@ import numpy as np
 from inferd.server.cuda_shared_memory import CudaIpc, CudaRegion, CudaRegionStatus
 from inferd.server.errors import ErrorCode, InferdError, invalid, not_found, unsupported
 from inferd.server.tensor_codec import pack_bytes, tensor_from_bytes
-from inferd.server.types import DataType, SharedMemoryRef
+from inferd.server.types import DataType, Params, SharedMemoryRef
 
 # Where Linux keeps POSIX shared-memory objects: shm_open("/key") is this folder's "key".
 POSIX_SHM_DIR = Path("/dev/shm")
@@ -108,6 +108,17 @@ def _map_object(directory: Path, status: SystemRegionStatus) -> mmap.mmap:
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
 OFFSET = "shared_memory_offset"
+# A tensor's parameters that say where its data is, rather than what it means.
+TRANSPORT_PARAMETERS = frozenset({REGION, BYTE_SIZE, OFFSET, "binary_data_size"})
+
+
+def own_parameters(params: Mapping[str, object]) -> Params:
+    """A tensor's parameters beyond the transport's, kept where they are plain values."""
+    return {
+        key: value
+        for key, value in params.items()
+        if key not in TRANSPORT_PARAMETERS and isinstance(value, bool | int | float | str)
+    }
 
 
 def shared_memory_ref(params: Mapping[str, object], what: str) -> SharedMemoryRef | None:

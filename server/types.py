@@ -140,6 +140,9 @@ class InferRequest:
     # An ensemble's decoupled step under max_inflight_requests: each of the model's sends
     # takes a credit, waiting while the steps after it are full (back-pressure).
     send_credits: SendCredits | None = None
+    # Each input's own parameters beyond the protocol's (binary_data_size, shared memory):
+    # MLServer models read them (a `content_type`); empty for most requests.
+    input_parameters: dict[str, Params] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -11,10 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, client_for, fails, infer
@@ -74,6 +77,10 @@ class Inspect(MLModel):
             "id": payload.id,
             "content_type": payload.parameters.content_type if payload.parameters else None,
             "outputs": [o.name for o in payload.outputs or []],
+            "input_content_types": {
+                i.name: i.parameters.content_type if i.parameters else None
+                for i in payload.inputs
+            },
         }
         return InferenceResponse(
             model_name=self.name,
@@ -215,10 +222,38 @@ def test_predict_sees_the_requests_id_parameters_and_outputs(
     finally:
         client.close()
     seen = json.loads(result.as_numpy("seen").ravel()[0])
-    assert seen == {"id": "req-7", "content_type": "np", "outputs": ["seen"]}
+    assert seen == {
+        "id": "req-7",
+        "content_type": "np",
+        "outputs": ["seen"],
+        "input_content_types": {"x": None},
+    }
     parameters = response["parameters"]
     value = parameters["answered_by"]
     assert (value if protocol == "http" else value["string_param"]) == "inspect"
+
+
+def test_each_inputs_own_parameters_reach_predict(server: RunningServer) -> None:
+    """MLServer's codecs read an input's `content_type` (StringCodec for "str"); the
+    transport's own parameters (binary_data_size) stay behind."""
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"],
+             "parameters": {"content_type": "str"}},
+            {"name": "n", "shape": [1], "datatype": "INT32", "data": [1]},
+        ]
+    }  # fmt: skip
+    answer = httpx.post(f"http://{server.http_url}/v2/models/inspect/infer", json=body).json()
+    seen = json.loads(answer["outputs"][0]["data"][0])
+    assert seen["input_content_types"] == {"text": "str", "n": None}
+    request = service_pb2.ModelInferRequest(model_name="inspect")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"hi")
+    tensor.parameters["content_type"].string_param = "str"
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    seen = json.loads(reply.raw_output_contents[0][4:])  # one BYTES element: length, text
+    assert seen["input_content_types"] == {"text": "str"}
 
 
 def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
