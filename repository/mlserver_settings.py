@@ -63,9 +63,12 @@ def mlserver_config(model_dir: Path) -> ModelConfigProto:
     max_batch = int(settings.get("max_batch_size") or 0)
     batch_time = float(settings.get("max_batch_time") or 0)
     if batched:
-        config.max_batch_size = max_batch if max_batch > 1 else UNLIMITED_BATCH
+        config.max_batch_size = UNLIMITED_BATCH
         if max_batch > 1 and batch_time > 0:
+            # MLServer's max_batch_size counts requests, not rows: a request of any size is
+            # taken, and a batch stops growing once it holds that many rows.
             config.dynamic_batching.max_queue_delay_microseconds = int(batch_time * 1_000_000)
+            config.dynamic_batching.preferred_batch_size.append(max_batch)
     for target, declared in ((config.input, inputs), (config.output, outputs)):
         for tensor in declared:
             target.add(**_tensor(tensor, batched, where))
