@@ -99,7 +99,6 @@ class MLServerInstance(ModelInstance):
         rows = [len(next(iter(r.inputs.values()))) for r in requests]
         joined = {name: np.concatenate([r.inputs[name] for r in requests]) for name in first.inputs}
         answered = self._predict(first, joined, "", None)
-        parameters = answered.parameters if isinstance(answered, OutputsWithParameters) else {}
         for name, array in answered.items():
             if array.ndim == 0 or len(array) != sum(rows):
                 raise internal(
@@ -109,7 +108,9 @@ class MLServerInstance(ModelInstance):
         bounds = np.cumsum(rows)[:-1]
         parts = {name: np.split(array, bounds) for name, array in answered.items()}
         return [
-            OutputsWithParameters({name: split[i] for name, split in parts.items()}, parameters)
+            OutputsWithParameters(
+                {name: split[i] for name, split in parts.items()}, answered.parameters
+            )
             for i in range(len(requests))
         ]
 
@@ -143,9 +144,18 @@ class MLServerInstance(ModelInstance):
         try:
             response = self._loop.run_until_complete(self._model.predict(request))
         except Exception as exc:
-            raise internal(f"model '{self._model_name}' failed: {_describe(exc)}") from None
-        answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
-        given = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
+            # MLServer's errors carry the HTTP status they answer with (InferenceError: 400).
+            status = getattr(exc, "status_code", 500)
+            failed = invalid if isinstance(status, int) and 400 <= status < 500 else internal
+            raise failed(f"model '{self._model_name}' failed: {_describe(exc)}") from None
+        try:
+            answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
+            given = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
+        except Exception as exc:
+            raise internal(
+                f"model '{self._model_name}' answered what is not an InferenceResponse's "
+                f"outputs: {_describe(exc)}"
+            ) from None
         scalars = {k: v for k, v in given.items() if isinstance(v, bool | int | float | str)}
         return OutputsWithParameters(answered, scalars)
 

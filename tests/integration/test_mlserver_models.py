@@ -34,6 +34,7 @@ import json
 import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
 
 
@@ -89,6 +90,15 @@ class Inspect(MLModel):
         )
 
 
+class Picky(MLModel):
+    """MLServer's own error for a request the model cannot take, and an answer that is none."""
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if payload.inputs[0].name == "wrong":
+            raise InferenceError("expected an input named 'right'")
+        return None
+
+
 class Broken(MLModel):
     async def load(self) -> bool:
         raise RuntimeError("no weights here")
@@ -132,6 +142,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Served under its settings' name, as MLServer serves it.
     write_model(root, "echo-folder", {"name": "echo", "implementation": "runtime.Echo"})
     write_model(root, "inspect", {"implementation": "runtime.Inspect"})
+    write_model(root, "picky", {"implementation": "runtime.Picky"})
     write_model(root, "broken", {"implementation": "runtime.Broken"})
     write_model(root, "not_ready", {"implementation": "runtime.NotReady"})
     write_model(root, "missing", {"implementation": "runtime.NoSuchModel"})
@@ -258,6 +269,15 @@ def test_each_inputs_own_parameters_reach_predict(server: RunningServer) -> None
         reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     seen = json.loads(reply.raw_output_contents[0][4:])  # one BYTES element: length, text
     assert seen["input_content_types"] == {"text": "str"}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_models_errors_answer_with_their_status(server: RunningServer, protocol: str) -> None:
+    x = np.ones(1, np.float32)
+    message = fails(lambda: infer(server, protocol, "picky", {"wrong": x}), protocol, "invalid")
+    assert "model 'picky' failed: InferenceError: expected an input named 'right'" in message
+    message = fails(lambda: infer(server, protocol, "picky", {"right": x}), protocol, "internal")
+    assert "model 'picky' answered what is not an InferenceResponse's outputs" in message
 
 
 def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
