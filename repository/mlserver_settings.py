@@ -60,8 +60,11 @@ def mlserver_config(model_dir: Path) -> ModelConfigProto:
     # MLServer's convention: a first dim of -1 is the batch. Requests of any batch size are
     # taken, as MLServer takes them, and joined only where adaptive batching is on.
     batched = bool(inputs and outputs) and all(_shape(t, where)[:1] == [-1] for t in tensors)
-    max_batch = int(settings.get("max_batch_size") or 0)
-    batch_time = float(settings.get("max_batch_time") or 0)
+    try:
+        max_batch = int(settings.get("max_batch_size") or 0)
+        batch_time = float(settings.get("max_batch_time") or 0)
+    except (TypeError, ValueError):
+        raise invalid(f"{where}: max_batch_size and max_batch_time must be numbers") from None
     if batched:
         config.max_batch_size = UNLIMITED_BATCH
         if max_batch > 1 and batch_time > 0:

@@ -146,6 +146,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(root, "broken", {"implementation": "runtime.Broken"})
     write_model(root, "not_ready", {"implementation": "runtime.NotReady"})
     write_model(root, "missing", {"implementation": "runtime.NoSuchModel"})
+    write_model(root, "bad_batch", {"implementation": "runtime.Echo", "max_batch_size": "lots"})
     (root / "garbled").mkdir()
     (root / "garbled" / "model-settings.json").write_text("{not json")
     return root
@@ -287,6 +288,7 @@ def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
     assert "its load() returned False" in reasons["not_ready"]
     assert "NoSuchModel" in reasons["missing"]
     assert "failed to read" in reasons["garbled"] and "model-settings.json" in reasons["garbled"]
+    assert "max_batch_size and max_batch_time must be numbers" in reasons["bad_batch"]
     assert "echo-folder" not in reasons  # served as "echo"
 
 
