@@ -33,7 +33,7 @@ from inferd.backends.base import (
 )
 from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
-from inferd.repository.mlserver_settings import BACKEND, SETTINGS_FILE
+from inferd.repository.mlserver_settings import BACKEND, JOIN_REQUESTS, SETTINGS_FILE
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
 from inferd.server.types import DataType
@@ -64,6 +64,7 @@ class MLServerInstance(ModelInstance):
     def __init__(self, config: ModelConfig, settings_file: Path) -> None:
         load_model_settings = _import_mlserver()
         self._model_name = config.name
+        self._join = config.parameters.get(JOIN_REQUESTS) == "true"
         self._loop = asyncio.new_event_loop()
         try:
             # As `mlserver start REPOSITORY` does: the repository's folder is importable from
@@ -90,9 +91,12 @@ class MLServerInstance(ModelInstance):
         return execute_one(self, inputs)
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
-        """One predict() per batch: a lone request as it came (id, parameters, the outputs it
-        asked for), several joined on their first dim, as MLServer's adaptive batcher joins
-        them (with the first one's parameters), and their rows split back."""
+        """With adaptive batching, one predict() per batch: a lone request as it came (id,
+        parameters, the outputs it asked for), several joined on their first dim, as MLServer's
+        adaptive batcher joins them (with the first one's parameters), and their rows split
+        back. Without, one predict() per request, each failing on its own."""
+        if not self._join:
+            return [self._each(request) for request in requests]
         first = requests[0]
         if len(requests) == 1:
             return [self._predict(first, first.inputs, first.id, first.outputs)]
@@ -113,6 +117,12 @@ class MLServerInstance(ModelInstance):
             )
             for i in range(len(requests))
         ]
+
+    def _each(self, request: InstanceRequest) -> RequestOutcome:
+        try:
+            return self._predict(request, request.inputs, request.id, request.outputs)
+        except Exception as exc:
+            return exc
 
     def _predict(
         self,

@@ -24,6 +24,9 @@ from inferd.server.types import DATATYPES
 SETTINGS_FILE = "model-settings.json"
 BACKEND = "mlserver"
 UNLIMITED_BATCH = 2**31 - 1  # a config's max_batch_size is an int32
+# The config parameter that says whether a batch's requests reach predict() joined (MLServer's
+# adaptive batching) or one by one.
+JOIN_REQUESTS = "mlserver.adaptive_batching"
 
 
 def is_mlserver_model(model_dir: Path, config_file: Path) -> bool:
@@ -67,7 +70,13 @@ def mlserver_config(model_dir: Path) -> ModelConfigProto:
         raise invalid(f"{where}: max_batch_size and max_batch_time must be numbers") from None
     if batched:
         config.max_batch_size = UNLIMITED_BATCH
-        if max_batch > 1 and batch_time > 0:
+        # The requests that queue while the model runs go to its instance together, each
+        # still to a predict() of its own unless adaptive batching joins them: one hand-over
+        # to the instance's thread for all of them.
+        config.dynamic_batching.SetInParent()
+        adaptive = max_batch > 1 and batch_time > 0
+        config.parameters[JOIN_REQUESTS].string_value = "true" if adaptive else "false"
+        if adaptive:
             # MLServer's max_batch_size counts requests, not rows: a request of any size is
             # taken, and a batch stops growing once it holds that many rows.
             config.dynamic_batching.max_queue_delay_microseconds = int(batch_time * 1_000_000)

@@ -123,22 +123,23 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mlserver")
     (root / "runtime.py").write_text(RUNTIME)
     tensor = {"datatype": "FP32", "shape": [-1, 2]}
-    write_model(
-        root,
-        "scaler",
-        {
-            "name": "scaler",
-            "implementation": "runtime.Scaler",
-            "parameters": {"extra": {"factor": 3}},
-            "max_batch_size": 8,
-            "max_batch_time": 0.01,
-            "inputs": [{"name": "x", **tensor}],
-            "outputs": [
-                {"name": "y", **tensor},
-                {"name": "rows", "datatype": "INT32", "shape": [-1, 1]},
-            ],
-        },
-    )
+    scaler = {
+        "name": "scaler",
+        "implementation": "runtime.Scaler",
+        "parameters": {"extra": {"factor": 3}},
+        "max_batch_size": 8,
+        "max_batch_time": 0.01,
+        "inputs": [{"name": "x", **tensor}],
+        "outputs": [
+            {"name": "y", **tensor},
+            {"name": "rows", "datatype": "INT32", "shape": [-1, 1]},
+        ],
+    }
+    write_model(root, "scaler", scaler)
+    # The same without adaptive batching: requests that queue together still get one
+    # predict() each.
+    solo = {k: v for k, v in scaler.items() if k not in ("max_batch_size", "max_batch_time")}
+    write_model(root, "solo", {**solo, "name": "solo"})
     # Served under its settings' name, as MLServer serves it.
     write_model(root, "echo-folder", {"name": "echo", "implementation": "runtime.Echo"})
     write_model(root, "inspect", {"implementation": "runtime.Inspect"})
@@ -183,6 +184,19 @@ def test_concurrent_requests_are_batched_into_one_predict_and_split_back(
     assert all(1 <= r <= 9 for r in rows)  # at most 7 rows, then one more request of 1 or 2
     big = np.ones((20, 2), np.float32)  # larger than a batch: taken whole, as MLServer takes it
     np.testing.assert_array_equal(infer(server, "grpc", "scaler", {"x": big})["y"], big * 3)
+
+
+def test_without_adaptive_batching_each_request_gets_its_own_predict(
+    server: RunningServer,
+) -> None:
+    def one(i: int) -> None:
+        x = np.full((1 + i % 3, 2), i, np.float32)
+        outputs = infer(server, "grpc", "solo", {"x": x})
+        np.testing.assert_array_equal(outputs["y"], x * 3)
+        assert outputs["rows"].ravel().tolist() == [len(x)] * len(x)  # its rows alone
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(48)))
 
 
 def test_metadata_is_the_settings(server: RunningServer) -> None:
