@@ -33,7 +33,12 @@ from inferd.backends.base import (
 )
 from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
-from inferd.repository.mlserver_settings import BACKEND, JOIN_REQUESTS, SETTINGS_FILE
+from inferd.repository.mlserver_settings import (
+    BACKEND,
+    JOIN_REQUESTS,
+    REPOSITORY,
+    SETTINGS_FILE,
+)
 from inferd.server.errors import internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
 from inferd.server.types import DataType
@@ -71,7 +76,7 @@ class MLServerInstance(ModelInstance):
             # then on (a runtime module beside the model folders); MLServer adds the model's
             # own folder while it imports the implementation.
             with _IMPORTS:
-                root = str(settings_file.parent.parent)
+                root = config.parameters.get(REPOSITORY) or str(settings_file.parent.parent)
                 if root not in sys.path:
                     sys.path.insert(0, root)
                 settings = load_model_settings(str(settings_file))

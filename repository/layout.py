@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from inferd.repository.config import CONFIG_FILENAME, VersionPolicy
-from inferd.repository.mlserver_settings import is_mlserver_model, served_name
+from inferd.repository.mlserver_settings import SETTINGS_FILE, is_mlserver_model, served_name
 
 
 class ModelId(NamedTuple):
@@ -28,10 +28,15 @@ class ModelLocation:
     path: Path
     error: str = ""  # set when the model cannot be loaded from this layout (e.g. a duplicate)
     namespace: str = ""
+    root: Path | None = None  # the repository it was found in (None: the folder's parent)
 
     @property
     def id(self) -> ModelId:
         return ModelId(self.namespace, self.name)
+
+    @property
+    def repository(self) -> Path:
+        return self.root if self.root is not None else self.path.parent
 
 
 def find_models(
@@ -47,11 +52,11 @@ def find_models(
     for root in roots:
         names = renamed.get(root, {}) if renamed else {}
         namespace = "" if namespaces is None else namespaces.get(root, str(root))
-        if is_mlserver_model(root, root / CONFIG_FILENAME):
+        if (root / SETTINGS_FILE).is_file() and not (root / CONFIG_FILENAME).is_file():
             # One MLServer model as the whole repository (`mlserver start MODEL_FOLDER`, and
             # KServe's storageUri folders): its sub-folders are its own files.
             models[ModelId(namespace, served_name(root))] = ModelLocation(
-                served_name(root), root, namespace=namespace
+                served_name(root), root, namespace=namespace, root=root
             )
             continue
         for entry in sorted(root.iterdir()):
@@ -67,7 +72,7 @@ def find_models(
                     f"model '{name}' appears in more than one repository ({first}, {root})",
                 )
             else:
-                models[key] = ModelLocation(name, entry, namespace=namespace)
+                models[key] = ModelLocation(name, entry, namespace=namespace, root=root)
     return models
 
 

@@ -36,7 +36,13 @@ from inferd.repository.config import (
 )
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
-from inferd.repository.mlserver_settings import SETTINGS_FILE, is_mlserver_model, mlserver_config
+from inferd.repository.mlserver_settings import (
+    SETTINGS_FILE,
+    is_mlserver_model,
+    mlserver_config,
+    settings_folders,
+    version_label,
+)
 from inferd.repository.rate_limits import register_instances
 from inferd.repository.repo_agents import run_agents
 from inferd.repository.scheduling import scheduler_config
@@ -103,7 +109,10 @@ class ModelLoader:
             config_file = config_path(model_dir, config_name)
             from_settings = is_mlserver_model(model_dir, config_file)
             if from_settings:
-                proto, source = mlserver_config(model_dir), str(model_dir / SETTINGS_FILE)
+                proto, source = (
+                    mlserver_config(model_dir, location.repository),
+                    str(model_dir / SETTINGS_FILE),
+                )
             else:
                 proto, source = read_config(model_dir, config_name), str(config_file)
         else:
@@ -112,7 +121,7 @@ class ModelLoader:
             # or an MLServer model's own)
             proto.name = name
         # An MLServer model has no version folders: its folder is its one version.
-        available = {1: model_dir} if from_settings else version_dirs(model_dir)
+        available = settings_folders(model_dir) if from_settings else version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
         run_agents(proto, model_dir)
@@ -158,7 +167,12 @@ class ModelLoader:
         for number in _wanted_versions(config, available, prepared):
             version_started = time.monotonic()
             version = ModelVersion(
-                name, number, config=config, labels=labels, shape_key_inputs=shape_key_inputs
+                name,
+                number,
+                config=config,
+                labels=labels,
+                shape_key_inputs=shape_key_inputs,
+                version_name=version_label(available[number]) if from_settings else "",
             )
             prepared.versions.append(version)
             try:

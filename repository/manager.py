@@ -585,6 +585,15 @@ class ModelRepository:
 
     # ---- queries (event loop, hot path) ------------------------------------------------------
 
+    def names_version(self, name: str, version: str) -> bool:
+        """Whether one of the model's versions goes by `version` as a name (an MLServer
+        model's `parameters.version`)."""
+        try:
+            versions = self._models.versions(name)
+        except InferdError:  # a name several repositories hold
+            return False
+        return versions is not None and any(v.version_name == version for v in versions.values())
+
     def get(self, name: str, version: str = "", namespace: str | None = None) -> ModelVersion:
         """The ready version asked for, or the highest ready one when `version` is empty.
         `namespace`: the asker's (an ensemble's), which settles a name that several
@@ -593,6 +602,9 @@ class ModelRepository:
         if versions is None:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         if version:
+            named = [v for v in versions.values() if v.version_name and v.version_name == version]
+            if named:  # an MLServer model's version, by the name MLServer gives it
+                version = str(named[0].version)
             if not version.isdigit():  # Triton 2.51's words (its parser's name included)
                 raise invalid(
                     f"failed to get model version from specified version string '{version}' "

@@ -12,6 +12,7 @@ and requests are not joined (there is no declared batch dim to join them on).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,39 @@ UNLIMITED_BATCH = 2**31 - 1  # a config's max_batch_size is an int32
 # The config parameter that says whether a batch's requests reach predict() joined (MLServer's
 # adaptive batching) or one by one.
 JOIN_REQUESTS = "mlserver.adaptive_batching"
+# The repository the model was found in: importable, as under `mlserver start REPOSITORY`.
+REPOSITORY = "mlserver.repository"
 
 
 def is_mlserver_model(model_dir: Path, config_file: Path) -> bool:
-    return not config_file.is_file() and (model_dir / SETTINGS_FILE).is_file()
+    return not config_file.is_file() and bool(settings_folders(model_dir))
+
+
+def settings_folders(model_dir: Path) -> dict[int, Path]:
+    """The folders whose settings make the model's versions: its own folder (one version), or
+    its sub-folders that hold settings (MLServer's `models/NAME/VERSION/model-settings.json`),
+    numbered from 1 in their names' order (numbers within names counted as numbers)."""
+    if (model_dir / SETTINGS_FILE).is_file():
+        return {1: model_dir}
+    try:
+        found = [d for d in model_dir.iterdir() if d.is_dir() and (d / SETTINGS_FILE).is_file()]
+    except OSError:
+        return {}
+    return dict(enumerate(sorted(found, key=lambda d: _natural(d.name)), start=1))
+
+
+def version_label(settings_folder: Path) -> str:
+    """The version MLServer gives a version folder: its settings' `parameters.version`, else the
+    folder's name (requests may name it instead of its number)."""
+    try:
+        version = (read_settings(settings_folder).get("parameters") or {}).get("version")
+    except Exception:
+        version = None
+    return version if isinstance(version, str) and version else settings_folder.name
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 def read_settings(model_dir: Path) -> dict[str, Any]:
@@ -45,19 +75,25 @@ def read_settings(model_dir: Path) -> dict[str, Any]:
 
 
 def served_name(model_dir: Path) -> str:
-    """The settings' `name`, as MLServer serves it (the folder's when it has none, or when
-    the file cannot be read: the load then says why)."""
+    """The settings' `name` (its latest version's), as MLServer serves it; the folder's when
+    they have none, or when they cannot be read (the load then says why)."""
+    folders = settings_folders(model_dir)
     try:
-        name = read_settings(model_dir).get("name")
+        name = read_settings(folders[max(folders)]).get("name") if folders else None
     except Exception:
         return model_dir.name
     return name if isinstance(name, str) and name else model_dir.name
 
 
-def mlserver_config(model_dir: Path) -> ModelConfigProto:
-    settings = read_settings(model_dir)
-    where = f"{model_dir / SETTINGS_FILE}"
+def mlserver_config(model_dir: Path, repository: Path) -> ModelConfigProto:
+    """The config of the model in `model_dir` (its latest version's settings); `repository`
+    is where it was found, which its code may import from."""
+    latest = settings_folders(model_dir)
+    settings = read_settings(latest[max(latest)])
+    where = f"{latest[max(latest)] / SETTINGS_FILE}"
     config = pb.ModelConfig(name=served_name(model_dir), backend=BACKEND)
+    config.version_policy.all.SetInParent()  # MLServer serves every version it finds
+    config.parameters[REPOSITORY].string_value = str(repository)
     inputs, outputs = settings.get("inputs") or [], settings.get("outputs") or []
     tensors = [*inputs, *outputs]
     # MLServer's convention: a first dim of -1 is the batch. Requests of any batch size are

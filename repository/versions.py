@@ -43,6 +43,8 @@ class ModelVersion:
     # Inputs whose shape (or absence) must agree for requests to share a batch.
     shape_key_inputs: tuple[str, ...] = ()
     namespace: str = ""  # its repository, with --model-namespacing (layout.ModelId)
+    # Another name requests may give the version by (an MLServer model's `parameters.version`).
+    version_name: str = ""
 
     @property
     def id(self) -> ModelId:

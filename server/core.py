@@ -94,6 +94,10 @@ class InferenceCore:
         # Ensemble steps are requests to their composing models, through submit() below.
         self._ensembles = EnsembleRunner(repository.get, self.submit, self.stream)
 
+    def names_version(self, model: str, version: str) -> bool:
+        """Whether `version` is a name one of the model's versions goes by (MLServer's)."""
+        return self._repository.names_version(model, version)
+
     def mark_started(self) -> None:
         """The start-up load finished; readiness may now be reported."""
         self._started = True

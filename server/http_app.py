@@ -135,7 +135,11 @@ class HttpFrontDoor:
             path: str = scope["path"]
             if path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX):
                 named = scope.get(INFER_MODEL)
-                target = (named, "") if named is not None else _parse_infer_path(path)
+                target = (
+                    (named, "")
+                    if named is not None
+                    else _parse_infer_path(path, self._core.names_version)
+                )
                 if target is not None:
                     await self._infer(scope, receive, send, *target)
                     return
@@ -153,7 +157,7 @@ class HttpFrontDoor:
         if handler is None:
             if not (path.startswith(MODELS_PREFIX) and path.endswith(INFER_SUFFIX)):
                 return None
-            target = _parse_infer_path(path)
+            target = _parse_infer_path(path, self._core.names_version)
             if target is None:
                 return None
             if len(self._fast_routes) >= MAX_FAST_ROUTES:  # paths come from clients: bounded
@@ -279,15 +283,18 @@ class HttpFrontDoor:
         return InferRequest(model, version, {spec.name: array}), OutputEncoding(binary_default=True)
 
 
-def _parse_infer_path(path: str) -> tuple[str, str] | None:
-    """`/v2/models/M/infer` or `/v2/models/M/versions/V/infer` -> (M, V); None if neither."""
+def _parse_infer_path(
+    path: str, names_version: Callable[[str, str], bool]
+) -> tuple[str, str] | None:
+    """`/v2/models/M/infer` or `/v2/models/M/versions/V/infer` -> (M, V); None if neither. V is
+    a number, as Triton routes it, or a name one of M's versions goes by (MLServer's)."""
     middle = path[len(MODELS_PREFIX) : -len(INFER_SUFFIX)]
     if "/" not in middle:
         return (middle, "") if middle else None
     model, sep, version = middle.partition("/versions/")
-    if sep and model and "/" not in model and version.isdigit():
-        return model, version
-    return None
+    if not (sep and model and version and "/" not in model and "/" not in version):
+        return None
+    return (model, version) if version.isdigit() or names_version(model, version) else None
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

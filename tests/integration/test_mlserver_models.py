@@ -397,3 +397,34 @@ def test_a_repository_that_is_one_model_folder_serves_that_model(tmp_path: Path)
         )
     finally:
         server.stop()
+
+
+def test_version_folders_are_versions_by_number_and_by_mlservers_name(tmp_path: Path) -> None:
+    """MLServer's `models/NAME/VERSION/model-settings.json`: every version served (numbered in
+    the folders' order, 0.10 after 0.2), the latest by default, each also by its own name."""
+    (tmp_path / "runtime.py").write_text(RUNTIME)
+    tensor = {"datatype": "FP32", "shape": [-1, 2]}
+    for version, factor in (("v0.1.0", 1), ("v0.2.0", 2), ("v0.10.0", 10)):
+        write_model(
+            tmp_path / "mnist",
+            version,
+            {
+                "name": "mnist",
+                "implementation": "runtime.Scaler",
+                "parameters": {"version": version, "extra": {"factor": factor}},
+                "inputs": [{"name": "x", **tensor}],
+                "outputs": [{"name": "y", **tensor}],
+            },
+        )
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        x = np.ones((1, 2), np.float32)
+        with client_for(server, "http") as client:
+            assert client.get_model_metadata("mnist")["versions"] == ["1", "2", "3"]
+        for protocol in PROTOCOLS:
+            assert infer(server, protocol, "mnist", {"x": x})["y"].ravel()[0] == 10
+            for version, factor in (("v0.1.0", 1), ("2", 2), ("v0.10.0", 10)):
+                y = infer(server, protocol, "mnist", {"x": x}, model_version=version)["y"]
+                assert y.ravel()[0] == factor, (protocol, version)
+    finally:
+        server.stop()

@@ -253,17 +253,22 @@ async def test_stop_answers_what_was_accepted_then_closes(
 
 def test_infer_routes_are_parsed_once_per_path_and_the_cache_stays_bounded() -> None:
     from functools import partial
+    from types import SimpleNamespace
     from typing import cast
 
     from inferd.server.core import InferenceCore
     from inferd.server.http_app import MAX_FAST_ROUTES, HttpFrontDoor, HttpSettings
 
-    door = HttpFrontDoor(cast(InferenceCore, None), HttpSettings())  # routing needs no core
+    # Routing asks the core one thing: which version names (MLServer's) a model has.
+    core = SimpleNamespace(names_version=lambda model, version: (model, version) == ("m", "v1"))
+    door = HttpFrontDoor(cast(InferenceCore, core), HttpSettings())
     first = door.fast_route("POST", "/v2/models/m/versions/2/infer")
     assert isinstance(first, partial) and first.args == ("m", "2")
     assert door.fast_route("POST", "/v2/models/m/versions/2/infer") is first
     assert door.fast_route("GET", "/v2/models/m/infer") is None
-    assert door.fast_route("POST", "/v2/models/m/versions/x/infer") is None
+    assert door.fast_route("POST", "/v2/models/m/versions/x/infer") is None  # Triton's 404
+    named = door.fast_route("POST", "/v2/models/m/versions/v1/infer")
+    assert isinstance(named, partial) and named.args == ("m", "v1")
     assert door.fast_route("POST", "/v2/models/m/ready") is None
     for index in range(2 * MAX_FAST_ROUTES):  # clients choose paths: the cache must not grow
         assert door.fast_route("POST", f"/v2/models/m{index}/infer") is not None
