@@ -37,8 +37,8 @@ from inferd.repository.config import (
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.mlserver_settings import (
-    SETTINGS_FILE,
     is_mlserver_model,
+    latest_settings,
     mlserver_config,
     settings_folders,
     version_label,
@@ -109,10 +109,8 @@ class ModelLoader:
             config_file = config_path(model_dir, config_name)
             from_settings = is_mlserver_model(model_dir, config_file)
             if from_settings:
-                proto, source = (
-                    mlserver_config(model_dir, location.repository),
-                    str(model_dir / SETTINGS_FILE),
-                )
+                proto = mlserver_config(model_dir, location.repository)
+                source = str(latest_settings(model_dir))
             else:
                 proto, source = read_config(model_dir, config_name), str(config_file)
         else:

@@ -49,6 +49,12 @@ def settings_folders(model_dir: Path) -> dict[int, Path]:
     return dict(enumerate(sorted(found, key=lambda d: _natural(d.name)), start=1))
 
 
+def latest_settings(model_dir: Path) -> Path:
+    """The settings file of the model's latest version (its own, for an unversioned one)."""
+    folders = settings_folders(model_dir)
+    return (folders[max(folders)] if folders else model_dir) / SETTINGS_FILE
+
+
 def version_label(settings_folder: Path) -> str:
     """The version MLServer gives a version folder: its settings' `parameters.version`, else the
     folder's name (requests may name it instead of its number)."""
@@ -77,9 +83,8 @@ def read_settings(model_dir: Path) -> dict[str, Any]:
 def served_name(model_dir: Path) -> str:
     """The settings' `name` (its latest version's), as MLServer serves it; the folder's when
     they have none, or when they cannot be read (the load then says why)."""
-    folders = settings_folders(model_dir)
     try:
-        name = read_settings(folders[max(folders)]).get("name") if folders else None
+        name = read_settings(latest_settings(model_dir).parent).get("name")
     except Exception:
         return model_dir.name
     return name if isinstance(name, str) and name else model_dir.name
@@ -88,9 +93,9 @@ def served_name(model_dir: Path) -> str:
 def mlserver_config(model_dir: Path, repository: Path) -> ModelConfigProto:
     """The config of the model in `model_dir` (its latest version's settings); `repository`
     is where it was found, which its code may import from."""
-    latest = settings_folders(model_dir)
-    settings = read_settings(latest[max(latest)])
-    where = f"{latest[max(latest)] / SETTINGS_FILE}"
+    latest = latest_settings(model_dir).parent
+    settings = read_settings(latest)
+    where = f"{latest / SETTINGS_FILE}"
     config = pb.ModelConfig(name=served_name(model_dir), backend=BACKEND)
     config.version_policy.all.SetInParent()  # MLServer serves every version it finds
     config.parameters[REPOSITORY].string_value = str(repository)
