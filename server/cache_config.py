@@ -1,14 +1,15 @@
 """Triton's `--cache-config=<cache>,<key>=<value>` flags, parsed into one typed cache setting.
 
 Two caches exist, as in Triton: `local` (in the server's memory, `size` bytes) and `redis` (one
-shared by all replicas, Triton's redis_cache keys). One cache only, as in Triton.
+shared by all replicas, Triton's redis_cache keys). One cache only, as in Triton, except that
+`local` beside `redis` is a near cache in front of it (Triton refuses the pair).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class RedisCacheConfig:
     pool_size: int = 1
     wait_timeout_ms: int = 1000
     tls: RedisTls | None = None  # None = plain TCP
+    # Bytes of a local cache in front of Redis (`--cache-config local,size=N` beside redis);
+    # 0 = none.
+    near_size: int = 0
 
 
 CacheConfig = LocalCacheConfig | RedisCacheConfig
@@ -87,6 +91,10 @@ def parse_cache_config(
                 f"--cache-config option format is '<cache name>,<setting>=<value>'. Got {item}"
             )
         settings.setdefault(cache, {})[key] = value  # the last of a repeated key wins
+    if set(settings) == {"local", "redis"}:  # beyond Triton: a near cache in front of Redis
+        near = _local(settings["local"])
+        redis = _redis(settings["redis"], os.environ if env is None else env)
+        return replace(redis, near_size=near.size if near is not None else 0)
     if len(settings) > 1:
         raise ValueError(
             "found multiple cache configurations, but only a single cache is currently supported"

@@ -26,7 +26,7 @@ import numpy as np
 from inferd.server.cache_config import RedisCacheConfig
 from inferd.server.cache_entry import decode_entry, encode_entry
 from inferd.server.redis_client import RedisClient, RedisReplyError, Reply
-from inferd.server.response_cache import LookupCounters
+from inferd.server.response_cache import LookupCounters, ResponseCache
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class RedisCache(LookupCounters):
         super().__init__()
         self.config = config
         self._redis = RedisClient(config)
+        # A near cache: hot answers from this server's memory, Redis for the rest.
+        self._near = ResponseCache(config.near_size) if config.near_size else None
         self._retry_at = 0.0  # monotonic seconds; Redis is left alone until then
         self._inserts: set[asyncio.Task[None]] = set()
 
@@ -63,8 +65,9 @@ class RedisCache(LookupCounters):
     def get(self, key: bytes) -> asyncio.Future[Outputs | None]:
         """The entry under `key`, to come; None for a miss, and while Redis fails."""
         found: asyncio.Future[Outputs | None] = asyncio.get_running_loop().create_future()
-        if not self._reachable():
-            found.set_result(None)
+        near = self._near.get(key) if self._near is not None else None
+        if near is not None or not self._reachable():
+            found.set_result(near)
             return found
         reply = self._redis.send("HGET", KEY_PREFIX + key.hex(), ENTRY)
         reply.add_done_callback(partial(self._got, key, found))
@@ -83,7 +86,10 @@ class RedisCache(LookupCounters):
                 entry = reply.result()
             elif not _wrong_type(error):  # a key that holds something else is a miss
                 self._failed("looking up an entry", error)
-        found.set_result(self._decoded(key, entry) if isinstance(entry, bytes) else None)
+        outputs = self._decoded(key, entry) if isinstance(entry, bytes) else None
+        if outputs is not None and self._near is not None:
+            self._near.put(key, outputs)
+        found.set_result(outputs)
 
     @staticmethod
     def _decoded(key: bytes, entry: bytes) -> Outputs | None:
@@ -96,6 +102,8 @@ class RedisCache(LookupCounters):
     def put(self, key: bytes, outputs: Outputs, stored: Callable[[int], None]) -> None:
         """Store `outputs` in the background; `stored` gets the insertion's nanoseconds (0 when
         it was skipped or failed) once it ends."""
+        if self._near is not None:
+            self._near.put(key, outputs)
         if not self._reachable() or len(self._inserts) >= MAX_PENDING_INSERTS:
             stored(0)
             return

@@ -124,6 +124,34 @@ def test_requests_run_their_models_while_redis_is_down(
         time.sleep(0.2)
 
 
+def test_a_near_cache_answers_what_it_holds_while_redis_is_down(
+    replica: Replica, redis_server: RedisServer, repository: Path
+) -> None:
+    """`--cache-config local,size=N` beside redis: answers stored, and answers read from Redis,
+    are kept in memory too, so hot ones cost no round trip, and outlive an outage."""
+    config = replace(redis_server.config(), near_size=1 << 20)
+    settings = replace(TEST_SETTINGS, model_repositories=(repository,), response_cache=config)
+    near = start_server(settings)
+    try:
+        stored, read = np.array([[4.0, 2.0]], np.float32), np.array([[4.0, 3.0]], np.float32)
+        client = redis_server.client()
+        before = len(client.keys("inferd:*"))
+        first = calls(near, "http", "cached", stored)
+        other = replica()  # stores `read` in Redis; `near` then reads it from there
+        from_other = calls(other, "http", "cached", read)
+        wait_for(lambda: len(client.keys("inferd:*")) == before + 2)  # both inserts landed
+        assert calls(near, "http", "cached", read) == from_other  # a Redis hit
+        redis_server.stop()
+        try:
+            assert calls(near, "grpc", "cached", stored) == first  # from memory: no model run
+            assert calls(near, "grpc", "cached", read) == from_other
+            assert calls(near, "http", "cached", stored + 1) > first  # a miss runs the model
+        finally:
+            redis_server.start()
+    finally:
+        near.stop()
+
+
 def test_metrics_count_lookups_but_no_fill(replica: Replica, redis_server: RedisServer) -> None:
     server = replica()
     x = np.array([[1.0, 0.5]], np.float32)

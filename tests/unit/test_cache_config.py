@@ -51,6 +51,12 @@ def test_redis_settings() -> None:
     assert parse("redis,host=a", "redis,port=1", "redis,host=b") == RedisCacheConfig("b", 1)
 
 
+def test_local_beside_redis_is_a_near_cache() -> None:
+    address = ("redis,host=h", "redis,port=6379")
+    assert parse(*address, "local,size=4096") == RedisCacheConfig("h", 6379, near_size=4096)
+    assert parse("local,size=0", *address) == RedisCacheConfig("h", 6379)
+
+
 def test_redis_tls_only_when_enabled_as_in_triton() -> None:
     files = ("redis,cert=c.pem", "redis,key=k.pem", "redis,cacert=ca.pem", "redis,sni=cache")
     address = ("redis,host=h", "redis,port=6379")
@@ -79,7 +85,7 @@ def test_redis_login_from_tritons_variables_under_the_flags() -> None:
         (("redis,host=h", "redis,port=http"), 0, "port must be a whole number"),
         (("redis,host=h", "redis,port=1", "redis,pool_size=0"), 0, "the pool needs a connection"),
         (("redis,host=h", "redis,port=1", "redis,username=u"), 0, "no setting username"),
-        (("local,size=1", "redis,host=h"), 0, "only a single cache is currently supported"),
+        (("local,size=1", "other,host=h"), 0, "only a single cache is currently supported"),
         (("local,size=1",), 8, "Incompatible flags --response-cache-byte-size and --cache-config"),
         (("memcached,host=h",), 0, "there is no cache 'memcached'"),
         (("local",), 0, "No cache specified"),
