@@ -11,36 +11,35 @@ from inferd.batching.scheduler import Outputs
 from inferd.repository.manager import ModelVersion
 from inferd.server.classification import classify
 from inferd.server.errors import invalid
-from inferd.server.types import DataType, InferRequest, InferResponse
+from inferd.server.types import DataType, InferRequest, InferResponse, RequestedOutput
 
 
 def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> InferResponse:
     config = model.config
     assert config is not None
     result: list[tuple[str, DataType, np.ndarray]] = []
-    types = {t.name: t.datatype for t in config.outputs}
-    if config.schemaless:  # what the model answered, typed by its arrays
-        types = {
-            name: types.get(name) or DataType.from_numpy(a.dtype) for name, a in outputs.items()
-        }
-    if request.outputs is None:
-        names = list(outputs) if config.schemaless else [t.name for t in config.outputs]
-        for name in names:
-            result.append((name, types[name], outputs[name]))
+    if request.outputs is None and not config.schemaless:
+        for tensor in config.outputs:
+            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
     else:
-        for wanted in request.outputs:
-            if wanted.name not in outputs:  # only a schemaless model can leave one out
+        types = {t.name: t.datatype for t in config.outputs}
+        # A schemaless model's answer is what it returned, typed by its arrays where its
+        # metadata declares nothing.
+        wanted = request.outputs or [RequestedOutput(name) for name in outputs]
+        for output in wanted:
+            array = outputs.get(output.name)
+            if array is None:  # only a schemaless model can leave one out
                 raise invalid(
-                    f"unexpected inference output '{wanted.name}' for model '{config.name}'"
+                    f"unexpected inference output '{output.name}' for model '{config.name}'"
                 )
-            array = outputs[wanted.name]
-            if wanted.classification > 0:
-                labels = model.labels.get(wanted.name, ())
+            if output.classification > 0:
+                labels = model.labels.get(output.name, ())
                 batched = config.max_batch_size > 0
-                array = classify(array, wanted.classification, labels, batched=batched)
-                result.append((wanted.name, DataType.BYTES, array))
+                array = classify(array, output.classification, labels, batched=batched)
+                result.append((output.name, DataType.BYTES, array))
             else:
-                result.append((wanted.name, types[wanted.name], array))
+                datatype = types.get(output.name) or DataType.from_numpy(array.dtype)
+                result.append((output.name, datatype, array))
     return InferResponse(
         model_name=request.model_name,
         model_version=str(model.version),
