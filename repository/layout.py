@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from inferd.repository.config import CONFIG_FILENAME, VersionPolicy
-from inferd.repository.mlserver_settings import SETTINGS_FILE, is_mlserver_model, served_name
+from inferd.repository.mlserver_settings import SETTINGS_FILE, mlserver_folders, served_name
 
 
 class ModelId(NamedTuple):
@@ -55,8 +55,9 @@ def find_models(
         if (root / SETTINGS_FILE).is_file() and not (root / CONFIG_FILENAME).is_file():
             # One MLServer model as the whole repository (`mlserver start MODEL_FOLDER`, and
             # KServe's storageUri folders): its sub-folders are its own files.
-            models[ModelId(namespace, served_name(root))] = ModelLocation(
-                served_name(root), root, namespace=namespace, root=root
+            name = served_name(root, {1: root})
+            models[ModelId(namespace, name)] = ModelLocation(
+                name, root, namespace=namespace, root=root
             )
             continue
         for entry in sorted(root.iterdir()):
@@ -98,6 +99,5 @@ def select_versions(available: Iterable[int], policy: VersionPolicy) -> list[int
 
 def _own_name(model_dir: Path) -> str:
     """The folder's name, or an MLServer model's `name` (which MLServer serves it under)."""
-    if is_mlserver_model(model_dir, model_dir / CONFIG_FILENAME):
-        return served_name(model_dir)
-    return model_dir.name
+    folders = mlserver_folders(model_dir, model_dir / CONFIG_FILENAME)
+    return served_name(model_dir, folders) if folders else model_dir.name

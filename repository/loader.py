@@ -37,10 +37,9 @@ from inferd.repository.config import (
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.mlserver_settings import (
-    is_mlserver_model,
-    latest_settings,
+    SETTINGS_FILE,
     mlserver_config,
-    settings_folders,
+    mlserver_folders,
     version_label,
 )
 from inferd.repository.rate_limits import register_instances
@@ -103,14 +102,15 @@ class ModelLoader:
         instance."""
         started = time.monotonic()
         name, model_dir = location.name, location.path
-        from_settings = False  # an MLServer model folder: its settings are its config
+        # An MLServer model's version folders: their settings are its config.
+        folders: dict[int, Path] = {}
         if override is None:
             config_name = self._settings.config_name
             config_file = config_path(model_dir, config_name)
-            from_settings = is_mlserver_model(model_dir, config_file)
-            if from_settings:
-                proto = mlserver_config(model_dir, location.repository)
-                source = str(latest_settings(model_dir))
+            folders = mlserver_folders(model_dir, config_file)
+            if folders:
+                proto = mlserver_config(model_dir, folders, location.repository)
+                source = str(folders[max(folders)] / SETTINGS_FILE)
             else:
                 proto, source = read_config(model_dir, config_name), str(config_file)
         else:
@@ -118,8 +118,8 @@ class ModelLoader:
         if model_dir.name != name:  # served under another name (a registered repository's,
             # or an MLServer model's own)
             proto.name = name
-        # An MLServer model has no version folders: its folder is its one version.
-        available = settings_folders(model_dir) if from_settings else version_dirs(model_dir)
+        # An MLServer model's versions are its settings' folders, not numbered ones.
+        available = folders or version_dirs(model_dir)
         if not available:
             raise invalid(f"model '{name}' has no version folders (numeric, e.g. {model_dir}/1)")
         run_agents(proto, model_dir)
@@ -170,7 +170,7 @@ class ModelLoader:
                 config=config,
                 labels=labels,
                 shape_key_inputs=shape_key_inputs,
-                version_name=version_label(available[number]) if from_settings else "",
+                version_name=version_label(available[number]) if folders else "",
             )
             prepared.versions.append(version)
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ JOIN_REQUESTS = "mlserver.adaptive_batching"
 REPOSITORY = "mlserver.repository"
 
 
-def is_mlserver_model(model_dir: Path, config_file: Path) -> bool:
-    return not config_file.is_file() and bool(settings_folders(model_dir))
+def mlserver_folders(model_dir: Path, config_file: Path) -> dict[int, Path]:
+    """The model's version folders when it is an MLServer model (settings, no Triton config);
+    empty otherwise."""
+    return {} if config_file.is_file() else settings_folders(model_dir)
 
 
 def settings_folders(model_dir: Path) -> dict[int, Path]:
@@ -47,12 +50,6 @@ def settings_folders(model_dir: Path) -> dict[int, Path]:
     except OSError:
         return {}
     return dict(enumerate(sorted(found, key=lambda d: _natural(d.name)), start=1))
-
-
-def latest_settings(model_dir: Path) -> Path:
-    """The settings file of the model's latest version (its own, for an unversioned one)."""
-    folders = settings_folders(model_dir)
-    return (folders[max(folders)] if folders else model_dir) / SETTINGS_FILE
 
 
 def version_label(settings_folder: Path) -> str:
@@ -80,23 +77,30 @@ def read_settings(model_dir: Path) -> dict[str, Any]:
     return settings
 
 
-def served_name(model_dir: Path) -> str:
-    """The settings' `name` (its latest version's), as MLServer serves it; the folder's when
-    they have none, or when they cannot be read (the load then says why)."""
+def served_name(model_dir: Path, folders: Mapping[int, Path]) -> str:
+    """The name MLServer serves the model in `model_dir` (its version `folders`) under: its
+    latest settings' `name`, else the folder's (also when they cannot be read: the load then
+    says why)."""
     try:
-        name = read_settings(latest_settings(model_dir).parent).get("name")
+        return _name(read_settings(folders[max(folders)]), model_dir)
     except Exception:
         return model_dir.name
+
+
+def _name(settings: Mapping[str, Any], model_dir: Path) -> str:
+    name = settings.get("name")
     return name if isinstance(name, str) and name else model_dir.name
 
 
-def mlserver_config(model_dir: Path, repository: Path) -> ModelConfigProto:
-    """The config of the model in `model_dir` (its latest version's settings); `repository`
-    is where it was found, which its code may import from."""
-    latest = latest_settings(model_dir).parent
+def mlserver_config(
+    model_dir: Path, folders: Mapping[int, Path], repository: Path
+) -> ModelConfigProto:
+    """The config of the model in `model_dir` (its version `folders`), from its latest
+    version's settings; `repository` is where it was found, which its code may import from."""
+    latest = folders[max(folders)]
     settings = read_settings(latest)
     where = f"{latest / SETTINGS_FILE}"
-    config = pb.ModelConfig(name=served_name(model_dir), backend=BACKEND)
+    config = pb.ModelConfig(name=_name(settings, model_dir), backend=BACKEND)
     config.version_policy.all.SetInParent()  # MLServer serves every version it finds
     config.parameters[REPOSITORY].string_value = str(repository)
     inputs, outputs = settings.get("inputs") or [], settings.get("outputs") or []
