@@ -21,7 +21,7 @@ import numpy as np
 
 from inferd.backends.base import ModelInstance
 from inferd.batching.estimator import ExecTimeEstimator, LatenessMargin
-from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
+from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide, decide_ahead
 from inferd.batching.rate_limiter import Ticket
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
@@ -132,6 +132,15 @@ class Scheduler:
         self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
         self._queued = 0
         self._executing = 0  # requests handed to instances and not finished yet
+        # Batches queued behind a busy instance's running one (policy.decide_ahead), as Triton
+        # prefetches them: only where a queued request cannot time out, be refused by the
+        # queue's bound or be overtaken by a higher priority (as in Triton), and not under the
+        # rate limiter, which admits an instance batch by batch.
+        self._ahead_allowed = (
+            not tickets and config.priority_levels == 0 and _plain(config.default_queue_policy)
+        )
+        self._ahead: dict[Worker, list[Pending]] = {}
+        self._ahead_requests = 0
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
         self._workers = [
@@ -155,12 +164,12 @@ class Scheduler:
     @property
     def queued(self) -> int:
         """Requests waiting for an instance (the pending-request gauge)."""
-        return self._queued
+        return self._queued + self._ahead_requests
 
     @property
     def inflight(self) -> int:
         """Requests queued or executing."""
-        return self._queued + self._executing
+        return self._queued + self._ahead_requests + self._executing
 
     @property
     def busy(self) -> int:
@@ -305,17 +314,7 @@ class Scheduler:
             if not isinstance(decision, Dispatch):
                 wake_at = decision.until_ns
                 break
-            batch: list[Pending] = []
-            for _ in range(decision.count):
-                pending = self._pop()
-                pending.queued = False
-                self._queued -= 1
-                self._queued_items -= pending.batch_size
-                if not pending.future.done():
-                    batch.append(pending)
-                else:  # cancelled while queued: dropped
-                    end_stream(pending.request)
-            batch = self._drop_hopeless(batch, now)
+            batch = self._drop_hopeless(self._take(decision.count), now)
             if batch:
                 self._executing += len(batch)
                 worker = self._idle.pop()
@@ -325,6 +324,8 @@ class Scheduler:
                 if ran is not None:  # on this thread: answered now, before the loop reads on
                     self._finish(worker, batch, *ran, schedule=False)
                     now = time.monotonic_ns()
+        if self._ahead_allowed and self._queued and not self._idle:
+            self._queue_ahead(now)
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
@@ -333,6 +334,38 @@ class Scheduler:
             ticks = max(1, (wake_at - now) // TIMER_RESOLUTION_NS)
             self._timer = self.loop.call_later(ticks * TIMER_RESOLUTION_NS / 1e9, self._schedule)
         self._check_drained()
+
+    def _take(self, count: int) -> list[Pending]:
+        """The first `count` queued requests, less those cancelled while queued."""
+        batch: list[Pending] = []
+        for _ in range(count):
+            pending = self._pop()
+            pending.queued = False
+            self._queued -= 1
+            self._queued_items -= pending.batch_size
+            if not pending.future.done():
+                batch.append(pending)
+            else:  # cancelled while queued: dropped
+                end_stream(pending.request)
+        return batch
+
+    def _queue_ahead(self, now: int) -> None:
+        """Every instance busy: queue a batch behind the running one of each instance that has
+        none yet, the soonest done first."""
+        while self._queued:
+            waiting = [w for w in self._busy_until if w not in self._ahead]
+            if not waiting:
+                return
+            decision = decide_ahead(self._waiting(), self._policy)
+            if not isinstance(decision, Dispatch):
+                return
+            batch = self._take(decision.count)
+            if batch:
+                worker = min(waiting, key=self._busy_until.__getitem__)
+                self._ahead[worker] = batch
+                self._ahead_requests += len(batch)
+                self._busy_until[worker] += self.estimator(sum(p.batch_size for p in batch))
+                worker.submit_next(batch)
 
     def _expire(self, now: int) -> None:
         """Queue timeouts: REJECT fails the request, DELAY moves it behind everything else."""
@@ -377,10 +410,16 @@ class Scheduler:
         t: Timings,
         schedule: bool = True,  # False when _schedule itself reports a batch it ran inline
     ) -> None:
-        self._idle.append(worker)
-        self._busy_until.pop(worker, None)
         self._executing -= len(batch)
         now = time.monotonic_ns()
+        ahead = self._ahead.pop(worker, None)
+        if ahead is None:
+            self._idle.append(worker)
+            self._busy_until.pop(worker, None)
+        else:  # the instance went on with it at once
+            self._ahead_requests -= len(ahead)
+            self._executing += len(ahead)
+            self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in ahead))
         stats = self.stats
         if isinstance(result, BaseException):
             error = result if isinstance(result, InferdError) else self._execution_error(result)
@@ -556,6 +595,11 @@ def resolve(
             on_done(future)
         except Exception:  # one requester's failure must not cut the batch's other answers
             log.exception("answering a request failed")
+
+
+def _plain(policy: QueuePolicy) -> bool:
+    """A queue policy under which a queued request waits as long as it takes."""
+    return not (policy.default_timeout_us or policy.allow_timeout_override or policy.max_queue_size)
 
 
 def _timeout_us(policy: QueuePolicy, requested_us: int) -> int:

@@ -108,6 +108,11 @@ class Worker:
         self._jobs.put(batch)
         return None
 
+    def submit_next(self, batch: list[Any]) -> None:
+        """Queue `batch` behind the running one, on the instance thread: the thread starts it
+        as soon as it has handed the running one's results to the loop."""
+        self._jobs.put(batch)
+
     def stop(self) -> None:
         """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
         self._jobs.put(None)

@@ -1,4 +1,4 @@
-"""decide(): every batching rule, with plain numbers."""
+"""decide() and decide_ahead(): every batching rule, with plain numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide
+from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide, decide_ahead
 
 
 @dataclass
@@ -84,3 +84,35 @@ def test_latency_objective_stops_the_batch_growing_past_a_deadline() -> None:
 def test_delay_counts_from_the_oldest_in_the_batch() -> None:
     items = [Item(1, 50), Item(1, 10)]  # a high-priority request queued after a lower one
     assert decide(items, 20, DELAYED, 1) == Wait(10 + MS)
+
+
+WAIT = Wait(None)
+AHEAD_CASES = [
+    # name, queue, policy, expected
+    ("empty queue", [], DEFAULT, WAIT),
+    ("non-batching model: the next request", queue(1, 1), BatchPolicy(0), Dispatch(1)),
+    ("a batch that could still grow waits", queue(1, 1, 1), DEFAULT, WAIT),
+    ("a full batch goes ahead", queue(*[1] * 10), DEFAULT, Dispatch(8)),
+    ("the largest preferred size is full", queue(*[1] * 9), PREFERRED, Dispatch(8)),
+    ("a smaller preferred size waits for more", queue(*[1] * 5), PREFERRED, WAIT),
+    ("the next request does not fit", queue(5, 4), DEFAULT, Dispatch(1)),
+    ("one request as large as the largest", queue(8, 1), DEFAULT, Dispatch(1)),
+    ("a shape change ends the batch", [Item(1, 0, (3,)), Item(1, 0, (5,))], DEFAULT, Dispatch(1)),
+    ("a latency objective first", [Item(1, 0, None, MS), Item(1)], BatchPolicy(0), WAIT),
+    ("a latency objective inside", [Item(4), Item(4, 0, None, MS)], DEFAULT, WAIT),
+    (
+        "an objective past the cut is not in it",
+        [Item(8), Item(1, 0, None, MS)],
+        DEFAULT,
+        Dispatch(1),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("items", "policy", "expected"),
+    [case[1:] for case in AHEAD_CASES],
+    ids=[case[0] for case in AHEAD_CASES],
+)
+def test_decide_ahead(items: list[Item], policy: BatchPolicy, expected: Dispatch | Wait) -> None:
+    assert decide_ahead(items, policy) == expected

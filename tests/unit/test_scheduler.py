@@ -176,6 +176,51 @@ async def busy_with_first(scheduler: Scheduler, instance: GatedInstance) -> asyn
     return first
 
 
+async def test_a_busy_instance_goes_on_with_the_batch_queued_behind_it() -> None:
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], max_batch_size=0)
+    first = await busy_with_first(scheduler, instance)
+    second, third = submit(scheduler, 1), submit(scheduler, 2)
+    await asyncio.sleep(0)  # the loop turn that schedules them
+    assert (scheduler.queued, scheduler.inflight) == (2, 3)  # one is queued on the instance
+    instance.gate.set()
+    # Waited for on the loop, which cannot turn meanwhile: the instance's thread started the
+    # second request by itself.
+    assert instance.entered.acquire(timeout=5)
+    results = await asyncio.gather(first, second, third)
+    assert [r["y"].item() for r in results] == [0, 2, 4]
+    assert (scheduler.queued, scheduler.inflight) == (0, 0)
+    await scheduler.close()
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "config"),
+    [
+        (4, {}),
+        (1, {"priority_levels": 2, "default_priority": 1}),
+        (1, {"default_queue_policy": QueuePolicy(default_timeout_us=60_000_000)}),
+        (1, {"default_queue_policy": QueuePolicy(allow_timeout_override=True)}),
+        (1, {"default_queue_policy": QueuePolicy(max_queue_size=10)}),
+        (0, {"latency_slo_ns": 60 * 10**9}),
+    ],
+    ids=["could-grow", "priorities", "timeout", "override", "bounded", "objective"],
+)
+async def test_requests_stay_in_the_queue_while_they_may_still_change_places(
+    max_batch_size: int, config: dict[str, Any]
+) -> None:
+    """Where a queued request may still join a bigger batch, time out, be refused, be overtaken
+    or plan on starting now, nothing is queued on a busy instance: it waits for the loop."""
+    instance = GatedInstance(gated=True)
+    scheduler = make([instance], max_batch_size, **config)
+    first = await busy_with_first(scheduler, instance)
+    second = submit(scheduler, 1)
+    await asyncio.sleep(0)
+    instance.gate.set()
+    assert not instance.entered.acquire(timeout=0.2)
+    await asyncio.gather(first, second)
+    await scheduler.close()
+
+
 async def test_higher_priority_runs_first() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], 1, priority_levels=2, default_priority=2)
