@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -182,6 +182,12 @@ class ModelInstance(ABC):
     # a model the request list). The worker picks the path once, at start; execute() still
     # serves single requests (warmup).
     takes_requests: bool = False
+    # True when a batch may be handed over while the one before it still runs (an instance
+    # that takes requests, whose model sits in another process: a stub reads its next batch
+    # the moment it has answered the last). The worker then hands a batch queued behind the
+    # running one over at once, with begin_requests(early=True), and collects its outcomes
+    # with end_requests() in turn.
+    begins_early: bool = False
 
     @abstractmethod
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -192,6 +198,18 @@ class ModelInstance(ABC):
         """One outcome per request, in order (only called when `takes_requests`). Raising
         fails every request of the batch with that error."""
         raise NotImplementedError(f"{type(self).__name__} does not take requests one by one")
+
+    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
+        """Hand a batch over (only when `begins_early`), after every batch begun before it;
+        the returned token goes to end_requests(). On the instance's thread; early = on the
+        loop's, while the batch before it still runs: it must not wait, and returns None to
+        decline (the batch then goes the usual way, on the instance's thread)."""
+        raise NotImplementedError(f"{type(self).__name__} does not begin batches early")
+
+    def end_requests(self, token: Any) -> list[RequestOutcome]:
+        """The outcomes of the batch begun longest ago (on the instance's thread), as
+        execute_requests() answers them."""
+        raise NotImplementedError(f"{type(self).__name__} does not begin batches early")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the framework session and its memory."""

@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -64,6 +65,9 @@ _CLOSE_TIMEOUT_S = 30.0  # finalize() included
 _EXIT_TIMEOUT_S = 5.0
 _MODEL_CALL_THREADS = 16  # BLS calls and model control a stub may have waiting at once
 _MODEL_CALLS = frozenset({"infer", "load", "unload", "ready"})
+# A batch sent while the stub still runs the one before it: at most this big, so that the few
+# that can wait unread in the socket's buffer never fill it.
+_EARLY_FRAME_BYTES = 32 * 1024
 
 
 def isolation(config: ModelConfigProto, model_name: str, settings: BackendSettings) -> str:
@@ -107,6 +111,7 @@ class StubInstance(ModelInstance):
     """A python model instance whose model runs in a stub process."""
 
     takes_requests = True
+    begins_early = True  # the stub reads its next batch the moment it answers the last
 
     def __init__(
         self, config: ModelConfig, model_file: Path, device: Device, settings: BackendSettings
@@ -135,11 +140,21 @@ class StubInstance(ModelInstance):
         return execute_one(self, inputs)
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        return self.end_requests(self.begin_requests(requests))
+
+    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
+        if early:  # on the loop: never a restart there, nor a send that may wait
+            stub = self._stub
+            return stub.begin(requests, early=True) if stub.alive else None
         if not self._stub.alive:
             log.warning("model instance '%s': starting its stub process again", self._name)
             self._stub.close()  # what is left of it: its sockets
             self._stub = self._start()
-        return self._stub.execute(requests)
+        return self._stub.begin(requests)
+
+    def end_requests(self, handover: Any) -> list[RequestOutcome]:
+        stub: Stub = handover.stub  # the one it went to, even if another replaced it since
+        return stub.end(handover)
 
     def close(self) -> None:
         self._stub.close()
@@ -175,6 +190,16 @@ class StubMetrics:
     def release(self) -> None:
         self._holder.release()
         self._objects.clear()
+
+
+@dataclass(slots=True)
+class Handover:
+    """A batch sent to a stub: what its answer must clean up."""
+
+    stub: Stub
+    sink_ids: list[int] = field(default_factory=list)  # its decoupled requests' streams
+    traces: list[int] = field(default_factory=list)  # its traced requests' handles
+    lost: bool = False  # the stub was gone before it could be sent
 
 
 class Stub:
@@ -227,43 +252,70 @@ class Stub:
 
     # ---- the server's calls --------------------------------------------------------------
 
-    def execute(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+    def begin(self, requests: Sequence[InstanceRequest], early: bool = False) -> Handover | None:
+        """Send a batch to the stub, which runs it after those sent before (end() collects
+        its outcomes, in the same order). An early one is sent only when its frame is small
+        enough never to wait for the stub to read it (None otherwise): it is sent while the
+        stub still runs the batch before it, from the loop's thread."""
         wire: list[WireRequest] = []
-        sink_ids: list[int] = []
-        traces: list[int] = []
+        handover = Handover(self)
         with self._lock:
             for request in requests:
                 sink = trace = None
                 if request.responses is not None:
                     sink = (id(request.responses), request.responses.holds_back)
                     self._sinks[sink[0]] = request.responses
-                    sink_ids.append(sink[0])
+                    handover.sink_ids.append(sink[0])
                 if request.trace is not None:
                     trace = TraceHandle(id(request.trace), request.trace.traceparent())
                     self._traces[trace.handle] = request.trace
                     if sink is None:
-                        traces.append(trace.handle)
+                        handover.traces.append(trace.handle)
                     else:
                         self._sink_traces[sink[0]] = trace.handle
                 inputs, parameters = dict(request.inputs), dict(request.parameters)
                 wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
         try:
-            ok, value, sent = self._ask(Op.EXECUTE, wire, log_levels())
+            if not early:
+                self._direct.send(Op.EXECUTE, wire, log_levels())
+            elif not self._direct.send_small(_EARLY_FRAME_BYTES, Op.EXECUTE, wire, log_levels()):
+                self._forget(handover)
+                return None
         except ChannelClosed:
+            handover.lost = True
+        except BaseException:  # not sent (a parameter that does not pickle): nothing to answer
+            self._forget(handover)
+            raise
+        return handover
+
+    def end(self, handover: Handover) -> list[RequestOutcome]:
+        """The outcomes of the batch begun longest ago; its error raised when it failed."""
+        try:
+            if handover.lost:
+                raise ChannelClosed
+            ok, value, sent = self._direct.receive()
+        except ChannelClosed:
+            self.alive = False
+            self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
             ok, value, sent = False, not_healthy(self._name), 0
-        if sink_ids:  # the responses the batch sent are passed on before its answer
+        if handover.sink_ids:  # the responses the batch sent are passed on before its answer
             with self._read_more:
                 self._read_more.wait_for(lambda: self._read_count >= sent or not self.alive)
-        with self._lock:
-            for handle in traces:
-                self._traces.pop(handle, None)
-            if not ok:  # the scheduler ends these requests' streams with the error
-                for sink_id in sink_ids:
-                    self._forget_sink(sink_id)
         if ok:
+            with self._lock:
+                for handle in handover.traces:
+                    self._traces.pop(handle, None)
             outcomes: list[RequestOutcome] = value
             return outcomes
+        self._forget(handover)  # the scheduler ends these requests' streams with the error
         raise value
+
+    def _forget(self, handover: Handover) -> None:
+        with self._lock:
+            for handle in handover.traces:
+                self._traces.pop(handle, None)
+            for sink_id in handover.sink_ids:
+                self._forget_sink(sink_id)
 
     def _forget_sink(self, sink_id: int) -> ResponseSink | None:
         """The sink and the trace of a request whose stream ended (under the lock)."""

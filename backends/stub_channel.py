@@ -74,20 +74,22 @@ class Channel:
 
     def send(self, *message: Any) -> None:
         """Raises ChannelClosed when the other end is gone."""
-        buffers: list[memoryview] = []
+        self._write(*_frame(message))
 
-        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-            view = buffer.raw()
-            if view.nbytes < _IN_BAND:
-                return True  # small: in the pickle, where it costs no send of its own
-            buffers.append(view)
+    def send_small(self, limit: int, *message: Any) -> bool:
+        """Send `message` only when its frame holds every tensor in it and is at most `limit`
+        bytes: several frames that small fit a socket's buffer, so sending one never waits
+        for the other end to read. False, and nothing sent, otherwise."""
+        head, buffers = _frame(message)
+        if buffers or len(head) > limit:
             return False
+        self._write(head, buffers)
+        return True
 
-        data = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
-        sizes = b"".join(_SIZE.pack(view.nbytes) for view in buffers)
+    def _write(self, head: bytes, buffers: list[memoryview]) -> None:
         try:
             with self._send_lock:
-                self._socket.sendall(_HEAD.pack(len(data), len(buffers)) + sizes + data)
+                self._socket.sendall(head)
                 for view in buffers:
                     self._socket.sendall(view)
                 self.sent += 1
@@ -169,3 +171,19 @@ class Channel:
     def close(self) -> None:
         self._reader.close()
         self._socket.close()
+
+
+def _frame(message: tuple[Any, ...]) -> tuple[bytes, list[memoryview]]:
+    """The frame's head (lengths and pickle) and the buffers that follow it."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < _IN_BAND:
+            return True  # small: in the pickle, where it costs no send of its own
+        buffers.append(view)
+        return False
+
+    data = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+    sizes = b"".join(_SIZE.pack(view.nbytes) for view in buffers)
+    return _HEAD.pack(len(data), len(buffers)) + sizes + data, buffers

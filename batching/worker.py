@@ -51,6 +51,15 @@ class PerRequestOutcome:
     results: list[RequestOutcome]
 
 
+@dataclass(slots=True)
+class Begun:
+    """A batch its instance was handed early (ModelInstance.begins_early): the thread only
+    collects its outcomes."""
+
+    batch: list[Any]
+    token: Any
+
+
 BatchResult = list[dict[str, np.ndarray]] | PerRequestOutcome
 Outcome = BatchResult | BaseException
 # finish(worker, batch, per-request outputs or the exception, timings), called on the loop.
@@ -87,8 +96,17 @@ class Worker:
         self._inline_max_ns = inline_max_ns if inline else 0
         # Chosen once, so that batched instances pay nothing per batch for the other path.
         # Requests handed over one by one are never concatenated, so a layout does not apply.
-        self._execute: Callable[[list[Any], Timings], BatchResult] = (
+        self._execute: Callable[[Any, Timings], BatchResult] = (
             self._execute_each if instance.takes_requests else self._execute_concat
+        )
+        # An instance that begins batches early: the batches handed over that it has not
+        # begun yet. One is begun early only when there are none, so that batches reach the
+        # instance in the order they were handed over.
+        self._begins_early = instance.begins_early and instance.takes_requests
+        self._begin_lock = threading.Lock()
+        self._unbegun = 0
+        self._run_requests = (
+            self._begin_and_end if self._begins_early else instance.execute_requests
         )
         # CPU time per batch size, observed on the loop (scheduler._finish) from the timings.
         self.cpu = ExecTimeEstimator()
@@ -103,6 +121,9 @@ class Worker:
         """Run `batch` (of `items` in all); never called while a batch is running. A batch
         run on the loop returns its outcome, for the caller to report; one handed to the
         instance thread returns None and is reported through `finish`."""
+        if self._begins_early:
+            with self._begin_lock:
+                self._unbegun += 1
         if self._inline_max_ns and 0 < self.cpu(items) <= self._inline_max_ns:
             return self._run_batch(batch)
         self._jobs.put(batch)
@@ -110,7 +131,20 @@ class Worker:
 
     def submit_next(self, batch: list[Any]) -> None:
         """Queue `batch` behind the running one, on the instance thread: the thread starts it
-        as soon as it has handed the running one's results to the loop."""
+        as soon as it has handed the running one's results to the loop. An instance that
+        begins batches early is handed it now, when every batch before it has reached it."""
+        if self._begins_early:
+            with self._begin_lock:
+                if not self._unbegun:
+                    requests = [instance_request(item) for item in batch]
+                    try:
+                        token = self.instance.begin_requests(requests, early=True)
+                    except Exception:  # the thread's path fails the batch with it
+                        token = None
+                    if token is not None:
+                        self._jobs.put(Begun(batch, token))
+                        return
+                self._unbegun += 1
         self._jobs.put(batch)
 
     def stop(self) -> None:
@@ -121,8 +155,9 @@ class Worker:
             self._ticket.limiter.deregister([self._ticket])
 
     def _run(self) -> None:
-        while (batch := self._jobs.get()) is not None:
-            result, timings = self._run_batch(batch)
+        while (job := self._jobs.get()) is not None:
+            result, timings = self._run_batch(job)
+            batch = job.batch if isinstance(job, Begun) else job
             try:
                 self._loop.call_soon_threadsafe(self._finish, self, batch, result, timings)
             except RuntimeError:  # the loop is gone (process exit): nobody waits any more
@@ -174,7 +209,7 @@ class Worker:
         except Exception:
             log.exception("closing model instance %s failed", self._thread.name)
 
-    def _run_batch(self, batch: list[Any]) -> tuple[Outcome, Timings]:
+    def _run_batch(self, batch: list[Any] | Begun) -> tuple[Outcome, Timings]:
         timings = Timings(dispatched_ns=time.monotonic_ns())
         cpu_start = time.thread_time_ns()
         result: Outcome
@@ -205,11 +240,17 @@ class Worker:
         timings.output_ns = time.perf_counter_ns() - infer_end
         return per_request
 
-    def _execute_each(self, batch: list[BatchItem], timings: Timings) -> BatchResult:
+    def _execute_each(self, job: list[BatchItem] | Begun, timings: Timings) -> BatchResult:
         start = time.perf_counter_ns()
-        requests = [instance_request(item) for item in batch]
-        infer_start = time.perf_counter_ns()
-        results = self.instance.execute_requests(requests)
+        if isinstance(job, Begun):
+            batch = job.batch
+            infer_start = start
+            results = self.instance.end_requests(job.token)
+        else:
+            batch = job
+            requests = [instance_request(item) for item in batch]
+            infer_start = time.perf_counter_ns()
+            results = self._run_requests(requests)
         infer_end = time.perf_counter_ns()
         if len(results) != len(batch):
             raise internal(
@@ -222,6 +263,14 @@ class Worker:
         if any(isinstance(result, BaseException) for result in results):
             return PerRequestOutcome(results)
         return cast(list[dict[str, np.ndarray]], results)
+
+    def _begin_and_end(self, requests: list[InstanceRequest]) -> list[RequestOutcome]:
+        try:
+            token = self.instance.begin_requests(requests)
+        finally:
+            with self._begin_lock:
+                self._unbegun -= 1
+        return self.instance.end_requests(token)
 
 
 def instance_request(item: BatchItem) -> InstanceRequest:

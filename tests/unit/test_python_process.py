@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -128,6 +129,95 @@ def test_a_crash_fails_the_batch_in_tritons_words_and_the_next_batch_restarts_th
     assert gone(first)
     second, initialized = ask(stub, 1)  # a new process, initialized again
     assert second != first and initialized == 1
+
+
+# Echoes its input; a first value of 100 or more (or -100 or less) waits for the file
+# $ECHO_GATE first, and a negative one then ends the process.
+GATED_ECHO = """
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            while abs(int(value[0])) >= 100 and not os.path.exists(os.environ["ECHO_GATE"]):
+                time.sleep(0.01)
+            if value[0] < 0:
+                os._exit(3)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", value)]))
+        return responses
+"""
+
+GATED_ECHO_CONFIG = """
+name: "echo"
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] }]
+"""
+
+
+@pytest.fixture
+def gated_echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StubInstance]:
+    monkeypatch.setenv("ECHO_GATE", str(tmp_path / "open"))
+    write_python_model(tmp_path, "echo", GATED_ECHO, GATED_ECHO_CONFIG)
+    instance = PythonBackend.create_instance(
+        load_config(tmp_path, "echo", PROCESS),
+        tmp_path / "echo" / "1" / "model.py",
+        Device("cpu", name="echo_0_0"),
+        PROCESS,
+    )
+    assert isinstance(instance, StubInstance)
+    yield instance
+    instance.close()
+
+
+def echo_requests(*values: int, size: int = 1) -> list[InstanceRequest]:
+    return [InstanceRequest({"INPUT0": np.full(size, v, np.int32)}) for v in values]
+
+
+def echoed(outcomes: list[Any]) -> list[int]:
+    return [int(outcome["OUTPUT0"][0]) for outcome in outcomes]
+
+
+def test_a_batch_handed_over_early_waits_in_the_stub_behind_the_running_one(
+    gated_echo: StubInstance, tmp_path: Path
+) -> None:
+    running = gated_echo.begin_requests(echo_requests(100, 1))
+    early = gated_echo.begin_requests(echo_requests(2, 3), early=True)
+    assert early is not None  # sent while the stub waits inside the first batch
+    (tmp_path / "open").touch()
+    assert echoed(gated_echo.end_requests(running)) == [100, 1]
+    assert echoed(gated_echo.end_requests(early)) == [2, 3]
+
+
+def test_a_crash_fails_the_batch_handed_over_early_too(
+    gated_echo: StubInstance, tmp_path: Path
+) -> None:
+    running = gated_echo.begin_requests(echo_requests(-100))
+    early = gated_echo.begin_requests(echo_requests(2), early=True)
+    assert early is not None
+    (tmp_path / "open").touch()
+    for token in (running, early):
+        with pytest.raises(InferdError, match=r"Stub process 'echo_0_0' is not healthy\."):
+            gated_echo.end_requests(token)
+    # A dead stub takes nothing early; the instance's thread starts a new one.
+    assert gated_echo.begin_requests(echo_requests(4), early=True) is None
+    assert echoed(gated_echo.execute_requests(echo_requests(4))) == [4]
+
+
+def test_a_batch_too_big_to_wait_in_the_socket_is_not_handed_over_early(
+    gated_echo: StubInstance,
+) -> None:
+    big = echo_requests(5, size=100_000)  # 400 kB: it would fill the socket's buffer
+    assert gated_echo.begin_requests(big, early=True) is None
+    (outcome,) = gated_echo.execute_requests(big)  # nothing of it was sent: it runs once
+    assert isinstance(outcome, dict) and outcome["OUTPUT0"].shape == (100_000,)
+    assert echoed(gated_echo.execute_requests(echo_requests(6))) == [6]
 
 
 def test_a_stub_that_dies_while_starting_fails_the_load(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-from inferd.backends.base import ModelInstance
+from inferd.backends.base import InstanceRequest, ModelInstance, RequestOutcome
 from inferd.batching.policy import BatchPolicy
 from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions, Scheduler, SchedulerConfig
 from inferd.repository.config import QueuePolicy
@@ -190,6 +190,59 @@ async def test_a_busy_instance_goes_on_with_the_batch_queued_behind_it() -> None
     results = await asyncio.gather(first, second, third)
     assert [r["y"].item() for r in results] == [0, 2, 4]
     assert (scheduler.queued, scheduler.inflight) == (0, 0)
+    await scheduler.close()
+
+
+class EarlyInstance(GatedInstance):
+    """Takes a batch while the one before it runs (as a stub process does): begin_requests()
+    notes the batch and who handed it over, end_requests() waits at the gate and doubles."""
+
+    takes_requests = True
+    begins_early = True
+
+    def __init__(self, gate_begin: bool = False) -> None:
+        super().__init__(gated=True)
+        self.begin_gate = threading.Event()
+        if not gate_begin:
+            self.begin_gate.set()
+        self.begun: list[tuple[float, bool]] = []  # (value, early)
+
+    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
+        self.begin_gate.wait(10)
+        values = [r.inputs["x"].item() for r in requests]
+        self.begun.extend((value, early) for value in values)
+        return values
+
+    def end_requests(self, token: Any) -> list[RequestOutcome]:
+        self.entered.release()
+        self.gate.wait(10)
+        return [{"y": np.array([[2 * value]], np.float32)} for value in token]
+
+
+async def test_a_batch_queued_behind_the_running_one_is_handed_over_at_once() -> None:
+    instance = EarlyInstance()
+    scheduler = make([instance], max_batch_size=0)
+    first = await busy_with_first(scheduler, instance)
+    second = submit(scheduler, 1)
+    await asyncio.sleep(0)  # the loop turn that schedules it
+    assert instance.begun == [(0, False), (1, True)]  # the first still runs
+    instance.gate.set()
+    assert [r["y"].item() for r in await asyncio.gather(first, second)] == [0, 2]
+    await scheduler.close()
+
+
+async def test_no_batch_is_handed_over_before_the_one_ahead_of_it() -> None:
+    instance = EarlyInstance(gate_begin=True)
+    scheduler = make([instance], max_batch_size=0)
+    first = submit(scheduler, 0)
+    await asyncio.sleep(0)  # dispatched: the instance's thread waits to hand it over
+    second = submit(scheduler, 1)
+    await asyncio.sleep(0)
+    assert instance.begun == []  # so the second waits for the thread too
+    instance.begin_gate.set()
+    instance.gate.set()
+    assert [r["y"].item() for r in await asyncio.gather(first, second)] == [0, 2]
+    assert instance.begun == [(0, False), (1, False)]
     await scheduler.close()
 
 
