@@ -35,6 +35,7 @@ from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import (
     BACKEND,
+    FROM_ENVIRONMENT,
     JOIN_REQUESTS,
     REPOSITORY,
     SETTINGS_FILE,
@@ -67,7 +68,7 @@ class MLServerInstance(ModelInstance):
     takes_requests = True  # predict() sees a request's id, parameters and asked-for outputs
 
     def __init__(self, config: ModelConfig, settings_file: Path) -> None:
-        load_model_settings = _import_mlserver()
+        _import_mlserver()
         self._model_name = config.name
         self._join = config.parameters.get(JOIN_REQUESTS) == "true"
         self._loop = asyncio.new_event_loop()
@@ -79,7 +80,7 @@ class MLServerInstance(ModelInstance):
                 root = config.parameters.get(REPOSITORY) or str(settings_file.parent.parent)
                 if root not in sys.path:
                     sys.path.insert(0, root)
-                settings = load_model_settings(str(settings_file))
+                settings = _model_settings(config, settings_file)
                 settings.name = config.name
                 implementation = settings.implementation
             self._model = implementation(settings)
@@ -180,8 +181,22 @@ class MLServerInstance(ModelInstance):
         self._loop.close()
 
 
-def _import_mlserver() -> Any:
-    """mlserver's load_model_settings, once mlserver imports beside tritonclient. Both carry
+def _model_settings(config: ModelConfig, settings_file: Path) -> Any:
+    """MLServer's settings object for the model: read from its file, or made from the
+    MLSERVER_MODEL_* variables as MLServer makes it when its repository declares no model."""
+    if config.parameters.get(FROM_ENVIRONMENT) == "true":
+        from mlserver.settings import ModelParameters, ModelSettings
+
+        settings = ModelSettings()
+        settings.parameters = ModelParameters()
+        return settings
+    from mlserver.repository.load import load_model_settings
+
+    return load_model_settings(str(settings_file))
+
+
+def _import_mlserver() -> None:
+    """Import mlserver beside tritonclient. Both carry
     the KServe v2 protocol's gRPC messages in the protobuf package `inference` (Triton's are a
     superset), and protobuf's pool takes each symbol from one file only: mlserver is given
     tritonclient's module for its own (inferd never starts mlserver's servers)."""
@@ -190,11 +205,10 @@ def _import_mlserver() -> Any:
 
         sys.modules["mlserver.grpc.dataplane_pb2"] = service_pb2
     try:
-        from mlserver.repository.load import load_model_settings
+        import mlserver  # noqa: F401
     except ImportError as exc:
         hint = INSTALL_HINTS["mlserver"]
         raise unsupported(f"MLServer is not installed ({exc}); {hint}") from None
-    return load_model_settings
 
 
 def _wire_data(array: np.ndarray) -> list[Any]:

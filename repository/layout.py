@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from inferd.repository.config import CONFIG_FILENAME, VersionPolicy
-from inferd.repository.mlserver_settings import SETTINGS_FILE, mlserver_folders, served_name
+from inferd.repository.mlserver_settings import (
+    SETTINGS_FILE,
+    environment_model_name,
+    mlserver_folders,
+    served_name,
+    settings_folders,
+)
 
 
 class ModelId(NamedTuple):
@@ -29,6 +35,8 @@ class ModelLocation:
     error: str = ""  # set when the model cannot be loaded from this layout (e.g. a duplicate)
     namespace: str = ""
     root: Path | None = None  # the repository it was found in (None: the folder's parent)
+    # MLServer's model from the MLSERVER_MODEL_* variables, served from the repository's files.
+    from_environment: bool = False
 
     @property
     def id(self) -> ModelId:
@@ -60,9 +68,21 @@ def find_models(
                 name, root, namespace=namespace, root=root
             )
             continue
-        for entry in sorted(root.iterdir()):
-            if not entry.is_dir() or entry.name.startswith(".") or entry.name == "__pycache__":
-                continue  # hidden folders and Python's byte-code cache are never models
+        entries = [
+            entry
+            for entry in sorted(root.iterdir())
+            # Hidden folders and Python's byte-code cache are never models.
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name != "__pycache__"
+        ]
+        env_name = environment_model_name(root)
+        if env_name is not None and not any(_declared(entry) for entry in entries):
+            # No model declared here: MLServer serves the one its environment describes, and
+            # the folders are its files (KServe's kserve-mlserver runtime).
+            models[ModelId(namespace, env_name)] = ModelLocation(
+                env_name, root, namespace=namespace, root=root, from_environment=True
+            )
+            continue
+        for entry in entries:
             name = names.get(entry.name) or _own_name(entry)
             key = ModelId(namespace, name)
             if key in models:
@@ -95,6 +115,11 @@ def select_versions(available: Iterable[int], policy: VersionPolicy) -> list[int
     if policy.kind == "specific":
         return [v for v in versions if v in policy.versions]
     return versions[-policy.num_versions :] if versions else []
+
+
+def _declared(model_dir: Path) -> bool:
+    """A Triton config or MLServer settings make the folder a model."""
+    return (model_dir / CONFIG_FILENAME).is_file() or bool(settings_folders(model_dir))
 
 
 def _own_name(model_dir: Path) -> str:

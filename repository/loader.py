@@ -37,7 +37,9 @@ from inferd.repository.config import (
 from inferd.repository.ensemble_config import is_ensemble
 from inferd.repository.layout import ModelLocation, select_versions, version_dirs
 from inferd.repository.mlserver_settings import (
+    ENV_SOURCE,
     SETTINGS_FILE,
+    environment_config,
     mlserver_config,
     mlserver_folders,
     version_label,
@@ -104,17 +106,22 @@ class ModelLoader:
         name, model_dir = location.name, location.path
         # An MLServer model's version folders: their settings are its config.
         folders: dict[int, Path] = {}
-        if override is None:
+        version_names: dict[int, str] = {}  # MLServer's names of its versions
+        if override is not None:
+            proto, source = override, "the load request's 'config' parameter"
+        elif location.from_environment:
+            proto, version_names[1] = environment_config(model_dir)
+            folders, source = {1: model_dir}, ENV_SOURCE
+        else:
             config_name = self._settings.config_name
             config_file = config_path(model_dir, config_name)
             folders = mlserver_folders(model_dir, config_file)
             if folders:
                 proto = mlserver_config(model_dir, folders, location.repository)
                 source = str(folders[max(folders)] / SETTINGS_FILE)
+                version_names = {n: version_label(folder) for n, folder in folders.items()}
             else:
                 proto, source = read_config(model_dir, config_name), str(config_file)
-        else:
-            proto, source = override, "the load request's 'config' parameter"
         if model_dir.name != name:  # served under another name (a registered repository's,
             # or an MLServer model's own)
             proto.name = name
@@ -170,7 +177,7 @@ class ModelLoader:
                 config=config,
                 labels=labels,
                 shape_key_inputs=shape_key_inputs,
-                version_name=version_label(available[number]) if folders else "",
+                version_name=version_names.get(number, ""),
             )
             prepared.versions.append(version)
             try:

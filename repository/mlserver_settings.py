@@ -7,11 +7,16 @@ metadata: name, datatype, shape; a first dim of -1 is the batch) and adaptive ba
 (`max_batch_size`, `max_batch_time` in seconds), which becomes the dynamic batcher. Without both
 inputs and outputs the model is schemaless, as MLServer's are: any tensors go in and come out,
 and requests are not joined (there is no declared batch dim to join them on).
+
+A repository with no models in it is served, as MLServer serves it, as the one model that the
+MLSERVER_MODEL_* environment variables describe, when they name an implementation (KServe's
+kserve-mlserver runtime and `mlflow models serve --enable-mlserver` set them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +36,10 @@ UNLIMITED_BATCH = 2**31 - 1  # a config's max_batch_size is an int32
 JOIN_REQUESTS = "mlserver.adaptive_batching"
 # The repository the model was found in: importable, as under `mlserver start REPOSITORY`.
 REPOSITORY = "mlserver.repository"
+# The config parameter that says the settings come from the MLSERVER_MODEL_* variables.
+FROM_ENVIRONMENT = "mlserver.environment"
+ENV_PREFIX = "MLSERVER_MODEL_"
+ENV_SOURCE = "the MLSERVER_MODEL_* environment variables"
 
 
 def mlserver_folders(model_dir: Path, config_file: Path) -> dict[int, Path]:
@@ -56,10 +65,37 @@ def version_label(settings_folder: Path) -> str:
     """The version MLServer gives a version folder: its settings' `parameters.version`, else the
     folder's name (requests may name it instead of its number)."""
     try:
-        version = (read_settings(settings_folder).get("parameters") or {}).get("version")
+        version = _version(read_settings(settings_folder))
     except Exception:
-        version = None
-    return version if isinstance(version, str) and version else settings_folder.name
+        version = ""
+    return version or settings_folder.name
+
+
+def _version(settings: Mapping[str, Any]) -> str:
+    version = (settings.get("parameters") or {}).get("version")
+    return version if isinstance(version, str) else ""
+
+
+def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The model the MLSERVER_MODEL_* variables describe (any case, as MLServer reads them),
+    shaped as its model-settings.json; None unless they name an implementation. Only what the
+    config is made of is read here: the model itself gets MLServer's own reading of them."""
+    values = _environment_values(environ)
+    if not values.get("implementation"):
+        return None
+    settings: dict[str, Any] = {
+        key: values[key]
+        for key in ("name", "implementation", "max_batch_size", "max_batch_time")
+        if key in values
+    }
+    for key in ("inputs", "outputs"):  # lists, which settings read from JSON
+        if key in values:
+            try:
+                settings[key] = json.loads(values[key])
+            except ValueError as exc:
+                raise invalid(f"{ENV_PREFIX}{key.upper()} is not JSON: {exc}") from None
+    settings["parameters"] = {key: values[key] for key in ("uri", "version") if key in values}
+    return settings
 
 
 def _natural(name: str) -> list[tuple[int, int | str]]:
@@ -98,8 +134,43 @@ def mlserver_config(
     """The config of the model in `model_dir` (its version `folders`), from its latest
     version's settings; `repository` is where it was found, which its code may import from."""
     latest = folders[max(folders)]
-    settings = read_settings(latest)
-    where = f"{latest / SETTINGS_FILE}"
+    return _config(read_settings(latest), f"{latest / SETTINGS_FILE}", model_dir, repository)
+
+
+def environment_config(repository: Path) -> tuple[ModelConfigProto, str]:
+    """The config of the model the MLSERVER_MODEL_* variables describe, served from
+    `repository` (its files), and its version's MLServer name ("" for none)."""
+    settings = environment_settings()
+    if settings is None:
+        raise invalid(f"{ENV_PREFIX}IMPLEMENTATION is no longer set")
+    config = _config(settings, ENV_SOURCE, repository, repository)
+    config.parameters[FROM_ENVIRONMENT].string_value = "true"
+    return config, _version(settings)
+
+
+def environment_model_name(
+    repository: Path, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The name of the model the MLSERVER_MODEL_* variables describe (else the repository
+    folder's), or None when they describe none."""
+    values = _environment_values(environ)
+    if not values.get("implementation"):
+        return None
+    return values.get("name") or repository.name
+
+
+def _environment_values(environ: Mapping[str, str] | None) -> dict[str, str]:
+    given = os.environ if environ is None else environ
+    return {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in given.items()
+        if key.upper().startswith(ENV_PREFIX)
+    }
+
+
+def _config(
+    settings: Mapping[str, Any], where: str, model_dir: Path, repository: Path
+) -> ModelConfigProto:
     config = pb.ModelConfig(name=_name(settings, model_dir), backend=BACKEND)
     config.version_policy.all.SetInParent()  # MLServer serves every version it finds
     config.parameters[REPOSITORY].string_value = str(repository)

@@ -428,3 +428,67 @@ def test_version_folders_are_versions_by_number_and_by_mlservers_name(tmp_path: 
                 assert y.ravel()[0] == factor, (protocol, version)
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlserver_lightgbm") is None, reason="mlserver-lightgbm missing"
+)
+def test_a_repository_without_models_serves_the_model_its_environment_describes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KServe's kserve-mlserver runtime: the storageUri's files alone in the repository (no
+    settings), the model described by MLSERVER_MODEL_* variables, as KServe sets them."""
+    import lightgbm
+
+    rng = np.random.default_rng(1)
+    features = rng.random((100, 3))
+    booster = lightgbm.train(
+        {"objective": "regression", "verbose": -1, "num_leaves": 4},
+        lightgbm.Dataset(features, features.sum(axis=1)),
+        num_boost_round=3,
+    )
+    booster.save_model(str(tmp_path / "model.bst"))
+    (tmp_path / "metadata").mkdir()  # a folder of the model's files, not a model
+    monkeypatch.setenv("MLSERVER_MODEL_IMPLEMENTATION", RUNTIME_LIGHTGBM)
+    monkeypatch.setenv("MLSERVER_MODEL_NAME", "house-prices")
+    monkeypatch.setenv("MLSERVER_MODEL_URI", str(tmp_path))
+    monkeypatch.setenv("mlserver_model_version", "v3")  # MLServer reads them in any case
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        with client_for(server, "http") as client:
+            index = client.get_model_repository_index()
+        assert [(e["name"], e["state"]) for e in index] == [("house-prices", "READY")]
+        x = features[:2]
+        expected = np.asarray(booster.predict(x)).reshape(2, 1)
+        for protocol in PROTOCOLS:
+            for version in ("", "1", "v3"):  # by MLServer's name for it too
+                answered = infer(server, protocol, "house-prices", {"i": x}, model_version=version)
+                np.testing.assert_allclose(answered["predict"], expected)
+    finally:
+        server.stop()
+
+
+def test_declared_models_come_before_the_environments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in MLServer, the environment's model is served only where the repository declares
+    none; and variables that do not name an implementation describe no model."""
+    (tmp_path / "runtime.py").write_text(RUNTIME)
+    write_model(tmp_path, "echo-folder", {"name": "echo", "implementation": "runtime.Echo"})
+    monkeypatch.setenv("MLSERVER_MODEL_IMPLEMENTATION", "runtime.Echo")
+    monkeypatch.setenv("MLSERVER_MODEL_NAME", "from-env")
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        with client_for(server, "http") as client:
+            assert [e["name"] for e in client.get_model_repository_index()] == ["echo"]
+    finally:
+        server.stop()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.delenv("MLSERVER_MODEL_IMPLEMENTATION")
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(empty,)))
+    try:
+        with client_for(server, "http") as client:
+            assert client.get_model_repository_index() == []
+    finally:
+        server.stop()
