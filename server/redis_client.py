@@ -20,6 +20,7 @@ from typing import cast
 from inferd.server.cache_config import RedisCacheConfig, RedisTls
 
 Reply = bytes | int | None  # bulk and simple strings, integers, nil
+_CLOSE_TIMEOUT_S = 1.0
 Arg = bytes | str
 
 
@@ -37,6 +38,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.lost = asyncio.get_running_loop().create_future()  # done once the socket is gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
@@ -74,11 +76,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"Redis closed the connection{f': {exc}' if exc else ''}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
         self._fail(ConnectionError("the connection to Redis was closed"))
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def _check(self) -> None:
         """The oldest command has had socket_timeout: a Redis that does not answer is
@@ -135,10 +143,15 @@ class RedisClient:
         return await connection.send(args)
 
     async def close(self) -> None:
-        for connection in self._connections:
-            if connection is not None:
-                connection.close()
+        """Close every connection, and wait until each is gone: a TLS one first says goodbye
+        to Redis, a round trip that must not outlive the event loop (it could not close with
+        a socket still open). One Redis does not answer in time is cut off."""
+        for opening in self._opening:
+            if opening is not None:
+                opening.cancel()
+        connections = [c for c in self._connections if c is not None]
         self._connections = [None] * len(self._connections)
+        await _close(connections)
 
     async def _open(self, slot: int) -> _Connection:
         """One opening per slot at a time: the commands that find it closed wait for it."""
@@ -176,9 +189,23 @@ class RedisClient:
             if config.db:
                 await connection.send(("SELECT", str(config.db)))
         except BaseException:
-            connection.close()
+            await _close([connection])
             raise
         return connection
+
+
+async def _close(connections: list[_Connection]) -> None:
+    """Close the connections and wait until each is gone; one whose Redis does not answer in
+    time is cut off."""
+    for connection in connections:
+        connection.close()
+    if not connections:
+        return
+    _, late = await asyncio.wait([c.lost for c in connections], timeout=_CLOSE_TIMEOUT_S)
+    if late:
+        for connection in connections:
+            connection.abort()
+        await asyncio.wait(late, timeout=_CLOSE_TIMEOUT_S)
 
 
 def _tls_context(tls: RedisTls) -> ssl.SSLContext:
