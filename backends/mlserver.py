@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from inferd.backends.base import (
     RequestOutcome,
     execute_one,
 )
+from inferd.backends.python_env import activate
 from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import (
@@ -40,7 +42,7 @@ from inferd.repository.mlserver_settings import (
     REPOSITORY,
     SETTINGS_FILE,
 )
-from inferd.server.errors import internal, invalid, unsupported
+from inferd.server.errors import InferdError, internal, invalid, unsupported
 from inferd.server.tensor_codec import object_array
 from inferd.server.types import DataType
 
@@ -61,13 +63,13 @@ class MLServerBackend(Backend):
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
-        return MLServerInstance(config, model_path)
+        return MLServerInstance(config, model_path, settings.cache_dir)
 
 
 class MLServerInstance(ModelInstance):
     takes_requests = True  # predict() sees a request's id, parameters and asked-for outputs
 
-    def __init__(self, config: ModelConfig, settings_file: Path) -> None:
+    def __init__(self, config: ModelConfig, settings_file: Path, cache_dir: Path) -> None:
         _import_mlserver()
         self._model_name = config.name
         self._join = config.parameters.get(JOIN_REQUESTS) == "true"
@@ -82,6 +84,7 @@ class MLServerInstance(ModelInstance):
                     sys.path.insert(0, root)
                 settings = _model_settings(config, settings_file)
                 settings.name = config.name
+                _add_environment(settings, cache_dir)
                 implementation = settings.implementation
             self._model = implementation(settings)
             loaded = self._loop.run_until_complete(self._model.load())
@@ -195,6 +198,29 @@ def _model_settings(config: ModelConfig, settings_file: Path) -> Any:
     return load_model_settings(str(settings_file))
 
 
+def _add_environment(settings: Any, cache_dir: Path) -> None:
+    """A model's own environment (`environment_path`, else `environment_tarball`: a conda-pack
+    archive, unpacked once into the cache), found as MLServer finds it. MLServer runs such a
+    model in worker processes on that environment's Python; here its packages join the import
+    path after the server's, as for python models' EXECUTION_ENV_PATH (python_env.py): the
+    model finds there what the server lacks. The environment must be for the server's Python
+    version."""
+    parameters = settings.parameters
+    if parameters is None:
+        return
+    if parameters.environment_path:
+        label = "environment_path"
+        where = os.path.abspath(os.path.expanduser(os.path.expandvars(parameters.environment_path)))
+    elif parameters.environment_tarball:
+        from mlserver.utils import to_absolute_path
+
+        label = "environment_tarball"
+        where = os.path.abspath(to_absolute_path(settings, parameters.environment_tarball))
+    else:
+        return
+    activate(where, Path(where).parent, cache_dir, label=label)
+
+
 def _import_mlserver() -> None:
     """Import mlserver beside tritonclient. Both carry
     the KServe v2 protocol's gRPC messages in the protobuf package `inference` (Triton's are a
@@ -246,4 +272,6 @@ def _text(item: object) -> object:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InferdError):  # inferd's own words (a model's environment)
+        return exc.message
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

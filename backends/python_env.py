@@ -31,24 +31,30 @@ MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"  # Triton's placeholder for the mod
 _ARCHIVES = (".tar.gz", ".tgz")
 
 
-def activate(value: str, model_dir: Path, cache_dir: Path, first: bool = False) -> Path:
+def activate(
+    value: str,
+    model_dir: Path,
+    cache_dir: Path,
+    first: bool = False,
+    label: str = EXECUTION_ENV_PATH,
+) -> Path:
     """Make the environment's packages importable; its site-packages folder. Blocking (it may
-    unpack the archive). Raises InferdError saying what is wrong with the environment.
-    `first` (in a stub process, which serves this model alone): its packages come before the
-    server's, as in Triton, for every module not imported yet."""
+    unpack the archive). Raises InferdError saying what is wrong with the environment (named
+    as `label`, the setting that gave it). `first` (in a stub process, which serves this
+    model alone): its packages come before the server's, as in Triton, for every module not
+    imported yet."""
     path = Path(value.replace(MODEL_DIRECTORY, str(model_dir)))
     if not path.is_absolute():
         path = model_dir / path
     if path.is_dir():
         root = path
     elif path.is_file() and path.name.endswith(_ARCHIVES):
-        root = _unpacked(path, cache_dir / "python-envs")
+        root = _unpacked(path, cache_dir / "python-envs", label)
     else:
         raise invalid(
-            f"{EXECUTION_ENV_PATH} '{path}' is neither an environment folder nor a conda-pack "
-            "archive (.tar.gz)"
+            f"{label} '{path}' is neither an environment folder nor a conda-pack archive (.tar.gz)"
         )
-    packages = site_packages(root)
+    packages = site_packages(root, label)
     if str(packages) not in sys.path:
         before = list(sys.path)
         site.addsitedir(str(packages))  # appended: the server's own packages come first
@@ -58,7 +64,7 @@ def activate(value: str, model_dir: Path, cache_dir: Path, first: bool = False) 
     return packages
 
 
-def site_packages(root: Path) -> Path:
+def site_packages(root: Path, label: str = EXECUTION_ENV_PATH) -> Path:
     """The environment's site-packages for the running Python's version."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     packages = root / "lib" / version / "site-packages"
@@ -67,12 +73,12 @@ def site_packages(root: Path) -> Path:
     others = sorted(p.parent.name for p in root.glob("lib/python3*/site-packages"))
     found = f"it has {', '.join(others)}" if others else "it has no lib/python3.*/site-packages"
     raise invalid(
-        f"{EXECUTION_ENV_PATH} '{root}' is not an environment for the server's Python "
+        f"{label} '{root}' is not an environment for the server's Python "
         f"({version}): {found}. Pack the environment with {version}."
     )
 
 
-def _unpacked(archive: Path, into: Path) -> Path:
+def _unpacked(archive: Path, into: Path, label: str) -> Path:
     stat = archive.stat()
     key = f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     target = into / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -89,7 +95,7 @@ def _unpacked(archive: Path, into: Path) -> Path:
             if not target.is_dir():
                 raise
     except (OSError, tarfile.TarError) as exc:
-        raise invalid(f"{EXECUTION_ENV_PATH}: unpacking {archive} failed: {exc}") from None
+        raise invalid(f"{label}: unpacking {archive} failed: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("unpacked the python environment %s into %s", archive, target)

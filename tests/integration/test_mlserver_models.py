@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -111,6 +113,7 @@ class NotReady(MLModel):
 
 
 RUNTIME_LIGHTGBM = "mlserver_lightgbm.LightGBMModel"
+PYTHON = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def write_model(root: Path, folder: str, settings: dict[str, Any]) -> None:
@@ -490,5 +493,69 @@ def test_declared_models_come_before_the_environments(
     try:
         with client_for(server, "http") as client:
             assert client.get_model_repository_index() == []
+    finally:
+        server.stop()
+
+
+ENV_RUNTIME = """
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class FromEnv(MLModel):
+    async def predict(self, payload):
+        answer = NumpyCodec.encode_output("where", np.array([{value}], dtype=np.int32))
+        return InferenceResponse(model_name=self.name, outputs=[answer])
+"""
+
+
+def test_a_models_own_environment_gives_it_what_the_server_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`environment_tarball` (conda-pack's archive, relative to the settings) and
+    `environment_path` (a folder): the implementation's module is only in the environment."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the server runs in this process
+    envs = tmp_path / "envs"
+    for name, value in (("packed", 1), ("unpacked", 2)):
+        packages = envs / name / "lib" / PYTHON / "site-packages"
+        packages.mkdir(parents=True)
+        (packages / f"envruntime_{name}.py").write_text(ENV_RUNTIME.format(value=value))
+    repository = tmp_path / "repository"
+    write_model(
+        repository,
+        "packed",
+        {
+            "implementation": "envruntime_packed.FromEnv",
+            "parameters": {"environment_tarball": "./env.tar.gz"},
+        },
+    )
+    with tarfile.open(repository / "packed" / "env.tar.gz", "w:gz") as packed:
+        packed.add(envs / "packed", ".")
+    write_model(
+        repository,
+        "unpacked",
+        {
+            "implementation": "envruntime_unpacked.FromEnv",
+            "parameters": {"environment_path": str(envs / "unpacked")},
+        },
+    )
+    wrong = envs / "wrong" / "lib" / "python3.9" / "site-packages"  # inferd needs 3.11+
+    wrong.mkdir(parents=True)
+    write_model(
+        repository,
+        "wrong",
+        {"implementation": "runtime.Echo", "parameters": {"environment_path": str(envs / "wrong")}},
+    )
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(repository,)))
+    try:
+        x = {"x": np.zeros(1, np.float32)}
+        assert infer(server, "http", "packed", x)["where"].ravel().tolist() == [1]
+        assert infer(server, "grpc", "unpacked", x)["where"].ravel().tolist() == [2]
+        with client_for(server, "http") as client:
+            reasons = {e["name"]: e.get("reason", "") for e in client.get_model_repository_index()}
+        assert f"environment_path '{envs / 'wrong'}' is not an environment" in reasons["wrong"]
+        assert "it has python3.9" in reasons["wrong"]
     finally:
         server.stop()
