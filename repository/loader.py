@@ -41,7 +41,6 @@ from inferd.repository.mlserver_settings import (
     SETTINGS_FILE,
     environment_config,
     mlserver_config,
-    mlserver_folders,
     version_label,
 )
 from inferd.repository.rate_limits import register_instances
@@ -112,16 +111,15 @@ class ModelLoader:
         elif location.from_environment:
             proto, version_names[1] = environment_config(model_dir)
             folders, source = {1: model_dir}, ENV_SOURCE
+        elif location.settings:
+            folders = dict(enumerate(location.settings, start=1))
+            proto = mlserver_config(model_dir, folders, location.repository)
+            source = str(folders[max(folders)] / SETTINGS_FILE)
+            version_names = {n: version_label(folder) for n, folder in folders.items()}
         else:
             config_name = self._settings.config_name
-            config_file = config_path(model_dir, config_name)
-            folders = mlserver_folders(model_dir, config_file)
-            if folders:
-                proto = mlserver_config(model_dir, folders, location.repository)
-                source = str(folders[max(folders)] / SETTINGS_FILE)
-                version_names = {n: version_label(folder) for n, folder in folders.items()}
-            else:
-                proto, source = read_config(model_dir, config_name), str(config_file)
+            proto = read_config(model_dir, config_name)
+            source = str(config_path(model_dir, config_name))
         if model_dir.name != name:  # served under another name (a registered repository's,
             # or an MLServer model's own)
             proto.name = name

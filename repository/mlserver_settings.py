@@ -42,23 +42,26 @@ ENV_PREFIX = "MLSERVER_MODEL_"
 ENV_SOURCE = "the MLSERVER_MODEL_* environment variables"
 
 
-def mlserver_folders(model_dir: Path, config_file: Path) -> dict[int, Path]:
-    """The model's version folders when it is an MLServer model (settings, no Triton config);
-    empty otherwise."""
-    return {} if config_file.is_file() else settings_folders(model_dir)
+def settings_in(folder: Path) -> list[Path]:
+    """The folders under `folder` (itself included) that hold MLServer settings, as MLServer's
+    repository finds them (anywhere below; hidden folders skipped), in their paths' natural
+    order (numbers within names counted as numbers: `v0.10.0` after `v0.2.0`)."""
+    found: list[Path] = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        if SETTINGS_FILE in files:
+            found.append(Path(current))
+    return sorted(found, key=lambda d: natural_key(d.relative_to(folder).as_posix()))
 
 
-def settings_folders(model_dir: Path) -> dict[int, Path]:
-    """The folders whose settings make the model's versions: its own folder (one version), or
-    its sub-folders that hold settings (MLServer's `models/NAME/VERSION/model-settings.json`),
-    numbered from 1 in their names' order (numbers within names counted as numbers)."""
-    if (model_dir / SETTINGS_FILE).is_file():
-        return {1: model_dir}
+def settings_name(folder: Path) -> str:
+    """The name MLServer serves the settings in `folder` under: their `name`, else the
+    folder's (also when they cannot be read: the load then says why). Settings of one name are
+    versions of one model."""
     try:
-        found = [d for d in model_dir.iterdir() if d.is_dir() and (d / SETTINGS_FILE).is_file()]
-    except OSError:
-        return {}
-    return dict(enumerate(sorted(found, key=lambda d: _natural(d.name)), start=1))
+        return _name(read_settings(folder), folder)
+    except Exception:
+        return folder.name
 
 
 def version_label(settings_folder: Path) -> str:
@@ -98,7 +101,7 @@ def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, 
     return settings
 
 
-def _natural(name: str) -> list[tuple[int, int | str]]:
+def natural_key(name: str) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
@@ -111,16 +114,6 @@ def read_settings(model_dir: Path) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise invalid(f"failed to read {path}: the settings are not a JSON object")
     return settings
-
-
-def served_name(model_dir: Path, folders: Mapping[int, Path]) -> str:
-    """The name MLServer serves the model in `model_dir` (its version `folders`) under: its
-    latest settings' `name`, else the folder's (also when they cannot be read: the load then
-    says why)."""
-    try:
-        return _name(read_settings(folders[max(folders)]), model_dir)
-    except Exception:
-        return model_dir.name
 
 
 def _name(settings: Mapping[str, Any], model_dir: Path) -> str:

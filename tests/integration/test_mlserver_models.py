@@ -559,3 +559,35 @@ def test_a_models_own_environment_gives_it_what_the_server_lacks(
         assert "it has python3.9" in reasons["wrong"]
     finally:
         server.stop()
+
+
+def test_settings_anywhere_below_are_models_named_as_mlserver_names_them(tmp_path: Path) -> None:
+    """MLServer finds model-settings.json at any depth: each is a version of the model its
+    `name` (else its folder) names, wherever the others of that name are."""
+    (tmp_path / "runtime.py").write_text(RUNTIME)
+    echo = {"implementation": "runtime.Echo"}
+    write_model(tmp_path / "tabular" / "sklearn", "iris", echo)  # named by its folder
+    write_model(tmp_path / "tabular" / "sklearn", "wine-folder", {**echo, "name": "wine"})
+    for group, version in (("a", "v1"), ("b", "v2")):  # one model, versions in two groups
+        write_model(
+            tmp_path / group,
+            version,
+            {**echo, "name": "mushroom", "parameters": {"version": version}},
+        )
+    write_model(tmp_path / "unnamed", "v7", echo)  # MLServer names it by its folder: "v7"
+    (tmp_path / "twin").mkdir()
+    (tmp_path / "twin" / "config.pbtxt").write_text('backend: "python"')
+    write_model(tmp_path / "elsewhere", "twin-folder", {**echo, "name": "twin"})
+    server = start_server(replace(TEST_SETTINGS, model_repositories=(tmp_path,)))
+    try:
+        with client_for(server, "http") as client:
+            index = {e["name"]: e for e in client.get_model_repository_index()}
+            assert sorted(index) == ["iris", "mushroom", "twin", "v7", "wine"]
+            assert client.get_model_metadata("mushroom")["versions"] == ["1", "2"]
+        assert "appears in two places of" in index["twin"]["reason"]
+        n = {"n": np.arange(2, dtype=np.float32)}
+        for name, version in (("iris", ""), ("wine", ""), ("v7", ""), ("mushroom", "v1")):
+            answered = infer(server, "http", name, n, model_version=version)
+            np.testing.assert_array_equal(answered["echo_n"].ravel(), n["n"])
+    finally:
+        server.stop()
