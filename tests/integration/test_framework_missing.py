@@ -1,6 +1,7 @@
-"""A TensorFlow, TorchScript, OpenVINO or FIL model where its framework is not installed: a load
-error that says what to install, while the rest of the repository serves. Runs with and
-without the frameworks (None in sys.modules is Python's own way to block an import)."""
+"""A TensorFlow, TorchScript, OpenVINO, FIL or MLServer model where its framework is not
+installed: a load error that says what to install, while the rest of the repository serves.
+Runs with and without the frameworks (None in sys.modules is Python's own way to block an
+import)."""
 
 from __future__ import annotations
 
@@ -74,31 +75,49 @@ def test_a_torchscript_model_without_torch_says_what_to_install(
         assert "inferd[pytorch]" in states[name]["reason"]
 
 
-def test_an_openvino_model_without_openvino_says_what_to_install(
-    tmp_path: Path, server_factory: Factory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "openvino", None)
-    monkeypatch.delitem(sys.modules, "inferd.backends.openvino", raising=False)
-    (tmp_path / "ir" / "1").mkdir(parents=True)
-    (tmp_path / "ir" / "1" / "model.xml").write_text("<net/>")  # no config: found by its file
-    states = index_beside_an_onnx_model(server_factory, tmp_path)
-    assert states["ir"]["state"] == "UNAVAILABLE"
-    assert "backend 'openvino' is not installed" in states["ir"]["reason"]
-    assert "inferd[openvino]" in states["ir"]["reason"]
+def write_openvino(repo: Path) -> None:
+    (repo / "ir" / "1").mkdir(parents=True)
+    (repo / "ir" / "1" / "model.xml").write_text("<net/>")  # no config: found by its file
 
 
-def test_a_forest_without_treelite_says_what_to_install(
-    tmp_path: Path, server_factory: Factory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "treelite", None)
-    monkeypatch.delitem(sys.modules, "inferd.backends.fil", raising=False)
-    (tmp_path / "forest" / "1").mkdir(parents=True)
-    (tmp_path / "forest" / "1" / "xgboost.json").write_text("{}")
-    (tmp_path / "forest" / "config.pbtxt").write_text(
+def write_forest(repo: Path) -> None:
+    (repo / "forest" / "1").mkdir(parents=True)
+    (repo / "forest" / "1" / "xgboost.json").write_text("{}")
+    (repo / "forest" / "config.pbtxt").write_text(
         'backend: "fil"\nmax_batch_size: 8\n'
         'input [{ name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
         'output [{ name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
     )
+
+
+def write_mlserver(repo: Path) -> None:
+    (repo / "mlmodel").mkdir()
+    (repo / "mlmodel" / "model-settings.json").write_text('{"implementation": "runtime.Model"}')
+
+
+@pytest.mark.parametrize(
+    ("blocked", "backend_module", "write", "model", "words"),
+    [
+        ("openvino", "openvino", write_openvino, "ir", "backend 'openvino' is not installed"),
+        ("treelite", "fil", write_forest, "forest", "inferd[fil]"),
+        ("mlserver", "mlserver", write_mlserver, "mlmodel", "MLServer is not installed"),
+    ],
+    ids=["openvino", "fil", "mlserver"],
+)
+def test_a_model_without_its_framework_says_what_to_install(
+    tmp_path: Path,
+    server_factory: Factory,
+    monkeypatch: pytest.MonkeyPatch,
+    blocked: str,
+    backend_module: str,
+    write: Callable[[Path], None],
+    model: str,
+    words: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, blocked, None)
+    monkeypatch.delitem(sys.modules, f"inferd.backends.{backend_module}", raising=False)
+    write(tmp_path)
     states = index_beside_an_onnx_model(server_factory, tmp_path)
-    assert states["forest"]["state"] == "UNAVAILABLE"
-    assert "inferd[fil]" in states["forest"]["reason"]
+    assert states[model]["state"] == "UNAVAILABLE"
+    assert words in states[model]["reason"]
+    assert f"inferd[{backend_module}]" in states[model]["reason"]
