@@ -222,10 +222,10 @@ def _add_environment(settings: Any, cache_dir: Path) -> None:
 
 
 def _import_mlserver() -> None:
-    """Import mlserver beside tritonclient. Both carry
-    the KServe v2 protocol's gRPC messages in the protobuf package `inference` (Triton's are a
-    superset), and protobuf's pool takes each symbol from one file only: mlserver is given
-    tritonclient's module for its own (inferd never starts mlserver's servers)."""
+    """Import mlserver beside tritonclient. Both carry the KServe v2 protocol's gRPC messages
+    in the protobuf package `inference` (Triton's are a superset), and protobuf's pool takes
+    each symbol from one file only: mlserver is given tritonclient's module for its own (inferd
+    never starts mlserver's servers)."""
     if "mlserver.grpc.dataplane_pb2" not in sys.modules:
         from tritonclient.grpc import service_pb2
 

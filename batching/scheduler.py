@@ -132,10 +132,10 @@ class Scheduler:
         self._ordered: deque[Pending] | None = deque() if config.preserve_ordering else None
         self._queued = 0
         self._executing = 0  # requests handed to instances and not finished yet
-        # Batches queued behind a busy instance's running one (policy.decide_ahead), as Triton
-        # prefetches them: only where a queued request cannot time out, be refused by the
-        # queue's bound or be overtaken by a higher priority (as in Triton), and not under the
-        # rate limiter, which admits an instance batch by batch.
+        # Batches queued behind a busy instance's running one (policy.decide_ahead). As Triton
+        # prefetches batches: only where a queued request cannot time out, be refused by the
+        # queue's bound or be overtaken by a higher priority; and not under the rate limiter,
+        # which admits an instance batch by batch.
         self._ahead_allowed = (
             not tickets and config.priority_levels == 0 and _plain(config.default_queue_policy)
         )
@@ -325,7 +325,7 @@ class Scheduler:
                     self._finish(worker, batch, *ran, schedule=False)
                     now = time.monotonic_ns()
         if self._ahead_allowed and self._queued and not self._idle:
-            self._queue_ahead(now)
+            self._queue_ahead()
         if self._timeouts:
             # Timeouts fire even while every instance is busy (unlike Triton, server#7512).
             wake_at = min(wake_at or self._timeouts[0][0], self._timeouts[0][0])
@@ -349,7 +349,7 @@ class Scheduler:
                 end_stream(pending.request)
         return batch
 
-    def _queue_ahead(self, now: int) -> None:
+    def _queue_ahead(self) -> None:
         """Every instance busy: queue a batch behind the running one of each instance that has
         none yet, the soonest done first."""
         while self._queued:

@@ -111,16 +111,18 @@ def find_models(
                 name = names.get(entry.name, entry.name)
                 add(ModelLocation(name, entry, namespace=namespace, root=root))
             elif entry.name in names:  # registered under a name: its settings are its versions
-                add(_mlserver(names[entry.name], folders, namespace, root))
+                add(_mlserver_model(names[entry.name], folders, namespace, root))
             else:
                 for folder in folders:
                     versions.setdefault(settings_name(folder), []).append(folder)
         for name, folders in versions.items():
-            add(_mlserver(name, folders, namespace, root))
+            add(_mlserver_model(name, folders, namespace, root))
     return models
 
 
-def _mlserver(name: str, folders: Sequence[Path], namespace: str, root: Path) -> ModelLocation:
+def _mlserver_model(
+    name: str, folders: Sequence[Path], namespace: str, root: Path
+) -> ModelLocation:
     """An MLServer model, at the folder its versions' settings share, versions in order."""
     ordered = sorted(folders, key=lambda d: natural_key(d.relative_to(root).as_posix()))
     path = Path(os.path.commonpath(ordered))
