@@ -497,20 +497,6 @@ def test_declared_models_come_before_the_environments(
         server.stop()
 
 
-ENV_RUNTIME = """
-import numpy as np
-from mlserver import MLModel
-from mlserver.codecs import NumpyCodec
-from mlserver.types import InferenceResponse
-
-
-class FromEnv(MLModel):
-    async def predict(self, payload):
-        answer = NumpyCodec.encode_output("where", np.array([{value}], dtype=np.int32))
-        return InferenceResponse(model_name=self.name, outputs=[answer])
-"""
-
-
 def test_a_models_own_environment_gives_it_what_the_server_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -521,13 +507,13 @@ def test_a_models_own_environment_gives_it_what_the_server_lacks(
     for name, value in (("packed", 1), ("unpacked", 2)):
         packages = envs / name / "lib" / PYTHON / "site-packages"
         packages.mkdir(parents=True)
-        (packages / f"envruntime_{name}.py").write_text(ENV_RUNTIME.format(value=value))
+        (packages / f"envruntime_{name}.py").write_text(VERSIONED.format(answer=value))
     repository = tmp_path / "repository"
     write_model(
         repository,
         "packed",
         {
-            "implementation": "envruntime_packed.FromEnv",
+            "implementation": "envruntime_packed.Answer",
             "parameters": {"environment_tarball": "./env.tar.gz"},
         },
     )
@@ -537,7 +523,7 @@ def test_a_models_own_environment_gives_it_what_the_server_lacks(
         repository,
         "unpacked",
         {
-            "implementation": "envruntime_unpacked.FromEnv",
+            "implementation": "envruntime_unpacked.Answer",
             "parameters": {"environment_path": str(envs / "unpacked")},
         },
     )
@@ -551,8 +537,8 @@ def test_a_models_own_environment_gives_it_what_the_server_lacks(
     server = start_server(replace(TEST_SETTINGS, model_repositories=(repository,)))
     try:
         x = {"x": np.zeros(1, np.float32)}
-        assert infer(server, "http", "packed", x)["where"].ravel().tolist() == [1]
-        assert infer(server, "grpc", "unpacked", x)["where"].ravel().tolist() == [2]
+        assert infer(server, "http", "packed", x)["answer"].ravel().tolist() == [1]
+        assert infer(server, "grpc", "unpacked", x)["answer"].ravel().tolist() == [2]
         with client_for(server, "http") as client:
             reasons = {e["name"]: e.get("reason", "") for e in client.get_model_repository_index()}
         assert f"environment_path '{envs / 'wrong'}' is not an environment" in reasons["wrong"]
