@@ -83,6 +83,9 @@ class BackendSettings:
     # Where python model instances run: "thread" (in the server's process) or "process" (a
     # stub process each, as in Triton); a model's parameter may choose (python_process.py).
     python_isolation: str = "thread"
+    # The same for MLServer models: "process" runs each in a stub of its own, as MLServer
+    # runs its inference workers.
+    mlserver_isolation: str = "thread"
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

@@ -33,6 +33,7 @@ from inferd.backends.base import (
     execute_one,
 )
 from inferd.backends.python_env import activate
+from inferd.backends.python_process import StubInstance
 from inferd.backends.registry import INSTALL_HINTS
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.repository.mlserver_settings import (
@@ -60,16 +61,29 @@ class MLServerBackend(Backend):
         return not (config.input and config.output)
 
     @classmethod
+    def creates_instances_in_parallel(cls, config: ModelConfig, settings: BackendSettings) -> bool:
+        return settings.mlserver_isolation == "process"
+
+    @classmethod
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:
+        if settings.mlserver_isolation == "process":
+            # A stub process of its own (python_stub.py), as MLServer runs its models in
+            # inference workers: Python code in parallel with the server's, a crash that fails
+            # only the model's requests, and the model's environment before the server's.
+            return StubInstance(config, model_path, device, settings)
         return MLServerInstance(config, model_path, settings.cache_dir)
 
 
 class MLServerInstance(ModelInstance):
     takes_requests = True  # predict() sees a request's id, parameters and asked-for outputs
 
-    def __init__(self, config: ModelConfig, settings_file: Path, cache_dir: Path) -> None:
+    def __init__(
+        self, config: ModelConfig, settings_file: Path, cache_dir: Path, env_first: bool = False
+    ) -> None:
+        """`env_first` (in a stub process, which serves this model alone): the model's own
+        environment comes before the server's packages."""
         _import_mlserver()
         self._model_name = config.name
         self._join = config.parameters.get(JOIN_REQUESTS) == "true"
@@ -84,7 +98,7 @@ class MLServerInstance(ModelInstance):
                     sys.path.insert(0, root)
                 settings = _model_settings(config, settings_file)
                 settings.name = config.name
-                _add_environment(settings, cache_dir)
+                _add_environment(settings, cache_dir, env_first)
                 implementation = settings.implementation
             self._model = implementation(settings)
             loaded = self._loop.run_until_complete(self._model.load())
@@ -198,13 +212,13 @@ def _model_settings(config: ModelConfig, settings_file: Path) -> Any:
     return load_model_settings(str(settings_file))
 
 
-def _add_environment(settings: Any, cache_dir: Path) -> None:
+def _add_environment(settings: Any, cache_dir: Path, first: bool) -> None:
     """A model's own environment (`environment_path`, else `environment_tarball`: a conda-pack
     archive, unpacked once into the cache), found as MLServer finds it. MLServer runs such a
     model in worker processes on that environment's Python; here its packages join the import
-    path after the server's, as for python models' EXECUTION_ENV_PATH (python_env.py): the
-    model finds there what the server lacks. The environment must be for the server's Python
-    version."""
+    path, as for python models' EXECUTION_ENV_PATH (python_env.py): after the server's, so the
+    model finds there what the server lacks, or `first` in a stub process. The environment
+    must be for the server's Python version."""
     parameters = settings.parameters
     if parameters is None:
         return
@@ -218,7 +232,7 @@ def _add_environment(settings: Any, cache_dir: Path) -> None:
         where = os.path.abspath(to_absolute_path(settings, parameters.environment_tarball))
     else:
         return
-    activate(where, Path(where).parent, cache_dir, label=label)
+    activate(where, Path(where).parent, cache_dir, first, label)
 
 
 def _import_mlserver() -> None:

@@ -2,11 +2,13 @@
 instance (its "stub process"): `python -m inferd.backends.python_stub CHANNEL_FD DIRECT_FD`,
 started by python_process.py with the stub's ends of two socket pairs (stub_channel.py).
 
-The stub runs the same PythonInstance as the server would in-process. What the model reaches
-of the server goes over the channel (stub_channel.py): its calls to other models and to model
-control (RemoteCalls), its custom metrics (RemoteMetrics), a decoupled request's responses
-(RemoteSink), its log records. Batches come to the main thread, which runs them one at a time;
-a reader thread takes the server's other messages. When the server goes away, the stub exits.
+The stub runs the same PythonInstance as the server would in-process (or, for an MLServer
+model under `--backend-config=mlserver,isolation=process`, the same MLServerInstance). What the
+model reaches of the server goes over the channel (stub_channel.py): its calls to other models
+and to model control (RemoteCalls), its custom metrics (RemoteMetrics), a decoupled request's
+responses (RemoteSink), its log records. Batches come to the main thread, which runs them one
+at a time; a reader thread takes the server's other messages. When the server goes away, the
+stub exits.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from inferd.backends.python_env import activate as activate_env
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Series
 from inferd.backends.stub_channel import Channel, ChannelClosed, Op
 from inferd.repository.config import to_model_config
+from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 from inferd.server.errors import InferdError, internal
 from inferd.server.model_calls import StreamAnswer
 from inferd.server.types import InferRequest, InferResponse
@@ -362,6 +365,11 @@ def _start(init: StubInit, channel: Channel, calls: RemoteCalls | None) -> Any:
 
     proto = model_config_pb2.ModelConfig.FromString(init.config)
     model_file = Path(init.model_file)
+    if proto.backend == MLSERVER:  # an MLServer model (its settings file): MLServer's code
+        from inferd.backends.mlserver import MLServerBackend, MLServerInstance
+
+        config = to_model_config(proto, MLSERVER, MLServerBackend.schemaless(proto))
+        return MLServerInstance(config, model_file, Path(init.cache_dir), env_first=True)
     env = proto.parameters.get(EXECUTION_ENV_PATH)
     if env is not None:  # before model.py is read; an archive is unpacked once, into the cache
         activate_env(env.string_value, model_file.parent.parent, Path(init.cache_dir), first=True)

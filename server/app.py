@@ -166,6 +166,7 @@ class App:
                     custom_metrics=custom_metrics,
                     pinned_memory=pinned_memory,
                     python_isolation=settings.python_isolation,
+                    mlserver_isolation=settings.mlserver_isolation,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -528,6 +528,7 @@ BACKEND_CONFIG_USED = frozenset(
         ("", "default-max-batch-size"),
         ("onnxruntime", "default-max-batch-size"),
         ("python", "isolation"),
+        ("mlserver", "isolation"),
     }
 )
 
@@ -542,6 +543,15 @@ def _unused_backend_config(config: dict[str, dict[str, str]]) -> list[str]:
     ]
 
 
+def _isolation(backend_config: Mapping[str, Mapping[str, str]], backend: str) -> str:
+    isolation = backend_config.get(backend, {}).get("isolation", "thread")
+    if isolation not in PYTHON_ISOLATIONS:
+        raise ValueError(
+            f"{backend} isolation must be one of {', '.join(PYTHON_ISOLATIONS)}: {isolation!r}"
+        )
+    return isolation
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Raises ValueError for values argparse cannot check on its own."""
     backend_config = parse_backend_config(args.backend_config or [])
@@ -553,11 +563,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"default-max-batch-size must be a non-negative integer: {raw_max_batch!r}"
         )
     max_batch = int(raw_max_batch)
-    python_isolation = backend_config.get("python", {}).get("isolation", "thread")
-    if python_isolation not in PYTHON_ISOLATIONS:
-        raise ValueError(
-            f"python isolation must be one of {', '.join(PYTHON_ISOLATIONS)}: {python_isolation!r}"
-        )
+    python_isolation, mlserver_isolation = (
+        _isolation(backend_config, backend) for backend in ("python", "mlserver")
+    )
     log_level = "debug" if args.log_verbose > 0 else args.log_level
     settings = Settings(
         server_id=args.id,
@@ -613,6 +621,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
         default_max_batch_size=max_batch,
         python_isolation=python_isolation,
+        mlserver_isolation=mlserver_isolation,
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
         http_stack=args.http_stack,

@@ -112,6 +112,7 @@ class Settings:
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
     python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
+    mlserver_isolation: str = "thread"  # --backend-config=mlserver,isolation=; the same choices
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     http_stack: HttpStackName = "inferd"

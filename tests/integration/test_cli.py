@@ -42,6 +42,8 @@ def test_triton_flag_spellings() -> None:
             "--exit-on-error",
             "--strict-model-config=true",
             "--backend-config=onnxruntime,default-max-batch-size=16",
+            "--backend-config=python,isolation=process",
+            "--backend-config=mlserver,isolation=process",
             "--log-verbose=1",
         ]
     )
@@ -53,6 +55,7 @@ def test_triton_flag_spellings() -> None:
     assert settings.exit_on_error is True
     assert settings.auto_complete_config is False
     assert settings.default_max_batch_size == 16
+    assert (settings.python_isolation, settings.mlserver_isolation) == ("process", "process")
     assert settings.log_level == "debug"
 
 
@@ -100,6 +103,7 @@ def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None
     for bad in (
         "--backend-config=novalue",
         "--backend-config=onnxruntime,default-max-batch-size=x",
+        "--backend-config=mlserver,isolation=processes",
     ):
         with pytest.raises(SystemExit) as info:
             main(["serve", bad])

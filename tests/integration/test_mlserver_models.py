@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -575,5 +576,44 @@ def test_settings_anywhere_below_are_models_named_as_mlserver_names_them(tmp_pat
         for name, version in (("iris", ""), ("wine", ""), ("v7", ""), ("mushroom", "v1")):
             answered = infer(server, "http", name, n, model_version=version)
             np.testing.assert_array_equal(answered["echo_n"].ravel(), n["n"])
+    finally:
+        server.stop()
+
+
+PROCESS_RUNTIME = """
+import os
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class Pid(MLModel):
+    async def predict(self, payload):
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        if x.ravel()[0] < 0:
+            os._exit(3)  # as a crashing extension would
+        pid = NumpyCodec.encode_output("pid", np.array([os.getpid()], dtype=np.int64))
+        return InferenceResponse(model_name=self.name, outputs=[pid])
+"""
+
+
+def test_models_run_in_stub_processes_when_asked(tmp_path: Path) -> None:
+    """`--backend-config=mlserver,isolation=process`: each model in a process of its own, as
+    MLServer's inference workers; a crash fails its requests only, and the next starts anew."""
+    (tmp_path / "process_runtime.py").write_text(PROCESS_RUNTIME)
+    write_model(tmp_path, "pid", {"implementation": "process_runtime.Pid"})
+    settings = replace(TEST_SETTINGS, model_repositories=(tmp_path,), mlserver_isolation="process")
+    server = start_server(settings)
+    try:
+        x = {"x": np.ones(1, np.float32)}
+        first = int(infer(server, "grpc", "pid", x)["pid"].ravel()[0])
+        assert first != os.getpid()
+        crash = {"x": -x["x"]}
+        message = fails(lambda: infer(server, "http", "pid", crash), "http", "internal")
+        assert message == "Stub process 'pid_0_0' is not healthy."
+        second = int(infer(server, "http", "pid", x)["pid"].ravel()[0])
+        assert second not in (first, os.getpid())
     finally:
         server.stop()
