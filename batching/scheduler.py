@@ -25,7 +25,7 @@ from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide, decide_a
 from inferd.batching.rate_limiter import Ticket
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
-from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
+from inferd.batching.worker import Ahead, Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
@@ -139,7 +139,9 @@ class Scheduler:
         self._ahead_allowed = (
             not tickets and config.priority_levels == 0 and _plain(config.default_queue_policy)
         )
-        self._ahead: dict[Worker, list[Pending]] = {}
+        # Each busy instance's queued batch, with its claim while the instance may not have
+        # started it (None once it has it: a stub process that was sent it early).
+        self._ahead: dict[Worker, tuple[list[Pending], Ahead | None]] = {}
         self._ahead_requests = 0
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
@@ -299,6 +301,8 @@ class Scheduler:
             self._timer = None
         now = time.monotonic_ns()
         self._expire(now)
+        if self._ahead and self._idle:
+            now = self._take_back_ahead(now)
         wake_at: int | None = None
         while self._idle and self._queued:
             free = len(self._idle)
@@ -316,14 +320,7 @@ class Scheduler:
                 break
             batch = self._drop_hopeless(self._take(decision.count), now)
             if batch:
-                self._executing += len(batch)
-                worker = self._idle.pop()
-                items = sum(p.batch_size for p in batch)
-                self._busy_until[worker] = now + self.estimator(items)
-                ran = worker.submit(batch, items)
-                if ran is not None:  # on this thread: answered now, before the loop reads on
-                    self._finish(worker, batch, *ran, schedule=False)
-                    now = time.monotonic_ns()
+                now = self._dispatch(batch, now)
         if self._ahead_allowed and self._queued and not self._idle:
             self._queue_ahead()
         if self._timeouts:
@@ -334,6 +331,33 @@ class Scheduler:
             ticks = max(1, (wake_at - now) // TIMER_RESOLUTION_NS)
             self._timer = self.loop.call_later(ticks * TIMER_RESOLUTION_NS / 1e9, self._schedule)
         self._check_drained()
+
+    def _dispatch(self, batch: list[Pending], now: int) -> int:
+        """Run `batch` on an idle instance; the time after (a batch run inline takes some)."""
+        self._executing += len(batch)
+        worker = self._idle.pop()
+        items = sum(p.batch_size for p in batch)
+        self._busy_until[worker] = now + self.estimator(items)
+        ran = worker.submit(batch, items)
+        if ran is not None:  # on this thread: answered now, before the loop reads on
+            self._finish(worker, batch, *ran, schedule=False)
+            now = time.monotonic_ns()
+        return now
+
+    def _take_back_ahead(self, now: int) -> int:
+        """An instance fell idle while another's queued batch waits behind a running one (a
+        batch that took longer than expected): the idle instance runs it instead, oldest
+        first, as when every instance takes from one queue."""
+        for worker, (batch, ahead) in list(self._ahead.items()):
+            if not self._idle:
+                break
+            if ahead is None or not worker.take_back(ahead):
+                continue  # the instance has it already
+            del self._ahead[worker]
+            self._ahead_requests -= len(batch)
+            self._busy_until[worker] -= self.estimator(sum(p.batch_size for p in batch))
+            now = self._dispatch(batch, now)
+        return now
 
     def _take(self, count: int) -> list[Pending]:
         """The first `count` queued requests, less those cancelled while queued."""
@@ -362,10 +386,9 @@ class Scheduler:
             batch = self._take(decision.count)
             if batch:
                 worker = min(waiting, key=self._busy_until.__getitem__)
-                self._ahead[worker] = batch
                 self._ahead_requests += len(batch)
                 self._busy_until[worker] += self.estimator(sum(p.batch_size for p in batch))
-                worker.submit_next(batch)
+                self._ahead[worker] = (batch, worker.submit_next(batch))
 
     def _expire(self, now: int) -> None:
         """Queue timeouts: REJECT fails the request, DELAY moves it behind everything else."""
@@ -412,11 +435,12 @@ class Scheduler:
     ) -> None:
         self._executing -= len(batch)
         now = time.monotonic_ns()
-        ahead = self._ahead.pop(worker, None)
-        if ahead is None:
+        queued_ahead = self._ahead.pop(worker, None)
+        if queued_ahead is None:
             self._idle.append(worker)
             self._busy_until.pop(worker, None)
         else:  # the instance went on with it at once
+            ahead = queued_ahead[0]
             self._ahead_requests -= len(ahead)
             self._executing += len(ahead)
             self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in ahead))
@@ -441,7 +465,7 @@ class Scheduler:
                     stats.request_us.observe(elapsed / 1000)
                     self._complete(pending, outputs)
             self._judge_objectives(batch)
-        if schedule and self._queued:
+        if schedule and (self._queued or self._ahead):
             self._schedule()
         else:
             self._check_drained()

@@ -60,6 +60,21 @@ class Begun:
     token: Any
 
 
+class Ahead:
+    """A batch queued behind the running one. Whoever claims it first runs it: the instance's
+    thread when it is done with the running one, or the loop, which moves it to an instance
+    that fell idle first."""
+
+    __slots__ = ("_claim", "batch")
+
+    def __init__(self, batch: list[Any]) -> None:
+        self.batch = batch
+        self._claim = threading.Lock()
+
+    def claim(self) -> bool:
+        return self._claim.acquire(blocking=False)
+
+
 BatchResult = list[dict[str, np.ndarray]] | PerRequestOutcome
 Outcome = BatchResult | BaseException
 # finish(worker, batch, per-request outputs or the exception, timings), called on the loop.
@@ -129,10 +144,11 @@ class Worker:
         self._jobs.put(batch)
         return None
 
-    def submit_next(self, batch: list[Any]) -> None:
+    def submit_next(self, batch: list[Any]) -> Ahead | None:
         """Queue `batch` behind the running one, on the instance thread: the thread starts it
         as soon as it has handed the running one's results to the loop. An instance that
-        begins batches early is handed it now, when every batch before it has reached it."""
+        begins batches early is handed it now, when every batch before it has reached it.
+        Returns the batch's claim (take_back()), or None once the instance has it."""
         if self._begins_early:
             with self._begin_lock:
                 if not self._unbegun:
@@ -143,9 +159,21 @@ class Worker:
                         token = None
                     if token is not None:
                         self._jobs.put(Begun(batch, token))
-                        return
+                        return None
                 self._unbegun += 1
-        self._jobs.put(batch)
+        ahead = Ahead(batch)
+        self._jobs.put(ahead)
+        return ahead
+
+    def take_back(self, ahead: Ahead) -> bool:
+        """Take back a batch queued by submit_next() that the thread has not started (the
+        thread then skips it); False when it has."""
+        if not ahead.claim():
+            return False
+        if self._begins_early:
+            with self._begin_lock:
+                self._unbegun -= 1
+        return True
 
     def stop(self) -> None:
         """Close the instance on its own thread, then end the thread (blocking: call off-loop)."""
@@ -156,6 +184,10 @@ class Worker:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if isinstance(job, Ahead):
+                if not job.claim():
+                    continue  # taken back for an instance that fell idle first
+                job = job.batch
             result, timings = self._run_batch(job)
             batch = job.batch if isinstance(job, Begun) else job
             try:

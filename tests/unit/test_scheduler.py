@@ -193,6 +193,27 @@ async def test_a_busy_instance_goes_on_with_the_batch_queued_behind_it() -> None
     await scheduler.close()
 
 
+async def test_an_instance_that_falls_idle_first_runs_the_batch_queued_behind_another() -> None:
+    """The batch queued behind an instance expected to finish first goes to whichever
+    instance really does (as when every instance takes from one queue)."""
+    slow, fast = GatedInstance(gated=True), GatedInstance(gated=True)
+    scheduler = make([slow, fast], max_batch_size=0)
+    first = submit(scheduler, 1)  # to `fast` (the last idle one), expected to finish first
+    await wait_entered(fast)
+    second = submit(scheduler, 2)  # to `slow`
+    await wait_entered(slow)
+    third = submit(scheduler, 3)  # queued behind `fast`'s running batch
+    await asyncio.sleep(0)
+    assert scheduler.queued == 1
+    slow.gate.set()  # but `slow` is done first: it takes the third
+    assert [(await f)["y"].item() for f in (second, third)] == [4, 6]
+    assert slow.values == [2, 3] and not fast.values  # `fast` is still inside the first
+    fast.gate.set()
+    assert (await first)["y"].item() == 2
+    assert fast.values == [1]
+    await scheduler.close()
+
+
 class EarlyInstance(GatedInstance):
     """Takes a batch while the one before it runs (as a stub process does): begin_requests()
     notes the batch and who handed it over, end_requests() waits at the gate and doubles."""
