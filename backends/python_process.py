@@ -298,7 +298,10 @@ class Stub:
             self.alive = False
             self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
             ok, value, sent = False, not_healthy(self._name), 0
-        if handover.sink_ids:  # the responses the batch sent are passed on before its answer
+        if self._read_count < sent:
+            # What the batch sent on the channel (decoupled responses, log records) is passed
+            # on before its answer: a request's log lines come before its response, under the
+            # log settings of its time.
             with self._read_more:
                 self._read_more.wait_for(lambda: self._read_count >= sent or not self.alive)
         if ok:
