@@ -25,7 +25,7 @@ from inferd.batching.policy import BatchPolicy, Dispatch, Wait, decide, decide_a
 from inferd.batching.rate_limiter import Ticket
 from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
-from inferd.batching.worker import Ahead, Outcome, PerRequestOutcome, Timings, Worker
+from inferd.batching.worker import Ahead, Begun, Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.types import InferRequest
@@ -139,9 +139,9 @@ class Scheduler:
         self._ahead_allowed = (
             not tickets and config.priority_levels == 0 and _plain(config.default_queue_policy)
         )
-        # Each busy instance's queued batch, with its claim while the instance may not have
-        # started it (None once it has it: a stub process that was sent it early).
-        self._ahead: dict[Worker, tuple[list[Pending], Ahead | None]] = {}
+        # Each busy instance's queued batch: an Ahead while the instance may not have started
+        # it, a Begun once it has it (a stub process that was sent it early).
+        self._ahead: dict[Worker, Ahead | Begun] = {}
         self._ahead_requests = 0
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
@@ -348,12 +348,13 @@ class Scheduler:
         """An instance fell idle while another's queued batch waits behind a running one (a
         batch that took longer than expected): the idle instance runs it instead, oldest
         first, as when every instance takes from one queue."""
-        for worker, (batch, ahead) in list(self._ahead.items()):
+        for worker, ahead in list(self._ahead.items()):
             if not self._idle:
                 break
-            if ahead is None or not worker.take_back(ahead):
+            if not isinstance(ahead, Ahead) or not worker.take_back(ahead):
                 continue  # the instance has it already
             del self._ahead[worker]
+            batch = ahead.batch
             self._ahead_requests -= len(batch)
             self._busy_until[worker] -= self.estimator(sum(p.batch_size for p in batch))
             now = self._dispatch(batch, now)
@@ -388,7 +389,7 @@ class Scheduler:
                 worker = min(waiting, key=self._busy_until.__getitem__)
                 self._ahead_requests += len(batch)
                 self._busy_until[worker] += self.estimator(sum(p.batch_size for p in batch))
-                self._ahead[worker] = (batch, worker.submit_next(batch))
+                self._ahead[worker] = worker.submit_next(batch)
 
     def _expire(self, now: int) -> None:
         """Queue timeouts: REJECT fails the request, DELAY moves it behind everything else."""
@@ -440,7 +441,7 @@ class Scheduler:
             self._idle.append(worker)
             self._busy_until.pop(worker, None)
         else:  # the instance went on with it at once
-            ahead = queued_ahead[0]
+            ahead = queued_ahead.batch
             self._ahead_requests -= len(ahead)
             self._executing += len(ahead)
             self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in ahead))

@@ -144,11 +144,11 @@ class Worker:
         self._jobs.put(batch)
         return None
 
-    def submit_next(self, batch: list[Any]) -> Ahead | None:
+    def submit_next(self, batch: list[Any]) -> Ahead | Begun:
         """Queue `batch` behind the running one, on the instance thread: the thread starts it
         as soon as it has handed the running one's results to the loop. An instance that
-        begins batches early is handed it now, when every batch before it has reached it.
-        Returns the batch's claim (take_back()), or None once the instance has it."""
+        begins batches early is handed it now, when every batch before it has reached it
+        (Begun: the instance has it). An Ahead may still be taken back (take_back())."""
         if self._begins_early:
             with self._begin_lock:
                 if not self._unbegun:
@@ -158,8 +158,9 @@ class Worker:
                     except Exception:  # the thread's path fails the batch with it
                         token = None
                     if token is not None:
-                        self._jobs.put(Begun(batch, token))
-                        return None
+                        begun = Begun(batch, token)
+                        self._jobs.put(begun)
+                        return begun
                 self._unbegun += 1
         ahead = Ahead(batch)
         self._jobs.put(ahead)
