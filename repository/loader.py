@@ -41,7 +41,6 @@ from inferd.repository.mlserver_settings import (
     SETTINGS_FILE,
     environment_config,
     mlserver_config,
-    version_label,
 )
 from inferd.repository.rate_limits import register_instances
 from inferd.repository.repo_agents import run_agents
@@ -109,13 +108,12 @@ class ModelLoader:
         if override is not None:
             proto, source = override, "the load request's 'config' parameter"
         elif location.from_environment:
-            proto, version_names[1] = environment_config(model_dir)
+            proto, version_names = environment_config(model_dir)
             folders, source = {1: model_dir}, ENV_SOURCE
         elif location.settings:
             folders = dict(enumerate(location.settings, start=1))
-            proto = mlserver_config(model_dir, folders, location.repository)
+            proto, version_names = mlserver_config(model_dir, folders, location.repository)
             source = str(folders[max(folders)] / SETTINGS_FILE)
-            version_names = {n: version_label(folder) for n, folder in folders.items()}
         else:
             config_name = self._settings.config_name
             proto = read_config(model_dir, config_name)

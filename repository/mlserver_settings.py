@@ -64,7 +64,7 @@ def settings_name(folder: Path) -> str:
         return folder.name
 
 
-def version_label(settings_folder: Path) -> str:
+def _version_label(settings_folder: Path) -> str:
     """The version MLServer gives a version folder: its settings' `parameters.version`, else the
     folder's name (requests may name it instead of its number)."""
     try:
@@ -123,22 +123,27 @@ def _name(settings: Mapping[str, Any], model_dir: Path) -> str:
 
 def mlserver_config(
     model_dir: Path, folders: Mapping[int, Path], repository: Path
-) -> ModelConfigProto:
+) -> tuple[ModelConfigProto, dict[int, str]]:
     """The config of the model in `model_dir` (its version `folders`), from its latest
-    version's settings; `repository` is where it was found, which its code may import from."""
-    latest = folders[max(folders)]
-    return _config(read_settings(latest), f"{latest / SETTINGS_FILE}", model_dir, repository)
+    version's settings, and MLServer's names of its versions; `repository` is where it was
+    found, which its code may import from. Each settings file is read once."""
+    number = max(folders)
+    latest = folders[number]
+    settings = read_settings(latest)
+    names = {n: _version_label(folder) for n, folder in folders.items() if n != number}
+    names[number] = _version(settings) or latest.name
+    return _config(settings, f"{latest / SETTINGS_FILE}", model_dir, repository), names
 
 
-def environment_config(repository: Path) -> tuple[ModelConfigProto, str]:
+def environment_config(repository: Path) -> tuple[ModelConfigProto, dict[int, str]]:
     """The config of the model the MLSERVER_MODEL_* variables describe, served from
-    `repository` (its files), and its version's MLServer name ("" for none)."""
+    `repository` (its files), and its one version's MLServer name ("" for none)."""
     settings = environment_settings()
     if settings is None:
         raise invalid(f"{ENV_PREFIX}IMPLEMENTATION is no longer set")
     config = _config(settings, ENV_SOURCE, repository, repository)
     config.parameters[FROM_ENVIRONMENT].string_value = "true"
-    return config, _version(settings)
+    return config, {1: _version(settings)}
 
 
 def environment_model_name(
