@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -154,6 +155,9 @@ class OutputsWithParameters(dict[str, np.ndarray]):
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an
 # InferdError carries the code the client sees; any other exception is an internal error).
 RequestOutcome = dict[str, np.ndarray] | Exception
+# deliver(job, outcomes or the error that failed the whole batch): an attached instance's
+# answer, on the loop (ModelInstance.attach).
+Deliver = Callable[[Any, "list[RequestOutcome] | BaseException"], None]
 
 
 class Rescheduled(InferdError):
@@ -185,12 +189,11 @@ class ModelInstance(ABC):
     # a model the request list). The worker picks the path once, at start; execute() still
     # serves single requests (warmup).
     takes_requests: bool = False
-    # True when a batch may be handed over while the one before it still runs (an instance
-    # that takes requests, whose model sits in another process: a stub reads its next batch
-    # the moment it has answered the last). The worker then hands a batch queued behind the
-    # running one over at once, with begin_requests(early=True), and collects its outcomes
-    # with end_requests() in turn.
-    begins_early: bool = False
+    # True when the model runs elsewhere (a stub process) and its answers can be read on the
+    # event loop: once attach()ed, the worker hands batches over with begin_requests() and
+    # its thread never waits for them. execute() and execute_requests() serve an instance
+    # that is not attached (warmup, rate-limited instances).
+    answers_on_loop: bool = False
 
     @abstractmethod
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,17 +205,20 @@ class ModelInstance(ABC):
         fails every request of the batch with that error."""
         raise NotImplementedError(f"{type(self).__name__} does not take requests one by one")
 
-    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
-        """Hand a batch over (only when `begins_early`), after every batch begun before it;
-        the returned token goes to end_requests(). On the instance's thread; early = on the
-        loop's, while the batch before it still runs: it must not wait, and returns None to
-        decline (the batch then goes the usual way, on the instance's thread)."""
-        raise NotImplementedError(f"{type(self).__name__} does not begin batches early")
+    def attach(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        """From now on (only when `answers_on_loop`), each batch's outcomes are read on
+        `loop` and given to deliver(job, outcomes or the error that failed the batch), in
+        the order the batches were handed over. Any thread."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer on the loop")
 
-    def end_requests(self, token: Any) -> list[RequestOutcome]:
-        """The outcomes of the batch begun longest ago (on the instance's thread), as
-        execute_requests() answers them."""
-        raise NotImplementedError(f"{type(self).__name__} does not begin batches early")
+    def begin_requests(
+        self, requests: Sequence[InstanceRequest], job: Any, early: bool = False
+    ) -> bool:
+        """Hand a batch over to an attached instance, after every batch handed over before
+        it; deliver() gets its outcomes with `job`. On the instance's thread; early = on the
+        loop's: it must not wait, and returns False to decline (the batch then goes the
+        usual way, on the instance's thread)."""
+        raise NotImplementedError(f"{type(self).__name__} does not answer on the loop")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the framework session and its memory."""

@@ -2,9 +2,10 @@
 `--backend-config=python,isolation=process` or a model's `inferd.python_isolation` parameter.
 
 Each instance is a child process (python_stub.py) that runs model.py; the server's end here
-forwards every batch, and serves what the model asks of the server: calls to other models
-and model control on a small thread pool, custom metrics, decoupled responses, log records.
-Instances then run model code in parallel (one GIL each), and a model that crashes its
+forwards every batch (sent from and answered on the event loop once a worker attaches the
+instance: no server thread per batch), and serves what the model asks of the server: calls to
+other models and model control on a small thread pool, custom metrics, decoupled responses, log
+records. Instances then run model code in parallel (one GIL each), and a model that crashes its
 process fails only its own requests.
 
 When the stub dies, its requests in flight fail with Triton's "Stub process '<instance>' is
@@ -14,6 +15,8 @@ instance failing every request until the model is loaded again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import pickle
 import socket
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ import numpy as np
 
 from inferd.backends.base import (
     BackendSettings,
+    Deliver,
     Device,
     InstanceRequest,
     ModelCalls,
@@ -47,7 +52,7 @@ from inferd.backends.python_stub import (
     WireRequest,
     log_levels,
 )
-from inferd.backends.stub_channel import Channel, ChannelClosed, Op
+from inferd.backends.stub_channel import Channel, ChannelClosed, FrameReader, Op
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
@@ -111,7 +116,7 @@ class StubInstance(ModelInstance):
     """A python model instance whose model runs in a stub process."""
 
     takes_requests = True
-    begins_early = True  # the stub reads its next batch the moment it answers the last
+    answers_on_loop = True
 
     def __init__(
         self, config: ModelConfig, model_file: Path, device: Device, settings: BackendSettings
@@ -126,6 +131,7 @@ class StubInstance(ModelInstance):
         )
         self._calls = settings.model_calls
         self._metrics = settings.custom_metrics or CustomMetrics()
+        self._attached: tuple[asyncio.AbstractEventLoop, Deliver] | None = None
         self._stub = self._start()
 
     def _start(self) -> Stub:
@@ -140,21 +146,33 @@ class StubInstance(ModelInstance):
         return execute_one(self, inputs)
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
-        return self.end_requests(self.begin_requests(requests))
+        assert self._attached is None, "an attached instance's answers are read on the loop"
+        handover = self._live_stub().begin(requests)
+        assert handover is not None
+        return handover.stub.end(handover)
 
-    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
+    def attach(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        self._attached = (loop, deliver)
+        self._stub.attach(loop, deliver)
+
+    def begin_requests(
+        self, requests: Sequence[InstanceRequest], job: Any, early: bool = False
+    ) -> bool:
         if early:  # on the loop: never a restart there, nor a send that may wait
             stub = self._stub
-            return stub.begin(requests, early=True) if stub.alive else None
+            return stub.alive and stub.begin(requests, job, early=True) is not None
+        self._live_stub().begin(requests, job)
+        return True
+
+    def _live_stub(self) -> Stub:
+        """The stub, started again first when the last one died (on the instance's thread)."""
         if not self._stub.alive:
             log.warning("model instance '%s': starting its stub process again", self._name)
             self._stub.close()  # what is left of it: its sockets
             self._stub = self._start()
-        return self._stub.begin(requests)
-
-    def end_requests(self, handover: Any) -> list[RequestOutcome]:
-        stub: Stub = handover.stub  # the one it went to, even if another replaced it since
-        return stub.end(handover)
+            if self._attached is not None:
+                self._stub.attach(*self._attached)
+        return self._stub
 
     def close(self) -> None:
         self._stub.close()
@@ -197,6 +215,7 @@ class Handover:
     """A batch sent to a stub: what its answer must clean up."""
 
     stub: Stub
+    job: Any = None  # what deliver() is given with its outcome (attached stubs)
     sink_ids: list[int] = field(default_factory=list)  # its decoupled requests' streams
     traces: list[int] = field(default_factory=list)  # its traced requests' handles
     lost: bool = False  # the stub was gone before it could be sent
@@ -225,6 +244,19 @@ class Stub:
         # Channel messages read so far: a batch's answer waits for those it counts.
         self._read_count = 0
         self._read_more = threading.Condition()
+        # Attached (attach()): the batches' answers are read on the event loop, and each goes
+        # to deliver(job, outcomes or error) in the order the batches were sent.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deliver: Deliver | None = None
+        self._sent: deque[Handover] = deque()  # sent, not answered yet
+        self._order = threading.Lock()  # a batch joins _sent as it is sent
+        self._answers = FrameReader()
+        self._reading = False  # the loop reads the answers (until _detach())
+        self._detached = False  # for good: what is sent now is answered as lost
+        # Answers read before the channel messages they count (under _read_more).
+        self._parked: deque[tuple[bool, Any, int]] = deque()
+        self._given = 0  # the channel messages counted by the answers given so far
+        self._deferred = 0  # answers given to a later loop turn, not delivered yet
         ours, theirs = socket.socketpair()
         ours_direct, theirs_direct = socket.socketpair()
         fds = (theirs.fileno(), theirs_direct.fileno())
@@ -252,13 +284,16 @@ class Stub:
 
     # ---- the server's calls --------------------------------------------------------------
 
-    def begin(self, requests: Sequence[InstanceRequest], early: bool = False) -> Handover | None:
-        """Send a batch to the stub, which runs it after those sent before (end() collects
-        its outcomes, in the same order). An early one is sent only when its frame is small
-        enough never to wait for the stub to read it (None otherwise): it is sent while the
-        stub still runs the batch before it, from the loop's thread."""
+    def begin(
+        self, requests: Sequence[InstanceRequest], job: Any = None, early: bool = False
+    ) -> Handover | None:
+        """Send a batch to the stub, which runs it after those sent before. Its outcomes go
+        to deliver() with `job` when attached, else end() collects them, in the same order.
+        An early one is sent only when its frame is small enough never to wait for the stub
+        to read it (None otherwise): it is sent from the loop's thread, maybe while the stub
+        still runs the batch before it."""
         wire: list[WireRequest] = []
-        handover = Handover(self)
+        handover = Handover(self, job)
         with self._lock:
             for request in requests:
                 sink = trace = None
@@ -275,18 +310,143 @@ class Stub:
                         self._sink_traces[sink[0]] = trace.handle
                 inputs, parameters = dict(request.inputs), dict(request.parameters)
                 wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
-        try:
-            if not early:
-                self._direct.send(Op.EXECUTE, wire, log_levels())
-            elif not self._direct.send_small(_EARLY_FRAME_BYTES, Op.EXECUTE, wire, log_levels()):
+        with self._order:
+            attached = self._loop is not None
+            if attached:  # before it is sent: its answer may come at once
+                self._sent.append(handover)
+            try:
+                if self._detached:
+                    raise ChannelClosed
+                if not early:
+                    self._direct.send(Op.EXECUTE, wire, log_levels())
+                elif not self._direct.send_small(
+                    _EARLY_FRAME_BYTES, Op.EXECUTE, wire, log_levels()
+                ):
+                    self._unsent(handover, attached)
+                    return None
+            except ChannelClosed:
+                handover.lost = True
+            except BaseException:  # not sent (a parameter that does not pickle): no answer
+                self._unsent(handover, attached)
+                raise
+            if handover.lost and attached and self._detached:  # nobody fails it later
+                self._sent.remove(handover)
                 self._forget(handover)
-                return None
-        except ChannelClosed:
-            handover.lost = True
-        except BaseException:  # not sent (a parameter that does not pickle): nothing to answer
-            self._forget(handover)
-            raise
+                assert self._loop is not None and self._deliver is not None
+                self._loop.call_soon_threadsafe(self._deliver, job, not_healthy(self._name))
         return handover
+
+    def _unsent(self, handover: Handover, attached: bool) -> None:
+        if attached:
+            self._sent.pop()
+        self._forget(handover)
+
+    def attach(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        """Read the batches' answers on `loop` from now on (from any thread; none may be
+        outstanding)."""
+        self._loop, self._deliver = loop, deliver
+        loop.call_soon_threadsafe(self._start_reading)
+
+    def _start_reading(self) -> None:
+        if not self._detached:
+            assert self._loop is not None
+            self._loop.add_reader(self._direct.fileno(), self._readable)
+            self._reading = True
+
+    def _readable(self) -> None:
+        """On the loop: what the stub answered."""
+        chunk = self._direct.read_available()
+        if chunk is None:
+            return
+        if not chunk:  # it exited: _died() detaches, which fails what it left unanswered
+            self._stop_reading()
+            return
+        for ok, value, sent in self._answers.feed(chunk):
+            with self._read_more:
+                if self._parked or self._read_count < sent:
+                    self._parked.append((ok, value, sent))
+                    continue
+            self._give(ok, value, sent)
+
+    def _unpark(self) -> None:
+        """On the loop: the channel messages that parked answers count have been read."""
+        while True:
+            with self._read_more:
+                if not self._parked or (self.alive and self._read_count < self._parked[0][2]):
+                    return
+                ok, value, sent = self._parked.popleft()
+            self._give(ok, value, sent)
+
+    def _give(self, ok: bool, value: Any, sent: int) -> None:
+        """On the loop: the answer of the batch sent longest ago, to deliver()."""
+        assert self._loop is not None and self._deliver is not None
+        handover = self._sent.popleft()
+        if ok:
+            with self._lock:
+                for handle in handover.traces:
+                    self._traces.pop(handle, None)
+        else:
+            self._forget(handover)  # the scheduler ends these requests' streams with the error
+        if sent == self._given and not self._deferred:
+            self._deliver(handover.job, value)
+        else:  # behind what the reader thread passed on from the channel meanwhile
+            self._given = sent
+            self._defer(handover.job, value)
+
+    def _defer(self, job: Any, outcome: Any) -> None:
+        """deliver() in a later loop turn, behind the callbacks already queued."""
+        assert self._loop is not None
+        self._deferred += 1
+        self._loop.call_soon(self._give_deferred, job, outcome)
+
+    def _give_deferred(self, job: Any, outcome: Any) -> None:
+        self._deferred -= 1
+        assert self._deliver is not None
+        self._deliver(job, outcome)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            assert self._loop is not None
+            self._loop.remove_reader(self._direct.fileno())
+            self._reading = False
+
+    def _detach(self, done: threading.Event | None = None) -> None:
+        """On the loop: stop reading answers. A dead stub's last answers are in the socket:
+        they are delivered, then every batch it left unanswered fails."""
+        try:
+            if self._reading and not self.alive:
+                while chunk := self._direct.read_available():
+                    for ok, value, sent in self._answers.feed(chunk):
+                        with self._read_more:
+                            self._parked.append((ok, value, sent))
+            self._stop_reading()
+            self._unpark()  # all of them: the stub is gone (or has nothing outstanding)
+            with self._order:
+                self._detached = True
+                lost, self._sent = list(self._sent), deque()
+            error = not_healthy(self._name)
+            for handover in lost:
+                self._forget(handover)
+                self._defer(handover.job, error)
+        finally:
+            if done is not None:
+                done.set()
+
+    def _detach_from_thread(self) -> None:
+        """_detach() on the loop, waited for (off the loop)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if not loop.is_running():  # nobody reads on it meanwhile (its owner has stopped it)
+            with contextlib.suppress(RuntimeError):  # closed: nothing to remove the reader from
+                self._detach()
+            return
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(self._detach, done)
+        except RuntimeError:  # closed since
+            return
+        done.wait(_EXIT_TIMEOUT_S)
 
     def end(self, handover: Handover) -> list[RequestOutcome]:
         """The outcomes of the batch begun longest ago; its error raised when it failed."""
@@ -340,6 +500,7 @@ class Stub:
     def close(self) -> None:
         """finalize() and the end of the process; raises finalize()'s failure."""
         self._closing = True
+        self._detach_from_thread()  # CLOSE is answered here
         ok, value = True, cast(Any, None)
         try:
             if self.alive:
@@ -381,8 +542,17 @@ class Stub:
                 with self._read_more:
                     self._read_count += 1
                     self._read_more.notify_all()
+                    if self._parked and self._read_count >= self._parked[0][2]:
+                        self._on_loop(self._unpark)
         except ChannelClosed:
             self._died()
+
+    def _on_loop(self, callback: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed (process exit): nobody waits any more
+            return
 
     def _dispatch(self, op: str, *args: Any) -> None:
         if op == Op.REPLY:
@@ -517,3 +687,5 @@ class Stub:
         self._metrics.release()
         with self._read_more:  # a batch waiting for its responses waits no more
             self._read_more.notify_all()
+        if self._loop is not None:
+            self._on_loop(self._detach)

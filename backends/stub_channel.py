@@ -1,12 +1,13 @@
 """The wire between the server and a python model's stub process (python_process.py is the
 server's end, python_stub.py the stub's): pickled tuples `(op, ...)` over two sockets.
 
-Batches go over the direct socket: the server's instance thread sends EXECUTE and reads the
-answer itself, the stub's main thread reads EXECUTE and answers itself (no thread between
-them). Everything else goes over the channel socket: either end sends from any thread (a lock
-keeps messages whole) and receives on one reader thread of its own. A call there is a message
-with an id; its answer is `(REPLY, id, ok, value)`, where value is the result, or the
-exception when not ok (InferdError pickles whole).
+Batches go over the direct socket: the server sends EXECUTE from the event loop (or, for a big
+batch, from the instance's thread) and reads the answers on the loop (FrameReader), or, before
+a worker attaches the instance (warmup), on the calling thread; the stub's main thread reads
+EXECUTE and answers itself (no thread between them). Everything else goes over the channel
+socket: either end sends from any thread (a lock keeps messages whole) and receives on one
+reader thread of its own. A call there is a message with an id; its answer is `(REPLY, id, ok,
+value)`, where value is the result, or the exception when not ok (InferdError pickles whole).
 """
 
 from __future__ import annotations
@@ -126,6 +127,19 @@ class Channel:
             got += read
         return buffer
 
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def read_available(self) -> bytes | None:
+        """What has arrived, up to a read buffer's worth, without waiting: None when nothing
+        has, b"" at the end (for a reader on the event loop)."""
+        try:
+            return self._socket.recv(_READ_BUFFER, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     def new_id(self) -> int:
         return next(self._ids)
 
@@ -171,6 +185,38 @@ class Channel:
     def close(self) -> None:
         self._reader.close()
         self._socket.close()
+
+
+class FrameReader:
+    """Messages from bytes as they arrive, in any pieces (a socket read on the event loop,
+    which must not wait for a whole frame)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[Any, ...]]:
+        """The messages that `chunk` completes, in order."""
+        data = self._data
+        data += chunk
+        messages: list[tuple[Any, ...]] = []
+        offset = 0
+        while len(data) - offset >= _HEAD.size:
+            length, count = _HEAD.unpack_from(data, offset)
+            start = offset + _HEAD.size + _SIZE.size * count
+            if len(data) < start:
+                break
+            sizes = struct.unpack_from(f"<{count}Q", data, offset + _HEAD.size)
+            end = start + length + sum(sizes)
+            if len(data) < end:
+                break
+            buffers, at = [], start + length
+            for size in sizes:  # slices of a bytearray: copies the arrays may keep
+                buffers.append(data[at : at + size])
+                at += size
+            messages.append(pickle.loads(data[start : start + length], buffers=buffers))
+            offset = end
+        del data[:offset]
+        return messages
 
 
 def _frame(message: tuple[Any, ...]) -> tuple[bytes, list[memoryview]]:

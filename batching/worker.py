@@ -53,11 +53,18 @@ class PerRequestOutcome:
 
 @dataclass(slots=True)
 class Begun:
-    """A batch its instance was handed early (ModelInstance.begins_early): the thread only
-    collects its outcomes."""
+    """A batch an attached instance (ModelInstance.answers_on_loop) was handed while the one
+    before it still runs: it is the instance's now."""
 
     batch: list[Any]
-    token: Any
+
+
+@dataclass(slots=True)
+class Sent:
+    """A batch handed to an attached instance, until its answer comes (on the loop)."""
+
+    batch: list[Any]
+    timings: Timings
 
 
 class Ahead:
@@ -89,6 +96,11 @@ class Worker:
     have taken at most `inline_max_ns` of CPU: handing a 20 µs batch to a thread and back
     costs more than running it, since both threads then contend for the GIL and the loop waits
     for the instance thread to be scheduled. The instance still never runs two batches at once.
+
+    An instance whose model runs in another process (`ModelInstance.answers_on_loop`, a stub)
+    is attached: batches are handed to it from the loop when that cannot wait, and their
+    answers are read and reported on the loop, so the thread only sends big batches and
+    starts the process again.
     """
 
     def __init__(
@@ -114,15 +126,17 @@ class Worker:
         self._execute: Callable[[Any, Timings], BatchResult] = (
             self._execute_each if instance.takes_requests else self._execute_concat
         )
-        # An instance that begins batches early: the batches handed over that it has not
-        # begun yet. One is begun early only when there are none, so that batches reach the
-        # instance in the order they were handed over.
-        self._begins_early = instance.begins_early and instance.takes_requests
-        self._begin_lock = threading.Lock()
-        self._unbegun = 0
-        self._run_requests = (
-            self._begin_and_end if self._begins_early else instance.execute_requests
-        )
+        # An instance whose answers are read on the loop: batches are handed over from the
+        # loop when that cannot wait (else from the thread, which never waits for answers),
+        # and reported when their answer comes. `_unsent` counts the batches on their way
+        # through the thread: one goes from the loop only when there are none, so that
+        # batches reach the instance in the order they were handed over.
+        self._on_loop = instance.answers_on_loop and instance.takes_requests and ticket is None
+        self._send_lock = threading.Lock()
+        self._unsent = 0
+        self._answered_ns = 0  # when the last answer came: the next batch's start
+        if self._on_loop:
+            instance.attach(loop, self._answered)
         # CPU time per batch size, observed on the loop (scheduler._finish) from the timings.
         self.cpu = ExecTimeEstimator()
         # Batches, and None to stop; a rate-limited worker's also get release marks (int).
@@ -136,9 +150,10 @@ class Worker:
         """Run `batch` (of `items` in all); never called while a batch is running. A batch
         run on the loop returns its outcome, for the caller to report; one handed to the
         instance thread returns None and is reported through `finish`."""
-        if self._begins_early:
-            with self._begin_lock:
-                self._unbegun += 1
+        if self._on_loop:
+            if not self._send_now(batch):
+                self._jobs.put(batch)
+            return None
         if self._inline_max_ns and 0 < self.cpu(items) <= self._inline_max_ns:
             return self._run_batch(batch)
         self._jobs.put(batch)
@@ -146,22 +161,11 @@ class Worker:
 
     def submit_next(self, batch: list[Any]) -> Ahead | Begun:
         """Queue `batch` behind the running one, on the instance thread: the thread starts it
-        as soon as it has handed the running one's results to the loop. An instance that
-        begins batches early is handed it now, when every batch before it has reached it
-        (Begun: the instance has it). An Ahead may still be taken back (take_back())."""
-        if self._begins_early:
-            with self._begin_lock:
-                if not self._unbegun:
-                    requests = [instance_request(item) for item in batch]
-                    try:
-                        token = self.instance.begin_requests(requests, early=True)
-                    except Exception:  # the thread's path fails the batch with it
-                        token = None
-                    if token is not None:
-                        begun = Begun(batch, token)
-                        self._jobs.put(begun)
-                        return begun
-                self._unbegun += 1
+        as soon as it has handed the running one's results to the loop. An attached instance
+        is handed it now when that cannot wait (Begun: the instance has it). An Ahead may
+        still be taken back (take_back())."""
+        if self._on_loop and self._send_now(batch):
+            return Begun(batch)
         ahead = Ahead(batch)
         self._jobs.put(ahead)
         return ahead
@@ -171,9 +175,63 @@ class Worker:
         thread then skips it); False when it has."""
         if not ahead.claim():
             return False
-        if self._begins_early:
-            with self._begin_lock:
-                self._unbegun -= 1
+        if self._on_loop:
+            with self._send_lock:
+                self._unsent -= 1
+        return True
+
+    def _send_now(self, batch: list[Any]) -> bool:
+        """On the loop: hand `batch` to the attached instance here when none is on its way
+        through the thread and the instance can take it without waiting. False: the caller
+        queues it for the thread."""
+        with self._send_lock:
+            if not self._unsent:
+                sent = Sent(batch, Timings(time.monotonic_ns()))
+                requests = [instance_request(item) for item in batch]
+                try:
+                    if self.instance.begin_requests(requests, sent, early=True):
+                        return True
+                except Exception:  # the thread's path fails the batch with it
+                    pass
+            self._unsent += 1
+        return False
+
+    def _send(self, batch: list[Any]) -> None:
+        """On the thread: hand `batch` to the attached instance (which may start its process
+        again first); a failure to is the batch's outcome."""
+        sent = Sent(batch, Timings(time.monotonic_ns()))
+        try:
+            self.instance.begin_requests([instance_request(item) for item in batch], sent)
+        except BaseException as exc:
+            self._report(self._answered, sent, exc)
+        finally:
+            with self._send_lock:
+                self._unsent -= 1
+
+    def _answered(self, sent: Sent, outcome: list[RequestOutcome] | BaseException) -> None:
+        """On the loop: an attached instance's answer to a batch, reported."""
+        now = time.monotonic_ns()
+        timings = sent.timings
+        # It ran from when it was sent, or from the answer before it if it waited for that.
+        timings.infer_ns = now - max(timings.dispatched_ns, self._answered_ns)
+        self._answered_ns = now
+        result: Outcome
+        try:
+            result = (
+                outcome
+                if isinstance(outcome, BaseException)
+                else self._results(outcome, len(sent.batch))
+            )
+        except BaseException as exc:
+            result = exc
+        self._finish(self, sent.batch, result, timings)
+
+    def _report(self, callback: Callable[..., None], *args: Any) -> bool:
+        """Call back on the loop; False when the loop is gone (process exit)."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            return False
         return True
 
     def stop(self) -> None:
@@ -189,12 +247,12 @@ class Worker:
                 if not job.claim():
                     continue  # taken back for an instance that fell idle first
                 job = job.batch
+            if self._on_loop:
+                self._send(job)
+                continue
             result, timings = self._run_batch(job)
-            batch = job.batch if isinstance(job, Begun) else job
-            try:
-                self._loop.call_soon_threadsafe(self._finish, self, batch, result, timings)
-            except RuntimeError:  # the loop is gone (process exit): nobody waits any more
-                return
+            if not self._report(self._finish, self, job, result, timings):
+                return  # nobody waits any more
         self._close()
 
     def _run_limited(self) -> None:
@@ -220,10 +278,8 @@ class Worker:
             holding = True
             result, timings = self._run_batch(job)
             ran += 1
-            try:
-                self._loop.call_soon_threadsafe(self._finish_limited, ran, job, result, timings)
-            except RuntimeError:  # the loop is gone (process exit)
-                return
+            if not self._report(self._finish_limited, ran, job, result, timings):
+                return  # the loop is gone (process exit)
         if holding:
             limiter.release(ticket)
         self._close()
@@ -242,7 +298,7 @@ class Worker:
         except Exception:
             log.exception("closing model instance %s failed", self._thread.name)
 
-    def _run_batch(self, batch: list[Any] | Begun) -> tuple[Outcome, Timings]:
+    def _run_batch(self, batch: list[Any]) -> tuple[Outcome, Timings]:
         timings = Timings(dispatched_ns=time.monotonic_ns())
         cpu_start = time.thread_time_ns()
         result: Outcome
@@ -273,37 +329,26 @@ class Worker:
         timings.output_ns = time.perf_counter_ns() - infer_end
         return per_request
 
-    def _execute_each(self, job: list[BatchItem] | Begun, timings: Timings) -> BatchResult:
+    def _execute_each(self, batch: list[BatchItem], timings: Timings) -> BatchResult:
         start = time.perf_counter_ns()
-        if isinstance(job, Begun):
-            batch = job.batch
-            infer_start = start
-            results = self.instance.end_requests(job.token)
-        else:
-            batch = job
-            requests = [instance_request(item) for item in batch]
-            infer_start = time.perf_counter_ns()
-            results = self._run_requests(requests)
+        requests = [instance_request(item) for item in batch]
+        infer_start = time.perf_counter_ns()
+        results = self.instance.execute_requests(requests)
         infer_end = time.perf_counter_ns()
-        if len(results) != len(batch):
-            raise internal(
-                f"model instance {self._thread.name} returned {len(results)} results for "
-                f"{len(batch)} requests"
-            )
         timings.input_ns = infer_start - start
         timings.infer_ns = infer_end - infer_start
         timings.output_ns = time.perf_counter_ns() - infer_end
+        return self._results(results, len(batch))
+
+    def _results(self, results: list[RequestOutcome], requests: int) -> BatchResult:
+        if len(results) != requests:
+            raise internal(
+                f"model instance {self._thread.name} returned {len(results)} results for "
+                f"{requests} requests"
+            )
         if any(isinstance(result, BaseException) for result in results):
             return PerRequestOutcome(results)
         return cast(list[dict[str, np.ndarray]], results)
-
-    def _begin_and_end(self, requests: list[InstanceRequest]) -> list[RequestOutcome]:
-        try:
-            token = self.instance.begin_requests(requests)
-        finally:
-            with self._begin_lock:
-                self._unbegun -= 1
-        return self.instance.end_requests(token)
 
 
 def instance_request(item: BatchItem) -> InstanceRequest:

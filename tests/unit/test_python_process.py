@@ -7,9 +7,12 @@ tensors and log records across, put an environment first."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,6 +28,7 @@ import tritonclient.http as httpclient
 from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, STUB_MODULE, StubInstance
+from inferd.backends.stub_channel import Channel, FrameReader
 from inferd.server.errors import ErrorCode, InferdError
 from tests.conftest import TEST_SETTINGS, start_server
 from tests.integration.test_cli import spawn_inferd, wait_ready
@@ -184,40 +188,80 @@ def echoed(outcomes: list[Any]) -> list[int]:
     return [int(outcome["OUTPUT0"][0]) for outcome in outcomes]
 
 
-def test_a_batch_handed_over_early_waits_in_the_stub_behind_the_running_one(
+class Answers:
+    """An attached instance's deliver(): each batch's outcome, by the job it was sent with,
+    as the loop gets it."""
+
+    def __init__(self, instance: StubInstance) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._outcomes: dict[Any, asyncio.Future[Any]] = {}
+        self.order: list[Any] = []
+        instance.attach(self.loop, self.deliver)
+
+    def deliver(self, job: Any, outcome: Any) -> None:
+        self.order.append(job)
+        self._future(job).set_result(outcome)
+
+    def _future(self, job: Any) -> asyncio.Future[Any]:
+        return self._outcomes.setdefault(job, self.loop.create_future())
+
+    async def of(self, job: Any) -> Any:
+        return await asyncio.wait_for(self._future(job), 30)
+
+
+async def test_batches_go_to_the_stub_from_the_loop_and_their_answers_come_back_there(
     gated_echo: StubInstance, tmp_path: Path
 ) -> None:
-    running = gated_echo.begin_requests(echo_requests(100, 1))
-    early = gated_echo.begin_requests(echo_requests(2, 3), early=True)
-    assert early is not None  # sent while the stub waits inside the first batch
+    answers = Answers(gated_echo)
+    assert gated_echo.begin_requests(echo_requests(100, 1), "running", early=True)
+    # Sent while the stub waits inside the first batch: it waits in the stub behind it.
+    assert gated_echo.begin_requests(echo_requests(2, 3), "early", early=True)
+    # From the instance's thread (a batch too big for the loop) they queue the same way.
+    await asyncio.to_thread(gated_echo.begin_requests, echo_requests(4), "thread")
     (tmp_path / "open").touch()
-    assert echoed(gated_echo.end_requests(running)) == [100, 1]
-    assert echoed(gated_echo.end_requests(early)) == [2, 3]
+    assert echoed(await answers.of("running")) == [100, 1]
+    assert echoed(await answers.of("early")) == [2, 3]
+    assert echoed(await answers.of("thread")) == [4]
+    assert answers.order == ["running", "early", "thread"]
+    await asyncio.to_thread(gated_echo.close)
 
 
-def test_a_crash_fails_the_batch_handed_over_early_too(
+async def test_a_crash_fails_every_batch_the_stub_was_sent_and_the_thread_starts_another(
     gated_echo: StubInstance, tmp_path: Path
 ) -> None:
-    running = gated_echo.begin_requests(echo_requests(-100))
-    early = gated_echo.begin_requests(echo_requests(2), early=True)
-    assert early is not None
+    answers = Answers(gated_echo)
+    first = gated_echo.pid
+    assert gated_echo.begin_requests(echo_requests(1), "answered", early=True)
+    assert gated_echo.begin_requests(echo_requests(-100), "crashes", early=True)
+    assert gated_echo.begin_requests(echo_requests(2), "behind", early=True)
+    assert echoed(await answers.of("answered")) == [1]
     (tmp_path / "open").touch()
-    for token in (running, early):
-        with pytest.raises(InferdError, match=r"Stub process 'echo_0_0' is not healthy\."):
-            gated_echo.end_requests(token)
-    # A dead stub takes nothing early; the instance's thread starts a new one.
-    assert gated_echo.begin_requests(echo_requests(4), early=True) is None
-    assert echoed(gated_echo.execute_requests(echo_requests(4))) == [4]
+    for job in ("crashes", "behind"):
+        error = await answers.of(job)
+        assert isinstance(error, InferdError)
+        assert error.message == "Stub process 'echo_0_0' is not healthy."
+    # A dead stub takes nothing from the loop; the instance's thread starts a new one.
+    assert not gated_echo.begin_requests(echo_requests(4), "declined", early=True)
+    await asyncio.to_thread(gated_echo.begin_requests, echo_requests(4), "restarted")
+    assert echoed(await answers.of("restarted")) == [4]
+    assert gated_echo.pid != first and gone(first)
+    await asyncio.to_thread(gated_echo.close)
 
 
-def test_a_batch_too_big_to_wait_in_the_socket_is_not_handed_over_early(
+async def test_a_batch_too_big_to_wait_in_the_socket_is_not_sent_from_the_loop(
     gated_echo: StubInstance,
 ) -> None:
+    answers = Answers(gated_echo)
     big = echo_requests(5, size=100_000)  # 400 kB: it would fill the socket's buffer
-    assert gated_echo.begin_requests(big, early=True) is None
-    (outcome,) = gated_echo.execute_requests(big)  # nothing of it was sent: it runs once
+    assert not gated_echo.begin_requests(big, "declined", early=True)
+    await asyncio.to_thread(gated_echo.begin_requests, big, "big")
+    (outcome,) = await answers.of("big")  # nothing of it was sent before: it runs once
     assert isinstance(outcome, dict) and outcome["OUTPUT0"].shape == (100_000,)
-    assert echoed(gated_echo.execute_requests(echo_requests(6))) == [6]
+    assert (outcome["OUTPUT0"] == 5).all()
+    assert gated_echo.begin_requests(echo_requests(6), "small", early=True)
+    assert echoed(await answers.of("small")) == [6]
+    assert answers.order == ["big", "small"]
+    await asyncio.to_thread(gated_echo.close)
 
 
 def test_a_stub_that_dies_while_starting_fails_the_load(
@@ -641,3 +685,33 @@ def test_stubs_end_when_the_server_is_killed(tmp_path: Path) -> None:
     while not all(ended(pid) for pid in pids):
         assert time.monotonic() < deadline, "stubs outlived their server"
         time.sleep(0.05)
+
+
+def test_frames_read_in_any_pieces_give_the_messages_sent() -> None:
+    """The loop's reader of stub answers: frames split anywhere (a socket read returns what
+    has arrived), big tensors out of band, several frames in one read."""
+    ours, theirs = socket.socketpair()
+    big = np.arange(100_000, dtype=np.float32)  # 400 kB: sent as a buffer of its own
+
+    def send() -> None:
+        with theirs:
+            sender = Channel(theirs)
+            sender.send(True, {"OUTPUT0": big}, 3)
+            sender.send(False, InferdError(ErrorCode.INTERNAL, "failed"), 4)
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    data = b""
+    with ours:
+        while chunk := ours.recv(1 << 20):
+            data += chunk
+    sending.join()
+    reader, got = FrameReader(), []
+    for start in range(0, len(data), 7919):  # uneven pieces, cutting heads and buffers
+        got += reader.feed(data[start : start + 7919])
+    (ok, outputs, sent), (failed, error, later) = got
+    assert ok and sent == 3 and (outputs["OUTPUT0"] == big).all()
+    assert outputs["OUTPUT0"].flags.writeable
+    assert not failed and isinstance(error, InferdError) and error.message == "failed"
+    assert later == 4
+    assert len(FrameReader().feed(data)) == 2  # all at once

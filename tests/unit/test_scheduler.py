@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inferd.backends.base import InstanceRequest, ModelInstance, RequestOutcome
+from inferd.backends.base import Deliver, InstanceRequest, ModelInstance, RequestOutcome
 from inferd.batching.policy import BatchPolicy
 from inferd.batching.scheduler import DEFAULT_OPTIONS, RequestOptions, Scheduler, SchedulerConfig
 from inferd.repository.config import QueuePolicy
@@ -214,53 +215,79 @@ async def test_an_instance_that_falls_idle_first_runs_the_batch_queued_behind_an
     await scheduler.close()
 
 
-class EarlyInstance(GatedInstance):
-    """Takes a batch while the one before it runs (as a stub process does): begin_requests()
-    notes the batch and who handed it over, end_requests() waits at the gate and doubles."""
+class AttachedInstance(GatedInstance):
+    """Runs batches elsewhere and answers on the loop (as a stub process does): each batch
+    handed over is noted with whether it came from the loop (early); a runner thread of its
+    own then waits at the gate, doubles, and delivers. Declines early hand-overs of the values
+    in `too_big`, and hand-overs from the thread wait for `send_gate`."""
 
     takes_requests = True
-    begins_early = True
+    answers_on_loop = True
 
-    def __init__(self, gate_begin: bool = False) -> None:
+    def __init__(self, too_big: frozenset[float] = frozenset()) -> None:
         super().__init__(gated=True)
-        self.begin_gate = threading.Event()
-        if not gate_begin:
-            self.begin_gate.set()
+        self.too_big = too_big
+        self.send_gate = threading.Event()
+        self.send_gate.set()
         self.begun: list[tuple[float, bool]] = []  # (value, early)
+        self._batches: queue.SimpleQueue[tuple[Any, list[float]] | None] = queue.SimpleQueue()
+        self._runner = threading.Thread(target=self._run, daemon=True)
 
-    def begin_requests(self, requests: Sequence[InstanceRequest], early: bool = False) -> Any:
-        self.begin_gate.wait(10)
+    def attach(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        self.loop, self.deliver = loop, deliver
+        self._runner.start()
+
+    def begin_requests(
+        self, requests: Sequence[InstanceRequest], job: Any, early: bool = False
+    ) -> bool:
         values = [r.inputs["x"].item() for r in requests]
+        if early and self.too_big.intersection(values):
+            return False
+        if not early:
+            self.send_gate.wait(10)
         self.begun.extend((value, early) for value in values)
-        return values
+        self._batches.put((job, values))
+        return True
 
-    def end_requests(self, token: Any) -> list[RequestOutcome]:
-        self.entered.release()
-        self.gate.wait(10)
-        return [{"y": np.array([[2 * value]], np.float32)} for value in token]
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            job, values = batch
+            self.entered.release()
+            self.gate.wait(10)
+            outcomes: list[RequestOutcome] = [
+                {"y": np.array([[2 * value]], np.float32)} for value in values
+            ]
+            self.loop.call_soon_threadsafe(self.deliver, job, outcomes)
+
+    def close(self) -> None:
+        self._batches.put(None)
+        super().close()
 
 
-async def test_a_batch_queued_behind_the_running_one_is_handed_over_at_once() -> None:
-    instance = EarlyInstance()
+async def test_an_attached_instance_is_handed_batches_from_the_loop_even_while_busy() -> None:
+    instance = AttachedInstance()
     scheduler = make([instance], max_batch_size=0)
     first = await busy_with_first(scheduler, instance)
     second = submit(scheduler, 1)
     await asyncio.sleep(0)  # the loop turn that schedules it
-    assert instance.begun == [(0, False), (1, True)]  # the first still runs
+    assert instance.begun == [(0, True), (1, True)]  # the first still runs
     instance.gate.set()
     assert [r["y"].item() for r in await asyncio.gather(first, second)] == [0, 2]
+    stats = scheduler.stats
+    assert stats.success.count == 2
     await scheduler.close()
 
 
 async def test_no_batch_is_handed_over_before_the_one_ahead_of_it() -> None:
-    instance = EarlyInstance(gate_begin=True)
+    instance = AttachedInstance(too_big=frozenset({0}))
+    instance.send_gate.clear()
     scheduler = make([instance], max_batch_size=0)
-    first = submit(scheduler, 0)
-    await asyncio.sleep(0)  # dispatched: the instance's thread waits to hand it over
+    first = submit(scheduler, 0)  # too big for the loop: the instance's thread sends it
+    await asyncio.sleep(0)
     second = submit(scheduler, 1)
     await asyncio.sleep(0)
     assert instance.begun == []  # so the second waits for the thread too
-    instance.begin_gate.set()
+    instance.send_gate.set()
     instance.gate.set()
     assert [r["y"].item() for r in await asyncio.gather(first, second)] == [0, 2]
     assert instance.begun == [(0, False), (1, False)]
