@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
@@ -39,7 +40,7 @@ PROCESS = BackendSettings(python_isolation="process")
 
 # Answers its process id and how many times initialize() ran in that process; a negative
 # input ends the process in the middle of execute(), as a crashing extension would; 100 or
-# more takes that many ms.
+# more (or -100 or less, before it ends the process) takes that many ms.
 PID = """
 import os
 import time
@@ -61,10 +62,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             value = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if abs(value[0]) >= 100:
+                time.sleep(abs(value[0]) / 1000)
             if value[0] < 0:
                 os._exit(3)
-            if value[0] >= 100:
-                time.sleep(value[0] / 1000)
             pb_utils.Logger.log_warn(f"pid model: {value[0]}")
             answer = np.array([os.getpid(), INITIALIZED], np.int64)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", answer)]))
@@ -409,6 +410,39 @@ def test_stopping_the_server_ends_every_stub(tmp_path: Path) -> None:
         server.stop()
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(gone(pid) for pid in pids)
+
+
+def test_through_the_server_a_crash_fails_what_the_stub_held_and_the_next_request_restarts_it(
+    tmp_path: Path,
+) -> None:
+    """Requests queued behind a running one reach the stub before it crashes: they fail with
+    it, every request gets its answer, and the next one runs in a new stub."""
+    write_python_model(tmp_path, "pid", PID, PID_CONFIG)
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(tmp_path,), python_isolation="process")
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+
+        def infer(value: int) -> Any:
+            tensor = httpclient.InferInput("INPUT0", [1], "INT32")
+            tensor.set_data_from_numpy(np.array([value], np.int32))
+            return client.async_infer("pid", [tensor])
+
+        first = infer(1).get_result().as_numpy("OUTPUT0")[0]
+        running = infer(300)  # the stub sleeps 300 ms: the next two queue behind it
+        time.sleep(0.05)
+        # The crash comes 300 ms into its run: `behind` reaches the stub before it.
+        crashing, behind = infer(-300), infer(2)
+        assert running.get_result().as_numpy("OUTPUT0")[0] == first
+        for failed in (crashing, behind):
+            with pytest.raises(InferenceServerException, match="Stub process 'pid_0_0' is not"):
+                failed.get_result()
+        again = infer(3).get_result().as_numpy("OUTPUT0")
+        assert again[0] != first and again[1] == 1  # a new stub, initialized once
+        client.close()
+    finally:
+        server.stop()
 
 
 # Doubles its input in place (a model owns its input tensors, as in Triton) and answers it,
