@@ -174,7 +174,9 @@ def build(
                 inferd_args = [*inferd_args, f"--cache-config=local,size={cache_bytes}"]
         return inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
     if name == "inferd-mlserver":
-        repo = require(peers / "mlserver-repo")  # settings.json (MLServer's ports) is not read
+        # Its settings.json: the ports give way to the flags; parallel_workers: 1 runs the
+        # model in a process of its own, as MLServer's worker does.
+        repo = require(peers / "mlserver-repo")
         server = inferd(base_port, workdir, repository=repo, extra_args=inferd_args, name=name)
         return replace(server, http_json=True)  # perf_analyzer sends what it sends MLServer
     return PEERS[name](peers, base_port, workdir)

@@ -31,6 +31,8 @@ from inferd.server.hosted_flags import (
 from inferd.server.inert_flags import add_inert_flags, inert_flags_given
 from inferd.server.log_settings import DEFAULT_FORMAT, LOG_FORMATS, LogSettings
 from inferd.server.metrics_config import parse_metrics_config
+from inferd.server.mlserver_server_settings import MLServerServerSettings
+from inferd.server.mlserver_server_settings import read as read_mlserver
 from inferd.server.rate_limit_settings import parse_rate_limit
 from inferd.server.restricted_api import parse_restrictions
 from inferd.server.settings import PYTHON_ISOLATIONS, GrpcChannel, Settings
@@ -48,7 +50,11 @@ def _knative_port(p: FlagParser) -> int | None:
         p.parser.error(f"PORT={raw!r}: not a port number")
 
 
-def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    environ: dict[str, str] | None = None,
+    mlserver: MLServerServerSettings | None = None,
+) -> argparse.ArgumentParser:
+    """`mlserver`: MLServer's server settings, whose flag defaults replace inferd's."""
     parser = argparse.ArgumentParser(
         prog="inferd",
         description="A GPU-optimized inference server for Triton model repositories, speaking "
@@ -441,6 +447,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     p.add("--log-file", help="log to this file instead of stderr")
     add_hosted_flags(p)
     add_inert_flags(p)
+    mlserver = mlserver or MLServerServerSettings()
+    serve.set_defaults(mlserver=mlserver, **mlserver.flag_defaults)
     return parser
 
 
@@ -563,6 +571,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"default-max-batch-size must be a non-negative integer: {raw_max_batch!r}"
         )
     max_batch = int(raw_max_batch)
+    mlserver: MLServerServerSettings = args.mlserver
+    if mlserver.mlserver_isolation and "isolation" not in backend_config.get("mlserver", {}):
+        backend_config.setdefault("mlserver", {})["isolation"] = mlserver.mlserver_isolation
     python_isolation, mlserver_isolation = (
         _isolation(backend_config, backend) for backend in ("python", "mlserver")
     )
@@ -663,13 +674,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def parse_args(
+    argv: Sequence[str], environ: dict[str, str] | None = None
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line, over MLServer's server settings for the repository it names (its
+    settings.json, MLSERVER_* variables), over INFERD_* variables."""
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        local = [r for r in args.model_repository or () if isinstance(r, Path)]
+        try:
+            mlserver = read_mlserver(local[0] if local else None, args.environ)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if mlserver != args.mlserver:
+            parser = build_parser(environ, mlserver)
+            args = parser.parse_args(argv)
+    return parser, args
+
+
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """`environ`: where INFERD_* and the platforms' variables are read (default os.environ)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "serve")  # `inferd --model-repository=...` as one would call tritonserver
-    parser = build_parser(environ)
-    args = parser.parse_args(argv)
+    parser, args = parse_args(argv, environ)
     if args.command != "serve":
         parser.print_help()
         return 2
@@ -684,6 +713,12 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         )
     except OSError as exc:
         parser.error(f"--log-file={log_file}: {exc.strerror or exc}")
+    if args.mlserver.unused:
+        logging.getLogger(__name__).warning(
+            "%s: MLServer settings with no effect in inferd: %s",
+            args.mlserver.source,
+            ", ".join(args.mlserver.unused),
+        )
     from inferd.server.app import run  # imported late: `--help` stays instant
 
     return run(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 from inferd.batching.rate_limiter import ExplicitResource
 from inferd.benchmarks.ports import free_port
 from inferd.server.cache_config import LocalCacheConfig, RedisCacheConfig
-from inferd.server.cli import build_parser, main, settings_from_args
+from inferd.server.cli import main, parse_args, settings_from_args
+from inferd.server.mlserver_server_settings import read as read_mlserver
 from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
@@ -23,7 +25,7 @@ from tests.conftest import EXAMPLES
 
 
 def settings_for(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return settings_from_args(build_parser(environ or {}).parse_args(argv))
+    return settings_from_args(parse_args(argv, environ or {})[1])
 
 
 def test_triton_flag_spellings() -> None:
@@ -89,6 +91,78 @@ def test_knatives_port_variable_is_the_http_ports_default() -> None:
     assert settings_for(["serve"], {"PORT": "8080", "INFERD_HTTP_PORT": "9100"}).http_port == 9100
     assert settings_for(["serve", "--http-port=8000"], {"PORT": "8080"}).http_port == 8000
     assert settings_for(["serve"], {"PORT": "8080"}).grpc_port == 8001  # only HTTP follows it
+
+
+def test_mlservers_server_settings_are_defaults_below_inferds_flags_and_variables(
+    tmp_path: Path,
+) -> None:
+    """A folder `mlserver start` serves with its settings.json: the same ports, address and
+    name under inferd; settings.json over MLSERVER_* variables (any case), as in MLServer."""
+    (tmp_path / "settings.json").write_text(
+        json.dumps({"http_port": 9080, "grpc_port": "9081", "host": "127.0.0.1", "debug": True})
+    )
+    repo = f"--model-repository={tmp_path}"
+    env = {
+        "MLSERVER_GRPC_PORT": "7000",
+        "mlserver_metrics_port": "9082",
+        "MLSERVER_MODEL_NAME": "m",
+    }
+    settings = settings_for(["serve", repo], env)
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (9080, 9081, 9082)
+    assert settings.http_address == settings.grpc_address == "127.0.0.1"
+    flags = settings_for(["serve", repo, "--http-port=9200"], {"INFERD_GRPC_PORT": "9300"})
+    assert (flags.http_port, flags.grpc_port) == (9200, 9300)
+    # Without settings.json (or without a local repository) the variables alone count.
+    assert settings_for(["serve"], env).grpc_port == 7000
+    assert settings_for(["serve"], {"MLSERVER_SERVER_NAME": "iris"}).server_id == "iris"
+
+
+@pytest.mark.parametrize(
+    ("given", "flags", "isolation", "mode"),
+    [
+        ({"parallel_workers": 0}, [], "thread", "none"),
+        ({"parallel_workers": 2}, [], "process", "none"),
+        ({"parallel_workers": 2}, ["--backend-config=mlserver,isolation=thread"], "thread", "none"),
+        ({"load_models_at_startup": "false"}, [], "thread", "explicit"),
+        ({"load_models_at_startup": False}, ["--model-control-mode=poll"], "thread", "poll"),
+    ],
+)
+def test_mlservers_workers_and_startup_loading(
+    tmp_path: Path, given: dict[str, object], flags: list[str], isolation: str, mode: str
+) -> None:
+    """parallel_workers >= 1 runs MLServer models in processes of their own, as MLServer's
+    workers do; load_models_at_startup=false loads none until asked (explicit mode)."""
+    (tmp_path / "settings.json").write_text(json.dumps(given))
+    settings = settings_for(["serve", f"--model-repository={tmp_path}", *flags])
+    assert (settings.mlserver_isolation, settings.model_control_mode) == (isolation, mode)
+    assert settings.python_isolation == "thread"  # Triton's python models are not MLServer's
+
+
+def test_bad_mlserver_settings_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for text, message in (
+        ('{"http_port": "eighty"}', "settings.json: http_port: not an integer: 'eighty'"),
+        ('{"http_port": 70000}', "not a port: 70000"),
+        ('{"load_models_at_startup": "maybe"}', "not a boolean: 'maybe'"),
+        ("[1]", "not MLServer's settings: not a JSON object"),
+        ("{", "not MLServer's settings: "),
+    ):
+        (tmp_path / "settings.json").write_text(text)
+        with pytest.raises(SystemExit) as info:
+            settings_for(["serve", f"--model-repository={tmp_path}"])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        settings_for(["serve"], {"MLSERVER_HTTP_PORT": "x"})
+    assert "MLSERVER_HTTP_PORT: not an integer: 'x'" in capsys.readouterr().err
+
+
+def test_mlserver_settings_inferd_has_no_use_for_are_named(tmp_path: Path) -> None:
+    (tmp_path / "settings.json").write_text(json.dumps({"debug": True, "http_port": 1, "x": 1}))
+    settings = read_mlserver(tmp_path, {"MLSERVER_DEBUG": "true"})
+    assert settings.unused == ("debug", "x")  # variables are not named: a pod has many
+    assert settings.source == f"{tmp_path / 'settings.json'}"
 
 
 def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,137 @@
+"""MLServer's server settings, read as `mlserver start FOLDER` reads them: FOLDER's
+`settings.json`, over `MLSERVER_*` variables (any case). Those inferd has a flag for become
+that flag's default, below the command line and inferd's own INFERD_* variables, so that a
+folder MLServer serves on its ports is served the same by `inferd serve --model-repository=
+FOLDER`, and an image swapped into a runtime that sets MLServer's variables listens where the
+runtime expects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferd.server.flag_parser import ENV_PREFIX as INFERD_PREFIX
+
+SETTINGS_FILE = "settings.json"
+ENV_PREFIX = "MLSERVER_"
+_MODEL_PREFIX = "MLSERVER_MODEL_"  # a model's settings (repository/mlserver_settings.py)
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _port(value: Any) -> int:
+    port = _integer(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"not a port: {value!r}")
+    return port
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ValueError(f"not an integer: {value!r}")
+
+
+def _boolean(value: Any) -> bool:
+    """As pydantic (MLServer's settings) reads a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {value!r}")
+    return value
+
+
+# MLServer's setting -> how to read it, and the flags (argparse dests) it is the default of.
+_FLAGS: dict[str, tuple[Callable[[Any], Any], tuple[str, ...]]] = {
+    "http_port": (_port, ("http_port",)),
+    "grpc_port": (_port, ("grpc_port",)),
+    "metrics_port": (_port, ("metrics_port",)),
+    "host": (_text, ("http_address", "grpc_address", "metrics_address")),
+    "server_name": (_text, ("id",)),
+}
+_OTHERS: dict[str, Callable[[Any], Any]] = {
+    # False: no model loads at start, the repository API loads them (explicit mode).
+    "load_models_at_startup": _boolean,
+    # MLServer runs models in its worker processes when 1 or more, in its own when 0.
+    "parallel_workers": _integer,
+}
+
+
+@dataclass(frozen=True)
+class MLServerServerSettings:
+    """What MLServer's server settings say that inferd uses, and what they say that it does
+    not (named in a warning at start)."""
+
+    flag_defaults: dict[str, Any] = field(default_factory=dict)  # argparse dest -> value
+    parallel_workers: int | None = None  # None: not given
+    unused: tuple[str, ...] = ()  # settings.json's keys inferd has no use for
+    source: str = ""  # where they came from, for messages
+
+    @property
+    def mlserver_isolation(self) -> str | None:
+        """MLServer models' isolation, as parallel_workers says (None: not given)."""
+        if self.parallel_workers is None:
+            return None
+        return "process" if self.parallel_workers > 0 else "thread"
+
+
+def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSettings:
+    """The server settings for serving `folder` (None: none is local): its settings.json's,
+    over the MLSERVER_* variables. Raises ValueError naming a value MLServer would refuse."""
+    given: dict[str, tuple[Any, str]] = {}
+    for name, value in environ.items():
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and not upper.startswith(_MODEL_PREFIX):
+            given[upper[len(ENV_PREFIX) :].lower()] = (value, name)
+    unused: list[str] = []
+    source = "MLSERVER_* variables"
+    path = None if folder is None else folder / SETTINGS_FILE
+    if path is not None and path.is_file():
+        source = f"{path}"
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not MLServer's settings: {exc}") from None
+        if not isinstance(document, dict):
+            raise ValueError(f"{path}: not MLServer's settings: not a JSON object")
+        for key, value in document.items():
+            given[key] = (value, f"{path}: {key}")
+            if key not in _FLAGS and key not in _OTHERS:
+                unused.append(key)
+    readers: dict[str, Callable[[Any], Any]] = {k: r for k, (r, _) in _FLAGS.items()} | _OTHERS
+    values: dict[str, Any] = {}
+    for key, reader in readers.items():
+        if key in given:
+            raw, where = given[key]
+            try:
+                values[key] = reader(raw)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+    defaults = {
+        dest: values[key] for key, (_, dests) in _FLAGS.items() if key in values for dest in dests
+    }
+    if values.get("load_models_at_startup") is False:
+        defaults["model_control_mode"] = "explicit"
+    return MLServerServerSettings(
+        # inferd's own variables win
+        flag_defaults={
+            k: v for k, v in defaults.items() if INFERD_PREFIX + k.upper() not in environ
+        },
+        parallel_workers=values.get("parallel_workers"),
+        unused=tuple(sorted(unused)),
+        source=source,
+    )
