@@ -85,8 +85,10 @@ class BackendSettings:
     # stub process each, as in Triton); a model's parameter may choose (python_process.py).
     python_isolation: str = "thread"
     # The same for MLServer models: "process" runs each in a stub of its own, as MLServer
-    # runs its inference workers.
+    # runs its inference workers; `mlserver_workers` stubs each, as MLServer's
+    # parallel_workers each serve every model.
     mlserver_isolation: str = "thread"
+    mlserver_workers: int = 1
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

@@ -65,6 +65,17 @@ class MLServerBackend(Backend):
         return settings.mlserver_isolation == "process"
 
     @classmethod
+    def complete_config(
+        cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
+    ) -> None:
+        # MLServer's parallel_workers each serve every model: as many stubs of each model
+        # (its settings give it one instance; a config that asks for more keeps its count).
+        groups = config.instance_group
+        workers = settings.mlserver_workers
+        if settings.mlserver_isolation == "process" and len(groups) == 1 and groups[0].count == 1:
+            groups[0].count = workers
+
+    @classmethod
     def create_instance(
         cls, config: ModelConfig, model_path: Path, device: Device, settings: BackendSettings
     ) -> ModelInstance:

@@ -167,6 +167,7 @@ class App:
                     pinned_memory=pinned_memory,
                     python_isolation=settings.python_isolation,
                     mlserver_isolation=settings.mlserver_isolation,
+                    mlserver_workers=settings.mlserver_workers,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,

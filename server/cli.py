@@ -633,6 +633,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_max_batch_size=max_batch,
         python_isolation=python_isolation,
         mlserver_isolation=mlserver_isolation,
+        mlserver_workers=max(1, mlserver.parallel_workers or 1),
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
         http_stack=args.http_stack,

@@ -113,6 +113,7 @@ class Settings:
     default_max_batch_size: int = 4
     python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
     mlserver_isolation: str = "thread"  # --backend-config=mlserver,isolation=; the same choices
+    mlserver_workers: int = 1  # instances of each MLServer model in processes (parallel_workers)
     gpu_fallback_to_cpu: bool = False
     http_max_input_size: int = 64 * 1024 * 1024
     http_stack: HttpStackName = "inferd"

@@ -118,23 +118,36 @@ def test_mlservers_server_settings_are_defaults_below_inferds_flags_and_variable
 
 
 @pytest.mark.parametrize(
-    ("given", "flags", "isolation", "mode"),
+    ("given", "flags", "isolation", "workers", "mode"),
     [
-        ({"parallel_workers": 0}, [], "thread", "none"),
-        ({"parallel_workers": 2}, [], "process", "none"),
-        ({"parallel_workers": 2}, ["--backend-config=mlserver,isolation=thread"], "thread", "none"),
-        ({"load_models_at_startup": "false"}, [], "thread", "explicit"),
-        ({"load_models_at_startup": False}, ["--model-control-mode=poll"], "thread", "poll"),
+        ({"parallel_workers": 0}, [], "thread", 1, "none"),
+        ({"parallel_workers": 2}, [], "process", 2, "none"),
+        (
+            {"parallel_workers": 2},
+            ["--backend-config=mlserver,isolation=thread"],
+            "thread",
+            2,
+            "none",
+        ),
+        ({"load_models_at_startup": "false"}, [], "thread", 1, "explicit"),
+        ({"load_models_at_startup": False}, ["--model-control-mode=poll"], "thread", 1, "poll"),
     ],
 )
 def test_mlservers_workers_and_startup_loading(
-    tmp_path: Path, given: dict[str, object], flags: list[str], isolation: str, mode: str
+    tmp_path: Path,
+    given: dict[str, object],
+    flags: list[str],
+    isolation: str,
+    workers: int,
+    mode: str,
 ) -> None:
-    """parallel_workers >= 1 runs MLServer models in processes of their own, as MLServer's
-    workers do; load_models_at_startup=false loads none until asked (explicit mode)."""
+    """parallel_workers >= 1 runs MLServer models in that many processes of their own, as
+    MLServer's workers do; load_models_at_startup=false loads none until asked (explicit
+    mode)."""
     (tmp_path / "settings.json").write_text(json.dumps(given))
     settings = settings_for(["serve", f"--model-repository={tmp_path}", *flags])
     assert (settings.mlserver_isolation, settings.model_control_mode) == (isolation, mode)
+    assert settings.mlserver_workers == workers  # processes of each model, when in processes
     assert settings.python_isolation == "thread"  # Triton's python models are not MLServer's
 
 

@@ -617,3 +617,26 @@ def test_models_run_in_stub_processes_when_asked(tmp_path: Path) -> None:
         assert second not in (first, os.getpid())
     finally:
         server.stop()
+
+
+def test_parallel_workers_run_as_many_processes_of_each_model(tmp_path: Path) -> None:
+    """MLServer's parallel_workers: each of its workers serves every model; in inferd, each
+    model has that many stub processes, which take requests in parallel."""
+    (tmp_path / "process_runtime.py").write_text(PROCESS_RUNTIME)
+    write_model(tmp_path, "pid", {"implementation": "process_runtime.Pid"})
+    settings = replace(
+        TEST_SETTINGS,
+        model_repositories=(tmp_path,),
+        mlserver_isolation="process",
+        mlserver_workers=2,
+    )
+    server = start_server(settings)
+    try:
+        config = httpx.get(f"http://{server.http_url}/v2/models/pid/config", timeout=10).json()
+        assert [group["count"] for group in config["instance_group"]] == [2]
+        x = {"x": np.ones(1, np.float32)}
+        with ThreadPoolExecutor(8) as pool:
+            pids = set(pool.map(lambda _: infer(server, "http", "pid", x)["pid"].item(), range(64)))
+        assert len(pids) == 2 and os.getpid() not in pids
+    finally:
+        server.stop()
