@@ -361,12 +361,24 @@ class Stub:
         if not chunk:  # it exited: _died() detaches, which fails what it left unanswered
             self._stop_reading()
             return
-        for ok, value, sent in self._answers.feed(chunk):
+        for answer in self._answers.feed(chunk):
+            ok, value, sent = self._readable_answer(answer)
             with self._read_more:
                 if self._parked or self._read_count < sent:
                     self._parked.append((ok, value, sent))
                     continue
             self._give(ok, value, sent)
+
+    def _readable_answer(self, answer: tuple[Any, ...] | Exception) -> tuple[Any, ...]:
+        """(ok, value, channel messages counted) of an answer, or of one that did not unpickle
+        here: its batch fails, saying why, and waits for no channel message."""
+        if not isinstance(answer, Exception):
+            return answer
+        error = internal(
+            f"model instance '{self._name}': its answer cannot be read in the server: "
+            f"{type(answer).__name__}: {answer}"
+        )
+        return False, error, self._given
 
     def _unpark(self) -> None:
         """On the loop: the channel messages that parked answers count have been read."""
@@ -416,9 +428,9 @@ class Stub:
         try:
             if self._reading and not self.alive:
                 while chunk := self._direct.read_available():
-                    for ok, value, sent in self._answers.feed(chunk):
+                    for answer in self._answers.feed(chunk):
                         with self._read_more:
-                            self._parked.append((ok, value, sent))
+                            self._parked.append(self._readable_answer(answer))
             self._stop_reading()
             self._unpark()  # all of them: the stub is gone (or has nothing outstanding)
             with self._order:

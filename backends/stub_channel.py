@@ -194,11 +194,12 @@ class FrameReader:
     def __init__(self) -> None:
         self._data = bytearray()
 
-    def feed(self, chunk: bytes) -> list[tuple[Any, ...]]:
-        """The messages that `chunk` completes, in order."""
+    def feed(self, chunk: bytes) -> list[tuple[Any, ...] | Exception]:
+        """The messages that `chunk` completes, in order; in place of a message that does not
+        unpickle here (a class only the other end can import), why."""
         data = self._data
         data += chunk
-        messages: list[tuple[Any, ...]] = []
+        messages: list[tuple[Any, ...] | Exception] = []
         offset = 0
         while len(data) - offset >= _HEAD.size:
             length, count = _HEAD.unpack_from(data, offset)
@@ -213,7 +214,10 @@ class FrameReader:
             for size in sizes:  # slices of a bytearray: copies the arrays may keep
                 buffers.append(data[at : at + size])
                 at += size
-            messages.append(pickle.loads(data[start : start + length], buffers=buffers))
+            try:
+                messages.append(pickle.loads(data[start : start + length], buffers=buffers))
+            except Exception as exc:
+                messages.append(exc)
             offset = end
         del data[:offset]
         return messages

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ml_dtypes
 import numpy as np
@@ -743,9 +745,21 @@ def test_frames_read_in_any_pieces_give_the_messages_sent() -> None:
     reader, got = FrameReader(), []
     for start in range(0, len(data), 7919):  # uneven pieces, cutting heads and buffers
         got += reader.feed(data[start : start + 7919])
-    (ok, outputs, sent), (failed, error, later) = got
+    assert not any(isinstance(message, Exception) for message in got)
+    (ok, outputs, sent), (failed, error, later) = cast(list[tuple[Any, ...]], got)
     assert ok and sent == 3 and (outputs["OUTPUT0"] == big).all()
     assert outputs["OUTPUT0"].flags.writeable
     assert not failed and isinstance(error, InferdError) and error.message == "failed"
     assert later == 4
     assert len(FrameReader().feed(data)) == 2  # all at once
+
+
+def test_a_frame_that_does_not_unpickle_here_gives_why_in_its_place() -> None:
+    """A class only the stub can import: the loop's reader names the error in that answer's
+    place (its batch fails) and reads on."""
+    unreadable = b"cno_such_module\nThing\n."  # a pickle of a class this side lacks
+    readable = pickle.dumps((True, [], 0), protocol=5)
+    data = b"".join(struct.pack("<QI", len(p), 0) + p for p in (unreadable, readable))
+    first, second = FrameReader().feed(data)
+    assert isinstance(first, ModuleNotFoundError)
+    assert second == (True, [], 0)
