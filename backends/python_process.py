@@ -355,13 +355,13 @@ class Stub:
 
     def _readable(self) -> None:
         """On the loop: what the stub answered."""
-        chunk = self._direct.read_available()
-        if chunk is None:
+        got = self._answers.read(self._direct)
+        if got is None:
             return
-        if not chunk:  # it exited: _died() detaches, which fails what it left unanswered
+        answers, ended = got
+        if ended:  # it exited: _died() detaches, which fails what it left unanswered
             self._stop_reading()
-            return
-        for answer in self._answers.feed(chunk):
+        for answer in answers:
             ok, value, sent = self._readable_answer(answer)
             with self._read_more:
                 if self._parked or self._read_count < sent:
@@ -426,11 +426,15 @@ class Stub:
         """On the loop: stop reading answers. A dead stub's last answers are in the socket:
         they are delivered, then every batch it left unanswered fails."""
         try:
-            if self._reading and not self.alive:
-                while chunk := self._direct.read_available():
-                    for answer in self._answers.feed(chunk):
-                        with self._read_more:
-                            self._parked.append(self._readable_answer(answer))
+            while self._reading and not self.alive:
+                got = self._answers.read(self._direct)
+                if got is None:  # nothing more has arrived
+                    break
+                answers, ended = got
+                with self._read_more:
+                    self._parked.extend(map(self._readable_answer, answers))
+                if ended:
+                    break
             self._stop_reading()
             self._unpark()  # all of them: the stub is gone (or has nothing outstanding)
             with self._order:

@@ -130,6 +130,15 @@ class Channel:
     def fileno(self) -> int:
         return self._socket.fileno()
 
+    def read_into(self, view: memoryview) -> int | None:
+        """read_available(), into `view`: how many bytes (0 at the end)."""
+        try:
+            return self._socket.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return 0
+
     def read_available(self) -> bytes | None:
         """What has arrived, up to a read buffer's worth, without waiting: None when nothing
         has, b"" at the end (for a reader on the event loop)."""
@@ -187,40 +196,78 @@ class Channel:
         self._socket.close()
 
 
+Message = tuple[Any, ...] | Exception  # what FrameReader gives for each frame
+
+
 class FrameReader:
     """Messages from bytes as they arrive, in any pieces (a socket read on the event loop,
-    which must not wait for a whole frame)."""
+    which must not wait for a whole frame). Once a frame's head is in, its pickle and
+    buffers are allocated at their size and filled in place: a big buffer is read straight
+    into the array that receives it, as Channel.receive() does."""
 
     def __init__(self) -> None:
-        self._data = bytearray()
+        self._pending = bytearray()  # arrived, not yet placed
+        self._parts: list[bytearray] = []  # the frame being filled: its pickle, its buffers
+        self._index = 0  # the part being filled
+        self._filled = 0  # of it
 
-    def feed(self, chunk: bytes) -> list[tuple[Any, ...] | Exception]:
+    def read(self, channel: Channel) -> tuple[list[Message], bool] | None:
+        """One read of what has arrived on `channel`: the messages it completes, and whether
+        the channel ended; None when nothing had arrived."""
+        if self._parts and not self._pending:
+            part = self._parts[self._index]
+            if len(part) - self._filled >= _IN_BAND:  # straight into the part
+                got = channel.read_into(memoryview(part)[self._filled :])
+                if got is None:
+                    return None
+                self._filled += got
+                return self._advance(), got == 0
+        chunk = channel.read_available()
+        if chunk is None:
+            return None
+        return self.feed(chunk), not chunk
+
+    def feed(self, chunk: bytes) -> list[Message]:
         """The messages that `chunk` completes, in order; in place of a message that does not
         unpickle here (a class only the other end can import), why."""
-        data = self._data
-        data += chunk
-        messages: list[tuple[Any, ...] | Exception] = []
-        offset = 0
-        while len(data) - offset >= _HEAD.size:
-            length, count = _HEAD.unpack_from(data, offset)
-            start = offset + _HEAD.size + _SIZE.size * count
-            if len(data) < start:
-                break
-            sizes = struct.unpack_from(f"<{count}Q", data, offset + _HEAD.size)
-            end = start + length + sum(sizes)
-            if len(data) < end:
-                break
-            buffers, at = [], start + length
-            for size in sizes:  # slices of a bytearray: copies the arrays may keep
-                buffers.append(data[at : at + size])
-                at += size
-            try:
-                messages.append(pickle.loads(data[start : start + length], buffers=buffers))
-            except Exception as exc:
-                messages.append(exc)
-            offset = end
-        del data[:offset]
-        return messages
+        self._pending += chunk
+        return self._advance()
+
+    def _advance(self) -> list[Message]:
+        messages: list[Message] = []
+        pending = self._pending
+        while True:
+            if not self._parts and not self._start(pending):
+                return messages
+            part = self._parts[self._index]
+            take = min(len(part) - self._filled, len(pending))
+            if take:
+                part[self._filled : self._filled + take] = pending[:take]
+                del pending[:take]
+                self._filled += take
+            if self._filled < len(part):
+                return messages
+            self._index, self._filled = self._index + 1, 0
+            if self._index == len(self._parts):
+                data, *buffers = self._parts
+                self._parts, self._index = [], 0
+                try:
+                    messages.append(pickle.loads(data, buffers=buffers))
+                except Exception as exc:
+                    messages.append(exc)
+
+    def _start(self, pending: bytearray) -> bool:
+        """A frame's head from `pending`, its parts allocated; False until it is all in."""
+        if len(pending) < _HEAD.size:
+            return False
+        length, count = _HEAD.unpack_from(pending)
+        end = _HEAD.size + _SIZE.size * count
+        if len(pending) < end:
+            return False
+        sizes = struct.unpack_from(f"<{count}Q", pending, _HEAD.size)
+        del pending[:end]
+        self._parts = [bytearray(length), *(bytearray(size) for size in sizes)]
+        return True
 
 
 def _frame(message: tuple[Any, ...]) -> tuple[bytes, list[memoryview]]:

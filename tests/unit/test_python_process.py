@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import pickle
+import select
 import socket
 import struct
 import sys
@@ -752,6 +753,34 @@ def test_frames_read_in_any_pieces_give_the_messages_sent() -> None:
     assert not failed and isinstance(error, InferdError) and error.message == "failed"
     assert later == 4
     assert len(FrameReader().feed(data)) == 2  # all at once
+
+
+def test_frames_read_from_a_socket_as_it_becomes_readable_fill_big_buffers_in_place() -> None:
+    """FrameReader.read(), as the loop calls it: a read per readable socket, several frames
+    of megabytes (bigger than the socket's buffer), then the end."""
+    ours, theirs = socket.socketpair()
+    arrays = [np.full(1 << 20, i, np.float32) for i in range(3)]  # 4 MB each
+
+    def send() -> None:
+        with theirs:
+            for i, array in enumerate(arrays):
+                Channel(theirs).send(True, [{"OUTPUT0": array}], i)
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    reader, got, ended = FrameReader(), [], False
+    with ours:
+        channel = Channel(ours)
+        while not ended:
+            select.select([ours], [], [], 10)
+            read = reader.read(channel)
+            if read is not None:
+                messages, ended = read
+                got += messages
+    sending.join()
+    assert [message[2] for message in cast(list[tuple[Any, ...]], got)] == [0, 1, 2]
+    for (_, outcomes, _), array in zip(cast(list[tuple[Any, ...]], got), arrays, strict=True):
+        assert np.array_equal(outcomes[0]["OUTPUT0"], array)
 
 
 def test_a_frame_that_does_not_unpickle_here_gives_why_in_its_place() -> None:
