@@ -89,6 +89,8 @@ class BackendSettings:
     # parallel_workers each serve every model.
     mlserver_isolation: str = "thread"
     mlserver_workers: int = 1
+    # Where MLServer models in stub processes keep their own metrics (backends/mlserver.py).
+    mlserver_metrics_dir: Path | None = None
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:

@@ -16,11 +16,13 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from inferd.backends.base import (
     Backend,
@@ -83,7 +85,10 @@ class MLServerBackend(Backend):
             # A stub process of its own (python_stub.py), as MLServer runs its models in
             # inference workers: Python code in parallel with the server's, a crash that fails
             # only the model's requests, and the model's environment before the server's.
-            return StubInstance(config, model_path, device, settings)
+            # Its metrics (mlserver.log) go to files the server reads, as MLServer's workers'.
+            folder = settings.mlserver_metrics_dir
+            environment = {} if folder is None else {MULTIPROCESS_VARIABLE: str(folder)}
+            return StubInstance(config, model_path, device, settings, environment)
         return MLServerInstance(config, model_path, settings.cache_dir)
 
 
@@ -111,8 +116,10 @@ class MLServerInstance(ModelInstance):
                 settings.name = config.name
                 _add_environment(settings, cache_dir, env_first)
                 implementation = settings.implementation
-            self._model = implementation(settings)
-            loaded = self._loop.run_until_complete(self._model.load())
+            self._settings = settings
+            with self._context():
+                self._model = implementation(settings)
+            loaded = self._run(self._model.load())
         except Exception as exc:
             self._loop.close()
             raise invalid(f"failed to load model '{config.name}': {_describe(exc)}") from None
@@ -186,7 +193,7 @@ class MLServerInstance(ModelInstance):
             outputs=[RequestOutput(name=name) for name in outputs] if outputs else None,
         )
         try:
-            response = self._loop.run_until_complete(self._model.predict(request))
+            response = self._run(self._model.predict(request))
         except Exception as exc:
             # MLServer's errors carry the HTTP status they answer with (InferenceError: 400).
             status = getattr(exc, "status_code", 500)
@@ -205,8 +212,41 @@ class MLServerInstance(ModelInstance):
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a model's unload() failing must not stop ours
-            self._loop.run_until_complete(self._model.unload())
+            self._run(self._model.unload())
         self._loop.close()
+
+    def _run(self, coroutine: Any) -> Any:
+        """A coroutine of the model's, run in its context, as MLServer runs load(), predict()
+        and unload(): mlserver.log() and register() and MLServer's log records name it."""
+        with self._context():  # the task takes a copy of this thread's context
+            return self._loop.run_until_complete(coroutine)
+
+    def _context(self) -> contextlib.AbstractContextManager[None]:
+        from mlserver.context import model_context
+
+        return model_context(self._settings)  # type: ignore[no-any-return]
+
+
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class MLServerMetrics:
+    """MLServer models' own metrics (`mlserver.register()` / `mlserver.log()`, histograms
+    labelled with the model's name and version) on the server's metrics endpoint, as MLServer
+    serves them: those of models in the server's process from MLServer's registry, those of
+    models in stub processes from the files prometheus_client's multiprocess mode keeps in
+    `folder` (MLServer's way for its workers' metrics)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = sys.modules.get("mlserver.metrics")  # only once a model imported MLServer
+        if metrics is not None:
+            yield from metrics.REGISTRY.collect()
+        if self._folder.is_dir() and any(self._folder.glob("*.db")):
+            files = MultiProcessCollector(None, path=str(self._folder))  # type: ignore[no-untyped-call]
+            yield from files.collect()  # type: ignore[no-untyped-call]
 
 
 def _model_settings(config: ModelConfig, settings_file: Path) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import socket
 import subprocess
@@ -119,9 +120,16 @@ class StubInstance(ModelInstance):
     answers_on_loop = True
 
     def __init__(
-        self, config: ModelConfig, model_file: Path, device: Device, settings: BackendSettings
+        self,
+        config: ModelConfig,
+        model_file: Path,
+        device: Device,
+        settings: BackendSettings,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """`environment`: variables the stub gets beside the server's."""
         self._name = device.name or f"{config.name}_0"
+        self._environment = dict(environment or {})
         self._init = StubInit(
             config=config.proto.SerializeToString(),
             model_file=str(model_file),
@@ -135,7 +143,7 @@ class StubInstance(ModelInstance):
         self._stub = self._start()
 
     def _start(self) -> Stub:
-        return Stub(self._name, self._init, self._calls, self._metrics)
+        return Stub(self._name, self._init, self._calls, self._metrics, self._environment)
 
     @property
     def pid(self) -> int:
@@ -225,7 +233,12 @@ class Stub:
     """The server's end of one stub process."""
 
     def __init__(
-        self, name: str, init: StubInit, calls: ModelCalls | None, metrics: CustomMetrics
+        self,
+        name: str,
+        init: StubInit,
+        calls: ModelCalls | None,
+        metrics: CustomMetrics,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self._name = name
         self._calls = calls
@@ -266,6 +279,7 @@ class Stub:
                 [sys.executable, "-m", STUB_MODULE, *map(str, fds)],
                 pass_fds=fds,
                 start_new_session=True,
+                env={**os.environ, **environment} if environment else None,
             )
         finally:
             theirs.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.gpu import detect_gpus
+from inferd.backends.mlserver import MLServerMetrics
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.backends.registry import BackendRegistry
@@ -111,6 +114,8 @@ class App:
         self.vertex_ai_port = 0
         self._remote = RemoteRepositories(dict(os.environ))  # object stores' local copies
         self._cache: ResponseCache | RedisCache | None = None
+        # Where MLServer models in stub processes keep their own metrics (MLServerMetrics).
+        self._mlserver_metrics: Path | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -151,6 +156,7 @@ class App:
         loop = asyncio.get_running_loop()
         gpus = await asyncio.to_thread(detect_gpus)
         log.info("GPUs: %s", gpus.describe())
+        self._mlserver_metrics = Path(tempfile.mkdtemp(prefix="inferd-mlserver-metrics-"))
         model_calls = LoopModelCalls(loop)  # models calling models (BLS), once the core is up
         custom_metrics = CustomMetrics()  # python models' own metric families
         pinned_memory = PinnedMemoryPool(settings.pinned_memory_pool_bytes)
@@ -168,6 +174,7 @@ class App:
                     python_isolation=settings.python_isolation,
                     mlserver_isolation=settings.mlserver_isolation,
                     mlserver_workers=settings.mlserver_workers,
+                    mlserver_metrics_dir=self._mlserver_metrics,
                 ),
                 gpus=gpus,
                 gpu_fallback_to_cpu=settings.gpu_fallback_to_cpu,
@@ -210,6 +217,7 @@ class App:
                 self._system,
                 PinnedMemoryCollector(pinned_memory),
                 custom_metrics,
+                MLServerMetrics(self._mlserver_metrics),
             ]
             if cache is not None:
                 collectors.append(
@@ -372,6 +380,9 @@ class App:
         if self._repository is not None:
             await self._repository.close()
         self._remote.close()
+        if self._mlserver_metrics is not None:  # the stubs are gone
+            shutil.rmtree(self._mlserver_metrics, ignore_errors=True)
+            self._mlserver_metrics = None
         if isinstance(self._cache, RedisCache):
             await self._cache.close()  # after the drain: its last inserts go through
         self._cache = None

@@ -61,6 +61,7 @@ def start_server(settings: Settings) -> RunningServer:
                 await app.start()
             except BaseException as exc:
                 failure.append(exc)
+                await app.stop()  # as `inferd serve` does after a failed start
             finally:
                 started.set()
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
@@ -640,3 +641,59 @@ def test_parallel_workers_run_as_many_processes_of_each_model(tmp_path: Path) ->
         assert len(pids) == 2 and os.getpid() not in pids
     finally:
         server.stop()
+
+
+# MLServer's custom metrics: one registered in load(), one made by its first log().
+METRICS_RUNTIME = """
+import mlserver
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class Logs(MLModel):
+    async def load(self):
+        mlserver.register("rows_seen", "rows this model was asked about")
+        return True
+
+    async def predict(self, payload):
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        mlserver.log(rows_seen=len(x), row_value=float(x.ravel()[0]))
+        y = NumpyCodec.encode_output("y", x)
+        return InferenceResponse(model_name=self.name, outputs=[y])
+"""
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_mlserver_log_metrics_reach_the_metrics_endpoint(tmp_path: Path, isolation: str) -> None:
+    """mlserver.register() / mlserver.log() work as under MLServer (the model's context is
+    set around load() and predict()), and their histograms, labelled with the model's name
+    and version, are on the server's /metrics, from the server's process or a stub's."""
+    (tmp_path / "metrics_runtime.py").write_text(METRICS_RUNTIME)
+    write_model(
+        tmp_path,
+        "logs",
+        {"implementation": "metrics_runtime.Logs", "parameters": {"version": "v7"}},
+    )
+    settings = replace(TEST_SETTINGS, model_repositories=(tmp_path,), mlserver_isolation=isolation)
+    server = start_server(settings)
+    try:
+        for value in (2.0, 3.0):
+            x = {"x": np.full((3, 1), value, np.float32)}
+            assert infer(server, "http", "logs", x)["y"].ravel().tolist() == [value] * 3
+        text = httpx.get(f"http://{server.http_url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    labels = {"model_name": "logs", "model_version": "v7"}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for name in ("rows_seen", "row_value")
+        for sample in families[name].samples
+    }
+    key = tuple(sorted(labels.items()))
+    assert samples[("rows_seen_count", key)] == 2 and samples[("rows_seen_sum", key)] == 6
+    assert samples[("row_value_sum", key)] == 5
+    assert families["rows_seen"].documentation == "rows this model was asked about"
+    assert families["rows_seen"].type == "histogram"
