@@ -678,8 +678,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def parse_args(
     argv: Sequence[str], environ: dict[str, str] | None = None
 ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line, over MLServer's server settings for the repository it names (its
-    settings.json, MLSERVER_* variables), over INFERD_* variables."""
+    """The command line, over INFERD_* variables, over MLServer's server settings for the
+    repository it names (its settings.json, over MLSERVER_* variables)."""
     parser = build_parser(environ)
     args = parser.parse_args(argv)
     if args.command == "serve":
