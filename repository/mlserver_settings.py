@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.repository.config import ModelConfigProto
 from inferd.server.errors import invalid
+from inferd.server.mlserver_server_settings import boolean
 from inferd.server.types import DATATYPES
 
 SETTINGS_FILE = "model-settings.json"
@@ -201,6 +202,12 @@ def _config(
     # One instance, as MLServer's default of one worker; the instance runs the model on its
     # own event loop.
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
+    try:  # MLServer's response cache, used where the server's settings enable one
+        cached = boolean(settings.get("cache_enabled", False))
+    except ValueError as exc:
+        raise invalid(f"{where}: cache_enabled: {exc}") from None
+    if cached:
+        config.response_cache.enable = True
     return config
 
 

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 async def _response_cache(config: CacheConfig | None) -> ResponseCache | RedisCache | None:
     if isinstance(config, LocalCacheConfig):
-        return ResponseCache(config.size)
+        return ResponseCache(config.size, config.entries)
     if isinstance(config, RedisCacheConfig):
         cache = RedisCache(config)
         await cache.connect()

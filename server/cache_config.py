@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True, slots=True)
 class LocalCacheConfig:
     size: int  # bytes
+    entries: int = 0  # at most that many answers too (0: no bound; MLServer's cache_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -626,7 +626,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         pinned_memory_pool_bytes=args.pinned_memory_pool_byte_size,
         response_cache=parse_cache_config(
             args.cache_config or (), args.response_cache_byte_size, args.environ
-        ),
+        )
+        or mlserver.cache,
         exit_on_error=args.exit_on_error,
         exit_timeout_secs=args.exit_timeout_secs,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),

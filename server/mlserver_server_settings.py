@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferd.server.cache_config import LocalCacheConfig
 from inferd.server.flag_parser import ENV_PREFIX as INFERD_PREFIX
 
 SETTINGS_FILE = "settings.json"
@@ -37,7 +38,7 @@ def _integer(value: Any) -> int:
     raise ValueError(f"not an integer: {value!r}")
 
 
-def _boolean(value: Any) -> bool:
+def boolean(value: Any) -> bool:
     """As pydantic (MLServer's settings) reads a bool."""
     if isinstance(value, bool):
         return value
@@ -65,10 +66,17 @@ _FLAGS: dict[str, tuple[Callable[[Any], Any], tuple[str, ...]]] = {
 }
 _OTHERS: dict[str, Callable[[Any], Any]] = {
     # False: no model loads at start, the repository API loads them (explicit mode).
-    "load_models_at_startup": _boolean,
+    "load_models_at_startup": boolean,
     # MLServer runs models in its worker processes when 1 or more, in its own when 0.
     "parallel_workers": _integer,
+    # MLServer's response cache, for the models whose settings enable it: at most
+    # cache_size answers (100 by default).
+    "cache_enabled": boolean,
+    "cache_size": _integer,
 }
+# MLServer bounds its cache by answers only; inferd's holds at most this many bytes too.
+CACHE_BYTES = 1 << 30
+_CACHE_SIZE = 100  # MLServer's default cache_size
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class MLServerServerSettings:
 
     flag_defaults: dict[str, Any] = field(default_factory=dict)  # argparse dest -> value
     parallel_workers: int | None = None  # None: not given
+    cache: LocalCacheConfig | None = None  # the response cache MLServer's settings enable
     unused: tuple[str, ...] = ()  # settings.json's keys inferd has no use for
     source: str = ""  # where they came from, for messages
 
@@ -124,6 +133,10 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
     defaults = {
         dest: values[key] for key, (_, dests) in _FLAGS.items() if key in values for dest in dests
     }
+    try:
+        cache = _cache(values)
+    except ValueError as exc:
+        raise ValueError(f"{given['cache_size'][1]}: {exc}") from None
     if values.get("load_models_at_startup") is False:
         defaults["model_control_mode"] = "explicit"
     return MLServerServerSettings(
@@ -132,6 +145,16 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
             k: v for k, v in defaults.items() if INFERD_PREFIX + k.upper() not in environ
         },
         parallel_workers=values.get("parallel_workers"),
+        cache=cache,
         unused=tuple(sorted(unused)),
         source=source,
     )
+
+
+def _cache(values: Mapping[str, Any]) -> LocalCacheConfig | None:
+    if not values.get("cache_enabled"):
+        return None
+    entries = values.get("cache_size", _CACHE_SIZE)
+    if entries < 1:
+        raise ValueError(f"at least 1 answer, got {entries}")
+    return LocalCacheConfig(size=CACHE_BYTES, entries=entries)

@@ -52,9 +52,12 @@ class LookupCounters:
 class ResponseCache(LookupCounters):
     """The `local` cache. Used on the event loop only: no locks."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_entries: int = 0) -> None:
+        """`capacity` in bytes; `max_entries`: at most that many answers too (0: no bound
+        but the bytes; MLServer bounds its cache by entries)."""
         super().__init__()
         self.capacity = capacity
+        self.max_entries = max_entries
         self.used = 0
         self.evictions = 0
         self._entries: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
@@ -88,7 +91,10 @@ class ResponseCache(LookupCounters):
         size = ENTRY_OVERHEAD + sum(_size(array) for array in stored.values())
         if size > self.capacity:
             return
-        while self.used + size > self.capacity:
+        while self._entries and (
+            self.used + size > self.capacity
+            or (self.max_entries and len(self._entries) >= self.max_entries)
+        ):
             _, (_, freed) = self._entries.popitem(last=False)
             self.used -= freed
             self.evictions += 1

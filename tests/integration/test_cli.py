@@ -17,6 +17,7 @@ from inferd.batching.rate_limiter import ExplicitResource
 from inferd.benchmarks.ports import free_port
 from inferd.server.cache_config import LocalCacheConfig, RedisCacheConfig
 from inferd.server.cli import main, parse_args, settings_from_args
+from inferd.server.mlserver_server_settings import CACHE_BYTES as MLSERVER_CACHE_BYTES
 from inferd.server.mlserver_server_settings import read as read_mlserver
 from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
@@ -151,6 +152,21 @@ def test_mlservers_workers_and_startup_loading(
     assert settings.python_isolation == "thread"  # Triton's python models are not MLServer's
 
 
+def test_mlservers_response_cache_is_the_default_cache(tmp_path: Path) -> None:
+    """cache_enabled: a local cache of cache_size answers (MLServer's bound; 100 by default),
+    for the models whose settings enable it; --cache-config wins."""
+    (tmp_path / "settings.json").write_text(json.dumps({"cache_enabled": True, "cache_size": 5}))
+    repo = f"--model-repository={tmp_path}"
+    assert settings_for(["serve", repo]).response_cache == LocalCacheConfig(
+        size=MLSERVER_CACHE_BYTES, entries=5
+    )
+    flagged = settings_for(["serve", repo, "--cache-config=local,size=1000"])
+    assert flagged.response_cache == LocalCacheConfig(size=1000)
+    default = settings_for(["serve"], {"MLSERVER_CACHE_ENABLED": "true"})
+    assert default.response_cache == LocalCacheConfig(size=MLSERVER_CACHE_BYTES, entries=100)
+    assert settings_for(["serve"], {"MLSERVER_CACHE_SIZE": "5"}).response_cache is None
+
+
 def test_bad_mlserver_settings_are_usage_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -160,6 +176,7 @@ def test_bad_mlserver_settings_are_usage_errors(
         ('{"load_models_at_startup": "maybe"}', "not a boolean: 'maybe'"),
         ("[1]", "not MLServer's settings: not a JSON object"),
         ("{", "not MLServer's settings: "),
+        ('{"cache_enabled": true, "cache_size": 0}', "cache_size: at least 1 answer, got 0"),
     ):
         (tmp_path / "settings.json").write_text(text)
         with pytest.raises(SystemExit) as info:

@@ -23,6 +23,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from inferd.server.cache_config import LocalCacheConfig
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
@@ -697,3 +698,49 @@ def test_mlserver_log_metrics_reach_the_metrics_endpoint(tmp_path: Path, isolati
     assert samples[("row_value_sum", key)] == 5
     assert families["rows_seen"].documentation == "rows this model was asked about"
     assert families["rows_seen"].type == "histogram"
+
+
+# Answers how many times predict() ran: a cached answer repeats an old count.
+COUNTING_RUNTIME = """
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class Counts(MLModel):
+    async def load(self):
+        self.calls = 0
+        return True
+
+    async def predict(self, payload):
+        self.calls += 1
+        calls = NumpyCodec.encode_output("calls", np.array([self.calls], dtype=np.int64))
+        return InferenceResponse(model_name=self.name, outputs=[calls])
+"""
+
+
+def test_models_whose_settings_enable_the_cache_answer_from_it(tmp_path: Path) -> None:
+    """MLServer's response cache: a model with cache_enabled answers a request it answered
+    before from the cache (served with MLServer's server setting, or --cache-config); one
+    without runs every time."""
+    (tmp_path / "counting_runtime.py").write_text(COUNTING_RUNTIME)
+    for name, cached in (("cached", True), ("fresh", False)):
+        write_model(
+            tmp_path, name, {"implementation": "counting_runtime.Counts", "cache_enabled": cached}
+        )
+    cache = LocalCacheConfig(size=1 << 20, entries=10)
+    server = start_server(
+        replace(TEST_SETTINGS, model_repositories=(tmp_path,), response_cache=cache)
+    )
+    try:
+        x = {"x": np.ones(2, np.float32)}
+        calls = {
+            name: [int(infer(server, "http", name, x)["calls"].ravel()[0]) for _ in range(3)]
+            for name in ("cached", "fresh")
+        }
+        config = httpx.get(f"http://{server.http_url}/v2/models/cached/config", timeout=10).json()
+    finally:
+        server.stop()
+    assert calls == {"cached": [1, 1, 1], "fresh": [1, 2, 3]}
+    assert config["response_cache"] == {"enable": True}

@@ -68,3 +68,15 @@ def test_the_least_recently_used_entries_leave_first_within_the_budget() -> None
     assert cache.evictions == 1 and cache.used == 3 * entry
     cache.put(b"huge", {"Y": np.zeros(10_000, np.float32)})  # larger than the whole cache
     assert cache.get(b"huge") is None and len(cache) == 3
+
+
+def test_an_entry_bound_keeps_at_most_that_many_answers() -> None:
+    """MLServer's cache_size: answers, not bytes; the least recently used leave first."""
+    cache = ResponseCache(1 << 20, max_entries=2)
+    for name in (b"a", b"b"):
+        cache.put(name, {"Y": np.zeros(4, np.float32)})
+    assert cache.get(b"a") is not None  # b is now the least recently used
+    cache.put(b"c", {"Y": np.zeros(4, np.float32)})
+    assert len(cache) == 2 and cache.get(b"b") is None and cache.evictions == 1
+    cache.put(b"c", {"Y": np.ones(4, np.float32)})  # a replacement evicts nothing
+    assert len(cache) == 2 and cache.evictions == 1 and cache.get(b"a") is not None
