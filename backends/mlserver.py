@@ -16,13 +16,11 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from inferd.backends.base import (
     Backend,
@@ -34,6 +32,7 @@ from inferd.backends.base import (
     RequestOutcome,
     execute_one,
 )
+from inferd.backends.mlserver_metrics import MULTIPROCESS_VARIABLE
 from inferd.backends.python_env import activate
 from inferd.backends.python_process import StubInstance
 from inferd.backends.registry import INSTALL_HINTS
@@ -225,28 +224,6 @@ class MLServerInstance(ModelInstance):
         from mlserver.context import model_context
 
         return model_context(self._settings)  # type: ignore[no-any-return]
-
-
-MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-
-
-class MLServerMetrics:
-    """MLServer models' own metrics (`mlserver.register()` / `mlserver.log()`, histograms
-    labelled with the model's name and version) on the server's metrics endpoint, as MLServer
-    serves them: those of models in the server's process from MLServer's registry, those of
-    models in stub processes from the files prometheus_client's multiprocess mode keeps in
-    `folder` (MLServer's way for its workers' metrics)."""
-
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
-
-    def collect(self) -> Iterator[Metric]:
-        metrics = sys.modules.get("mlserver.metrics")  # only once a model imported MLServer
-        if metrics is not None:
-            yield from metrics.REGISTRY.collect()
-        if self._folder.is_dir() and any(self._folder.glob("*.db")):
-            files = MultiProcessCollector(None, path=str(self._folder))  # type: ignore[no-untyped-call]
-            yield from files.collect()  # type: ignore[no-untyped-call]
 
 
 def _model_settings(config: ModelConfig, settings_file: Path) -> Any:

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from inferd.backends.base import BackendSettings
 from inferd.backends.gpu import detect_gpus
-from inferd.backends.mlserver import MLServerMetrics
+from inferd.backends.mlserver_metrics import MLServerMetrics
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
 from inferd.backends.registry import BackendRegistry
