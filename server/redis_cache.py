@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from functools import partial
@@ -151,8 +152,11 @@ class RedisCache(LookupCounters):
         self._retry_at = time.monotonic() + RETRY_AFTER_S
 
     def _reason(self, exc: BaseException) -> str:
+        where = f"{self.config.host}:{self.config.port}"
+        if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+            why = getattr(exc, "verify_message", "") or exc.reason or str(exc)
+            return f"failed to connect to Redis ({where}): TLS: {why}"
         if isinstance(exc, OSError) and exc.errno:  # Triton's words for a refused connection
-            where = f"{self.config.host}:{self.config.port}"
             return f"failed to connect to Redis ({where}): {os.strerror(exc.errno)}"
         return str(exc) or type(exc).__name__
 

@@ -210,10 +210,13 @@ async def _close(connections: list[_Connection]) -> None:
 
 def _tls_context(tls: RedisTls) -> ssl.SSLContext:
     """As hiredis checks a server: its chain against cacert/cacert_dir (else the system's
-    roots), not its host name."""
+    roots), not its host name, and without the RFC 5280 strictness Python 3.13 turns on by
+    default (a CA without a key usage extension, which Triton's Redis cache accepts, would
+    fail)."""
     context = ssl.create_default_context(cafile=tls.cacert or None, capath=tls.cacert_dir or None)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
     if tls.cert:
         context.load_cert_chain(tls.cert, tls.key or None)
     return context

@@ -257,5 +257,13 @@ def test_tls_with_a_client_certificate_and_a_server_name(
         )
         with pytest.raises(StartupError, match=r"^Failed to initialize RedisCache: "):
             start_server(settings)
+        # A server whose chain the CA does not sign: the failure names the TLS check.
+        (tmp_path / "other").mkdir()
+        other = make_certificates(tmp_path / "other")
+        settings = replace(
+            settings, response_cache=replace(config, tls=replace(tls, cacert=str(other / "ca.crt")))
+        )
+        with pytest.raises(StartupError, match=r"\): TLS: self.signed certificate"):
+            start_server(settings)
     finally:
         proxy.close()
