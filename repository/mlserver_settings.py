@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.repository.config import ModelConfigProto
 from inferd.server.errors import invalid
-from inferd.server.mlserver_server_settings import boolean
 from inferd.server.types import DATATYPES
 
 SETTINGS_FILE = "model-settings.json"
@@ -43,16 +42,40 @@ ENV_PREFIX = "MLSERVER_MODEL_"
 ENV_SOURCE = "the MLSERVER_MODEL_* environment variables"
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def boolean(value: Any) -> bool:
+    """As pydantic (MLServer's settings) reads a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def holds_settings(folder: Path) -> bool:
+    """Whether settings_in(folder) finds any (it stops at the first)."""
+    return next(_settings_folders(folder), None) is not None
+
+
 def settings_in(folder: Path) -> list[Path]:
     """The folders under `folder` (itself included) that hold MLServer settings, as MLServer's
     repository finds them (anywhere below; hidden folders skipped), in their paths' natural
     order (numbers within names counted as numbers: `v0.10.0` after `v0.2.0`)."""
-    found: list[Path] = []
+    found = _settings_folders(folder)
+    return sorted(found, key=lambda d: natural_key(d.relative_to(folder).as_posix()))
+
+
+def _settings_folders(folder: Path) -> Iterator[Path]:
     for current, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
         if SETTINGS_FILE in files:
-            found.append(Path(current))
-    return sorted(found, key=lambda d: natural_key(d.relative_to(folder).as_posix()))
+            yield Path(current)
 
 
 def settings_name(folder: Path) -> str:

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferd.repository.mlserver_settings import boolean, environment_settings, holds_settings
 from inferd.server.cache_config import LocalCacheConfig
 from inferd.server.flag_parser import ENV_PREFIX as INFERD_PREFIX
 
 SETTINGS_FILE = "settings.json"
 ENV_PREFIX = "MLSERVER_"
 _MODEL_PREFIX = "MLSERVER_MODEL_"  # a model's settings (repository/mlserver_settings.py)
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 def _port(value: Any) -> int:
@@ -36,18 +35,6 @@ def _integer(value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         return int(value)
     raise ValueError(f"not an integer: {value!r}")
-
-
-def boolean(value: Any) -> bool:
-    """As pydantic (MLServer's settings) reads a bool."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
 
 
 def _text(value: Any) -> str:
@@ -109,7 +96,12 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
     unused: list[str] = []
     source = "MLSERVER_* variables"
     path = None if folder is None else folder / SETTINGS_FILE
-    if path is not None and path.is_file():
+    # Only where MLServer would serve models: a Triton repository's own settings.json (any
+    # file of that name) is none of MLServer's business.
+    mlserver = folder is not None and (
+        environment_settings(environ) is not None or holds_settings(folder)
+    )
+    if path is not None and path.is_file() and mlserver:
         source = f"{path}"
         try:
             document = json.loads(path.read_text())

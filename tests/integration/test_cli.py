@@ -94,12 +94,19 @@ def test_knatives_port_variable_is_the_http_ports_default() -> None:
     assert settings_for(["serve"], {"PORT": "8080"}).grpc_port == 8001  # only HTTP follows it
 
 
+def mlserver_folder(folder: Path) -> Path:
+    """`folder` as an MLServer repository (a model's settings in it): its settings.json path."""
+    (folder / "model").mkdir(exist_ok=True)
+    (folder / "model" / "model-settings.json").write_text('{"implementation": "x.Y"}')
+    return folder / "settings.json"
+
+
 def test_mlservers_server_settings_are_defaults_below_inferds_flags_and_variables(
     tmp_path: Path,
 ) -> None:
     """A folder `mlserver start` serves with its settings.json: the same ports, address and
     name under inferd; settings.json over MLSERVER_* variables (any case), as in MLServer."""
-    (tmp_path / "settings.json").write_text(
+    mlserver_folder(tmp_path).write_text(
         json.dumps({"http_port": 9080, "grpc_port": "9081", "host": "127.0.0.1", "debug": True})
     )
     repo = f"--model-repository={tmp_path}"
@@ -145,7 +152,7 @@ def test_mlservers_workers_and_startup_loading(
     """parallel_workers >= 1 runs MLServer models in that many processes of their own, as
     MLServer's workers do; load_models_at_startup=false loads none until asked (explicit
     mode)."""
-    (tmp_path / "settings.json").write_text(json.dumps(given))
+    mlserver_folder(tmp_path).write_text(json.dumps(given))
     settings = settings_for(["serve", f"--model-repository={tmp_path}", *flags])
     assert (settings.mlserver_isolation, settings.model_control_mode) == (isolation, mode)
     assert settings.mlserver_workers == workers  # processes of each model, when in processes
@@ -155,7 +162,7 @@ def test_mlservers_workers_and_startup_loading(
 def test_mlservers_response_cache_is_the_default_cache(tmp_path: Path) -> None:
     """cache_enabled: a local cache of cache_size answers (MLServer's bound; 100 by default),
     for the models whose settings enable it; --cache-config wins."""
-    (tmp_path / "settings.json").write_text(json.dumps({"cache_enabled": True, "cache_size": 5}))
+    mlserver_folder(tmp_path).write_text(json.dumps({"cache_enabled": True, "cache_size": 5}))
     repo = f"--model-repository={tmp_path}"
     assert settings_for(["serve", repo]).response_cache == LocalCacheConfig(
         size=MLSERVER_CACHE_BYTES, entries=5
@@ -165,6 +172,18 @@ def test_mlservers_response_cache_is_the_default_cache(tmp_path: Path) -> None:
     default = settings_for(["serve"], {"MLSERVER_CACHE_ENABLED": "true"})
     assert default.response_cache == LocalCacheConfig(size=MLSERVER_CACHE_BYTES, entries=100)
     assert settings_for(["serve"], {"MLSERVER_CACHE_SIZE": "5"}).response_cache is None
+
+
+def test_a_settings_json_where_mlserver_serves_no_model_is_not_read(tmp_path: Path) -> None:
+    """Only a folder MLServer would serve models from (model settings in it, or the
+    MLSERVER_MODEL_* variables) has MLServer's settings.json: a Triton repository's file of
+    that name is its own business."""
+    (tmp_path / "settings.json").write_text(json.dumps({"http_port": 9080, "host": "10.0.0.1"}))
+    repo = f"--model-repository={tmp_path}"
+    settings = settings_for(["serve", repo])
+    assert (settings.http_port, settings.http_address) == (8000, "0.0.0.0")
+    env = {"MLSERVER_MODEL_IMPLEMENTATION": "mlserver_sklearn.SKLearnModel"}
+    assert settings_for(["serve", repo], env).http_port == 9080
 
 
 def test_bad_mlserver_settings_are_usage_errors(
@@ -178,7 +197,7 @@ def test_bad_mlserver_settings_are_usage_errors(
         ("{", "not MLServer's settings: "),
         ('{"cache_enabled": true, "cache_size": 0}', "cache_size: at least 1 answer, got 0"),
     ):
-        (tmp_path / "settings.json").write_text(text)
+        mlserver_folder(tmp_path).write_text(text)
         with pytest.raises(SystemExit) as info:
             settings_for(["serve", f"--model-repository={tmp_path}"])
         assert info.value.code == 2
@@ -189,7 +208,7 @@ def test_bad_mlserver_settings_are_usage_errors(
 
 
 def test_mlserver_settings_inferd_has_no_use_for_are_named(tmp_path: Path) -> None:
-    (tmp_path / "settings.json").write_text(json.dumps({"debug": True, "http_port": 1, "x": 1}))
+    mlserver_folder(tmp_path).write_text(json.dumps({"debug": True, "http_port": 1, "x": 1}))
     settings = read_mlserver(tmp_path, {"MLSERVER_DEBUG": "true"})
     assert settings.unused == ("debug", "x")  # variables are not named: a pod has many
     assert settings.source == f"{tmp_path / 'settings.json'}"
