@@ -98,10 +98,12 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
     path = None if folder is None else folder / SETTINGS_FILE
     # Only where MLServer would serve models: a Triton repository's own settings.json (any
     # file of that name) is none of MLServer's business.
-    mlserver = folder is not None and (
-        environment_settings(environ) is not None or holds_settings(folder)
-    )
-    if path is not None and path.is_file() and mlserver:
+    if (
+        folder is not None
+        and path is not None
+        and path.is_file()
+        and (environment_settings(environ) is not None or holds_settings(folder))
+    ):
         source = f"{path}"
         try:
             document = json.loads(path.read_text())
