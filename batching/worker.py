@@ -69,8 +69,8 @@ class Sent:
 
 class Ahead:
     """A batch queued behind the running one. Whoever claims it first runs it: the instance's
-    thread when it is done with the running one, or the loop, which moves it to an instance
-    that fell idle first."""
+    thread when it is done with the running one (an attached instance's thread: at once, to
+    send it), or the loop, which moves it to an instance that fell idle first."""
 
     __slots__ = ("_claim", "batch")
 
