@@ -28,6 +28,6 @@ class MLServerMetrics:
         metrics = sys.modules.get("mlserver.metrics")  # only once a model imported MLServer
         if metrics is not None:
             yield from metrics.REGISTRY.collect()
-        if self._folder.is_dir() and any(self._folder.glob("*.db")):
+        if self._folder.is_dir():  # no files: nothing
             files = MultiProcessCollector(None, path=str(self._folder))  # type: ignore[no-untyped-call]
             yield from files.collect()  # type: ignore[no-untyped-call]

@@ -155,9 +155,10 @@ class StubInstance(ModelInstance):
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         assert self._attached is None, "an attached instance's answers are read on the loop"
-        handover = self._live_stub().begin(requests)
+        stub = self._live_stub()
+        handover = stub.begin(requests)
         assert handover is not None
-        return handover.stub.end(handover)
+        return stub.end(handover)
 
     def attach(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         self._attached = (loop, deliver)
@@ -222,7 +223,6 @@ class StubMetrics:
 class Handover:
     """A batch sent to a stub: what its answer must clean up."""
 
-    stub: Stub
     job: Any = None  # what deliver() is given with its outcome (attached stubs)
     sink_ids: list[int] = field(default_factory=list)  # its decoupled requests' streams
     traces: list[int] = field(default_factory=list)  # its traced requests' handles
@@ -307,7 +307,7 @@ class Stub:
         to read it (None otherwise): it is sent from the loop's thread, maybe while the stub
         still runs the batch before it."""
         wire: list[WireRequest] = []
-        handover = Handover(self, job)
+        handover = Handover(job)
         with self._lock:
             for request in requests:
                 sink = trace = None

@@ -142,7 +142,6 @@ class Scheduler:
         # Each busy instance's queued batch: an Ahead while the instance may not have started
         # it, a Begun once it has it (a stub process that was sent it early).
         self._ahead: dict[Worker, Ahead | Begun] = {}
-        self._ahead_requests = 0
         self._queued_items = 0  # sum of the queued requests' batch sizes
         self._busy_until: dict[Worker, int] = {}  # expected end of each running batch
         self._workers = [
@@ -166,12 +165,16 @@ class Scheduler:
     @property
     def queued(self) -> int:
         """Requests waiting for an instance (the pending-request gauge)."""
-        return self._queued + self._ahead_requests
+        return self._queued + self._ahead_requests()
 
     @property
     def inflight(self) -> int:
         """Requests queued or executing."""
-        return self._queued + self._ahead_requests + self._executing
+        return self._queued + self._ahead_requests() + self._executing
+
+    def _ahead_requests(self) -> int:
+        """Requests in batches queued behind running ones (read by the metrics only)."""
+        return sum(len(ahead.batch) for ahead in self._ahead.values())
 
     @property
     def busy(self) -> int:
@@ -355,7 +358,6 @@ class Scheduler:
                 continue  # the instance has it already
             del self._ahead[worker]
             batch = ahead.batch
-            self._ahead_requests -= len(batch)
             self._busy_until[worker] -= self.estimator(sum(p.batch_size for p in batch))
             now = self._dispatch(batch, now)
         return now
@@ -387,7 +389,6 @@ class Scheduler:
             batch = self._take(decision.count)
             if batch:
                 worker = min(waiting, key=self._busy_until.__getitem__)
-                self._ahead_requests += len(batch)
                 self._busy_until[worker] += self.estimator(sum(p.batch_size for p in batch))
                 self._ahead[worker] = worker.submit_next(batch)
 
@@ -442,7 +443,6 @@ class Scheduler:
             self._busy_until.pop(worker, None)
         else:  # the instance went on with it at once
             ahead = queued_ahead.batch
-            self._ahead_requests -= len(ahead)
             self._executing += len(ahead)
             self._busy_until[worker] = now + self.estimator(sum(p.batch_size for p in ahead))
         stats = self.stats

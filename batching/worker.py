@@ -123,7 +123,7 @@ class Worker:
         self._inline_max_ns = inline_max_ns if inline else 0
         # Chosen once, so that batched instances pay nothing per batch for the other path.
         # Requests handed over one by one are never concatenated, so a layout does not apply.
-        self._execute: Callable[[Any, Timings], BatchResult] = (
+        self._execute: Callable[[list[Any], Timings], BatchResult] = (
             self._execute_each if instance.takes_requests else self._execute_concat
         )
         # An instance whose answers are read on the loop: batches are handed over from the
