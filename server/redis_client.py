@@ -20,8 +20,8 @@ from typing import cast
 from inferd.server.cache_config import RedisCacheConfig, RedisTls
 
 Reply = bytes | int | None  # bulk and simple strings, integers, nil
-_CLOSE_TIMEOUT_S = 1.0
 Arg = bytes | str
+_CLOSE_TIMEOUT_S = 1.0  # a closing connection's goodbye to Redis, at most
 
 
 class RedisReplyError(Exception):
@@ -145,7 +145,7 @@ class RedisClient:
     async def close(self) -> None:
         """Close every connection, and wait until each is gone: a TLS one first says goodbye
         to Redis, a round trip that must not outlive the event loop (it could not close with
-        a socket still open). One Redis does not answer in time is cut off."""
+        a socket still open). A connection whose Redis does not answer in time is cut off."""
         for opening in self._opening:
             if opening is not None:
                 opening.cancel()
