@@ -53,7 +53,14 @@ from inferd.backends.python_stub import (
     WireRequest,
     log_levels,
 )
-from inferd.backends.stub_channel import Channel, ChannelClosed, FrameReader, Op
+from inferd.backends.stub_channel import (
+    Channel,
+    ChannelClosed,
+    FrameReader,
+    Op,
+    pack_tensors,
+    unpack_tensors,
+)
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
@@ -322,7 +329,7 @@ class Stub:
                         handover.traces.append(trace.handle)
                     else:
                         self._sink_traces[sink[0]] = trace.handle
-                inputs, parameters = dict(request.inputs), dict(request.parameters)
+                inputs, parameters = pack_tensors(request.inputs), dict(request.parameters)
                 wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
         with self._order:
             attached = self._loop is not None
@@ -408,6 +415,7 @@ class Stub:
         assert self._loop is not None and self._deliver is not None
         handover = self._sent.popleft()
         if ok:
+            value = _unpacked(value)
             with self._lock:
                 for handle in handover.traces:
                     self._traces.pop(handle, None)
@@ -498,8 +506,7 @@ class Stub:
             with self._lock:
                 for handle in handover.traces:
                     self._traces.pop(handle, None)
-            outcomes: list[RequestOutcome] = value
-            return outcomes
+            return _unpacked(value)
         self._forget(handover)  # the scheduler ends these requests' streams with the error
         raise value
 
@@ -617,6 +624,8 @@ class Stub:
             log.error("model instance '%s': unknown stub message '%s'", self._name, op)
 
     def _send(self, sink_id: int, item: Any, final: bool) -> bool:
+        if isinstance(item, dict):
+            item = unpack_tensors(item)
         with self._lock:
             sink = self._forget_sink(sink_id) if final else self._sinks.get(sink_id)
         return sink is not None and sink.send(item, final)
@@ -719,3 +728,8 @@ class Stub:
             self._read_more.notify_all()
         if self._loop is not None:
             self._on_loop(self._detach)
+
+
+def _unpacked(outcomes: list[Any]) -> list[RequestOutcome]:
+    """A batch's answer as the stub sent it: each request's outputs (packed) or error."""
+    return [unpack_tensors(o) if isinstance(o, dict) else o for o in outcomes]

@@ -34,7 +34,14 @@ from inferd.backends.base import BackendSettings, Device, InstanceRequest, Reque
 from inferd.backends.python_env import EXECUTION_ENV_PATH
 from inferd.backends.python_env import activate as activate_env
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Series
-from inferd.backends.stub_channel import Channel, ChannelClosed, Op
+from inferd.backends.stub_channel import (
+    Channel,
+    ChannelClosed,
+    Op,
+    PackedTensors,
+    pack_tensors,
+    unpack_tensors,
+)
 from inferd.repository.config import to_model_config
 from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 from inferd.server.errors import InferdError, internal
@@ -87,11 +94,11 @@ class TraceHandle:
         return TraceHandle(self.handle, None, model_name)
 
 
-# One request as the server sends it: inputs, id, parameters, requested outputs, its decoupled
-# response sink (None without one) as its id and whether it holds sends back, and its trace
-# (None when not traced).
+# One request as the server sends it: inputs (packed), id, parameters, requested outputs, its
+# decoupled response sink (None without one) as its id and whether it holds sends back, and its
+# trace (None when not traced).
 WireRequest = tuple[
-    Mapping[str, np.ndarray],
+    PackedTensors,
     str,
     Mapping[str, Any],
     "tuple[str, ...] | None",
@@ -122,15 +129,16 @@ class RemoteSink:
         return self._closed
 
     def send(self, item: dict[str, np.ndarray] | InferdError | None, final: bool) -> bool:
+        sent = pack_tensors(item) if isinstance(item, dict) else item
         with self._lock:
             if self._closed:
                 return False
             self._closed = final
             try:
                 if self.holds_back:
-                    call = self._channel.call(Op.CALL, "send", (self._id, item, final))
+                    call = self._channel.call(Op.CALL, "send", (self._id, sent, final))
                     return bool(call.result())
-                self._channel.send(Op.SEND, self._id, item, final)
+                self._channel.send(Op.SEND, self._id, sent, final)
             except ChannelClosed:
                 return False
         return True
@@ -293,7 +301,7 @@ class ForwardLogs(logging.Handler):
 def _requests(channel: Channel, wire: Sequence[WireRequest]) -> list[InstanceRequest]:
     return [
         InstanceRequest(
-            inputs,
+            unpack_tensors(inputs),
             request_id,
             parameters,
             outputs,
@@ -309,8 +317,8 @@ def _as_error(exc: BaseException) -> InferdError:
     return exc if isinstance(exc, InferdError) else internal(f"{type(exc).__name__}: {exc}")
 
 
-def _outcome(outcome: RequestOutcome) -> RequestOutcome:
-    return outcome if isinstance(outcome, dict) else _as_error(outcome)
+def _outcome(outcome: RequestOutcome) -> PackedTensors | InferdError:
+    return pack_tensors(outcome) if isinstance(outcome, dict) else _as_error(outcome)
 
 
 def serve(channel: Channel, direct: Channel) -> None:

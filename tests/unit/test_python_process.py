@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, STUB_MODULE, StubInstance
-from inferd.backends.stub_channel import Channel, FrameReader
+from inferd.backends.stub_channel import Channel, FrameReader, pack_tensors, unpack_tensors
 from inferd.server.errors import ErrorCode, InferdError
 from tests.conftest import TEST_SETTINGS, start_server
 from tests.integration.test_cli import spawn_inferd, wait_ready
@@ -781,6 +781,44 @@ def test_frames_read_from_a_socket_as_it_becomes_readable_fill_big_buffers_in_pl
     assert [message[2] for message in cast(list[tuple[Any, ...]], got)] == [0, 1, 2]
     for (_, outcomes, _), array in zip(cast(list[tuple[Any, ...]], got), arrays, strict=True):
         assert np.array_equal(outcomes[0]["OUTPUT0"], array)
+
+
+def test_tensors_cross_packed_as_their_bytes_and_come_back_equal_and_writable() -> None:
+    """pack_tensors(): plain arrays travel as their bytes (no numpy pickling in the frame),
+    every other array as itself; each comes back equal, of its type and writable."""
+    plain = {
+        "fp32": np.arange(16, dtype=np.float32),
+        "big_endian": np.arange(6, dtype=">i8").reshape(2, 3),
+        "bool": np.array([True, False]),
+        "complex": np.array([1 + 2j], np.complex64),
+        "scalar": np.array(7, np.int16),
+        "empty": np.zeros((0, 4), np.uint8),
+        "big": np.arange(100_000, dtype=np.float64),  # out of band
+    }
+    for array in plain.values():
+        array.flags.writeable = False  # as the server's views of request bytes are
+    other = {
+        "bytes": np.array([b"a", b"bc"], dtype=np.object_),
+        "strided": np.arange(10, dtype=np.int32)[::2],
+        "bf16": np.ones(3, ml_dtypes.bfloat16),
+    }
+    assert b"numpy" not in pickle.dumps(pack_tensors(plain), protocol=5)
+    ours, theirs = socket.socketpair()
+    sender, receiver = Channel(theirs), Channel(ours)
+    sending = threading.Thread(target=sender.send, args=(pack_tensors({**plain, **other}),))
+    sending.start()
+    try:
+        (packed,) = receiver.receive()
+    finally:
+        sending.join()
+        sender.close()
+        receiver.close()
+    got = unpack_tensors(packed)
+    assert got.keys() == {**plain, **other}.keys()
+    for name, array in {**plain, **other}.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        assert np.array_equal(got[name], array), name
+        assert got[name].flags.writeable, name
 
 
 def test_a_frame_that_does_not_unpickle_here_gives_why_in_its_place() -> None:
