@@ -379,10 +379,8 @@ class Scheduler:
     def _queue_ahead(self) -> None:
         """Every instance busy: queue a batch behind the running one of each instance that has
         none yet, the soonest done first."""
-        while self._queued:
+        while self._queued and len(self._ahead) < len(self._busy_until):  # some have none
             waiting = [w for w in self._busy_until if w not in self._ahead]
-            if not waiting:
-                return
             decision = decide_ahead(self._waiting(), self._policy)
             if not isinstance(decision, Dispatch):
                 return
