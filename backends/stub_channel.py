@@ -27,6 +27,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from inferd.backends.base import OutputsWithParameters
+
 
 class Op:
     """What a message is: its first item (plain strings, cheap to pickle)."""
@@ -309,7 +311,7 @@ def _frame(message: tuple[Any, ...]) -> tuple[bytes, list[memoryview]]:
 
 
 # A packed tensor: (dtype, shape, its bytes); an array that does not pack travels as itself.
-PackedTensors = dict[str, "np.ndarray | tuple[str, tuple[int, ...], Any]"]
+PackedTensors = dict[str, Any]
 _PLAIN_KINDS = frozenset("biufc")  # bool, integers, floats, complex: their bytes say it all
 
 
@@ -317,8 +319,11 @@ def pack_tensors(tensors: Mapping[str, np.ndarray]) -> PackedTensors:
     """Plain arrays as (dtype, shape, buffer), which pickles several times faster than the
     array (numpy reduces an array and its dtype in Python, and its load looks the rebuilding
     functions up by name): most of what a small batch's trip to the stub costs. The buffer
-    still goes out of band when it is big."""
-    return {name: _packed(array) for name, array in tensors.items()}
+    still goes out of band when it is big. Response parameters stay with their outputs."""
+    packed: PackedTensors = {name: _packed(array) for name, array in tensors.items()}
+    if isinstance(tensors, OutputsWithParameters):
+        return OutputsWithParameters(packed, tensors.parameters)
+    return packed
 
 
 def _packed(array: np.ndarray) -> np.ndarray | tuple[str, tuple[int, ...], Any]:
@@ -328,9 +333,12 @@ def _packed(array: np.ndarray) -> np.ndarray | tuple[str, tuple[int, ...], Any]:
 
 
 def unpack_tensors(packed: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {
+    tensors = {
         name: _unpacked(*value) if type(value) is tuple else value for name, value in packed.items()
     }
+    if isinstance(packed, OutputsWithParameters):
+        return OutputsWithParameters(tensors, packed.parameters)
+    return tensors
 
 
 def _unpacked(dtype: str, shape: tuple[int, ...], buffer: Any) -> np.ndarray:
