@@ -67,6 +67,12 @@ class ModelCalls(Protocol):
         """Whether the model (version) serves; InferdError for a malformed version."""
 
 
+# Where python model instances run: "thread" (in the server's process) or "process" (a stub
+# process each, as in Triton). Here, not in the server's settings, so that a stub process
+# starts without importing the server's front doors.
+PYTHON_ISOLATIONS = ("thread", "process")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
     """Server-wide knobs a backend may read (Triton's --backend-config and friends)."""
@@ -81,8 +87,8 @@ class BackendSettings:
     custom_metrics: CustomMetrics | None = field(default=None, compare=False)
     # The server's pinned host memory budget, shared by its GPU instances' staging buffers.
     pinned_memory: PinnedMemoryPool = field(default_factory=PinnedMemoryPool, compare=False)
-    # Where python model instances run: "thread" (in the server's process) or "process" (a
-    # stub process each, as in Triton); a model's parameter may choose (python_process.py).
+    # Where python model instances run: PYTHON_ISOLATIONS; a model's parameter may choose
+    # (python_process.py).
     python_isolation: str = "thread"
     # The same for MLServer models: "process" runs each in a stub of its own, as MLServer
     # runs its inference workers; `mlserver_workers` stubs each, as MLServer's

@@ -17,8 +17,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
-from prometheus_client.metrics_core import Metric as PrometheusFamily
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric as PrometheusFamily
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -164,6 +166,9 @@ class CustomMetrics:
     # ---- the scrape ----------------------------------------------------------------------
 
     def collect(self) -> Iterator[PrometheusFamily]:
+        # Imported here: a stub process has this registry's stand-in and never scrapes.
+        from prometheus_client.metrics_core import Metric as PrometheusFamily
+
         with self._lock:
             snapshot = [
                 (f.name, f.description, f.kind, [_copy(s) for s in f.series.values()])

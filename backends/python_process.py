@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from inferd.backends.base import (
+    PYTHON_ISOLATIONS,
     BackendSettings,
     Deliver,
     Device,
@@ -64,7 +65,6 @@ from inferd.backends.stub_channel import (
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import InferdError, internal, invalid
 from inferd.server.model_calls import AnswerStream
-from inferd.server.settings import PYTHON_ISOLATIONS
 from inferd.server.types import InferRequest
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from inferd.backends.base import PYTHON_ISOLATIONS
 from inferd.repository import azure, gcs, s3
 from inferd.repository.remote import RemoteLocation
 from inferd.server.cache_config import parse_cache_config
@@ -35,7 +36,7 @@ from inferd.server.mlserver_server_settings import MLServerServerSettings
 from inferd.server.mlserver_server_settings import read as read_mlserver
 from inferd.server.rate_limit_settings import parse_rate_limit
 from inferd.server.restricted_api import parse_restrictions
-from inferd.server.settings import PYTHON_ISOLATIONS, GrpcChannel, Settings
+from inferd.server.settings import GrpcChannel, Settings
 
 
 def _knative_port(p: FlagParser) -> int | None:

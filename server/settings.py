@@ -71,10 +71,6 @@ class GrpcChannel:
 # ModelStreamInfer, HTTP generate_stream): past it the stream ends and its requests are cancelled.
 DEFAULT_STREAM_BUFFER_BYTES = 256 * 1024 * 1024
 
-# Where python model instances run: in the server's process, or a stub process each
-# (backends/python_process.py).
-PYTHON_ISOLATIONS = ("thread", "process")
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -111,7 +107,9 @@ class Settings:
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
-    python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
+    python_isolation: str = (
+        "thread"  # --backend-config=python,isolation=; backends.base.PYTHON_ISOLATIONS
+    )
     mlserver_isolation: str = "thread"  # --backend-config=mlserver,isolation=; the same choices
     mlserver_workers: int = 1  # instances of each MLServer model in processes (parallel_workers)
     gpu_fallback_to_cpu: bool = False

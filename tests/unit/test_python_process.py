@@ -124,6 +124,42 @@ def test_the_model_runs_in_a_process_of_its_own(stub: StubInstance) -> None:
     assert initialized == 1
 
 
+# Answers which of the server's own modules its stub process has loaded.
+SERVER_MODULES = """
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+SERVER_ONLY = ("inferd.server.settings", "inferd.server.http1", "prometheus_client")
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        loaded = [int(name in sys.modules) for name in SERVER_ONLY]
+        answer = np.array(loaded, np.int64)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", answer)]) for _ in requests]
+"""
+
+
+def test_a_stub_starts_without_the_servers_front_doors_and_metrics_exporter(
+    tmp_path: Path,
+) -> None:
+    """They cost a stub about 0.1 s of its start (each model instance starts one)."""
+    write_python_model(tmp_path, "pid", SERVER_MODULES, PID_CONFIG.replace("[ 2 ]", "[ 3 ]"))
+    instance = PythonBackend.create_instance(
+        load_config(tmp_path, "pid", PROCESS),
+        tmp_path / "pid" / "1" / "model.py",
+        Device("cpu", name="pid_0_0"),
+        PROCESS,
+    )
+    try:
+        loaded = instance.execute({"INPUT0": np.array([1], np.int32)})["OUTPUT0"]
+    finally:
+        instance.close()
+    assert loaded.tolist() == [0, 0, 0]
+
+
 def test_a_crash_fails_the_batch_in_tritons_words_and_the_next_batch_restarts_the_stub(
     stub: StubInstance, caplog: pytest.LogCaptureFixture
 ) -> None:
