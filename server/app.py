@@ -305,7 +305,10 @@ class App:
         self._sockets.append(sock)
         self.http_port = sock.getsockname()[1]
         app = self._http_front_door(core)
-        self._http = await self._serve(app, sock, app.fast_route)
+        if settings.http_cors is not None:  # every answer through the middleware: no fast path
+            self._http = await self._serve(settings.http_cors.wrap(app), sock)
+        else:
+            self._http = await self._serve(app, sock, app.fast_route)
 
     async def _start_hosted(self, core: InferenceCore) -> None:
         """The SageMaker and Vertex AI ports: their routes over an HTTP front door of their own

@@ -639,6 +639,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",
         http_max_input_size=args.http_max_input_size,
         http_stack=args.http_stack,
+        http_cors=mlserver.cors,
         grpc_channel=GrpcChannel(
             max_message_size=args.grpc_max_message_size,
             keepalive_time_ms=args.grpc_keepalive_time,

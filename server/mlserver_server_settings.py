@@ -15,6 +15,7 @@ from typing import Any
 
 from inferd.repository.mlserver_settings import boolean, environment_settings, holds_settings
 from inferd.server.cache_config import LocalCacheConfig
+from inferd.server.cors import CorsSettings
 from inferd.server.flag_parser import ENV_PREFIX as INFERD_PREFIX
 
 SETTINGS_FILE = "settings.json"
@@ -43,6 +44,45 @@ def _text(value: Any) -> str:
     return value
 
 
+def _texts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"not a list of strings: {value!r}")
+    return tuple(value)
+
+
+_CORS_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "allow_origins": _texts,
+    "allow_origin_regex": _text,
+    "allow_credentials": boolean,
+    "allow_methods": _texts,
+    "allow_headers": _texts,
+    "expose_headers": _texts,
+    "max_age": _integer,
+}
+
+
+def _cors(value: Any) -> CorsSettings | None:
+    """`cors_settings`: an object (settings.json), or its JSON (a variable); null turns CORS
+    off. As in MLServer, a key it does not know is ignored and a null keeps the default."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"not a JSON object: {value!r}") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object: {value!r}")
+    given: dict[str, Any] = {}
+    for key, reader in _CORS_FIELDS.items():
+        if value.get(key) is not None:
+            try:
+                given[key] = reader(value[key])
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+    return CorsSettings(**given)
+
+
 # MLServer's setting -> how to read it, and the flags (argparse dests) it is the default of.
 _FLAGS: dict[str, tuple[Callable[[Any], Any], tuple[str, ...]]] = {
     "http_port": (_port, ("http_port",)),
@@ -60,6 +100,8 @@ _OTHERS: dict[str, Callable[[Any], Any]] = {
     # cache_size answers (100 by default).
     "cache_enabled": boolean,
     "cache_size": _integer,
+    # Cross-origin requests on the HTTP port (off when not given, or null).
+    "cors_settings": _cors,
 }
 # MLServer bounds its cache by answers only; inferd's holds at most this many bytes too.
 CACHE_BYTES = 1 << 30
@@ -74,6 +116,7 @@ class MLServerServerSettings:
     flag_defaults: dict[str, Any] = field(default_factory=dict)  # argparse dest -> value
     parallel_workers: int | None = None  # None: not given
     cache: LocalCacheConfig | None = None  # the response cache MLServer's settings enable
+    cors: CorsSettings | None = None  # cross-origin requests on the HTTP port
     unused: tuple[str, ...] = ()  # settings.json's keys inferd has no use for
     source: str = ""  # where they came from, for messages
 
@@ -140,6 +183,7 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
         },
         parallel_workers=values.get("parallel_workers"),
         cache=cache,
+        cors=values.get("cors_settings"),
         unused=tuple(sorted(unused)),
         source=source,
     )

@@ -9,6 +9,7 @@ from typing import Literal
 from inferd.backends.pinned_memory import DEFAULT_POOL_BYTES
 from inferd.repository.remote import RemoteLocation
 from inferd.server.cache_config import CacheConfig
+from inferd.server.cors import CorsSettings
 from inferd.server.grpc_tls import GrpcTls
 from inferd.server.header_forward import HeaderForward
 from inferd.server.log_settings import LogSettings
@@ -107,9 +108,7 @@ class Settings:
     exit_timeout_secs: float = 30.0
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
-    python_isolation: str = (
-        "thread"  # --backend-config=python,isolation=; backends.base.PYTHON_ISOLATIONS
-    )
+    python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
     mlserver_isolation: str = "thread"  # --backend-config=mlserver,isolation=; the same choices
     mlserver_workers: int = 1  # instances of each MLServer model in processes (parallel_workers)
     gpu_fallback_to_cpu: bool = False
@@ -123,6 +122,7 @@ class Settings:
     http_restricted_api: Restrictions = field(default_factory=dict)
     grpc_restricted_protocol: Restrictions = field(default_factory=dict)
     http_header_forward: HeaderForward | None = None  # --http-header-forward-pattern
+    http_cors: CorsSettings | None = None  # MLServer's cors_settings; None: no CORS
     grpc_header_forward: HeaderForward | None = None  # --grpc-header-forward-pattern
     inert_flags: tuple[str, ...] = ()  # tritonserver flags given that inferd ignores (logged)
     trace: TraceSetting = field(default_factory=TraceSetting)  # --trace-config

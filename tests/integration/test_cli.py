@@ -17,6 +17,7 @@ from inferd.batching.rate_limiter import ExplicitResource
 from inferd.benchmarks.ports import free_port
 from inferd.server.cache_config import LocalCacheConfig, RedisCacheConfig
 from inferd.server.cli import main, parse_args, settings_from_args
+from inferd.server.cors import CorsSettings
 from inferd.server.mlserver_server_settings import CACHE_BYTES as MLSERVER_CACHE_BYTES
 from inferd.server.mlserver_server_settings import read as read_mlserver
 from inferd.server.otel_trace import OtelSettings
@@ -174,6 +175,24 @@ def test_mlservers_response_cache_is_the_default_cache(tmp_path: Path) -> None:
     assert settings_for(["serve"], {"MLSERVER_CACHE_SIZE": "5"}).response_cache is None
 
 
+def test_mlservers_cors_settings_turn_cross_origin_requests_on(tmp_path: Path) -> None:
+    """cors_settings (settings.json, or MLSERVER_CORS_SETTINGS as JSON): MLServer's defaults
+    for what it leaves out; none, or null, leaves CORS off."""
+    mlserver_folder(tmp_path).write_text(
+        json.dumps({"cors_settings": {"allow_origins": ["https://app.example"], "max_age": None}})
+    )
+    repo = f"--model-repository={tmp_path}"
+    assert settings_for(["serve", repo]).http_cors == CorsSettings(
+        allow_origins=("https://app.example",)
+    )
+    env = {"MLSERVER_CORS_SETTINGS": '{"allow_origins": ["*"], "allow_credentials": "true"}'}
+    assert settings_for(["serve"], env).http_cors == CorsSettings(
+        allow_origins=("*",), allow_credentials=True
+    )
+    assert settings_for(["serve"], {"MLSERVER_CORS_SETTINGS": "null"}).http_cors is None
+    assert settings_for(["serve"]).http_cors is None
+
+
 def test_a_settings_json_where_mlserver_serves_no_model_is_not_read(tmp_path: Path) -> None:
     """Only a folder MLServer would serve models from (model settings in it, or the
     MLSERVER_MODEL_* variables) has MLServer's settings.json: a Triton repository's file of
@@ -196,6 +215,11 @@ def test_bad_mlserver_settings_are_usage_errors(
         ("[1]", "not MLServer's settings: not a JSON object"),
         ("{", "not MLServer's settings: "),
         ('{"cache_enabled": true, "cache_size": 0}', "cache_size: at least 1 answer, got 0"),
+        (
+            '{"cors_settings": {"allow_origins": "*"}}',
+            "cors_settings: allow_origins: not a list of strings: '*'",
+        ),
+        ('{"cors_settings": [1]}', "cors_settings: not a JSON object: [1]"),
     ):
         mlserver_folder(tmp_path).write_text(text)
         with pytest.raises(SystemExit) as info:
