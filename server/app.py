@@ -357,7 +357,7 @@ class App:
         )
         self._sockets.append(sock)
         self.metrics_port = sock.getsockname()[1]
-        self._metrics_http = await self._serve(MetricsApp(exporter), sock)
+        self._metrics_http = await self._serve(MetricsApp(exporter, settings.metrics_path), sock)
 
     async def _serve(
         self, app: ASGIApp, sock: socket.socket, fast_route: FastRouter | None = None

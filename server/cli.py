@@ -614,6 +614,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics,
+        metrics_path=mlserver.metrics_path or "/metrics",
         metrics_address=args.metrics_address,
         allow_gpu_metrics=args.allow_gpu_metrics,
         allow_cpu_metrics=args.allow_cpu_metrics,

@@ -579,15 +579,17 @@ class MetricsExporter:
 
 
 class MetricsApp:
-    """The ASGI application of the metrics port: GET /metrics, as Triton's port 8002."""
+    """The ASGI application of the metrics port: GET /metrics, as Triton's port 8002 (or the
+    path MLServer's `metrics_endpoint` names)."""
 
-    def __init__(self, exporter: MetricsExporter) -> None:
+    def __init__(self, exporter: MetricsExporter, path: str = "/metrics") -> None:
         self._exporter = exporter
+        self._path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] != "/metrics":
+        if scope["path"] != self._path:
             response: Response = PlainTextResponse("Not Found", 404)
         elif scope["method"] not in ("GET", "HEAD"):
             response = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "GET"})

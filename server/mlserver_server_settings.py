@@ -44,6 +44,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _path(value: Any) -> str:
+    path = _text(value)
+    if not path.startswith("/"):
+        raise ValueError(f"not a path (it starts with '/'): {value!r}")
+    return path
+
+
 def _texts(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"not a list of strings: {value!r}")
@@ -102,6 +109,8 @@ _OTHERS: dict[str, Callable[[Any], Any]] = {
     "cache_size": _integer,
     # Cross-origin requests on the HTTP port (off when not given, or null).
     "cors_settings": _cors,
+    # Where the metrics port answers (null or "": no metrics port, as MLServer starts none).
+    "metrics_endpoint": lambda value: _path(value) if value else None,
 }
 # MLServer bounds its cache by answers only; inferd's holds at most this many bytes too.
 CACHE_BYTES = 1 << 30
@@ -117,6 +126,7 @@ class MLServerServerSettings:
     parallel_workers: int | None = None  # None: not given
     cache: LocalCacheConfig | None = None  # the response cache MLServer's settings enable
     cors: CorsSettings | None = None  # cross-origin requests on the HTTP port
+    metrics_path: str | None = None  # the metrics port's path (None: not given)
     unused: tuple[str, ...] = ()  # settings.json's keys inferd has no use for
     source: str = ""  # where they came from, for messages
 
@@ -176,6 +186,8 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
         raise ValueError(f"{given['cache_size'][1]}: {exc}") from None
     if values.get("load_models_at_startup") is False:
         defaults["model_control_mode"] = "explicit"
+    if "metrics_endpoint" in values and values["metrics_endpoint"] is None:
+        defaults["allow_metrics"] = False
     return MLServerServerSettings(
         # inferd's own variables win
         flag_defaults={
@@ -184,6 +196,7 @@ def read(folder: Path | None, environ: Mapping[str, str]) -> MLServerServerSetti
         parallel_workers=values.get("parallel_workers"),
         cache=cache,
         cors=values.get("cors_settings"),
+        metrics_path=values.get("metrics_endpoint"),
         unused=tuple(sorted(unused)),
         source=source,
     )

@@ -97,6 +97,7 @@ class Settings:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
+    metrics_path: str = "/metrics"  # on the metrics port (MLServer's metrics_endpoint)
     model_control_mode: str = "none"  # none | poll | explicit
     repository_poll_secs: float = 15.0  # poll mode: seconds between rescans (fractions allowed)
     load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)

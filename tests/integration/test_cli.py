@@ -193,6 +193,19 @@ def test_mlservers_cors_settings_turn_cross_origin_requests_on(tmp_path: Path) -
     assert settings_for(["serve"]).http_cors is None
 
 
+def test_mlservers_metrics_endpoint_is_the_metrics_ports_path(tmp_path: Path) -> None:
+    """metrics_endpoint: where the metrics port answers; null: no metrics, as MLServer then
+    starts no metrics server (--allow-metrics wins)."""
+    assert settings_for(["serve"]).metrics_path == "/metrics"
+    env = {"MLSERVER_METRICS_ENDPOINT": "/prometheus"}
+    assert settings_for(["serve"], env).metrics_path == "/prometheus"
+    mlserver_folder(tmp_path).write_text(json.dumps({"metrics_endpoint": None}))
+    repo = f"--model-repository={tmp_path}"
+    assert settings_for(["serve", repo]).allow_metrics is False
+    assert settings_for(["serve", repo, "--allow-metrics=true"]).allow_metrics is True
+    assert settings_for(["serve"], {"MLSERVER_METRICS_ENDPOINT": ""}).allow_metrics is False
+
+
 def test_a_settings_json_where_mlserver_serves_no_model_is_not_read(tmp_path: Path) -> None:
     """Only a folder MLServer would serve models from (model settings in it, or the
     MLSERVER_MODEL_* variables) has MLServer's settings.json: a Triton repository's file of
@@ -220,6 +233,7 @@ def test_bad_mlserver_settings_are_usage_errors(
             "cors_settings: allow_origins: not a list of strings: '*'",
         ),
         ('{"cors_settings": [1]}', "cors_settings: not a JSON object: [1]"),
+        ('{"metrics_endpoint": "metrics"}', "not a path (it starts with '/'): 'metrics'"),
     ):
         mlserver_folder(tmp_path).write_text(text)
         with pytest.raises(SystemExit) as info:

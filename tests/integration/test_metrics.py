@@ -202,6 +202,15 @@ def test_the_metrics_port_serves_only_metrics(server_factory: Factory) -> None:
     assert httpx.get(base + "/metrics").status_code == 200
 
 
+def test_the_metrics_port_answers_on_the_path_it_is_given(server_factory: Factory) -> None:
+    """MLServer's metrics_endpoint: the metrics port's one path (the HTTP port keeps /metrics)."""
+    server = server_factory(model_repositories=(EXAMPLES,), metrics_path="/prometheus")
+    base = f"http://127.0.0.1:{server.app.metrics_port}"
+    assert "nv_inference_count" in httpx.get(base + "/prometheus").text
+    assert httpx.get(base + "/metrics").status_code == 404
+    assert httpx.get(http_port(server)).status_code == 200
+
+
 # ---- the dashboard and the autoscaling examples --------------------------------------------
 
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
