@@ -371,7 +371,7 @@ class Stub:
     def _start_reading(self) -> None:
         if not self._detached:
             assert self._loop is not None
-            self._loop.add_reader(self._direct.fileno(), self._readable)
+            self._direct.add_reader(self._loop, self._readable)
             self._reading = True
 
     def _readable(self) -> None:

@@ -14,6 +14,7 @@ Tensors (a request's inputs, a response's outputs) travel packed (pack_tensors).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import pickle
@@ -21,7 +22,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -136,6 +137,15 @@ class Channel:
 
     def fileno(self) -> int:
         return self._socket.fileno()
+
+    def add_reader(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """`callback` on `loop` each time something has arrived (it reads with read_available
+        or read_into, which never wait). uvloop's poller (libuv's) makes the socket
+        non-blocking; it is made blocking again, as send() and receive() expect: a frame
+        bigger than the socket's buffer must wait for the other end to read it, not fail
+        half-sent."""
+        loop.add_reader(self.fileno(), callback)
+        self._socket.setblocking(True)
 
     def read_into(self, view: memoryview) -> int | None:
         """read_available(), into `view`: how many bytes (0 at the end)."""

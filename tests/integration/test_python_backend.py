@@ -65,6 +65,46 @@ BROKEN = {
 }
 
 
+ANY_LENGTH = """
+backend: "python"
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }]
+"""
+
+TIMES_TEN = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x * 10)]))
+        return responses
+"""
+
+# Answers what times_ten answers it through BLS.
+BLS_RELAY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            answer = pb_utils.InferenceRequest(
+                model_name="times_ten", requested_output_names=["OUTPUT0"], inputs=[x]
+            ).exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            out = pb_utils.get_output_tensor_by_name(answer, "OUTPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", out)]))
+        return responses
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("python_models")
@@ -84,6 +124,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (helped / "1" / "scaling.py").write_text("def scale(x):\n    return x * 10\n")
     write_python_model(root, "bls", BLS, BLS_CONFIG)
     write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
+    write_python_model(root, "times_ten", TIMES_TEN, ANY_LENGTH)
+    write_python_model(root, "bls_relay", BLS_RELAY, ANY_LENGTH)
     # default_model_filename names the file in place of model.py.
     (root / "renamed" / "1").mkdir(parents=True)
     (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
@@ -349,6 +391,19 @@ def test_a_model_calls_another_model_through_bls(server: RunningServer, protocol
     assert "no_such_model" in missing  # a failed call is an error response, as in Triton
     assert int(code) == 2  # TritonError.NOT_FOUND
     assert itself == "model 'bls' cannot call itself: its instance would wait for itself"
+
+
+@pytest.mark.parametrize("count", [16, 100_000, 1_000_000])  # 4 MB: more than a socket holds
+@pytest.mark.parametrize("model", ["times_ten", "bls_relay"])
+def test_tensors_of_any_size_cross_to_the_model_and_its_bls_calls(
+    server: RunningServer, model: str, count: int
+) -> None:
+    """In stub processes, a batch, a BLS call and their answers bigger than a socket's buffer
+    wait for the other end to read them (they hung before: the loop's poller had made the
+    socket non-blocking, so a send stopped half-way)."""
+    x = np.arange(count, dtype=np.float32)
+    out = infer(server, "http", model, {"INPUT0": x})
+    np.testing.assert_array_equal(out["OUTPUT0"], x * 10)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
