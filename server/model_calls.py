@@ -99,7 +99,10 @@ class LoopModelCalls:
         return asyncio.run_coroutine_threadsafe(self._infer(request), self._loop).result()
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
-        """From a coroutine on another loop (an instance's own loop, for async execute())."""
+        """From a coroutine on another loop (an instance's own loop, for async execute()), or
+        on the server's (a stub's call)."""
+        if self._loop_thread():
+            return await self._infer(request)
         future = asyncio.run_coroutine_threadsafe(self._infer(request), self._loop)
         return await asyncio.wrap_future(future)
 
