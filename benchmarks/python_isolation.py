@@ -8,8 +8,10 @@ the same repository when the peers are set up (`triton-py`).
 
 Writes the repository (model "spin", `--instances` instances of a loop of `--loop` steps per
 request), then for each server in turn: launch on 127.0.0.1, first inference, perf_analyzer at
-each concurrency, stop. Prints a table and writes it (table.md, results.json) to --out. This is
-a benchmark, never a test: nothing here asserts.
+each concurrency, stop. Prints a table and writes it (table.md, results.json) to --out. With
+`--bls`, the model measured is "relay" (as many instances), which calls "spin" through BLS for
+each request and answers what it answered. This is a benchmark, never a test: nothing here
+asserts.
 """
 
 from __future__ import annotations
@@ -60,18 +62,51 @@ output [{{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}]
 instance_group [{{ count: {instances} kind: KIND_CPU }}]
 """
 
-PROBE = Probe.of(MODEL, {"INPUT0": ("FP32", (16,))})
+RELAY = "relay"
+# Calls spin through BLS for each request (Triton's python backend API).
+RELAY_SOURCE = """
+import os
+import sys
+
+if os.environ.get("SPIN_SITE_PACKAGES"):
+    sys.path.insert(0, os.environ["SPIN_SITE_PACKAGES"])
+
+import triton_python_backend_utils as pb_utils
 
 
-def write_repository(root: Path, loop: int, instances: int) -> Path:
-    model = root / MODEL
-    (model / "1").mkdir(parents=True, exist_ok=True)
-    (model / "1" / "model.py").write_text(SPIN.format(loop=loop))
-    (model / "config.pbtxt").write_text(SPIN_CONFIG.format(instances=instances))
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            answer = pb_utils.InferenceRequest(
+                model_name="spin", requested_output_names=["OUTPUT0"], inputs=[tensor]
+            ).exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            output = pb_utils.get_output_tensor_by_name(answer, "OUTPUT0")
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", output.as_numpy())])
+            )
+        return responses
+"""
+
+
+def write_repository(root: Path, loop: int, instances: int, bls: bool = False) -> Path:
+    models = {MODEL: SPIN.format(loop=loop), **({RELAY: RELAY_SOURCE} if bls else {})}
+    for name, source in models.items():
+        model = root / name
+        (model / "1").mkdir(parents=True, exist_ok=True)
+        (model / "1" / "model.py").write_text(source)
+        config = SPIN_CONFIG.format(instances=instances).replace('"spin"', f'"{name}"')
+        (model / "config.pbtxt").write_text(config)
     return root
 
 
-def build(name: str, repo: Path, peers_path: Path | None, workdir: Path) -> servers.Server:
+def build(
+    name: str, repo: Path, peers_path: Path | None, workdir: Path, model: str = MODEL
+) -> servers.Server:
+    probe = Probe.of(model, {"INPUT0": ("FP32", (16,))})
     port = ports.free_port_block(3)
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "triton-py":
@@ -83,13 +118,13 @@ def build(name: str, repo: Path, peers_path: Path | None, workdir: Path) -> serv
             [*server.argv, f"--model-repository={repo}"],
             workdir,
             port,
-            PROBE,
+            probe,
             {**server.env, "SPIN_SITE_PACKAGES": str(site)},
         )
     isolation = name.removeprefix("inferd-")
     args = [f"--backend-config=python,isolation={isolation}", "--log-level=warning"]
     server = servers.inferd(port, workdir, repository=repo, extra_args=args)
-    return servers.Server(name, server.argv, workdir, port, PROBE)
+    return servers.Server(name, server.argv, workdir, port, probe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,11 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated, of inferd-thread, inferd-process, triton-py (needs the peers)",
     )
     parser.add_argument("--protocols", default="http", help="http and/or grpc")
+    parser.add_argument(
+        "--bls", action="store_true", help='measure "relay", which calls spin through BLS'
+    )
     parser.add_argument("--startup-timeout", type=float, default=120)
     perf_sweep.add_sweep_arguments(parser)
     parser.set_defaults(concurrency=[2, 8])
     args = parser.parse_args(argv)
-    args.models = [MODEL]
+    model = RELAY if args.bls else MODEL
+    args.models = [model]
     args.protocols = args.protocols.split(",")
     names = args.servers.split(",")
     found = peers.peers_dir(args.peers, required=False)
@@ -118,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "triton-py" in names and peers_path is None:
         sys.exit(f"triton-py needs the peers: {peers.SETUP_HINT}")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    repo = write_repository(args.out / "repo", args.loop, args.instances)
+    repo = write_repository(args.out / "repo", args.loop, args.instances, args.bls)
     startups: dict[str, list[dict[str, float | None]]] = {}
     cells: list[Cell] = []
     for name in names:
-        server = build(name, repo, peers_path, args.out / "work" / name)
+        server = build(name, repo, peers_path, args.out / "work" / name, model)
         startup, server_cells = compare.run_server(server, args, pa, peers_path or Path())
         startups[name] = [startup]
         cells += server_cells
