@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from inferd.batching.scheduler import Outputs
+from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid, unsupported
 from inferd.server.header_forward import HeaderForward
@@ -72,6 +73,7 @@ HTTP_STATUS: Mapping[ErrorCode, int] = {
 
 MODELS_PREFIX = "/v2/models/"
 INFER_SUFFIX = "/infer"
+GENERATE_SUFFIX = "/generate"
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
@@ -143,7 +145,20 @@ class HttpFrontDoor:
                 if target is not None:
                     await self._infer(scope, receive, send, *target)
                     return
+            elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_SUFFIX):
+                target = _parse_infer_path(path, self._core.names_version, GENERATE_SUFFIX)
+                if target is not None and self._mlserver_model(*target):
+                    # MLServer's REST generate is its infer under another name (a v2 request
+                    # and answer); Triton's generate extension serves every other model.
+                    await self._infer(scope, receive, send, *target)
+                    return
         await self._router(scope, receive, send)
+
+    def _mlserver_model(self, model: str, version: str) -> bool:
+        try:
+            return bool(self._core.model_config_proto(model, version).backend == MLSERVER)
+        except InferdError:  # not served: the generate route says so
+            return False
 
     async def _infer_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Reached only for paths the fast path rejects: Starlette then answers 404/405.
@@ -284,11 +299,12 @@ class HttpFrontDoor:
 
 
 def _parse_infer_path(
-    path: str, names_version: Callable[[str, str], bool]
+    path: str, names_version: Callable[[str, str], bool], suffix: str = INFER_SUFFIX
 ) -> tuple[str, str] | None:
     """`/v2/models/M/infer` or `/v2/models/M/versions/V/infer` -> (M, V); None if neither. V is
-    a number, as Triton routes it, or a name one of M's versions goes by (MLServer's)."""
-    middle = path[len(MODELS_PREFIX) : -len(INFER_SUFFIX)]
+    a number, as Triton routes it, or a name one of M's versions goes by (MLServer's). The
+    same for another `suffix` than /infer."""
+    middle = path[len(MODELS_PREFIX) : -len(suffix)]
     if "/" not in middle:
         return (middle, "") if middle else None
     model, sep, version = middle.partition("/versions/")

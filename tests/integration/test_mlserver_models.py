@@ -176,6 +176,19 @@ def test_an_mlmodel_answers_over_both_protocols(server: RunningServer, protocol:
     assert outputs["y"].dtype == np.float32
 
 
+def test_generate_is_infer_for_an_mlmodel_as_in_mlserver(server: RunningServer) -> None:
+    """MLServer's REST generate takes and answers what infer does; other models keep Triton's
+    generate extension (a flat JSON object in and out)."""
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+    for path in ("scaler/generate", "scaler/versions/1/generate"):
+        answer = httpx.post(f"http://{server.http_url}/v2/models/{path}", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+        assert outputs["y"] == [3.0, 6.0]
+    triton = httpx.post(f"http://{server.http_url}/v2/models/nowhere/generate", json={}, timeout=10)
+    assert triton.status_code == 404 and "error" in triton.json()  # as Triton answers it
+
+
 def test_concurrent_requests_are_batched_into_one_predict_and_split_back(
     server: RunningServer,
 ) -> None:
