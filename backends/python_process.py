@@ -417,7 +417,7 @@ class Stub:
         assert self._loop is not None and self._deliver is not None
         handover = self._sent.popleft()
         if ok:
-            value = _unpacked(value)
+            value = _unpacked_outcomes(value)
             with self._lock:
                 for handle in handover.traces:
                     self._traces.pop(handle, None)
@@ -508,7 +508,7 @@ class Stub:
             with self._lock:
                 for handle in handover.traces:
                     self._traces.pop(handle, None)
-            return _unpacked(value)
+            return _unpacked_outcomes(value)
         self._forget(handover)  # the scheduler ends these requests' streams with the error
         raise value
 
@@ -760,7 +760,7 @@ class Stub:
             self._on_loop(self._detach)
 
 
-def _unpacked(outcomes: list[Any]) -> list[RequestOutcome]:
+def _unpacked_outcomes(outcomes: list[Any]) -> list[RequestOutcome]:
     """A batch's answer as the stub sent it: each request's outputs (packed) or error."""
     return [unpack_tensors(o) if isinstance(o, dict) else o for o in outcomes]
 

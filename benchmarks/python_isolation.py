@@ -54,7 +54,7 @@ class TritonPythonModel:
 """
 
 SPIN_CONFIG = """
-name: "spin"
+name: "{name}"
 backend: "python"
 max_batch_size: 0
 input [{{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}]
@@ -98,7 +98,7 @@ def write_repository(root: Path, loop: int, instances: int, bls: bool = False) -
         model = root / name
         (model / "1").mkdir(parents=True, exist_ok=True)
         (model / "1" / "model.py").write_text(source)
-        config = SPIN_CONFIG.format(instances=instances).replace('"spin"', f'"{name}"')
+        config = SPIN_CONFIG.format(name=name, instances=instances)
         (model / "config.pbtxt").write_text(config)
     return root
 
