@@ -4,7 +4,9 @@ as MLServer does, from the installed `mlserver` package (the `mlserver` extra).
 
 Each instance runs its model on an event loop of its own, on its own thread: `load()` once,
 then `predict()` per batch, with a batch's requests joined into one InferenceRequest as
-MLServer's adaptive batcher joins them. Tensors go in as MLServer's REST layer hands them over
+MLServer's adaptive batcher joins them. A request that streams its answers (REST infer_stream
+or generate_stream, gRPC ModelStreamInfer) goes to `predict_stream()` when the model has its own,
+and each response is sent as it comes. Tensors go in as MLServer's REST layer hands them over
 (a RequestInput with a flat `data` list and the wire shape; BYTES elements as strings where they
 are UTF-8) and come back through MLServer's NumpyCodec, as its REST layer would send them.
 """
@@ -16,7 +18,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from inferd.backends.base import (
     ModelInstance,
     OutputsWithParameters,
     RequestOutcome,
+    ResponseSink,
     execute_one,
 )
 from inferd.backends.mlserver_metrics import MULTIPROCESS_VARIABLE
@@ -118,6 +121,9 @@ class MLServerInstance(ModelInstance):
             self._settings = settings
             with self._context():
                 self._model = implementation(settings)
+            # MLModel's own predict_stream() is predict() of the one request: a streamed
+            # request then goes with the others (joined by adaptive batching, as in MLServer).
+            self._streams = _overrides_predict_stream(implementation)
             loaded = self._run(self._model.load())
         except Exception as exc:
             self._loop.close()
@@ -131,6 +137,27 @@ class MLServerInstance(ModelInstance):
         return execute_one(self, inputs)
 
     def execute_requests(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
+        """A request that streams its answers (infer_stream, gRPC ModelStreamInfer) goes to
+        predict_stream() alone when the model has its own; any other to predict()."""
+        if all(request.responses is None for request in requests):
+            return self._predict_all(requests)
+        outcomes: dict[int, RequestOutcome] = {}
+        rest: list[int] = []
+        for index, request in enumerate(requests):
+            if request.responses is not None and self._streams:
+                outcomes[index] = self._predict_stream(request, request.responses)
+            else:
+                rest.append(index)
+        answered = self._predict_all([requests[index] for index in rest]) if rest else []
+        for index, outcome in zip(rest, answered, strict=True):
+            sink = requests[index].responses
+            if sink is not None and not isinstance(outcome, Exception):
+                sink.send(outcome, True)  # predict()'s answer is the stream's one response
+                outcome = {}
+            outcomes[index] = outcome  # a failure ends the stream (the scheduler's settle)
+        return [outcomes[index] for index in range(len(requests))]
+
+    def _predict_all(self, requests: Sequence[InstanceRequest]) -> list[RequestOutcome]:
         """With adaptive batching, one predict() per batch: a lone request as it came (id,
         parameters, the outputs it asked for), several joined on their first dim, as MLServer's
         adaptive batcher joins them (with the first one's parameters), and their rows split
@@ -164,6 +191,37 @@ class MLServerInstance(ModelInstance):
         except Exception as exc:
             return exc
 
+    def _predict_stream(self, request: InstanceRequest, sink: ResponseSink) -> RequestOutcome:
+        """predict_stream() of the request alone, as MLServer's infer_stream calls it: each
+        response goes out as it comes; a failure ends the stream after those sent. A client
+        that leaves stops the model at its next response."""
+        payload = self._payload(request, request.inputs, request.id, request.outputs)
+
+        async def payloads() -> AsyncIterator[Any]:
+            yield payload
+
+        async def respond() -> None:
+            responses = self._model.predict_stream(payloads())
+            try:
+                async for response in responses:
+                    sink.send(self._outputs(response), False)
+                    if sink.cancelled:
+                        break
+            finally:
+                close = getattr(responses, "aclose", None)  # an async generator's
+                if close is not None:
+                    await close()
+
+        try:
+            self._run(respond())
+        except InferdError as error:
+            sink.send(error, True)
+        except Exception as exc:
+            sink.send(self._failure(exc), True)
+        else:
+            sink.send(None, True)
+        return {}
+
     def _predict(
         self,
         like: InstanceRequest,
@@ -172,11 +230,26 @@ class MLServerInstance(ModelInstance):
         outputs: tuple[str, ...] | None,
     ) -> OutputsWithParameters:
         """predict() of `inputs`, with the parameters (its own and its inputs') of `like`."""
-        from mlserver.codecs import NumpyCodec
+        request = self._payload(like, inputs, request_id, outputs)
+        try:
+            response = self._run(self._model.predict(request))
+        except Exception as exc:
+            raise self._failure(exc) from None
+        return self._outputs(response)
+
+    def _payload(
+        self,
+        like: InstanceRequest,
+        inputs: Mapping[str, np.ndarray],
+        request_id: str,
+        outputs: tuple[str, ...] | None,
+    ) -> Any:
+        """MLServer's InferenceRequest of `inputs`, with the parameters (its own and its
+        inputs') of `like`."""
         from mlserver.types import InferenceRequest, Parameters, RequestInput, RequestOutput
 
         own = like.input_parameters
-        request = InferenceRequest(
+        return InferenceRequest(
             id=request_id or None,
             parameters=Parameters(**like.parameters) if like.parameters else None,
             inputs=[
@@ -191,13 +264,17 @@ class MLServerInstance(ModelInstance):
             ],
             outputs=[RequestOutput(name=name) for name in outputs] if outputs else None,
         )
-        try:
-            response = self._run(self._model.predict(request))
-        except Exception as exc:
-            # MLServer's errors carry the HTTP status they answer with (InferenceError: 400).
-            status = getattr(exc, "status_code", 500)
-            failed = invalid if isinstance(status, int) and 400 <= status < 500 else internal
-            raise failed(f"model '{self._model_name}' failed: {_describe(exc)}") from None
+
+    def _failure(self, exc: Exception) -> InferdError:
+        # MLServer's errors carry the HTTP status they answer with (InferenceError: 400).
+        status = getattr(exc, "status_code", 500)
+        failed = invalid if isinstance(status, int) and 400 <= status < 500 else internal
+        return failed(f"model '{self._model_name}' failed: {_describe(exc)}")
+
+    def _outputs(self, response: Any) -> OutputsWithParameters:
+        """An InferenceResponse's outputs as arrays, with its scalar parameters."""
+        from mlserver.codecs import NumpyCodec
+
         try:
             answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
             given = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
@@ -224,6 +301,12 @@ class MLServerInstance(ModelInstance):
         from mlserver.context import model_context
 
         return model_context(self._settings)  # type: ignore[no-any-return]
+
+
+def _overrides_predict_stream(implementation: type) -> bool:
+    from mlserver import MLModel
+
+    return getattr(implementation, "predict_stream", None) is not MLModel.predict_stream
 
 
 def _model_settings(config: ModelConfig, settings_file: Path) -> Any:

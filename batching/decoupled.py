@@ -12,7 +12,8 @@ The model's scheduler (the dynamic batcher, or the sequence batcher of a statefu
 model) holds the requests' `OpenStreams`, chosen once at load time: the core refuses requests
 that come without a stream (HTTP infer, gRPC ModelInfer, ensembles, BLS exec() without
 decoupled=True: Triton refuses them too), and unload waits for open streams before it frees the
-instances.
+instances. An MLServer model's scheduler holds them too, without refusing: its requests may
+stream (predict_stream()) or not (predict()).
 """
 
 from __future__ import annotations
@@ -233,7 +234,16 @@ class OpenStreams:
     up to `unload_timeout_s`, then ends those still open with an error (a model that never
     sends its final flag must not hold an unload forever)."""
 
-    def __init__(self, model: str, loop: asyncio.AbstractEventLoop, unload_timeout_s: float):
+    def __init__(
+        self,
+        model: str,
+        loop: asyncio.AbstractEventLoop,
+        unload_timeout_s: float,
+        required: bool = True,
+    ) -> None:
+        """`required`: every request needs a stream (a decoupled model); else a request may
+        come without one and get a single answer (an MLServer model's infer)."""
+        self.required = required
         self._model = model
         self._loop = loop
         self._unload_timeout_s = unload_timeout_s

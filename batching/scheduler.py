@@ -58,6 +58,9 @@ class SchedulerConfig:
     # on unload they wait this long for requests still streaming responses.
     decoupled: bool = False
     decoupled_unload_timeout_s: float = 30.0
+    # A model whose requests may come with a response stream or without (an MLServer model:
+    # infer calls predict(), infer_stream predict_stream()): its scheduler holds streams too.
+    streams_optional: bool = False
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.level_queue_policies.get(level, self.default_queue_policy)

@@ -514,10 +514,16 @@ class ModelRepository:
             assert prepared.scheduling is not None
             scheduling = prepared.scheduling
             model = f"{name}:{version.version}"
-            # Chosen once: a decoupled model's requests stream their responses.
+            # Chosen once: a decoupled model's requests stream their responses (an MLServer
+            # model's may).
             streams = (
-                OpenStreams(model, self._loop, scheduling.decoupled_unload_timeout_s)
-                if scheduling.decoupled
+                OpenStreams(
+                    model,
+                    self._loop,
+                    scheduling.decoupled_unload_timeout_s,
+                    required=scheduling.decoupled,
+                )
+                if scheduling.decoupled or scheduling.streams_optional
                 else None
             )
             sequence = version.config.sequence_batching

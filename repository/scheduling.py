@@ -5,6 +5,7 @@ from __future__ import annotations
 from inferd.batching.policy import BatchPolicy
 from inferd.batching.scheduler import SchedulerConfig
 from inferd.repository.config import ModelConfig
+from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 from inferd.server.errors import invalid
 
 LATENCY_SLO_PARAMETER = "inferd.latency_slo_ms"
@@ -22,6 +23,7 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
     slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
     inline_ns = _inline_us(config) * 1000
     unload_s = _unload_timeout_s(config)
+    streams_optional = config.backend == MLSERVER  # MLServer's infer_stream: predict_stream()
     batching = config.dynamic_batching
     if batching is None or config.max_batch_size == 0:
         return SchedulerConfig(
@@ -30,6 +32,7 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
             inline_max_ns=inline_ns,
             decoupled=config.decoupled,
             decoupled_unload_timeout_s=unload_s,
+            streams_optional=streams_optional,
         )
     return SchedulerConfig(
         BatchPolicy(
@@ -46,6 +49,7 @@ def scheduler_config(config: ModelConfig) -> SchedulerConfig:
         inline_max_ns=inline_ns,
         decoupled=config.decoupled,
         decoupled_unload_timeout_s=unload_s,
+        streams_optional=streams_optional,
     )
 
 

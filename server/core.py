@@ -297,9 +297,11 @@ class InferenceCore:
             # A request the model refuses is a failure of that model (Triton's reason OTHER).
             scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
             raise
-        if scheduler.streams is not None and not isinstance(request, StreamRequest):
+        streamed = isinstance(request, StreamRequest)
+        if scheduler.streams is not None and scheduler.streams.required and not streamed:
             raise DecoupledRefused()  # a decoupled model's answers need a stream to go to
-        if self._cached is not None and model.caches:
+        # A stream's answers go to its stream, not to the cache (MLServer caches none either).
+        if self._cached is not None and model.caches and not streamed:
             submit = partial(
                 scheduler.submit,
                 request.inputs,
@@ -329,8 +331,8 @@ class InferenceCore:
     ) -> Cancel | None:
         """A request whose answers stream (gRPC ModelStreamInfer): `on_response(response,
         final)` runs on the loop for each answer, in order, the last with `final` set. A
-        decoupled model sends 0..n responses (None with `final` = the final flag alone); any
-        other model exactly one. Failures arrive as an InferdError response; this never
+        decoupled model sends 0..n responses (None with `final` = the final flag alone), as does
+        an MLServer model's predict_stream(); any other model exactly one. Failures arrive as an InferdError response; this never
         raises. Returns how to drop the request if the client leaves (None once answered).
         `model`: the version an ensemble's step resolved."""
         try:

@@ -38,7 +38,7 @@ from inferd.server.http_codec import (
     encode_error,
     encode_infer_response,
 )
-from inferd.server.http_generate import GenerateEndpoints
+from inferd.server.http_generate import GenerateEndpoints, v2_event
 from inferd.server.http_v1 import V1Endpoints
 from inferd.server.json_body import json_object
 from inferd.server.logging_codec import http_log_changes
@@ -74,6 +74,8 @@ HTTP_STATUS: Mapping[ErrorCode, int] = {
 MODELS_PREFIX = "/v2/models/"
 INFER_SUFFIX = "/infer"
 GENERATE_SUFFIX = "/generate"
+INFER_STREAM_SUFFIX = "/infer_stream"  # MLServer's
+GENERATE_STREAM_SUFFIX = "/generate_stream"
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
@@ -118,8 +120,9 @@ class HttpFrontDoor:
         self._headers = HeaderCache()
         self._header_forward = settings.header_forward
         self._fast_routes: dict[str, FastHandler] = {}  # by path: parsed once, not per request
+        self._generate = GenerateEndpoints(core, HTTP_STATUS, settings.stream_buffer_bytes)
         self._router = Starlette(
-            routes=_routes(core, self._infer_route, metrics, settings.stream_buffer_bytes),
+            routes=_routes(core, self._infer_route, metrics, self._generate),
             exception_handlers={
                 HTTPException: _http_exception,
                 InferdError: _inferd_error,
@@ -151,6 +154,18 @@ class HttpFrontDoor:
                     # MLServer's REST generate is its infer under another name (a v2 request
                     # and answer); Triton's generate extension serves every other model.
                     await self._infer(scope, receive, send, *target)
+                    return
+            elif path.startswith(MODELS_PREFIX) and path.endswith(INFER_STREAM_SUFFIX):
+                target = _parse_infer_path(path, self._core.names_version, INFER_STREAM_SUFFIX)
+                if target is not None:  # MLServer's route, for any model
+                    await self._infer_stream(scope, receive, send, *target)
+                    return
+            elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_STREAM_SUFFIX):
+                target = _parse_infer_path(path, self._core.names_version, GENERATE_STREAM_SUFFIX)
+                if target is not None and self._mlserver_model(*target):
+                    # MLServer's generate_stream is its infer_stream; Triton's generate
+                    # extension serves every other model.
+                    await self._infer_stream(scope, receive, send, *target)
                     return
         await self._router(scope, receive, send)
 
@@ -247,6 +262,35 @@ class HttpFrontDoor:
         finally:
             if trace is not None:
                 trace.sent("HTTP", start)
+
+    async def _infer_stream(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str
+    ) -> None:
+        """A v2 request whose answers go back as Server-Sent Events of v2 responses, each as
+        the model sends it (an MLServer model's predict_stream(), a decoupled model's
+        responses, any other model's one answer)."""
+        arrival_ns = time.monotonic_ns()
+        headers = _headers(scope)
+        trace = self._core.tracing.sample(model, headers.get(TRACEPARENT))
+        try:
+            self._core.admit(model, version, arrival_ns)  # an unknown model, before the body
+            body = await self._read_body(receive, headers)
+            request, _ = self._decode(body, headers, model, version)  # answers are JSON
+        except Exception as exc:
+            start = time.monotonic_ns()
+            try:
+                await _send(send, *_answer(*_failure(exc, model), JSON, headers))
+            finally:
+                if trace is not None:
+                    trace.sent("HTTP", start)
+            return
+        request.arrival_ns = arrival_ns
+        if trace is not None:
+            traced_read(trace, "HTTP", arrival_ns)
+            request.trace = trace
+        answers = self._generate.open_stream(request)
+        response = await self._generate.event_stream(answers, trace, v2_event)
+        await response(scope, receive, send)
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         limit = self._max_input_size
@@ -430,7 +474,7 @@ def _routes(
     core: InferenceCore,
     infer: Callable[[Scope, Receive, Send], Awaitable[None]],
     metrics: MetricsExporter | None,
-    stream_buffer_bytes: int,
+    generate: GenerateEndpoints,
 ) -> list[Route]:
     async def server_metadata(request: Request) -> Response:
         meta = core.server_metadata()
@@ -545,7 +589,6 @@ def _routes(
     system_region = system_shm + "/region/{region}"
     cuda_shm = "/v2/cudasharedmemory"
     cuda_region = cuda_shm + "/region/{region}"
-    generate = GenerateEndpoints(core, HTTP_STATUS, stream_buffer_bytes)
     v1 = V1Endpoints(core, HTTP_STATUS)
     # Knative exposes a single port, so the metrics are on the HTTP port too.
     metrics_routes = [Route("/metrics", prometheus_metrics, methods=["GET"])] if metrics else []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from inferd.repository.config import TensorConfig
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid
-from inferd.server.http_codec import encode_error
+from inferd.server.http_codec import OutputEncoding, encode_error, encode_infer_response
 from inferd.server.json_body import json_object
 from inferd.server.settings import DEFAULT_STREAM_BUFFER_BYTES
 from inferd.server.tracing import Trace, traced_read
@@ -76,28 +76,45 @@ class GenerateEndpoints:
     async def generate_stream(self, request: Request) -> Response:
         body, trace = await self._read(request)
         try:
-            events = self._start(request, body, trace).__aiter__()
+            events = self._start(request, body, trace)
         except InferdError as error:
             return self._refuse(error, trace)
-        # The first event decides the status; a final flag alone sends nothing.
+        return await self.event_stream(events, trace, _event)
+
+    def open_stream(self, request: InferRequest) -> AsyncIterator[_Item]:
+        """The request's answers, as the core streams them, held for the client (up to
+        --stream-buffer-byte-size)."""
+        waiting = _Waiting(self._buffer_bytes)
+        waiting.cancel = self._core.stream(request, waiting.put)
+        return waiting.drain()
+
+    async def event_stream(
+        self,
+        answers: AsyncIterator[_Item],
+        trace: Trace | None,
+        event: Callable[[InferResponse | InferdError], bytes],
+    ) -> Response:
+        """The answers as Server-Sent Events, each written by `event`, as they come. The
+        first event decides the status; a final flag alone sends nothing."""
+        events = answers.__aiter__()
         status = 200
         first: list[bytes] = []
         async for item, final in events:
             if item is not None:
                 if isinstance(item, InferdError):
                     status = self._status[item.code]
-                first.append(_event(item))
+                first.append(event(item))
             if first or final:
                 break
 
         async def stream() -> AsyncIterator[bytes]:
             start = time.monotonic_ns()
             try:
-                for event in first:
-                    yield event
+                for written in first:
+                    yield written
                 async for item, _ in events:
                     if item is not None:
-                        yield _event(item)
+                        yield event(item)
             finally:
                 if trace is not None:
                     trace.sent("HTTP", start)
@@ -123,9 +140,7 @@ class GenerateEndpoints:
         specs, batching = self._core.model_inputs(name, version)
         decoded = decode_generate_request(body, name, version, specs, batching)
         decoded.trace = trace
-        waiting = _Waiting(self._buffer_bytes)
-        waiting.cancel = self._core.stream(decoded, waiting.put)
-        return waiting.drain()
+        return self.open_stream(decoded)
 
     def _refuse(self, error: InferdError, trace: Trace | None) -> Response:
         """The error answer; a traced request's is stamped as sent (untraced ones go to the
@@ -286,4 +301,20 @@ def _text(item: Any) -> str:
 
 def _event(item: InferResponse | InferdError) -> bytes:
     content = {"error": item.message} if isinstance(item, InferdError) else _answer_json(item)
-    return b"data: " + orjson.dumps(content) + b"\n\n"
+    return _sse(orjson.dumps(content))
+
+
+def v2_event(item: InferResponse | InferdError) -> bytes:
+    """An event of MLServer's infer_stream: a v2 JSON response (outputs as JSON data), or the
+    error."""
+    if isinstance(item, InferdError):
+        return _sse(encode_error(item.message))
+    try:
+        content, _ = encode_infer_response(item, OutputEncoding())
+    except InferdError as error:  # BYTES that are not text: JSON cannot carry them
+        return _sse(encode_error(error.message))
+    return _sse(content)
+
+
+def _sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"

@@ -587,6 +587,34 @@ def test_generate_stream_writes_events_as_they_are_sent(server: RunningServer) -
         connection.close()  # the client leaves: the request is cancelled
 
 
+def test_infer_stream_sends_v2_responses_as_events_for_any_model(server: RunningServer) -> None:
+    """MLServer's infer_stream route serves every model: a v2 request in, each response as a
+    v2 JSON event (a decoupled model's responses, any other model's one answer)."""
+    body = {
+        "id": "s1",
+        "inputs": [
+            {"name": "IN", "shape": [2], "datatype": "INT32", "data": [7, 8]},
+            {"name": "MODE", "shape": [1], "datatype": "INT32", "data": [2]},
+        ],
+    }
+    status, kind, answer = post(server, "/v2/models/repeat/infer_stream", body)
+    assert (status, kind) == (200, "text/event-stream; charset=utf-8")
+    first, error = events(answer)
+    assert first["id"] == "s1" and first["model_name"] == "repeat"
+    assert {o["name"]: o["data"] for o in first["outputs"]} == {"OUT": [7], "IDX": [0]}
+    assert error == {"error": "no value at 1"}
+    pair = {"shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    body = {"inputs": [{"name": "INPUT0", **pair}, {"name": "INPUT1", **pair}]}
+    status, _, answer = post(server, "/v2/models/add_sub/versions/1/infer_stream", body)
+    [only] = events(answer)
+    assert status == 200 and only["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+    status, kind, answer = post(server, "/v2/models/nowhere/infer_stream", body)
+    assert (status, kind) == (404, "application/json")
+    assert json.loads(answer) == {"error": "Request for unknown model: 'nowhere' is not found"}
+    status, _, answer = post(server, "/v2/models/add_sub/infer_stream", {"inputs": 1})
+    assert status == 400 and "error" in json.loads(answer)
+
+
 @pytest.mark.slow
 @needs_perf_analyzer
 @pytest.mark.parametrize("model", ["repeat", "pipeline"])

@@ -753,7 +753,14 @@ def test_models_whose_settings_enable_the_cache_answer_from_it(tmp_path: Path) -
             for name in ("cached", "fresh")
         }
         config = httpx.get(f"http://{server.http_url}/v2/models/cached/config", timeout=10).json()
+        # A stream's answers are not cached, nor answered from the cache, as in MLServer.
+        body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 1]}]}
+        url = f"http://{server.http_url}/v2/models/cached/infer_stream"
+        streamed = httpx.post(url, json=body, timeout=10).text
+        again = int(infer(server, "http", "cached", x)["calls"].ravel()[0])
     finally:
         server.stop()
     assert calls == {"cached": [1, 1, 1], "fresh": [1, 2, 3]}
+    assert json.loads(streamed.removeprefix("data: "))["outputs"][0]["data"] == [2]
+    assert again == 1
     assert config["response_cache"] == {"enable": True}
