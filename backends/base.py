@@ -152,14 +152,25 @@ class InstanceRequest:
 
 class OutputsWithParameters(dict[str, np.ndarray]):
     """A request's outputs with the response parameters its model set (a python model's
-    `InferenceResponse(..., parameters=...)`): they reach the client's response. A dict, so
-    that every path that carries outputs carries these unchanged."""
+    `InferenceResponse(..., parameters=...)`), and each output's own (an MLServer model's
+    `content_type`): they reach the client's response. A dict, so that every path that
+    carries outputs carries these unchanged."""
 
-    __slots__ = ("parameters",)
+    __slots__ = ("output_parameters", "parameters")
 
-    def __init__(self, outputs: Mapping[str, np.ndarray], parameters: Mapping[str, ParamValue]):
+    def __init__(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        parameters: Mapping[str, ParamValue],
+        output_parameters: Mapping[str, Mapping[str, ParamValue]] | None = None,
+    ) -> None:
         super().__init__(outputs)
         self.parameters = dict(parameters)
+        self.output_parameters = {k: dict(v) for k, v in (output_parameters or {}).items()}
+
+    def around(self, outputs: Mapping[str, Any]) -> OutputsWithParameters:
+        """The same parameters with other outputs (the same ones packed, or some rows)."""
+        return OutputsWithParameters(outputs, self.parameters, self.output_parameters)
 
 
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an

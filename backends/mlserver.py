@@ -179,9 +179,7 @@ class MLServerInstance(ModelInstance):
         bounds = np.cumsum(rows)[:-1]
         parts = {name: np.split(array, bounds) for name, array in answered.items()}
         return [
-            OutputsWithParameters(
-                {name: split[i] for name, split in parts.items()}, answered.parameters
-            )
+            answered.around({name: split[i] for name, split in parts.items()})
             for i in range(len(requests))
         ]
 
@@ -272,19 +270,20 @@ class MLServerInstance(ModelInstance):
         return failed(f"model '{self._model_name}' failed: {_describe(exc)}")
 
     def _outputs(self, response: Any) -> OutputsWithParameters:
-        """An InferenceResponse's outputs as arrays, with its scalar parameters."""
+        """An InferenceResponse's outputs as arrays, with its scalar parameters and its
+        outputs' (the content_type of MLServer's codecs, which its clients decode by)."""
         from mlserver.codecs import NumpyCodec
 
         try:
             answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
-            given = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
+            own = {output.name: _scalars(output.parameters) for output in response.outputs}
+            given = _scalars(response.parameters)
         except Exception as exc:
             raise internal(
                 f"model '{self._model_name}' answered what is not an InferenceResponse's "
                 f"outputs: {_describe(exc)}"
             ) from None
-        scalars = {k: v for k, v in given.items() if isinstance(v, bool | int | float | str)}
-        return OutputsWithParameters(answered, scalars)
+        return OutputsWithParameters(answered, given, {k: v for k, v in own.items() if v})
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a model's unload() failing must not stop ours
@@ -301,6 +300,12 @@ class MLServerInstance(ModelInstance):
         from mlserver.context import model_context
 
         return model_context(self._settings)  # type: ignore[no-any-return]
+
+
+def _scalars(parameters: Any) -> dict[str, bool | int | float | str]:
+    """MLServer's Parameters as the wire carries them: its scalar values."""
+    given = parameters.model_dump(exclude_none=True) if parameters else {}
+    return {k: v for k, v in given.items() if isinstance(v, bool | int | float | str)}
 
 
 def _overrides_predict_stream(implementation: type) -> bool:

@@ -332,7 +332,7 @@ def pack_tensors(tensors: Mapping[str, np.ndarray]) -> PackedTensors:
     still goes out of band when it is big. Response parameters stay with their outputs."""
     packed: PackedTensors = {name: _packed(array) for name, array in tensors.items()}
     if isinstance(tensors, OutputsWithParameters):
-        return OutputsWithParameters(packed, tensors.parameters)
+        return tensors.around(packed)
     return packed
 
 
@@ -347,7 +347,7 @@ def unpack_tensors(packed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         name: _unpacked(*value) if type(value) is tuple else value for name, value in packed.items()
     }
     if isinstance(packed, OutputsWithParameters):
-        return OutputsWithParameters(tensors, packed.parameters)
+        return packed.around(tensors)
     return tensors
 
 

@@ -40,12 +40,15 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
             else:
                 datatype = types.get(output.name) or DataType.from_numpy(array.dtype)
                 result.append((output.name, datatype, array))
+    if not isinstance(outputs, OutputsWithParameters):
+        return InferResponse(request.model_name, str(model.version), result, request.id)
     return InferResponse(
         model_name=request.model_name,
         model_version=str(model.version),
         outputs=result,
         id=request.id,
-        parameters=outputs.parameters if isinstance(outputs, OutputsWithParameters) else {},
+        parameters=outputs.parameters,
+        output_parameters=outputs.output_parameters,
     )
 
 

@@ -331,10 +331,10 @@ class InferenceCore:
     ) -> Cancel | None:
         """A request whose answers stream (gRPC ModelStreamInfer): `on_response(response,
         final)` runs on the loop for each answer, in order, the last with `final` set. A
-        decoupled model sends 0..n responses (None with `final` = the final flag alone), as does
-        an MLServer model's predict_stream(); any other model exactly one. Failures arrive as an InferdError response; this never
-        raises. Returns how to drop the request if the client leaves (None once answered).
-        `model`: the version an ensemble's step resolved."""
+        decoupled model sends 0..n responses (None with `final` = the final flag alone), as
+        does an MLServer model's predict_stream(); any other model exactly one. Failures arrive
+        as an InferdError response; this never raises. Returns how to drop the request if the
+        client leaves (None once answered). `model`: the version an ensemble's step resolved."""
         try:
             if model is None:
                 model = self._repository.get(request.model_name, request.model_version)

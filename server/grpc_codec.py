@@ -315,8 +315,12 @@ def _fill_response(message: pb.ModelInferResponse, response: InferResponse) -> N
     add_output = message.outputs.add
     add_raw = message.raw_output_contents.append
     shared = response.in_shared_memory
+    own = response.output_parameters
     for name, datatype, array in response.outputs:
-        add_output(name=name, datatype=datatype.value, shape=array.shape)
+        output = add_output(name=name, datatype=datatype.value, shape=array.shape)
+        if own and name in own:
+            for key, value in own[name].items():
+                _encode_parameter(output.parameters[key], value)
         # An output in the client's shared memory keeps its (empty) entry, as in Triton.
         add_raw(b"" if shared and name in shared else _tensor_bytes(name, datatype, array))
     for key, value in response.parameters.items():

@@ -520,14 +520,17 @@ def encode_infer_response(
     chunks: list[memoryview] = []
     any_binary = False
     shared = response.in_shared_memory
+    own = response.output_parameters
     for name, datatype, array in response.outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
+        if own and name in own:
+            entry["parameters"] = own[name]
         if shared and name in shared:
             pass  # the data is in the client's region already
         elif encoding.binary.get(name, encoding.binary_default):
             any_binary = True
             chunk = _to_binary(name, datatype, array)
-            entry["parameters"] = {"binary_data_size": chunk.nbytes}
+            entry["parameters"] = {**entry.get("parameters", {}), "binary_data_size": chunk.nbytes}
             if chunk.nbytes:
                 chunks.append(chunk)
         else:

@@ -6,7 +6,7 @@ Leaf module: front doors decode into these, backends only ever see numpy arrays.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,8 @@ class InferResponse:
     parameters: Params = field(default_factory=dict)
     # Outputs already written to the client's shared memory: answered without their data.
     in_shared_memory: frozenset[str] = frozenset()
+    # Outputs' own parameters, by name (an MLServer model's content_type).
+    output_parameters: Mapping[str, Params] = field(default_factory=dict)
 
 
 # A streamed answer on the loop: a response, an error, or None (a decoupled model's final flag

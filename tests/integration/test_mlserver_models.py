@@ -314,6 +314,31 @@ def test_a_models_errors_answer_with_their_status(server: RunningServer, protoco
     assert "model 'picky' answered what is not an InferenceResponse's outputs" in message
 
 
+def test_outputs_carry_the_content_type_of_mlservers_codecs(server: RunningServer) -> None:
+    """As MLServer answers them: its clients (and Seldon's pipelines) decode by it."""
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
+            {"name": "n", "shape": [1], "datatype": "INT32", "data": [1]},
+        ]
+    }
+    url = f"http://{server.http_url}/v2/models/echo/infer"
+    outputs = httpx.post(url, json=body, timeout=10).json()["outputs"]
+    assert {o["name"]: o["parameters"] for o in outputs} == {
+        "echo_text": {"content_type": "str"},
+        "echo_n": {"content_type": "np"},
+    }
+    binary = httpx.post(url, json={**body, "parameters": {"binary_data_output": True}}, timeout=10)
+    header = json.loads(binary.content[: int(binary.headers["inference-header-content-length"])])
+    assert header["outputs"][1]["parameters"] == {"content_type": "np", "binary_data_size": 4}
+    request = service_pb2.ModelInferRequest(model_name="echo")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"hi")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert reply.outputs[0].parameters["content_type"].string_param == "str"
+
+
 def test_models_that_cannot_load_say_why(server: RunningServer) -> None:
     with client_for(server, "http") as client:
         reasons = {e["name"]: e.get("reason", "") for e in client.get_model_repository_index()}

@@ -136,6 +136,7 @@ def test_each_response_of_predict_stream_is_an_event(server: RunningServer) -> N
         answers = events(body)
         assert [a["outputs"][0]["data"] for a in answers] == [["a"], ["b"], ["c"]]
         assert [a["parameters"]["index"] for a in answers] == [0, 1, 2]
+        assert all(a["outputs"][0]["parameters"] == {"content_type": "str"} for a in answers)
         assert {(a["id"], a["model_name"]) for a in answers} == {("w1", "words")}
     # The single-answer routes still call predict().
     status, _, body = post(server, "/v2/models/words/infer", text_request("a b c"))
