@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import numpy as np
 
@@ -385,6 +385,9 @@ class Stub:
         if ended:  # it exited: _died() detaches, which fails what it left unanswered
             self._stop_reading()
         for answer in answers:
+            if _is_call(answer):
+                self._serve_direct_call(*answer[1:])
+                continue
             ok, value, sent = self._readable_answer(answer)
             with self._read_more:
                 if self._parked or self._read_count < sent:
@@ -455,8 +458,9 @@ class Stub:
                 if got is None:  # nothing more has arrived
                     break
                 answers, ended = got
-                with self._read_more:
-                    self._parked.extend(map(self._readable_answer, answers))
+                with self._read_more:  # calls of a dead stub: nobody waits for their answer
+                    readable = (a for a in answers if not _is_call(a))
+                    self._parked.extend(map(self._readable_answer, readable))
                 if ended:
                     break
             self._stop_reading()
@@ -493,7 +497,14 @@ class Stub:
         try:
             if handover.lost:
                 raise ChannelClosed
-            ok, value, sent = self._direct.receive()
+            message = self._direct.receive()
+            while _is_call(message):  # a BLS call of the batch: answered from a thread
+                _, call_id, method, args = message
+                self._model_call_pool().submit(
+                    self._answer, call_id, partial(self._call, method, args), self._direct
+                )
+                message = self._direct.receive()
+            ok, value, sent = message
         except ChannelClosed:
             self.alive = False
             self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
@@ -653,44 +664,64 @@ class Stub:
                 return
             running.add_done_callback(partial(self._answer_infer, call_id))
         elif method in _MODEL_CALLS and self._calls is not None:
-            calls = self._calls
-            if method == "infer":  # before the loop reads answers (initialize())
-                args = (self._traced(args[0]),)
-            self._model_call_pool().submit(
-                self._answer, call_id, lambda: getattr(calls, method)(*args)
-            )
+            # infer before the loop reads answers (initialize())
+            self._model_call_pool().submit(self._answer, call_id, partial(self._call, method, args))
         else:
             self._channel.reply(call_id, False, internal(f"a model cannot call '{method}' here"))
 
-    def _answer(self, call_id: int, run: Any) -> None:
+    def _serve_direct_call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        """On the loop: a BLS call the stub sent on the direct channel (from the thread that
+        runs its batch, which reads the answer there itself), run and answered from here."""
+        assert self._loop is not None
+        if method != "infer" or self._calls is None:
+            error = internal(f"a model cannot call '{method}' here")
+            self._answer_infer(call_id, _failed(self._loop, error), self._direct)
+            return
+        running = self._loop.create_task(self._calls.infer_async(self._traced(args[0])))
+        running.add_done_callback(partial(self._answer_infer, call_id, channel=self._direct))
+
+    def _call(self, method: str, args: tuple[Any, ...]) -> Any:
+        """A model call, from a model-call thread."""
+        if self._calls is None or method not in _MODEL_CALLS:
+            raise internal(f"a model cannot call '{method}' here")
+        if method == "infer":
+            args = (self._traced(args[0]),)
+        return getattr(self._calls, method)(*args)
+
+    def _answer(self, call_id: int, run: Any, channel: Channel | None = None) -> None:
         try:
             value = run()
         except Exception as exc:
             ok, value = False, _call_error(exc)
         else:
             ok = True
-        self._reply(call_id, ok, value)
+        self._reply(call_id, ok, value, channel)
 
-    def _answer_infer(self, call_id: int, done: Future[Any]) -> None:
+    def _answer_infer(
+        self, call_id: int, done: Future[Any] | asyncio.Future[Any], channel: Channel | None = None
+    ) -> None:
         """A BLS call's answer, on the loop (on the reader thread when the loop was quicker
         than the callback's registration): sent from here when it is small, else from a
-        model-call thread (a big one may wait for the stub to read it)."""
+        model-call thread (a big one may wait for the stub to read it). It goes back on the
+        channel the call came on."""
         try:
             ok, value = True, done.result()
-        except CancelledError:  # the loop stopped before it ran
+        except (CancelledError, asyncio.CancelledError):  # the loop stopped before it ran
             ok, value = False, _STOPPING
         except Exception as exc:
             ok, value = False, _call_error(exc)
         try:
-            if self._channel.send_small(_EARLY_FRAME_BYTES, Op.REPLY, call_id, ok, value):
+            if (channel or self._channel).send_small(
+                _EARLY_FRAME_BYTES, Op.REPLY, call_id, ok, value
+            ):
                 return
         except ChannelClosed:
             return
-        self._model_call_pool().submit(self._reply, call_id, ok, value)
+        self._model_call_pool().submit(self._reply, call_id, ok, value, channel)
 
-    def _reply(self, call_id: int, ok: bool, value: Any) -> None:
+    def _reply(self, call_id: int, ok: bool, value: Any, channel: Channel | None = None) -> None:
         try:
-            self._channel.reply(call_id, ok, value)
+            (channel or self._channel).reply(call_id, ok, value)
         except ChannelClosed:
             return
 
@@ -704,8 +735,10 @@ class Stub:
         return request
 
     def _model_call_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:  # only on the reader thread
-            self._pool = ThreadPoolExecutor(_MODEL_CALL_THREADS, f"{self._name}-calls")
+        if self._pool is None:
+            with self._lock:  # the reader thread, the loop and the instance's thread ask
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(_MODEL_CALL_THREADS, f"{self._name}-calls")
         return self._pool
 
     def _serve_stream(self, stream_id: int, request: Any) -> None:
@@ -758,6 +791,17 @@ class Stub:
             self._read_more.notify_all()
         if self._loop is not None:
             self._on_loop(self._detach)
+
+
+def _is_call(message: object) -> TypeGuard[tuple[Any, ...]]:
+    """A model call on the direct channel, beside the batches' answers ((ok, ...) tuples)."""
+    return type(message) is tuple and message[0] == Op.CALL
+
+
+def _failed(loop: asyncio.AbstractEventLoop, error: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = loop.create_future()
+    future.set_exception(error)
+    return future
 
 
 def _unpacked_outcomes(outcomes: list[Any]) -> list[RequestOutcome]:

@@ -6,14 +6,15 @@ The stub runs the same PythonInstance as the server would in-process (or, for an
 model under `--backend-config=mlserver,isolation=process`, the same MLServerInstance). What the
 model reaches of the server goes over the channel (stub_channel.py): its calls to other models
 and to model control (RemoteCalls), its custom metrics (RemoteMetrics), a decoupled request's
-responses (RemoteSink), its log records. Batches come to the main thread, which runs them one
-at a time; a reader thread takes the server's other messages. When the server goes away, the
-stub exits.
+responses (RemoteSink), its log records. Batches come to the main thread on the direct
+channel, which runs them one at a time and makes their BLS calls there too (DirectCalls); a
+reader thread takes the server's other messages. When the server goes away, the stub exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import pickle
@@ -172,11 +173,56 @@ class RemoteStream:
             return
 
 
+class DirectCalls:
+    """BLS calls made by the thread that runs the batches, while it runs one: sent on the
+    direct channel, which the server reads on its event loop, and answered there, where this
+    thread reads the answer itself. Neither end hands the call or its answer to another
+    thread. Batches the server sent early, read meanwhile, wait their turn in `pending`."""
+
+    def __init__(self, direct: Channel) -> None:
+        self._direct = direct
+        self._thread = threading.get_ident()
+        self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.running = False  # a batch runs: the server reads its calls as they come
+
+    def usable(self, request: InferRequest) -> bool:
+        """From the batches' thread during a batch, for a request the server can read (an
+        object element of a class only the model imports would not unpickle there)."""
+        return (
+            self.running
+            and threading.get_ident() == self._thread
+            and all(_plain(array) for array in request.inputs.values())
+        )
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        call_id = self._direct.new_id()
+        self._direct.send(Op.CALL, call_id, "infer", (request,))
+        while True:
+            message = self._direct.receive()
+            if message[0] == Op.REPLY and message[1] == call_id:
+                _, _, ok, value = message
+                if ok:
+                    return cast(InferResponse, value)
+                raise value
+            self.pending.append(message)
+
+    def next(self) -> tuple[Any, ...]:
+        """The server's next direct message."""
+        return self.pending.popleft() if self.pending else self._direct.receive()
+
+
+def _plain(array: np.ndarray) -> bool:
+    if type(array) is not np.ndarray:
+        return False
+    return array.dtype != object or all(type(item) in (bytes, str) for item in array.flat)
+
+
 class RemoteCalls:
     """ModelCalls through the server: each call waits for the server's answer."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, direct: DirectCalls | None = None) -> None:
         self._channel = channel
+        self._direct = direct
         self._streams: dict[int, RemoteStream] = {}
         self._lock = threading.Lock()
 
@@ -184,6 +230,8 @@ class RemoteCalls:
         return self._channel.call(Op.CALL, method, args).result()
 
     def infer(self, request: InferRequest) -> InferResponse:
+        if self._direct is not None and self._direct.usable(request):
+            return self._direct.infer(request)
         result: InferResponse = self._call("infer", request)
         return result
 
@@ -327,7 +375,8 @@ def serve(channel: Channel, direct: Channel) -> None:
     _, init, levels = channel.receive()  # with the server's log levels of now
     set_log_levels(levels)
     logging.getLogger().addHandler(ForwardLogs(channel))
-    calls = RemoteCalls(channel) if init.model_calls else None
+    direct_calls = DirectCalls(direct)
+    calls = RemoteCalls(channel, direct_calls) if init.model_calls else None
 
     def read() -> None:
         try:
@@ -348,7 +397,7 @@ def serve(channel: Channel, direct: Channel) -> None:
         return
     channel.send(Op.INIT_DONE, True, None)
     while True:
-        op, *args = direct.receive()
+        op, *args = direct_calls.next()
         ok, value = True, cast(Any, None)
         try:
             if op == Op.EXECUTE:
@@ -356,7 +405,12 @@ def serve(channel: Channel, direct: Channel) -> None:
                 if batch_levels != levels:
                     levels = batch_levels
                     set_log_levels(levels)
-                value = [_outcome(o) for o in instance.execute_requests(_requests(channel, wire))]
+                direct_calls.running = True
+                try:
+                    outcomes = instance.execute_requests(_requests(channel, wire))
+                finally:
+                    direct_calls.running = False
+                value = [_outcome(o) for o in outcomes]
             else:
                 instance.close()
         except BaseException as exc:

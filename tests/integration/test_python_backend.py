@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
+from inferd.server.rate_limit_settings import parse_rate_limit
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.python_models import (
     ADD_SUB,
@@ -404,6 +405,34 @@ def test_tensors_of_any_size_cross_to_the_model_and_its_bls_calls(
     x = np.arange(count, dtype=np.float32)
     out = infer(server, "http", model, {"INPUT0": x})
     np.testing.assert_array_equal(out["OUTPUT0"], x * 10)
+
+
+@pytest.mark.parametrize("rate_limit", ["off", "execution_count"])
+def test_bls_calls_of_a_stub_answer_each_request_its_own(
+    tmp_path: Path, server_factory: Callable[..., RunningServer], rate_limit: str
+) -> None:
+    """A stub's BLS calls go on the channel its batches come on, and their answers come back
+    there while the server may already have sent its next batches (read meanwhile, run
+    after); under the rate limiter the instance's thread, not the loop, reads and serves
+    them. Each request still gets its own answer."""
+    one = ANY_LENGTH + "instance_group [{ count: 1 kind: KIND_CPU }]"
+    slow = TIMES_TEN.replace("responses = []", "responses = []\n        time.sleep(0.02)")
+    write_python_model(tmp_path, "times_ten", "import time\n" + slow, one)
+    write_python_model(tmp_path, "bls_relay", BLS_RELAY, one)
+    server = server_factory(
+        model_repositories=(tmp_path,),
+        python_isolation="process",
+        rate_limit=parse_rate_limit(rate_limit, []),
+    )
+
+    def relay(i: int) -> None:
+        x = np.full(3, i, np.float32)
+        np.testing.assert_array_equal(
+            infer(server, "grpc", "bls_relay", {"INPUT0": x})["OUTPUT0"], x * 10
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(relay, range(32)))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
