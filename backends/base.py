@@ -67,6 +67,18 @@ class ModelCalls(Protocol):
         """Whether the model (version) serves; InferdError for a malformed version."""
 
 
+# A call's answer as infer_now() hands it over: the response, or why the call failed.
+OnAnswer = Callable[["InferResponse | BaseException"], None]
+
+
+class ServerModelCalls(ModelCalls, Protocol):
+    """The server's end of model calls, which stub processes' calls reach."""
+
+    def infer_now(self, request: InferRequest, answer: OnAnswer) -> None:
+        """On the server's event loop: the call is submitted at once, and `answer` gets its
+        outcome there as the called model's scheduler resolves it (no task, no thread)."""
+
+
 # Where python model instances run: "thread" (in the server's process) or "process" (a stub
 # process each, as in Triton). Here, not in the server's settings, so that a stub process
 # starts without importing the server's front doors.
@@ -82,7 +94,7 @@ class BackendSettings:
     total_cpu_instances: int = 1  # CPU instances of this model, to share threads among them
     cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
     # None where models cannot call models (tests of one backend, tools).
-    model_calls: ModelCalls | None = field(default=None, compare=False)
+    model_calls: ServerModelCalls | None = field(default=None, compare=False)
     # Where python models' custom metrics go (exported by the server); None: kept unexported.
     custom_metrics: CustomMetrics | None = field(default=None, compare=False)
     # The server's pinned host memory budget, shared by its GPU instances' staging buffers.

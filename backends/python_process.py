@@ -41,10 +41,10 @@ from inferd.backends.base import (
     Deliver,
     Device,
     InstanceRequest,
-    ModelCalls,
     ModelInstance,
     RequestOutcome,
     ResponseSink,
+    ServerModelCalls,
     execute_one,
 )
 from inferd.backends.python_metrics import CustomMetrics, Family, MetricsHolder, Series
@@ -245,7 +245,7 @@ class Stub:
         self,
         name: str,
         init: StubInit,
-        calls: ModelCalls | None,
+        calls: ServerModelCalls | None,
         metrics: CustomMetrics,
         environment: Mapping[str, str] | None = None,
     ) -> None:
@@ -674,11 +674,17 @@ class Stub:
         runs its batch, which reads the answer there itself), run and answered from here."""
         assert self._loop is not None
         if method != "infer" or self._calls is None:
-            error = internal(f"a model cannot call '{method}' here")
-            self._answer_infer(call_id, _failed(self._loop, error), self._direct)
+            self._answer_now(call_id, internal(f"a model cannot call '{method}' here"))
             return
-        running = self._loop.create_task(self._calls.infer_async(self._traced(args[0])))
-        running.add_done_callback(partial(self._answer_infer, call_id, channel=self._direct))
+        self._calls.infer_now(self._traced(args[0]), partial(self._answer_now, call_id))
+
+    def _answer_now(self, call_id: int, outcome: Any) -> None:
+        """On the loop: a direct call's answer, back on the direct channel."""
+        if isinstance(outcome, BaseException):
+            ok, value = False, _STOPPING if _cancelled(outcome) else _call_error(outcome)
+        else:
+            ok, value = True, outcome
+        self._send_answer(call_id, ok, value, self._direct)
 
     def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         """A model call, from a model-call thread."""
@@ -697,23 +703,22 @@ class Stub:
             ok = True
         self._reply(call_id, ok, value, channel)
 
-    def _answer_infer(
-        self, call_id: int, done: Future[Any] | asyncio.Future[Any], channel: Channel | None = None
-    ) -> None:
+    def _answer_infer(self, call_id: int, done: Future[Any]) -> None:
         """A BLS call's answer, on the loop (on the reader thread when the loop was quicker
-        than the callback's registration): sent from here when it is small, else from a
-        model-call thread (a big one may wait for the stub to read it). It goes back on the
-        channel the call came on."""
+        than the callback's registration)."""
         try:
             ok, value = True, done.result()
-        except (CancelledError, asyncio.CancelledError):  # the loop stopped before it ran
+        except CancelledError:  # the loop stopped before it ran
             ok, value = False, _STOPPING
         except Exception as exc:
             ok, value = False, _call_error(exc)
+        self._send_answer(call_id, ok, value, self._channel)
+
+    def _send_answer(self, call_id: int, ok: bool, value: Any, channel: Channel) -> None:
+        """An answer sent from here (the loop) when it is small, else from a model-call
+        thread (a big one may wait for the stub to read it), on the channel the call came on."""
         try:
-            if (channel or self._channel).send_small(
-                _EARLY_FRAME_BYTES, Op.REPLY, call_id, ok, value
-            ):
+            if channel.send_small(_EARLY_FRAME_BYTES, Op.REPLY, call_id, ok, value):
                 return
         except ChannelClosed:
             return
@@ -798,10 +803,8 @@ def _is_call(message: object) -> TypeGuard[tuple[Any, ...]]:
     return type(message) is tuple and message[0] == Op.CALL
 
 
-def _failed(loop: asyncio.AbstractEventLoop, error: BaseException) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = loop.create_future()
-    future.set_exception(error)
-    return future
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, CancelledError | asyncio.CancelledError)
 
 
 def _unpacked_outcomes(outcomes: list[Any]) -> list[RequestOutcome]:

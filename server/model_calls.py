@@ -8,8 +8,8 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
-from collections.abc import Coroutine, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
 from inferd.server.types import Cancel, InferRequest, InferResponse, OnStreamResponse
@@ -19,11 +19,26 @@ StreamAnswer = tuple[InferResponse | InferdError | None, bool]
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from inferd.batching.scheduler import Outputs
+    from inferd.repository.manager import ModelVersion
+
 _NOT_STARTED = "the server is still starting: no model can be called yet"
 
 
 class Infers(Protocol):
     async def infer(self, request: InferRequest) -> InferResponse: ...
+
+    def submit(
+        self,
+        request: InferRequest,
+        model: ModelVersion | None = None,
+        on_done: Callable[[asyncio.Future[Outputs]], None] | None = None,
+    ) -> tuple[ModelVersion, asyncio.Future[Outputs]]: ...
+
+    def response(
+        self, request: InferRequest, model: ModelVersion, outputs: Outputs
+    ) -> InferResponse: ...
 
     def stream(self, request: InferRequest, on_response: OnStreamResponse) -> Cancel | None: ...
 
@@ -120,6 +135,29 @@ class LoopModelCalls:
             stream.put(unavailable(_NOT_STARTED), True)
             return
         stream.started(self._core.stream(request, stream.put))
+
+    def infer_now(
+        self, request: InferRequest, answer: Callable[[InferResponse | BaseException], None]
+    ) -> None:
+        """On the loop: submitted at once, answered as the called model's scheduler resolves
+        it (a stub's call: no task, and no loop turn between the answer and its sending)."""
+        core = self._core
+        if core is None:
+            answer(unavailable(_NOT_STARTED))
+            return
+
+        def done(outputs: asyncio.Future[Outputs]) -> None:
+            try:
+                response = core.response(request, model, outputs.result())
+            except BaseException as exc:  # a failure, or the call cancelled at shutdown
+                answer(exc)
+                return
+            answer(response)
+
+        try:
+            model, _ = core.submit(request, on_done=done)  # done() runs after this returns
+        except Exception as exc:
+            answer(exc)
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         return await self._started().infer(request)
