@@ -18,6 +18,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ from inferd.server.types import DataType
 
 # sys.path is the process's: imports of implementations take turns.
 _IMPORTS = threading.Lock()
+# How often a streaming model is asked to stop for a client that left (at its next response).
+_CANCEL_CHECK_S = 0.05
 
 
 class MLServerBackend(Backend):
@@ -200,11 +203,15 @@ class MLServerInstance(ModelInstance):
 
         async def respond() -> None:
             responses = self._model.predict_stream(payloads())
+            asked = time.monotonic()
             try:
                 async for response in responses:
                     sink.send(self._outputs(response), False)
-                    if sink.cancelled:
-                        break
+                    # Asked now and then: in a stub process, asking is a trip to the server.
+                    if time.monotonic() - asked >= _CANCEL_CHECK_S:
+                        if sink.cancelled:
+                            break
+                        asked = time.monotonic()
             finally:
                 close = getattr(responses, "aclose", None)  # an async generator's
                 if close is not None:
