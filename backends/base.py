@@ -160,29 +160,33 @@ class InstanceRequest:
     trace: Trace | None = None
     # Each input's own parameters (InferRequest.input_parameters).
     input_parameters: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
+    headers: Mapping[str, str] | None = None  # InferRequest.headers
 
 
 class OutputsWithParameters(dict[str, np.ndarray]):
     """A request's outputs with the response parameters its model set (a python model's
-    `InferenceResponse(..., parameters=...)`), and each output's own (an MLServer model's
-    `content_type`): they reach the client's response. A dict, so that every path that
-    carries outputs carries these unchanged."""
+    `InferenceResponse(..., parameters=...)`), each output's own (an MLServer model's
+    `content_type`), and the headers of the answer (an MLServer model's): they reach the
+    client's response. A dict, so that every path that carries outputs carries these
+    unchanged."""
 
-    __slots__ = ("output_parameters", "parameters")
+    __slots__ = ("headers", "output_parameters", "parameters")
 
     def __init__(
         self,
         outputs: Mapping[str, np.ndarray],
         parameters: Mapping[str, ParamValue],
         output_parameters: Mapping[str, Mapping[str, ParamValue]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(outputs)
         self.parameters = dict(parameters)
         self.output_parameters = {k: dict(v) for k, v in (output_parameters or {}).items()}
+        self.headers = None if headers is None else dict(headers)
 
     def around(self, outputs: Mapping[str, Any]) -> OutputsWithParameters:
         """The same parameters with other outputs (the same ones packed, or some rows)."""
-        return OutputsWithParameters(outputs, self.parameters, self.output_parameters)
+        return OutputsWithParameters(outputs, self.parameters, self.output_parameters, self.headers)
 
 
 # A request's outcome from execute_requests(): its outputs, or why it alone failed (an

@@ -254,9 +254,14 @@ class MLServerInstance(ModelInstance):
         from mlserver.types import InferenceRequest, Parameters, RequestInput, RequestOutput
 
         own = like.input_parameters
+        # As MLServer hands them over: the request's headers (or gRPC metadata) in its
+        # parameters, which it always has then.
+        given: dict[str, Any] = dict(like.parameters)
+        if like.headers is not None:
+            given["headers"] = dict(like.headers)
         return InferenceRequest(
             id=request_id or None,
-            parameters=Parameters(**like.parameters) if like.parameters else None,
+            parameters=Parameters(**given) if given else None,
             inputs=[
                 RequestInput(
                     name=name,
@@ -285,12 +290,15 @@ class MLServerInstance(ModelInstance):
             answered = {output.name: _array(NumpyCodec, output) for output in response.outputs}
             own = {output.name: _scalars(output.parameters) for output in response.outputs}
             given = _scalars(response.parameters)
+            headers = response.parameters.headers if response.parameters else None
         except Exception as exc:
             raise internal(
                 f"model '{self._model_name}' answered what is not an InferenceResponse's "
                 f"outputs: {_describe(exc)}"
             ) from None
-        return OutputsWithParameters(answered, given, {k: v for k, v in own.items() if v})
+        # The answer's headers, as MLServer's REST layer sends them.
+        sent = {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None
+        return OutputsWithParameters(answered, given, {k: v for k, v in own.items() if v}, sent)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a model's unload() failing must not stop ours

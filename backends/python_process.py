@@ -332,7 +332,18 @@ class Stub:
                     else:
                         self._sink_traces[sink[0]] = trace.handle
                 inputs, parameters = pack_tensors(request.inputs), dict(request.parameters)
-                wire.append((inputs, request.id, parameters, request.outputs, sink, trace))
+                wire.append(
+                    (
+                        inputs,
+                        request.id,
+                        parameters,
+                        request.outputs,
+                        sink,
+                        trace,
+                        request.input_parameters,
+                        request.headers,
+                    )
+                )
         with self._order:
             attached = self._loop is not None
             if attached:  # before it is sent: its answer may come at once

@@ -105,6 +105,8 @@ WireRequest = tuple[
     "tuple[str, ...] | None",
     "tuple[int, bool] | None",
     "TraceHandle | None",
+    Mapping[str, Mapping[str, Any]],  # each input's own parameters
+    "Mapping[str, str] | None",  # its headers, for a model that reads them
 ]
 
 
@@ -356,8 +358,10 @@ def _requests(channel: Channel, wire: Sequence[WireRequest]) -> list[InstanceReq
             None if sink is None else RemoteSink(channel, *sink),
             # The model only asks a trace for its context and children: a handle answers both.
             cast("Trace | None", trace),
+            input_parameters,
+            headers,
         )
-        for inputs, request_id, parameters, outputs, sink, trace in wire
+        for inputs, request_id, parameters, outputs, sink, trace, input_parameters, headers in wire
     ]
 
 

@@ -224,6 +224,7 @@ def stream_request(request: InferRequest, responses: ResponseStream) -> StreamRe
         request.trace,
         send_credits=request.send_credits,
         input_parameters=request.input_parameters,
+        headers=request.headers,
         responses=responses,
     )
 

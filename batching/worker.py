@@ -367,4 +367,5 @@ def instance_request(item: BatchItem) -> InstanceRequest:
         responses,
         request.trace,
         request.input_parameters,
+        request.headers,
     )

@@ -11,6 +11,7 @@ from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
 from inferd.repository.ensemble_runtime import EnsembleRuntime
 from inferd.repository.layout import ModelId
+from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 
 UNLOADED = "unloaded"  # the reason of a version unloaded on purpose (Triton's word)
 
@@ -53,6 +54,11 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    @property
+    def reads_headers(self) -> bool:
+        """Its model gets the request's headers (an MLServer model's `parameters.headers`)."""
+        return self.config is not None and self.config.backend == MLSERVER
 
     @property
     def caches(self) -> bool:

@@ -49,6 +49,7 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
         id=request.id,
         parameters=outputs.parameters,
         output_parameters=outputs.output_parameters,
+        headers=outputs.headers,
     )
 
 

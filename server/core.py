@@ -98,6 +98,14 @@ class InferenceCore:
         """Whether `version` is a name one of the model's versions goes by (MLServer's)."""
         return self._repository.names_version(model, version)
 
+    def reads_headers(self, model: str, version: str) -> bool:
+        """Whether the model gets its requests' headers (ModelVersion.reads_headers); False
+        for one not served (its request fails on its own)."""
+        try:
+            return self._repository.get(model, version).reads_headers
+        except InferdError:
+            return False
+
     def mark_started(self) -> None:
         """The start-up load finished; readiness may now be reported."""
         self._started = True

@@ -274,6 +274,8 @@ class InferenceService:
             decoded = decode_infer_request(request, self._core.shared_memory)
             if self._header_forward is not None:
                 self._header_forward.apply(decoded, call.metadata())
+            if served.reads_headers:
+                decoded.headers = dict(call.metadata())
             if trace is not None:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace
@@ -286,7 +288,7 @@ class InferenceService:
                 trace.sent("GRPC", time.monotonic_ns())
 
     def model_infer_now(
-        self, request: pb.ModelInferRequest, respond: Respond, arrival_ns: int
+        self, request: pb.ModelInferRequest, respond: Respond, arrival_ns: int, call: ServerCall
     ) -> asyncio.Future[Outputs] | None:
         """model_infer for inferd's own gRPC stack: no task; answered as the scheduler resolves
         the batch (the HTTP/1.1 fast route's way)."""
@@ -307,6 +309,8 @@ class InferenceService:
         try:
             admitted = self._core.admit(model, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
+            if admitted.reads_headers:
+                decoded.headers = dict(call.metadata())
             decoded.arrival_ns = arrival_ns
             decoded.trace = trace
             served, outputs = self._core.submit(decoded, admitted, answer)
@@ -329,8 +333,7 @@ class InferenceService:
         requests are cancelled, rather than the server's memory filling up.
         """
         stream = _StreamState(self._stream_buffer_bytes)
-        if self._needs_metadata:
-            stream.metadata = call.metadata()
+        stream.metadata = call.metadata()  # once per call: forwarded, traced, or read by models
         reader = asyncio.create_task(self._read_stream(requests, stream))
         reader.add_done_callback(lambda _: stream.wake.set())
         try:
@@ -401,6 +404,8 @@ class InferenceService:
             decoded = decode_infer_request(request, self._core.shared_memory)
             if self._header_forward is not None:
                 self._header_forward.apply(decoded, stream.metadata)
+            if self._core.reads_headers(model, request.model_version):
+                decoded.headers = dict(stream.metadata)
             if trace is not None:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace
@@ -524,7 +529,7 @@ class _StreamState:
         self.open: set[int] = set()
         self.cancels: dict[int, Callable[[], None]] = {}
         self.closed = False  # the call ended
-        self.metadata: list[tuple[str, str]] = []  # for forwarded headers and trace contexts
+        self.metadata: list[tuple[str, str]] = []  # forwarded headers, trace contexts, models
 
     def started(self, key: int) -> None:
         self.open.add(key)

@@ -44,9 +44,9 @@ class MethodKind(enum.Enum):
 
 # How a callback-style unary handler answers: the response message, or an RpcError. Once.
 Respond = Callable[[Any], None]
-# (request, respond, arrival_ns) -> a future that cancelling the call cancels, or None when
-# answered already. arrival_ns (monotonic): the start of the loop turn that read the call.
-AnswerNow = Callable[[Any, Respond, int], "asyncio.Future[Any] | None"]
+# (request, respond, arrival_ns, call) -> a future that cancelling the call cancels, or None
+# when answered already. arrival_ns (monotonic): the start of the loop turn that read the call.
+AnswerNow = Callable[[Any, Respond, int, ServerCall], "asyncio.Future[Any] | None"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,7 @@ class GrpcCall:
         elif self._method.kind is MethodKind.UNARY_UNARY:
             if self._method.answer_now is not None:
                 answer_now = self._method.answer_now
-                self._pending = answer_now(self._request, self._respond, self._arrival_ns)
+                self._pending = answer_now(self._request, self._respond, self._arrival_ns, self)
             else:
                 self._start(self._run_unary(self._request))
         else:

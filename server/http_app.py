@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -80,6 +81,12 @@ JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
 MAX_FAST_ROUTES = 1024
+# The answer's own headers, which a model's may not replace; and what a header name may be.
+_ANSWER_HEADERS = frozenset(
+    {"content-type", "content-length", "content-encoding", "inference-header-content-length"}
+    | {"transfer-encoding", "connection"}
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +227,14 @@ class HttpFrontDoor:
                 reply(*_answer(*_failure(exc, model), JSON, headers))
                 return
             content_type = JSON if header_length is None else OCTET_STREAM
-            reply(*_answer(200, payload, content_type, headers, header_length))
+            reply(*_answer(200, payload, content_type, headers, header_length, response.headers))
 
         try:
             admitted = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
             body = _decompressed(http.body, headers, self._max_input_size)
             request, encoding = self._decode(body, headers, model, version)
+            if admitted.reads_headers:
+                request.headers = _text_headers(headers)
             request.arrival_ns = arrival_ns
             request.trace = trace
             served, outputs = self._core.submit(request, admitted, answer)
@@ -245,6 +254,8 @@ class HttpFrontDoor:
             served = self._core.admit(model, version, arrival_ns)
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
+            if served.reads_headers:
+                request.headers = _text_headers(headers)
             request.arrival_ns = arrival_ns
             if trace is not None:
                 traced_read(trace, "HTTP", arrival_ns)
@@ -255,7 +266,7 @@ class HttpFrontDoor:
             answer = _answer(*_failure(exc, model), JSON, headers)
         else:
             content_type = JSON if header_length is None else OCTET_STREAM
-            answer = _answer(200, payload, content_type, headers, header_length)
+            answer = _answer(200, payload, content_type, headers, header_length, response.headers)
         start = time.monotonic_ns()
         try:
             await _send(send, *answer)
@@ -273,9 +284,11 @@ class HttpFrontDoor:
         headers = _headers(scope)
         trace = self._core.tracing.sample(model, headers.get(TRACEPARENT))
         try:
-            self._core.admit(model, version, arrival_ns)  # an unknown model, before the body
+            served = self._core.admit(model, version, arrival_ns)  # an unknown model first
             body = await self._read_body(receive, headers)
             request, _ = self._decode(body, headers, model, version)  # answers are JSON
+            if served.reads_headers:
+                request.headers = _text_headers(headers)
         except Exception as exc:
             start = time.monotonic_ns()
             try:
@@ -433,15 +446,41 @@ def _answer(
     content_type: bytes,
     request_headers: dict[bytes, bytes],
     header_length: int | None = None,
+    model_headers: Mapping[str, str] | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """An inference answer as (status, headers, body), compressed if the client asked."""
+    """An inference answer as (status, headers, body), compressed if the client asked, with
+    the headers the model set (an MLServer model's)."""
     body, content_encoding = _compress(body, request_headers.get(b"accept-encoding"))
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     if header_length is not None:
         headers.append((b"inference-header-content-length", b"%d" % header_length))
     if content_encoding is not None:
         headers.append((b"content-encoding", content_encoding))
+    if model_headers:
+        headers.extend(_model_headers(model_headers))
     return status, headers, body
+
+
+def _model_headers(given: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """What a model may add: names and values a header can carry, and none that would
+    contradict the answer's own (its length, type and encoding)."""
+    headers = []
+    for name, value in given.items():
+        lower = name.lower()
+        if (
+            lower in _ANSWER_HEADERS
+            or not _TOKEN.fullmatch(lower)
+            or "\n" in value
+            or "\r" in value
+        ):
+            log.warning("a model's answer header '%s' was not sent", name)
+            continue
+        headers.append((lower.encode("latin-1"), value.encode("latin-1", "replace")))
+    return headers
+
+
+def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

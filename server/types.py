@@ -143,6 +143,9 @@ class InferRequest:
     # Each input's own parameters beyond the protocol's (binary_data_size, shared memory):
     # MLServer models read them (a `content_type`); empty for most requests.
     input_parameters: dict[str, Params] = field(default_factory=dict)
+    # The HTTP headers or gRPC metadata it came with (names in lower case), for a model that
+    # reads them: an MLServer model's `parameters.headers`. None for any other.
+    headers: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -157,6 +160,8 @@ class InferResponse:
     in_shared_memory: frozenset[str] = frozenset()
     # Outputs' own parameters, by name (an MLServer model's content_type).
     output_parameters: Mapping[str, Params] = field(default_factory=dict)
+    # Headers the model set for the answer (an MLServer model's `parameters.headers`).
+    headers: Mapping[str, str] | None = None
 
 
 # A streamed answer on the loop: a response, an error, or None (a decoupled model's final flag

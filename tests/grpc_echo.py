@@ -74,7 +74,9 @@ def echo_methods(recorder: Recorder) -> dict[str, RpcMethod]:
                 await recorder.release.wait()
             await call.write(b"echo:" + request)
 
-    def now(request: bytes, respond: Respond, arrival_ns: int) -> asyncio.Future[None] | None:
+    def now(
+        request: bytes, respond: Respond, arrival_ns: int, call: ServerCall
+    ) -> asyncio.Future[None] | None:
         if request == b"error":
             respond(RpcError(grpc.StatusCode.INVALID_ARGUMENT, ERROR_DETAILS))
             return None

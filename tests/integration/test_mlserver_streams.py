@@ -1,6 +1,7 @@
 """MLServer's streaming (`predict_stream()`): REST infer_stream and generate_stream as
-Server-Sent Events, and gRPC ModelStreamInfer through the real tritonclient, on both HTTP
-stacks and with the models in stub processes, with the real mlserver package."""
+Server-Sent Events, and gRPC ModelStreamInfer through the real tritonclient; and the headers
+MLServer hands its models and sends back. On both HTTP stacks and with the models in stub
+processes, with the real mlserver package."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 RUNTIME = """
 import asyncio
+import json
 
 import numpy as np
 from mlserver import MLModel
@@ -73,6 +76,24 @@ class Rows(MLModel):
         )
 
 
+class Seen(MLModel):
+    '''What reached predict(): a header and the input's content type, as JSON; the answer
+    carries a header of its own.'''
+
+    async def predict(self, payload):
+        headers = payload.parameters.headers or {}
+        tensor = payload.inputs[0]
+        seen = {
+            "tenant": headers.get("x-tenant"),
+            "content_type": tensor.parameters.content_type if tensor.parameters else None,
+        }
+        return InferenceResponse(
+            model_name=self.name,
+            parameters={"headers": {"X-Answered-By": "seen"}},
+            outputs=[StringCodec.encode_output("seen", [json.dumps(seen)])],
+        )
+
+
 class Forever(MLModel):
     '''Streams a count every 20 ms until its client leaves; predict() answers the count.'''
 
@@ -111,6 +132,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     batching = {"max_batch_size": 4, "max_batch_time": 0.01}
     write_model(root, "rows", {"implementation": "stream_runtime.Rows", **batching})
     write_model(root, "forever", {"implementation": "stream_runtime.Forever"})
+    write_model(root, "seen", {"implementation": "stream_runtime.Seen"})
     return root
 
 
@@ -213,3 +235,35 @@ def test_a_client_that_leaves_stops_the_model(server: RunningServer) -> None:
         if counts[-1] == counts[-2]:
             break
     assert counts[-1] == counts[-2] >= 2, counts
+
+
+def test_the_requests_headers_reach_the_model_and_its_answers_headers_the_client(
+    server: RunningServer,
+) -> None:
+    """As in MLServer: the request's headers (gRPC: its metadata) in `parameters.headers`,
+    and the answer's `parameters.headers` as the HTTP answer's headers; each input's own
+    parameters reach the model too, in a stub process as well."""
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"],
+             "parameters": {"content_type": "str"}},
+        ]
+    }  # fmt: skip
+    answer = httpx.post(
+        f"http://{server.http_url}/v2/models/seen/infer",
+        json=body,
+        headers={"X-Tenant": "t1"},
+        timeout=10,
+    )
+    assert answer.headers["x-answered-by"] == "seen"
+    assert "headers" not in answer.json().get("parameters", {})
+    seen = json.loads(answer.json()["outputs"][0]["data"][0])
+    assert seen == {"tenant": "t1", "content_type": "str"}
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        text = grpcclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"hi"], dtype=object))
+        result = client.infer("seen", [text], headers={"x-tenant": "t2"})
+    finally:
+        client.close()
+    assert json.loads(result.as_numpy("seen").ravel()[0])["tenant"] == "t2"
