@@ -56,8 +56,9 @@ class ModelVersion:
         return self.state is ModelState.READY
 
     @property
-    def reads_headers(self) -> bool:
-        """Its model gets the request's headers (an MLServer model's `parameters.headers`)."""
+    def mlserver(self) -> bool:
+        """An MLServer model: its requests and answers go as MLServer's dataplane has them
+        (server/mlserver_envelope.py), and its REST routes are MLServer's."""
         return self.config is not None and self.config.backend == MLSERVER
 
     @property

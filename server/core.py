@@ -26,6 +26,7 @@ from inferd.server.cached_answers import CachedAnswers
 from inferd.server.ensemble import EnsembleRunner
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
 from inferd.server.log_settings import LogControl, LogSettings
+from inferd.server.mlserver_envelope import MLServerEnvelope
 from inferd.server.redis_cache import RedisCache
 from inferd.server.request_checks import request_options, validate_request
 from inferd.server.response_cache import ResponseCache
@@ -91,6 +92,8 @@ class InferenceCore:
         # The trace extension's settings and samplers (front doors sample, the core stamps).
         self.tracing = tracer or Tracer(TraceSetting())
         self._started = False
+        # What MLServer's dataplane adds around its models' requests and answers.
+        self.mlserver = MLServerEnvelope.here(settings.server_id)
         # Ensemble steps are requests to their composing models, through submit() below.
         self._ensembles = EnsembleRunner(repository.get, self.submit, self.stream)
 
@@ -98,11 +101,11 @@ class InferenceCore:
         """Whether `version` is a name one of the model's versions goes by (MLServer's)."""
         return self._repository.names_version(model, version)
 
-    def reads_headers(self, model: str, version: str) -> bool:
-        """Whether the model gets its requests' headers (ModelVersion.reads_headers); False
-        for one not served (its request fails on its own)."""
+    def mlserver_model(self, model: str, version: str) -> bool:
+        """Whether it is an MLServer model (ModelVersion.mlserver); False for one not served
+        (its request fails on its own)."""
         try:
-            return self._repository.get(model, version).reads_headers
+            return self._repository.get(model, version).mlserver
         except InferdError:
             return False
 

@@ -274,8 +274,8 @@ class InferenceService:
             decoded = decode_infer_request(request, self._core.shared_memory)
             if self._header_forward is not None:
                 self._header_forward.apply(decoded, call.metadata())
-            if served.reads_headers:
-                decoded.headers = dict(call.metadata())
+            if served.mlserver:
+                self._core.mlserver.wrap_request(decoded, dict(call.metadata()))
             if trace is not None:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace
@@ -309,8 +309,8 @@ class InferenceService:
         try:
             admitted = self._core.admit(model, request.model_version, arrival_ns)
             decoded = decode_infer_request(request, self._core.shared_memory)
-            if admitted.reads_headers:
-                decoded.headers = dict(call.metadata())
+            if admitted.mlserver:
+                self._core.mlserver.wrap_request(decoded, dict(call.metadata()))
             decoded.arrival_ns = arrival_ns
             decoded.trace = trace
             served, outputs = self._core.submit(decoded, admitted, answer)
@@ -404,8 +404,8 @@ class InferenceService:
             decoded = decode_infer_request(request, self._core.shared_memory)
             if self._header_forward is not None:
                 self._header_forward.apply(decoded, stream.metadata)
-            if self._core.reads_headers(model, request.model_version):
-                decoded.headers = dict(stream.metadata)
+            if self._core.mlserver_model(model, request.model_version):
+                self._core.mlserver.wrap_request(decoded, dict(stream.metadata))
             if trace is not None:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace

@@ -25,7 +25,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from inferd.batching.scheduler import Outputs
-from inferd.repository.mlserver_settings import BACKEND as MLSERVER
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, body_too_large, invalid, unsupported
 from inferd.server.header_forward import HeaderForward
@@ -157,7 +156,7 @@ class HttpFrontDoor:
                     return
             elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_SUFFIX):
                 target = _parse_infer_path(path, self._core.names_version, GENERATE_SUFFIX)
-                if target is not None and self._mlserver_model(*target):
+                if target is not None and self._core.mlserver_model(*target):
                     # MLServer's REST generate is its infer under another name (a v2 request
                     # and answer); Triton's generate extension serves every other model.
                     await self._infer(scope, receive, send, *target)
@@ -169,18 +168,12 @@ class HttpFrontDoor:
                     return
             elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_STREAM_SUFFIX):
                 target = _parse_infer_path(path, self._core.names_version, GENERATE_STREAM_SUFFIX)
-                if target is not None and self._mlserver_model(*target):
+                if target is not None and self._core.mlserver_model(*target):
                     # MLServer's generate_stream is its infer_stream; Triton's generate
                     # extension serves every other model.
                     await self._infer_stream(scope, receive, send, *target)
                     return
         await self._router(scope, receive, send)
-
-    def _mlserver_model(self, model: str, version: str) -> bool:
-        try:
-            return bool(self._core.model_config_proto(model, version).backend == MLSERVER)
-        except InferdError:  # not served: the generate route says so
-            return False
 
     async def _infer_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Reached only for paths the fast path rejects: Starlette then answers 404/405.
@@ -227,14 +220,15 @@ class HttpFrontDoor:
                 reply(*_answer(*_failure(exc, model), JSON, headers))
                 return
             content_type = JSON if header_length is None else OCTET_STREAM
-            reply(*_answer(200, payload, content_type, headers, header_length, response.headers))
+            added = self._core.mlserver.answer_headers(response) if served.mlserver else None
+            reply(*_answer(200, payload, content_type, headers, header_length, added))
 
         try:
             admitted = self._core.admit(model, version, arrival_ns)  # sheds load before decoding
             body = _decompressed(http.body, headers, self._max_input_size)
             request, encoding = self._decode(body, headers, model, version)
-            if admitted.reads_headers:
-                request.headers = _text_headers(headers)
+            if admitted.mlserver:
+                self._core.mlserver.wrap_request(request, _text_headers(headers))
             request.arrival_ns = arrival_ns
             request.trace = trace
             served, outputs = self._core.submit(request, admitted, answer)
@@ -254,8 +248,8 @@ class HttpFrontDoor:
             served = self._core.admit(model, version, arrival_ns)
             body = await self._read_body(receive, headers)
             request, encoding = self._decode(body, headers, model, version)
-            if served.reads_headers:
-                request.headers = _text_headers(headers)
+            if served.mlserver:
+                self._core.mlserver.wrap_request(request, _text_headers(headers))
             request.arrival_ns = arrival_ns
             if trace is not None:
                 traced_read(trace, "HTTP", arrival_ns)
@@ -266,7 +260,8 @@ class HttpFrontDoor:
             answer = _answer(*_failure(exc, model), JSON, headers)
         else:
             content_type = JSON if header_length is None else OCTET_STREAM
-            answer = _answer(200, payload, content_type, headers, header_length, response.headers)
+            added = self._core.mlserver.answer_headers(response) if served.mlserver else None
+            answer = _answer(200, payload, content_type, headers, header_length, added)
         start = time.monotonic_ns()
         try:
             await _send(send, *answer)
@@ -287,8 +282,8 @@ class HttpFrontDoor:
             served = self._core.admit(model, version, arrival_ns)  # an unknown model first
             body = await self._read_body(receive, headers)
             request, _ = self._decode(body, headers, model, version)  # answers are JSON
-            if served.reads_headers:
-                request.headers = _text_headers(headers)
+            if served.mlserver:
+                self._core.mlserver.wrap_request(request, _text_headers(headers))
         except Exception as exc:
             start = time.monotonic_ns()
             try:

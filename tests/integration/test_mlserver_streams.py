@@ -10,6 +10,7 @@ import importlib.util
 import json
 import queue
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -84,7 +85,9 @@ class Seen(MLModel):
         headers = payload.parameters.headers or {}
         tensor = payload.inputs[0]
         seen = {
+            "id": payload.id,
             "tenant": headers.get("x-tenant"),
+            "ce_type": headers.get("Ce-Type"),
             "content_type": tensor.parameters.content_type if tensor.parameters else None,
         }
         return InferenceResponse(
@@ -241,8 +244,9 @@ def test_the_requests_headers_reach_the_model_and_its_answers_headers_the_client
     server: RunningServer,
 ) -> None:
     """As in MLServer: the request's headers (gRPC: its metadata) in `parameters.headers`,
-    and the answer's `parameters.headers` as the HTTP answer's headers; each input's own
-    parameters reach the model too, in a stub process as well."""
+    with MLServer's CloudEvents ones, and an id made up for a request without one; the
+    answer's `parameters.headers` and CloudEvents ones as the HTTP answer's headers. Each
+    input's own parameters reach the model too, in a stub process as well."""
     body = {
         "inputs": [
             {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"],
@@ -258,7 +262,29 @@ def test_the_requests_headers_reach_the_model_and_its_answers_headers_the_client
     assert answer.headers["x-answered-by"] == "seen"
     assert "headers" not in answer.json().get("parameters", {})
     seen = json.loads(answer.json()["outputs"][0]["data"][0])
-    assert seen == {"tenant": "t1", "content_type": "str"}
+    made_up = answer.json()["id"]
+    assert seen == {
+        "id": made_up,
+        "tenant": "t1",
+        "ce_type": "io.seldon.serving.inference.request",
+        "content_type": "str",
+    }
+    assert str(uuid.UUID(made_up)) == made_up
+    ce = {k: v for k, v in answer.headers.items() if k.startswith("ce-")}
+    assert ce == {
+        "ce-specversion": "0.3",
+        "ce-source": "io.seldon.serving.deployment.inferd",
+        "ce-type": "io.seldon.serving.inference.response",
+        "ce-modelid": "seen",
+        "ce-inferenceservicename": "inferd",
+        "ce-endpoint": "seen",
+        "ce-id": made_up,
+        "ce-requestid": made_up,
+    }
+    given = httpx.post(
+        f"http://{server.http_url}/v2/models/seen/infer", json={**body, "id": "r-9"}, timeout=10
+    )
+    assert given.json()["id"] == given.headers["ce-id"] == "r-9"
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         text = grpcclient.InferInput("text", [1], "BYTES")
