@@ -7,6 +7,7 @@ fifth of the throughput on the hot path); everything else goes through ordinary 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -461,17 +462,21 @@ def _model_headers(given: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     contradict the answer's own (its length, type and encoding)."""
     headers = []
     for name, value in given.items():
-        lower = name.lower()
-        if (
-            lower in _ANSWER_HEADERS
-            or not _TOKEN.fullmatch(lower)
-            or "\n" in value
-            or "\r" in value
-        ):
+        wire = _header_name(name)
+        if wire is None or "\n" in value or "\r" in value:
             log.warning("a model's answer header '%s' was not sent", name)
             continue
-        headers.append((lower.encode("latin-1"), value.encode("latin-1", "replace")))
+        headers.append((wire, value.encode("latin-1", "replace")))
     return headers
+
+
+@functools.lru_cache(maxsize=1024)  # answers carry the same few names, answer after answer
+def _header_name(name: str) -> bytes | None:
+    """The name as the answer sends it; None for one a model may not set."""
+    lower = name.lower()
+    if lower in _ANSWER_HEADERS or not _TOKEN.fullmatch(lower):
+        return None
+    return lower.encode("latin-1")
 
 
 def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
