@@ -128,6 +128,14 @@ class HttpFrontDoor:
         self._header_forward = settings.header_forward
         self._fast_routes: dict[str, FastHandler] = {}  # by path: parsed once, not per request
         self._generate = GenerateEndpoints(core, HTTP_STATUS, settings.stream_buffer_bytes)
+        # MLServer's REST routes beside /infer: (suffix, for MLServer models only, handler).
+        # Its generate is its infer under another name (a v2 request and answer), its
+        # generate_stream its infer_stream; Triton's generate extension serves other models.
+        self._mlserver_routes = (
+            (GENERATE_SUFFIX, True, self._infer),
+            (INFER_STREAM_SUFFIX, False, self._infer_stream),
+            (GENERATE_STREAM_SUFFIX, True, self._infer_stream),
+        )
         self._router = Starlette(
             routes=_routes(core, self._infer_route, metrics, self._generate),
             exception_handlers={
@@ -155,25 +163,17 @@ class HttpFrontDoor:
                 if target is not None:
                     await self._infer(scope, receive, send, *target)
                     return
-            elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_SUFFIX):
-                target = _parse_infer_path(path, self._core.names_version, GENERATE_SUFFIX)
-                if target is not None and self._core.mlserver_model(*target):
-                    # MLServer's REST generate is its infer under another name (a v2 request
-                    # and answer); Triton's generate extension serves every other model.
-                    await self._infer(scope, receive, send, *target)
-                    return
-            elif path.startswith(MODELS_PREFIX) and path.endswith(INFER_STREAM_SUFFIX):
-                target = _parse_infer_path(path, self._core.names_version, INFER_STREAM_SUFFIX)
-                if target is not None:  # MLServer's route, for any model
-                    await self._infer_stream(scope, receive, send, *target)
-                    return
-            elif path.startswith(MODELS_PREFIX) and path.endswith(GENERATE_STREAM_SUFFIX):
-                target = _parse_infer_path(path, self._core.names_version, GENERATE_STREAM_SUFFIX)
-                if target is not None and self._core.mlserver_model(*target):
-                    # MLServer's generate_stream is its infer_stream; Triton's generate
-                    # extension serves every other model.
-                    await self._infer_stream(scope, receive, send, *target)
-                    return
+            elif path.startswith(MODELS_PREFIX):
+                for suffix, mlserver_only, handle in self._mlserver_routes:
+                    if not path.endswith(suffix):
+                        continue
+                    target = _parse_infer_path(path, self._core.names_version, suffix)
+                    if target is not None and (
+                        not mlserver_only or self._core.mlserver_model(*target)
+                    ):
+                        await handle(scope, receive, send, *target)
+                        return
+                    break
         await self._router(scope, receive, send)
 
     async def _infer_route(self, scope: Scope, receive: Receive, send: Send) -> None:
