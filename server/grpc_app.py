@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -56,6 +57,11 @@ from inferd.server.tracing import traced, traced_read
 from inferd.server.types import InferResponse, TensorMetadata
 
 log = logging.getLogger(__name__)
+
+# What gRPC metadata may carry as text: its keys' characters (not the protocol's own "grpc-"
+# ones, nor binary "-bin" ones) and printable ASCII values.
+_METADATA_KEY = re.compile(r"(?!grpc-)[0-9a-z_.-]+(?<!-bin)")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
 # Requests of one ModelStreamInfer call in progress at once (perf_analyzer's --streaming keeps
 # its concurrency in flight on one stream). A decoupled request counts until its final answer;
@@ -280,12 +286,25 @@ class InferenceService:
                 traced_read(trace, "GRPC", arrival_ns)
                 decoded.trace = trace
             response = await self._core.infer(decoded, served)
+            if served.mlserver:
+                self._mlserver_trailers(response, call)
             return encode_infer_response(response)
         except Exception as exc:
             raise _infer_error(exc, request.model_name) from None
         finally:
             if trace is not None:  # grpc.aio sends the answer after this returns
                 trace.sent("GRPC", time.monotonic_ns())
+
+    def _mlserver_trailers(self, response: InferResponse, call: ServerCall) -> None:
+        """An MLServer model's answer headers as trailing metadata, as MLServer sends them."""
+        pairs = []
+        for name, value in self._core.mlserver.answer_headers(response).items():
+            key = name.lower()
+            if _METADATA_KEY.fullmatch(key) and _METADATA_VALUE.fullmatch(value):
+                pairs.append((key, value))
+            else:
+                log.warning("a model's answer header '%s' was not sent", name)
+        call.set_trailing_metadata(pairs)
 
     def model_infer_now(
         self, request: pb.ModelInferRequest, respond: Respond, arrival_ns: int, call: ServerCall
@@ -302,6 +321,8 @@ class InferenceService:
         def answer(done: asyncio.Future[Outputs]) -> None:
             try:
                 response = self._core.response(decoded, served, done.result())
+                if served.mlserver:
+                    self._mlserver_trailers(response, call)
                 respond(encode_infer_response(response))
             except Exception as exc:
                 respond(_infer_error(exc, model))

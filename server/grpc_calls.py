@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,9 @@ class ServerCall(Protocol):
     def metadata(self) -> list[tuple[str, str]]:
         """The call's request metadata (names in lower case), text values only: what a client
         sent, without the protocol's own headers."""
+
+    def set_trailing_metadata(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Metadata sent with the call's OK status (names in lower case, text values)."""
 
 
 class MethodKind(enum.Enum):

@@ -7,7 +7,7 @@ available (`--grpc-stack=grpcio`) for what only it has, such as its ping-abuse p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -62,6 +62,9 @@ class _AioCall:
     def metadata(self) -> list[tuple[str, str]]:
         pairs = self._context.invocation_metadata() or ()
         return [(key, value) for key, value in pairs if isinstance(value, str)]
+
+    def set_trailing_metadata(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._context.set_trailing_metadata(tuple(pairs))
 
 
 def _aio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:

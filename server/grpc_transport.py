@@ -18,7 +18,7 @@ import ssl
 import struct
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from inferd.server.grpc_wire import (
     trailers_only,
 )
 from inferd.server.http2 import ConnectionOptions, Http2Connection, Http2Stream
+from inferd.server.http2_wire import literal
 from inferd.server.settings import GrpcChannel
 from inferd.server.turn_clock import TurnClock
 
@@ -119,6 +120,7 @@ class GrpcCall:
         "_requests",
         "_stream",
         "_task",
+        "_trailing",
         "encoding",
     )
 
@@ -138,6 +140,7 @@ class GrpcCall:
         self._arrival_ns = conn.clock.now_ns()
         self._done = False
         self._headers_sent = False
+        self._trailing = b""  # the handler's trailing metadata, encoded
         self._deadline: asyncio.TimerHandle | None = None
         if head.timeout is not None:
             self._deadline = conn.loop.call_later(head.timeout, self._expire)
@@ -260,7 +263,7 @@ class GrpcCall:
         conn, stream = self._conn, self._stream
         conn.send_headers(stream, RESPONSE_HEADERS)
         conn.send_data(stream, _PREFIX.pack(0, len(body)), body)
-        conn.send_trailers(stream, TRAILERS_OK)
+        conn.send_trailers(stream, TRAILERS_OK + self._trailing)
 
     async def _run_stream(self, request: Any) -> None:
         try:
@@ -272,7 +275,8 @@ class GrpcCall:
             self._close_deadline()
             self._done = True
             self._conn.send_trailers(
-                self._stream, TRAILERS_OK if self._headers_sent else TRAILERS_ONLY_OK
+                self._stream,
+                (TRAILERS_OK if self._headers_sent else TRAILERS_ONLY_OK) + self._trailing,
             )
 
     async def write(self, message: Any) -> None:
@@ -289,6 +293,11 @@ class GrpcCall:
         conn.send_data(stream, _PREFIX.pack(0, len(body)), body)
         if not conn.writable(stream):
             await conn.wait_writable(stream)
+
+    def set_trailing_metadata(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._trailing = b"".join(
+            literal(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs
+        )
 
     def metadata(self) -> list[tuple[str, str]]:
         return [

@@ -16,10 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.integration.test_decoupled import events, post
@@ -139,12 +141,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["inferd", "uvicorn", "process"])
+@pytest.fixture(scope="module", params=["inferd", "alt", "process"])
 def server(repository: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    """inferd's HTTP stack, uvicorn, and inferd's with the models in stub processes."""
+    """inferd's HTTP and gRPC stacks, uvicorn and grpc.aio, and inferd's with the models in
+    stub processes."""
     options: dict[str, Any] = {
         "inferd": {},
-        "uvicorn": {"http_stack": "uvicorn"},
+        "alt": {"http_stack": "uvicorn", "grpc_stack": "grpcio"},
         "process": {"mlserver_isolation": "process"},
     }[request.param]
     running = start_server(replace(TEST_SETTINGS, model_repositories=(repository,), **options))
@@ -293,3 +296,14 @@ def test_the_requests_headers_reach_the_model_and_its_answers_headers_the_client
     finally:
         client.close()
     assert json.loads(result.as_numpy("seen").ravel()[0])["tenant"] == "t2"
+    # gRPC: the answer's headers are its trailing metadata, as MLServer sends them.
+    request = service_pb2.ModelInferRequest(model_name="seen", id="g-3")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"hi")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        _, call = stub.ModelInfer.with_call(request)
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-answered-by"] == "seen"
+    assert trailing["ce-id"] == trailing["ce-requestid"] == "g-3"
+    assert trailing["ce-type"] == "io.seldon.serving.inference.response"
