@@ -501,7 +501,7 @@ def test_sagemaker_multi_model_loads_run_side_by_side(
         shutil.copytree(EXAMPLES / "simple", tmp_path / name / "model" / "simple")
 
     async def load_all() -> list[int]:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=60) as client:  # loads on 2 busy cores
 
             def load(name: str, url_of: str) -> Any:
                 body = {"model_name": name, "url": str(tmp_path / url_of / "model")}
