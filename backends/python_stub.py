@@ -201,12 +201,13 @@ class DirectCalls:
         self._direct.send(Op.CALL, call_id, "infer", (request,))
         while True:
             message = self._direct.receive()
-            if message[0] == Op.REPLY and message[1] == call_id:
+            if message[0] != Op.REPLY:
+                self.pending.append(message)  # a batch sent early: run after this one
+            elif message[1] == call_id:
                 _, _, ok, value = message
                 if ok:
                     return cast(InferResponse, value)
                 raise value
-            self.pending.append(message)
 
     def next(self) -> tuple[Any, ...]:
         """The server's next direct message."""
