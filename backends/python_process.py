@@ -666,14 +666,13 @@ class Stub:
         elif method == "infer" and self._calls is not None and self._loop is not None:
             # On the loop, answered from there: no model-call thread waits for the answer (a
             # thread hop each way, about a fifth of a small BLS call's cost).
-            call = self._calls.infer_async(self._traced(args[0]))
+            answer = partial(self._answer_now, call_id, channel=self._channel)
             try:
-                running = asyncio.run_coroutine_threadsafe(call, self._loop)
+                self._loop.call_soon_threadsafe(
+                    self._calls.infer_now, self._traced(args[0]), answer
+                )
             except RuntimeError:  # the loop has closed
-                call.close()
                 self._reply(call_id, False, _STOPPING)
-                return
-            running.add_done_callback(partial(self._answer_infer, call_id))
         elif method in _MODEL_CALLS and self._calls is not None:
             # infer before the loop reads answers (initialize())
             self._model_call_pool().submit(self._answer, call_id, partial(self._call, method, args))
@@ -689,13 +688,14 @@ class Stub:
             return
         self._calls.infer_now(self._traced(args[0]), partial(self._answer_now, call_id))
 
-    def _answer_now(self, call_id: int, outcome: Any) -> None:
-        """On the loop: a direct call's answer, back on the direct channel."""
+    def _answer_now(self, call_id: int, outcome: Any, channel: Channel | None = None) -> None:
+        """On the loop: a BLS call's answer, back on the channel it came on (the direct one
+        unless said)."""
         if isinstance(outcome, BaseException):
             ok, value = False, _STOPPING if _cancelled(outcome) else _call_error(outcome)
         else:
             ok, value = True, outcome
-        self._send_answer(call_id, ok, value, self._direct)
+        self._send_answer(call_id, ok, value, channel or self._direct)
 
     def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         """A model call, from a model-call thread."""
@@ -713,17 +713,6 @@ class Stub:
         else:
             ok = True
         self._reply(call_id, ok, value, channel)
-
-    def _answer_infer(self, call_id: int, done: Future[Any]) -> None:
-        """A BLS call's answer, on the loop (on the reader thread when the loop was quicker
-        than the callback's registration)."""
-        try:
-            ok, value = True, done.result()
-        except CancelledError:  # the loop stopped before it ran
-            ok, value = False, _STOPPING
-        except Exception as exc:
-            ok, value = False, _call_error(exc)
-        self._send_answer(call_id, ok, value, self._channel)
 
     def _send_answer(self, call_id: int, ok: bool, value: Any, channel: Channel) -> None:
         """An answer sent from here (the loop) when it is small, else from a model-call
