@@ -113,6 +113,7 @@ _MODEL_ROUTES = {
     "infer": Api.INFERENCE,
     "generate": Api.INFERENCE,
     "generate_stream": Api.INFERENCE,
+    "infer_stream": Api.INFERENCE,  # MLServer's
     "trace/setting": Api.TRACE,
 }
 _PREFIXES = (

@@ -81,9 +81,11 @@ def test_restricted_http_apis_need_their_header(server_factory: Factory, stacks:
     answer_ = infer(server, "http", "simple", SIMPLE, headers={"infer-key": "secret"})
     assert (answer_["OUTPUT0"] == SIMPLE["INPUT0"] + 1).all()
     assert httpx.get(url + "/metrics").is_success  # scrapers send no extra headers
-    # KServe's V1 predict is inference too.
+    # KServe's V1 predict is inference too, and so is MLServer's infer_stream.
     v1_row = {"INPUT0": [0] * 16, "INPUT1": [0] * 16}
     answer = httpx.post(url + "/v1/models/simple:predict", json={"instances": [v1_row]})
+    assert (answer.status_code, answer.json()) == (403, {"error": refusal})
+    answer = httpx.post(url + "/v2/models/simple/infer_stream", json={"inputs": []})
     assert (answer.status_code, answer.json()) == (403, {"error": refusal})
 
 
@@ -121,6 +123,8 @@ def test_every_http_route_belongs_to_its_api() -> None:
         "/v2/models/m/versions/1/stats": Api.STATISTICS,
         "/v2/models/m/infer": Api.INFERENCE,
         "/v2/models/m/versions/1/generate_stream": Api.INFERENCE,
+        "/v2/models/m/infer_stream": Api.INFERENCE,
+        "/v2/models/m/versions/v-one/infer_stream": Api.INFERENCE,  # MLServer's version names
         "/v2/models/m/trace/setting": Api.TRACE,
         "/v2/trace/setting": Api.TRACE,
         "/v2/logging": Api.LOGGING,
