@@ -60,6 +60,7 @@ from inferd.backends.stub_channel import (
     ChannelClosed,
     FrameReader,
     Op,
+    UnreadableMessage,
     pack_tensors,
     unpack_tensors,
 )
@@ -593,11 +594,14 @@ class Stub:
     def _read(self) -> None:
         try:
             while True:
-                message = self._channel.receive()
                 try:
-                    self._dispatch(*message)
+                    self._dispatch(*self._channel.receive())
                 except ChannelClosed:
                     raise
+                except UnreadableMessage as exc:  # counted all the same: the stub sent it
+                    log.error(
+                        "model instance '%s': a stub message cannot be read: %s", self._name, exc
+                    )
                 except Exception:  # a bug here must not end the instance's reader
                     log.exception("model instance '%s': a stub message failed", self._name)
                 with self._read_more:

@@ -40,6 +40,7 @@ from inferd.backends.stub_channel import (
     ChannelClosed,
     Op,
     PackedTensors,
+    UnreadableMessage,
     pack_tensors,
     unpack_tensors,
 )
@@ -390,7 +391,11 @@ def serve(channel: Channel, direct: Channel) -> None:
     def read() -> None:
         try:
             while True:
-                op, *args = channel.receive()
+                try:
+                    op, *args = channel.receive()
+                except UnreadableMessage:
+                    logging.getLogger(__name__).exception("a message from the server was lost")
+                    continue
                 if op == Op.REPLY:
                     channel.resolve(*args)
                 elif op == Op.STREAM_ANSWER and calls is not None:

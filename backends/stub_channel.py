@@ -63,6 +63,11 @@ class ChannelClosed(ConnectionError):
     """The other end is gone (it exited, or closed the socket)."""
 
 
+class UnreadableMessage(Exception):
+    """A whole message came in, but it does not unpickle here (a class only the other end
+    can import); the channel reads on."""
+
+
 class Channel:
     """One end of the wire, with the calls it made that wait for their reply.
 
@@ -115,9 +120,11 @@ class Channel:
             sizes = [_SIZE.unpack(self._read(_SIZE.size))[0] for _ in range(count)]
             data = self._read(length)
             buffers = [self._read_into(bytearray(size)) for size in sizes]
-            message: tuple[Any, ...] = pickle.loads(data, buffers=buffers)
         except (OSError, EOFError, ValueError) as exc:
             raise ChannelClosed(str(exc) or "the other end closed the channel") from None
+        message = _loads(data, buffers)
+        if isinstance(message, Exception):  # the whole frame is read: the channel reads on
+            raise UnreadableMessage(f"{type(message).__name__}: {message}") from message
         return message
 
     def _read(self, size: int) -> bytes:

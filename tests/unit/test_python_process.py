@@ -32,7 +32,13 @@ from tritonclient.utils import InferenceServerException
 from inferd.backends.base import BackendSettings, Device, InstanceRequest
 from inferd.backends.python import PythonBackend, PythonInstance
 from inferd.backends.python_process import ISOLATION_PARAMETER, STUB_MODULE, StubInstance
-from inferd.backends.stub_channel import Channel, FrameReader, pack_tensors, unpack_tensors
+from inferd.backends.stub_channel import (
+    Channel,
+    FrameReader,
+    UnreadableMessage,
+    pack_tensors,
+    unpack_tensors,
+)
 from inferd.server.errors import ErrorCode, InferdError
 from tests.conftest import TEST_SETTINGS, start_server
 from tests.integration.test_cli import spawn_inferd, wait_ready
@@ -855,6 +861,23 @@ def test_tensors_cross_packed_as_their_bytes_and_come_back_equal_and_writable() 
         assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
         assert np.array_equal(got[name], array), name
         assert got[name].flags.writeable, name
+
+
+def test_a_message_that_does_not_unpickle_here_is_skipped_and_the_channel_reads_on() -> None:
+    """The blocking reader (the server's reader thread of a stub's channel, the stub's own):
+    it used to end on such a message, and then nobody read that channel any more."""
+    ours, theirs = socket.socketpair()
+    unreadable = b"cno_such_module\nThing\n."
+    readable = pickle.dumps(("log", "x", 20, "after"), protocol=5)
+    theirs.sendall(b"".join(struct.pack("<QI", len(p), 0) + p for p in (unreadable, readable)))
+    channel = Channel(ours)
+    try:
+        with pytest.raises(UnreadableMessage, match="ModuleNotFoundError"):
+            channel.receive()
+        assert channel.receive() == ("log", "x", 20, "after")
+    finally:
+        channel.close()
+        theirs.close()
 
 
 def test_a_frame_that_does_not_unpickle_here_gives_why_in_its_place() -> None:
