@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -397,8 +397,13 @@ class Stub:
         if ended:  # it exited: _died() detaches, which fails what it left unanswered
             self._stop_reading()
         for answer in answers:
-            if _is_call(answer):
-                self._serve_direct_call(*answer[1:])
+            if _is_call(answer):  # a BLS call of the running batch (DirectCalls)
+                _, call_id, method, args = answer
+                if method == "infer" and self._calls is not None:
+                    self._serve_infer(self._direct, call_id, args)
+                else:
+                    error = internal(f"a model cannot call '{method}' here")
+                    self._answer_now(self._direct, call_id, error)
                 continue
             ok, value, sent = self._readable_answer(answer)
             with self._read_more:
@@ -512,9 +517,8 @@ class Stub:
             message = self._direct.receive()
             while _is_call(message):  # a BLS call of the batch: answered from a thread
                 _, call_id, method, args = message
-                self._model_call_pool().submit(
-                    self._answer, call_id, partial(self._call, method, args), self._direct
-                )
+                call = partial(self._call, method, args)
+                self._model_call_pool().submit(self._answer, self._direct, call_id, call)
                 message = self._direct.receive()
             ok, value, sent = message
         except ChannelClosed:
@@ -664,42 +668,38 @@ class Stub:
                 sink = self._sinks.get(args[0])
             self._channel.reply(call_id, True, sink is not None and sink.cancelled)
         elif method == "metrics":
-            self._answer(call_id, lambda: self._metrics.serve(*args))
+            self._answer(self._channel, call_id, lambda: self._metrics.serve(*args))
         elif method == "send":  # a sink that holds sends back: waits off the reader thread
-            self._model_call_pool().submit(self._answer, call_id, lambda: self._send(*args))
+            send = partial(self._send, *args)
+            self._model_call_pool().submit(self._answer, self._channel, call_id, send)
         elif method == "infer" and self._calls is not None and self._loop is not None:
             # On the loop, answered from there: no model-call thread waits for the answer (a
             # thread hop each way, about a fifth of a small BLS call's cost).
-            answer = partial(self._answer_now, call_id, channel=self._channel)
             try:
-                self._loop.call_soon_threadsafe(
-                    self._calls.infer_now, self._traced(args[0]), answer
-                )
+                self._loop.call_soon_threadsafe(self._serve_infer, self._channel, call_id, args)
             except RuntimeError:  # the loop has closed
-                self._reply(call_id, False, _STOPPING)
+                self._reply(self._channel, call_id, False, _STOPPING)
         elif method in _MODEL_CALLS and self._calls is not None:
             # infer before the loop reads answers (initialize())
-            self._model_call_pool().submit(self._answer, call_id, partial(self._call, method, args))
+            call = partial(self._call, method, args)
+            self._model_call_pool().submit(self._answer, self._channel, call_id, call)
         else:
             self._channel.reply(call_id, False, internal(f"a model cannot call '{method}' here"))
 
-    def _serve_direct_call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
-        """On the loop: a BLS call the stub sent on the direct channel (from the thread that
-        runs its batch, which reads the answer there itself), run and answered from here."""
-        assert self._loop is not None
-        if method != "infer" or self._calls is None:
-            self._answer_now(call_id, internal(f"a model cannot call '{method}' here"))
-            return
-        self._calls.infer_now(self._traced(args[0]), partial(self._answer_now, call_id))
+    def _serve_infer(self, channel: Channel, call_id: int, args: tuple[Any, ...]) -> None:
+        """On the loop: a BLS call (from the channel, or from the direct one, where the thread
+        that runs the stub's batch reads the answer itself), submitted from here and answered
+        as the called model resolves it, on the channel it came on."""
+        assert self._calls is not None
+        self._calls.infer_now(self._traced(args[0]), partial(self._answer_now, channel, call_id))
 
-    def _answer_now(self, call_id: int, outcome: Any, channel: Channel | None = None) -> None:
-        """On the loop: a BLS call's answer, back on the channel it came on (the direct one
-        unless said)."""
+    def _answer_now(self, channel: Channel, call_id: int, outcome: Any) -> None:
         if isinstance(outcome, BaseException):
-            ok, value = False, _STOPPING if _cancelled(outcome) else _call_error(outcome)
+            stopped = isinstance(outcome, asyncio.CancelledError)  # the server is stopping
+            ok, value = False, _STOPPING if stopped else _call_error(outcome)
         else:
             ok, value = True, outcome
-        self._send_answer(call_id, ok, value, channel or self._direct)
+        self._send_answer(channel, call_id, ok, value)
 
     def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         """A model call, from a model-call thread."""
@@ -709,28 +709,28 @@ class Stub:
             args = (self._traced(args[0]),)
         return getattr(self._calls, method)(*args)
 
-    def _answer(self, call_id: int, run: Any, channel: Channel | None = None) -> None:
+    def _answer(self, channel: Channel, call_id: int, run: Any) -> None:
         try:
             value = run()
         except Exception as exc:
             ok, value = False, _call_error(exc)
         else:
             ok = True
-        self._reply(call_id, ok, value, channel)
+        self._reply(channel, call_id, ok, value)
 
-    def _send_answer(self, call_id: int, ok: bool, value: Any, channel: Channel) -> None:
+    def _send_answer(self, channel: Channel, call_id: int, ok: bool, value: Any) -> None:
         """An answer sent from here (the loop) when it is small, else from a model-call
-        thread (a big one may wait for the stub to read it), on the channel the call came on."""
+        thread (a big one may wait for the stub to read it)."""
         try:
             if channel.send_small(_EARLY_FRAME_BYTES, Op.REPLY, call_id, ok, value):
                 return
         except ChannelClosed:
             return
-        self._model_call_pool().submit(self._reply, call_id, ok, value, channel)
+        self._model_call_pool().submit(self._reply, channel, call_id, ok, value)
 
-    def _reply(self, call_id: int, ok: bool, value: Any, channel: Channel | None = None) -> None:
+    def _reply(self, channel: Channel, call_id: int, ok: bool, value: Any) -> None:
         try:
-            (channel or self._channel).reply(call_id, ok, value)
+            channel.reply(call_id, ok, value)
         except ChannelClosed:
             return
 
@@ -805,10 +805,6 @@ class Stub:
 def _is_call(message: object) -> TypeGuard[tuple[Any, ...]]:
     """A model call on the direct channel, beside the batches' answers ((ok, ...) tuples)."""
     return type(message) is tuple and message[0] == Op.CALL
-
-
-def _cancelled(exc: BaseException) -> bool:
-    return isinstance(exc, CancelledError | asyncio.CancelledError)
 
 
 def _unpacked_outcomes(outcomes: list[Any]) -> list[RequestOutcome]:
