@@ -96,7 +96,7 @@ class GenerateEndpoints:
     ) -> Response:
         """The answers as Server-Sent Events, each written by `event`, as they come. The
         first event decides the status; a final flag alone sends nothing."""
-        events = answers.__aiter__()
+        events = answers  # read on below where this loop stops
         status = 200
         first: list[bytes] = []
         async for item, final in events:
