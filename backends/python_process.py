@@ -59,6 +59,7 @@ from inferd.backends.stub_channel import (
     Channel,
     ChannelClosed,
     FrameReader,
+    Message,
     Op,
     UnreadableMessage,
     pack_tensors,
@@ -398,6 +399,9 @@ class Stub:
             self._stop_reading()
         for answer in answers:
             if _is_call(answer):  # a BLS call of the running batch (DirectCalls)
+                if isinstance(answer, UnreadableMessage):
+                    self._unreadable(self._direct, answer)
+                    continue
                 _, call_id, method, args = answer
                 if method == "infer" and self._calls is not None:
                     self._serve_infer(self._direct, call_id, args)
@@ -412,14 +416,13 @@ class Stub:
                     continue
             self._give(ok, value, sent)
 
-    def _readable_answer(self, answer: tuple[Any, ...] | Exception) -> tuple[Any, ...]:
+    def _readable_answer(self, answer: Message) -> tuple[Any, ...]:
         """(ok, value, channel messages counted) of an answer, or of one that did not unpickle
         here: its batch fails, saying why, and waits for no channel message."""
-        if not isinstance(answer, Exception):
+        if not isinstance(answer, UnreadableMessage):
             return answer
         error = internal(
-            f"model instance '{self._name}': its answer cannot be read in the server: "
-            f"{type(answer).__name__}: {answer}"
+            f"model instance '{self._name}': its answer cannot be read in the server: {answer}"
         )
         return False, error, self._given
 
@@ -514,13 +517,16 @@ class Stub:
         try:
             if handover.lost:
                 raise ChannelClosed
-            message = self._direct.receive()
+            message = self._receive_direct()
             while _is_call(message):  # a BLS call of the batch: answered from a thread
-                _, call_id, method, args = message
-                call = partial(self._call, method, args)
-                self._model_call_pool().submit(self._answer, self._direct, call_id, call)
-                message = self._direct.receive()
-            ok, value, sent = message
+                if isinstance(message, UnreadableMessage):
+                    self._unreadable(self._direct, message)
+                else:
+                    _, call_id, method, args = message
+                    call = partial(self._call, method, args)
+                    self._model_call_pool().submit(self._answer, self._direct, call_id, call)
+                message = self._receive_direct()
+            ok, value, sent = self._readable_answer(message)
         except ChannelClosed:
             self.alive = False
             self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
@@ -553,11 +559,19 @@ class Stub:
             self._traces.pop(handle, None)
         return self._sinks.pop(sink_id, None)
 
+    def _receive_direct(self) -> Message:
+        try:
+            return self._direct.receive()
+        except UnreadableMessage as unreadable:
+            return unreadable
+
     def _ask(self, op: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:
         """Send a direct message and read its answer; ChannelClosed when the stub is gone."""
         try:
             self._direct.send(op, *args)
             return self._direct.receive(timeout)
+        except UnreadableMessage as unreadable:
+            return self._readable_answer(unreadable)
         except ChannelClosed:
             self.alive = False
             self._reader.join(_EXIT_TIMEOUT_S)  # its end is handled (_died) before we go on
@@ -603,9 +617,7 @@ class Stub:
                 except ChannelClosed:
                     raise
                 except UnreadableMessage as exc:  # counted all the same: the stub sent it
-                    log.error(
-                        "model instance '%s': a stub message cannot be read: %s", self._name, exc
-                    )
+                    self._unreadable(self._channel, exc)
                 except Exception:  # a bug here must not end the instance's reader
                     log.exception("model instance '%s': a stub message failed", self._name)
                 with self._read_more:
@@ -654,6 +666,24 @@ class Stub:
                 self._started.set_exception(error)
         else:
             log.error("model instance '%s': unknown stub message '%s'", self._name, op)
+
+    def _unreadable(self, channel: Channel, message: UnreadableMessage) -> None:
+        """A stub message that does not unpickle here: a call, a streamed call or a response
+        among them is answered (or ended) with why; anything else is only logged."""
+        op, key = message.head or (None, None)
+        error = invalid(
+            f"model instance '{self._name}': what the model sent cannot be read in the "
+            f"server: {message}"
+        )
+        if op == Op.CALL:
+            self._reply(channel, key, False, error)
+        elif op == Op.STREAM:
+            with contextlib.suppress(ChannelClosed):
+                channel.send(Op.STREAM_ANSWER, key, error, True)
+        elif op == Op.SEND:
+            self._send(key, error, True)
+        else:
+            log.error("model instance '%s': a stub message cannot be read: %s", self._name, message)
 
     def _send(self, sink_id: int, item: Any, final: bool) -> bool:
         if isinstance(item, dict):
@@ -802,9 +832,11 @@ class Stub:
             self._on_loop(self._detach)
 
 
-def _is_call(message: object) -> TypeGuard[tuple[Any, ...]]:
-    """A model call on the direct channel, beside the batches' answers ((ok, ...) tuples)."""
-    return type(message) is tuple and message[0] == Op.CALL
+def _is_call(message: object) -> TypeGuard[tuple[Any, ...] | UnreadableMessage]:
+    """A model call on the direct channel, beside the batches' answers ((ok, ...) tuples),
+    or one that does not unpickle here."""
+    head = message.head if isinstance(message, UnreadableMessage) else message
+    return type(head) is tuple and len(head) > 0 and head[0] == Op.CALL
 
 
 def _unpacked_outcomes(outcomes: list[Any]) -> list[RequestOutcome]:

@@ -38,6 +38,7 @@ from inferd.backends.python_metrics import CustomMetrics, Family, MetricKind, Se
 from inferd.backends.stub_channel import (
     Channel,
     ChannelClosed,
+    Message,
     Op,
     PackedTensors,
     UnreadableMessage,
@@ -185,7 +186,7 @@ class DirectCalls:
     def __init__(self, direct: Channel) -> None:
         self._direct = direct
         self._thread = threading.get_ident()
-        self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.pending: collections.deque[Message] = collections.deque()
         self.running = False  # a batch runs: the server reads its calls as they come
 
     def usable(self, request: InferRequest) -> bool:
@@ -201,8 +202,10 @@ class DirectCalls:
         call_id = self._direct.new_id()
         self._direct.send(Op.CALL, call_id, "infer", (request,))
         while True:
-            message = self._direct.receive()
-            if message[0] != Op.REPLY:
+            message = self._receive()
+            if isinstance(message, UnreadableMessage) and message.head == (Op.REPLY, call_id):
+                raise internal(f"the answer of a model call cannot be read here: {message}")
+            if isinstance(message, UnreadableMessage) or message[0] != Op.REPLY:
                 self.pending.append(message)  # a batch sent early: run after this one
             elif message[1] == call_id:
                 _, _, ok, value = message
@@ -210,9 +213,15 @@ class DirectCalls:
                     return cast(InferResponse, value)
                 raise value
 
-    def next(self) -> tuple[Any, ...]:
+    def next(self) -> Message:
         """The server's next direct message."""
-        return self.pending.popleft() if self.pending else self._direct.receive()
+        return self.pending.popleft() if self.pending else self._receive()
+
+    def _receive(self) -> Message:
+        try:
+            return self._direct.receive()
+        except UnreadableMessage as unreadable:
+            return unreadable
 
 
 def _plain(array: np.ndarray) -> bool:
@@ -393,8 +402,17 @@ def serve(channel: Channel, direct: Channel) -> None:
             while True:
                 try:
                     op, *args = channel.receive()
-                except UnreadableMessage:
-                    logging.getLogger(__name__).exception("a message from the server was lost")
+                except UnreadableMessage as unreadable:  # a call's answer still ends its wait
+                    op, key = unreadable.head or (None, None)
+                    error = internal(f"the server's answer cannot be read here: {unreadable}")
+                    if op == Op.REPLY:
+                        channel.resolve(key, False, error)
+                    elif op == Op.STREAM_ANSWER and calls is not None:
+                        calls.answer(key, error, True)
+                    else:
+                        logging.getLogger(__name__).error(
+                            "a server message is lost: %s", unreadable
+                        )
                     continue
                 if op == Op.REPLY:
                     channel.resolve(*args)
@@ -411,7 +429,12 @@ def serve(channel: Channel, direct: Channel) -> None:
         return
     channel.send(Op.INIT_DONE, True, None)
     while True:
-        op, *args = direct_calls.next()
+        message = direct_calls.next()
+        if isinstance(message, UnreadableMessage):  # a batch: it fails, saying why
+            error = internal(f"a batch cannot be read in the model's process: {message}")
+            direct.send(False, error, channel.sent)
+            continue
+        op, *args = message
         ok, value = True, cast(Any, None)
         try:
             if op == Op.EXECUTE:

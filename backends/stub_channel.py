@@ -65,7 +65,12 @@ class ChannelClosed(ConnectionError):
 
 class UnreadableMessage(Exception):
     """A whole message came in, but it does not unpickle here (a class only the other end
-    can import); the channel reads on."""
+    can import); the channel reads on. `head` is its op and id when those could be read all
+    the same (a call, whose caller still waits for an answer), else empty."""
+
+    def __init__(self, why: str, head: tuple[Any, ...] = ()) -> None:
+        super().__init__(why)
+        self.head = head
 
 
 class Channel:
@@ -123,8 +128,8 @@ class Channel:
         except (OSError, EOFError, ValueError) as exc:
             raise ChannelClosed(str(exc) or "the other end closed the channel") from None
         message = _loads(data, buffers)
-        if isinstance(message, Exception):  # the whole frame is read: the channel reads on
-            raise UnreadableMessage(f"{type(message).__name__}: {message}") from message
+        if isinstance(message, UnreadableMessage):  # the whole frame is read: read on
+            raise message
         return message
 
     def _read(self, size: int) -> bytes:
@@ -220,7 +225,7 @@ class Channel:
         self._socket.close()
 
 
-Message = tuple[Any, ...] | Exception  # what FrameReader gives for each frame
+Message = tuple[Any, ...] | UnreadableMessage  # what FrameReader gives for each frame
 
 
 class FrameReader:
@@ -307,8 +312,51 @@ def _loads(data: bytes | bytearray | memoryview, buffers: list[bytearray] | None
     try:
         message: tuple[Any, ...] = pickle.loads(data, buffers=buffers)
     except Exception as exc:
-        return exc
+        return _unreadable(data, buffers, exc)
     return message
+
+
+def _unreadable(
+    data: bytes | bytearray | memoryview, buffers: list[bytearray] | None, error: Exception
+) -> UnreadableMessage:
+    """Why a message does not unpickle, and its head, read again with stand-ins for the
+    classes that do not import here."""
+    why = f"{type(error).__name__}: {error}"
+    unpickler = _WithStandIns(io.BytesIO(data), buffers=buffers)
+    try:
+        message = unpickler.load()
+    except Exception:
+        message = None
+    if unpickler.missing:
+        why = f"it holds a {unpickler.missing[0]}, which does not import here ({why})"
+    head = tuple(message[:2]) if type(message) is tuple else ()
+    return UnreadableMessage(why, head)
+
+
+class _StandIn:
+    """In place of an object whose class does not import."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _WithStandIns(pickle.Unpickler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.missing: list[str] = []  # the classes stood in for
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            self.missing.append(f"{module}.{name}")
+            return _StandIn
 
 
 def _frame(message: tuple[Any, ...]) -> tuple[bytes, list[memoryview]]:

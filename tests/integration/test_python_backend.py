@@ -435,6 +435,51 @@ def test_bls_calls_of_a_stub_answer_each_request_its_own(
         list(pool.map(relay, range(32)))
 
 
+# A BLS call whose input holds an object of a class only this model's module defines.
+UNREADABLE_CALL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class OnlyHere:
+    pass
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            odd = pb_utils.Tensor("TEXT", np.array([[OnlyHere()]], dtype=np.object_))
+            answer = pb_utils.InferenceRequest(
+                model_name="reverse", requested_output_names=["REVERSED"], inputs=[odd]
+            ).exec()
+            note = answer.error().message() if answer.has_error() else "answered"
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor("REVERSED", np.array([[note.encode()]], dtype=np.object_))]
+            ))
+        return responses
+"""
+
+
+@pytest.mark.parametrize("rate_limit", ["off", "execution_count"])
+def test_a_bls_call_the_server_cannot_read_fails_and_the_model_serves_on(
+    tmp_path: Path, server_factory: Callable[..., RunningServer], rate_limit: str
+) -> None:
+    """In a stub process, a BLS call whose tensors hold an object of a class only the model
+    defines cannot be read in the server: it fails, saying why (it used to wait forever)."""
+    write_python_model(tmp_path, "reverse", REVERSE, REVERSE_CONFIG)
+    write_python_model(tmp_path, "unreadable_call", UNREADABLE_CALL, REVERSE_CONFIG)
+    server = server_factory(
+        model_repositories=(tmp_path,),
+        python_isolation="process",
+        rate_limit=parse_rate_limit(rate_limit, []),
+    )
+    text = np.array([[b"abc"]], dtype=np.object_)
+    for _ in range(2):  # and the instance serves on
+        [[note]] = infer(server, "http", "unreadable_call", {"TEXT": text})["REVERSED"]
+        assert b"cannot be read in the server" in note and b"OnlyHere" in note, note
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_execute_awaits_concurrent_bls_calls(server: RunningServer, protocol: str) -> None:
     a = np.array([1, 2, 3, 4], np.float32)

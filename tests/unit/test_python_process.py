@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +54,7 @@ PROCESS = BackendSettings(python_isolation="process")
 PID = """
 import os
 import time
+import types
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -186,6 +188,7 @@ def test_a_crash_fails_the_batch_in_tritons_words_and_the_next_batch_restarts_th
 GATED_ECHO = """
 import os
 import time
+import types
 
 import triton_python_backend_utils as pb_utils
 
@@ -545,6 +548,7 @@ BARRIER = """
 import os
 import pathlib
 import time
+import types
 
 
 class TritonPythonModel:
@@ -887,5 +891,42 @@ def test_a_frame_that_does_not_unpickle_here_gives_why_in_its_place() -> None:
     readable = pickle.dumps((True, [], 0), protocol=5)
     data = b"".join(struct.pack("<QI", len(p), 0) + p for p in (unreadable, readable))
     first, second = FrameReader().feed(data)
-    assert isinstance(first, ModuleNotFoundError)
+    assert isinstance(first, UnreadableMessage)
+    assert "no_such_module.Thing" in str(first) and "ModuleNotFoundError" in str(first)
     assert second == (True, [], 0)
+
+
+class _OnlyThere:
+    """A class of a module only the other end has (see _pickled_there)."""
+
+    def __init__(self) -> None:
+        self.state = [1, 2]
+
+
+def _pickled_there(message: tuple[object, ...], monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """`message` pickled where _OnlyThere's module imports; it does not here."""
+    there = types.ModuleType("only_there")
+    monkeypatch.setattr(_OnlyThere, "__module__", "only_there")
+    monkeypatch.setattr(there, "_OnlyThere", _OnlyThere, raising=False)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "only_there", there)
+        return pickle.dumps(message, protocol=5)
+
+
+def test_a_call_that_does_not_unpickle_here_still_names_its_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever reads it can answer the call, saying why (its caller waited forever before)."""
+    data = _pickled_there(("call", 7, "infer", ({"x": _OnlyThere()},)), monkeypatch)
+    ours, theirs = socket.socketpair()
+    theirs.sendall(struct.pack("<QI", len(data), 0) + data)
+    channel = Channel(ours)
+    try:
+        with pytest.raises(UnreadableMessage, match=r"only_there\._OnlyThere") as error:
+            channel.receive()
+    finally:
+        channel.close()
+        theirs.close()
+    assert error.value.head == ("call", 7)
+    [unreadable] = FrameReader().feed(struct.pack("<QI", len(data), 0) + data)
+    assert isinstance(unreadable, UnreadableMessage) and unreadable.head == ("call", 7)
