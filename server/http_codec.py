@@ -8,6 +8,7 @@ elements are a 4-byte little-endian length followed by the raw bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -502,19 +503,22 @@ def _raw_numeric_shape(
 
 
 def encode_infer_response(
-    response: InferResponse, encoding: OutputEncoding
+    response: InferResponse, encoding: OutputEncoding, headers: Mapping[str, str] | None = None
 ) -> tuple[bytes, int | None]:
     """Returns (body, json_header_length).
 
     json_header_length is None when every output is JSON (then body is pure JSON), else the
-    length of the JSON header that precedes the binary chunks.
+    length of the JSON header that precedes the binary chunks. `headers` go in the
+    parameters (an MLServer stream's events, which carry no HTTP headers of their own).
     """
     header: dict[str, Any] = {}
     if response.id:
         header["id"] = response.id
     header["model_name"] = response.model_name
     header["model_version"] = response.model_version
-    if response.parameters:
+    if headers:
+        header["parameters"] = {**response.parameters, "headers": headers}
+    elif response.parameters:
         header["parameters"] = response.parameters
     entries: list[dict[str, Any]] = []
     chunks: list[memoryview] = []

@@ -304,13 +304,19 @@ def _event(item: InferResponse | InferdError) -> bytes:
     return _sse(orjson.dumps(content))
 
 
-def v2_event(item: InferResponse | InferdError) -> bytes:
+def v2_event(
+    item: InferResponse | InferdError,
+    headers: Callable[[InferResponse], Mapping[str, str]] | None = None,
+) -> bytes:
     """An event of MLServer's infer_stream: a v2 JSON response (outputs as JSON data), or the
-    error."""
+    error. `headers` gives a response's headers, which go in its parameters, as MLServer's
+    events carry them."""
     if isinstance(item, InferdError):
         return _sse(encode_error(item.message))
     try:
-        content, _ = encode_infer_response(item, OutputEncoding())
+        content, _ = encode_infer_response(
+            item, OutputEncoding(), None if headers is None else headers(item)
+        )
     except InferdError as error:  # BYTES that are not text: JSON cannot carry them
         return _sse(encode_error(error.message))
     return _sse(content)

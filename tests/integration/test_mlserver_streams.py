@@ -164,6 +164,12 @@ def test_each_response_of_predict_stream_is_an_event(server: RunningServer) -> N
         answers = events(body)
         assert [a["outputs"][0]["data"] for a in answers] == [["a"], ["b"], ["c"]]
         assert [a["parameters"]["index"] for a in answers] == [0, 1, 2]
+        # The answer's CloudEvents headers, in each event, as MLServer sends them there.
+        for answer in answers:
+            headers = answer["parameters"]["headers"]
+            assert headers["Ce-Type"] == "io.seldon.serving.inference.response", headers
+            assert headers["Ce-Id"] == headers["Ce-Requestid"] == "w1", headers
+            assert headers["Ce-Modelid"] == "words", headers
         assert all(a["outputs"][0]["parameters"] == {"content_type": "str"} for a in answers)
         assert {(a["id"], a["model_name"]) for a in answers} == {("w1", "words")}
     # The single-answer routes still call predict().
@@ -288,6 +294,11 @@ def test_the_requests_headers_reach_the_model_and_its_answers_headers_the_client
         f"http://{server.http_url}/v2/models/seen/infer", json={**body, "id": "r-9"}, timeout=10
     )
     assert given.json()["id"] == given.headers["ce-id"] == "r-9"
+    # A stream's events carry the model's headers and the CloudEvents ones in themselves.
+    _, _, streamed = post(server, "/v2/models/seen/infer_stream", {**body, "id": "s-1"})
+    [event] = events(streamed)
+    assert event["parameters"]["headers"]["X-Answered-By"] == "seen"
+    assert event["parameters"]["headers"]["Ce-Id"] == "s-1"
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         text = grpcclient.InferInput("text", [1], "BYTES")
