@@ -28,7 +28,13 @@ from inferd.backends.cuda import CudaRuntime
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.staging import IoStaging
-from inferd.backends.trt_engine import EngineIo, describe, load_engine, load_tensorrt
+from inferd.backends.trt_engine import (
+    EngineIo,
+    describe,
+    load_engine,
+    load_tensorrt,
+    output_allocator,
+)
 from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import internal, invalid, unsupported
 
@@ -110,6 +116,11 @@ class TensorRtInstance(ModelInstance):
         )
         self._dtypes = {s.name: s.checked_datatype(plan_file).numpy for s in self._io.outputs}
         self._wanted = [t.name for t in config.outputs]
+        # Outputs whose shape only the batch's data decides get their memory from this once
+        # TensorRT knows the size; made and set for such an output the first time it is seen.
+        self._trt = trt
+        self._allocator: Any = None
+        self._data_dependent: set[str] = set()
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._cuda.use_device(self._device)  # the instance thread's current device
@@ -135,7 +146,7 @@ class TensorRtInstance(ModelInstance):
             if not context.execute_async_v3(stream.ptr):
                 raise internal("TensorRT failed to enqueue the batch (see the server log)")
             for name in self._wanted:
-                ptr, shape = bound[name]
+                ptr, shape = bound[name] if name in bound else self._allocated(name)
                 self._staging.download(name, ptr, shape, self._dtypes[name])
         restore_item_dims(outputs, self._scalar)
         return outputs
@@ -145,13 +156,36 @@ class TensorRtInstance(ModelInstance):
         self._context = None
 
     def _bind_outputs(self) -> dict[str, tuple[int, tuple[int, ...]]]:
-        """Every output needs an address, wanted or not; shapes follow from the input shapes."""
+        """Every output needs an address, wanted or not; shapes follow from the input shapes,
+        except those the data decides (-1 still): the allocator places those."""
         bound: dict[str, tuple[int, tuple[int, ...]]] = {}
+        if self._allocator is not None:
+            self._allocator.clear()
         for name, dtype in self._dtypes.items():
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise unsupported(f"TensorRT output '{name}' has a data-dependent shape {shape}")
+                self._allocate_on_demand(name)
+                # The address TensorRT hands the allocator as the current memory.
+                self._context.set_tensor_address(name, self._staging.reserve(name, 0))
+                continue
             ptr = self._staging.reserve(name, prod(shape) * dtype.itemsize)
             self._context.set_tensor_address(name, ptr)
             bound[name] = (ptr, shape)
         return bound
+
+    def _allocate_on_demand(self, name: str) -> None:
+        if name in self._data_dependent:
+            return
+        if self._allocator is None:
+            self._allocator = output_allocator(self._trt, self._staging.reserve)
+        if not self._context.set_output_allocator(name, self._allocator):
+            raise unsupported(f"TensorRT refused an output allocator for '{name}'")
+        self._data_dependent.add(name)
+
+    def _allocated(self, name: str) -> tuple[int, tuple[int, ...]]:
+        """Where a data-dependent output is, and its shape, as TensorRT told the allocator."""
+        shape = self._allocator.shapes.get(name)
+        if shape is None or any(d < 0 for d in shape):
+            raise internal(f"TensorRT did not report the shape of output '{name}' ({shape})")
+        ptr = self._allocator.addresses.get(name)
+        return (self._staging.reserve(name, 0) if ptr is None else ptr), shape

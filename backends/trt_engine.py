@@ -10,7 +10,7 @@ building engines, which inferd does not do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,44 @@ def _profile(engine: Any, index: int, inputs: list[TensorSpec]) -> Profile:
         else:
             low[spec.name] = high[spec.name] = spec.shape
     return Profile(index, low, high)
+
+
+def output_allocator(trt: Any, reserve: Callable[[str, int], int]) -> Any:
+    """A TensorRT IOutputAllocator for outputs whose shape the batch's data decides (NonZero,
+    NMS): TensorRT asks it for device memory once it knows how much (`reserve(name, bytes)`,
+    the instance's staging buffers, kept across batches) and then tells it the shape. What
+    it gave and was told is in `addresses` and `shapes`, per batch (`clear()` before one)."""
+
+    class StagingAllocator(trt.IOutputAllocator):  # type: ignore[misc]  # untyped framework class
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.addresses: dict[str, int] = {}
+            self.shapes: dict[str, Shape] = {}
+
+        def clear(self) -> None:
+            self.addresses.clear()
+            self.shapes.clear()
+
+        def reallocate_output(
+            self, tensor_name: str, memory: Any, size: int, alignment: int
+        ) -> Any:
+            try:
+                address = reserve(tensor_name, int(size))
+            except Exception:  # TensorRT fails the enqueue on None: the batch fails, not this
+                log.exception("no device memory for TensorRT output '%s'", tensor_name)
+                return None
+            self.addresses[tensor_name] = address
+            return address
+
+        def reallocate_output_async(
+            self, tensor_name: str, memory: Any, size: int, alignment: int, stream: Any
+        ) -> Any:
+            return self.reallocate_output(tensor_name, memory, size, alignment)
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            self.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+    return StagingAllocator()
 
 
 def _logger(trt: Any) -> Any:

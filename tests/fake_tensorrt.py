@@ -5,7 +5,10 @@ A "plan" is JSON made by `make_plan`: the engine's I/O tensors (name, mode, dtyp
 -1 for dynamic dims), its optimization profiles (min/opt/max per dynamic input), and for each
 output the input it is computed from and a scale. `execute_async_v3` reads the inputs from the
 addresses it was given (host memory, under the fake cupy), computes, and writes the outputs,
-checking what real TensorRT checks: shapes within the active profile, every address set.
+checking what real TensorRT checks: shapes within the active profile, every address set. An
+output marked `data_dependent` holds its input's positive elements (scaled), a shape only the
+data decides: as real TensorRT, it asks the output's IOutputAllocator for memory of that size,
+then tells it the shape, and fails the enqueue when the output has none.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class ILogger:
 
     def log(self, severity: int, msg: str) -> None:
         raise NotImplementedError
+
+
+class IOutputAllocator:
+    def __init__(self) -> None:
+        pass
 
 
 class TensorIOMode(enum.Enum):
@@ -125,6 +133,7 @@ class ExecutionContext:
         self.profile_switches: list[int] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
+        self.allocators: dict[str, IOutputAllocator] = {}
         self.executions = 0
 
     def set_optimization_profile_async(self, index: int, stream: int) -> bool:
@@ -159,6 +168,13 @@ class ExecutionContext:
         self.addresses[name] = address
         return True
 
+    def set_output_allocator(self, name: str, allocator: IOutputAllocator) -> bool:
+        assert isinstance(allocator, IOutputAllocator)
+        if self.engine.get_tensor_mode(name) != TensorIOMode.OUTPUT:
+            return False
+        self.allocators[name] = allocator
+        return True
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         assert stream_handle != 0
         if set(self.addresses) != set(self.engine._names):
@@ -170,10 +186,23 @@ class ExecutionContext:
                     return False
                 inputs[name] = _view(self.addresses[name], self.shapes[name], tensor["dtype"])
         for name, tensor in self.engine._tensors.items():
-            if tensor["mode"] == "OUTPUT":
-                source = inputs[tensor["of"]]
-                out = _view(self.addresses[name], source.shape, tensor["dtype"])
-                out[...] = source * tensor.get("scale", 1)
+            if tensor["mode"] != "OUTPUT":
+                continue
+            source = inputs[tensor["of"]]
+            result = source * tensor.get("scale", 1)
+            address = self.addresses[name]
+            if tensor.get("data_dependent"):
+                result = result[source > 0]
+                allocator: Any = self.allocators.get(name)
+                if allocator is None:
+                    return False  # TensorRT: such an output needs an allocator
+                nbytes = result.size * np.dtype(_NUMPY[tensor["dtype"]]).itemsize
+                address = allocator.reallocate_output_async(name, address, nbytes, 256, 1)
+                if address is None:
+                    return False
+                allocator.notify_shape(name, list(result.shape))
+            out = _view(address, result.shape, tensor["dtype"])
+            out[...] = result
         self.executions += 1
         return True
 
@@ -195,7 +224,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Calls:
     module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # find_spec() reads it
     calls = Calls()
     monkeypatch.setattr(sys.modules[__name__], "CALLS", calls)
-    for name in ("ILogger", "Runtime", "TensorIOMode", "DataType"):
+    for name in ("ILogger", "IOutputAllocator", "Runtime", "TensorIOMode", "DataType"):
         setattr(module, name, globals()[name])
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     return calls

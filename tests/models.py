@@ -77,6 +77,18 @@ def conv_model(seed: int = 0) -> onnx.ModelProto:
     return finish(graph)
 
 
+def nonzero_model() -> onnx.ModelProto:
+    """FP32 "x" [4, 4] -> "indices" INT64 [2, n], where its elements are not zero (NonZero):
+    an output whose shape only the data decides."""
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["indices"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, [2, "n"])],
+    )
+    return finish(graph)
+
+
 def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -175,27 +175,35 @@ def test_shapes_outside_every_profile_fail_the_batch_only(fakes: Any, tmp_path: 
     np.testing.assert_array_equal(ok["z"], np.full((1, 4), 3.0))
 
 
-def test_data_dependent_output_shapes_are_refused(fakes: Any, tmp_path: Path) -> None:
+def test_data_dependent_output_shapes_get_memory_when_tensorrt_knows_their_size(
+    fakes: Any, tmp_path: Path
+) -> None:
+    """An output whose shape the data decides (NonZero, NMS): TensorRT asks the instance's
+    output allocator for memory once it knows the size and tells it the shape; the output
+    comes back in that shape, batch after batch, beside an ordinary one."""
     plan = make_plan(
         [
-            {"name": "x", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 4]},
-            {
-                "name": "y",
-                "mode": "OUTPUT",
-                "dtype": "FLOAT",
-                "shape": [-1, -1],
-                "of": "x",
-                "data_dependent": True,
-            },
-        ],
-        profiles=[{"x": [[1, 4], [2, 4], [4, 4]]}],
-    )
+            {"name": "x", "mode": "INPUT", "dtype": "FLOAT", "shape": [4]},
+            {"name": "kept", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1], "of": "x",
+             "scale": 10, "data_dependent": True},
+            {"name": "same", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [4], "of": "x"},
+        ]
+    )  # fmt: skip
     plan_file = write_plan(tmp_path, plan)
+    config = completed(plan_file)
+    assert [list(t.dims) for t in config.outputs] == [[-1], [4]]
     instance = TensorRtBackend.create_instance(
-        completed(plan_file), plan_file, Device("gpu", 0), BackendSettings()
+        config, plan_file, Device("gpu", 0), BackendSettings()
     )
-    with pytest.raises(InferdError, match="data-dependent shape"):
-        instance.execute({"x": np.ones((2, 4), np.float32)})
+    for x, kept in (
+        ([1, -2, 3, 0], [10, 30]),
+        ([-1, -1, -1, -1], []),
+        ([5, 6, 7, 8], [50, 60, 70, 80]),
+    ):
+        outputs = instance.execute({"x": np.array(x, np.float32)})
+        np.testing.assert_array_equal(outputs["kept"], np.array(kept, np.float32))
+        np.testing.assert_array_equal(outputs["same"], np.array(x, np.float32))
+    instance.close()
 
 
 def test_plans_run_only_on_gpus(fakes: Any, tmp_path: Path) -> None:
