@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from inferd.server.errors import internal
+
 Tensors = Mapping[str, np.ndarray]
 
 
@@ -36,9 +38,19 @@ def concat_inputs(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.
 def split_outputs(
     outputs: Mapping[str, np.ndarray], batch_sizes: Sequence[int]
 ) -> list[dict[str, np.ndarray]]:
-    """Views into the batch outputs, one dict per request, in batch order."""
+    """Views into the batch outputs, one dict per request, in batch order. An output with
+    fewer rows than the batch (one whose shape the data decides) fails the batch: cut, it
+    would answer requests with other requests' rows or none."""
     if len(batch_sizes) == 1:
         return [dict(outputs)]
+    rows = sum(batch_sizes)
+    for name, array in outputs.items():
+        if array.ndim == 0 or len(array) < rows:
+            given = "no batch dim" if array.ndim == 0 else f"{len(array)} rows"
+            raise internal(
+                f"output '{name}' has {given} for a batch of {rows} rows: its first dim must "
+                "be the batch's"
+            )
     result: list[dict[str, np.ndarray]] = []
     start = 0
     for size in batch_sizes:

@@ -107,6 +107,29 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
     await scheduler.close()
 
 
+class PositivesInstance(GatedInstance):
+    """Answers its input's positive elements: an output whose rows the data decides."""
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = super().execute(inputs)["y"] / 2
+        return {"y": x[x > 0]}
+
+
+async def test_an_output_with_fewer_rows_than_its_batch_fails_the_batch() -> None:
+    """Cut per request, it would answer one request with another's rows, or with none."""
+    instance = PositivesInstance(gated=True)
+    scheduler = make([instance], max_batch_size=8)
+    first = submit(scheduler, 1)  # alone in its batch: its answer is the whole output
+    await wait_entered(instance)
+    batched = [submit(scheduler, v) for v in (0, 3)]
+    instance.gate.set()
+    assert (await first)["y"].tolist() == [1]
+    for future in batched:
+        with pytest.raises(InferdError, match="output 'y' has 1 rows for a batch of 2 rows"):
+            await future
+    await scheduler.close()
+
+
 async def test_cancelled_requests_are_dropped_before_execution() -> None:
     instance = GatedInstance(gated=True)
     scheduler = make([instance], max_batch_size=8)
