@@ -219,8 +219,13 @@ class ModelInstance(ABC):
     """
 
     # True when execute() may also run on the event loop's thread (no thread-bound state such
-    # as a CUDA stream): batches that take less CPU than a thread hop then run there.
+    # as a CUDA stream): batches that take less CPU than a thread hop then run there. An
+    # instance may turn it off for good (a python model that called the server).
     runs_on_any_thread: bool = False
+    # True when a batch that computes little may still wait long (sleep, I/O: a python
+    # model's): one that runs on the loop's thread for longer than a few times the inline
+    # budget sends this instance's batches back to its thread for good.
+    inline_until_slow: bool = False
     # True when a batch goes to execute_requests() as its requests, each with its own tensors,
     # id and parameters, instead of to execute() concatenated (Triton's python backend hands
     # a model the request list). The worker picks the path once, at start; execute() still

@@ -59,7 +59,7 @@ from inferd.backends.python_module import (
 from inferd.backends.python_process import StubInstance, complete_in_stub, isolation
 from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
-from inferd.repository.scheduling import LATENCY_SLO_PARAMETER
+from inferd.repository.scheduling import INLINE_PARAMETER, LATENCY_SLO_PARAMETER
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid
 from inferd.server.types import DataType, ParamValue
 
@@ -150,10 +150,11 @@ def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> di
 
 
 class PythonInstance(ModelInstance):
-    """One TritonPythonModel object. Not `runs_on_any_thread`: model code may keep thread-bound
-    state and take any time, so it never runs on the event loop."""
+    """One TritonPythonModel object. Not `runs_on_any_thread` unless its config asks for it:
+    model code may keep thread-bound state and take any time."""
 
     takes_requests = True
+    inline_until_slow = True  # model code may sleep or wait for I/O at little CPU
 
     def __init__(
         self,
@@ -209,6 +210,16 @@ class PythonInstance(ModelInstance):
             unload_model_module(self._module)
             raise invalid(f"{model_file}: {step} failed: {describe(exc)}") from None
         self._model: Any = model
+        # Short batches may run on the event loop's thread only where the config asks for it
+        # (INLINE_PARAMETER): model code may keep per-thread state, wait, or make BLS calls,
+        # none of which the loop may do. Never an async or decoupled execute(): they run on
+        # a loop or send from threads of their own; nor, from its first call on, one that
+        # calls the server (it would wait for the loop it holds).
+        self.runs_on_any_thread = (
+            INLINE_PARAMETER in config.parameters
+            and not self._decoupled
+            and not inspect.iscoroutinefunction(model.execute)
+        )
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return execute_one(self, inputs)
@@ -244,11 +255,19 @@ class PythonInstance(ModelInstance):
     def _run_execute(self, batch: list[api.InferenceRequest], overlap: bool = False) -> Any:
         """execute()'s result. `async def execute()` (as Triton allows) runs to its end here,
         unless `overlap`: then its coroutine is returned, ready to run elsewhere."""
-        with self._model_context("execute"):
-            responses = self._model.execute(batch)
-            if inspect.isawaitable(responses) and not overlap:
-                responses = self._own_loop().run_until_complete(responses)
+        try:
+            with self._model_context("execute"):
+                responses = self._model.execute(batch)
+                if inspect.isawaitable(responses) and not overlap:
+                    responses = self._own_loop().run_until_complete(responses)
+        finally:
+            if self.runs_on_any_thread and self._calls_made("execute"):
+                self.runs_on_any_thread = False  # its batches stay on its thread from now on
         return responses
+
+    def _calls_made(self, method: str) -> bool:
+        bls = self._bls.get(method)
+        return bls is not None and bls.called
 
     @contextmanager
     def _model_context(self, method: str) -> Iterator[None]:

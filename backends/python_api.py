@@ -224,16 +224,18 @@ def _dlpack_call(call: Callable[[], _T]) -> _T:
         raise TritonModelException(str(exc)) from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BlsContext:
     """What a call to the server from model code needs: the way to the server, the calling
     model (which may not call itself: its instance would wait for itself) and the method that
     runs (`execute`, `initialize` or `finalize`): models may be called during execute() only,
-    loaded and unloaded during all three, as in Triton."""
+    loaded and unloaded during all three, as in Triton. `called`: the model has made a call
+    from this method (one that waits for the server: never from the event loop's thread)."""
 
     calls: ModelCalls
     model_name: str
     method: str = "execute"
+    called: bool = False
 
 
 # Set by the python backend around initialize(), execute() (and copied into its coroutines)
@@ -485,6 +487,7 @@ class InferenceRequest:
         context = BLS_CONTEXT.get(None)
         if context is None or context.method != "execute":  # Triton's words
             raise TritonModelException("BLS is only supported during the 'execute' function.")
+        context.called = True
         if self._model_name == context.model_name:
             raise TritonModelException(
                 f"model '{self._model_name}' cannot call itself: its instance would wait for itself"
@@ -686,6 +689,7 @@ def _server_context() -> BlsContext:
         raise TritonModelException(
             "the model loading API can only be used during initialize(), execute() or finalize()"
         )
+    context.called = True
     return context
 
 

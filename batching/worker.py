@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -21,6 +22,12 @@ from inferd.server.errors import internal
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
+
+# An instance that may wait (ModelInstance.inline_until_slow) stops running on the loop when
+# _SLOW_BATCHES of its last _JUDGED batches there took more than _SLOW times the inline budget.
+_SLOW = 4
+_SLOW_BATCHES = 3
+_JUDGED = 100
 
 
 class BatchItem(Protocol):
@@ -121,6 +128,7 @@ class Worker:
         self._ticket = ticket
         inline = instance.runs_on_any_thread and ticket is None
         self._inline_max_ns = inline_max_ns if inline else 0
+        self._inline_slow: deque[bool] = deque(maxlen=_JUDGED)  # inline_until_slow's record
         # Chosen once, so that batched instances pay nothing per batch for the other path.
         # Requests handed over one by one are never concatenated, so a layout does not apply.
         self._execute: Callable[[list[Any], Timings], BatchResult] = (
@@ -155,9 +163,29 @@ class Worker:
                 self._jobs.put(batch)
             return None
         if self._inline_max_ns and 0 < self.cpu(items) <= self._inline_max_ns:
-            return self._run_batch(batch)
+            if self.instance.runs_on_any_thread:  # an instance may take that back
+                ran = self._run_batch(batch)
+                if self.instance.inline_until_slow:
+                    self._judge_inline(ran[1])
+                return ran
+            self._inline_max_ns = 0
         self._jobs.put(batch)
         return None
+
+    def _judge_inline(self, timings: Timings) -> None:
+        """An instance whose batches may wait: it leaves the loop for good once several of
+        its last batches there held the loop too long (one alone may have been preempted)."""
+        self._inline_slow.append(timings.total_ns > _SLOW * self._inline_max_ns)
+        if sum(self._inline_slow) >= _SLOW_BATCHES:
+            log.warning(
+                "model instance %s: %d of its last %d batches on the event loop took more than "
+                "%.1f ms; its batches run on its own thread from now on",
+                self._thread.name,
+                _SLOW_BATCHES,
+                len(self._inline_slow),
+                _SLOW * self._inline_max_ns / 1e6,
+            )
+            self._inline_max_ns = 0
 
     def submit_next(self, batch: list[Any]) -> Ahead | Begun:
         """Queue `batch` behind the running one, on the instance thread: the thread starts it

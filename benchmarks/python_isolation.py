@@ -24,8 +24,10 @@ from pathlib import Path
 from inferd.benchmarks import compare, peers, perf_sweep, ports, report, servers
 from inferd.benchmarks.perf_sweep import Cell
 from inferd.benchmarks.procs import Probe
+from inferd.repository.scheduling import INLINE_PARAMETER
 
 MODEL = "spin"
+INLINE = "inferd-inline"
 # Triton's stub ignores PYTHONPATH: the model adds the site-packages the peer's numpy is in.
 SPIN = """
 import os
@@ -92,13 +94,22 @@ class TritonPythonModel:
 """
 
 
-def write_repository(root: Path, loop: int, instances: int, bls: bool = False) -> Path:
+def write_repository(
+    root: Path, loop: int, instances: int, bls: bool = False, inline_us: int = 0
+) -> Path:
+    """`inline_us`: the configs ask inferd to run batches measured that short on its event
+    loop (INLINE_PARAMETER; Triton ignores parameters it does not know)."""
     models = {MODEL: SPIN.format(loop=loop), **({RELAY: RELAY_SOURCE} if bls else {})}
+    inline = (
+        f'parameters {{ key: "{INLINE_PARAMETER}" value {{ string_value: "{inline_us}" }} }}\n'
+        if inline_us
+        else ""
+    )
     for name, source in models.items():
         model = root / name
         (model / "1").mkdir(parents=True, exist_ok=True)
         (model / "1" / "model.py").write_text(source)
-        config = SPIN_CONFIG.format(name=name, instances=instances)
+        config = SPIN_CONFIG.format(name=name, instances=instances) + inline
         (model / "config.pbtxt").write_text(config)
     return root
 
@@ -121,7 +132,7 @@ def build(
             probe,
             {**server.env, "SPIN_SITE_PACKAGES": str(site)},
         )
-    isolation = name.removeprefix("inferd-")
+    isolation = "thread" if name == INLINE else name.removeprefix("inferd-")
     args = [f"--backend-config=python,isolation={isolation}", "--log-level=warning"]
     server = servers.inferd(port, workdir, repository=repo, extra_args=args)
     return servers.Server(name, server.argv, workdir, port, probe)
@@ -135,7 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         default="inferd-thread,inferd-process,triton-py",
-        help="comma-separated, of inferd-thread, inferd-process, triton-py (needs the peers)",
+        help=(
+            "comma-separated, of inferd-thread, inferd-inline (in the server's process, short "
+            f"batches on its event loop: {INLINE_PARAMETER}), inferd-process, triton-py "
+            "(needs the peers)"
+        ),
+    )
+    parser.add_argument(
+        "--inline-us",
+        type=int,
+        default=250,
+        help=f"{INLINE}: its models' {INLINE_PARAMETER} (µs of CPU a batch may take)",
     )
     parser.add_argument("--protocols", default="http", help="http and/or grpc")
     parser.add_argument(
@@ -158,10 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(f"triton-py needs the peers: {peers.SETUP_HINT}")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     repo = write_repository(args.out / "repo", args.loop, args.instances, args.bls)
+    if INLINE in names:
+        inline_repo = write_repository(
+            args.out / "repo-inline", args.loop, args.instances, args.bls, args.inline_us
+        )
     startups: dict[str, list[dict[str, float | None]]] = {}
     cells: list[Cell] = []
     for name in names:
-        server = build(name, repo, peers_path, args.out / "work" / name, model)
+        served = inline_repo if name == INLINE else repo
+        server = build(name, served, peers_path, args.out / "work" / name, model)
         startup, server_cells = compare.run_server(server, args, pa, peers_path or Path())
         startups[name] = [startup]
         cells += server_cells

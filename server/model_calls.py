@@ -108,9 +108,8 @@ class LoopModelCalls:
 
     def infer(self, request: InferRequest) -> InferResponse:
         """From an instance thread: blocks that thread until the answer is in."""
-        if self._loop_thread():
-            # The loop would wait for itself; python instances never run on it, so this is a bug.
-            raise internal("a model called another model from the event loop's thread")
+        if self._loop_thread():  # the loop would wait for itself
+            raise internal(f"a model called another model from the event loop's thread{_WHY}")
         return asyncio.run_coroutine_threadsafe(self._infer(request), self._loop).result()
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
@@ -125,7 +124,9 @@ class LoopModelCalls:
         """From any thread but the loop's: start a call whose answers stream (any model; a
         decoupled one may answer 0..n times). Returns at once; the answers follow."""
         if self._loop_thread():
-            raise internal("a model streamed a call to another model from the event loop's thread")
+            raise internal(
+                f"a model streamed a call to another model from the event loop's thread{_WHY}"
+            )
         stream = ResponseStream(self._loop)
         self._loop.call_soon_threadsafe(self._stream, request, stream)
         return stream
@@ -197,7 +198,7 @@ class LoopModelCalls:
     def _control(self, what: str, change: Coroutine[Any, Any, Any], wait: bool) -> Any:
         if self._loop_thread():
             change.close()
-            raise internal(f"a model asked to {what} from the event loop's thread")
+            raise internal(f"a model asked to {what} from the event loop's thread{_WHY}")
         future = asyncio.run_coroutine_threadsafe(change, self._loop)
         if wait:
             return future.result()
@@ -214,6 +215,13 @@ class LoopModelCalls:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:  # no loop runs on this thread
             return False
+
+
+# Why a model runs there: its config's scheduling.INLINE_PARAMETER (not imported: a cycle).
+_WHY = (
+    ", where its short batches run because its config sets 'inferd.inline_execution_us': it "
+    "cannot wait there; leave that parameter out for a model that calls others"
+)
 
 
 def _log_failure(what: str, done: concurrent.futures.Future[Any]) -> None:

@@ -480,6 +480,75 @@ def test_a_bls_call_the_server_cannot_read_fails_and_the_model_serves_on(
         assert b"cannot be read in the server" in note and b"OnlyHere" in note, note
 
 
+# Answers the name of the thread its execute() runs on; WAIT: seconds it sleeps first, CALL:
+# whether it calls "reverse" first (BLS).
+WHERE = """
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+WAIT = {wait}
+CALL = {call}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(WAIT)
+        asked = pb_utils.get_input_tensor_by_name(requests[0], "TEXT").as_numpy().item()
+        if CALL or asked == b"call":
+            text = pb_utils.Tensor("TEXT", np.array([[b"ab"]], dtype=np.object_))
+            answer = pb_utils.InferenceRequest(
+                model_name="reverse", requested_output_names=["REVERSED"], inputs=[text]
+            ).exec()
+            assert not answer.has_error(), answer.error().message()
+        name = np.array([[threading.current_thread().name.encode()]], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("REVERSED", name)]) for _ in requests]
+"""
+ON_LOOP = 'parameters { key: "inferd.inline_execution_us" value { string_value: "5000" } }'
+
+
+def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """`inferd.inline_execution_us` in a python model's config: once measured short, its
+    batches run on the loop's thread (no thread hop: about 2x the throughput of a small
+    model). Unless a model calls the server (it would wait for the loop it holds) or its
+    batches wait (a sleep, I/O): then they stay on, or go back to, its own thread."""
+    write_python_model(tmp_path, "reverse", REVERSE, REVERSE_CONFIG)
+    models = {
+        "plain": (WHERE.format(wait=0, call=False), REVERSE_CONFIG),
+        "on_loop": (WHERE.format(wait=0, call=False), REVERSE_CONFIG + ON_LOOP),
+        "calls": (WHERE.format(wait=0, call=True), REVERSE_CONFIG + ON_LOOP),
+        "sleeps": (WHERE.format(wait=0.03, call=False), REVERSE_CONFIG + ON_LOOP),
+    }
+    for name, (source, config) in models.items():
+        write_python_model(tmp_path, name, source, config)
+    server = server_factory(model_repositories=(tmp_path,))
+    text = np.array([[b"x"]], dtype=np.object_)
+
+    def threads(model: str, count: int) -> list[str]:
+        return [
+            infer(server, "http", model, {"TEXT": text})["REVERSED"].item().decode()
+            for _ in range(count)
+        ]
+
+    own, *rest = threads("on_loop", 8)  # the first batch is measured on its own thread
+    assert set(rest) != {own} and rest[-1] != own, (own, rest)
+    assert len(set(threads("plain", 8))) == 1
+    assert len(set(threads("calls", 8))) == 1  # it called on its first batch: never moved
+    # Three batches on the loop that took more than 4x the budget (20 ms): back for good.
+    first, *later = threads("sleeps", 7)
+    assert later[0] != first and later[-2:] == [first, first], (first, later)
+    # A call the model makes only now, from the loop: that request fails, saying why; the
+    # model's batches go back to its thread, where the call works.
+    call = np.array([[b"call"]], dtype=np.object_)
+    message = fails(lambda: infer(server, "http", "on_loop", {"TEXT": call}), "http", "internal")
+    assert "inferd.inline_execution_us" in message, message
+    assert infer(server, "http", "on_loop", {"TEXT": call})["REVERSED"].item().decode() == own
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_execute_awaits_concurrent_bls_calls(server: RunningServer, protocol: str) -> None:
     a = np.array([1, 2, 3, 4], np.float32)
