@@ -671,17 +671,14 @@ class Stub:
         """A stub message that does not unpickle here: a call, a streamed call or a response
         among them is answered (or ended) with why; anything else is only logged."""
         op, key = message.head or (None, None)
-        error = invalid(
-            f"model instance '{self._name}': what the model sent cannot be read in the "
-            f"server: {message}"
-        )
-        if op == Op.CALL:
-            self._reply(channel, key, False, error)
+        why = f"model instance '{self._name}': what it sent cannot be read in the server: {message}"
+        if op == Op.CALL:  # the model's call is what is wrong: it gets INVALID_ARG
+            self._reply(channel, key, False, invalid(why))
         elif op == Op.STREAM:
             with contextlib.suppress(ChannelClosed):
-                channel.send(Op.STREAM_ANSWER, key, error, True)
-        elif op == Op.SEND:
-            self._send(key, error, True)
+                channel.send(Op.STREAM_ANSWER, key, invalid(why), True)
+        elif op == Op.SEND:  # a response: its client did nothing wrong
+            self._send(key, internal(why), True)
         else:
             log.error("model instance '%s': a stub message cannot be read: %s", self._name, message)
 
