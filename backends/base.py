@@ -102,6 +102,9 @@ class BackendSettings:
     # Where python model instances run: PYTHON_ISOLATIONS; a model's parameter may choose
     # (python_process.py).
     python_isolation: str = "thread"
+    # The inline budget (µs) of python models whose config sets none ("": none; such models
+    # run on their threads): the config gets it as its parameter (backends/python.py).
+    python_inline_us: str = ""
     # The same for MLServer models: "process" runs each in a stub of its own, as MLServer
     # runs its inference workers; `mlserver_workers` stubs each, as MLServer's
     # parallel_workers each serve every model.

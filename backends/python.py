@@ -91,6 +91,8 @@ class PythonBackend(Backend):
             config.backend = "python"  # found by its model.py: the config endpoint says so
         if not config.default_model_filename:  # as Triton's python backend, even without
             config.default_model_filename = cls.default_model_filename  # auto-complete
+        if settings.python_inline_us and INLINE_PARAMETER not in config.parameters:
+            config.parameters[INLINE_PARAMETER].string_value = settings.python_inline_us
         model_name = config.name or model_path.parent.parent.name
         if isolation(config, model_name, settings) == "thread":
             complete_here(config, model_path, settings)

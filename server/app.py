@@ -172,6 +172,7 @@ class App:
                     custom_metrics=custom_metrics,
                     pinned_memory=pinned_memory,
                     python_isolation=settings.python_isolation,
+                    python_inline_us=settings.python_inline_us,
                     mlserver_isolation=settings.mlserver_isolation,
                     mlserver_workers=settings.mlserver_workers,
                     mlserver_metrics_dir=self._mlserver_metrics,

@@ -325,7 +325,7 @@ def build_parser(
         multiple=True,
         env_separator=None,
         help="BACKEND,SETTING=VALUE (onnxruntime,default-max-batch-size=8; "
-        "python,isolation=process)",
+        "python,isolation=process; python,inline-execution-us=250)",
     )
     p.add(
         "--gpu-fallback",
@@ -537,6 +537,7 @@ BACKEND_CONFIG_USED = frozenset(
         ("", "default-max-batch-size"),
         ("onnxruntime", "default-max-batch-size"),
         ("python", "isolation"),
+        ("python", "inline-execution-us"),
         ("mlserver", "isolation"),
     }
 )
@@ -559,6 +560,13 @@ def _isolation(backend_config: Mapping[str, Mapping[str, str]], backend: str) ->
             f"{backend} isolation must be one of {', '.join(PYTHON_ISOLATIONS)}: {isolation!r}"
         )
     return isolation
+
+
+def _inline_us(backend_config: Mapping[str, Mapping[str, str]]) -> str:
+    raw = backend_config.get("python", {}).get("inline-execution-us", "")
+    if raw and not raw.isdigit():
+        raise ValueError(f"python inline-execution-us must be a whole number of µs: {raw!r}")
+    return raw
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -635,6 +643,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
         default_max_batch_size=max_batch,
         python_isolation=python_isolation,
+        python_inline_us=_inline_us(backend_config),
         mlserver_isolation=mlserver_isolation,
         mlserver_workers=max(1, mlserver.parallel_workers or 1),
         gpu_fallback_to_cpu=args.gpu_fallback == "cpu",

@@ -110,6 +110,9 @@ class Settings:
     auto_complete_config: bool = True
     default_max_batch_size: int = 4
     python_isolation: str = "thread"  # --backend-config=python,isolation=; PYTHON_ISOLATIONS
+    # --backend-config=python,inline-execution-us=: python models without their own
+    # inferd.inline_execution_us get this one ("" = none).
+    python_inline_us: str = ""
     mlserver_isolation: str = "thread"  # --backend-config=mlserver,isolation=; the same choices
     mlserver_workers: int = 1  # instances of each MLServer model in processes (parallel_workers)
     gpu_fallback_to_cpu: bool = False

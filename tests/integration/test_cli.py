@@ -47,6 +47,7 @@ def test_triton_flag_spellings() -> None:
             "--strict-model-config=true",
             "--backend-config=onnxruntime,default-max-batch-size=16",
             "--backend-config=python,isolation=process",
+            "--backend-config=python,inline-execution-us=300",
             "--backend-config=mlserver,isolation=process",
             "--log-verbose=1",
         ]
@@ -60,6 +61,7 @@ def test_triton_flag_spellings() -> None:
     assert settings.auto_complete_config is False
     assert settings.default_max_batch_size == 16
     assert (settings.python_isolation, settings.mlserver_isolation) == ("process", "process")
+    assert settings.python_inline_us == "300"
     assert settings.log_level == "debug"
 
 
@@ -265,6 +267,7 @@ def test_bad_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None
         "--backend-config=novalue",
         "--backend-config=onnxruntime,default-max-batch-size=x",
         "--backend-config=mlserver,isolation=processes",
+        "--backend-config=python,inline-execution-us=0.5",
     ):
         with pytest.raises(SystemExit) as info:
             main(["serve", bad])

@@ -528,9 +528,9 @@ def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
     server = server_factory(model_repositories=(tmp_path,))
     text = np.array([[b"x"]], dtype=np.object_)
 
-    def threads(model: str, count: int) -> list[str]:
+    def threads(model: str, count: int, on: RunningServer = server) -> list[str]:
         return [
-            infer(server, "http", model, {"TEXT": text})["REVERSED"].item().decode()
+            infer(on, "http", model, {"TEXT": text})["REVERSED"].item().decode()
             for _ in range(count)
         ]
 
@@ -547,6 +547,16 @@ def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
     message = fails(lambda: infer(server, "http", "on_loop", {"TEXT": call}), "http", "internal")
     assert "inferd.inline_execution_us" in message, message
     assert infer(server, "http", "on_loop", {"TEXT": call})["REVERSED"].item().decode() == own
+    # --backend-config=python,inline-execution-us=N: for every python model without its own.
+    everyone = server_factory(model_repositories=(tmp_path,), python_inline_us="5000")
+    own, *rest = threads("plain", 8, everyone)
+    assert rest[-1] != own, (own, rest)
+    client = httpclient.InferenceServerClient(everyone.http_url)
+    try:
+        parameters = client.get_model_config("plain")["parameters"]
+    finally:
+        client.close()
+    assert parameters["inferd.inline_execution_us"] == {"string_value": "5000"}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
