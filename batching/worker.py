@@ -129,6 +129,7 @@ class Worker:
         inline = instance.runs_on_any_thread and ticket is None
         self._inline_max_ns = inline_max_ns if inline else 0
         self._inline_slow: deque[bool] = deque(maxlen=_JUDGED)  # inline_until_slow's record
+        self._inline_slow_count = 0  # the slow ones in it
         # Chosen once, so that batched instances pay nothing per batch for the other path.
         # Requests handed over one by one are never concatenated, so a layout does not apply.
         self._execute: Callable[[list[Any], Timings], BatchResult] = (
@@ -175,8 +176,13 @@ class Worker:
     def _judge_inline(self, timings: Timings) -> None:
         """An instance whose batches may wait: it leaves the loop for good once several of
         its last batches there held the loop too long (one alone may have been preempted)."""
-        self._inline_slow.append(timings.total_ns > _SLOW * self._inline_max_ns)
-        if sum(self._inline_slow) >= _SLOW_BATCHES:
+        record = self._inline_slow
+        if len(record) == _JUDGED:
+            self._inline_slow_count -= record[0]  # about to drop out
+        slow = timings.total_ns > _SLOW * self._inline_max_ns
+        record.append(slow)
+        self._inline_slow_count += slow
+        if self._inline_slow_count >= _SLOW_BATCHES:
             log.warning(
                 "model instance %s: %d of its last %d batches on the event loop took more than "
                 "%.1f ms; its batches run on its own thread from now on",

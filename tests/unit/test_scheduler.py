@@ -604,6 +604,38 @@ async def test_cheap_batches_run_on_the_loop_once_measured(
     assert instance.closed
 
 
+class WaitingInstance(AnyThreadInstance):
+    """May wait at little CPU (a python model's `time.sleep`): a negative input sleeps."""
+
+    inline_until_slow = True
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            time.sleep(0.03)
+            inputs = {"x": -inputs["x"]}
+        return super().execute(inputs)
+
+
+async def test_an_instance_whose_batches_wait_on_the_loop_goes_back_to_its_thread() -> None:
+    """Slow batches on the loop are counted over the last 100 there: two, then one more
+    once the first dropped out, keep it on the loop; three within 100 send it back."""
+    instance = WaitingInstance()
+    scheduler = make([instance], 4, inline_max_ns=5_000_000)  # slow: more than 20 ms
+    loop_thread = threading.current_thread().name
+
+    async def run(*values: float) -> str:
+        for value in values:
+            await submit(scheduler, value)
+        return instance.order[-1]
+
+    await run(1)  # measured on its thread
+    assert await run(-1, -1, *[1] * 98, -1) == loop_thread  # the first -1 has dropped out
+    assert await run(1, -1) == loop_thread  # the second too: still two in the last 100
+    assert await run(-1) == loop_thread  # three: it ran there, the next ones will not
+    assert await run(*[1] * 5) == "m-0"
+    await scheduler.close()
+
+
 async def test_instances_tied_to_their_thread_never_run_on_the_loop() -> None:
     instance = GatedInstance()  # runs_on_any_thread is False by default (CUDA streams etc.)
     scheduler = make([instance], 4, inline_max_ns=10**9)
