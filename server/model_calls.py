@@ -9,6 +9,7 @@ import concurrent.futures
 import logging
 import queue
 from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from inferd.repository.manager import ModelVersion
 
 _NOT_STARTED = "the server is still starting: no model can be called yet"
+_STOPPING = "the server is stopping"
 
 
 class Infers(Protocol):
@@ -110,7 +112,14 @@ class LoopModelCalls:
         """From an instance thread: blocks that thread until the answer is in."""
         if self._loop_thread():  # the loop would wait for itself
             raise internal(f"a model called another model from the event loop's thread{_WHY}")
-        return asyncio.run_coroutine_threadsafe(self._infer(request), self._loop).result()
+        # Submitted from a callback and answered from the called model's resolution: no task
+        # per call, and no loop turn between the answer and the waiting thread's wake-up.
+        answer: concurrent.futures.Future[InferResponse] = concurrent.futures.Future()
+        try:
+            self._loop.call_soon_threadsafe(self.infer_now, request, partial(_settle, answer))
+        except RuntimeError:  # the loop has closed
+            raise unavailable(_STOPPING) from None
+        return answer.result()
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """From a coroutine on another loop (an instance's own loop, for async execute()), or
@@ -222,6 +231,17 @@ _WHY = (
     ", where its short batches run because its config sets 'inferd.inline_execution_us': it "
     "cannot wait there; leave that parameter out for a model that calls others"
 )
+
+
+def _settle(
+    future: concurrent.futures.Future[InferResponse], outcome: InferResponse | BaseException
+) -> None:
+    if isinstance(outcome, asyncio.CancelledError):  # the call was cancelled at shutdown
+        future.set_exception(unavailable(_STOPPING))
+    elif isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _log_failure(what: str, done: concurrent.futures.Future[Any]) -> None:
