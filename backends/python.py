@@ -236,7 +236,8 @@ class PythonInstance(ModelInstance):
         except Exception as exc:  # fails the whole batch, as in Triton
             _close_senders(batch)
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
-            raise internal(f"model '{self._name}' failed to execute: {describe(exc)}") from None
+            why = describe(exc) + self._left_the_loop(exc)
+            raise internal(f"model '{self._name}' failed to execute: {why}") from None
         if _close_senders(batch):  # the model answered some requests through their senders
             outcomes = self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
             return _with_rescheduled(batch, outcomes)
@@ -266,6 +267,23 @@ class PythonInstance(ModelInstance):
             if self.runs_on_any_thread and self._calls_made("execute"):
                 self.runs_on_any_thread = False  # its batches stay on its thread from now on
         return responses
+
+    def _left_the_loop(self, exc: Exception) -> str:
+        """After a failure on the event loop's thread that running there caused (asyncio.run()
+        or a loop of the model's own: 'cannot be called from a running event loop'), the
+        instance's batches run on its own thread from now on; what to add to the error."""
+        if not (
+            self.runs_on_any_thread
+            and isinstance(exc, RuntimeError)
+            and "event loop" in str(exc)
+            and _loop_running_here()
+        ):
+            return ""
+        self.runs_on_any_thread = False
+        return (
+            f" (it ran on the event loop's thread, as {INLINE_PARAMETER} lets it; its batches "
+            "run on its own thread from now on)"
+        )
 
     def _calls_made(self, method: str) -> bool:
         bls = self._bls.get(method)
@@ -475,6 +493,14 @@ def _with_rescheduled(
         if request._release_flags == api.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
             outcomes[index] = Rescheduled()
     return outcomes
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _close_senders(batch: list[api.InferenceRequest]) -> bool:

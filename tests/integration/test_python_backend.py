@@ -509,6 +509,44 @@ class TritonPythonModel:
 ON_LOOP = 'parameters { key: "inferd.inline_execution_us" value { string_value: "5000" } }'
 
 
+# Runs a coroutine of its own with asyncio.run() in its (sync) execute().
+ASYNCIO_RUN = """
+import asyncio
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+async def where():
+    return threading.current_thread().name.encode()
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        coroutine = where()
+        try:
+            name = np.array([[asyncio.run(coroutine)]], dtype=np.object_)
+        finally:
+            coroutine.close()  # never started when asyncio.run() refused
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("REVERSED", name)]) for _ in requests]
+"""
+
+
+def test_a_model_that_runs_its_own_event_loop_leaves_the_servers(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """asyncio.run() cannot run on the server's loop: that batch fails, saying why, and the
+    model's batches run on its own thread from then on."""
+    write_python_model(tmp_path, "runs_a_loop", ASYNCIO_RUN, REVERSE_CONFIG + ON_LOOP)
+    server = server_factory(model_repositories=(tmp_path,))
+    text = {"TEXT": np.array([[b"x"]], dtype=np.object_)}
+    own = infer(server, "http", "runs_a_loop", text)["REVERSED"].item()  # measured there
+    message = fails(lambda: infer(server, "http", "runs_a_loop", text), "http", "internal")
+    assert "running event loop" in message and "from now on" in message, message
+    assert infer(server, "http", "runs_a_loop", text)["REVERSED"].item() == own
+
+
 def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
     tmp_path: Path, server_factory: Callable[..., RunningServer]
 ) -> None:
