@@ -229,7 +229,7 @@ class LoopModelCalls:
 # Why a model runs there: its config's scheduling.INLINE_PARAMETER (not imported: a cycle).
 _WHY = (
     ", where its short batches run because its config sets 'inferd.inline_execution_us': it "
-    "cannot wait there; leave that parameter out for a model that calls others"
+    "cannot wait there (its batches run on its own thread from now on)"
 )
 
 
