@@ -486,8 +486,8 @@ class InferenceService:
                     MethodKind.STREAM_STREAM, self.model_stream_infer, parse, serialize
                 )
             elif method.name == "ModelInfer":
-                # The callback path has no call to read metadata from: forwarding headers or
-                # trace contexts takes a task.
+                # The callback path reads the call's metadata only for MLServer models:
+                # forwarding headers or trace contexts takes model_infer (a task).
                 answer_now = None if self._needs_metadata else self.model_infer_now
                 methods[path] = RpcMethod(
                     MethodKind.UNARY_UNARY, self.model_infer, parse, serialize, answer_now

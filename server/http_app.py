@@ -298,10 +298,12 @@ class HttpFrontDoor:
             traced_read(trace, "HTTP", arrival_ns)
             request.trace = trace
         answers = self._generate.open_stream(request)
-        event = partial(v2_event, headers=self._core.mlserver.answer_headers)
-        response = await self._generate.event_stream(
-            answers, trace, event if served.mlserver else v2_event
+        event = (
+            partial(v2_event, headers=self._core.mlserver.answer_headers)
+            if served.mlserver
+            else v2_event
         )
+        response = await self._generate.event_stream(answers, trace, event)
         await response(scope, receive, send)
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import BackendRegistry
 from inferd.repository.manager import ModelRepository, RepositorySettings
+from inferd.repository.scheduling import INLINE_PARAMETER
 from inferd.server.rate_limit_settings import parse_rate_limit
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.python_models import (
@@ -506,7 +507,7 @@ class TritonPythonModel:
         name = np.array([[threading.current_thread().name.encode()]], dtype=np.object_)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("REVERSED", name)]) for _ in requests]
 """
-ON_LOOP = 'parameters { key: "inferd.inline_execution_us" value { string_value: "5000" } }'
+ON_LOOP = f'parameters {{ key: "{INLINE_PARAMETER}" value {{ string_value: "5000" }} }}'
 
 
 # Runs a coroutine of its own with asyncio.run() in its (sync) execute().
@@ -583,7 +584,7 @@ def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
     # model's batches go back to its thread, where the call works.
     call = np.array([[b"call"]], dtype=np.object_)
     message = fails(lambda: infer(server, "http", "on_loop", {"TEXT": call}), "http", "internal")
-    assert "inferd.inline_execution_us" in message, message
+    assert INLINE_PARAMETER in message, message  # model_calls names it without importing it
     assert infer(server, "http", "on_loop", {"TEXT": call})["REVERSED"].item().decode() == own
     # --backend-config=python,inline-execution-us=N: for every python model without its own.
     everyone = server_factory(model_repositories=(tmp_path,), python_inline_us="5000")
@@ -594,7 +595,7 @@ def test_short_batches_run_on_the_event_loop_only_where_the_config_asks(
         parameters = client.get_model_config("plain")["parameters"]
     finally:
         client.close()
-    assert parameters["inferd.inline_execution_us"] == {"string_value": "5000"}
+    assert parameters[INLINE_PARAMETER] == {"string_value": "5000"}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
