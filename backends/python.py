@@ -465,14 +465,12 @@ class PythonInstance(ModelInstance):
                 )
             given[tensor.name()] = tensor.as_numpy()
         outputs: dict[str, np.ndarray] = {}
-        # Outputs the client did not ask for are dropped, as Triton does.
+        # As Triton's python backend: the answer holds the outputs asked for (all when none
+        # were) that the model returned; those it left out are left out of the answer.
         for name in request.outputs or self._all_outputs:
             array = given.get(name)
             if array is None:
-                returned = ", ".join(sorted(given)) or "none"
-                return internal(
-                    f"model '{self._name}' did not return output '{name}' (it returned: {returned})"
-                )
+                continue
             try:
                 outputs[name] = conform_output(array, self._outputs[name])
             except InferdError as exc:
@@ -537,27 +535,26 @@ class _ServedRequest(api.InferenceRequest):
 
 
 def conform_output(array: np.ndarray, spec: TensorConfig) -> np.ndarray:
-    """The model's array for an output, checked against the config's data type. BYTES may come
-    as an np.bytes_ array or as objects (bytes, str, or anything else, sent as its str())."""
-    if spec.datatype is DataType.BYTES:
-        if array.dtype.kind == "S":
-            return _objects([bytes(item) for item in array.ravel()], array.shape)
-        if array.dtype.kind != "O":
-            raise invalid(
-                f"output '{spec.name}' must hold bytes (np.object_ or np.bytes_) for its "
-                f"config's TYPE_STRING, got {array.dtype}"
-            )
+    """The model's array for an output, as the answer carries it. As in Triton's python
+    backend, it keeps its own data type where that differs from the config's (float64 from
+    numpy arithmetic goes out as FP64). Bytes may come as an np.bytes_ array or as objects
+    (bytes, str, or anything else, sent as its str()); an array no Triton type holds fails."""
+    if array.dtype.kind in "SU":  # np.bytes_ items list as bytes, np.str_ ones as str
+        return _objects(array.ravel().tolist(), array.shape)
+    if array.dtype.kind == "O":
         items = array.ravel().tolist()
         if all(isinstance(item, bytes | str) for item in items):
             return array
         return _objects(
             [item if isinstance(item, bytes | str) else str(item) for item in items], array.shape
         )
-    if array.dtype != spec.dtype:
+    try:
+        DataType.from_numpy(array.dtype)
+    except KeyError:
         raise invalid(
-            f"output '{spec.name}' has type {_type_name(array)}, but the config declares "
-            f"{spec.datatype.config_name}"
-        )
+            f"output '{spec.name}' holds numpy {array.dtype}, which no Triton data type holds "
+            f"(the config declares {spec.datatype.config_name})"
+        ) from None
     return array
 
 
@@ -565,10 +562,3 @@ def _objects(items: list[Any], shape: tuple[int, ...]) -> np.ndarray:
     array = np.empty(len(items), dtype=np.object_)
     array[:] = items
     return array.reshape(shape)
-
-
-def _type_name(array: np.ndarray) -> str:
-    try:
-        return DataType.from_numpy(array.dtype).config_name
-    except KeyError:
-        return f"numpy {array.dtype}"

@@ -611,12 +611,7 @@ class ModelRepository:
             named = [v for v in versions.values() if v.version_name and v.version_name == version]
             if named:  # an MLServer model's version, by the name MLServer gives it
                 version = str(named[0].version)
-            if not version.isdigit():  # Triton 2.51's words (its parser's name included)
-                raise invalid(
-                    f"failed to get model version from specified version string '{version}' "
-                    "(details: stol), version should be an integral value > 0"
-                )
-            found = versions.get(int(version))
+            found = versions.get(version_number(version))
             if found is None:
                 raise not_found(
                     f"Request for unknown model: '{name}' version {version} is not found"
@@ -713,3 +708,18 @@ def _latest_version(model_dir: Path) -> int:
         return max(version_dirs(model_dir), default=0)
     except OSError:
         return 0
+
+
+def version_number(version: str) -> int:
+    """A requested version's number; one that is none is refused in Triton 2.51's words (its
+    parser's name included)."""
+    if version.isdigit():
+        return int(version)
+    if version[:1] == "-" and version[1:].isdigit():
+        raise invalid(
+            f"invalid model version specified '{version}' , version should be an integral value > 0"
+        )
+    raise invalid(
+        f"failed to get model version from specified version string '{version}' "
+        "(details: stol), version should be an integral value > 0"
+    )

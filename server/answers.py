@@ -18,9 +18,13 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
     config = model.config
     assert config is not None
     result: list[tuple[str, DataType, np.ndarray]] = []
+    # A python model may leave an output out of its answer, or return it as another type than
+    # its config's: as in Triton, the answer leaves it out, or carries the type it came as.
     if request.outputs is None and not config.schemaless:
         for tensor in config.outputs:
-            result.append((tensor.name, tensor.datatype, outputs[tensor.name]))
+            array = outputs.get(tensor.name)
+            if array is not None:
+                result.append((tensor.name, _carried_type(tensor.datatype, array), array))
     else:
         types = {t.name: t.datatype for t in config.outputs}
         # A schemaless model's answer is what it returned, typed by its arrays where its
@@ -28,8 +32,10 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
         wanted = request.outputs or [RequestedOutput(name) for name in outputs]
         for output in wanted:
             array = outputs.get(output.name)
-            if array is None:  # only a schemaless model can leave one out
-                raise invalid(
+            if array is None:
+                if not config.schemaless:
+                    continue
+                raise invalid(  # nothing checked the name before the model ran
                     f"unexpected inference output '{output.name}' for model '{config.name}'"
                 )
             if output.classification > 0:
@@ -38,7 +44,7 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
                 array = classify(array, output.classification, labels, batched=batched)
                 result.append((output.name, DataType.BYTES, array))
             else:
-                datatype = types.get(output.name) or DataType.from_numpy(array.dtype)
+                datatype = _carried_type(types.get(output.name), array)
                 result.append((output.name, datatype, array))
     if not isinstance(outputs, OutputsWithParameters):
         return InferResponse(request.model_name, str(model.version), result, request.id)
@@ -51,6 +57,12 @@ def answer(request: InferRequest, model: ModelVersion, outputs: Outputs) -> Infe
         output_parameters=outputs.output_parameters,
         headers=outputs.headers,
     )
+
+
+def _carried_type(declared: DataType | None, array: np.ndarray) -> DataType:
+    if declared is not None and array.dtype == declared.numpy:
+        return declared
+    return DataType.from_numpy(array.dtype)
 
 
 def holds_answer(outputs: Outputs, request: InferRequest, model: ModelVersion) -> bool:

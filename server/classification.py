@@ -6,9 +6,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from inferd.server.errors import invalid
+from inferd.server.types import DataType
+
 
 def classify(array: np.ndarray, k: int, labels: Sequence[str], *, batched: bool) -> np.ndarray:
-    """Top-k per batch item (or over the whole tensor for non-batching models), as BYTES."""
+    """Top-k per batch item (or over the whole tensor for non-batching models), as BYTES.
+    Integers, FP32 and FP64 only, as in Triton."""
+    if array.dtype.kind not in "iu" and array.dtype not in (np.float32, np.float64):
+        raise invalid(
+            "class result not available for output due to unsupported type "
+            f"'{DataType.from_numpy(array.dtype).value}'"
+        )
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(k, rows.shape[1])
     # Stable descending order: ties keep the lower index first, as a sort by value would.

@@ -20,7 +20,7 @@ from inferd.batching.decoupled import (
 )
 from inferd.batching.scheduler import DEFAULT_OPTIONS, OnDone, Outputs
 from inferd.repository.config import ModelConfigProto, TensorConfig, config_to_json
-from inferd.repository.manager import ModelRepository, ModelVersion
+from inferd.repository.manager import ModelRepository, ModelVersion, version_number
 from inferd.server.answers import answer
 from inferd.server.cached_answers import CachedAnswers
 from inferd.server.ensemble import EnsembleRunner
@@ -126,11 +126,11 @@ class InferenceCore:
     def model_ready(self, name: str, version: str = "", check_version: bool = False) -> bool:
         """Whether the model (version) serves; with `check_version`, a version that is no
         number raises instead of answering False (as pb_utils.is_model_ready does)."""
+        if check_version and version and not self._repository.names_version(name, version):
+            version_number(version)
         try:
             self._repository.get(name, version)
-        except InferdError as error:
-            if check_version and error.code is ErrorCode.INVALID_ARG:
-                raise
+        except InferdError:
             return False
         return True
 
@@ -194,14 +194,21 @@ class InferenceCore:
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Statistics of the ready versions asked for: every model when `name` is empty."""
-        if name and version:
-            models = [self._repository.get(name, version)]
-        elif name:
+        if name:
             models = [v for v in self._repository.ready_versions() if v.name == name]
             if not models or len({v.namespace for v in models}) > 1:
                 # Never loaded, no version ready, or (--model-namespacing) several models of
-                # that name: Triton 2.51's words.
+                # that name: Triton 2.51's words, as for a version below.
                 raise invalid(f"requested model '{name}' is not available")
+            if version:
+                try:
+                    models = [self._repository.get(name, version, models[0].namespace)]
+                except InferdError as error:
+                    if error.code is ErrorCode.INVALID_ARG:  # a version that is no number
+                        raise
+                    raise invalid(
+                        f"requested model version is not available for model '{name}'"
+                    ) from None
         else:
             models = self._repository.ready_versions()
         return [

@@ -154,7 +154,9 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=self._core.ready())
 
     def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._core.model_ready(request.name, request.version))
+        # A version that is no number fails the call, as in Triton (HTTP's route has none).
+        ready = self._core.model_ready(request.name, request.version, check_version=True)
+        return pb.ModelReadyResponse(ready=ready)
 
     def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         meta = self._core.server_metadata()
@@ -184,7 +186,7 @@ class InferenceService:
     async def repository_index(
         self, request: pb.RepositoryIndexRequest
     ) -> pb.RepositoryIndexResponse:
-        # Like HTTP, the repository name is ignored: every repository root is one namespace.
+        _refuse_named_repository(request.repository_name)
         entries = await self._core.repository_index(request.ready)
         return pb.RepositoryIndexResponse(
             models=[
@@ -524,7 +526,7 @@ def _infer_error(exc: Exception, model: str) -> RpcError:
 
 def _refuse_named_repository(repository: str) -> None:
     if repository:  # Triton answers UNIMPLEMENTED too
-        raise unsupported("'repository_name' is not supported: leave it empty")
+        raise unsupported("'repository_name' specification is not supported")
 
 
 def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:

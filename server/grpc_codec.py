@@ -204,8 +204,8 @@ def _requested_outputs(outputs: Sequence[Any]) -> list[RequestedOutput]:
     seen: set[str] = set()
     for output in outputs:
         name: str = output.name
-        if name in seen:
-            raise invalid(f"output '{name}' is requested more than once")
+        if name in seen:  # as Triton: answered once, as its first entry asks
+            continue
         seen.add(name)
         classification = 0
         ref = None

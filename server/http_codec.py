@@ -348,8 +348,8 @@ def _decode_outputs(raw: object, encoding: OutputEncoding) -> list[RequestedOutp
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid("each entry of 'outputs' must be an object with a 'name' string")
         name: str = item["name"]
-        if name in seen:
-            raise invalid(f"output '{name}' is requested more than once")
+        if name in seen:  # as Triton: answered once, as its first entry asks
+            continue
         seen.add(name)
         what = f"output '{name}'"
         params = _parameters_object(item.get("parameters"), what)

@@ -58,7 +58,7 @@ def infer(
         )
         result = client.infer(model, tensors, outputs=wanted, **options)
         response = result.get_response() if protocol == "http" else result.get_response(True)
-        return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
+        return {o["name"]: result.as_numpy(o["name"]) for o in response.get("outputs", [])}
     finally:
         client.close()
 

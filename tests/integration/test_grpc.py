@@ -427,3 +427,11 @@ def test_model_statistics_match_http(
     # Triton 2.51's answer for the statistics of a model it never had.
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert error.value.message() == "requested model 'no_such_model' is not available"
+    # ... and of a version it does not have, or of version 1 of a model it never had.
+    with pytest.raises(InferenceServerException) as error:
+        client.get_inference_statistics("simple", "3")
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.value.message() == "requested model version is not available for model 'simple'"
+    assert [m.version for m in client.get_inference_statistics("simple", "1").model_stats] == ["1"]
+    with pytest.raises(InferenceServerException, match="'no_such_model' is not available"):
+        client.get_inference_statistics("no_such_model", "1")

@@ -199,6 +199,9 @@ def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
     # No version ready: its statistics answer as Triton 2.51's do.
     message = "requested model 'typo' is not available"
     fails(lambda: client.get_inference_statistics("typo"), protocol, "invalid", message)
+    fails(lambda: client.get_inference_statistics("typo", "1"), protocol, "invalid", message)
+    message = "requested model version is not available for model 'good'"
+    fails(lambda: client.get_inference_statistics("good", "2"), protocol, "invalid", message)
     assert states(client)[("empty", "")][0] == "UNAVAILABLE"
 
     config = json.dumps({"backend": "onnxruntime"})

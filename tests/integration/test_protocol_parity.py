@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+import grpc as grpc_lib
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -184,3 +185,28 @@ def test_a_version_that_is_no_number_is_refused_as_triton_2_51(
         "failed to get model version from specified version string 'x' (details: stol), "
         "version should be an integral value > 0"
     )
+    # ... a negative one in Triton's other words, and ModelReady and statistics alike.
+    with pytest.raises(InferenceServerException, match="invalid model version specified '-1' ,"):
+        grpc.get_model_metadata("simple", model_version="-1")
+    with pytest.raises(InferenceServerException, match="'x' \\(details: stol\\)"):
+        grpc.is_model_ready("simple", model_version="x")
+    with pytest.raises(InferenceServerException, match="'x' \\(details: stol\\)"):
+        grpc.get_inference_statistics("simple", model_version="x")
+    assert not grpc.is_model_ready("simple", model_version="7")
+
+
+def test_a_named_repository_is_refused_as_triton_2_51(
+    clients: tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient],
+) -> None:
+    _, grpc = clients
+    stub = grpc._client_stub
+    calls = [
+        (stub.RepositoryIndex, grpcclient.service_pb2.RepositoryIndexRequest),
+        (stub.RepositoryModelLoad, grpcclient.service_pb2.RepositoryModelLoadRequest),
+        (stub.RepositoryModelUnload, grpcclient.service_pb2.RepositoryModelUnloadRequest),
+    ]
+    for method, message in calls:
+        with pytest.raises(grpc_lib.RpcError) as error:
+            method(message(repository_name="elsewhere"))
+        assert error.value.code() is grpc_lib.StatusCode.UNIMPLEMENTED
+        assert error.value.details() == "'repository_name' specification is not supported"

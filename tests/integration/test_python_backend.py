@@ -106,6 +106,21 @@ class TritonPythonModel:
         return responses
 """
 
+# Answers OUTPUT0 as float64 (numpy arithmetic with a Python float) and leaves OUTPUT1 out.
+LOOSE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", a.astype("float64") * 0.5)
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -128,6 +143,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
     write_python_model(root, "times_ten", TIMES_TEN, ANY_LENGTH)
     write_python_model(root, "bls_relay", BLS_RELAY, ANY_LENGTH)
+    write_python_model(root, "loose", LOOSE, config_named(ADD_SUB_CONFIG, "loose"))
     # default_model_filename names the file in place of model.py.
     (root / "renamed" / "1").mkdir(parents=True)
     (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
@@ -158,6 +174,23 @@ def test_add_sub(server: RunningServer, protocol: str) -> None:
     assert out["OUTPUT0"].dtype == np.float32
     only = infer(server, protocol, "add_sub", {"INPUT0": a, "INPUT1": b}, outputs=["OUTPUT1"])
     assert list(only) == ["OUTPUT1"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_answer_holds_what_the_model_returned_as_it_returned_it(
+    server: RunningServer, protocol: str
+) -> None:
+    """As Triton's python backend: an output the model left out is left out of the answer, and
+    one of another type than its config's goes out as that type."""
+    a = np.array([1, 2, 3, 4], np.float32)
+    inputs = {"INPUT0": a, "INPUT1": a}
+    out = infer(server, protocol, "loose", inputs)
+    assert list(out) == ["OUTPUT0"]
+    assert out["OUTPUT0"].dtype == np.float64 and out["OUTPUT0"].tolist() == [0.5, 1, 1.5, 2]
+    assert infer(server, protocol, "loose", inputs, outputs=["OUTPUT1"]) == {}
+    # An output asked for twice is answered once; classification reads the FP64 values.
+    twice = infer(server, protocol, "loose", inputs, outputs=["OUTPUT0", "OUTPUT0"], class_count=2)
+    assert twice["OUTPUT0"].tolist() == [b"2.000000:3", b"1.500000:2"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -300,11 +300,18 @@ def test_malformed_tensors() -> None:
     invalid(message, "input 'a': 'shape' must be non-negative integers, got [-1, 4]")
 
 
-def test_duplicate_outputs_and_shared_memory() -> None:
+def test_an_output_asked_for_twice_is_answered_once_as_first_asked() -> None:
     message = two_inputs()
+    message.outputs.add(name="o").parameters["classification"].int64_param = 2
+    message.outputs.add(name="p")
     message.outputs.add(name="o")
-    message.outputs.add(name="o")
-    invalid(message, "output 'o' is requested more than once")
+    assert decode_infer_request(message).outputs == [
+        RequestedOutput("o", 2),
+        RequestedOutput("p"),
+    ]
+
+
+def test_shared_memory_parameters() -> None:
     message = two_inputs()
     message.outputs.add(name="o").parameters["shared_memory_region"].string_param = "r"
     invalid(message, "output 'o': 'shared_memory_region' and 'shared_memory_byte_size'")

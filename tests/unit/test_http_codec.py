@@ -23,7 +23,7 @@ from inferd.server.http_codec import (
     encode_infer_response,
 )
 from inferd.server.shared_memory import SharedMemoryRegistry
-from inferd.server.types import DataType, InferRequest, InferResponse
+from inferd.server.types import DataType, InferRequest, InferResponse, RequestedOutput
 
 ALL_TYPES = list(DataType)
 
@@ -160,6 +160,21 @@ def test_decode_outputs_and_parameters() -> None:
     assert [(o.name, o.classification) for o in request.outputs or []] == [("probs", 3), ("raw", 0)]
     assert encoding == OutputEncoding(binary_default=False, binary={"probs": False, "raw": True})
     assert request.parameters == {"temperature": 0.5, "mode": "fast", "top_k": 4, "greedy": True}
+
+
+def test_an_output_asked_for_twice_is_answered_once_as_first_asked() -> None:
+    request, encoding = decode(
+        {
+            **one_input(),
+            "outputs": [
+                {"name": "y", "parameters": {"binary_data": True}},
+                {"name": "z"},
+                {"name": "y", "parameters": {"binary_data": False, "classification": 2}},
+            ],
+        }
+    )
+    assert request.outputs == [RequestedOutput("y"), RequestedOutput("z")]
+    assert encoding.binary == {"y": True}
 
 
 @pytest.mark.parametrize(
@@ -479,11 +494,6 @@ BAD_DOCUMENTS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("duplicate-input", {"inputs": one_input()["inputs"] * 2}, ("'x'", "already exists")),
     ("outputs-not-list", {**one_input(), "outputs": {}}, ("'outputs'",)),
     ("output-no-name", {**one_input(), "outputs": [{}]}, ("'outputs'", "'name'")),
-    (
-        "duplicate-output",
-        {**one_input(), "outputs": [{"name": "y"}, {"name": "y"}]},
-        ("'y'", "more than once"),
-    ),
     (
         "output-params",
         {**one_input(), "outputs": [{"name": "y", "parameters": 1}]},
