@@ -204,7 +204,10 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
         batching.preferred_batch_size.append(config.max_batch_size)
     if config.HasField("sequence_batching"):
         normalize_sequence(config)
-    config.model_transaction_policy.SetInParent()  # printed for every model, as Triton does
+    # Printed for ensembles and the other backends' models. A python model's config shows it
+    # only where its config.pbtxt or auto_complete_config() sets it, as in Triton 2.51.
+    if config.backend != "python":
+        config.model_transaction_policy.SetInParent()
     if is_ensemble(config):
         return  # no instances nor optimization of its own (Triton leaves both out)
     # Triton's defaults, printed in every other model's config (inferd keeps no pinned pool).

@@ -258,6 +258,7 @@ def test_model_metadata_and_config(server: RunningServer) -> None:
         "gather_kernel_buffer_threshold": 0,
         "eager_batching": False,
     }
+    assert "model_transaction_policy" not in config  # nothing set it
 
 
 def test_auto_completed_model_serves(server: RunningServer) -> None:
