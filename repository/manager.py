@@ -616,9 +616,9 @@ class ModelRepository:
                 raise not_found(
                     f"Request for unknown model: '{name}' version {version} is not found"
                 )
-            if not found.ready:
+            if not found.ready:  # Triton 2.51's words, then why
                 raise unavailable(
-                    f"Request for model '{name}' version {version} which is not at ready state"
+                    f"Request for unknown model: '{name}' version {version} is not at ready state"
                     + (f": {found.reason}" if found.reason else "")
                 )
             return found

@@ -17,9 +17,16 @@ from tests.conftest import RunningServer
 PROTOCOLS = ("http", "grpc")
 # The status each front door gives an error code (the protocol parity tables).
 STATUS = {
-    "http": {"invalid": "400", "internal": "500", "unavailable": "503", "unsupported": "501"},
+    "http": {
+        "invalid": "400",
+        "not_found": "404",
+        "internal": "500",
+        "unavailable": "503",
+        "unsupported": "501",
+    },
     "grpc": {
         "invalid": "StatusCode.INVALID_ARGUMENT",
+        "not_found": "StatusCode.NOT_FOUND",
         "internal": "StatusCode.INTERNAL",
         "unavailable": "StatusCode.UNAVAILABLE",
         "unsupported": "StatusCode.UNIMPLEMENTED",

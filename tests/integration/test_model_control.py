@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer
 from tests.models import identity_model, write_model
+from tests.wire import STATUS
 
 Factory = Callable[..., RunningServer]
 Client = Any  # tritonclient.http or tritonclient.grpc InferenceServerClient: same method names
@@ -27,17 +28,6 @@ max_batch_size: 4
 input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
 output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
 """
-
-# Each protocol's spelling of the error codes the tests expect.
-STATUS = {
-    "http": {"invalid": "400", "not_found": "404", "unavailable": "503", "unsupported": "501"},
-    "grpc": {
-        "invalid": "StatusCode.INVALID_ARGUMENT",
-        "not_found": "StatusCode.NOT_FOUND",
-        "unavailable": "StatusCode.UNAVAILABLE",
-        "unsupported": "StatusCode.UNIMPLEMENTED",
-    },
-}
 
 
 def connect(server: RunningServer, protocol: str) -> Client:
@@ -80,11 +70,11 @@ def states(client: Client) -> dict[tuple[str, str], tuple[str, str]]:
     }
 
 
-def infer(client: Client, model: str) -> Any:
+def infer(client: Client, model: str, version: str = "") -> Any:
     module = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
     tensor = module.InferInput("INPUT0", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
-    return client.infer(model, [tensor])
+    return client.infer(model, [tensor], model_version=version)
 
 
 def as_json(client: Client, call: str, *args: Any) -> Any:
@@ -116,6 +106,9 @@ def test_load_unload_and_reload(explicit: tuple[Client, Path], protocol: str) ->
     assert not client.is_model_ready("m")
     assert client.is_server_ready()  # an unloaded model does not count against readiness
     fails(lambda: infer(client, "m"), protocol, "unavailable", "unloaded")
+    # A version asked for by number: Triton 2.51's status and words, then why.
+    message = "Request for unknown model: 'm' version 1 is not at ready state: unloaded"
+    fails(lambda: infer(client, "m", "1"), protocol, "unavailable", message)
     client.unload_model("m")  # unloading again is harmless, as in Triton
 
     client.load_model("m")
