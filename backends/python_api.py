@@ -434,8 +434,9 @@ class InferenceRequest:
             return self._parameters
         return json.dumps(dict(self._parameters))
 
-    def requested_output_names(self) -> list[str]:
-        return self._requested
+    def requested_output_names(self) -> set[str]:
+        """A set, as Triton's is (a model may test membership or use set operations)."""
+        return set(self._requested)
 
     def model_name(self) -> str:
         return self._model_name
@@ -540,6 +541,11 @@ class InferenceResponse:
     ) -> None:
         if output_tensors is not None and not isinstance(output_tensors, list | tuple):
             raise TritonModelException('"output_tensors" must be a list.')
+        if error is not None and not isinstance(error, TritonError):  # Triton: a TypeError
+            raise TypeError(
+                f"InferenceResponse(error=...) takes a pb_utils.TritonError, got "
+                f"{type(error).__name__}"
+            )
         self._outputs = list(output_tensors or ())
         self._error = error
         self._parameters: dict[str, ParamValue] = _checked_parameters(parameters)

@@ -122,7 +122,7 @@ class TritonPythonModel:
                 "parameters": json.loads(request.parameters()),
                 "correlation_id": request.correlation_id(),
                 "flags": request.flags(),
-                "requested": request.requested_output_names(),
+                "requested": sorted(request.requested_output_names()),
             }
             outputs = [
                 pb_utils.Tensor(name, np.array([json.dumps(value).encode()], dtype=np.object_))

@@ -158,6 +158,8 @@ def test_inference_response_holds_outputs_or_an_error() -> None:
     assert failed.has_error() and failed.error() is not None and failed.output_tensors() == []
     with pytest.raises(pb_utils.TritonModelException, match="must be a list"):
         pb_utils.InferenceResponse(out)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a pb_utils\.TritonError, got str"):
+        pb_utils.InferenceResponse(error="no")  # type: ignore[arg-type]
 
 
 def test_inference_request_accessors() -> None:
@@ -174,7 +176,7 @@ def test_inference_request_accessors() -> None:
     assert request.inputs() == [x] and request.model_name() == "m"
     assert (request.request_id(), request.correlation_id(), request.flags()) == ("r1", 7, 1)
     assert json.loads(request.parameters()) == {"k": "v", "n": 2}  # a JSON string, as Triton
-    assert request.requested_output_names() == ["y"]
+    assert request.requested_output_names() == {"y"}  # a set, as Triton's
     assert not request.is_cancelled()
     assert pb_utils.get_input_tensor_by_name(request, "x") is x
     assert pb_utils.get_input_tensor_by_name(request, "missing") is None
