@@ -497,9 +497,8 @@ class InferenceRequest:
 
     def _as_infer_request(self) -> InferRequest:
         params = self._parameters
-        parameters: dict[str, ParamValue] = dict(
-            json.loads(params) if isinstance(params, str) else params
-        )
+        # Checked as Triton checks a BLS request's parameters (it does when building it).
+        parameters = _checked_parameters(json.loads(params) if isinstance(params, str) else params)
         if self._timeout:
             parameters["timeout"] = self._timeout  # µs in the queue, Triton's request timeout
         if self._correlation_id:  # a request of a sequence, to a stateful model
@@ -597,7 +596,10 @@ def _bls_response(answer: InferResponse) -> InferenceResponse:
 
 
 def _bls_error(error: InferdError) -> InferenceResponse:
-    code = _TRITON_CODES.get(error.code, TritonError.INTERNAL)
+    # As in Triton, a failed call is the caller's internal error whatever the called model or
+    # the server answered (a model that passes it on must not tell its client 404 or 400), but
+    # for a cancelled one.
+    code = TritonError.CANCELLED if error.code is ErrorCode.CANCELLED else TritonError.INTERNAL
     return InferenceResponse(error=TritonError(error.message, code))
 
 

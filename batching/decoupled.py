@@ -30,10 +30,6 @@ from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
 
-# Triton's answer to a decoupled model over HTTP infer (the gRPC front door says it its way).
-HTTP_REFUSAL = "HTTP end point doesn't support models with decoupled transaction policy"
-GRPC_REFUSAL = "ModelInfer RPC doesn't support models with decoupled transaction policy"
-
 # What a response stream hands the front door: outputs, an error, or None (a final flag that
 # came without a response); and whether it is the request's last.
 StreamItem = Outputs | InferdError | None
@@ -43,13 +39,6 @@ OnResponse = Callable[[StreamItem, bool], None]
 # sending faster than the loop takes them waits (its own thread only), so that a busy loop's
 # queue cannot grow without bound. The front doors bound what waits for slow clients.
 MAX_UNDELIVERED = 128
-
-
-class DecoupledRefused(InferdError):
-    """A decoupled model asked for a single answer: each front door words it as Triton does."""
-
-    def __init__(self) -> None:
-        super().__init__(ErrorCode.UNSUPPORTED, HTTP_REFUSAL)
 
 
 class SendCredits:

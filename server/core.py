@@ -12,7 +12,6 @@ from typing import Any
 
 import inferd
 from inferd.batching.decoupled import (
-    DecoupledRefused,
     OnResponse,
     StreamItem,
     StreamRequest,
@@ -24,7 +23,14 @@ from inferd.repository.manager import ModelRepository, ModelVersion, version_num
 from inferd.server.answers import answer
 from inferd.server.cached_answers import CachedAnswers
 from inferd.server.ensemble import EnsembleRunner
-from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
+from inferd.server.errors import (
+    DecoupledRefused,
+    ErrorCode,
+    InferdError,
+    internal,
+    invalid,
+    unavailable,
+)
 from inferd.server.log_settings import LogControl, LogSettings
 from inferd.server.mlserver_envelope import MLServerEnvelope
 from inferd.server.redis_cache import RedisCache

@@ -67,3 +67,16 @@ def body_too_large(limit: int) -> InferdError:
     return InferdError(
         ErrorCode.TOO_LARGE, f"request body is larger than the limit of {limit} bytes"
     )
+
+
+# Triton's answer to a decoupled model over HTTP infer (the gRPC front door says it its way,
+# and BLS its own).
+HTTP_REFUSAL = "HTTP end point doesn't support models with decoupled transaction policy"
+GRPC_REFUSAL = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+
+
+class DecoupledRefused(InferdError):
+    """A decoupled model asked for a single answer: each front door words it as Triton does."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.UNSUPPORTED, HTTP_REFUSAL)

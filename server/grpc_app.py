@@ -25,10 +25,16 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.batching.decoupled import GRPC_REFUSAL, DecoupledRefused
 from inferd.batching.scheduler import Outputs
 from inferd.server.core import InferenceCore
-from inferd.server.errors import ErrorCode, InferdError, internal, unsupported
+from inferd.server.errors import (
+    GRPC_REFUSAL,
+    DecoupledRefused,
+    ErrorCode,
+    InferdError,
+    internal,
+    unsupported,
+)
 from inferd.server.grpc_calls import MethodKind, Respond, RpcError, RpcMethod, ServerCall
 from inferd.server.grpc_codec import (
     decode_infer_request,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from inferd.server.errors import ErrorCode, InferdError, internal, unavailable
+from inferd.server.errors import DecoupledRefused, ErrorCode, InferdError, internal, unavailable
 from inferd.server.types import Cancel, InferRequest, InferResponse, OnStreamResponse
 
 # One answer of a streamed call and whether it is the last (see OnStreamResponse).
@@ -167,10 +167,21 @@ class LoopModelCalls:
         try:
             model, _ = core.submit(request, on_done=done)  # done() runs after this returns
         except Exception as exc:
-            answer(exc)
+            answer(_refused(request.model_name, exc))
 
     async def _infer(self, request: InferRequest) -> InferResponse:
-        return await self._started().infer(request)
+        answered: asyncio.Future[InferResponse] = self._loop.create_future()
+
+        def answer(outcome: InferResponse | BaseException) -> None:
+            if answered.done():  # the caller was cancelled
+                return
+            if isinstance(outcome, BaseException):
+                answered.set_exception(outcome)
+            else:
+                answered.set_result(outcome)
+
+        self.infer_now(request, answer)
+        return await answered
 
     # ---- model control (pb_utils.load_model & co.) -----------------------------------------
 
@@ -231,6 +242,21 @@ _WHY = (
     ", where its short batches run because its config sets 'inferd.inline_execution_us': it "
     "cannot wait there (its batches run on its own thread from now on)"
 )
+
+
+def _refused(model: str, exc: Exception) -> Exception:
+    """A call the server refused before the called model ran it (unknown model, a request
+    that does not fit it), worded as Triton's BLS words it."""
+    if not isinstance(exc, InferdError):
+        return exc
+    why = exc.message
+    if isinstance(exc, DecoupledRefused):
+        why = (
+            f"Model {model} is using the decoupled. The current BLS request call doesn't support "
+            "models using the decoupled transaction policy. Please use 'decoupled=True' argument "
+            "to the 'exec' or 'async_exec' calls for decoupled models.'"
+        )
+    return InferdError(exc.code, f"Model {model} - Error when running inference: {why}")
 
 
 def _settle(

@@ -153,8 +153,8 @@ class TritonPythonModel:
 """
 
 # BLS to a decoupled model: calls the "target" request parameter's model (default "repeat")
-# with exec(decoupled=True), or with async_exec(decoupled=True) twice at once when "async" is
-# set, and answers SEEN, a JSON
+# with exec(decoupled=True), with async_exec(decoupled=True) twice at once when "async" is
+# set, or with a plain exec() when "plain" is, and answers SEEN, a JSON
 # list per call of what each response held: its OUT value, "empty", or "error: <message>".
 # "cancel_after" > 0 cancels the call after that many responses.
 BLS_DECOUPLED = """
@@ -195,7 +195,9 @@ class TritonPythonModel:
             call = pb_utils.InferenceRequest(
                 model_name=target, inputs=inputs, requested_output_names=[]
             )
-            if params.get("async"):
+            if params.get("plain"):  # one answer asked of any model
+                iterators = [[call.exec()]]
+            elif params.get("async"):
                 iterators = await asyncio.gather(
                     call.async_exec(decoupled=True), call.async_exec(decoupled=True)
                 )

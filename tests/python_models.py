@@ -320,7 +320,14 @@ class TritonPythonModel:
                 itself = "called itself"
             except pb_utils.TritonModelException as error:
                 itself = error.message()
-            notes = [missing.error().message(), str(missing.error().code()), itself]
+            try:
+                pb_utils.InferenceRequest(
+                    model_name="add_sub", inputs=inputs, parameters={"t": 0.5}
+                ).exec()
+                floats = "sent"
+            except pb_utils.TritonModelException as error:
+                floats = error.message()
+            notes = [missing.error().message(), str(missing.error().code()), itself, floats]
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUTPUT0", total * 2),
                 pb_utils.Tensor("NOTES", np.array([n.encode() for n in notes], dtype=np.object_)),
@@ -337,7 +344,7 @@ input [
 ]
 output [
   { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "NOTES" data_type: TYPE_STRING dims: [ 3 ] }
+  { name: "NOTES" data_type: TYPE_STRING dims: [ 4 ] }
 ]
 """
 

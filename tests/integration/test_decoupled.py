@@ -658,6 +658,19 @@ def test_bls_reads_a_decoupled_models_responses_as_they_come(
     assert both == [expected] * 2
 
 
+def test_a_plain_bls_call_to_a_decoupled_model_is_refused_in_tritons_words(
+    server: RunningServer,
+) -> None:
+    assert bls_seen(server, [1], 0, target="add_sub", plain=True) == [[2]]
+    [[refusal]] = bls_seen(server, [1], 0, plain=True)
+    assert refusal == (
+        "error: Model repeat - Error when running inference: Model repeat is using the "
+        "decoupled. The current BLS request call doesn't support models using the decoupled "
+        "transaction policy. Please use 'decoupled=True' argument to the 'exec' or "
+        "'async_exec' calls for decoupled models.'"
+    )
+
+
 def test_bls_streams_from_any_model_and_can_cancel(server: RunningServer) -> None:
     assert bls_seen(server, [1], 0, target="add_sub") == [[2]]  # one response, final
     seen = bls_seen(server, [7], 5, cancel_after=1)  # mode 5 sends until cancelled

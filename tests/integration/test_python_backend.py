@@ -423,10 +423,19 @@ def test_a_model_calls_another_model_through_bls(server: RunningServer, protocol
     b = np.array([10, 20, 30, 40], np.float32)
     out = infer(server, protocol, "bls", {"INPUT0": a, "INPUT1": b})
     np.testing.assert_array_equal(out["OUTPUT0"], (a + b) * 2)
-    missing, code, itself = (note.decode() for note in out["NOTES"].ravel())
-    assert "no_such_model" in missing  # a failed call is an error response, as in Triton
-    assert int(code) == 2  # TritonError.NOT_FOUND
+    missing, code, itself, floats = (note.decode() for note in out["NOTES"].ravel())
+    # A failed call is an error response, worded and coded as Triton's BLS does: the caller's
+    # internal error, whatever the server answered.
+    assert missing == (
+        "Model no_such_model - Error when running inference: Request for unknown model: "
+        "'no_such_model' is not found"
+    )
+    assert int(code) == 1  # TritonError.INTERNAL
     assert itself == "model 'bls' cannot call itself: its instance would wait for itself"
+    # Parameters of the types the protocol carries, as Triton checks them.
+    assert (
+        floats == "Expect parameters values to have type bool/int/str, found type <class 'float'>"
+    )
 
 
 @pytest.mark.parametrize("count", [16, 100_000, 1_000_000])  # 4 MB: more than a socket holds
