@@ -21,9 +21,21 @@ from inferd.server.errors import InferdError, internal
 _CLOSED = "Unable to send response. Response sender has been closed."
 _NO_RESPONSE = "Inference Response object must be provided when the response flags is set to zero."
 _ONE_ONLY = "Unable to send response. Non-decoupled model cannot send more than one response."
+_BAD_FLAGS = "Unable to send response. Unsupported flag provided."
 
 # A model's InferenceResponse as what the client gets: outputs or that response's error.
 Convert = Callable[[object], RequestOutcome]
+
+
+def _is_final(response: api.InferenceResponse | None, flags: int) -> bool:
+    """Whether a send ends the request; flags but 0 and COMPLETE_FINAL are refused."""
+    if flags == api.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+        return True
+    if flags != 0:
+        raise api.TritonModelException(_BAD_FLAGS)
+    if response is None:
+        raise api.TritonModelException(_NO_RESPONSE)
+    return False
 
 
 class ResponseSender:
@@ -36,9 +48,7 @@ class ResponseSender:
         self._sink = sink
 
     def send(self, response: api.InferenceResponse | None = None, flags: int = 0) -> None:
-        final = bool(flags & api.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if response is None and not final:
-            raise api.TritonModelException(_NO_RESPONSE)
+        final = _is_final(response, flags)
         sink = self._sink
         if sink.closed:  # before converting: a late send costs nothing
             raise api.TritonModelException(_CLOSED)
@@ -63,9 +73,7 @@ class SingleResponseSender:
         self.answer: RequestOutcome | None = None
 
     def send(self, response: api.InferenceResponse | None = None, flags: int = 0) -> None:
-        final = bool(flags & api.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if response is None and not final:
-            raise api.TritonModelException(_NO_RESPONSE)
+        final = _is_final(response, flags)
         with self._lock:
             if self._closed:
                 raise api.TritonModelException(_CLOSED)

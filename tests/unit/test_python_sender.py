@@ -101,6 +101,11 @@ def test_a_response_is_required_unless_the_flag_is_final(received: Received) -> 
         match="Inference Response object must be provided when the response flags is set to zero",
     ):
         sender.send(None, flags=0)
+    # Flags but 0 and the final flag are refused in Triton's words, and nothing is sent.
+    with pytest.raises(pb_utils.TritonModelException, match="Unsupported flag provided"):
+        sender.send(out(1), flags=7)
+    sender.send(flags=FINAL)
+    assert values(received.settle()) == [(None, True)]
 
 
 def test_an_error_response_is_that_response_s_error(received: Received) -> None:
