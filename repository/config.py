@@ -222,7 +222,7 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
     for index, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{config.name}_{index}"
-        if group.count == 0:
+        if group.count < 1:  # as Triton: no count (or a negative one) is one instance
             group.count = 1
         if group.kind == pb.ModelInstanceGroup.KIND_AUTO:
             group.kind = (
@@ -244,12 +244,10 @@ def validate(
         _validate_response_cache(where, config)
     if config.max_batch_size < 0:
         raise invalid(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
-    if not config.input and not schemaless:
-        raise invalid(f"{where}: the model has no inputs (and none could be auto-completed)")
-    if not config.output and not schemaless:
-        raise invalid(f"{where}: the model has no outputs (and none could be auto-completed)")
+    # A model without inputs or outputs loads, as in Triton (a python model that answers from
+    # its parameters, one that only consumes).
     for kind, tensors in (("input", config.input), ("output", config.output)):
-        seen: set[str] = set()
+        seen: dict[str, Any] = {}
         for tensor in tensors:
             _validate_tensor(where, kind, tensor, seen)
             if tensor.HasField("reshape"):
@@ -261,8 +259,6 @@ def validate(
         parse_sequence_batching(config, where)
     validate_ensemble(config)
     for group in config.instance_group:
-        if group.count < 1:
-            raise invalid(f"{where}: instance_group '{group.name}' count must be >= 1")
         _validate_rate_limiter(where, group)
 
 
@@ -328,12 +324,14 @@ def _validate_response_cache(where: str, config: ModelConfigProto) -> None:
     )
 
 
-def _validate_tensor(where: str, kind: str, tensor: Any, seen: set[str]) -> None:
+def _validate_tensor(where: str, kind: str, tensor: Any, seen: dict[str, Any]) -> None:
     if not tensor.name:
         raise invalid(f"{where}: an {kind} has no name")
-    if tensor.name in seen:
-        raise invalid(f"{where}: duplicate {kind} name '{tensor.name}'")
-    seen.add(tensor.name)
+    # Triton loads a tensor declared twice (a copy-paste slip); one declared twice in two
+    # ways would leave its type or shape to chance.
+    if tensor.name in seen and seen[tensor.name] != tensor:
+        raise invalid(f"{where}: {kind} '{tensor.name}' is declared twice, differently")
+    seen[tensor.name] = tensor
     if tensor.data_type == pb.TYPE_INVALID:
         raise invalid(f"{where}: {kind} '{tensor.name}' has no data_type")
     if not tensor.dims:
@@ -387,8 +385,6 @@ def _runs(dims: list[int]) -> list[int]:
 
 def _validate_batching(where: str, config: ModelConfigProto) -> None:
     batching = config.dynamic_batching
-    if config.max_batch_size == 0:
-        raise invalid(f"{where}: dynamic_batching needs max_batch_size > 0")
     for size in batching.preferred_batch_size:
         if not 0 < size <= config.max_batch_size:
             raise invalid(
@@ -401,6 +397,12 @@ def _validate_batching(where: str, config: ModelConfigProto) -> None:
         )
     if batching.priority_levels > 0 and batching.default_priority_level == 0:
         raise invalid(f"{where}: default_priority_level must be set when priority_levels > 0")
+    for level in batching.priority_queue_policy:
+        if not 0 < level <= batching.priority_levels:  # Triton's words
+            raise invalid(
+                f"{where}: priority queue policy must have priority level in range "
+                f"[1, {batching.priority_levels}]"
+            )
 
 
 def to_model_config(

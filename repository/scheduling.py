@@ -19,13 +19,14 @@ DEFAULT_DECOUPLED_UNLOAD_TIMEOUT_S = 30.0
 
 def scheduler_config(config: ModelConfig) -> SchedulerConfig:
     """No dynamic_batching = each request runs alone with no queue policy (Triton's default
-    scheduler); the latency objective applies either way."""
+    scheduler); with it and max_batch_size 0, each runs alone with its queue policies and
+    priorities, as in Triton. The latency objective applies either way."""
     slo_ns = latency_slo_ns(config.parameters.get(LATENCY_SLO_PARAMETER, ""), config.name)
     inline_ns = _inline_us(config) * 1000
     unload_s = _unload_timeout_s(config)
     streams_optional = config.backend == MLSERVER  # MLServer's infer_stream: predict_stream()
     batching = config.dynamic_batching
-    if batching is None or config.max_batch_size == 0:
+    if batching is None:
         return SchedulerConfig(
             BatchPolicy(max_batch_size=0),
             latency_slo_ns=slo_ns,

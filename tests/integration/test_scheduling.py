@@ -125,3 +125,42 @@ def test_refused_requests_count_as_failures(batching_server: RunningServer) -> N
     assert stats["inference_stats"]["fail"]["count"] == 1
     assert stats["inference_stats"]["success"]["count"] == 0
     assert 'nv_inference_request_failure{model="batched",reason="OTHER",version="1"} 1' in metrics
+
+
+def test_dynamic_batching_of_a_model_that_does_not_batch_runs_each_request_alone(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """As in Triton, max_batch_size 0 with dynamic_batching loads: its queue settings apply
+    (here priorities) and every request is an execution of its own."""
+    config = (
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1, 4 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1, 4 ] }]\n'
+        "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n"
+    )
+    write_model(tmp_path, "alone", identity_model(shape=(1, 4)), config)
+    server = server_factory(model_repositories=(tmp_path,))
+
+    def call(value: int) -> np.ndarray:
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+            answer: np.ndarray = client.infer("alone", [tensor], priority=1 + value % 2).as_numpy(
+                "OUTPUT0"
+            )
+            return answer
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(16)))
+    for value, result in enumerate(results):
+        np.testing.assert_array_equal(result, np.full((1, 4), value, np.float32))
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics("alone")["model_stats"][0]
+    finally:
+        client.close()
+    assert stats["inference_count"] == stats["execution_count"] == 16
+    assert [b["batch_size"] for b in stats["batch_stats"]] == [1]

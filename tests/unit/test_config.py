@@ -143,14 +143,18 @@ BAD_CONFIGS = [
     ("max_batch_size: -1", "max_batch_size"),
     (
         'input [{name: "x" data_type: TYPE_FP32 dims: [2]}, {name: "x" data_type: TYPE_FP32 '
-        "dims: [2]}]",
-        "duplicate input name 'x'",
+        "dims: [3]}]",
+        "input 'x' is declared twice, differently",
     ),
     ('input [{name: "z" dims: [2]}]', "input 'z' has no data_type"),
     ('input [{name: "z" data_type: TYPE_FP32}]', "at least one dim"),
     ('input [{name: "z" data_type: TYPE_FP32 dims: [0]}]', "must be > 0 or -1"),
-    ("dynamic_batching {}", "needs max_batch_size > 0"),
     ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "1..4"),
+    (
+        "max_batch_size: 4\ndynamic_batching { priority_levels: 2 default_priority_level: 1 "
+        "priority_queue_policy { key: 3 value { max_queue_size: 1 } } }",
+        "priority queue policy must have priority level in range [1, 2]",
+    ),
     (
         "model_transaction_policy { decoupled: true }\nresponse_cache { enable: true }",
         "Response Cache does not currently support model m with 'decoupled' transaction policy",
@@ -191,6 +195,34 @@ BAD_CONFIGS = [
         "model input 'z' has different size for dims and reshape",
     ),
 ]
+
+
+# Configs tritonserver 2.51 loads, some of them slips: the same repository must load here.
+TRITON_LOADS = {
+    "no inputs": 'output [{name: "b" data_type: TYPE_FP32 dims: [2]}]',
+    "no outputs": 'input [{name: "a" data_type: TYPE_FP32 dims: [2]}]',
+    "a tensor declared twice alike": (
+        'input [{name: "a" data_type: TYPE_FP32 dims: [2]}, '
+        '{name: "a" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "b" data_type: TYPE_FP32 dims: [2]}]'
+    ),
+    "dynamic batching of a model that does not batch": (
+        'input [{name: "a" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "b" data_type: TYPE_FP32 dims: [2]}]\n'
+        "dynamic_batching { priority_levels: 2 default_priority_level: 1 }"
+    ),
+    "a negative instance count": (
+        'input [{name: "a" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "b" data_type: TYPE_FP32 dims: [2]}]\n'
+        "instance_group [{count: -1 kind: KIND_CPU}]"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRITON_LOADS)
+def test_configs_triton_loads_load(case: str) -> None:
+    typed = to_model_config(parsed(TRITON_LOADS[case], name="m"), "python")
+    assert typed.instance_groups[0].count >= 1
 
 
 def test_reshapes_that_keep_the_element_counts_are_accepted() -> None:
