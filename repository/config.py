@@ -216,8 +216,8 @@ def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None
         optimization.input_pinned_memory.enable = True
     if not optimization.HasField("output_pinned_memory"):
         optimization.output_pinned_memory.enable = True
-    if not config.instance_group:
-        group = config.instance_group.add()
+    if not config.instance_group:  # named as the model, as Triton names it
+        group = config.instance_group.add(name=config.name)
         group.kind = pb.ModelInstanceGroup.KIND_AUTO
     for index, group in enumerate(config.instance_group):
         if not group.name:

@@ -276,7 +276,7 @@ def test_initialize_gets_tritons_args(server: RunningServer, repo: Path) -> None
         "model_repository": str(repo / "info"),
         "model_version": "1",
         "model_instance_kind": "CPU",
-        "model_instance_name": "info_0_0",
+        "model_instance_name": "info_0",
         "model_instance_device_id": "0",
     }
 

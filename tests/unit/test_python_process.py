@@ -484,7 +484,7 @@ def test_through_the_server_a_crash_fails_what_the_stub_held_and_the_next_reques
         crashing, behind = infer(-300), infer(2)
         assert running.get_result().as_numpy("OUTPUT0")[0] == first
         for failed in (crashing, behind):
-            with pytest.raises(InferenceServerException, match="Stub process 'pid_0_0' is not"):
+            with pytest.raises(InferenceServerException, match="Stub process 'pid_0' is not"):
                 failed.get_result()
         again = infer(3).get_result().as_numpy("OUTPUT0")
         assert again[0] != first and again[1] == 1  # a new stub, initialized once
