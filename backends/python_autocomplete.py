@@ -118,7 +118,12 @@ def run_auto_complete(
         raise invalid(
             f"{model_file}: auto_complete_config() failed: {type(exc).__name__}: {exc}"
         ) from None
-    completed = returned if isinstance(returned, AutoCompleteConfig) else editable
+    if not isinstance(returned, AutoCompleteConfig):  # Triton's words
+        raise invalid(
+            f"{model_file}: auto_complete_config function in model '{model_name}' must return "
+            "a valid pb.ModelConfig object."
+        )
+    completed = returned
     try:
         parsed = json_format.ParseDict(
             completed.as_dict(), pb.ModelConfig(), ignore_unknown_fields=False

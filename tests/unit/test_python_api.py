@@ -309,6 +309,12 @@ class _Fails:
         raise RuntimeError("cannot read the weights")
 
 
+class _ReturnsNothing:
+    @staticmethod
+    def auto_complete_config(config: AutoCompleteConfig) -> None:
+        config.set_max_batch_size(2)
+
+
 def test_run_auto_complete_replaces_the_config_with_what_the_model_returns() -> None:
     config = parse_config_text('backend: "python"', "test")
     run_auto_complete(config, _Completes, "m", Path("m/1/model.py"))
@@ -325,6 +331,10 @@ def test_run_auto_complete_replaces_the_config_with_what_the_model_returns() -> 
     [
         (_Misspells, "left an invalid config: .*max_batch_sise"),
         (_Fails, r"auto_complete_config\(\) failed: RuntimeError: cannot read the weights"),
+        (  # as Triton: the config must be returned
+            _ReturnsNothing,
+            "auto_complete_config function in model 'm' must return a valid pb.ModelConfig",
+        ),
     ],
 )
 def test_run_auto_complete_failures_name_the_file(model: type, message: str) -> None:
