@@ -128,6 +128,16 @@ input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
 output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]
 """
 
+# A python model that answers no tensors (Triton's python backend lets it).
+HOLLOW_SOURCE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+"""
+
 # BATCHER (python_models.py) with no queue delay: a negative input fails its request alone.
 PICKY_CONFIG = BATCHER_CONFIG.replace(
     "dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 5000000 }",
@@ -214,6 +224,13 @@ UNBATCHED_STEP = ensemble(
 RAISING = ensemble(
     X, {"Y": "FP32"}, ("raiser", {"INPUT0": "X"}, {"OUTPUT0": "Y"}), max_batch_size=0
 )
+HOLLOWED = ensemble(
+    X,
+    {"Y": "FP32", "Z": "FP32"},
+    ("row", {"INPUT0": "X"}, {"OUTPUT0": "Y"}),
+    ("hollow", {"INPUT0": "X"}, {"OUTPUT0": "Z"}),
+    max_batch_size=0,
+)
 PICKY = ensemble(X, {"Y": "FP32"}, ("picky", {"INPUT0": "X"}, {"Y": "Y"}), dims="[ 1 ]")
 BATCHED = ensemble(
     X,
@@ -240,6 +257,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_python_model(root, me, source, MEET_CONFIG)
     write_python_model(root, "row", ROW_SOURCE, ROW)
     write_python_model(root, "raiser", RAISER, ROW)
+    write_python_model(root, "hollow", HOLLOW_SOURCE, ROW)
     write_python_model(root, "picky", BATCHER, PICKY_CONFIG)
     write_python_model(root, "batcher", BATCHER, BATCHER_CONFIG)
     for name, config in {
@@ -250,6 +268,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "meeting": MEETING,
         "unbatched_step": UNBATCHED_STEP,
         "raising": RAISING,
+        "hollowed": HOLLOWED,
         "picky_ensemble": PICKY,
         "batched": BATCHED,
     }.items():
@@ -445,6 +464,17 @@ def test_a_failing_step_fails_the_request_with_its_error(
         "invalid",
     )
     assert message == "in ensemble 'picky_ensemble', step model 'picky': negative input"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_output_no_step_produced_is_left_out_of_the_answer(
+    server: RunningServer, protocol: str
+) -> None:
+    """As in Triton 2.51: a composing python model that answers without a tensor leaves that
+    ensemble output out; the others are answered."""
+    x = np.arange(4, dtype=np.float32)
+    assert list(infer(server, protocol, "hollowed", {"X": x})) == ["Y"]
+    assert infer(server, protocol, "hollowed", {"X": x}, outputs=["Z"]) == {}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
