@@ -558,11 +558,16 @@ def _to_binary(name: str, datatype: DataType, array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array, dtype=wire).reshape(-1).view(np.uint8).data
 
 
+_WIDENED = frozenset({DataType.FP16, DataType.BF16, DataType.FP32})
+
+
 def _to_json(name: str, datatype: DataType, array: np.ndarray) -> object:
     if datatype is DataType.BYTES:
         return [_element_text(name, item) for item in array.ravel().tolist()]
-    # orjson serializes flat native contiguous arrays directly; it has no bfloat16.
-    wire = np.float32 if datatype is DataType.BF16 else datatype.numpy
+    # orjson serializes flat native contiguous arrays directly. Floats go as the doubles they
+    # widen to, as Triton (and MLServer) print them: 0.1 in FP32 is 0.10000000149011612, and a
+    # client that reads the JSON as doubles gets Triton's values.
+    wire = np.float64 if datatype in _WIDENED else datatype.numpy
     return np.ascontiguousarray(array, dtype=wire).reshape(-1)
 
 

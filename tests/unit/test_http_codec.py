@@ -237,6 +237,15 @@ def test_encode_response_every_datatype(datatype: DataType, binary: bool) -> Non
     assert result.get_output("y")["datatype"] == datatype.value
 
 
+def test_json_floats_are_the_doubles_they_widen_to_as_triton_prints_them() -> None:
+    array = np.array([0.1, 1e-8, -0.0], np.float32)
+    response = InferResponse("m", "1", [("y", DataType.FP32, array)])
+    body, _ = encode_infer_response(response, OutputEncoding(binary_default=False))
+    data = orjson.loads(body)["outputs"][0]["data"]
+    assert data == [float(np.float64(v)) for v in array]  # 0.10000000149011612, not 0.1
+    assert b"0.10000000149011612" in bytes(body)
+
+
 def test_encode_response_mixed_outputs_and_header_fields() -> None:
     response = InferResponse(
         "m",
