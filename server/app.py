@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,10 @@ async def _response_cache(config: CacheConfig | None) -> ResponseCache | RedisCa
 
 class StartupError(Exception):
     """The server cannot start (bad repository path, port in use, fatal model failure)."""
+
+
+class ExitTimeout(Exception):
+    """The models did not unload within --exit-timeout-secs of the stop."""
 
 
 def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -373,7 +378,9 @@ class App:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then unload every model. Both front
-        doors stop accepting at once and drain together, within one --exit-timeout-secs."""
+        doors stop accepting at once and drain together, within one --exit-timeout-secs; the
+        models get what is left of it to unload, or ExitTimeout is raised."""
+        deadline = time.monotonic() + self.settings.exit_timeout_secs
         doors = [door for door in (self._grpc, self._http, *self._hosted) if door is not None]
         self._grpc = self._http = None
         self._hosted.clear()
@@ -382,7 +389,16 @@ class App:
             await self._poller.stop()
             self._poller = None
         if self._repository is not None:
-            await self._repository.close()
+            # At least a second, for idle models' finalize(): a model whose execute() never
+            # returns must not keep the server from exiting (Triton exits then too).
+            left = max(deadline - time.monotonic(), 1.0)
+            try:
+                await asyncio.wait_for(self._repository.close(), left)
+            except TimeoutError:
+                raise ExitTimeout(
+                    "Exit timeout expired: a model still runs requests (an execute() that does "
+                    "not return?) after --exit-timeout-secs. Exiting immediately."
+                ) from None
         self._remote.close()
         if self._mlserver_metrics is not None:  # the stubs are gone
             shutil.rmtree(self._mlserver_metrics, ignore_errors=True)
@@ -425,6 +441,10 @@ def run(settings: Settings) -> int:
     except StartupError as exc:
         log.error("%s", exc)
         return 1
+    except ExitTimeout as exc:
+        log.error("%s", exc)
+        logging.shutdown()
+        os._exit(1)  # an instance thread still in execute() would hold a normal exit
     return 0
 
 

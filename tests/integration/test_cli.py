@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from inferd.server.otel_trace import OtelSettings
 from inferd.server.rate_limit_settings import RateLimitMode, RateLimitSettings
 from inferd.server.trace_settings import TraceLevel, TraceSetting
 from tests.conftest import EXAMPLES
+from tests.python_models import write_python_model
 
 
 def settings_for(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -459,6 +461,54 @@ def test_python_dash_m_serves_the_bundled_examples_and_exits_cleanly_on_sigterm(
     log = output.decode()
     assert "model 'digits' version 1 is READY on 1 x cpu" in log
     assert "Traceback" not in log
+
+
+# A python model whose execute() never returns (a loop that ignores cancellation); it leaves
+# a mark beside its file once running.
+ENDLESS = """
+import time
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        open(__file__ + ".running", "w").close()
+        while True:
+            time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_a_model_that_never_returns_cannot_hold_the_exit_past_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """As Triton: past --exit-timeout-secs the server exits even with a request in flight,
+    with code 1 and saying why (it used to wait for the model forever)."""
+    config = (
+        'backend: "python"\ninput [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+    )
+    write_python_model(tmp_path, "endless", ENDLESS, config)
+    process, url = spawn_inferd(f"--model-repository={tmp_path}", "--exit-timeout-secs=1")
+    try:
+        wait_ready(url, process)
+        body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        with ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(httpx.post, url + "/v2/models/endless/infer", json=body)
+            deadline = time.monotonic() + 10
+            while not (tmp_path / "endless" / "1" / "model.py.running").exists():
+                assert time.monotonic() < deadline, "the request did not reach the model"
+                time.sleep(0.05)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+            took = time.monotonic() - started
+            with pytest.raises(httpx.TransportError):
+                stuck.result(10)  # cut when the exit timeout expired
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    assert "Exit timeout expired" in output.decode()
+    assert took < 20  # not forever (the bound is the timeout and a second; shared cores)
 
 
 @pytest.mark.slow
