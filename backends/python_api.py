@@ -295,7 +295,6 @@ ERROR_CODES: Mapping[int, ErrorCode] = {
     TritonError.ALREADY_EXISTS: ErrorCode.ALREADY_EXISTS,
     TritonError.CANCELLED: ErrorCode.CANCELLED,
 }
-_TRITON_CODES: Mapping[ErrorCode, int] = {code: triton for triton, code in ERROR_CODES.items()}
 
 
 class TritonModelException(Exception):

@@ -29,8 +29,6 @@ _STOPPING = "the server is stopping"
 
 
 class Infers(Protocol):
-    async def infer(self, request: InferRequest) -> InferResponse: ...
-
     def submit(
         self,
         request: InferRequest,
