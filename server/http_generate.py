@@ -281,15 +281,15 @@ def _tensor(spec: TensorConfig, value: Any, batching: bool) -> np.ndarray:
 
 
 def _answer_json(response: InferResponse) -> dict[str, Any]:
-    answer: dict[str, Any] = {
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-    }
+    # The outputs, then the model's name and version, in Triton's order.
+    answer: dict[str, Any] = {}
     for name, datatype, array in response.outputs:
         items = array.ravel().tolist()
         if datatype is DataType.BYTES:
             items = [_text(item) for item in items]
         answer[name] = items[0] if len(items) == 1 else items
+    answer["model_name"] = response.model_name
+    answer["model_version"] = response.model_version
     return answer
 
 

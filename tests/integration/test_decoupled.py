@@ -538,6 +538,8 @@ def test_generate_answers_flat_json_for_any_model(server: RunningServer) -> None
         "OUTPUT0": [2.0, 3.0, 4.0, 5.0],
         "OUTPUT1": [0.0, 1.0, 2.0, 3.0],
     }
+    # In Triton 2.51's order: the outputs first.
+    assert list(json.loads(body)) == ["OUTPUT0", "OUTPUT1", "model_name", "model_version"]
     status, _, body = post(server, "/v2/models/repeat/generate", {"IN": [4], "MODE": 1})
     assert status == 200
     assert json.loads(body) == {"model_name": "repeat", "model_version": "1", "OUT": 4, "IDX": 0}
