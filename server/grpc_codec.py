@@ -93,7 +93,7 @@ def decode_infer_request(
 
 def _raw_inputs(tensors: Sequence[Any], raws: Sequence[bytes], model: str) -> dict[str, np.ndarray]:
     if len(raws) != len(tensors):
-        raise _raw_count_error(tensors, len(raws))
+        raise _raw_count_error(tensors, len(raws), model)
     inputs: dict[str, np.ndarray] = {}
     for tensor, raw in zip(tensors, raws, strict=True):
         name, datatype, shape = _tensor_header(tensor, inputs)
@@ -141,11 +141,12 @@ def _inputs(
     return inputs
 
 
-def _raw_count_error(tensors: Sequence[Any], count: int) -> InferdError:
-    if count < len(tensors):
+def _raw_count_error(tensors: Sequence[Any], count: int, model: str) -> InferdError:
+    if count < len(tensors):  # Triton 2.51's words, then why
         return invalid(
-            f"input '{tensors[count].name}' has no raw_input_contents entry: the request has "
-            f"{len(tensors)} inputs but {count} raw_input_contents entries"
+            f"unable to find data for input tensor '{tensors[count].name}' for model "
+            f"'{model}' in request: the request has {len(tensors)} inputs but {count} "
+            "raw_input_contents entries"
         )
     return invalid(
         f"the request has {count} raw_input_contents entries but only {len(tensors)} inputs"

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,19 @@ def test_iterative_bench_serves_both_models_and_reports_the_gain(tmp_path: Path)
         assert results[model]["errors"] == 0
         assert results[model]["tokens_per_s"] >= results[model]["requests_per_s"] > 0
     assert "inferd: iterative / static tokens/s" in (tmp_path / "table.md").read_text()
+
+
+def test_the_parity_catalogue_runs_on_its_repository(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """The Triton parity check (benchmarks/parity.py) without Triton: its repository loads,
+    and each request of its catalogue gets an answer, the same one twice."""
+    from inferd.benchmarks import parity
+
+    repo = parity.write_repository(tmp_path / "repo")
+    server = server_factory(model_repositories=(repo,))
+    ports = (server.app.http_port, server.app.grpc_port)
+    rows = parity.compare(ports, ports)
+    assert [verdict for _, verdict, _ in rows] == ["same"] * len(rows)
+    status, answer = parity.http_answer(ports[0], *parity.HTTP["http infer"])
+    assert status == 200 and [o["name"] for o in answer["outputs"]] == ["OUTPUT0", "OUTPUT1"]

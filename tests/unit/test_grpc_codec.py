@@ -251,7 +251,7 @@ def two_inputs() -> Any:
 def test_wrong_raw_count() -> None:
     message = two_inputs()
     del message.raw_input_contents[1]
-    invalid(message, "input 'b' has no raw_input_contents entry", "2 inputs but 1")
+    invalid(message, "unable to find data for input tensor 'b' for model 'm'", "2 inputs but 1")
     message = two_inputs()
     message.raw_input_contents.append(b"")
     invalid(message, "3 raw_input_contents entries but only 2 inputs")
