@@ -122,9 +122,6 @@ KNOWN = {
     "http data count": "400 naming the counts; Triton 2.51 answers 500",
     "http int8 out of range": "refused (400); Triton 2.51 wraps the value silently",
     "grpc extra raw contents": "refused; Triton 2.51 ignores raw_input_contents past its inputs",
-    # The same refusal in other words.
-    "http duplicate input": "without Triton's '[request id: ...]' prefix",
-    "grpc raw size": "names the shape and datatype the size comes from",
     "grpc raw count": "Triton's words, then the counts",
 }
 
@@ -244,6 +241,7 @@ FOUR_RAW = struct.pack("<4f", *FOUR)
 GRPC: dict[str, tuple[str, Any]] = {  # label: (method, request message)
     "grpc infer": ("ModelInfer", _infer_message([FOUR_RAW, FOUR_RAW], id="g1")),
     "grpc raw size": ("ModelInfer", _infer_message([FOUR_RAW[:12], FOUR_RAW])),
+    "grpc raw size with an id": ("ModelInfer", _infer_message([FOUR_RAW[:12], FOUR_RAW], id="z")),
     "grpc raw count": ("ModelInfer", _infer_message([FOUR_RAW])),
     "grpc extra raw contents": ("ModelInfer", _infer_message([FOUR_RAW] * 3)),
     "grpc unknown model": ("ModelInfer", pb.ModelInferRequest(model_name="nope")),

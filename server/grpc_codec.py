@@ -70,13 +70,13 @@ def decode_infer_request(
     raws = message.raw_input_contents
     input_parameters: dict[str, Params] = {}
     if any(tensor.parameters for tensor in tensors):
-        inputs = _inputs(tensors, raws, message.model_name, shared_memory)
+        inputs = _inputs(tensors, raws, (message.model_name, message.id), shared_memory)
         for tensor in tensors:
             own = own_parameters(_parameter_values(tensor.parameters))
             if own:
                 input_parameters[tensor.name] = own
     elif raws:
-        inputs = _raw_inputs(tensors, raws, message.model_name)
+        inputs = _raw_inputs(tensors, raws, (message.model_name, message.id))
     else:
         inputs = _typed_inputs(tensors)
     return InferRequest(
@@ -91,7 +91,11 @@ def decode_infer_request(
     )
 
 
-def _raw_inputs(tensors: Sequence[Any], raws: Sequence[bytes], model: str) -> dict[str, np.ndarray]:
+def _raw_inputs(
+    tensors: Sequence[Any], raws: Sequence[bytes], sender: tuple[str, str]
+) -> dict[str, np.ndarray]:
+    """`sender`: the (model, request id) the tensors are for."""
+    model = sender[0]
     if len(raws) != len(tensors):
         raise _raw_count_error(tensors, len(raws), model)
     inputs: dict[str, np.ndarray] = {}
@@ -103,18 +107,19 @@ def _raw_inputs(tensors: Sequence[Any], raws: Sequence[bytes], model: str) -> di
                 f"input '{name}' for model '{model}'"
             )
         # Zero copy: fixed-size arrays view the message's bytes.
-        inputs[name] = tensor_from_bytes(raw, name, datatype, shape)
+        inputs[name] = tensor_from_bytes(raw, name, datatype, shape, sender)
     return inputs
 
 
 def _inputs(
     tensors: Sequence[Any],
     raws: Sequence[bytes],
-    model: str,
+    sender: tuple[str, str],
     shared: SharedMemoryRegistry | None,
 ) -> dict[str, np.ndarray]:
     """The general case, inputs with parameters: `raw_input_contents` then holds one entry
     per input that is not in shared memory, in input order."""
+    model = sender[0]
     inputs: dict[str, np.ndarray] = {}
     unshared: list[Any] = []
     for tensor in tensors:
@@ -137,7 +142,7 @@ def _inputs(
             f"the request has {len(raws)} raw_input_contents entries for {len(unshared)} "
             f"inputs not in shared memory"
         )
-    inputs.update(_raw_inputs(unshared, raws, model) if raws else _typed_inputs(unshared))
+    inputs.update(_raw_inputs(unshared, raws, sender) if raws else _typed_inputs(unshared))
     return inputs
 
 

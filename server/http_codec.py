@@ -155,7 +155,7 @@ def decode_infer_request(
     encoding = OutputEncoding()
     parameters = _request_parameters(doc.get("parameters"), encoding)
     inputs, binary, input_parameters = _decode_inputs(
-        doc.get("inputs"), view, header_length, shared_memory
+        doc.get("inputs"), view, header_length, shared_memory, (model_name, request_id)
     )
     outputs = _decode_outputs(doc["outputs"], encoding) if "outputs" in doc else None
     request = InferRequest(
@@ -246,10 +246,14 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
 
 
 def _decode_inputs(
-    raw: object, view: memoryview, header_length: int, shared: SharedMemoryRegistry | None
+    raw: object,
+    view: memoryview,
+    header_length: int,
+    shared: SharedMemoryRegistry | None,
+    sender: tuple[str, str],
 ) -> tuple[dict[str, np.ndarray], list[_BinaryInput] | None, dict[str, Params]]:
     """The inputs, their binary layout when every one of them is binary (and none has
-    parameters of its own), and their own parameters."""
+    parameters of its own), and their own parameters. `sender`: the (model, request id)."""
     if not isinstance(raw, list):
         raise invalid("the request must have an 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
@@ -260,8 +264,9 @@ def _decode_inputs(
         if not isinstance(item, dict):
             raise invalid(f"each entry of 'inputs' must be an object, got {_json_name(item)}")
         name, datatype, shape, params = _tensor_header(item)
-        if name in inputs:
-            raise invalid(f"input '{name}' already exists in request")
+        if name in inputs:  # Triton 2.51's words
+            request_id = sender[1] or "<id_unknown>"
+            raise invalid(f"[request id: {request_id}] input '{name}' already exists in request")
         own = own_parameters(params)
         if own:
             input_parameters[name] = own
@@ -294,7 +299,8 @@ def _decode_inputs(
                 f"({size} bytes at offset {cursor}, body is {len(view)} bytes)"
             )
         # Zero copy: fixed-size arrays view the request body.
-        inputs[name] = tensor_from_bytes(view[cursor : cursor + size], name, datatype, shape)
+        chunk = view[cursor : cursor + size]
+        inputs[name] = tensor_from_bytes(chunk, name, datatype, shape, sender)
         if binary is not None:
             binary.append(_BinaryInput(name, datatype, shape, size))
         cursor += size

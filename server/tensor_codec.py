@@ -18,14 +18,26 @@ _LENGTH = struct.Struct("<I")
 
 
 def tensor_from_bytes(
-    data: bytes | memoryview, name: str, datatype: DataType, shape: tuple[int, ...]
+    data: bytes | memoryview,
+    name: str,
+    datatype: DataType,
+    shape: tuple[int, ...],
+    sender: tuple[str, str] | None = None,
 ) -> np.ndarray:
-    """The input tensor held in `data`; fixed-size types view `data` without a copy."""
+    """The input tensor held in `data`; fixed-size types view `data` without a copy.
+    `sender`: the (model, request id) a client's tensor is for, to word a wrong size as
+    Triton words it to the client."""
     count = math.prod(shape)
     if datatype is DataType.BYTES:
         return bytes_elements(data, count, name).reshape(shape)
     expected = count * datatype.itemsize
     if len(data) != expected:
+        if sender is not None:
+            model, request_id = sender
+            raise invalid(
+                f"[request id: {request_id or '<id_unknown>'}] input byte size mismatch for "
+                f"input '{name}' for model '{model}'. Expected {expected}, got {len(data)}"
+            )
         raise invalid(
             f"input '{name}': expected {expected} bytes for shape {list(shape)} of "
             f"{datatype.value}, got {len(data)}"

@@ -260,7 +260,11 @@ def test_wrong_raw_count() -> None:
 def test_raw_size_mismatch() -> None:
     message = two_inputs()
     message.raw_input_contents[1] = b"\0" * 15
-    invalid(message, "input 'b': expected 16 bytes for shape [1, 4] of INT32, got 15")
+    invalid(  # Triton 2.51's words
+        message,
+        "[request id: <id_unknown>] input byte size mismatch for input 'b' for model 'm'. "
+        "Expected 16, got 15",
+    )
 
 
 def test_mixing_raw_and_contents() -> None:
