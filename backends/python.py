@@ -536,8 +536,8 @@ class _ServedRequest(api.InferenceRequest):
 
 def conform_output(array: np.ndarray, spec: TensorConfig) -> np.ndarray:
     """The model's array for an output, as the answer carries it. As in Triton's python
-    backend, it keeps its own data type where that differs from the config's (float64 from
-    numpy arithmetic goes out as FP64). Bytes may come as an np.bytes_ array or as objects
+    backend, it keeps its own data type where that differs from the config's (the float64 of
+    np.mean over integers goes out as FP64). Bytes may come as an np.bytes_ array or as objects
     (bytes, str, or anything else, sent as its str()); an array no Triton type holds fails."""
     if array.dtype.kind in "SU":  # np.bytes_ items list as bytes, np.str_ ones as str
         return _objects(array.ravel().tolist(), array.shape)

@@ -72,7 +72,7 @@ class TritonPythonModel:
             mode = pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy().ravel()[0]
             mode = mode.decode() if isinstance(mode, bytes) else str(mode)
             y = np.array([[1.0, 2.0]], np.float32)
-            if mode == "fp64":  # numpy arithmetic with a Python float: float64
+            if mode == "fp64":  # as numpy code often makes it (np.mean of integers)
                 y64 = y.astype(np.float64) * 0.5
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y64)]))
             elif mode == "none":

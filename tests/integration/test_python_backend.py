@@ -106,7 +106,8 @@ class TritonPythonModel:
         return responses
 """
 
-# Answers OUTPUT0 as float64 (numpy arithmetic with a Python float) and leaves OUTPUT1 out.
+# Answers OUTPUT0 as float64 (as numpy code often makes it: np.mean of integers) and leaves
+# OUTPUT1 out.
 LOOSE = """
 import triton_python_backend_utils as pb_utils
 
