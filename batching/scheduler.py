@@ -449,6 +449,7 @@ class Scheduler:
         stats = self.stats
         if isinstance(result, BaseException):
             error = result if isinstance(result, InferdError) else self._execution_error(result)
+            record_failed_batch(stats, batch, t)
             for pending in batch:
                 stats.fail_request(now - pending.arrival_ns, BACKEND)
                 self._complete(pending, error)
@@ -589,6 +590,18 @@ def record_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings, now: 
     per_size = stats.batches.get(size)
     if per_size is None:
         per_size = stats.batches[size] = BatchStats()
+    per_size.compute_input.add(t.input_ns)
+    per_size.compute_infer.add(t.infer_ns)
+    per_size.compute_output.add(t.output_ns)
+
+
+def record_failed_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings) -> None:
+    """A batch whose execution failed is an execution all the same, as Triton counts it: in
+    the execution count and its size's statistics; its requests count as failures only."""
+    if not batch:
+        return
+    stats.execution_count += 1
+    per_size = stats.batches.setdefault(sum(p.batch_size for p in batch), BatchStats())
     per_size.compute_input.add(t.input_ns)
     per_size.compute_infer.add(t.infer_ns)
     per_size.compute_output.add(t.output_ns)

@@ -104,6 +104,10 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
     assert info.value.code is ErrorCode.INTERNAL and "negative input" in info.value.message
     assert (await good)["y"].item() == 10
     assert scheduler.stats.fail.count == 1 and scheduler.stats.success.count == 1
+    # As Triton counts them: the failed execution too, but only the answered inference.
+    stats = scheduler.stats
+    assert (stats.execution_count, stats.inference_count) == (2, 1)
+    assert stats.batches[1].compute_infer.count == 2
     await scheduler.close()
 
 
