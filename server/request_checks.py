@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from inferd.batching.scheduler import RequestOptions
+from inferd.repository.config import ModelConfig
 from inferd.repository.manager import ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
 from inferd.server.errors import InferdError, invalid
@@ -21,6 +22,8 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
     if config.schemaless:  # any tensors: the model checks them itself; no batching
         return 1, model.shape_key({})
     specs = config.input_by_name
+    if len(request.inputs) > len(specs):  # Triton counts before it looks at names
+        raise _count_refusal(request, config, [])
     batching = config.max_batch_size > 0
     batch_size = 1
     shapes: dict[str, tuple[int, ...]] = {}
@@ -68,12 +71,7 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
     if len(shapes) != len(specs):
         missing = [t.name for t in config.inputs if t.name not in shapes and not t.optional]
         if missing:
-            raise _refused(
-                request,
-                f"expected {len(config.inputs)} inputs but got {len(shapes)} inputs for model "
-                f"'{config.name}'. Got input(s) {_quoted(sorted(shapes))}, but missing required "
-                f"input(s) {_quoted(missing)}. Please provide all required input(s).",
-            )
+            raise _count_refusal(request, config, missing)
     if request.outputs is not None:
         known = {t.name for t in config.outputs}
         for output in request.outputs:
@@ -91,6 +89,15 @@ _BATCH_NOTE = (
     "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
     "configuration docs for more info on max_batch_size."
 )
+
+
+def _count_refusal(request: InferRequest, config: ModelConfig, missing: list[str]) -> InferdError:
+    return _refused(
+        request,
+        f"expected {len(config.inputs)} inputs but got {len(request.inputs)} inputs for model "
+        f"'{config.name}'. Got input(s) {_quoted(sorted(request.inputs))}, but missing required "
+        f"input(s) {_quoted(missing)}. Please provide all required input(s).",
+    )
 
 
 def _refused(request: InferRequest, message: str) -> InferdError:

@@ -157,6 +157,13 @@ def test_request_checks_word_their_refusals_as_triton_2_51(
             "Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1']. Please provide "
             "all required input(s).",
         ),
+        (  # more inputs than the model has: counted before any name is looked at
+            {"INPUT0": GOOD, "INPUT1": GOOD, "EXTRA": GOOD},
+            "r2",
+            "[request id: r2] expected 2 inputs but got 3 inputs for model 'simple'. Got "
+            "input(s) ['EXTRA','INPUT0','INPUT1'], but missing required input(s) []. Please "
+            "provide all required input(s).",
+        ),
         (
             {"INPUT0": GOOD, "INPUT1": np.zeros((2, 16), np.int32)},
             "r3",
