@@ -584,24 +584,23 @@ def record_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings, now: 
     stats.compute_output.add(t.output_ns * n, n)
     size = sum(p.batch_size for p in batch)
     stats.inference_count += size
-    stats.execution_count += 1
     stats.batch_size.observe(size)
     stats.last_inference_ms = time.time_ns() // 1_000_000
-    per_size = stats.batches.get(size)
-    if per_size is None:
-        per_size = stats.batches[size] = BatchStats()
-    per_size.compute_input.add(t.input_ns)
-    per_size.compute_infer.add(t.infer_ns)
-    per_size.compute_output.add(t.output_ns)
+    _count_execution(stats, size, t)
 
 
 def record_failed_batch(stats: ModelStats, batch: Sequence[Executed], t: Timings) -> None:
     """A batch whose execution failed is an execution all the same, as Triton counts it: in
     the execution count and its size's statistics; its requests count as failures only."""
-    if not batch:
-        return
+    if batch:
+        _count_execution(stats, sum(p.batch_size for p in batch), t)
+
+
+def _count_execution(stats: ModelStats, size: int, t: Timings) -> None:
     stats.execution_count += 1
-    per_size = stats.batches.setdefault(sum(p.batch_size for p in batch), BatchStats())
+    per_size = stats.batches.get(size)
+    if per_size is None:
+        per_size = stats.batches[size] = BatchStats()
     per_size.compute_input.add(t.input_ns)
     per_size.compute_infer.add(t.infer_ns)
     per_size.compute_output.add(t.output_ns)

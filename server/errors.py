@@ -43,6 +43,11 @@ def invalid(message: str) -> InferdError:
     return InferdError(ErrorCode.INVALID_ARG, message)
 
 
+def refused(request_id: str, message: str) -> InferdError:
+    """A request refused as Triton words it to the client: prefixed with its id."""
+    return invalid(f"[request id: {request_id or '<id_unknown>'}] {message}")
+
+
 def not_found(message: str) -> InferdError:
     return InferdError(ErrorCode.NOT_FOUND, message)
 

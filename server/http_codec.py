@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferd.server.errors import invalid, unsupported
+from inferd.server.errors import invalid, refused, unsupported
 from inferd.server.shared_memory import (
     SharedMemoryRegistry,
     own_parameters,
@@ -265,8 +265,7 @@ def _decode_inputs(
             raise invalid(f"each entry of 'inputs' must be an object, got {_json_name(item)}")
         name, datatype, shape, params = _tensor_header(item)
         if name in inputs:  # Triton 2.51's words
-            request_id = sender[1] or "<id_unknown>"
-            raise invalid(f"[request id: {request_id}] input '{name}' already exists in request")
+            raise refused(sender[1], f"input '{name}' already exists in request")
         own = own_parameters(params)
         if own:
             input_parameters[name] = own

@@ -5,13 +5,13 @@ Failures are InferdErrors (INVALID_ARGUMENT), which the core counts as the model
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 
 from inferd.batching.scheduler import RequestOptions
 from inferd.repository.config import ModelConfig
 from inferd.repository.manager import ModelVersion
 from inferd.repository.scheduling import LATENCY_SLO_PARAMETER, latency_slo_ns
-from inferd.server.errors import InferdError, invalid
+from inferd.server.errors import InferdError, invalid, refused
 from inferd.server.types import DataType, InferRequest, Params
 
 
@@ -23,7 +23,7 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
         return 1, model.shape_key({})
     specs = config.input_by_name
     if len(request.inputs) > len(specs):  # Triton counts before it looks at names
-        raise _count_refusal(request, config, [])
+        raise _count_refusal(request, config)
     batching = config.max_batch_size > 0
     batch_size = 1
     shapes: dict[str, tuple[int, ...]] = {}
@@ -68,10 +68,8 @@ def validate_request(request: InferRequest, model: ModelVersion) -> tuple[int, H
             request,
             f"inference request batch-size must be <= {config.max_batch_size} for '{config.name}'",
         )
-    if len(shapes) != len(specs):
-        missing = [t.name for t in config.inputs if t.name not in shapes and not t.optional]
-        if missing:
-            raise _count_refusal(request, config, missing)
+    if len(shapes) != len(specs) and _missing(config, shapes):
+        raise _count_refusal(request, config)
     if request.outputs is not None:
         known = {t.name for t in config.outputs}
         for output in request.outputs:
@@ -91,18 +89,23 @@ _BATCH_NOTE = (
 )
 
 
-def _count_refusal(request: InferRequest, config: ModelConfig, missing: list[str]) -> InferdError:
+def _missing(config: ModelConfig, given: Collection[str]) -> list[str]:
+    return [t.name for t in config.inputs if t.name not in given and not t.optional]
+
+
+def _count_refusal(request: InferRequest, config: ModelConfig) -> InferdError:
     return _refused(
         request,
         f"expected {len(config.inputs)} inputs but got {len(request.inputs)} inputs for model "
         f"'{config.name}'. Got input(s) {_quoted(sorted(request.inputs))}, but missing required "
-        f"input(s) {_quoted(missing)}. Please provide all required input(s).",
+        f"input(s) {_quoted(_missing(config, request.inputs))}. Please provide all required "
+        "input(s).",
     )
 
 
 def _refused(request: InferRequest, message: str) -> InferdError:
     """A request the model's config refuses, as Triton words it: with the request's id."""
-    return invalid(f"[request id: {request.id or '<id_unknown>'}] {message}")
+    return refused(request.id, message)
 
 
 def _listed(dims: tuple[int, ...]) -> str:

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from inferd.server.errors import internal, invalid
+from inferd.server.errors import internal, invalid, refused
 from inferd.server.types import DataType
 
 _LENGTH = struct.Struct("<I")
@@ -34,9 +34,10 @@ def tensor_from_bytes(
     if len(data) != expected:
         if sender is not None:
             model, request_id = sender
-            raise invalid(
-                f"[request id: {request_id or '<id_unknown>'}] input byte size mismatch for "
-                f"input '{name}' for model '{model}'. Expected {expected}, got {len(data)}"
+            raise refused(
+                request_id,
+                f"input byte size mismatch for input '{name}' for model '{model}'. Expected "
+                f"{expected}, got {len(data)}",
             )
         raise invalid(
             f"input '{name}': expected {expected} bytes for shape {list(shape)} of "
