@@ -509,7 +509,7 @@ def test_sagemaker_multi_model_loads_run_side_by_side(
                 return client.post(sagemaker_url(server, "/models"), json=body, headers=headers)
 
             answers = await asyncio.gather(
-                load("one", "one"), load("two", "two"), load("one", "two")
+                load("one", "one"), load("two", "two"), load("one", "three")
             )
             return [answer.status_code for answer in answers]
 
