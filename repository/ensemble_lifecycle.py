@@ -129,12 +129,16 @@ class EnsembleTable:
         return True
 
     def users(self, model: ModelId) -> list[ModelId]:
-        """The loaded ensembles (ready or waiting for their models) that run `model`."""
+        """The loaded ensembles (ready or waiting for their models, not being unloaded)
+        that run `model`."""
         return sorted(
             ensemble
             for ensemble, versions in self._models.items()
             if any(
-                v.ensemble is not None and model in self.composing([v]) for v in versions.values()
+                v.ensemble is not None
+                and v.state is not ModelState.UNLOADING
+                and model in self.composing([v])
+                for v in versions.values()
             )
         )
 

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.decoupled import OpenStreams
@@ -79,6 +80,9 @@ class ModelRepository:
         # the names their model folders are served under: root -> folder -> name.
         self._registered: dict[Path, dict[str, str]] = {}
         self._registering: set[Path] = set()
+        # Versions taken out of service that still finish their requests (see _retire), and
+        # what waits for them; close() waits for it all.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -246,16 +250,18 @@ class ModelRepository:
                 )
                 location = ModelLocation(key.name, written)
             installed, reason = await self._load(
-                location, override, take_slot, keep_unchanged=override is None and not files
+                location,
+                override,
+                take_slot,
+                keep_unchanged=override is None and not files,
+                retired_folder=self._overrides.get(key),
             )
-            # Whichever folder no longer backs a served version goes.
-            stale = written
-            if installed:
-                stale = self._overrides.pop(key, None)
+            if installed:  # the retired versions' folder goes with them (_retire)
+                self._overrides.pop(key, None)
                 if written is not None:
                     self._overrides[key] = written
-            if stale is not None:
-                await asyncio.to_thread(remove_override, stale)
+            elif written is not None:  # backs no version
+                await asyncio.to_thread(remove_override, written)
         return f"load failed for model '{key}': {reason}" if reason else ""
 
     async def _load_composing(
@@ -280,8 +286,9 @@ class ModelRepository:
         await self._load_in_order(missing, deps, take_slot=take_slot)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Drain and free every version (of each model of that name, with
-        --model-namespacing); the model stays in the index, UNAVAILABLE "unloaded".
+        """Take every version (of each model of that name, with --model-namespacing) out of
+        service; they finish their requests and are freed in the background (_retire), then
+        the model stays in the index, UNAVAILABLE "unloaded".
         Ensembles made of it become UNAVAILABLE. With `unload_dependents`, the models an
         ensemble loaded for itself go too, unless another ensemble runs them. A model never
         served has nothing to unload: as in Triton 2.51, that succeeds and changes nothing."""
@@ -300,18 +307,25 @@ class ModelRepository:
             return
         composing = self._ensembles().composing(versions.values())
         async with self._lock(key):
-            await self._retire(list(self._models.get(key, {}).values()))
+            freed = self._retire(
+                list(self._models.get(key, {}).values()), self._overrides.pop(key, None)
+            )
             self._sources.pop(key, None)
-            stale = self._overrides.pop(key, None)
-            if stale is not None:
-                await asyncio.to_thread(remove_override, stale)
         self._implicit.discard(key)
         self._ensembles().refresh()
-        log.info("model '%s' is unloaded", key)
-        if unload_dependents:
-            for model in composing:
-                if model in self._implicit and not self._ensembles().users(model):
-                    await self._unload(model, unload_dependents=True)
+        if unload_dependents and composing:
+            self._in_background(self._unload_dependents(freed, composing))
+
+    async def _unload_dependents(
+        self, freed: asyncio.Task[None] | None, composing: Iterable[ModelId]
+    ) -> None:
+        """Unload the models an ensemble loaded for itself, once its requests (which run
+        them) are done, unless another ensemble runs them by then."""
+        if freed is not None:
+            await freed
+        for model in composing:
+            if model in self._implicit and not self._ensembles().users(model):
+                await self._unload(model, unload_dependents=True)
 
     async def apply_changes(
         self,
@@ -403,12 +417,12 @@ class ModelRepository:
 
     async def _forget(self, key: ModelId) -> None:
         async with self._lock(key):
-            await self._retire(list(self._models.get(key, {}).values()))
+            self._retire(list(self._models.get(key, {}).values()))
             self._models.pop(key)
             self._sources.pop(key, None)
         self._implicit.discard(key)
         self._ensembles().refresh()
-        log.info("model '%s' was removed from the repository and is unloaded", key)
+        log.info("model '%s' was removed from the repository", key)
 
     def _lock(self, key: ModelId) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -458,13 +472,15 @@ class ModelRepository:
         override: ModelConfigProto | None = None,
         take_slot: bool = True,
         keep_unchanged: bool = False,
+        retired_folder: Path | None = None,
     ) -> tuple[bool, str]:
         """Load one model: (whether its new versions were installed, why some failed or "").
 
         The new versions are prepared next to the serving ones and swapped in when all are
         ready; a reload that fails leaves the serving versions serving. With
         `keep_unchanged`, a serving model whose folder is as it was loaded stays as it is.
-        Call under its lock.
+        `retired_folder`: the private folder the versions this load replaces came from,
+        deleted once they are freed. Call under its lock.
         """
         key, name = location.id, location.name
         previous = list(self._models.get(key, {}).values())
@@ -561,29 +577,65 @@ class ModelRepository:
         self._models[key] = {v.version: v for v in prepared.versions}
         self._sources[key] = source
         self._ensembles().refresh()
-        await self._retire(previous)
+        self._retire(previous, retired_folder)
         return True, failed
 
-    async def _retire(self, versions: Sequence[ModelVersion]) -> None:
-        """Refuse new requests, let queued and running ones finish, then free the instances.
-        Requests that already hold a version finish on it."""
-        schedulers = [v.scheduler for v in versions if v.scheduler is not None]
-        ensembles = [v.ensemble for v in versions if v.ensemble is not None]
+    def _retire(
+        self, versions: Sequence[ModelVersion], folder: Path | None = None
+    ) -> asyncio.Task[None] | None:
+        """Take `versions` out of service: from now on requests resolve to none of them.
+        Requests that already hold one finish on it; then its instances are freed and
+        `folder` (a private model folder) deleted, in the background: as in Triton 2.51, an
+        unload or reload returns without waiting for them, so that a long or stuck request
+        holds neither it nor the next load of the model. close() waits for them all.
+        Returns the task that frees them, if any."""
+        running: list[ModelVersion] = []
         for version in versions:
-            if version.scheduler is not None or version.ensemble is not None:
+            if version.state is ModelState.UNLOADING:
+                continue  # being retired already
+            if version.scheduler is None and version.ensemble is None:
+                version.state, version.reason = ModelState.UNAVAILABLE, UNLOADED
+            else:
                 version.state = ModelState.UNLOADING
-        await asyncio.gather(
-            *(scheduler.close() for scheduler in schedulers),
-            *(ensemble.close() for ensemble in ensembles),
+                running.append(version)
+        if running or folder is not None:
+            return self._in_background(self._free(running, folder))
+        return None
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._loop.create_task(work)
+        self._retiring.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("unloading failed: %r", task.exception())
+
+    async def _free(self, versions: Sequence[ModelVersion], folder: Path | None) -> None:
+        outcomes = await asyncio.gather(
+            *(v.scheduler.close() for v in versions if v.scheduler is not None),
+            *(v.ensemble.close() for v in versions if v.ensemble is not None),
+            return_exceptions=True,
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.error("freeing a model's instances failed: %r", outcome)
         for version in versions:
             version.state, version.reason = ModelState.UNAVAILABLE, UNLOADED
             version.scheduler = version.ensemble = None
+            log.info("model '%s' version %d is unloaded", version.name, version.version)
+        self._ensembles().refresh()  # those made of them say why they are not ready
+        if folder is not None:
+            await asyncio.to_thread(remove_override, folder)
 
     async def close(self) -> None:
         """Drain every scheduler, free the instances, delete the private model folders."""
         self._closing = True
-        await self._retire([v for vs in self._models.values() for v in vs.values()])
+        self._retire([v for vs in self._models.values() for v in vs.values()])
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._override_root is not None:
             await asyncio.to_thread(shutil.rmtree, self._override_root, True)
             self._override_root = None
@@ -627,7 +679,11 @@ class ModelRepository:
             if candidate.ready and (best is None or candidate.version > best.version):
                 best = candidate
         if best is None:
-            reasons = "; ".join(v.reason for v in versions.values() if v.reason)
+            reasons = "; ".join(
+                v.reason or "unloading"
+                for v in versions.values()
+                if v.reason or v.state is ModelState.UNLOADING
+            )
             raise unavailable(
                 f"Request for model '{name}' which has no version at ready state"
                 + (f": {reasons}" if reasons else "")

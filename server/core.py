@@ -248,7 +248,8 @@ class InferenceCore:
         await self._repository.unregister(root)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
-        """Returns once the model's in-flight requests are done and its instances are freed."""
+        """Returns once the model takes no new requests; those it holds finish, and its
+        instances are freed, in the background (as in Triton 2.51)."""
         self._require_model_control()
         await self._repository.unload(name, unload_dependents)
 

@@ -271,6 +271,33 @@ class TritonPythonModel:
 """
 
 
+# Holds every request until the test creates the file "release" in its folder.
+GATE = """
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+FOLDER = {folder!r}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        open(os.path.join(FOLDER, "started"), "w").close()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(FOLDER, "release")):
+            if time.monotonic() > deadline:
+                raise TimeoutError("never released")
+            time.sleep(0.005)
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
 def config_named(config: str, name: str) -> str:
     """The add_sub config for a model folder of another name."""
     return config.replace('name: "add_sub"', f'name: "{name}"')

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.python_models import write_python_model
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, client_for, infer
 
 # Two instances make the same families and metrics: one series each, as in Triton.
@@ -115,7 +116,7 @@ def test_models_export_their_own_metrics(server: RunningServer, protocol: str) -
 def test_metrics_leave_with_the_model(server: RunningServer) -> None:
     with client_for(server, "http") as client:
         client.unload_model("metered")
-        assert scrape(server) == {}
+        wait_for(lambda: scrape(server) == {})  # once its instances are freed
         client.load_model("metered")
     infer(server, "http", "metered", {"X": np.ones((1, 2), np.float32)})
     assert scrape(server)[("metered_calls_total", "")] == 1  # a new series from zero

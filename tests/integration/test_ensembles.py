@@ -6,7 +6,6 @@ models, explicit load/unload with composing models, poll mode, and statistics.""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.models import double_model, identity_model, write_model
-from tests.python_models import BATCHER, BATCHER_CONFIG, RAISER, write_python_model
+from tests.python_models import BATCHER, BATCHER_CONFIG, GATE, RAISER, write_python_model
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
 Factory = Callable[..., RunningServer]
@@ -312,13 +312,6 @@ def unload_model(server: RunningServer, model: str) -> None:
         client.unload_model(model)
     finally:
         client.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 BATCH = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -651,6 +644,9 @@ def test_explicit_load_and_unload_with_composing_models(
         client.load_model("chain")  # "double" is already serving: it stays as it is
         client.load_model("identity")  # asked for by name: no longer only a dependency
         client.unload_model("diamond", unload_dependents=True)
+        # As in Triton 2.51, an unload returns before the versions are freed; the models
+        # diamond loaded for itself go once its requests are done.
+        wait_for(lambda: index(server)["add"] == ("UNAVAILABLE", "unloaded"))
         states = index(server)
         assert states["diamond"] == ("UNAVAILABLE", "unloaded")
         assert states["add"] == ("UNAVAILABLE", "unloaded")  # only diamond ran it
@@ -665,6 +661,7 @@ def test_explicit_load_and_unload_with_composing_models(
 
         # A composing model that goes takes the ensemble down with it, and back.
         client.unload_model("double")
+        wait_for(lambda: index(server)["double"][0] == "UNAVAILABLE")
         state, reason = index(server)["chain"]
         assert state == "UNAVAILABLE"
         assert (
@@ -683,34 +680,7 @@ def test_explicit_load_and_unload_with_composing_models(
         client.close()
 
 
-# Holds every request until the test creates the file "release" in its folder.
-GATE = """
-import os
-import time
-
-import triton_python_backend_utils as pb_utils
-
-FOLDER = {folder!r}
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        open(os.path.join(FOLDER, "started"), "w").close()
-        deadline = time.monotonic() + 20
-        while not os.path.exists(os.path.join(FOLDER, "release")):
-            if time.monotonic() > deadline:
-                raise TimeoutError("never released")
-            time.sleep(0.005)
-        return [
-            pb_utils.InferenceResponse(
-                [pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]
-            )
-            for r in requests
-        ]
-"""
-
-
-def test_unloading_an_ensemble_waits_for_its_requests(
+def test_unloading_an_ensemble_lets_its_requests_finish(
     tmp_path: Path, server_factory: Factory
 ) -> None:
     repo, marks = tmp_path / "repo", tmp_path / "marks"
@@ -725,19 +695,18 @@ def test_unloading_an_ensemble_waits_for_its_requests(
     x = np.arange(4, dtype=np.float32)
     try:
         client.load_model("gated")
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(1) as pool:
             request = pool.submit(infer, server, "http", "gated", {"X": x})
             wait_for((marks / "started").exists)
-            unload = pool.submit(unload_model, server, "gated")  # a client per thread
-            time.sleep(0.2)
-            assert not unload.done()  # the request is still in its step
+            client.unload_model("gated")  # returns at once, as in Triton 2.51
+            assert not request.done()  # the request is still in its step
             assert index(server)["gated"] == ("UNLOADING", "")
+            message = fails(lambda: infer(server, "http", "gated", {"X": x}), "http", "unavailable")
+            assert message.endswith("which has no version at ready state: unloading")
             (marks / "release").touch()
             assert request.result(10)["Y"].tolist() == x.tolist()
-            unload.result(10)
-        assert index(server)["gated"] == ("UNAVAILABLE", "unloaded")
+        wait_for(lambda: index(server)["gated"] == ("UNAVAILABLE", "unloaded"))
         assert index(server)["gate"] == ("READY", "")
-        fails(lambda: infer(server, "http", "gated", {"X": x}), "http", "unavailable")
     finally:
         client.close()
 
@@ -756,7 +725,7 @@ def test_explicit_start_loads_composing_models(tmp_path: Path, server_factory: F
         client.unload_model("chain", unload_dependents=True)
     finally:
         client.close()
-    assert index(server)["double"] == ("UNAVAILABLE", "unloaded")
+    wait_for(lambda: index(server)["double"] == ("UNAVAILABLE", "unloaded"))
 
 
 def test_a_failed_explicit_load_says_why(tmp_path: Path, server_factory: Factory) -> None:

@@ -16,6 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, infer, load_failure
 
 xgb = pytest.importorskip("xgboost")
@@ -216,6 +217,6 @@ def test_instances_share_one_forest(
         p = predict(trained["xgb_binary"], ROWS)
         np.testing.assert_array_equal(answer(server, "shared"), (p > 0.5).astype(np.float32))
         client.unload_model("shared")
-        assert fil._FORESTS.users() == before
+        wait_for(lambda: fil._FORESTS.users() == before)  # once its instances are freed
     finally:
         client.close()

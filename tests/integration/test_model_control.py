@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,17 @@ def states(client: Client) -> dict[tuple[str, str], tuple[str, str]]:
     }
 
 
+def settled(client: Client) -> dict[tuple[str, str], tuple[str, str]]:
+    """The index once no version is UNLOADING: as in Triton 2.51, an unload returns before
+    the model's versions are freed."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = states(client)
+        if all(state != "UNLOADING" for state, _ in found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
 def infer(client: Client, model: str, version: str = "") -> Any:
     module = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
     tensor = module.InferInput("INPUT0", [1, 4], "FP32")
@@ -102,7 +114,7 @@ def test_load_unload_and_reload(explicit: tuple[Client, Path], protocol: str) ->
     assert infer(client, "m").as_numpy("OUTPUT0").tolist() == [[0, 1, 2, 3]]
 
     client.unload_model("m")
-    assert states(client) == {("m", "1"): ("UNAVAILABLE", "unloaded")}  # as Triton
+    assert settled(client) == {("m", "1"): ("UNAVAILABLE", "unloaded")}  # as Triton
     assert not client.is_model_ready("m")
     assert client.is_server_ready()  # an unloaded model does not count against readiness
     fails(lambda: infer(client, "m"), protocol, "unavailable", "unloaded")
@@ -173,7 +185,7 @@ def test_config_override_and_model_files(
     fails(lambda: client.load_model("sent"), protocol, "not_found", "sent")
     assert states(client)[("sent", "2")] == ("READY", "")  # the failed load changed nothing
     client.unload_model("sent")
-    assert states(client)[("sent", "2")] == ("UNAVAILABLE", "unloaded")
+    assert settled(client)[("sent", "2")] == ("UNAVAILABLE", "unloaded")
 
 
 def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:

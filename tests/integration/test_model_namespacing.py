@@ -17,8 +17,8 @@ import tritonclient.http as httpclient
 
 from inferd.server.cache_config import LocalCacheConfig
 from tests.conftest import RunningServer
-from tests.integration.test_ensembles import wait_for
 from tests.python_models import write_python_model
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
 Factory = Callable[..., RunningServer]
@@ -172,7 +172,7 @@ def test_explicit_load_and_unload_act_on_every_repository(
         assert fails(lambda: add(server, "m"), "http", "invalid") == AMBIGUOUS
         assert add(server, "ens_b") == [100, 100]
         client.unload_model("m")
-        assert index(server).count(("m", "UNAVAILABLE")) == 2
+        wait_for(lambda: index(server).count(("m", "UNAVAILABLE")) == 2)
         assert not client.is_model_ready("ens_b")
     finally:
         client.close()

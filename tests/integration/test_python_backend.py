@@ -48,6 +48,7 @@ from tests.python_models import (
     config_named,
     write_python_model,
 )
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, STATUS, fails, infer
 
 BROKEN = {
@@ -383,11 +384,14 @@ def test_unload_runs_finalize(tmp_path: Path, server_factory: Callable[..., Runn
         x = {"INPUT0": np.arange(4, dtype=np.float32)}
         assert infer(server, "http", "final", x)["OUTPUT0"].tolist() == [0, 1, 2, 3]
         assert not list(tmp_path.glob("final/finalized_*"))
-        client.unload_model("final")  # returns once the instances are closed
+        client.unload_model("final")  # returns before the instances close, as Triton's
     finally:
         client.close()
-    markers = sorted(p.name for p in (tmp_path / "final").glob("finalized_*"))
-    assert markers == ["finalized_final_0_0", "finalized_final_0_1"]
+
+    def markers() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "final").glob("finalized_*"))
+
+    wait_for(lambda: markers() == ["finalized_final_0_0", "finalized_final_0_1"])
     assert infer(server, "http", "add_sub", {"INPUT0": x["INPUT0"], "INPUT1": x["INPUT0"]})
 
 

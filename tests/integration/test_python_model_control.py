@@ -5,7 +5,6 @@ is_model_ready) on a real server, driven through tritonclient: from initialize()
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from tests.conftest import RunningServer
 from tests.integration.test_model_control import IDENTITY_CONFIG
 from tests.models import identity_model, write_model
 from tests.python_models import MANAGER, manager_config, write_python_model
+from tests.waiting import wait_for
 
 Factory = Callable[..., RunningServer]
 
@@ -56,15 +56,6 @@ def identity_works(client: httpclient.InferenceServerClient, model: str) -> bool
     tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
     out = client.infer(model, [tensor]).as_numpy("OUTPUT0")
     return out is not None and out.tolist() == [[0, 1, 2, 3]]
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture
@@ -164,14 +155,14 @@ def test_a_model_unloads_itself_after_execute_returns(
     client: httpclient.InferenceServerClient,
 ) -> None:
     assert run(client, "unload_model", "manager") is None  # no deadlock: it goes afterwards
-    assert eventually(lambda: not client.is_model_ready("manager"))
-    assert eventually(lambda: not client.is_model_ready("target"))  # by its finalize()
+    wait_for(lambda: not client.is_model_ready("manager"), 30)
+    wait_for(lambda: not client.is_model_ready("target"), 30)  # by its finalize()
 
 
 def test_finalize_unloads_a_model(client: httpclient.InferenceServerClient) -> None:
     assert client.is_model_ready("target")
-    client.unload_model("manager")
-    assert not client.is_model_ready("target")
+    client.unload_model("manager")  # returns before finalize() runs, as in Triton 2.51
+    wait_for(lambda: not client.is_model_ready("target"), 30)
 
 
 def test_other_modes_refuse_with_tritons_message(repo: Path, server_factory: Factory) -> None:
@@ -208,7 +199,7 @@ def test_an_ensemble_made_of_the_loading_model_follows_it_without_a_deadlock(
         # From initialize() the manager is still loading: the ensemble cannot serve yet...
         assert "'manager': LOADING" in run(client, "notes")["load"]["error"]
         # ...and serves once it has loaded.
-        assert eventually(lambda: client.is_model_ready("ens"))
+        wait_for(lambda: client.is_model_ready("ens"), 30)
     finally:
         client.close()
 

@@ -22,6 +22,7 @@ from tests.certificates import make_certificates
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
 from tests.integration.test_response_cache import calls, stats, write_repository
 from tests.redis_server import RedisServer, free_port
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, infer
 
 
@@ -48,13 +49,6 @@ def replica(redis_server: RedisServer, repository: Path) -> Iterator[Replica]:
     yield start
     for server in started:
         server.stop()
-
-
-def wait_for(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not check():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
