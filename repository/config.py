@@ -6,6 +6,7 @@ for what the config endpoint prints; the frozen dataclasses are what the data pl
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -183,9 +184,15 @@ def read_config(model_dir: Path, config_name: str = "") -> ModelConfigProto:
 
 def config_from_json(text: str | bytes, source: str) -> ModelConfigProto:
     """A ModelConfig given as JSON (the load API's `config` parameter), parsed as Triton does."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise invalid(f"failed to parse {source}: it is not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise invalid(f"failed to parse {source}: a model config is a JSON object")
     config = pb.ModelConfig()
     try:
-        json_format.Parse(text, config, ignore_unknown_fields=False)
+        json_format.ParseDict(document, config, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise invalid(f"failed to parse {source}: {exc}") from None
     return config

@@ -23,6 +23,7 @@ from inferd.server.shared_memory import (
     shared_memory_ref,
 )
 from inferd.server.tensor_codec import (
+    check_rank,
     object_array,
     pack_bytes,
     skip_reserved_parameter,
@@ -178,7 +179,7 @@ def _tensor_header(
     shape = tuple(tensor.shape)
     if min(shape, default=0) < 0:
         raise invalid(f"input '{name}': 'shape' must be non-negative integers, got {list(shape)}")
-    return name, datatype, shape
+    return name, datatype, check_rank(name, shape)
 
 
 def _from_contents(

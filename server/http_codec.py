@@ -23,6 +23,7 @@ from inferd.server.shared_memory import (
 )
 from inferd.server.tensor_codec import (
     bytes_elements,
+    check_rank,
     element_bytes,
     object_array,
     pack_bytes,
@@ -341,7 +342,7 @@ def _tensor_header(
             f"input '{name}': 'shape' must be a list of non-negative integers, got {raw_shape!r}"
         )
     params = _parameters_object(item.get("parameters"), f"input '{name}'")
-    return name, datatype, tuple(raw_shape), params
+    return name, datatype, check_rank(name, tuple(raw_shape)), params
 
 
 def _decode_outputs(raw: object, encoding: OutputEncoding) -> list[RequestedOutput]:

@@ -8,7 +8,6 @@ oneofs (file contents as bytes). Parameters the extension does not define are ig
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +34,7 @@ def http_load_parameters(body: bytes) -> LoadParameters:
                 raise invalid(f"load parameter '{key}' must be a base64 string")
             try:
                 files[key.removeprefix(FILE_PREFIX)] = base64.b64decode(value, validate=True)
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or a str that is not ASCII
                 raise invalid(f"load parameter '{key}' is not valid base64: {exc}") from None
     return config, files
 

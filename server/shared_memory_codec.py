@@ -4,7 +4,6 @@ registry's terms. Pure functions, no I/O."""
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ def http_cuda_register(body: bytes) -> tuple[bytes, int, int]:
         raise invalid("Shared memory register request has no 'raw_handle' field ({'b64': ...})")
     try:
         handle = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a str that is not ASCII
         raise invalid("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t") from None
     for field in ("device_id", "byte_size"):
         if field not in doc:

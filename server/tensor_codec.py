@@ -15,6 +15,17 @@ from inferd.server.errors import internal, invalid, refused
 from inferd.server.types import DataType
 
 _LENGTH = struct.Struct("<I")
+# numpy's limit on dimensions (NPY_MAXDIMS): no tensor of more can exist, so no model has one.
+MAX_RANK = 64
+
+
+def check_rank(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape`, refused (400) when no array can have it."""
+    if len(shape) > MAX_RANK:
+        raise invalid(
+            f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK} are supported"
+        )
+    return shape
 
 
 def tensor_from_bytes(

@@ -224,7 +224,14 @@ def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
         "invalid",
         "'config'",
     )
-    fails(lambda: client.load_model("good", config="{not json"), protocol, "invalid", "config")
+    fails(lambda: client.load_model("good", config="{not json"), protocol, "invalid", "not JSON")
+    for not_an_object in ("-1", "[1]", '"x"'):
+        fails(
+            lambda: client.load_model("good", config=not_an_object),  # noqa: B023
+            protocol,
+            "invalid",
+            "failed to parse the 'config' parameter: a model config is a JSON object",
+        )
     fails(
         lambda: client.load_model("good", config=json.dumps({"max_batch_sise": 2})),
         protocol,

@@ -302,6 +302,9 @@ def test_malformed_tensors() -> None:
     message = two_inputs()
     message.inputs[0].shape[0] = -1
     invalid(message, "input 'a': 'shape' must be non-negative integers, got [-1, 4]")
+    message = two_inputs()
+    message.inputs[0].shape[:] = [1] * 70
+    invalid(message, "input 'a': shape has 70 dimensions, at most 64 are supported")
 
 
 def test_an_output_asked_for_twice_is_answered_once_as_first_asked() -> None:

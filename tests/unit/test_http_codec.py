@@ -554,6 +554,11 @@ BAD_DOCUMENTS: list[tuple[str, Any, tuple[str, ...]]] = [
         },
         ("'y'", "'shared_memory_offset'", "non-negative integer"),
     ),
+    (
+        "rank-above-numpy-limit",
+        one_input(shape=[1] * 65, data=[1]),
+        ("'x'", "65 dimensions, at most 64"),
+    ),
     ("binary-size-negative", binary_input(-1), ("'x'", "binary_data_size")),
     ("binary-size-bool", binary_input(True), ("'x'", "binary_data_size")),
     ("binary-size-with-data", one_input(parameters={"binary_data_size": 0}), ("'x'", "both")),

@@ -44,6 +44,7 @@ def test_http_parameters() -> None:
     [
         (body({"config": {"max_batch_size": 2}}), "'config' must be a string"),
         (body({"file:1/model.onnx": "not base64!"}), "not valid base64"),
+        (body({"file:1/model.onnx": "\u00e9t\u00e9"}), "not valid base64"),
         (body({"file:1/model.onnx": 3}), "base64 string"),
         (body([1]), "'parameters' is an object"),
         (b"[]", "'parameters' is an object"),
