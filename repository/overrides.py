@@ -4,6 +4,7 @@ repository, so that a failed or replaced load can simply be deleted."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -39,11 +40,21 @@ def write_override(root: Path, name: str, files: Mapping[str, bytes]) -> Path:
     """Write the files into a fresh folder under `root`; return the model folder. Blocking."""
     check_model_name(name)
     check_file_paths(files)
-    model_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)) / name
-    for relative, content in files.items():
-        target = model_dir / PurePosixPath(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name[:32]}-", dir=root))  # a name may be long
+    model_dir = folder / name
+    try:
+        for relative, content in files.items():
+            target = model_dir / PurePosixPath(relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise invalid(
+            f"cannot write the model files of '{name}': a file name or the model name is too "
+            "long for a folder"
+        ) from None
     return model_dir
 
 

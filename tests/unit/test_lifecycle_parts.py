@@ -85,6 +85,11 @@ def test_override_folders(tmp_path: Path) -> None:
             check_file_paths({bad: b""})
     with pytest.raises(InferdError, match="model name"):
         write_override(tmp_path, "..", {"1/model.onnx": b""})
+    for name, path in (("m" * 300, "1/model.onnx"), ("m", "1/" + "f" * 300)):
+        with pytest.raises(InferdError, match="too long for a folder") as error:
+            write_override(tmp_path, name, {path: b""})
+        assert error.value.code is ErrorCode.INVALID_ARG
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
 CONFIG = """
