@@ -286,7 +286,7 @@ def _decode_inputs(
         if size is None:
             if "data" not in item:
                 raise invalid(f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs[name] = _from_json(item["data"], name, datatype, shape)
+            inputs[name] = tensor_from_json(item["data"], name, datatype, shape)
             binary = None
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -395,7 +395,11 @@ def _json_name(value: object) -> str:
 # Tensor data: JSON
 
 
-def _from_json(data: object, name: str, datatype: DataType, shape: tuple[int, ...]) -> np.ndarray:
+def tensor_from_json(
+    data: object, name: str, datatype: DataType, shape: tuple[int, ...]
+) -> np.ndarray:
+    """An input's JSON `data` (nested lists of any depth are read row-major) as an array of
+    `shape`; refused (400) when the count or a value's type does not fit."""
     if not isinstance(data, list):
         raise invalid(f"input '{name}': 'data' must be a list, got {_json_name(data)}")
     types = set(map(type, data))

@@ -1,10 +1,11 @@
 """Triton's generate extension (`extension_generate.md`): `POST /v2/models/{m}[/versions/{v}]/
 generate` and `.../generate_stream`, flat JSON in, flat JSON out, for any model.
 
-A request is one JSON object: a key named like a model input is that input (a scalar becomes
-a one-element tensor, a flat array a 1-D one; a batching model gets a batch dim of 1), every
-other key a request parameter. An answer holds `model_name`, `model_version` and one key per
-output (one element as a scalar, more as a flat array; BYTES as text). `generate` needs exactly
+A request is one JSON object: a key named like a model input is that input (its elements fill
+the input's config dims, see _tensor; a batching model gets a batch dim of 1), the entries of
+a `parameters` object and every other key are request parameters. An answer holds one key per
+output, in name order (one element as a scalar, more as a flat array; BYTES as text), then
+`model_name` and `model_version`. `generate` needs exactly
 one response; `generate_stream` writes each response as a Server-Sent Event (`data: {...}`) as
 it comes, and an error as `data: {"error": ...}`. The status is decided by the first event,
 as in Triton.
@@ -18,6 +19,7 @@ Unlike /infer, headers are not forwarded as parameters (`--http-header-forward-p
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -31,7 +33,12 @@ from starlette.types import Receive, Scope, Send
 from inferd.repository.config import TensorConfig
 from inferd.server.core import InferenceCore
 from inferd.server.errors import ErrorCode, InferdError, invalid
-from inferd.server.http_codec import OutputEncoding, encode_error, encode_infer_response
+from inferd.server.http_codec import (
+    OutputEncoding,
+    encode_error,
+    encode_infer_response,
+    tensor_from_json,
+)
 from inferd.server.json_body import json_object
 from inferd.server.settings import DEFAULT_STREAM_BUFFER_BYTES
 from inferd.server.tracing import Trace, traced_read
@@ -251,39 +258,52 @@ def decode_generate_request(
         spec = by_name.get(key)
         if spec is not None:
             inputs[key] = _tensor(spec, value, batching)
-        elif isinstance(value, bool | int | float | str):
-            parameters[key] = value
+        elif key == "parameters":  # its entries are parameters, as in Triton 2.51
+            if not isinstance(value, dict):
+                raise invalid("Expected JSON object for keyword: 'parameters'")
+            for name, item in value.items():
+                parameters[name] = _parameter(name, item, "Converting keyword: 'parameters': ")
         else:
-            raise invalid(
-                f"generate request parameter '{key}' must be a string, number or boolean "
-                f"(or name an input of model '{model}')"
-            )
+            parameters[key] = _parameter(key, value)
     return InferRequest(model, version, inputs, parameters=parameters)
 
 
+def _parameter(name: str, value: Any, context: str = "") -> bool | int | float | str:
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise invalid(  # Triton 2.51's words (a float is accepted too)
+        f"{context}parameter '{name}' has invalid type. It should be either 'int', 'bool', or "
+        "'string'."
+    )
+
+
 def _tensor(spec: TensorConfig, value: Any, batching: bool) -> np.ndarray:
+    """An input as Triton 2.51's generate makes it: its elements (a scalar is one; nested
+    arrays count as one element each and are read as /infer reads `data`) fill the config's
+    dims, the last variable dim taking what the fixed ones leave over, the others 1."""
     items = value if isinstance(value, list) else [value]
-    if any(isinstance(item, list | dict) or item is None for item in items):
-        raise invalid(f"generate input '{spec.name}' must be a scalar or a flat array")
-    try:
-        if spec.datatype is DataType.BYTES:
-            array = np.empty(len(items), dtype=np.object_)
-            array[:] = [
-                item.encode() if isinstance(item, str) else str(item).encode() for item in items
-            ]
-        else:
-            array = np.array(items, dtype=spec.dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise invalid(
-            f"generate input '{spec.name}' does not fit its datatype {spec.datatype.value}: {exc}"
-        ) from None
-    return array.reshape(1, -1) if batching else array
+    shape = _fitted_shape(spec, len(items))
+    array = tensor_from_json(items, spec.name, spec.datatype, shape)
+    return array.reshape(1, *shape) if batching else array
+
+
+def _fitted_shape(spec: TensorConfig, count: int) -> tuple[int, ...]:
+    dims = spec.dims
+    fixed = math.prod(d for d in dims if d != -1)
+    variable = [i for i, d in enumerate(dims) if d == -1]
+    if not variable and count == fixed:
+        return dims
+    if variable and (count % fixed == 0 if fixed else count == 0):
+        shape = [1 if d == -1 else d for d in dims]
+        shape[variable[-1]] = count // fixed if fixed else 0
+        return tuple(shape)
+    raise invalid(f"The schema can not convert input '{spec.name}' to tensor with proper shape")
 
 
 def _answer_json(response: InferResponse) -> dict[str, Any]:
-    # The outputs, then the model's name and version, in Triton's order.
+    # The outputs by name, then the model's name and version, in Triton 2.51's order.
     answer: dict[str, Any] = {}
-    for name, datatype, array in response.outputs:
+    for name, datatype, array in sorted(response.outputs, key=lambda output: output[0]):
         items = array.ravel().tolist()
         if datatype is DataType.BYTES:
             items = [_text(item) for item in items]

@@ -142,6 +142,46 @@ output [
 ]
 """
 
+# Tells the shape of each input it was given (SHAPES) and the request's parameters (PARAMS),
+# as JSON; its outputs' config order is not their name order.
+SHAPES = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            shapes = {t.name(): list(t.as_numpy().shape) for t in request.inputs()}
+            texts = {"SHAPES": json.dumps(shapes), "PARAMS": request.parameters()}
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [
+                        pb_utils.Tensor(name, np.array([text.encode()], dtype=np.object_))
+                        for name, text in texts.items()
+                    ]
+                )
+            )
+        return responses
+"""
+
+SHAPES_CONFIG = """
+backend: "python"
+input [
+  { name: "A" data_type: TYPE_STRING dims: [ -1, -1 ] optional: true },
+  { name: "D" data_type: TYPE_INT64 dims: [ 3 ] optional: true },
+  { name: "F" data_type: TYPE_INT32 dims: [ -1, 3 ] optional: true },
+  { name: "H" data_type: TYPE_INT32 dims: [ 2, -1, 3 ] optional: true }
+]
+output [
+  { name: "SHAPES" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "PARAMS" data_type: TYPE_STRING dims: [ 1 ] }
+]
+"""
+
 # Dynamic batching: every request learns how many requests its execute() call got (COUNT);
 # a request with a negative value fails alone, with an INVALID_ARG error.
 BATCHER = """

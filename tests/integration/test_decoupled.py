@@ -43,7 +43,14 @@ from tests.decoupled_models import (
 )
 from tests.models import identity_model, write_model
 from tests.perf_analyzer import needs_perf_analyzer, run_perf_analyzer
-from tests.python_models import ADD_SUB, ADD_SUB_CONFIG, IDENTITY_CONFIG, write_python_model
+from tests.python_models import (
+    ADD_SUB,
+    ADD_SUB_CONFIG,
+    IDENTITY_CONFIG,
+    SHAPES,
+    SHAPES_CONFIG,
+    write_python_model,
+)
 
 Factory = Callable[..., RunningServer]
 ALT_STACKS = {"http_stack": "uvicorn", "grpc_stack": "grpcio"}
@@ -60,6 +67,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "repeat_stats", REPEAT, REPEAT_CONFIG)
     write_python_model(root, "sender_answers", SENDER_ANSWERS, IDENTITY_CONFIG)
     write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    write_python_model(root, "shapes", SHAPES, SHAPES_CONFIG)
     write_python_model(root, "bls_decoupled", BLS_DECOUPLED, BLS_DECOUPLED_CONFIG)
     write_python_model(root, "add1", ADD, add_config(1, "-1"))
     write_python_model(root, "add100", ADD, add_config(100, "1"))
@@ -549,6 +557,37 @@ def test_generate_answers_flat_json_for_any_model(server: RunningServer) -> None
     for bad in ([1], {"INPUT0": [[1]], "INPUT1": [1, 1, 1, 1]}, {"INPUT0": 1, "x": {}}):
         status, _, body = post(server, "/v2/models/add_sub/generate", bad)
         assert status == 400 and "error" in json.loads(body), bad
+
+
+def test_generate_fills_each_inputs_config_dims_as_triton_does(server: RunningServer) -> None:
+    body = {
+        "A": "hi",  # one element: [1, 1]
+        "D": [[1], [2], [3]],  # three elements, each read as /infer reads data
+        "F": [1, 2, 3, 4, 5, 6],  # the variable dim takes what [3] leaves over
+        "H": list(range(6)),
+        "note": 1,
+        "parameters": {"max_tokens": 8, "stop": "x"},  # its entries are parameters
+    }
+    status, _, answer = post(server, "/v2/models/shapes/generate", body)
+    assert status == 200, answer
+    document = json.loads(answer)
+    assert list(document) == ["PARAMS", "SHAPES", "model_name", "model_version"]  # by name
+    assert json.loads(document["SHAPES"]) == {"A": [1, 1], "D": [3], "F": [2, 3], "H": [2, 1, 3]}
+    assert json.loads(document["PARAMS"]) == {"note": 1, "max_tokens": 8, "stop": "x"}
+    invalid_type = "parameter 'p' has invalid type. It should be either 'int', 'bool', or 'string'."
+    for bad, message in (
+        ({"D": [1, 2]}, "The schema can not convert input 'D' to tensor with proper shape"),
+        ({"F": [1, 2]}, "The schema can not convert input 'F' to tensor with proper shape"),
+        ({"A": "x", "p": [1]}, invalid_type),
+        (
+            {"A": "x", "parameters": {"p": None}},
+            "Converting keyword: 'parameters': " + invalid_type,
+        ),
+        ({"A": "x", "parameters": 5}, "Expected JSON object for keyword: 'parameters'"),
+        ({"D": [1, "2", 3]}, "input 'D': INT64 'data' elements must be integer values, got string"),
+    ):
+        status, _, answer = post(server, "/v2/models/shapes/generate", bad)
+        assert (status, json.loads(answer)) == (400, {"error": message}), bad
 
 
 def test_generate_stream_sends_each_response_as_an_event(server: RunningServer) -> None:
