@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from inferd.server.cache_config import LocalCacheConfig
 from tests.conftest import TEST_SETTINGS, RunningServer, start_server
+from tests.waiting import wait_for
 from tests.wire import PROTOCOLS, client_for, fails, infer
 
 # Found, not imported: the server imports mlserver its own way (backends/mlserver.py).
@@ -395,7 +396,8 @@ def test_explicit_unload_runs_unload_and_a_reload_reads_the_code_anew(tmp_path: 
         assert infer(server, "http", "answer", x)["answer"].ravel().tolist() == [1]
         with client_for(server, "http") as client:
             client.unload_model("answer")
-            assert (tmp_path / "unloaded").read_text() == "answer"  # its unload() ran
+            unloaded = tmp_path / "unloaded"
+            wait_for(lambda: unloaded.is_file() and unloaded.read_text() == "answer")  # it ran
             (tmp_path / "versioned.py").write_text(VERSIONED.format(answer=2))
             client.load_model("answer")
         assert infer(server, "http", "answer", x)["answer"].ravel().tolist() == [2]
