@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-import json
 import logging
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -141,7 +140,7 @@ def complete_here(
 def initialize_args(config: ModelConfig, model_file: Path, device: Device) -> dict[str, str]:
     """The `args` of TritonPythonModel.initialize(), all strings as in Triton."""
     return {
-        "model_config": json.dumps(config_to_json(config.proto)),
+        "model_config": api.triton_json(config_to_json(config.proto)),
         "model_instance_kind": device.kind.upper(),  # CPU, GPU or MODEL, as in Triton
         "model_instance_name": device.name or f"{config.name}_0",
         "model_instance_device_id": str(device.index),

@@ -93,6 +93,11 @@ TRITONSERVER_REQUEST_RELEASE_ALL = 1
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 
+def triton_json(value: Any) -> str:
+    """JSON as Triton's C++ side writes what it hands a model: compact, text as UTF-8."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 class MemoryType(IntEnum):
     """Where a BLS caller would like its outputs (TRITONSERVER_MemoryType's values)."""
 
@@ -431,7 +436,7 @@ class InferenceRequest:
         """The request's own parameters as a JSON object (Triton's reserved ones left out)."""
         if isinstance(self._parameters, str):
             return self._parameters
-        return json.dumps(dict(self._parameters))
+        return triton_json(dict(self._parameters))
 
     def requested_output_names(self) -> set[str]:
         """A set, as Triton's is (a model may test membership or use set operations)."""

@@ -510,13 +510,13 @@ def _version_policy(policy: Any) -> VersionPolicy:
 
 
 def config_to_json(config: ModelConfigProto) -> dict[str, Any]:
-    """The config as Triton prints it: field names as in the proto, defaults included,
-    enums by name and 64-bit integers as JSON numbers (protobuf's JSON would quote them)."""
+    """The config as Triton prints it: field names as in the proto and in its order, defaults
+    included, enums by name and 64-bit integers as JSON numbers (protobuf's JSON would quote
+    them)."""
     data: dict[str, Any] = json_format.MessageToDict(
         config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    _int64_to_numbers(config.DESCRIPTOR, data)
-    return data
+    return _as_triton_prints(config.DESCRIPTOR, data)
 
 
 _INT64_TYPES = {
@@ -528,22 +528,28 @@ _INT64_TYPES = {
 }
 
 
-def _int64_to_numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
+def _as_triton_prints(descriptor: Descriptor, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (MessageToDict's, set fields first) with its fields in the order the proto
+    declares them and 64-bit integers as numbers, all the way down."""
+    ordered: dict[str, Any] = {}
     for fd in descriptor.fields:
         if fd.name not in data:
             continue
         value = data[fd.name]
         if fd.type in _INT64_TYPES:
-            data[fd.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            value = [int(v) for v in value] if isinstance(value, list) else int(value)
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
             message = fd.message_type
             if message.GetOptions().map_entry:
                 value_fd = message.fields_by_name["value"]
                 if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
-                    for item in value.values():
-                        _int64_to_numbers(value_fd.message_type, item)
+                    value = {
+                        key: _as_triton_prints(value_fd.message_type, item)
+                        for key, item in value.items()
+                    }
             elif isinstance(value, list):
-                for item in value:
-                    _int64_to_numbers(message, item)
+                value = [_as_triton_prints(message, item) for item in value]
             else:
-                _int64_to_numbers(message, value)
+                value = _as_triton_prints(message, value)
+        ordered[fd.name] = value
+    return ordered

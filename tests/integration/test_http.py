@@ -113,6 +113,14 @@ def test_model_config_is_printed_as_triton_does(client: httpclient.InferenceServ
     assert config["dynamic_batching"]["preferred_batch_size"] == [32]  # normalised default
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    # Every field, in the order model_config.proto declares them, as Triton 2.51 prints them.
+    assert list(config) == [
+        "name", "platform", "backend", "runtime", "version_policy", "max_batch_size", "input",
+        "output", "batch_input", "batch_output", "optimization", "dynamic_batching",
+        "instance_group", "default_model_filename", "cc_model_filenames", "metric_tags",
+        "parameters", "model_warmup", "model_transaction_policy",
+    ]  # fmt: skip
+    assert list(config["input"][0])[:4] == ["name", "data_type", "format", "dims"]
 
 
 def test_repository_index(client: httpclient.InferenceServerClient, http: httpx.Client) -> None:

@@ -271,7 +271,19 @@ def test_auto_completed_model_serves(server: RunningServer) -> None:
 def test_initialize_gets_tritons_args(server: RunningServer, repo: Path) -> None:
     out = infer(server, "http", "info", {"INPUT0": np.array([1], np.int32)}, outputs=["ARGS"])
     args = json.loads(out["ARGS"][0])
-    assert json.loads(args.pop("model_config"))["name"] == "info"
+    written = args.pop("model_config")
+    config = json.loads(written)
+    # As Triton writes it: compact, every field in the proto's order.
+    assert written == json.dumps(config, separators=(",", ":"), ensure_ascii=False)
+    assert list(config)[:6] == [
+        "name",
+        "platform",
+        "backend",
+        "runtime",
+        "version_policy",
+        "max_batch_size",
+    ]
+    assert config["name"] == "info"
     assert args.pop("get_model_dir()") == str(repo / "info" / "1")  # model.py's folder
     assert args == {
         "model_name": "info",
