@@ -18,15 +18,18 @@ from tritonclient.grpc import service_pb2 as pb
 
 from inferd.server.errors import InferdError, invalid, unsupported
 from inferd.server.shared_memory import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
     SharedMemoryRegistry,
     own_parameters,
     shared_memory_ref,
 )
 from inferd.server.tensor_codec import (
+    EMPTY_FINAL_RESPONSE,
     check_rank,
     object_array,
     pack_bytes,
-    skip_reserved_parameter,
     tensor_from_bytes,
 )
 from inferd.server.types import (
@@ -54,6 +57,17 @@ _TYPED_FIELDS: Mapping[DataType, str] = {
     DataType.FP64: "fp64_contents",
     DataType.BYTES: "bytes_contents",
 }
+# What Triton calls the data of each contents field when it is not the tensor's.
+_FIELD_TYPES = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
 _INT64_MAX = 2**63 - 1
 _NOT_YET = np.empty(0)  # an input slot filled once the inputs outside shared memory are read
 
@@ -79,7 +93,7 @@ def decode_infer_request(
     elif raws:
         inputs = _raw_inputs(tensors, raws, (message.model_name, message.id))
     else:
-        inputs = _typed_inputs(tensors)
+        inputs = _typed_inputs(tensors, message.model_name)
     return InferRequest(
         model_name=message.model_name,
         model_version=message.model_version,
@@ -105,7 +119,7 @@ def _raw_inputs(
         if tensor.HasField("contents"):
             raise invalid(
                 f"contents field must not be specified when using raw_input_contents for "
-                f"input '{name}' for model '{model}'"
+                f"'{name}' for model '{model}'"
             )
         # Zero copy: fixed-size arrays view the message's bytes.
         inputs[name] = tensor_from_bytes(raw, name, datatype, shape, sender)
@@ -125,6 +139,7 @@ def _inputs(
     unshared: list[Any] = []
     for tensor in tensors:
         name, datatype, shape = _tensor_header(tensor, inputs)
+        _check_shared_memory_parameters(tensor.parameters, name)
         ref = shared_memory_ref(_parameter_values(tensor.parameters), f"input '{name}'")
         if ref is None:
             inputs[name] = _NOT_YET  # keeps the input order
@@ -143,7 +158,7 @@ def _inputs(
             f"the request has {len(raws)} raw_input_contents entries for {len(unshared)} "
             f"inputs not in shared memory"
         )
-    inputs.update(_raw_inputs(unshared, raws, sender) if raws else _typed_inputs(unshared))
+    inputs.update(_raw_inputs(unshared, raws, sender) if raws else _typed_inputs(unshared, model))
     return inputs
 
 
@@ -159,11 +174,11 @@ def _raw_count_error(tensors: Sequence[Any], count: int, model: str) -> InferdEr
     )
 
 
-def _typed_inputs(tensors: Sequence[Any]) -> dict[str, np.ndarray]:
+def _typed_inputs(tensors: Sequence[Any], model: str) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     for tensor in tensors:
         name, datatype, shape = _tensor_header(tensor, inputs)
-        inputs[name] = _from_contents(tensor.contents, name, datatype, shape)
+        inputs[name] = _from_contents(tensor.contents, name, datatype, shape, model)
     return inputs
 
 
@@ -183,9 +198,16 @@ def _tensor_header(
 
 
 def _from_contents(
-    contents: Any, name: str, datatype: DataType, shape: tuple[int, ...]
+    contents: Any, name: str, datatype: DataType, shape: tuple[int, ...], model: str
 ) -> np.ndarray:
     field = _TYPED_FIELDS.get(datatype)
+    for given, _ in contents.ListFields():
+        if given.name != field:  # Triton 2.51's words
+            raise invalid(
+                f"unexpected explicit tensor data for input tensor '{name}' for model "
+                f"'{model}' of type '{_FIELD_TYPES[given.name]}', expected datatype "
+                f"'{datatype.value}'"
+            )
     if field is None:
         raise invalid(
             f"input '{name}': {datatype.value} has no typed contents field; send it in "
@@ -219,23 +241,46 @@ def _requested_outputs(outputs: Sequence[Any]) -> list[RequestedOutput]:
         params = output.parameters
         if params:
             what = f"output '{name}'"
+            _check_shared_memory_parameters(params, name)
             ref = shared_memory_ref(_parameter_values(params), what)
             if "classification" in params:
                 if ref is not None:
                     raise invalid(
                         f"{what} can't set both 'shared_memory_region' and 'classification'"
                     )
-                classification = _classification(params["classification"], what)
+                classification = _classification(params["classification"])
         requested.append(RequestedOutput(name, classification, ref))
     return requested
 
 
-def _classification(param: pb.InferParameter, what: str) -> int:
-    kind = param.WhichOneof("parameter_choice")
-    value = getattr(param, kind) if kind in ("int64_param", "uint64_param") else -1
-    if value < 0:
-        raise invalid(f"{what}: classification must be a non-negative integer")
-    return int(value)
+def _classification(param: pb.InferParameter) -> int:
+    if param.WhichOneof("parameter_choice") != "int64_param":  # Triton 2.51's words
+        raise invalid("invalid value type for 'classification' parameter, expected int64_param")
+    if param.int64_param < 0:
+        raise invalid("invalid value for 'classification' parameter, expected >= 0")
+    return int(param.int64_param)
+
+
+def _check_shared_memory_parameters(params: Mapping[str, pb.InferParameter], tensor: str) -> None:
+    """Triton 2.51's gRPC rules and words for a tensor's shared-memory parameters."""
+    region = params.get(REGION)
+    if region is None:
+        for key in (BYTE_SIZE, OFFSET):
+            if key in params:
+                raise invalid(
+                    f"'{key}' can not be specified without '{REGION}' parameter for tensor "
+                    f"'{tensor}'"
+                )
+        return
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise invalid(
+            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected "
+            "string_param."
+        )
+    if BYTE_SIZE not in params:
+        raise invalid(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'"
+        )
 
 
 def _parameter_values(params: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
@@ -248,16 +293,36 @@ def _parameter_values(params: Mapping[str, pb.InferParameter]) -> dict[str, Para
     return values
 
 
+# The value kinds Triton 2.51's gRPC front end takes for the request parameters it reads
+# itself; any other parameter may be of any kind but uint64.
+_KINDS = {
+    "sequence_id": ("int64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+    "priority": ("int64_param", "uint64_param"),
+    "timeout": ("int64_param",),
+    EMPTY_FINAL_RESPONSE: ("bool_param",),
+}
+_ANY_KIND = ("int64_param", "bool_param", "string_param", "double_param")
+
+
 def _decode_parameters(params: Mapping[str, pb.InferParameter]) -> Params:
-    """Request parameters, any of the oneof kinds, as plain values (uint64 becomes int)."""
+    """Request parameters as plain values (uint64 becomes int), refused in Triton 2.51's words
+    where its rules refuse them; the empty-final-response flag is left out."""
     decoded: Params = {}
     for key, param in params.items():
+        if key.startswith("triton_") and key != EMPTY_FINAL_RESPONSE:
+            raise invalid(
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only the "
+                f"following keys starting with 'triton_' are allowed: {EMPTY_FINAL_RESPONSE}"
+            )
         kind = param.WhichOneof("parameter_choice")
-        if kind is None:
-            raise invalid(f"request parameter '{key}' has no value")
-        value: ParamValue = getattr(param, kind)
-        if not skip_reserved_parameter(key, value):
-            decoded[key] = value
+        kinds = _KINDS.get(key)
+        if kind not in (kinds or _ANY_KIND):
+            expected = " or ".join(kinds) if kinds else "int64_param, bool_param, or string_param"
+            raise invalid(f"invalid value type for '{key}' parameter, expected {expected}.")
+        if key != EMPTY_FINAL_RESPONSE:
+            decoded[key] = getattr(param, kind)
     return decoded
 
 

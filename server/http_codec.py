@@ -27,7 +27,6 @@ from inferd.server.tensor_codec import (
     element_bytes,
     object_array,
     pack_bytes,
-    skip_reserved_parameter,
     tensor_from_bytes,
 )
 from inferd.server.types import (
@@ -232,8 +231,11 @@ def _request_parameters(raw: object, encoding: OutputEncoding) -> Params:
     params = _parameters_object(raw, "request")
     out: Params = {}
     for key, value in params.items():
-        if skip_reserved_parameter(key, value):
-            continue
+        if key.startswith("triton_"):  # Triton 2.51's words (HTTP takes none of them)
+            raise invalid(
+                "parameter keys starting with 'triton_' are reserved for Triton usage and "
+                "should not be specified."
+            )
         if key == "binary_data_output":
             encoding.binary_default = _bool_param(value, "request parameter 'binary_data_output'")
         elif isinstance(value, bool | int | float | str):

@@ -109,18 +109,7 @@ def element_bytes(name: str, item: object) -> bytes:
     raise internal(f"output '{name}': BYTES element of type {type(item).__name__}")
 
 
-# The one 'triton_' request parameter Triton accepts (perf_analyzer always sends it over gRPC).
-# It asks decoupled models for an empty final response; the gRPC stream reads it from the
-# message itself (grpc_app.py), so the decoded request drops it.
+# The one 'triton_' request parameter Triton accepts, over gRPC only (perf_analyzer sends it on
+# every request). It asks decoupled models for an empty final response; the gRPC stream reads
+# it from the message itself (grpc_app.py), so the decoded request drops it.
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
-
-
-def skip_reserved_parameter(key: str, value: object) -> bool:
-    """True for a request parameter to drop; raises for 'triton_' keys Triton reserves."""
-    if not key.startswith("triton_"):
-        return False
-    if key != EMPTY_FINAL_RESPONSE:
-        raise invalid(f"request parameter '{key}' is reserved ('triton_' prefix)")
-    if not isinstance(value, bool):
-        raise invalid(f"request parameter '{key}' must be a boolean")
-    return True

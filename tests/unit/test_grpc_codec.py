@@ -162,34 +162,57 @@ def test_empty_final_response_flag_is_accepted_and_dropped() -> None:
     message.parameters["triton_enable_empty_final_response"].bool_param = False
     assert decode_infer_request(message).parameters == {}
     message.parameters["triton_enable_empty_final_response"].string_param = "yes"
-    invalid(message, "'triton_enable_empty_final_response' must be a boolean")
-
-
-def test_reserved_and_empty_parameters() -> None:
-    message = client_request([client_input("x", sample(DataType.FP32, (2,)), DataType.FP32)])
-    message.parameters["triton_custom"].bool_param = True
-    invalid(message, "request parameter 'triton_custom' is reserved ('triton_' prefix)")
-    del message.parameters["triton_custom"]
-    message.parameters["unset"].CopyFrom(pb.InferParameter())
-    invalid(message, "request parameter 'unset' has no value")
+    invalid(
+        message,
+        "invalid value type for 'triton_enable_empty_final_response' parameter, expected "
+        "bool_param.",
+    )
 
 
 @pytest.mark.parametrize(
-    "value",
-    [pb.InferParameter(int64_param=-1), pb.InferParameter(string_param="3"), pb.InferParameter()],
-    ids=["negative", "string", "empty"],
+    ("key", "value", "expected"),
+    [
+        ("sequence_id", pb.InferParameter(uint64_param=1), "int64_param or string_param."),
+        ("sequence_id", pb.InferParameter(bool_param=True), "int64_param or string_param."),
+        ("sequence_start", pb.InferParameter(int64_param=1), "bool_param."),
+        ("sequence_end", pb.InferParameter(string_param="true"), "bool_param."),
+        ("priority", pb.InferParameter(double_param=1.0), "int64_param or uint64_param."),
+        ("timeout", pb.InferParameter(uint64_param=1), "int64_param."),
+        ("other", pb.InferParameter(uint64_param=1), "int64_param, bool_param, or string_param."),
+        ("other", pb.InferParameter(), "int64_param, bool_param, or string_param."),
+    ],
 )
-def test_bad_classification(value: Any) -> None:
+def test_parameter_kinds_are_triton_grpcs(key: str, value: Any, expected: str) -> None:
     message = client_request([client_input("x", sample(DataType.FP32, (2,)), DataType.FP32)])
-    output = message.outputs.add(name="probs")
+    message.parameters[key].CopyFrom(value)
+    invalid(message, f"invalid value type for '{key}' parameter, expected {expected}")
+
+
+def test_reserved_parameters() -> None:
+    message = client_request([client_input("x", sample(DataType.FP32, (2,)), DataType.FP32)])
+    message.parameters["triton_custom"].bool_param = True
+    invalid(
+        message,
+        "parameter keys starting with 'triton_' are reserved for Triton usage. Only the "
+        "following keys starting with 'triton_' are allowed: triton_enable_empty_final_response",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (pb.InferParameter(int64_param=-1), "invalid value for 'classification' parameter"),
+        (pb.InferParameter(string_param="3"), "invalid value type for 'classification'"),
+        (pb.InferParameter(uint64_param=2), "invalid value type for 'classification'"),
+        (pb.InferParameter(), "invalid value type for 'classification' parameter"),
+    ],
+    ids=["negative", "string", "uint64", "empty"],
+)
+def test_bad_classification(value: Any, message: str) -> None:
+    request = client_request([client_input("x", sample(DataType.FP32, (2,)), DataType.FP32)])
+    output = request.outputs.add(name="probs")
     output.parameters["classification"].CopyFrom(value)
-    invalid(message, "output 'probs': classification must be a non-negative integer")
-
-
-def test_classification_as_uint64() -> None:
-    message = client_request([client_input("x", sample(DataType.FP32, (2,)), DataType.FP32)])
-    message.outputs.add(name="probs").parameters["classification"].uint64_param = 2
-    assert decode_infer_request(message).outputs == [RequestedOutput("probs", 2)]
+    invalid(request, message)  # Triton 2.51's words: tritonclient sends an int64_param
 
 
 # ---- typed contents ------------------------------------------------------------------------
@@ -224,6 +247,11 @@ def test_typed_contents(datatype: DataType, field: str, values: list[Any]) -> No
 def test_typed_contents_have_no_half_floats(datatype: str) -> None:
     invalid(
         typed_request(datatype, [1], fp32_contents=[1.0]),
+        "unexpected explicit tensor data for input tensor 'x' for model 'm' of type 'FP32', "
+        f"expected datatype '{datatype}'",
+    )
+    invalid(
+        typed_request(datatype, [1]),
         f"input 'x': {datatype} has no typed contents field; send it in raw_input_contents",
     )
 
@@ -233,8 +261,12 @@ def test_typed_contents_count_and_range() -> None:
         typed_request("INT32", [2, 2], int_contents=[1, 2, 3]),
         "input 'x': expected 4 values in contents.int_contents for shape [2, 2], got 3",
     )
-    # The wrong field for the datatype holds none of the expected values.
-    invalid(typed_request("INT32", [1], fp32_contents=[1.0]), "got 0")
+    # Data in another field than the datatype's: Triton 2.51's words.
+    invalid(
+        typed_request("INT32", [1], int_contents=[1], fp32_contents=[1.0]),
+        "unexpected explicit tensor data for input tensor 'x' for model 'm' of type 'FP32', "
+        "expected datatype 'INT32'",
+    )
     invalid(typed_request("INT8", [1], int_contents=[300]), "input 'x': a value is out of range")
 
 
@@ -272,8 +304,7 @@ def test_mixing_raw_and_contents() -> None:
     message.inputs[1].contents.int_contents.extend([1, 2, 3, 4])
     invalid(
         message,
-        "contents field must not be specified when using raw_input_contents for input 'b' "
-        "for model 'm'",
+        "contents field must not be specified when using raw_input_contents for 'b' for model 'm'",
     )
 
 
@@ -321,10 +352,25 @@ def test_an_output_asked_for_twice_is_answered_once_as_first_asked() -> None:
 def test_shared_memory_parameters() -> None:
     message = two_inputs()
     message.outputs.add(name="o").parameters["shared_memory_region"].string_param = "r"
-    invalid(message, "output 'o': 'shared_memory_region' and 'shared_memory_byte_size'")
+    along = "'shared_memory_byte_size' must be specified along with 'shared_memory_region'"
+    invalid(message, f"{along} parameter for tensor 'o'")
     message = two_inputs()
     message.inputs[0].parameters["shared_memory_region"].string_param = "r"
-    invalid(message, "input 'a': 'shared_memory_region' and 'shared_memory_byte_size'")
+    invalid(message, f"{along} parameter for tensor 'a'")
+    for key in ("shared_memory_byte_size", "shared_memory_offset"):
+        message = two_inputs()
+        message.inputs[0].parameters[key].int64_param = 8
+        invalid(
+            message,
+            f"'{key}' can not be specified without 'shared_memory_region' parameter for tensor 'a'",
+        )
+    message = two_inputs()
+    message.outputs.add(name="o").parameters["shared_memory_region"].int64_param = 1
+    invalid(
+        message,
+        "invalid value type for 'shared_memory_region' parameter for tensor 'o', expected "
+        "string_param.",
+    )
     message = two_inputs()
     output = message.outputs.add(name="o")
     output.parameters["shared_memory_region"].string_param = "r"

@@ -456,7 +456,11 @@ BAD_DOCUMENTS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("shape-not-list", one_input(shape=2), ("'x'", "'shape'")),
     ("id-not-string", {**one_input(), "id": 5}, ("'id'", "string")),
     ("params-not-object", {**one_input(), "parameters": [1]}, ("'parameters'", "object")),
-    ("reserved-param", {**one_input(), "parameters": {"triton_x": 1}}, ("'triton_x'", "reserved")),
+    (
+        "reserved-param",
+        {**one_input(), "parameters": {"triton_enable_empty_final_response": True}},
+        ("parameter keys starting with 'triton_' are reserved for Triton usage and should not",),
+    ),
     ("param-object", {**one_input(), "parameters": {"p": {"a": 1}}}, ("'p'",)),
     (
         "binary-output-not-bool",
