@@ -223,6 +223,19 @@ HTTP: dict[str, tuple[str, Any]] = {  # label: (path, JSON body, or bytes as the
         },
     ),
     "http generate": ("/v2/models/add/generate", {"INPUT0": FOUR, "INPUT1": FOUR}),
+    "http generate fills the config dims": (
+        "/v2/models/text/generate",
+        {"S": "a", "B": [True, False], "parameters": {"p": 1}},
+    ),
+    "http generate that fits no shape": (
+        "/v2/models/add/generate",
+        {"INPUT0": FOUR[:2], "INPUT1": FOUR},
+    ),
+    "http generate parameter of no kind": ("/v2/models/text/generate", {"S": "a", "p": [1]}),
+    "http triton_ parameter": (
+        "/v2/models/add/infer",
+        {"inputs": ADD, "parameters": {"triton_enable_empty_final_response": True}},
+    ),
     "http statistics of a missing version": ("GET /v2/models/add/versions/3/stats", None),
     "http model metadata": ("GET /v2/models/text", None),
     "http model config": ("GET /v2/models/add/config", None),
@@ -234,6 +247,16 @@ def _infer_message(raws: list[bytes], **fields: Any) -> pb.ModelInferRequest:
     for name in ("INPUT0", "INPUT1"):
         request.inputs.add(name=name, datatype="FP32", shape=[1, 4])
     request.raw_input_contents.extend(raws)
+    return request
+
+
+def _typed_message(field: str) -> pb.ModelInferRequest:
+    """Both inputs in typed `contents`, INPUT1's in `field`."""
+    request = pb.ModelInferRequest(model_name="add")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+        values = getattr(tensor.contents, "fp32_contents" if name == "INPUT0" else field)
+        values.extend([int(v) for v in FOUR] if field == "int_contents" else FOUR)
     return request
 
 
@@ -262,6 +285,18 @@ GRPC: dict[str, tuple[str, Any]] = {  # label: (method, request message)
         pb.RepositoryIndexRequest(repository_name="elsewhere"),
     ),
     "grpc model config": ("ModelConfig", pb.ModelConfigRequest(name="text")),
+    "grpc sequence_start as an int64": (
+        "ModelInfer",
+        _infer_message(
+            [FOUR_RAW] * 2, parameters={"sequence_start": pb.InferParameter(int64_param=1)}
+        ),
+    ),
+    "grpc parameter as a uint64": (
+        "ModelInfer",
+        _infer_message([FOUR_RAW] * 2, parameters={"p": pb.InferParameter(uint64_param=1)}),
+    ),
+    "grpc contents of another type": ("ModelInfer", _typed_message("int_contents")),
+    "grpc typed contents": ("ModelInfer", _typed_message("fp32_contents")),
 }
 
 
