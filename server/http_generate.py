@@ -250,6 +250,8 @@ def _data_bytes(item: InferResponse | InferdError | None) -> int:
 def decode_generate_request(
     body: bytes, model: str, version: str, specs: tuple[TensorConfig, ...], batching: bool
 ) -> InferRequest:
+    if not body.strip():  # Triton 2.51's words (it answers 500)
+        raise invalid("failed to parse the request JSON buffer: The document is empty.")
     data = json_object(body, "the generate request body must be a JSON object")
     inputs: dict[str, np.ndarray] = {}
     parameters: Params = {}

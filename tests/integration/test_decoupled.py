@@ -588,6 +588,16 @@ def test_generate_fills_each_inputs_config_dims_as_triton_does(server: RunningSe
     ):
         status, _, answer = post(server, "/v2/models/shapes/generate", bad)
         assert (status, json.loads(answer)) == (400, {"error": message}), bad
+    connection = http.client.HTTPConnection(server.http_url, timeout=20)
+    try:
+        connection.request("POST", "/v2/models/shapes/generate", b"")
+        empty = connection.getresponse()
+        assert (empty.status, json.loads(empty.read())) == (
+            400,
+            {"error": "failed to parse the request JSON buffer: The document is empty."},
+        )
+    finally:
+        connection.close()
 
 
 def test_generate_stream_sends_each_response_as_an_event(server: RunningServer) -> None:
