@@ -5,10 +5,9 @@ A request is one JSON object: a key named like a model input is that input (its 
 the input's config dims, see _tensor; a batching model gets a batch dim of 1), the entries of
 a `parameters` object and every other key are request parameters. An answer holds one key per
 output, in name order (one element as a scalar, more as a flat array; BYTES as text), then
-`model_name` and `model_version`. `generate` needs exactly
-one response; `generate_stream` writes each response as a Server-Sent Event (`data: {...}`) as
-it comes, and an error as `data: {"error": ...}`. The status is decided by the first event,
-as in Triton.
+`model_name` and `model_version`. `generate` needs exactly one response; `generate_stream`
+writes each response as a Server-Sent Event (`data: {...}`) as it comes, and an error as
+`data: {"error": ...}`. The status is decided by the first event, as in Triton.
 
 Traced requests (the trace extension) are traced as /infer ones: reading the request, the
 core's timestamps, and sending the answer (all of a stream's events), written once it is sent.
