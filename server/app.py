@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -11,7 +12,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import uvloop
 from prometheus_client.registry import Collector
@@ -422,15 +423,30 @@ class App:
         self._sockets.clear()
 
     async def serve_until_signalled(self) -> None:
+        """Serve until SIGINT or SIGTERM. A signal while the models still load at start-up
+        stops the server too, as it stops Triton: the loads are abandoned (a model's
+        initialize() cannot be interrupted on its thread), the process exits once the front
+        doors and the loaded models are stopped, without waiting for them."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(self.start())
+        signalled = asyncio.ensure_future(stop.wait())
         try:
-            await self.start()
-            await stop.wait()
+            await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("shutting down while models load: their loads are abandoned")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                await self.stop()
+                _exit_now(0)  # a loader thread still in initialize() would hold a normal exit
+            starting.result()  # a StartupError
+            await signalled
             log.info("shutting down: draining in-flight requests")
         finally:
+            signalled.cancel()
             await self.stop()
 
 
@@ -443,9 +459,14 @@ def run(settings: Settings) -> int:
         return 1
     except ExitTimeout as exc:
         log.error("%s", exc)
-        logging.shutdown()
-        os._exit(1)  # an instance thread still in execute() would hold a normal exit
+        _exit_now(1)  # an instance thread still in execute() would hold a normal exit
     return 0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for threads that cannot be stopped, the log written out first."""
+    logging.shutdown()
+    os._exit(code)
 
 
 def _otel_exporter(settings: Settings) -> OtelExporter | None:

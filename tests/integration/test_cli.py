@@ -511,6 +511,48 @@ def test_a_model_that_never_returns_cannot_hold_the_exit_past_its_timeout(
     assert took < 20  # not forever (the bound is the timeout and a second; shared cores)
 
 
+# A python model whose initialize() takes a minute; it leaves a mark once loading.
+SLOW_TO_LOAD = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        open(__file__ + ".loading", "w").close()
+        time.sleep(60)
+
+    def execute(self, requests):
+        return []
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_models_load_stops_the_server(tmp_path: Path, sig: signal.Signals) -> None:
+    """As Triton: SIGTERM (or Ctrl-C) during a long start-up load stops the server, which
+    used to go on until the load was done, and forever for an initialize() that never
+    returns."""
+    config = (
+        'backend: "python"\ninput [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+    )
+    write_python_model(tmp_path, "slow", SLOW_TO_LOAD, config)
+    process, url = spawn_inferd(f"--model-repository={tmp_path}")
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "slow" / "1" / "model.py.loading").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no load began"
+            time.sleep(0.05)
+        assert httpx.get(url + "/v2/health/live").status_code == 200  # serving liveness
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=30)  # the load alone would take a minute
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "shutting down while models load: their loads are abandoned" in output.decode()
+    assert "Traceback" not in output.decode()
+
+
 @pytest.mark.slow
 def test_a_bad_repository_path_fails_with_a_clear_message() -> None:
     result = subprocess.run(
