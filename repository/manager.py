@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,14 @@ class ModelRepository:
         # Versions taken out of service that still finish their requests (see _retire), and
         # what waits for them; close() waits for it all.
         self._retiring: set[asyncio.Task[None]] = set()
+        # Loader threads at work: a signal may stop the server before they are done.
+        self._preparing = 0
+        self._preparing_lock = threading.Lock()
+
+    @property
+    def loading(self) -> bool:
+        """Whether a model is being prepared on a loader thread now."""
+        return self._preparing > 0
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -451,7 +460,7 @@ class ModelRepository:
             last = attempt == retries
             async with slot:
                 try:
-                    prepared = await asyncio.to_thread(self._loader.prepare, location, override)
+                    prepared = await asyncio.to_thread(self._prepare_now, location, override)
                 except Exception as exc:
                     if last:
                         raise
@@ -465,6 +474,17 @@ class ModelRepository:
                 *(asyncio.to_thread(close_all, i) for i in prepared.instances.values())
             )
         raise AssertionError("unreachable: the last try returns or raises")
+
+    def _prepare_now(
+        self, location: ModelLocation, override: ModelConfigProto | None
+    ) -> PreparedModel:
+        with self._preparing_lock:
+            self._preparing += 1
+        try:
+            return self._loader.prepare(location, override)
+        finally:
+            with self._preparing_lock:
+                self._preparing -= 1
 
     async def _load(
         self,

@@ -424,9 +424,9 @@ class App:
 
     async def serve_until_signalled(self) -> None:
         """Serve until SIGINT or SIGTERM. A signal while the models still load at start-up
-        stops the server too, as it stops Triton: the loads are abandoned (a model's
-        initialize() cannot be interrupted on its thread), the process exits once the front
-        doors and the loaded models are stopped, without waiting for them."""
+        stops the server too, as it stops Triton. Loads still running once the server has
+        stopped (a model's initialize() cannot be interrupted on its thread) are abandoned:
+        the process exits without waiting for them."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -435,19 +435,21 @@ class App:
         signalled = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                log.info("shutting down while models load: their loads are abandoned")
+            if starting.done():
+                starting.result()  # a StartupError
+                await signalled
+                log.info("shutting down: draining in-flight requests")
+            else:
+                log.info("shutting down while models load at start-up")
                 starting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starting
-                await self.stop()
-                _exit_now(0)  # a loader thread still in initialize() would hold a normal exit
-            starting.result()  # a StartupError
-            await signalled
-            log.info("shutting down: draining in-flight requests")
         finally:
             signalled.cancel()
             await self.stop()
+        if self._repository is not None and self._repository.loading:
+            log.info("a model's load still runs: abandoned")
+            _exit_now(0)  # its loader thread would hold a normal exit
 
 
 def run(settings: Settings) -> int:

@@ -527,30 +527,42 @@ class TritonPythonModel:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_models_load_stops_the_server(tmp_path: Path, sig: signal.Signals) -> None:
-    """As Triton: SIGTERM (or Ctrl-C) during a long start-up load stops the server, which
-    used to go on until the load was done, and forever for an initialize() that never
-    returns."""
+@pytest.mark.parametrize(
+    ("sig", "when"),
+    [(signal.SIGTERM, "start-up"), (signal.SIGINT, "start-up"), (signal.SIGTERM, "load call")],
+)
+def test_a_signal_while_a_model_loads_stops_the_server(
+    tmp_path: Path, sig: signal.Signals, when: str
+) -> None:
+    """As Triton: SIGTERM (or Ctrl-C) while a model loads, at start-up or through the load
+    API, stops the server within --exit-timeout-secs; it used to go on until the load was
+    done, and forever for an initialize() that never returns."""
     config = (
         'backend: "python"\ninput [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
         'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
     )
     write_python_model(tmp_path, "slow", SLOW_TO_LOAD, config)
-    process, url = spawn_inferd(f"--model-repository={tmp_path}")
+    flags = ["--model-control-mode=explicit"] if when == "load call" else []
+    process, url = spawn_inferd(f"--model-repository={tmp_path}", "--exit-timeout-secs=2", *flags)
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "slow" / "1" / "model.py.loading").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "no load began"
-            time.sleep(0.05)
-        assert httpx.get(url + "/v2/health/live").status_code == 200  # serving liveness
-        process.send_signal(sig)
-        output, _ = process.communicate(timeout=30)  # the load alone would take a minute
+        with ThreadPoolExecutor(1) as pool:
+            if when == "load call":
+                wait_ready(url, process)
+                pool.submit(httpx.post, url + "/v2/repository/models/slow/load", timeout=60)
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "slow" / "1" / "model.py.loading").exists():
+                assert process.poll() is None and time.monotonic() < deadline, "no load began"
+                time.sleep(0.05)
+            assert httpx.get(url + "/v2/health/live").status_code == 200  # serving liveness
+            process.send_signal(sig)
+            output, _ = process.communicate(timeout=30)  # the load alone takes a minute
     finally:
         process.kill()
     assert process.returncode == 0
-    assert "shutting down while models load: their loads are abandoned" in output.decode()
-    assert "Traceback" not in output.decode()
+    log = output.decode()
+    assert "a model's load still runs: abandoned" in log
+    assert ("shutting down while models load at start-up" in log) == (when == "start-up")
+    assert "Traceback" not in log
 
 
 @pytest.mark.slow
