@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableSequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -157,6 +157,7 @@ def parse_config_text(text: str, source: str) -> ModelConfigProto:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         raise invalid(f"failed to parse {source}: {exc}") from None
+    _check_enums(config, source)
     return config
 
 
@@ -195,7 +196,34 @@ def config_from_json(text: str | bytes, source: str) -> ModelConfigProto:
         json_format.ParseDict(document, config, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise invalid(f"failed to parse {source}: {exc}") from None
+    _check_enums(config, source)
     return config
+
+
+def _check_enums(message: Any, source: str, where: str = "") -> None:
+    """Both parsers take a number for an enum field, one the enum may not have (`data_type:
+    16`): refused here, naming the field, rather than failing later in a conversion."""
+    for fd, value in message.ListFields():
+        path = f"{where}{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            values = value if isinstance(value, MutableSequence) else [value]
+            for number in values:
+                if number not in fd.enum_type.values_by_number:
+                    raise invalid(
+                        f"failed to parse {source}: {path} is {number}, which is no "
+                        f"{fd.enum_type.name} value"
+                    )
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                value_fd = fd.message_type.fields_by_name["value"]
+                if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
+                    for key, item in value.items():
+                        _check_enums(item, source, f"{path}[{key}].")
+            elif isinstance(value, MutableSequence):
+                for index, item in enumerate(value):
+                    _check_enums(item, source, f"{path}[{index}].")
+            else:
+                _check_enums(value, source, f"{path}.")
 
 
 def normalize(config: ModelConfigProto, model_name: str, gpu_count: int) -> None:

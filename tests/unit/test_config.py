@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from inferd.repository.config import (
     DeviceKind,
+    config_from_json,
     config_to_json,
     normalize,
     parse_config_text,
@@ -95,6 +98,37 @@ def test_misspelt_field_names_the_field_and_the_file() -> None:
     assert "max_batch_sise" in info.value.message
     assert "/repo/m/config.pbtxt" in info.value.message
     assert "2:1" in info.value.message  # line and column
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (
+            parse_config_text,
+            'input [{ name: "x" data_type: 16 dims: [ 1 ] }]',
+            "input[0].data_type is 16, which is no DataType value",
+        ),
+        (
+            config_from_json,
+            '{"instance_group": [{"kind": 9}]}',
+            "instance_group[0].kind is 9, which is no Kind value",
+        ),
+        (
+            config_from_json,
+            '{"sequence_batching": {"control_input": [{"name": "S", "control": [{"kind": 77}]}]}}',
+            "sequence_batching.control_input[0].control[0].kind is 77, which is no Kind value",
+        ),
+    ],
+)
+def test_an_enum_number_the_enum_lacks_is_refused_naming_the_field(
+    parse: Callable[[str, str], object], text: str, message: str
+) -> None:
+    # Both parsers take numbers for enums; one the enum lacks used to fail later, in a
+    # conversion, with Python's words.
+    with pytest.raises(InferdError) as info:
+        parse(text, "src")
+    assert info.value.code is ErrorCode.INVALID_ARG
+    assert info.value.message == f"failed to parse src: {message}"
 
 
 def test_normalize_fills_triton_defaults() -> None:
