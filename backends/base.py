@@ -16,7 +16,7 @@ import numpy as np
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.python_metrics import CustomMetrics
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.server.errors import ErrorCode, InferdError
 from inferd.server.model_calls import AnswerStream
 from inferd.server.types import InferRequest, InferResponse, ParamValue
@@ -284,6 +284,8 @@ class Backend(ABC):
     name: ClassVar[str]
     platforms: ClassVar[tuple[str, ...]] = ()
     default_model_filename: ClassVar[str]
+    # The order its answers list outputs in: that of the Triton backend it stands for.
+    output_order: ClassVar[OutputOrder] = OutputOrder.CONFIG
 
     @classmethod
     def model_filename(cls, config: ModelConfigProto) -> str:

@@ -40,7 +40,7 @@ from inferd.backends.mlserver_metrics import MULTIPROCESS_VARIABLE
 from inferd.backends.python_env import activate
 from inferd.backends.python_process import StubInstance
 from inferd.backends.registry import INSTALL_HINTS
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.repository.mlserver_settings import (
     BACKEND,
     FROM_ENVIRONMENT,
@@ -60,6 +60,7 @@ _CANCEL_CHECK_S = 0.05
 
 class MLServerBackend(Backend):
     name = BACKEND
+    output_order = OutputOrder.RETURNED
     default_model_filename = SETTINGS_FILE
 
     @classmethod

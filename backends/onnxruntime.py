@@ -35,7 +35,7 @@ from inferd.backends.ort_providers import (
     cuda_unavailable_reason,
     ort_cuda_version,
 )
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.server.errors import invalid
 from inferd.server.types import DataType
 
@@ -101,6 +101,7 @@ def _session_options(
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    output_order = OutputOrder.NAME
     platforms = ("onnxruntime_onnx",)
     default_model_filename = "model.onnx"
 

@@ -57,7 +57,13 @@ from inferd.backends.python_module import (
 )
 from inferd.backends.python_process import StubInstance, complete_in_stub, isolation
 from inferd.backends.python_sender import DiscardSink, ResponseSender, SingleResponseSender
-from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig, config_to_json
+from inferd.repository.config import (
+    ModelConfig,
+    ModelConfigProto,
+    OutputOrder,
+    TensorConfig,
+    config_to_json,
+)
 from inferd.repository.scheduling import INLINE_PARAMETER, LATENCY_SLO_PARAMETER
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid
 from inferd.server.types import DataType, ParamValue
@@ -80,6 +86,7 @@ def to_inferd_error(error: Any) -> InferdError:
 
 class PythonBackend(Backend):
     name = "python"
+    output_order = OutputOrder.RETURNED
     default_model_filename = "model.py"
 
     @classmethod
@@ -465,10 +472,11 @@ class PythonInstance(ModelInstance):
             given[tensor.name()] = tensor.as_numpy()
         outputs: dict[str, np.ndarray] = {}
         # As Triton's python backend: the answer holds the outputs asked for (all when none
-        # were) that the model returned; those it left out are left out of the answer.
-        for name in request.outputs or self._all_outputs:
-            array = given.get(name)
-            if array is None:
+        # were) that the model returned, in the order it returned them; those it left out
+        # are left out of the answer.
+        wanted = request.outputs or self._outputs
+        for name, array in given.items():
+            if name not in wanted:
                 continue
             try:
                 outputs[name] = conform_output(array, self._outputs[name])

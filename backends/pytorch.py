@@ -36,7 +36,7 @@ from inferd.backends.base import Backend, BackendSettings, Device, ModelInstance
 from inferd.backends.gpu import GpuInfo
 from inferd.backends.registry import INSTALL_HINTS
 from inferd.backends.shared_objects import SharedObjects
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.repository.sequence_config import sequence_tensors
 from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unsupported
 from inferd.server.types import DataType
@@ -179,6 +179,7 @@ def index_map(names: Sequence[str], forward_arguments: Sequence[str]) -> dict[st
 
 class PyTorchBackend(Backend):
     name = "pytorch"
+    output_order = OutputOrder.NAME
     platforms = (PLATFORM, AOTI_PLATFORM)
     default_model_filename = "model.pt"
 

@@ -31,7 +31,7 @@ from inferd.backends.tensorflow_autocomplete import (
     tf_shape,
     to_spec,
 )
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.repository.sequence_config import sequence_tensors
 from inferd.server.errors import InferdError, invalid, unavailable, unsupported
 
@@ -67,6 +67,7 @@ def resolve_model(platform: str, model_path: Path) -> tuple[bool, Path]:
 
 class TensorFlowBackend(Backend):
     name = "tensorflow"
+    output_order = OutputOrder.NAME
     platforms = (SAVEDMODEL_PLATFORM, GRAPHDEF_PLATFORM)
     # One name per backend: resolve_model() turns it into model.graphdef for GraphDefs.
     default_model_filename = "model.savedmodel"

@@ -35,12 +35,13 @@ from inferd.backends.trt_engine import (
     load_tensorrt,
     output_allocator,
 )
-from inferd.repository.config import ModelConfig, ModelConfigProto
+from inferd.repository.config import ModelConfig, ModelConfigProto, OutputOrder
 from inferd.server.errors import internal, invalid, unsupported
 
 
 class TensorRtBackend(Backend):
     name = "tensorrt"
+    output_order = OutputOrder.RETURNED  # the engine's order
     platforms = ("tensorrt_plan",)
     default_model_filename = "model.plan"
 
@@ -115,7 +116,10 @@ class TensorRtInstance(ModelInstance):
             (*config.inputs, *config.outputs), [*self._io.inputs, *self._io.outputs], self._batched
         )
         self._dtypes = {s.name: s.checked_datatype(plan_file).numpy for s in self._io.outputs}
-        self._wanted = [t.name for t in config.outputs]
+        # The config's outputs, in the engine's order: the order answers list them in, as
+        # Triton's TensorRT backend adds them by binding index.
+        declared = {t.name for t in config.outputs}
+        self._wanted = [s.name for s in self._io.outputs if s.name in declared]
         # Outputs whose shape only the batch's data decides get their memory from this once
         # TensorRT knows the size; made and set for such an output the first time it is seen.
         self._trt = trt

@@ -85,6 +85,19 @@ class TritonPythonModel:
         return responses
 """
 
+# Returns its outputs in an order that is neither its config's nor their names'.
+ORDER = """
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            names = ("M", "Z", "A")
+            tensors = [pb_utils.Tensor(name, x + i) for i, name in enumerate(names)]
+            responses.append(pb_utils.InferenceResponse(tensors))
+        return responses
+"""
+
 MODELS = {
     "add": (
         ECHO,
@@ -107,6 +120,13 @@ MODELS = {
         "max_batch_size: 4\n"
         'input [{name: "MODE" data_type: TYPE_STRING dims: [1]}]\n'
         'output [{name: "Y" data_type: TYPE_FP32 dims: [2]}]\n',
+    ),
+    "order": (
+        ORDER,
+        'input [{name: "X" data_type: TYPE_FP32 dims: [2]}]\n'
+        'output [{name: "Z" data_type: TYPE_FP32 dims: [2]}, '
+        '{name: "A" data_type: TYPE_FP32 dims: [2]}, '
+        '{name: "M" data_type: TYPE_FP32 dims: [2]}]\n',
     ),
     "seq": (
         ECHO,
@@ -207,6 +227,17 @@ HTTP: dict[str, tuple[str, Any]] = {  # label: (path, JSON body, or bytes as the
     "http output of another dtype": ("/v2/models/modes/infer", _mode("fp64")),
     "http no outputs": ("/v2/models/modes/infer", _mode("none")),
     "http error response": ("/v2/models/modes/infer", _mode("error")),
+    "http outputs in the order returned": (
+        "/v2/models/order/infer",
+        {"inputs": [_tensor("X", "FP32", [2], [1.0, 2.0])]},
+    ),
+    "http outputs asked in another order": (
+        "/v2/models/order/infer",
+        {
+            "inputs": [_tensor("X", "FP32", [2], [1.0, 2.0])],
+            "outputs": [{"name": "A"}, {"name": "Z"}],
+        },
+    ),
     "http sequence without id": (
         "/v2/models/seq/infer",
         {"inputs": [_tensor("X", "INT32", [1, 1], [1])]},
@@ -283,6 +314,15 @@ GRPC: dict[str, tuple[str, Any]] = {  # label: (method, request message)
     "grpc named repository": (
         "RepositoryIndex",
         pb.RepositoryIndexRequest(repository_name="elsewhere"),
+    ),
+    "grpc outputs in the order returned": (
+        "ModelInfer",
+        pb.ModelInferRequest(
+            model_name="order",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="X", datatype="FP32", shape=[2])],
+            raw_input_contents=[struct.pack("<2f", 1.0, 2.0)],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in "AZ"],
+        ),
     ),
     "grpc model config": ("ModelConfig", pb.ModelConfigRequest(name="text")),
     "grpc sequence_start as an int64": (

@@ -41,6 +41,16 @@ CONFIG_FILENAME = "config.pbtxt"
 CUSTOM_CONFIG_DIR = "configs"  # --model-config-name=NAME reads configs/NAME.pbtxt
 
 
+class OutputOrder(StrEnum):
+    """The order an answer lists a model's outputs in: the order its Triton backend adds them
+    to the response (neither Triton's core nor its front doors sort them, and none follows
+    the order the request named them in)."""
+
+    CONFIG = "config"  # the config's (OpenVINO, FIL; ensembles, whose Triton order is a hash's)
+    NAME = "name"  # by name: ONNX Runtime, PyTorch and TensorFlow keep them in a std::map/set
+    RETURNED = "returned"  # as the instance returned them: python models, TensorRT's engine
+
+
 class DeviceKind(StrEnum):
     AUTO = "KIND_AUTO"
     GPU = "KIND_GPU"
@@ -135,6 +145,10 @@ class ModelConfig:
     default_model_filename: str
     proto: ModelConfigProto  # normalised message, for the config endpoint
     input_by_name: Mapping[str, TensorConfig]  # the inputs again, for lookups per request
+    output_by_name: Mapping[str, TensorConfig]  # the same for the outputs
+    # The outputs in the order answers list them (OutputOrder.RETURNED: the instance's).
+    output_order: OutputOrder
+    answer_outputs: tuple[TensorConfig, ...]
     ensemble: EnsembleConfig | None = None  # the steps of a `platform: "ensemble"` model
     # Ragged batching: tensors made per batch, outputs scattered back (batch_io_config.py).
     batch_inputs: tuple[BatchInput, ...] = ()
@@ -441,10 +455,14 @@ def _validate_batching(where: str, config: ModelConfigProto) -> None:
 
 
 def to_model_config(
-    config: ModelConfigProto, backend: str, schemaless: bool = False
+    config: ModelConfigProto,
+    backend: str,
+    schemaless: bool = False,
+    output_order: OutputOrder = OutputOrder.CONFIG,
 ) -> ModelConfig:
     """The typed, read-only view of a normalised and validated config."""
     inputs = tuple(_tensor(t, is_input=True) for t in config.input)
+    outputs = tuple(_tensor(t, is_input=False) for t in config.output)
     batch_inputs, batch_outputs = parse_batch_io(config, f"model '{config.name}'")
     return ModelConfig(
         name=config.name,
@@ -452,7 +470,7 @@ def to_model_config(
         backend=backend,
         max_batch_size=config.max_batch_size,
         inputs=inputs,
-        outputs=tuple(_tensor(t, is_input=False) for t in config.output),
+        outputs=outputs,
         instance_groups=tuple(
             InstanceGroup(
                 name=g.name,
@@ -469,6 +487,13 @@ def to_model_config(
         default_model_filename=config.default_model_filename,
         proto=config,
         input_by_name={t.name: t for t in inputs},
+        output_by_name={t.name: t for t in outputs},
+        output_order=output_order,
+        answer_outputs=(
+            tuple(sorted(outputs, key=lambda t: t.name))
+            if output_order is OutputOrder.NAME
+            else outputs
+        ),
         ensemble=parse_ensemble(config) if is_ensemble(config) else None,
         sequence_batching=(
             parse_sequence_batching(config, f"model '{config.name}'")

@@ -143,7 +143,7 @@ class ModelLoader:
         validate_instance_kinds(proto, backend_name, source)
         validate_batch_io_backend(proto, backend_name, source)
         config = with_initial_state_files(
-            to_model_config(proto, backend_name, schemaless), model_dir
+            to_model_config(proto, backend_name, schemaless, backend.output_order), model_dir
         )
         labels = _read_labels(config, model_dir)
         warmups = warmup_samples(proto, config, model_dir)

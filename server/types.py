@@ -132,7 +132,7 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     id: str = ""
     parameters: Params = field(default_factory=dict)
-    # None = every output of the model, in config order.
+    # None = every output of the model.
     outputs: list[RequestedOutput] | None = None
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     trace: Trace | None = None  # when the trace extension sampled this request
@@ -152,7 +152,7 @@ class InferRequest:
 class InferResponse:
     model_name: str
     model_version: str
-    # Ordered: requested order, else config order. Front doors emit them in this order.
+    # In the order of the model's Triton backend (OutputOrder); front doors emit them so.
     outputs: list[tuple[str, DataType, np.ndarray]]
     id: str = ""
     parameters: Params = field(default_factory=dict)

@@ -123,6 +123,32 @@ class TritonPythonModel:
         return responses
 """
 
+# Returns its outputs in an order that is neither its config's nor their names'.
+UNORDERED = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            names = ("M", "Z", "A")
+            tensors = [pb_utils.Tensor(name, a + i) for i, name in enumerate(names)]
+            responses.append(pb_utils.InferenceResponse(tensors))
+        return responses
+"""
+
+UNORDERED_CONFIG = """
+backend: "python"
+input [{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }]
+output [
+  { name: "Z" data_type: TYPE_FP32 dims: [ 2 ] },
+  { name: "A" data_type: TYPE_FP32 dims: [ 2 ] },
+  { name: "M" data_type: TYPE_FP32 dims: [ 2 ] }
+]
+"""
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -146,6 +172,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "times_ten", TIMES_TEN, ANY_LENGTH)
     write_python_model(root, "bls_relay", BLS_RELAY, ANY_LENGTH)
     write_python_model(root, "loose", LOOSE, config_named(ADD_SUB_CONFIG, "loose"))
+    write_python_model(root, "unordered", UNORDERED, UNORDERED_CONFIG)
     # default_model_filename names the file in place of model.py.
     (root / "renamed" / "1").mkdir(parents=True)
     (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
@@ -193,6 +220,18 @@ def test_the_answer_holds_what_the_model_returned_as_it_returned_it(
     # An output asked for twice is answered once; classification reads the FP64 values.
     twice = infer(server, protocol, "loose", inputs, outputs=["OUTPUT0", "OUTPUT0"], class_count=2)
     assert twice["OUTPUT0"].tolist() == [b"2.000000:3", b"1.500000:2"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_answer_lists_outputs_in_the_order_the_model_returned_them(
+    server: RunningServer, protocol: str
+) -> None:
+    """As Triton 2.51's python backend: neither the config's order nor the request's."""
+    inputs = {"IN": np.zeros(2, np.float32)}
+    out = infer(server, protocol, "unordered", inputs)
+    assert list(out) == ["M", "Z", "A"]
+    assert [out[name][0] for name in out] == [0, 1, 2]
+    assert list(infer(server, protocol, "unordered", inputs, outputs=["A", "Z"])) == ["Z", "A"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -15,7 +15,13 @@ from inferd.backends.gpu import GpuInfo
 from inferd.backends.pinned_memory import PinnedMemoryPool
 from inferd.backends.tensorrt import TensorRtBackend, TensorRtInstance
 from inferd.backends.trt_engine import EngineIo, describe, load_engine, load_tensorrt
-from inferd.repository.config import ModelConfig, normalize, parse_config_text, to_model_config
+from inferd.repository.config import (
+    ModelConfig,
+    OutputOrder,
+    normalize,
+    parse_config_text,
+    to_model_config,
+)
 from inferd.server.errors import InferdError
 from tests import fake_cupy, fake_tensorrt
 from tests.fake_tensorrt import make_plan
@@ -147,6 +153,19 @@ def test_instance_runs_batches_on_its_device_and_stream(fakes: Any, tmp_path: Pa
     assert context.profile_switches == [1, 0]  # 8 needs profile 1, 2 fits profile 0 again
     assert {device for device, _ in record.device_allocations} == {1}
     assert record.streams[0].synchronized == 3
+    instance.close()
+
+
+def test_outputs_come_in_the_engines_order_whatever_the_configs(fakes: Any, tmp_path: Path) -> None:
+    """Triton's TensorRT backend adds outputs to the answer by binding index, and answers
+    list them so (OutputOrder.RETURNED)."""
+    plan_file = write_plan(tmp_path, BATCHING)
+    config = completed(plan_file, 'max_batch_size: 16 output [{name: "z"}, {name: "y"}]')
+    assert TensorRtBackend.output_order is OutputOrder.RETURNED
+    instance = TensorRtBackend.create_instance(
+        config, plan_file, Device("gpu", 0), BackendSettings()
+    )
+    assert list(instance.execute({"x": np.ones((2, 4), np.float32)})) == ["y", "z"]
     instance.close()
 
 
