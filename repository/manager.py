@@ -593,8 +593,12 @@ class ModelRepository:
             version.state = ModelState.READY
             log.info("model '%s' version %d is READY on %s", name, version.version, version.devices)
         # The switch: from here on requests resolve to the new versions, and ensembles made
-        # of this model see its new config.
-        self._models[key] = {v.version: v for v in prepared.versions}
+        # of this model see its new config. As in Triton, a version this load does not bring
+        # back stays in the index: UNLOADING, then UNAVAILABLE "unloaded" (a request for it
+        # by number is told it is not ready).
+        installed = {v.version: v for v in prepared.versions}
+        kept = {v.version: v for v in previous if v.version and v.version not in installed}
+        self._models[key] = {**kept, **installed}
         self._sources[key] = source
         self._ensembles().refresh()
         self._retire(previous, retired_folder)

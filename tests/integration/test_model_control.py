@@ -126,8 +126,13 @@ def test_load_unload_and_reload(explicit: tuple[Client, Path], protocol: str) ->
     client.load_model("m")
     write_model(repo, "m", identity_model(), versions=(2,))
     client.load_model("m")  # loading a loaded model reloads it: version 2 replaces version 1
-    assert states(client) == {("m", "2"): ("READY", "")}
+    # As in Triton 2.51, the version it replaced stays in the index, unloaded.
+    assert settled(client) == {
+        ("m", "1"): ("UNAVAILABLE", "unloaded"),
+        ("m", "2"): ("READY", ""),
+    }
     assert as_json(client, "get_model_metadata", "m")["versions"] == ["2"]
+    fails(lambda: infer(client, "m", "1"), protocol, "unavailable", message)
 
 
 def inference_count(client: Client, model: str) -> int:
