@@ -213,22 +213,19 @@ class SequenceScheduler:
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
-        try:
-            key, start, end = self._controls.sequence_of(request, batch_size)
-            if key is None:
-                key = next(self._new_ids)
-                request = _seen_as(request, key, start, end)
-            active = self._sequences.get(key)
-            if active is None:
-                if not start:
-                    raise invalid(
-                        f"inference request for sequence {key} to model '{self._name}' must "
-                        "specify the START flag on the first request of the sequence"
-                    )
-                active = self._begin(key)
-        except InferdError:
-            self.stats.fail_request(time.monotonic_ns() - arrival_ns, "OTHER")
-            raise
+        # A request refused here is not counted as a failure of the model, as in Triton 2.51.
+        key, start, end = self._controls.sequence_of(request, batch_size)
+        if key is None:
+            key = next(self._new_ids)
+            request = _seen_as(request, key, start, end)
+        active = self._sequences.get(key)
+        if active is None:
+            if not start:
+                raise invalid(
+                    f"inference request for sequence {key} to model '{self._name}' must "
+                    "specify the START flag on the first request of the sequence"
+                )
+            active = self._begin(key)
         # START on a live sequence starts it again in its slot (as Triton): the state goes
         # back to the initial one when that request runs.
         now = time.monotonic_ns()

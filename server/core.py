@@ -309,19 +309,14 @@ class InferenceCore:
         scheduler = model.scheduler
         if scheduler is None:  # an ensemble: its steps go through their models' schedulers
             return model, self._submit_ensemble(request, model, on_done)
-        try:
-            batch_size, shape_key = validate_request(request, model)
-            if request.outputs:
-                self._check_output_regions(request.outputs)
-            options = (
-                request_options(request.parameters, request.model_name)
-                if request.parameters
-                else None
-            )
-        except InferdError:
-            # A request the model refuses is a failure of that model (Triton's reason OTHER).
-            scheduler.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
-            raise
+        # A request the model refuses is no failure of the model: Triton 2.51 counts it in
+        # neither its statistics nor nv_inference_request_failure.
+        batch_size, shape_key = validate_request(request, model)
+        if request.outputs:
+            self._check_output_regions(request.outputs)
+        options = (
+            request_options(request.parameters, request.model_name) if request.parameters else None
+        )
         streamed = isinstance(request, StreamRequest)
         if scheduler.streams is not None and scheduler.streams.required and not streamed:
             raise DecoupledRefused()  # a decoupled model's answers need a stream to go to
@@ -447,18 +442,13 @@ class InferenceCore:
         return self._ensembles.submit(request, model, batch_size, on_done)
 
     def _check_ensemble_request(self, request: InferRequest, model: ModelVersion) -> int:
-        """The request's batch size, once it fits the ensemble (a failure of the ensemble)."""
-        ensemble = model.ensemble
-        assert ensemble is not None
-        try:
-            batch_size, _ = validate_request(request, model)
-            if request.outputs:
-                self._check_output_regions(request.outputs)
-            if request.parameters:
-                request_options(request.parameters, request.model_name)  # refused as for any model
-        except InferdError:
-            ensemble.stats.fail_request(time.monotonic_ns() - request.arrival_ns, "OTHER")
-            raise
+        """The request's batch size, once it fits the ensemble (as for any model, a request
+        it refuses is not counted as its failure)."""
+        batch_size, _ = validate_request(request, model)
+        if request.outputs:
+            self._check_output_regions(request.outputs)
+        if request.parameters:
+            request_options(request.parameters, request.model_name)  # refused as for any model
         return batch_size
 
     def response(

@@ -116,15 +116,17 @@ def test_perf_analyzer_runs_unchanged(
     assert "Server:" in output  # it read our statistics and found them consistent
 
 
-def test_refused_requests_count_as_failures(batching_server: RunningServer) -> None:
+def test_refused_requests_are_not_failures_of_the_model(batching_server: RunningServer) -> None:
+    """As in Triton 2.51: a request that does not fit the model (here its shape) is counted in
+    neither the model's statistics nor nv_inference_request_failure."""
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     with httpx.Client(base_url=f"http://{batching_server.http_url}") as http:
         assert http.post("/v2/models/batched/infer", json=body).status_code == 400
         stats = http.get("/v2/models/batched/stats").json()["model_stats"][0]
         metrics = http.get("/metrics").text
-    assert stats["inference_stats"]["fail"]["count"] == 1
+    assert stats["inference_stats"]["fail"]["count"] == 0
     assert stats["inference_stats"]["success"]["count"] == 0
-    assert 'nv_inference_request_failure{model="batched",reason="OTHER",version="1"} 1' in metrics
+    assert 'nv_inference_request_failure{model="batched",reason="OTHER",version="1"} 0' in metrics
 
 
 def test_dynamic_batching_of_a_model_that_does_not_batch_runs_each_request_alone(
