@@ -790,12 +790,17 @@ def _latest_version(model_dir: Path) -> int:
         return 0
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def version_number(version: str) -> int:
-    """A requested version's number; one that is none is refused in Triton 2.51's words (its
-    parser's name included)."""
-    if version.isdigit():
-        return int(version)
-    if version[:1] == "-" and version[1:].isdigit():
+    """A requested version's number; one that is none (or, as Triton 2.51 parses it, does not
+    fit an int64) is refused in Triton 2.51's words (its parser's name included)."""
+    negative = version[:1] == "-"
+    digits = version[1:] if negative else version
+    if digits.isascii() and digits.isdigit() and int(digits) <= _INT64_MAX:
+        if not negative:
+            return int(version)
         raise invalid(
             f"invalid model version specified '{version}' , version should be an integral value > 0"
         )

@@ -53,17 +53,17 @@ from inferd.server.types import (
 )
 
 SERVER_NAME = "inferd"
-# Only what is implemented end to end on every front door that has it.
+# Only what is implemented end to end on every front door that has it; in Triton 2.51's order.
 EXTENSIONS = (
     "classification",
     "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
+    "schedule_policy",
     "model_configuration",
     "system_shared_memory",
     "binary_tensor_data",
     "parameters",
-    "schedule_policy",
     "statistics",
     "trace",
     "logging",

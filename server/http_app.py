@@ -538,7 +538,7 @@ def _routes(
 
     async def model_ready(request: Request) -> Response:
         name, version = _model_path(request)
-        if core.model_ready(name, version):
+        if core.model_ready(name, version, check_version=True):
             return Response(status_code=200)
         return Response(encode_error("Model version not ready"), 400, media_type="application/json")
 

@@ -3,11 +3,13 @@ status codes map to the same core error code through the two front doors' tables
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
 import grpc as grpc_lib
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -200,6 +202,23 @@ def test_a_version_that_is_no_number_is_refused_as_triton_2_51(
     with pytest.raises(InferenceServerException, match="'x' \\(details: stol\\)"):
         grpc.get_inference_statistics("simple", model_version="x")
     assert not grpc.is_model_ready("simple", model_version="7")
+
+
+def test_a_version_past_int64_is_refused_as_triton_2_51(
+    examples_server: RunningServer,
+    clients: tuple[httpclient.InferenceServerClient, grpcclient.InferenceServerClient],
+) -> None:
+    """Triton parses versions with std::stol: one that does not fit fails in its words, on
+    every endpoint, HTTP readiness included (400 with that message, not "not ready")."""
+    big = "9223372036854775808"
+    words = f"failed to get model version from specified version string '{big}' (details: stol)"
+    http, grpc = clients
+    for call in (http.get_model_metadata, grpc.get_model_metadata, grpc.is_model_ready):
+        with pytest.raises(InferenceServerException, match=re.escape(words)):
+            call("simple", model_version=big)
+    ready = httpx.get(f"http://{examples_server.http_url}/v2/models/simple/versions/{big}/ready")
+    assert ready.status_code == 400 and words in ready.json()["error"]
+    assert not grpc.is_model_ready("simple", model_version=str(2**63 - 1))
 
 
 def test_a_named_repository_is_refused_as_triton_2_51(
