@@ -66,11 +66,8 @@ def updated(current: LogSettings, changes: Mapping[str, Any]) -> LogSettings:
                 raise invalid(f"logging setting '{key}' must be an integer >= 0, got {value!r}")
             values[key] = value
         elif key == "log_format":
-            if value not in LOG_FORMATS:
-                raise invalid(
-                    f"logging setting 'log_format' must be one of {', '.join(LOG_FORMATS)}, "
-                    f"got {value!r}"
-                )
+            if value not in LOG_FORMATS:  # Triton 2.51's words (one of: LOG_FORMATS)
+                raise invalid(f"invalid argument for log_format, got: {value}")
             values[key] = value
         else:
             raise invalid(f"unknown logging setting '{key}'; known: {', '.join(asdict(current))}")

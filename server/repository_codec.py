@@ -64,11 +64,15 @@ def grpc_load_parameters(parameters: Mapping[str, Any]) -> LoadParameters:
         kind = parameter.WhichOneof("parameter_choice")
         if key == CONFIG:
             if kind != "string_param":
-                raise invalid("load parameter 'config' must be a string_param")
+                raise invalid(
+                    f"invalid value type for load parameter '{key}', expected string_param."
+                )
             config = parameter.string_param
         elif key.startswith(FILE_PREFIX):
             if kind != "bytes_param":
-                raise invalid(f"load parameter '{key}' must be a bytes_param")
+                raise invalid(
+                    f"invalid value type for load parameter '{key}', expected bytes_param."
+                )
             files[key.removeprefix(FILE_PREFIX)] = parameter.bytes_param
     return config, files
 
@@ -78,5 +82,7 @@ def grpc_unload_dependents(parameters: Mapping[str, Any]) -> bool:
     if parameter is None:
         return False
     if parameter.WhichOneof("parameter_choice") != "bool_param":
-        raise invalid(f"unload parameter '{UNLOAD_DEPENDENTS}' must be a bool_param")
+        raise invalid(
+            f"invalid value type for '{UNLOAD_DEPENDENTS}' parameter, expected bool_param."
+        )
     return bool(parameter.bool_param)

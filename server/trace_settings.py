@@ -118,7 +118,7 @@ def grpc_trace_update(settings: Mapping[str, Sequence[str]]) -> TraceUpdate:
         elif key == "trace_level":
             body[key] = values
         elif len(values) != 1:
-            raise invalid(f"'{key}' takes one value, got {values}")
+            raise invalid(f"expect only 1 value for '{key}'")  # Triton 2.51's words
         else:
             body[key] = values[0]
     return http_trace_update(body)

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import EXAMPLES, TEST_SETTINGS, RunningServer, start_server
 from tests.wire import PROTOCOLS, client_for, fails
@@ -73,8 +75,20 @@ def test_bad_settings_are_refused(server: RunningServer, protocol: str) -> None:
         message = fails(
             lambda: client.update_log_settings({"log_format": "xml"}), protocol, "invalid"
         )
-        assert "'log_format' must be one of default, ISO8601" in message
+        assert message == "invalid argument for log_format, got: xml"  # Triton 2.51's words
         assert settings(client, protocol) == DEFAULTS
+
+
+def test_a_grpc_setting_of_another_kind_is_refused_in_tritons_words(server: RunningServer) -> None:
+    """tritonclient sends each setting as its kind; another client may not."""
+    request = service_pb2.LogSettingsRequest()
+    request.settings["log_info"].uint32_param = 1
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.LogSettings(request)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "expect boolean for 'log_info'"
 
 
 def test_http_bodies_that_are_not_settings(server: RunningServer) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -301,3 +302,38 @@ def test_a_failed_version_is_named_as_triton_2_51_words_it(explicit: tuple[Clien
     assert message.startswith("load failed for model 'half': version 1 is at UNAVAILABLE state: ")
     assert message.endswith(";")
     assert states(client)[("half", "2")] == ("READY", "")
+
+
+def test_grpc_parameters_of_another_kind_are_refused_in_tritons_words(
+    tmp_path: Path, server_factory: Factory
+) -> None:
+    """tritonclient sends each parameter as its kind; another client may not."""
+    server = server_factory(model_repositories=(tmp_path,), model_control_mode="explicit")
+    pb = grpcclient.service_pb2
+    as_int = pb.ModelRepositoryParameter(int64_param=5)
+    calls = [
+        (
+            "RepositoryModelLoad",
+            pb.RepositoryModelLoadRequest(model_name="m", parameters={"config": as_int}),
+            "invalid value type for load parameter 'config', expected string_param.",
+        ),
+        (
+            "RepositoryModelLoad",
+            pb.RepositoryModelLoadRequest(model_name="m", parameters={"file:1/m.onnx": as_int}),
+            "invalid value type for load parameter 'file:1/m.onnx', expected bytes_param.",
+        ),
+        (
+            "RepositoryModelUnload",
+            pb.RepositoryModelUnloadRequest(
+                model_name="m", parameters={"unload_dependents": as_int}
+            ),
+            "invalid value type for 'unload_dependents' parameter, expected bool_param.",
+        ),
+    ]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for method, request, words in calls:
+            with pytest.raises(grpc.RpcError) as error:
+                getattr(stub, method)(request)
+            assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details() == words

@@ -215,6 +215,12 @@ def test_unknown_model_is_refused(server_factory: Factory, protocol: str) -> Non
     assert error == "Request for unknown model : nope"
 
 
+def test_grpc_takes_one_value_per_setting_but_the_level(server_factory: Factory) -> None:
+    server = server_factory(model_repositories=(EXAMPLES,))
+    error = fails(lambda: settings(server, "grpc", trace_rate=["5", "6"]), "grpc", "invalid")
+    assert error == "expect only 1 value for 'trace_rate'"  # Triton 2.51's words
+
+
 def test_http_answers_bad_bodies_and_paths(server_factory: Factory) -> None:
     server = server_factory(model_repositories=(EXAMPLES,))
     base = f"http://{server.http_url}"
