@@ -27,7 +27,14 @@ from inferd.batching.stats import BatchStats, ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Ahead, Begun, Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.config import QueuePolicy
-from inferd.server.errors import ErrorCode, InferdError, internal, invalid, unavailable
+from inferd.server.errors import (
+    ErrorCode,
+    InferdError,
+    internal,
+    invalid,
+    unavailable,
+    with_request_id,
+)
 from inferd.server.types import InferRequest
 
 if TYPE_CHECKING:  # decoupled.py builds on this module
@@ -206,11 +213,9 @@ class Scheduler:
         queue = self._queues[level]
         now = time.monotonic_ns()
         if policy.max_queue_size and len(queue) >= policy.max_queue_size:
-            self.stats.fail_request(now - arrival_ns, REJECTED)
-            raise unavailable(
-                f"Exceeds maximum queue size of {policy.max_queue_size}: the queue of model "
-                f"'{self.model}' is full"
-            )
+            # Triton 2.51's words; like Triton, no failure of the model is counted.
+            request_id = "" if request is None else request.id
+            raise unavailable(with_request_id(request_id, "Exceeds maximum queue size"))
         slo_ns = options.latency_slo_ns or self._config.latency_slo_ns
         deadline = arrival_ns + self.margin.planned(slo_ns) if slo_ns else None
         probe = False

@@ -45,7 +45,12 @@ def invalid(message: str) -> InferdError:
 
 def refused(request_id: str, message: str) -> InferdError:
     """A request refused as Triton words it to the client: prefixed with its id."""
-    return invalid(f"[request id: {request_id or '<id_unknown>'}] {message}")
+    return invalid(with_request_id(request_id, message))
+
+
+def with_request_id(request_id: str, message: str) -> str:
+    """`message` prefixed with the request's id, as Triton words what it says of a request."""
+    return f"[request id: {request_id or '<id_unknown>'}] {message}"
 
 
 def not_found(message: str) -> InferdError:

@@ -373,10 +373,10 @@ async def test_full_queue_rejects_at_once() -> None:
     with pytest.raises(InferdError) as info:
         submit(scheduler, 2)
     assert info.value.code is ErrorCode.UNAVAILABLE
-    assert "Exceeds maximum queue size" in info.value.message
+    assert info.value.message == "[request id: <id_unknown>] Exceeds maximum queue size"
     instance.gate.set()
     await asyncio.gather(first, queued)
-    assert scheduler.stats.failures == {"REJECTED": 1}
+    assert scheduler.stats.failures == {}  # Triton 2.51 counts it nowhere
     await scheduler.close()
 
 
