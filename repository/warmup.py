@@ -18,12 +18,14 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as pb
 
 from inferd.backends.base import ModelInstance, Rescheduled
-from inferd.batching.stats import BatchStats, ModelStats
+from inferd.batching.scheduler import record_batch
+from inferd.batching.stats import ModelStats
 from inferd.batching.tensors import BatchLayout
+from inferd.batching.worker import Timings
 from inferd.repository.config import ModelConfig, ModelConfigProto, TensorConfig
 from inferd.server.errors import invalid
 from inferd.server.tensor_codec import tensor_from_bytes
-from inferd.server.types import DataType
+from inferd.server.types import DataType, InferRequest
 
 WARMUP_FOLDER = "warmup"
 
@@ -58,7 +60,7 @@ def run_warmup(
         for sample in samples:
             inputs = layout.join([sample.inputs]) if joins and layout else sample.inputs
             for _ in range(sample.count):
-                start = time.perf_counter_ns()
+                start = time.monotonic_ns()
                 try:
                     instance.execute(inputs)
                 except Rescheduled:
@@ -67,21 +69,26 @@ def run_warmup(
                     raise invalid(
                         f"model warmup '{sample.name}' failed on instance {index}: {exc}"
                     ) from None
-                _record(stats, sample.batch_size, time.perf_counter_ns() - start)
+                _record(stats, sample.batch_size, start, time.monotonic_ns())
 
 
-def _record(stats: ModelStats, batch_size: int, infer_ns: int) -> None:
-    # All three compute counters move together: perf_analyzer requires equal counts.
-    stats.compute_input.add(0)
-    stats.compute_infer.add(infer_ns)
-    stats.compute_output.add(0)
-    stats.inference_count += batch_size
-    stats.execution_count += 1
-    stats.batch_size.observe(batch_size)
-    per_size = stats.batches.setdefault(batch_size, BatchStats())
-    per_size.compute_input.add(0)
-    per_size.compute_infer.add(infer_ns)
-    per_size.compute_output.add(0)
+@dataclass(frozen=True, slots=True)
+class _WarmupRequest:
+    """One request of a warmup sample, as record_batch() reads it: never queued."""
+
+    enqueued_ns: int
+    batch_size: int = 1
+    request: InferRequest | None = None
+
+
+def _record(stats: ModelStats, batch_size: int, start_ns: int, end_ns: int) -> None:
+    """Count a sample's run as Triton 2.51 does, in the statistics and the metrics: as
+    `batch_size` successful requests of one item each, run as one batch."""
+    batch = [_WarmupRequest(start_ns)] * batch_size
+    record_batch(stats, batch, Timings(start_ns, infer_ns=end_ns - start_ns), end_ns)
+    for _ in batch:
+        stats.success.add(end_ns - start_ns)
+        stats.request_us.observe((end_ns - start_ns) / 1000)
 
 
 def _sample(
