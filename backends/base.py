@@ -32,6 +32,8 @@ class Device:
     # The instance's name as Triton gives it, "<instance group>_<n>" (the loader fills it in);
     # a label only, so not part of equality.
     name: str = field(default="", compare=False)
+    # Its group is `passive`: the instance is created (and warmed up) but takes no requests.
+    passive: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"gpu:{self.index}" if self.kind == "gpu" else self.kind

@@ -32,6 +32,7 @@ from inferd.server.errors import (
     InferdError,
     internal,
     invalid,
+    no_active_instance,
     unavailable,
     with_request_id,
 )
@@ -208,6 +209,8 @@ class Scheduler:
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
+        if not self._workers:
+            raise no_active_instance(self.model)
         level = self._level(options.priority)
         policy = self._config.queue_policy(level + 1)
         queue = self._queues[level]

@@ -50,7 +50,7 @@ from inferd.batching.stats import ModelStats
 from inferd.batching.tensors import BatchLayout
 from inferd.batching.worker import Outcome, PerRequestOutcome, Timings, Worker
 from inferd.repository.sequence_config import SequenceBatching, Strategy
-from inferd.server.errors import InferdError, internal, invalid, unavailable
+from inferd.server.errors import InferdError, internal, invalid, no_active_instance, unavailable
 from inferd.server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ class SequenceScheduler:
     ) -> asyncio.Future[Outputs]:
         if self._closing:
             raise unavailable(f"model '{self.model}' is unloading")
+        if not self._lanes:
+            raise no_active_instance(self.model)
         # A request refused here is not counted as a failure of the model, as in Triton 2.51.
         key, start, end = self._controls.sequence_of(request, batch_size)
         if key is None:

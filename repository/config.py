@@ -102,6 +102,7 @@ class InstanceGroup:
     count: int
     gpus: tuple[int, ...]
     rate_limiter: RateLimiterConfig = RateLimiterConfig()
+    passive: bool = False  # its instances load but take no requests (Triton's `passive`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +479,7 @@ def to_model_config(
                 count=g.count,
                 gpus=tuple(g.gpus),
                 rate_limiter=_rate_limiter(g.rate_limiter),
+                passive=g.passive,
             )
             for g in config.instance_group
         ),

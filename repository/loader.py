@@ -88,6 +88,8 @@ class PreparedModel:
     layout: BatchLayout | None = None  # shape buckets or ragged inputs, when the config has them
     stats: dict[int, ModelStats] = field(default_factory=dict)  # warmup already counted
     tickets: dict[int, list[Ticket]] = field(default_factory=dict)  # rate limiter's, per version
+    # Per version, which of its instances are passive (created, warmed up, never scheduled).
+    passive: dict[int, list[bool]] = field(default_factory=dict)
 
 
 class ModelLoader:
@@ -194,6 +196,7 @@ class ModelLoader:
                     close_all(instances)
                     raise
                 prepared.instances[number] = instances
+                prepared.passive[number] = [d.passive for d in devices]
                 prepared.stats[number] = stats
                 version.state = ModelState.LOADING
                 version.load_seconds = shared_s + time.monotonic() - version_started
@@ -367,7 +370,10 @@ def _gpu_devices(group: InstanceGroup, gpu_count: int) -> list[Device]:
 
 def _named(group: InstanceGroup, devices: Sequence[Device]) -> list[Device]:
     """Triton's instance names: the group's name and the instance's index within the group."""
-    return [replace(device, name=f"{group.name}_{i}") for i, device in enumerate(devices)]
+    return [
+        replace(device, name=f"{group.name}_{i}", passive=group.passive)
+        for i, device in enumerate(devices)
+    ]
 
 
 def _describe(devices: Sequence[Device]) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from inferd.backends.base import ModelInstance
 from inferd.backends.registry import BackendRegistry
 from inferd.batching.decoupled import OpenStreams
-from inferd.batching.rate_limiter import deregister_all
+from inferd.batching.rate_limiter import Ticket, deregister_all
 from inferd.batching.scheduler import Scheduler
 from inferd.batching.sequence import SequenceScheduler
 from inferd.repository.config import ModelConfigProto, config_from_json
@@ -546,6 +547,7 @@ class ModelRepository:
             instances = prepared.instances.get(version.version)
             if instances is None:
                 continue
+            instances, tickets = _active(version, instances, prepared)
             assert version.config is not None
             assert prepared.scheduling is not None
             scheduling = prepared.scheduling
@@ -573,7 +575,7 @@ class ModelRepository:
                     self._loop,
                     stats=prepared.stats.get(version.version),
                     inline_max_ns=scheduling.inline_max_ns,
-                    tickets=prepared.tickets.get(version.version, ()),
+                    tickets=tickets,
                     streams=streams,
                     layout=prepared.layout,
                 )
@@ -587,7 +589,7 @@ class ModelRepository:
                 self._loop,
                 stats=prepared.stats.get(version.version),
                 layout=prepared.layout,
-                tickets=prepared.tickets.get(version.version, ()),
+                tickets=tickets,
                 streams=streams,
             )
             version.state = ModelState.READY
@@ -646,9 +648,13 @@ class ModelRepository:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.error("freeing a model's instances failed: %r", outcome)
+        passive = [i for v in versions for i in v.passive]
+        if passive:
+            await asyncio.to_thread(close_all, passive)
         for version in versions:
             version.state, version.reason = ModelState.UNAVAILABLE, UNLOADED
             version.scheduler = version.ensemble = None
+            version.passive = []
             log.info("model '%s' version %d is unloaded", version.name, version.version)
         self._ensembles().refresh()  # those made of them say why they are not ready
         if folder is not None:
@@ -771,6 +777,22 @@ class ModelRepository:
                     )
                 )
         return entries
+
+
+def _active(
+    version: ModelVersion, instances: list[ModelInstance], prepared: PreparedModel
+) -> tuple[list[ModelInstance], list[Ticket]]:
+    """A version's instances that take requests, and their rate-limiter tickets. Its passive
+    ones stay loaded on the version, as Triton keeps them, and take none (their tickets go)."""
+    tickets = prepared.tickets.get(version.version, [])
+    flags = prepared.passive.get(version.version, [])
+    if not any(flags):
+        return instances, tickets
+    version.passive = [i for i, passive in zip(instances, flags, strict=True) if passive]
+    if tickets:
+        deregister_all(t for t, passive in zip(tickets, flags, strict=True) if passive)
+        tickets = [t for t, passive in zip(tickets, flags, strict=True) if not passive]
+    return [i for i, passive in zip(instances, flags, strict=True) if not passive], tickets
 
 
 def _version(key: ModelId, number: int, state: ModelState, reason: str = "") -> ModelVersion:

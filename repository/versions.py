@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from inferd.backends.base import ModelInstance
 from inferd.batching.interface import ModelScheduler
 from inferd.batching.stats import ModelStats
 from inferd.repository.config import ModelConfig
@@ -46,6 +47,8 @@ class ModelVersion:
     namespace: str = ""  # its repository, with --model-namespacing (layout.ModelId)
     # Another name requests may give the version by (an MLServer model's `parameters.version`).
     version_name: str = ""
+    # Instances of `passive` groups: loaded with the version, freed with it, never scheduled.
+    passive: list[ModelInstance] = field(default_factory=list)
 
     @property
     def id(self) -> ModelId:

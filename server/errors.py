@@ -48,6 +48,12 @@ def refused(request_id: str, message: str) -> InferdError:
     return invalid(with_request_id(request_id, message))
 
 
+def no_active_instance(model: str) -> InferdError:
+    """A request to a model whose instances are all passive. Triton 2.51 queues it for good;
+    inferd answers at once rather than hang."""
+    return unavailable(f"model '{model}' has no instance that takes requests: all are passive")
+
+
 def with_request_id(request_id: str, message: str) -> str:
     """`message` prefixed with the request's id, as Triton words what it says of a request."""
     return f"[request id: {request_id or '<id_unknown>'}] {message}"

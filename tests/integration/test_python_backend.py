@@ -149,6 +149,35 @@ output [
 ]
 """
 
+# Answers the name of the instance that ran it, after a short sleep (so that requests in
+# flight together need several instances).
+WHO = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        time.sleep(0.02)
+        name = np.array([self.name.encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("WHO", name)]) for _ in requests]
+"""
+
+WHO_CONFIG = """
+backend: "python"
+input [{ name: "X" data_type: TYPE_INT32 dims: [ 1 ] }]
+output [{ name: "WHO" data_type: TYPE_STRING dims: [ 1 ] }]
+instance_group [
+  { name: "act" count: 1 kind: KIND_CPU },
+  { name: "pas" count: 2 kind: KIND_CPU passive: true }
+]
+"""
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -173,6 +202,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "bls_relay", BLS_RELAY, ANY_LENGTH)
     write_python_model(root, "loose", LOOSE, config_named(ADD_SUB_CONFIG, "loose"))
     write_python_model(root, "unordered", UNORDERED, UNORDERED_CONFIG)
+    write_python_model(root, "passive", WHO, WHO_CONFIG)
+    all_passive = WHO_CONFIG.replace('{ name: "act" count: 1 kind: KIND_CPU },', "")
+    write_python_model(root, "all_passive", WHO, all_passive)
     # default_model_filename names the file in place of model.py.
     (root / "renamed" / "1").mkdir(parents=True)
     (root / "renamed" / "1" / "add_sub.py").write_text(ADD_SUB)
@@ -232,6 +264,18 @@ def test_the_answer_lists_outputs_in_the_order_the_model_returned_them(
     assert list(out) == ["M", "Z", "A"]
     assert [out[name][0] for name in out] == [0, 1, 2]
     assert list(infer(server, protocol, "unordered", inputs, outputs=["A", "Z"])) == ["Z", "A"]
+
+
+def test_passive_instances_load_but_take_no_requests(server: RunningServer) -> None:
+    """As in Triton 2.51: a `passive` group's instances are created and take no requests. A
+    model with only passive instances loads, and its requests are refused at once (Triton's
+    wait for good)."""
+    x = {"X": np.array([1], np.int32)}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: infer(server, "http", "passive", x), range(12)))
+    assert {a["WHO"][0] for a in answers} == {b"act_0"}
+    message = fails(lambda: infer(server, "grpc", "all_passive", x), "grpc", "unavailable")
+    assert message == "model 'all_passive:1' has no instance that takes requests: all are passive"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
