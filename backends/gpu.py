@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 _CUDA_SUCCESS = 0
+# CUdevice_attribute: CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR and _MINOR.
+_CC_MAJOR, _CC_MINOR = 75, 76
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,9 @@ class GpuInfo:
     count: int = 0
     reason: str = "no GPU is available"  # why count is 0, for load failures and status
     driver_cuda: tuple[int, int] | None = None  # highest CUDA version the driver supports
+    # Each GPU's compute capability, "major.minor" as Triton's cc_model_filenames keys it;
+    # () when the driver could not tell.
+    capabilities: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.count == 0:
@@ -38,11 +43,12 @@ class CudaDriverError(Exception):
 
 
 class CudaDriver(Protocol):
-    """The three driver calls detection needs (a fake stands in for tests)."""
+    """The driver calls detection needs (a fake stands in for tests)."""
 
     def driver_version(self) -> int: ...
     def init(self) -> None: ...
     def device_count(self) -> int: ...
+    def compute_capability(self, index: int) -> tuple[int, int]: ...
 
 
 class LibCuda:
@@ -63,6 +69,14 @@ class LibCuda:
         count = ctypes.c_int(0)
         self._check(self._lib.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
         return count.value
+
+    def compute_capability(self, index: int) -> tuple[int, int]:
+        device, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+        self._check(self._lib.cuDeviceGet(ctypes.byref(device), index), "cuDeviceGet")
+        for value, attribute in ((major, _CC_MAJOR), (minor, _CC_MINOR)):
+            code = self._lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, device)
+            self._check(code, "cuDeviceGetAttribute")
+        return major.value, minor.value
 
     def address_range(self, pointer: int) -> tuple[int, int]:
         """The (base, size) of the device allocation holding `pointer`, in the calling
@@ -114,4 +128,10 @@ def detect_gpus(
         return GpuInfo(reason=f"no GPU is available: {exc}", driver_cuda=version)
     if count == 0:
         return GpuInfo(reason="no GPU is available: the CUDA driver reports 0 devices")
-    return GpuInfo(count=count, reason="", driver_cuda=version)
+    try:
+        capabilities = tuple(
+            "{}.{}".format(*driver.compute_capability(index)) for index in range(count)
+        )
+    except CudaDriverError:  # only cc_model_filenames needs them
+        capabilities = ()
+    return GpuInfo(count=count, reason="", driver_cuda=version, capabilities=capabilities)

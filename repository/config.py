@@ -163,6 +163,9 @@ class ModelConfig:
     # Any tensors in and out, the declared ones being metadata only (MLServer models without
     # `inputs`/`outputs` in their settings); such a model does not batch.
     schemaless: bool = False
+    # The model file a GPU instance loads, by its GPU's compute capability ("8.0"), in place
+    # of default_model_filename (Triton's cc_model_filenames).
+    cc_model_filenames: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_config_text(text: str, source: str) -> ModelConfigProto:
@@ -505,6 +508,7 @@ def to_model_config(
         decoupled=config.model_transaction_policy.decoupled,
         response_cache=config.response_cache.enable,
         schemaless=schemaless,
+        cc_model_filenames=dict(config.cc_model_filenames),
         batch_inputs=batch_inputs,
         batch_outputs=batch_outputs,
         metrics=parse_model_metrics(config, f"model '{config.name}'"),

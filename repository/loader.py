@@ -183,7 +183,7 @@ class ModelLoader:
                 version.devices, version.reason = _describe(devices), note
                 version.gpu_fallback = bool(note)
                 instances = self._create_instances(
-                    backend, config, available[number] / filename, devices
+                    backend, config, available[number], filename, devices
                 )
                 stats = self._settings.new_stats(config)
                 try:
@@ -258,14 +258,21 @@ class ModelLoader:
         return devices, note
 
     def _create_instances(
-        self, backend: type[Backend], config: ModelConfig, path: Path, devices: Sequence[Device]
+        self,
+        backend: type[Backend],
+        config: ModelConfig,
+        version_dir: Path,
+        filename: str,
+        devices: Sequence[Device],
     ) -> list[ModelInstance]:
         settings = replace(
             self._settings.backend, total_cpu_instances=sum(1 for d in devices if d.kind == "cpu")
         )
         model_config = model_side(config)  # with `reshape`, the backend sees the model's shapes
+        capabilities = self._settings.gpus.capabilities
 
         def create(device: Device) -> ModelInstance:
+            path = version_dir / _model_file(config, filename, device, capabilities)
             return reshaped(backend.create_instance(model_config, path, device, settings), config)
 
         if len(devices) < 2 or not backend.creates_instances_in_parallel(config, settings):
@@ -366,6 +373,17 @@ def _gpu_devices(group: InstanceGroup, gpu_count: int) -> list[Device]:
                 f"{gpu_count} GPU(s) (ids 0..{gpu_count - 1}; see CUDA_VISIBLE_DEVICES)"
             )
     return [Device("gpu", gpu) for gpu in group.gpus for _ in range(group.count)]
+
+
+def _model_file(
+    config: ModelConfig, filename: str, device: Device, capabilities: Sequence[str]
+) -> str:
+    """The file an instance loads: for a GPU instance, the config's cc_model_filenames entry
+    for its GPU's compute capability when there is one (as Triton's backends pick it), else
+    `filename`."""
+    if device.kind == "gpu" and device.index < len(capabilities):
+        return config.cc_model_filenames.get(capabilities[device.index], filename)
+    return filename
 
 
 def _named(group: InstanceGroup, devices: Sequence[Device]) -> list[Device]:

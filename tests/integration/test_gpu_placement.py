@@ -113,6 +113,34 @@ async def test_count_instances_on_each_listed_gpu_each_with_its_stream(
     np.testing.assert_array_equal(outputs["y"], 2 * x)
 
 
+async def test_a_gpu_instance_loads_the_file_its_compute_capability_names(
+    tmp_path: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cc_model_filenames, as Triton's backends read it: GPU 1 (9.0) loads the plan built for
+    it, GPU 0 (8.0), which the map does not name, the default file."""
+    fake_tensorrt.install(monkeypatch)
+    fake_cupy.install(monkeypatch)
+    sm90 = PLAN.replace(b'"scale": 2', b'"scale": 3')
+    for gpu in (0, 1):
+        name = f"on{gpu}"
+        write_plan_model(
+            tmp_path,
+            name,
+            f'platform: "tensorrt_plan" instance_group [{{kind: KIND_GPU gpus: [{gpu}]}}] '
+            'cc_model_filenames { key: "9.0" value: "model_sm90.plan" }',
+        )
+        (tmp_path / name / "1" / "model_sm90.plan").write_bytes(sm90)
+    gpus = GpuInfo(count=2, reason="", driver_cuda=(13, 0), capabilities=("8.0", "9.0"))
+    repository = await load(gpus)
+    x = np.ones((1, 4), dtype=np.float32)
+    for name, scale in (("on0", 2), ("on1", 3)):
+        loaded = version(repository, name)
+        assert loaded.state == "READY", loaded.reason
+        assert loaded.scheduler is not None
+        outputs = await loaded.scheduler.submit({"x": x}, 1, None, time.monotonic_ns())
+        np.testing.assert_array_equal(outputs["y"], scale * x)
+
+
 async def test_kind_auto_means_every_gpu_when_the_backend_can_use_them(
     tmp_path: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:

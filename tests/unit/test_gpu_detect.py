@@ -26,10 +26,15 @@ class FakeDriver:
         assert self.initialised, "cuDeviceGetCount before cuInit"
         return self.count
 
+    def compute_capability(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.count:
+            raise CudaDriverError("cuDeviceGet failed: CUDA_ERROR_INVALID_DEVICE")
+        return (8, 0) if index == 0 else (9, 0)
+
 
 def test_counts_the_gpus_the_driver_shows() -> None:
     found = detect_gpus({}, lambda: FakeDriver(count=2, version=13020))
-    assert found == GpuInfo(count=2, reason="", driver_cuda=(13, 2))
+    assert found == GpuInfo(count=2, reason="", driver_cuda=(13, 2), capabilities=("8.0", "9.0"))
     assert found.describe() == "2 GPU(s) (driver supports CUDA 13.2)"
 
 
