@@ -29,6 +29,7 @@ from inferd.backends.ort_options import (
     add_run_config,
     apply_config,
     int_param,
+    register_op_libraries,
 )
 from inferd.backends.ort_providers import (
     cuda_start_problem,
@@ -110,11 +111,11 @@ class OnnxRuntimeBackend(Backend):
         cls, config: ModelConfigProto, model_path: Path, settings: BackendSettings
     ) -> None:
         model_file = resolve_model_file(model_path)
+        options = _session_options(None, settings, probe=True)
+        register_op_libraries(options, config, config.name)  # the graph may need its ops
         try:
             session = ort.InferenceSession(
-                str(model_file),
-                sess_options=_session_options(None, settings, probe=True),
-                providers=["CPUExecutionProvider"],
+                str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise invalid(f"failed to load {model_file}: {exc}") from None

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import onnxruntime as ort
 
-from inferd.repository.config import ModelConfig
+from inferd.repository.config import ModelConfig, ModelConfigProto
 from inferd.server.errors import invalid
 
 INTRA_OP_THREADS = "intra_op_thread_count"
@@ -62,6 +62,23 @@ def apply_config(options: ort.SessionOptions, config: ModelConfig) -> None:
         options.enable_mem_pattern = _bool(parameters, "enable_mem_pattern")
     if _DEVICE_ALLOCATOR in parameters:
         options.add_session_config_entry(_DEVICE_ALLOCATOR, parameters[_DEVICE_ALLOCATOR])
+    register_op_libraries(options, config.proto, config.name)
+
+
+def register_op_libraries(
+    options: ort.SessionOptions, config: ModelConfigProto, model: str
+) -> None:
+    """Register the custom-operator libraries `model_operations { op_library_filename }` names,
+    as Triton's onnxruntime backend does for each session: a path as given (absolute, or what
+    the dynamic loader finds)."""
+    for library in config.model_operations.op_library_filename:
+        try:
+            options.register_custom_ops_library(library)
+        except Exception as exc:  # onnxruntime's own words say what went wrong
+            raise invalid(
+                f"model '{model}': failed to register the custom operations library "
+                f"'{library}': {exc}"
+            ) from None
 
 
 def add_run_config(options: ort.RunOptions, config: ModelConfig) -> ort.RunOptions:
