@@ -49,7 +49,7 @@ def _declared(
     if config.output_order is OutputOrder.RETURNED:
         by_name = config.output_by_name
         ordered = [by_name[name] for name in outputs if name in by_name]
-    asked = None if request.outputs is None else {o.name: o for o in request.outputs}
+    asked = {o.name: o for o in request.outputs} if request.outputs else None  # [] = all
     result: list[tuple[str, DataType, np.ndarray]] = []
     for tensor in ordered:
         classification = 0

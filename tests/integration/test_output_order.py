@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -43,3 +44,12 @@ def test_onnx_runtime_answers_list_outputs_by_name(server: RunningServer, protoc
     asked = infer(server, protocol, "double", inputs, outputs=["OUTPUT1", "OUTPUT0"])
     assert list(asked) == ["OUTPUT0", "OUTPUT1"]
     assert list(infer(server, protocol, "double", inputs, outputs=["OUTPUT1"])) == ["OUTPUT1"]
+
+
+def test_an_empty_outputs_list_asks_for_every_output(server: RunningServer) -> None:
+    body = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+        "outputs": [],
+    }
+    answer = httpx.post(f"http://{server.http_url}/v2/models/double/infer", json=body).json()
+    assert [o["name"] for o in answer["outputs"]] == ["OUTPUT0", "OUTPUT1"]
