@@ -31,7 +31,6 @@ from inferd.server.errors import (
     ErrorCode,
     InferdError,
     internal,
-    invalid,
     no_active_instance,
     unavailable,
     with_request_id,
@@ -265,13 +264,8 @@ class Scheduler:
         levels = self._config.priority_levels
         if levels == 0:
             return 0  # no priority levels configured: Triton ignores the parameter
-        if priority == 0:
+        if priority == 0 or priority > levels:  # as Triton: the default level
             priority = self._config.default_priority
-        if not 1 <= priority <= levels:
-            raise invalid(
-                f"invalid priority {priority} for model '{self.model}': it has priority levels "
-                f"1..{levels}"
-            )
         return priority - 1
 
     def admit(self, arrival_ns: int) -> None:

@@ -78,14 +78,16 @@ def test_concurrent_requests_form_preferred_batches_and_stats_agree(
 
 
 def test_schedule_policy_parameters_over_http(batching_server: RunningServer) -> None:
+    """Malformed scheduling parameters are refused (a priority past the levels is the default
+    level, as in Triton 2.51: tests/unit/test_scheduler.py)."""
     body = {
-        "parameters": {"priority": 3},
+        "parameters": {"priority": -1},
         "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
     }
     with httpx.Client(base_url=f"http://{batching_server.http_url}") as http:
         response = http.post("/v2/models/batched/infer", json=body)
         assert response.status_code == 400
-        assert "priority 3" in response.json()["error"]
+        assert "'priority' must be a non-negative integer" in response.json()["error"]
         body["parameters"] = {"timeout": "soon"}
         assert http.post("/v2/models/batched/infer", json=body).status_code == 400
         body["parameters"] = {"inferd.latency_slo_ms": -1}
