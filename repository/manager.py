@@ -218,10 +218,16 @@ class ModelRepository:
                 f"failed to load '{name}': 'file:' parameters need a 'config' parameter too "
                 "(the model folder they make up has no config.pbtxt)"
             )
-        override = None if config is None else config_from_json(config, "the 'config' parameter")
+        try:
+            override = (
+                None if config is None else config_from_json(config, "the 'config' parameter")
+            )
+            if files:
+                check_model_name(name)
+                check_file_paths(files)
+        except InferdError as exc:  # "failed to load" leads, as in Triton's words for a load
+            raise InferdError(exc.code, f"failed to load '{name}': {exc.message}") from None
         if files:
-            check_model_name(name)
-            check_file_paths(files)
             reasons = [await self._load_one(ModelId("", name), None, override, files, take_slot)]
         else:
             self._locations = await asyncio.to_thread(self.locate)

@@ -111,18 +111,22 @@ def _raw_inputs(
 ) -> dict[str, np.ndarray]:
     """`sender`: the (model, request id) the tensors are for."""
     model = sender[0]
-    if len(raws) != len(tensors):
-        raise _raw_count_error(tensors, len(raws), model)
     inputs: dict[str, np.ndarray] = {}
-    for tensor, raw in zip(tensors, raws, strict=True):
+    # Input by input, as Triton reads them: an input that also has `contents` is refused
+    # before the entries are counted.
+    for index, tensor in enumerate(tensors):
         name, datatype, shape = _tensor_header(tensor, inputs)
         if tensor.HasField("contents"):
             raise invalid(
                 f"contents field must not be specified when using raw_input_contents for "
                 f"'{name}' for model '{model}'"
             )
+        if index == len(raws):
+            raise _raw_count_error(tensors, len(raws), model)
         # Zero copy: fixed-size arrays view the message's bytes.
-        inputs[name] = tensor_from_bytes(raw, name, datatype, shape, sender)
+        inputs[name] = tensor_from_bytes(raws[index], name, datatype, shape, sender)
+    if len(raws) > len(tensors):
+        raise _raw_count_error(tensors, len(raws), model)
     return inputs
 
 

@@ -449,9 +449,13 @@ def _answer(
     header_length: int | None = None,
     model_headers: Mapping[str, str] | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """An inference answer as (status, headers, body), compressed if the client asked, with
-    the headers the model set (an MLServer model's)."""
-    body, content_encoding = _compress(body, request_headers.get(b"accept-encoding"))
+    """An inference answer as (status, headers, body), with the headers the model set (an
+    MLServer model's). A 200 is compressed if the client asked; an error never is, as in
+    Triton, whose clients read error bodies as they come (tritonclient's aio client accepts
+    gzip by default yet does not inflate an error)."""
+    content_encoding = None
+    if status == 200:
+        body, content_encoding = _compress(body, request_headers.get(b"accept-encoding"))
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     if header_length is not None:
         headers.append((b"inference-header-content-length", b"%d" % header_length))

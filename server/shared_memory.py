@@ -177,8 +177,8 @@ class SharedMemoryRegistry:
         self._system[name] = SystemRegion(status, self._directory)
 
     def system_status(self, name: str = "") -> list[SystemRegionStatus]:
-        if not name:
-            return [region.status for region in self._system.values()]
+        if not name:  # by name, as Triton's std::map lists them
+            return [self._system[key].status for key in sorted(self._system)]
         region = self._system.get(name)
         if region is None:
             raise not_found(f"Unable to find system shared memory region: '{name}'")
@@ -208,7 +208,7 @@ class SharedMemoryRegistry:
 
     def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
         if not name:
-            return [region.status for region in self._cuda.values()]
+            return [self._cuda[key].status for key in sorted(self._cuda)]
         region = self._cuda.get(name)
         if region is None:
             raise not_found(f"Unable to find cuda shared memory region: '{name}'")

@@ -230,13 +230,20 @@ def test_bad_requests(explicit: tuple[Client, Path], protocol: str) -> None:
         "invalid",
         "'config'",
     )
-    fails(lambda: client.load_model("good", config="{not json"), protocol, "invalid", "not JSON")
+    # "failed to load" leads, as Triton's examples (simple_*_model_control.py) check for.
+    fails(
+        lambda: client.load_model("good", config="{not json"),
+        protocol,
+        "invalid",
+        "failed to load 'good': failed to parse the 'config' parameter: it is not JSON",
+    )
     for not_an_object in ("-1", "[1]", '"x"'):
         fails(
             lambda: client.load_model("good", config=not_an_object),  # noqa: B023
             protocol,
             "invalid",
-            "failed to parse the 'config' parameter: a model config is a JSON object",
+            "failed to load 'good': failed to parse the 'config' parameter: a model config is a "
+            "JSON object",
         )
     fails(
         lambda: client.load_model("good", config=json.dumps({"max_batch_sise": 2})),

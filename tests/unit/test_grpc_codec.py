@@ -306,6 +306,15 @@ def test_mixing_raw_and_contents() -> None:
         message,
         "contents field must not be specified when using raw_input_contents for 'b' for model 'm'",
     )
+    # Input by input, as Triton reads them: the contents are refused before the entries are
+    # counted (tritonclient's grpc_explicit_int_content_client example checks for this).
+    message = two_inputs()
+    del message.raw_input_contents[1]
+    message.inputs[0].contents.int_contents.extend([1, 2, 3, 4])
+    invalid(
+        message,
+        "contents field must not be specified when using raw_input_contents for 'a' for model 'm'",
+    )
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,9 @@ def test_keys_cannot_leave_the_shared_memory_folder(
 
 def test_status_and_unregister(registry: SharedMemoryRegistry) -> None:
     registry.register_system("s", "data", 0, 8)  # the leading '/' is optional, as for shm_open
+    registry.register_system("a", "data", 8, 8)  # listed by name, as Triton lists them
+    assert [s.name for s in registry.system_status()] == ["a", "r", "s"]
+    registry.unregister_system("a")
     assert [(s.name, s.key, s.offset, s.byte_size) for s in registry.system_status()] == [
         ("r", "/data", 64, 128),
         ("s", "data", 0, 8),
