@@ -65,7 +65,7 @@ from inferd.repository.config import (
     config_to_json,
 )
 from inferd.repository.scheduling import INLINE_PARAMETER, LATENCY_SLO_PARAMETER
-from inferd.server.errors import ErrorCode, InferdError, internal, invalid
+from inferd.server.errors import ErrorCode, InferdError, ModelError, internal, invalid
 from inferd.server.types import DataType, ParamValue
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,12 @@ _RESERVED_PARAMETERS = frozenset(
 )
 
 
-def to_inferd_error(error: Any) -> InferdError:
+def to_inferd_error(error: Any) -> ModelError:
     """A model's TritonError (or anything with message()) as the error the client gets; codes
     inferd has no match for (UNKNOWN, INTERNAL) are internal errors."""
     code = error.code() if isinstance(error, api.TritonError) else api.TritonError.INTERNAL
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
-    return InferdError(api.ERROR_CODES.get(code, ErrorCode.INTERNAL), str(message))
+    return ModelError(api.ERROR_CODES.get(code, ErrorCode.INTERNAL), str(message))
 
 
 class PythonBackend(Backend):

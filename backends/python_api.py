@@ -33,7 +33,7 @@ from inferd.backends.python_metrics import (
     MetricsHolder,
     Series,
 )
-from inferd.server.errors import ErrorCode, InferdError
+from inferd.server.errors import ErrorCode, InferdError, ModelError
 from inferd.server.model_calls import AnswerStream
 from inferd.server.repository_codec import FILE_PREFIX
 from inferd.server.types import InferRequest, InferResponse, ParamValue, RequestedOutput
@@ -302,6 +302,9 @@ ERROR_CODES: Mapping[int, ErrorCode] = {
 }
 
 
+_TRITON_CODES = {ours: theirs for theirs, ours in ERROR_CODES.items()}
+
+
 class TritonModelException(Exception):
     """Raised by the API (and by models) for a failure; an internal error for the client."""
 
@@ -380,6 +383,12 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
 
 
+def _text(value: str | bytes) -> str:
+    """A name given as bytes, as a BYTES tensor's element is (Triton's std::string arguments
+    take both; its BLS example passes `as_numpy()[0]` of a model-name input)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class InferenceRequest:
     """A request handed to `execute()`, or one a model builds to call another model of this
     server (BLS): `exec()` runs it and returns its InferenceResponse."""
@@ -399,12 +408,12 @@ class InferenceRequest:
         **_bls_options: Any,  # preferred_memory: a hint with no effect here
     ) -> None:
         self._trace = trace if trace is not None else UNTRACED
-        self._model_name = model_name
+        self._model_name = _text(model_name)
         self._model_version = model_version
         self._inputs = list(inputs)
-        self._requested = list(requested_output_names)
+        self._requested = [_text(name) for name in requested_output_names]
         self._correlation_id = correlation_id
-        self._request_id = request_id
+        self._request_id = _text(request_id)
         self._flags = flags
         self._timeout = timeout
         self._parameters = parameters or {}
@@ -600,10 +609,16 @@ def _bls_response(answer: InferResponse) -> InferenceResponse:
 
 
 def _bls_error(error: InferdError) -> InferenceResponse:
-    # As in Triton, a failed call is the caller's internal error whatever the called model or
-    # the server answered (a model that passes it on must not tell its client 404 or 400), but
-    # for a cancelled one.
-    code = TritonError.CANCELLED if error.code is ErrorCode.CANCELLED else TritonError.INTERNAL
+    # As in Triton, a call the server failed is the caller's internal error (a model that passes
+    # it on must not tell its client 404 or 400), but for a cancelled one. An error the called
+    # model answered with keeps its code, as Triton's python backend passes it on since the fix
+    # of server#7804 (its examples/bls_error_code).
+    if isinstance(error, ModelError):
+        code = _TRITON_CODES.get(error.code, TritonError.INTERNAL)
+    elif error.code is ErrorCode.CANCELLED:
+        code = TritonError.CANCELLED
+    else:
+        code = TritonError.INTERNAL
     return InferenceResponse(error=TritonError(error.message, code))
 
 

@@ -91,6 +91,11 @@ HTTP_REFUSAL = "HTTP end point doesn't support models with decoupled transaction
 GRPC_REFUSAL = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 
 
+class ModelError(InferdError):
+    """An error a model answered with itself (a python model's TritonError). A model that
+    called it over BLS sees its code, where the server's own refusals read INTERNAL."""
+
+
 class DecoupledRefused(InferdError):
     """A decoupled model asked for a single answer: each front door words it as Triton does."""
 

@@ -107,6 +107,40 @@ class TritonPythonModel:
         return responses
 """
 
+# Answers with an error coded as INPUT0 says (a TritonError code).
+CODED_ERROR = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            code = int(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()[0])
+            error = pb_utils.TritonError(f"coded {code}", code)
+            responses.append(pb_utils.InferenceResponse(error=error))
+        return responses
+"""
+
+# Calls coded_error through BLS and answers the code of the error it got.
+CODE_RELAY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            answer = pb_utils.InferenceRequest(
+                model_name="coded_error", requested_output_names=["OUTPUT0"], inputs=[x]
+            ).exec()
+            code = np.array([answer.error().code()], np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", code)]))
+        return responses
+"""
+
 # Answers OUTPUT0 as float64 (as numpy code often makes it: np.mean of integers) and leaves
 # OUTPUT1 out.
 LOOSE = """
@@ -200,6 +234,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "bls_async", BLS_ASYNC, config_named(ADD_SUB_CONFIG, "bls_async"))
     write_python_model(root, "times_ten", TIMES_TEN, ANY_LENGTH)
     write_python_model(root, "bls_relay", BLS_RELAY, ANY_LENGTH)
+    write_python_model(root, "coded_error", CODED_ERROR, ANY_LENGTH)
+    write_python_model(root, "code_relay", CODE_RELAY, ANY_LENGTH)
     write_python_model(root, "loose", LOOSE, config_named(ADD_SUB_CONFIG, "loose"))
     write_python_model(root, "unordered", UNORDERED, UNORDERED_CONFIG)
     write_python_model(root, "passive", WHO, WHO_CONFIG)
@@ -536,6 +572,16 @@ def test_a_model_calls_another_model_through_bls(server: RunningServer, protocol
     assert (
         floats == "Expect parameters values to have type bool/int/str, found type <class 'float'>"
     )
+
+
+def test_an_error_the_called_model_answered_keeps_its_code(server: RunningServer) -> None:
+    # As Triton's python backend passes it on since the fix of server#7804 (its
+    # examples/bls_error_code); the server's own refusals still read INTERNAL (above).
+    for code in (2, 3, 4, 5, 7):  # NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, CANCELLED
+        sent = np.array([code], np.float32)
+        assert infer(server, "grpc", "code_relay", {"INPUT0": sent})["OUTPUT0"].tolist() == [code]
+    unknown = np.array([0], np.float32)  # UNKNOWN: an internal error here
+    assert infer(server, "http", "code_relay", {"INPUT0": unknown})["OUTPUT0"].tolist() == [1]
 
 
 @pytest.mark.parametrize("count", [16, 100_000, 1_000_000])  # 4 MB: more than a socket holds

@@ -124,6 +124,20 @@ def test_bls_hints_and_request_flags_as_triton_has_them() -> None:
     assert int(pb_utils.Logger.LogLevel.VERBOSE) == 3
 
 
+def test_bls_names_may_be_bytes() -> None:
+    # As Triton's std::string arguments take them: its BLS example (examples/bls) names the
+    # called model with `as_numpy()[0]` of a BYTES input.
+    request = pb_utils.InferenceRequest(
+        model_name=b"add_sub",  # type: ignore[arg-type]
+        inputs=[],
+        requested_output_names=[b"OUTPUT0"],  # type: ignore[list-item]
+        request_id=b"r1",  # type: ignore[arg-type]
+    )
+    assert request.model_name() == "add_sub"
+    assert request.requested_output_names() == {"OUTPUT0"}
+    assert request.request_id() == "r1"
+
+
 def test_get_model_dir_needs_a_model_method() -> None:
     with pytest.raises(pb_utils.TritonModelException, match="model's own methods"):
         pb_utils.get_model_dir()
