@@ -530,14 +530,16 @@ def _routes(
             {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
         )
 
+    # A 200 says it to Triton's clients; the body, the open inference protocol's
+    # `{"live": true}` / `{"ready": true}`, is what KServe's InferenceRESTClient reads.
     async def live(request: Request) -> Response:
         if core.live():
-            return Response(status_code=200)
+            return Response(_LIVE, 200, media_type="application/json")
         return Response(encode_error("Server is not live"), 400, media_type="application/json")
 
     async def ready(request: Request) -> Response:
         if core.ready():
-            return Response(status_code=200)
+            return Response(_READY, 200, media_type="application/json")
         return Response(encode_error("Server is not ready"), 400, media_type="application/json")
 
     async def model_ready(request: Request) -> Response:
@@ -681,10 +683,15 @@ def _routes(
         Route(model + "/generate_stream", generate.generate_stream, methods=["POST"]),
         Route(versioned + "/generate_stream", generate.generate_stream, methods=["POST"]),
         # KServe's V1 protocol (http_v1.py).
+        Route("/", v1.server_live, methods=["GET"]),
         Route("/v1/models", v1.models, methods=["GET"]),
         Route("/v1/models/{model}", v1.model_ready, methods=["GET"]),
         Route("/v1/models/{model}:predict", v1.predict, methods=["POST"]),
     ]
+
+
+_LIVE = b'{"live":true}'
+_READY = b'{"ready":true}'
 
 
 def _refuse_named_repository(request: Request) -> None:

@@ -1,4 +1,4 @@
-"""KServe's V1 protocol, for clients of KServe's v1 runtimes: `GET /v1/models`,
+"""KServe's V1 protocol, for clients of KServe's v1 runtimes: `GET /` (liveness), `GET /v1/models`,
 `GET /v1/models/{m}` and `POST /v1/models/{m}:predict`, over the same core as /v2.
 
 A predict request is `{"instances": [row, ...]}` (`"inputs"` is taken as the same list, as
@@ -39,6 +39,12 @@ class V1Endpoints:
     def __init__(self, core: InferenceCore, http_status: Mapping[ErrorCode, int]) -> None:
         self._core = core
         self._status = http_status
+
+    async def server_live(self, request: Request) -> Response:
+        """`GET /`: KServe's liveness, which its v1 client reads as `status`."""
+        if not self._core.live():
+            return _json({"error": "Server is not live"}, 400)
+        return _json({"status": "alive"})
 
     async def models(self, request: Request) -> Response:
         names = sorted({v.name for v in self._core.loaded_versions()})

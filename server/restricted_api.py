@@ -70,6 +70,8 @@ def http_api(path: str) -> Api | None:
     """The group an HTTP path belongs to (None: not restrictable, or no such route)."""
     if path == "/v2":
         return Api.METADATA
+    if path == "/":  # KServe's V1 liveness (http_v1.py)
+        return Api.HEALTH
     if path.startswith(_MODELS):
         if path == "/v2/models/stats":
             return Api.STATISTICS

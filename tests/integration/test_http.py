@@ -64,10 +64,18 @@ def test_health(client: httpclient.InferenceServerClient) -> None:
     assert not client.is_model_ready("no_such_model")
 
 
-def test_health_bodies_are_empty(http: httpx.Client) -> None:
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/simple/ready"):
+def test_health_bodies_are_what_kserve_clients_read(http: httpx.Client) -> None:
+    # Triton's clients read the status alone; KServe's InferenceRESTClient reads the open
+    # inference protocol's body (v2) and KServe's `GET /` (v1).
+    for path, body in (
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+        ("/", {"status": "alive"}),
+    ):
         response = http.get(path)
-        assert (response.status_code, response.content) == (200, b"")
+        assert (response.status_code, response.json()) == (200, body)
+    response = http.get("/v2/models/simple/ready")  # KServe's client reads the status alone
+    assert (response.status_code, response.content) == (200, b"")
 
 
 def test_server_metadata_names_only_implemented_extensions(
