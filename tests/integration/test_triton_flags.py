@@ -132,6 +132,7 @@ def test_every_http_route_belongs_to_its_api() -> None:
         "/v2/repository/models/m/load": Api.MODEL_REPOSITORY,
         "/v2/systemsharedmemory/status": Api.SHARED_MEMORY,
         "/v2/cudasharedmemory/region/r/register": Api.SHARED_MEMORY,
+        "/": Api.HEALTH,  # KServe's V1 liveness
         "/v1/models": Api.METADATA,
         "/v1/models/m": Api.HEALTH,
         "/v1/models/m:predict": Api.INFERENCE,
