@@ -201,6 +201,8 @@ class PythonInstance(ModelInstance):
             () if sequence is None else tuple(s.output_name for s in sequence.states)
         )
         self._module = load_model_module(model_file, config.name)
+        if "execute" in self._bls:
+            api.register_model_globals(vars(self._module), self._bls["execute"])
         step = f"{MODEL_CLASS}()"
         try:
             model = model_class(self._module, model_file)()
@@ -210,12 +212,10 @@ class PythonInstance(ModelInstance):
                 with self._model_context("initialize"):
                     initialize(initialize_args(config, model_file, device))
         except InferdError:
-            self._metrics.release()
-            unload_model_module(self._module)
+            self._release_module()
             raise
         except (Exception, SystemExit) as exc:
-            self._metrics.release()
-            unload_model_module(self._module)
+            self._release_module()
             raise invalid(f"{model_file}: {step} failed: {describe(exc)}") from None
         self._model: Any = model
         # Short batches may run on the event loop's thread only where the config asks for it
@@ -417,8 +417,12 @@ class PythonInstance(ModelInstance):
                 self._concurrent.close()
             if self._loop is not None:
                 self._loop.close()
-            self._metrics.release()
-            unload_model_module(self._module)
+            self._release_module()
+
+    def _release_module(self) -> None:
+        self._metrics.release()
+        api.unregister_model_globals(vars(self._module))
+        unload_model_module(self._module)
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop that runs this instance's `async def execute()`, on its thread (made

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -246,6 +247,35 @@ class BlsContext:
 # Set by the python backend around initialize(), execute() (and copied into its coroutines)
 # and finalize(); unset elsewhere.
 BLS_CONTEXT: ContextVar[BlsContext] = ContextVar("inferd_bls_context")
+# The execute() context of each loaded instance, by its model.py's globals (each instance
+# loads its own module): for calls from threads the model started, which see no context.
+_MODEL_GLOBALS: dict[int, BlsContext] = {}
+
+
+def register_model_globals(model_globals: dict[str, Any], context: BlsContext) -> None:
+    _MODEL_GLOBALS[id(model_globals)] = context
+
+
+def unregister_model_globals(model_globals: dict[str, Any]) -> None:
+    _MODEL_GLOBALS.pop(id(model_globals), None)
+
+
+def _calling_context() -> BlsContext | None:
+    """The context of the method that runs, or, on a thread the model started (Triton lets
+    those call: a decoupled model answers from them), the execute() context of the instance
+    whose model.py code is on the stack."""
+    context = BLS_CONTEXT.get(None)
+    if context is not None or not _MODEL_GLOBALS:
+        return context
+    frame = sys._getframe(1)
+    while frame is not None:
+        found = _MODEL_GLOBALS.get(id(frame.f_globals))
+        if found is not None:
+            return found
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
 # The custom metrics of the instance whose initialize(), execute() or finalize() is running.
 METRICS_CONTEXT: ContextVar[MetricsHolder] = ContextVar("inferd_metrics_context")
 # The folder of that instance's model.py (its version folder), for get_model_dir().
@@ -498,7 +528,7 @@ class InferenceRequest:
         return _bls_response(answer)
 
     def _bls_context(self) -> BlsContext:
-        context = BLS_CONTEXT.get(None)
+        context = _calling_context()
         if context is None or context.method != "execute":  # Triton's words
             raise TritonModelException("BLS is only supported during the 'execute' function.")
         context.called = True
@@ -711,7 +741,7 @@ def _model_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def _server_context() -> BlsContext:
-    context = BLS_CONTEXT.get(None)
+    context = _calling_context()
     if context is None:
         raise TritonModelException(
             "the model loading API can only be used during initialize(), execute() or finalize()"

@@ -209,6 +209,53 @@ class TritonPythonModel:
         return answers
 """
 
+# Answers from a thread of its own, as Triton's decoupled examples do: the thread calls
+# "repeat" with exec(decoupled=True) and sends each value it got, plus the sum of a plain
+# exec() of add_sub (4 x 1 + 1 = 2 at each element), then the final flag. Same inputs and
+# outputs as REPEAT (REPEAT_CONFIG).
+THREADED_BLS = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def answer(value, index):
+    return pb_utils.InferenceResponse([
+        pb_utils.Tensor("OUT", np.array([value], np.int32)),
+        pb_utils.Tensor("IDX", np.array([index], np.uint32)),
+    ])
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("IN", "MODE")]
+            thread = threading.Thread(
+                target=self.relay, args=(request.get_response_sender(), inputs)
+            )
+            thread.start()
+        return None
+
+    def relay(self, sender, inputs):
+        call = pb_utils.InferenceRequest(model_name="repeat", inputs=inputs)
+        values = [
+            int(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0])
+            for response in call.exec(decoupled=True)
+            if response.output_tensors()
+        ]
+        x = np.ones(4, np.float32)
+        plain = pb_utils.InferenceRequest(
+            model_name="add_sub",
+            inputs=[pb_utils.Tensor("INPUT0", x), pb_utils.Tensor("INPUT1", x)],
+            requested_output_names=["OUTPUT0"],
+        ).exec()
+        values.append(int(pb_utils.get_output_tensor_by_name(plain, "OUTPUT0").as_numpy()[0]))
+        for index, value in enumerate(values):
+            sender.send(answer(value, index))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+"""
+
 BLS_DECOUPLED_CONFIG = """
 backend: "python"
 max_batch_size: 0

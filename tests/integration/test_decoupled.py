@@ -36,6 +36,7 @@ from tests.decoupled_models import (
     REPEAT,
     REPEAT_CONFIG,
     SENDER_ANSWERS,
+    THREADED_BLS,
     add_config,
     countdown_config,
     ensemble_config,
@@ -69,6 +70,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(root, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
     write_python_model(root, "shapes", SHAPES, SHAPES_CONFIG)
     write_python_model(root, "bls_decoupled", BLS_DECOUPLED, BLS_DECOUPLED_CONFIG)
+    write_python_model(root, "threaded_bls", THREADED_BLS, REPEAT_CONFIG)
     write_python_model(root, "add1", ADD, add_config(1, "-1"))
     write_python_model(root, "add100", ADD, add_config(100, "1"))
     repeat = {"IN": "IN", "MODE": "MODE"}
@@ -720,6 +722,19 @@ def test_a_plain_bls_call_to_a_decoupled_model_is_refused_in_tritons_words(
         "transaction policy. Please use 'decoupled=True' argument to the 'exec' or "
         "'async_exec' calls for decoupled models.'"
     )
+
+
+def test_a_thread_the_model_started_may_call_models(stream: Stream) -> None:
+    # As in Triton, whose decoupled models answer from threads of their own (its QA's
+    # decoupled_bls_stream): such a thread finds the server too. It used to be refused, and
+    # the request never ended.
+    stream.send("threaded_bls", [3, 4], 1, "t")
+    answers = stream.take(3)
+    assert [(a.id, a.out, a.idx) for a in answers] == [
+        ("t", [3], [0]),
+        ("t", [4], [1]),
+        ("t", [2], [2]),
+    ]
 
 
 def test_bls_streams_from_any_model_and_can_cancel(server: RunningServer) -> None:
