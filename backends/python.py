@@ -243,7 +243,12 @@ class PythonInstance(ModelInstance):
             _close_senders(batch)
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             why = describe(exc) + self._left_the_loop(exc)
-            raise internal(f"model '{self._name}' failed to execute: {why}") from None
+            failure = internal(f"model '{self._name}' failed to execute: {why}")
+            sent = [_sent_answer(request) for request in batch]
+            if all(answer is None for answer in sent):
+                raise failure from None
+            # But for a response already sent, which Triton delivered when it was sent.
+            return [failure if answer is None else answer for answer in sent]
         if _close_senders(batch):  # the model answered some requests through their senders
             outcomes = self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
             return _with_rescheduled(batch, outcomes)
@@ -510,6 +515,11 @@ def _loop_running_here() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _sent_answer(request: api.InferenceRequest) -> RequestOutcome | None:
+    sender = request._response_sender
+    return sender.answer if isinstance(sender, SingleResponseSender) else None
 
 
 def _close_senders(batch: list[api.InferenceRequest]) -> bool:

@@ -22,6 +22,7 @@ _CLOSED = "Unable to send response. Response sender has been closed."
 _NO_RESPONSE = "Inference Response object must be provided when the response flags is set to zero."
 _ONE_ONLY = "Unable to send response. Non-decoupled model cannot send more than one response."
 _BAD_FLAGS = "Unable to send response. Unsupported flag provided."
+_FINAL_FIRST = "Non-decoupled model cannot send complete final before sending a response"
 
 # A model's InferenceResponse as what the client gets: outputs or that response's error.
 Convert = Callable[[object], RequestOutcome]
@@ -77,6 +78,8 @@ class SingleResponseSender:
         with self._lock:
             if self._closed:
                 raise api.TritonModelException(_CLOSED)
+            if response is None and self.answer is None:  # `final` alone ends nothing yet
+                raise api.TritonModelException(_FINAL_FIRST)
             if response is not None:
                 if self.answer is not None:
                     raise api.TritonModelException(_ONE_ONLY)

@@ -188,6 +188,39 @@ def test_a_non_decoupled_request_takes_one_response() -> None:
     assert not twice.is_cancelled()
 
 
+def test_a_non_decoupled_final_flag_needs_a_response_first() -> None:
+    sender = SingleResponseSender(convert)
+    with pytest.raises(pb_utils.TritonModelException, match="cannot send complete final before"):
+        sender.send(flags=FINAL)  # Triton's words: the request would get no answer
+
+
+# Sends its answer, then a second one, which raises out of execute().
+SENDS_TWICE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        answer = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([7], np.int32))])
+        sender.send(answer)
+        sender.send(answer)
+"""
+
+
+def test_a_response_sent_before_execute_fails_still_answers(tmp_path: Path) -> None:
+    # As in Triton, which delivered it when it was sent.
+    config = REPEAT_CONFIG.replace("model_transaction_policy { decoupled: true }", "")
+    instance = make_instance(tmp_path, "twice", SENDS_TWICE, config)
+    try:
+        inputs = {"IN": np.array([1], np.int32), "MODE": np.array([0], np.int32)}
+        [answer] = instance.execute_requests([InstanceRequest(inputs)])
+    finally:
+        instance.close()
+    assert not isinstance(answer, Exception) and answer["OUT"].tolist() == [7]
+
+
 def test_requests_made_by_models_have_no_sender() -> None:
     with pytest.raises(pb_utils.TritonModelException, match="handed to execute"):
         pb_utils.InferenceRequest(model_name="m").get_response_sender()
