@@ -243,7 +243,7 @@ class PythonInstance(ModelInstance):
             _close_senders(batch)
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             why = describe(exc) + self._left_the_loop(exc)
-            failure = internal(f"model '{self._name}' failed to execute: {why}")
+            failure = self._execute_failure(why)
             sent = [_sent_answer(request) for request in batch]
             if all(answer is None for answer in sent):
                 raise failure from None
@@ -337,7 +337,7 @@ class PythonInstance(ModelInstance):
             for sink in sinks:
                 sink.seal()
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
-            raise self._decoupled_failure(describe(exc)) from None
+            raise self._execute_failure(describe(exc)) from None
         if inspect.isawaitable(returned):  # runs on while the instance takes its next batch
             done = partial(self._overlapped_done, batch, sinks)
             self._concurrent_executes().submit(self._in_context(returned), done)
@@ -345,7 +345,7 @@ class PythonInstance(ModelInstance):
         if returned is not None:
             for sink in sinks:
                 sink.seal()
-            raise self._decoupled_failure(self._must_return_none())
+            raise self._execute_failure(self._must_return_none())
         # execute() is done: the instance is free again; a rescheduled request's stream stays
         # open for the responses of its next runs.
         return _with_rescheduled(batch, [{} for _ in requests])
@@ -365,7 +365,7 @@ class PythonInstance(ModelInstance):
             log.warning("model '%s': execute() raised", self._name, exc_info=exc)
             message = describe(exc)
         if message is not None:
-            error = self._decoupled_failure(message)
+            error = self._execute_failure(message)
             for sink in sinks:
                 sink.send(error, True)  # refused where the final response went already
             return
@@ -373,7 +373,8 @@ class PythonInstance(ModelInstance):
             if isinstance(outcome, Rescheduled):
                 sink.send(outcome, True)
 
-    def _decoupled_failure(self, message: str) -> InferdError:
+    def _execute_failure(self, message: str) -> InferdError:
+        """execute() failed: Triton's words (without the traceback it appends)."""
         return internal(
             f"Failed to process the request(s) for model '{self._instance_name}', "
             f"message: {message}"

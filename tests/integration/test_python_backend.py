@@ -472,7 +472,10 @@ def test_an_exception_in_execute_fails_the_request_with_its_message(
 ) -> None:
     x = {"INPUT0": np.zeros(4, np.float32)}
     message = fails(lambda: infer(server, protocol, "raiser", x), protocol, "internal")
-    assert message == "model 'raiser' failed to execute: ValueError: cannot compute this batch"
+    assert message == (  # Triton's words, less the traceback it appends
+        "Failed to process the request(s) for model 'raiser_0', message: ValueError: cannot "
+        "compute this batch"
+    )
 
 
 def test_broken_models_are_unavailable_with_a_reason_and_the_others_serve(

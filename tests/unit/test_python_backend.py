@@ -290,7 +290,8 @@ def test_an_exception_in_execute_fails_the_whole_batch_with_its_message(tmp_path
     instance.close()
     assert raised.value.code is ErrorCode.INTERNAL
     assert raised.value.message == (
-        "model 'add_sub' failed to execute: ZeroDivisionError: division by zero"
+        "Failed to process the request(s) for model 'add_sub_0', message: ZeroDivisionError: "
+        "division by zero"
     )
 
 
