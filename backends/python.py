@@ -250,7 +250,7 @@ class PythonInstance(ModelInstance):
             # But for a response already sent, which Triton delivered when it was sent.
             return [failure if answer is None else answer for answer in sent]
         if _close_senders(batch):  # the model answered some requests through their senders
-            outcomes = self._sent_outcomes(requests, responses, [r._response_sender for r in batch])
+            outcomes = self._sent_outcomes(requests, responses, batch)
             return _with_rescheduled(batch, outcomes)
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             got = (
@@ -392,15 +392,19 @@ class PythonInstance(ModelInstance):
         return self._concurrent
 
     def _sent_outcomes(
-        self, requests: Sequence[InstanceRequest], returned: Any, senders: list[Any]
+        self,
+        requests: Sequence[InstanceRequest],
+        returned: Any,
+        batch: list[api.InferenceRequest],
     ) -> list[RequestOutcome]:
         """A non-decoupled model that answered through response senders: a sent response
         wins over a returned one (as in Triton); a request with neither is an error."""
         listed = isinstance(returned, list | tuple) and len(returned) == len(requests)
         outcomes: list[RequestOutcome] = []
-        for index, (request, sender) in enumerate(zip(requests, senders, strict=True)):
-            if sender is not None and sender.answer is not None:
-                outcomes.append(sender.answer)
+        for index, (request, served) in enumerate(zip(requests, batch, strict=True)):
+            sent = _sent_answer(served)
+            if sent is not None:
+                outcomes.append(sent)
             elif listed:
                 outcomes.append(self._outcome(returned[index], request))
             else:
